@@ -1,0 +1,167 @@
+"""Command line: ``pneumolens train | evaluate | predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_ENV = "PNEUMOLENS_DATA"
+NOTICE = "Decision support only: pneumolens does not make a diagnosis; a clinician reads the X-ray."
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _probability(s: str) -> float:
+    v = float(s)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
+def _devices(s: str) -> int | str:
+    return s if s == "auto" else _positive_int(s)
+
+
+def _data_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    env = os.environ.get(DEFAULT_DATA_ENV)
+    p.add_argument(
+        "--data",
+        default=env,
+        required=required and env is None,
+        help=f"dataset root, class-folder directory or CSV manifest (default: ${DEFAULT_DATA_ENV})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pneumolens import __version__
+    from pneumolens.config import PRESETS
+
+    parser = argparse.ArgumentParser(prog="pneumolens", description=__doc__, epilog=NOTICE)
+    parser.add_argument("--version", action="version", version=f"pneumolens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on DATA/train (validation carved out by patient)")
+    _data_arg(t)
+    t.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--image-size", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--limit", type=_positive_int, help="use at most N images of train/ (stratified), for smoke runs")
+    t.add_argument("--class-weights", choices=["seed", "balanced", "none"])
+    t.add_argument(
+        "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"
+    )
+    t.add_argument("--val-fraction", type=float)
+    t.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    t.add_argument("--accelerator", choices=["cpu", "gpu", "auto"])
+    t.add_argument("--devices", type=_devices)
+
+    e = sub.add_parser("evaluate", help="score a model on DATA/test (or a class-folder directory / CSV)")
+    e.add_argument("--model", required=True, help="model file or run directory")
+    _data_arg(e)
+    e.add_argument("--json", dest="json_out", help="write the metrics as JSON to this file")
+    e.add_argument("--report", help="write an HTML report with figures into this directory")
+    e.add_argument("--threshold", type=_probability, help="override the model's operating point")
+
+    p = sub.add_parser("predict", help="probability of pneumonia for each image")
+    p.add_argument("images", nargs="+", help="JPEG or PNG files")
+    p.add_argument("--model", required=True, help="model file or run directory")
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pneumolens.config import resolve_config
+    from pneumolens.training.fit import fit
+
+    cfg = resolve_config(
+        args.preset,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        limit=args.limit,
+        class_weights=args.class_weights,
+        balanced_sampler=args.balanced_sampler,
+        val_fraction=args.val_fraction,
+        num_workers=args.num_workers,
+        accelerator=args.accelerator,
+        devices=args.devices,
+    )
+    out = args.out or f"runs/{cfg.preset}"
+    path = fit(args.data, cfg, out)
+    print(path)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model
+    from pneumolens.evaluation.evaluate import evaluate, format_table
+
+    loaded = load_model(args.model)
+    ev = evaluate(loaded, args.data, args.threshold)
+    print(format_table(ev.metrics))
+    for path, reason in ev.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(ev.metrics, indent=2))
+    if args.report:
+        from pneumolens.evaluation.report import write_report
+
+        html = write_report(ev, loaded.meta, args.report, title=f"pneumolens evaluation: {loaded.meta.get('name')}")
+        print(f"report: {html}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pneumolens.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(args.model)
+    failed = 0
+    for pred in predictor.predict_paths(args.images):
+        if pred.error:
+            failed += 1
+            print(f"error: {pred.path}: {pred.error}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(pred.to_dict()))
+        elif not pred.error:
+            print(f"{pred.path}\t{pred.probability:.4f}\t{pred.label}")
+    if not args.json:
+        print(NOTICE, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pneumolens.checkpoint import ModelFileError
+    from pneumolens.data.images import ImageReadError
+    from pneumolens.data.sources import DataLayoutError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+    try:
+        return commands[args.command](args)
+    except (DataLayoutError, ModelFileError, ImageReadError, ValueError, FileNotFoundError) as e:
+        print(f"pneumolens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Run configuration: frozen dataclasses, presets, and CLI overrides.
+
+A run is fully described by one :class:`TrainConfig`; it is written beside the run as JSON and
+stored inside the model file, so a model always carries the recipe and preprocessing it was made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ClassWeighting = Literal["seed", "balanced", "none"]
+CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")  # index 1 is the positive class
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a file becomes a model input. Travels with the weights.
+
+    Pixel contract: every input is a float32 tensor (C, H, W) with values in [0, 1], where
+    0 is black; grayscale is replicated when ``channels`` is 3.
+    """
+
+    image_size: int = 224
+    channels: int = 1
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random affine augmentation with Keras ImageDataGenerator semantics (train only)."""
+
+    rotation: float = 10.0  # degrees, uniform in [-r, r]
+    shift: float = 0.1  # fraction of width/height, uniform in [-s, s], independent per axis
+    zoom: float = 0.1  # scale uniform in [1-z, 1+z], independent per axis
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "default"
+    model: str = "resnet_small"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optimizer: Literal["rmsprop", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: Literal["plateau", "cosine"] = "plateau"
+    epochs: int = 30
+    batch_size: int = 32
+    patience: int = 3  # early stopping on val_loss, best weights kept
+    class_weights: ClassWeighting = "seed"
+    balanced_sampler: bool = False
+    val_fraction: float = 0.15
+    seed: int = 42
+    limit: int | None = None
+    num_workers: int = 2
+    accelerator: str = "auto"
+    devices: int | str = 1
+    threshold: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["preprocess"] = PreprocessConfig(**d.get("preprocess", {}))
+        d["augment"] = AugmentConfig(**d.get("augment", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+# The seed's network and recipe, as its author's Keras code has it.
+SEED = TrainConfig(
+    preset="seed",
+    model="seed_cnn",
+    preprocess=PreprocessConfig(image_size=64, channels=3, interpolation="nearest"),
+    augment=AugmentConfig(rotation=10.0, shift=0.2, zoom=0.1),
+    optimizer="rmsprop",
+    lr=1e-3,
+    scheduler="plateau",
+    epochs=30,
+    batch_size=32,
+    patience=3,
+    class_weights="seed",
+)
+
+# A stronger recipe: residual CNN with batch norm on 1-channel 128 px input, AdamW with cosine decay.
+DEFAULT = TrainConfig(
+    preset="default",
+    model="resnet_small",
+    preprocess=PreprocessConfig(image_size=128, channels=1, interpolation="bilinear"),
+    augment=AugmentConfig(rotation=10.0, shift=0.08, zoom=0.1),
+    optimizer="adamw",
+    lr=2e-3,
+    weight_decay=1e-4,
+    scheduler="cosine",
+    epochs=16,
+    batch_size=32,
+    patience=5,
+    class_weights="balanced",
+)
+
+PRESETS: dict[str, TrainConfig] = {"seed": SEED, "default": DEFAULT}
+
+
+def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
+    """The preset's config with every non-None override applied.
+
+    ``image_size`` is a shortcut into ``preprocess``.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "image_size" in overrides:
+        size = int(overrides.pop("image_size"))
+        if size < 16:
+            raise ValueError(f"image_size must be at least 16, got {size}")
+        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, image_size=size))
+    return dataclasses.replace(cfg, **overrides)

@@ -1,0 +1,1 @@
+"""Reading, listing, splitting and streaming chest X-ray images."""

@@ -1,0 +1,37 @@
+"""Random affine augmentation applied to whole batches on the training device.
+
+Semantics follow Keras' ImageDataGenerator as the seed used it: rotation uniform in ±r degrees,
+shift uniform in ±s of the side per axis, zoom uniform in [1-z, 1+z] per axis, and edge pixels
+repeated to fill ("nearest" fill mode). One batched ``grid_sample`` replaces per-image Python work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pneumolens.config import AugmentConfig
+
+
+def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply an independent random affine transform to each image of ``x`` (B, C, H, W)."""
+    if cfg.rotation == 0 and cfg.shift == 0 and cfg.zoom == 0:
+        return x
+    b = x.shape[0]
+
+    def uniform(lo: float, hi: float, n: int = b) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float32)
+
+    theta_rad = uniform(-cfg.rotation, cfg.rotation) * (math.pi / 180.0)
+    zx, zy = uniform(1 - cfg.zoom, 1 + cfg.zoom), uniform(1 - cfg.zoom, 1 + cfg.zoom)
+    # grid coordinates span [-1, 1], so a shift of s * side is 2 * s in grid units
+    tx, ty = 2 * uniform(-cfg.shift, cfg.shift), 2 * uniform(-cfg.shift, cfg.shift)
+    cos, sin = torch.cos(theta_rad), torch.sin(theta_rad)
+    # Maps each output pixel to the input location it samples from (as Keras does).
+    theta = torch.stack(
+        [torch.stack([zx * cos, -zy * sin, tx], dim=1), torch.stack([zx * sin, zy * cos, ty], dim=1)], dim=1
+    ).to(device=x.device, dtype=x.dtype)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

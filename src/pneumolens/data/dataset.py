@@ -1,0 +1,124 @@
+"""Streaming dataset and the Lightning data module.
+
+Images are decoded on demand by DataLoader workers; nothing holds the whole set in memory. A file
+that fails to decode is dropped from its batch and reported, so a bad file never ends an epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from pneumolens.config import TrainConfig
+from pneumolens.data.images import ImageReadError, load_input
+from pneumolens.data.sources import Sample
+
+log = logging.getLogger(__name__)
+
+
+class XrayDataset(Dataset):
+    """(input, label) pairs; a sample that fails to load comes back as ``None`` plus its error."""
+
+    def __init__(self, samples: Sequence[Sample], preprocess_cfg) -> None:
+        self.samples = list(samples)
+        self.cfg = preprocess_cfg
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.samples[i]
+        try:
+            x = torch.from_numpy(load_input(s.path, self.cfg))
+        except ImageReadError as e:
+            return {"image": None, "label": s.label, "path": s.path, "error": e.reason}
+        return {"image": x, "label": s.label, "path": s.path, "error": None}
+
+
+def collate_skipping_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the loadable samples; list the others under ``skipped`` as (path, reason)."""
+    good = [it for it in items if it["image"] is not None]
+    skipped = [(it["path"], it["error"]) for it in items if it["image"] is None]
+    if good:
+        images = torch.stack([it["image"] for it in good])  # (B, C, H, W)
+    else:
+        images = torch.empty(0)
+    return {
+        "image": images,
+        "label": torch.tensor([it["label"] for it in good], dtype=torch.float32),
+        "path": [it["path"] for it in good],
+        "skipped": skipped,
+    }
+
+
+def class_weights(labels: Sequence[int], scheme: str) -> torch.Tensor:
+    """Per-class loss weights (NORMAL, PNEUMONIA).
+
+    ``seed``: each class's share of the training images, swapped between the classes (the seed's
+    formula: NORMAL gets the PNEUMONIA share and vice versa). ``balanced``: inverse frequency,
+    n / (2 * n_class). ``none``: ones.
+    """
+    y = np.asarray(labels)
+    counts = np.bincount(y, minlength=2).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError(f"both classes are needed to weight them, got counts {counts.tolist()}")
+    if scheme == "seed":
+        share = counts / counts.sum()
+        w = share[::-1].copy()
+    elif scheme == "balanced":
+        w = compute_class_weight("balanced", classes=np.array([0, 1]), y=y)
+    elif scheme == "none":
+        w = np.ones(2)
+    else:
+        raise ValueError(f"unknown class weighting {scheme!r}; valid: seed, balanced, none")
+    return torch.tensor(w, dtype=torch.float32)
+
+
+class XrayDataModule(L.LightningDataModule):
+    def __init__(self, cfg: TrainConfig, train: Sequence[Sample], val: Sequence[Sample]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.train_set = XrayDataset(train, cfg.preprocess)
+        self.val_set = XrayDataset(val, cfg.preprocess)
+
+    def _loader(self, ds: XrayDataset, shuffle: bool, sampler=None) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            ds,
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=collate_skipping_bad,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = None
+        if self.cfg.balanced_sampler:
+            labels = [s.label for s in self.train_set.samples]
+            per_class = 1.0 / np.bincount(labels, minlength=2)
+            weights = torch.tensor([per_class[y] for y in labels], dtype=torch.double)
+            gen = torch.Generator().manual_seed(self.cfg.seed)
+            sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=gen)
+        return self._loader(self.train_set, shuffle=True, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+def inference_loader(samples: Sequence[Sample], preprocess_cfg, batch_size: int = 64, num_workers: int = 2):
+    return DataLoader(
+        XrayDataset(samples, preprocess_cfg),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_skipping_bad,
+    )

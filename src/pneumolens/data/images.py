@@ -1,0 +1,116 @@
+"""Reading X-ray files and turning them into model inputs.
+
+:func:`preprocess` is the only path from pixels to a model input: training, evaluation and
+prediction all call it, so a model never sees a different pipeline than the one it learned on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pneumolens.config import PreprocessConfig
+
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
+# Real X-rays are at most a few thousand pixels a side; a header claiming more is refused
+# before any pixel is decoded (decompression-bomb guard).
+MAX_PIXELS = 12_000 * 12_000
+MIN_SIDE = 8
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be used as an X-ray; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _to_gray_float(img: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:
+    """Any supported PIL mode -> (H, W) float32 in [0, 1]."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return np.clip(arr / top, 0.0, 1.0)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not np.isfinite(arr).all():
+            raise ImageReadError(path, "float image contains NaN or infinite pixels")
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Composite on black: transparent padding is background, not tissue.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    if mode != "L":
+        img = img.convert("L")  # CMYK, P, RGB, 1 -> 8-bit luma
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode a JPEG or PNG as grayscale (H, W) float32 in [0, 1].
+
+    Raises:
+        ImageReadError: the file is missing, unreadable, not an image, truncated, too small or
+            claims an implausible size.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageReadError(path, f"header claims {w}x{h} pixels, above the {MAX_PIXELS:,} limit")
+            if min(w, h) < MIN_SIDE:
+                raise ImageReadError(path, f"image is {w}x{h} pixels, smaller than {MIN_SIDE} px a side")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img.load()
+            return _to_gray_float(img, path)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a JPEG or PNG image (unrecognised content)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as e:
+        # PIL reports truncated JPEGs, bad PNG CRCs and broken headers as OSError/SyntaxError.
+        raise ImageReadError(path, f"corrupt or truncated image ({e})") from None
+
+
+def preprocess(gray: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Grayscale (H, W) in [0, 1] -> model input (C, S, S) float32 in [0, 1].
+
+    The image is resized to a square without keeping the aspect ratio, as the seed did.
+    """
+    if gray.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale array, got shape {gray.shape}")
+    size = cfg.image_size
+    if gray.shape != (size, size):
+        img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F")
+        gray = np.asarray(img.resize((size, size), _RESAMPLE[cfg.interpolation]), dtype=np.float32)
+    out = np.clip(gray, 0.0, 1.0)[None]  # (1, S, S)
+    if cfg.channels != 1:
+        out = np.repeat(out, cfg.channels, axis=0)  # (C, S, S)
+    return np.ascontiguousarray(out)
+
+
+def load_input(path: str | os.PathLike[str], cfg: PreprocessConfig) -> np.ndarray:
+    """Read a file and preprocess it: the single file -> model-input path."""
+    return preprocess(read_image(path), cfg)

@@ -1,0 +1,157 @@
+"""Finding labelled images: class folders, Kaggle roots and CSV manifests."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from pneumolens.config import CLASS_NAMES
+from pneumolens.data.images import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+LAYOUT_HELP = (
+    "expected a dataset root with train/ and test/ (each holding NORMAL/ and PNEUMONIA/), "
+    "a folder holding NORMAL/ and PNEUMONIA/, or a CSV manifest with columns path,label"
+)
+
+
+class DataLayoutError(ValueError):
+    """The data path does not have a layout pneumolens can read."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int  # index into CLASS_NAMES; 1 = PNEUMONIA
+    patient: str
+
+
+_PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
+# IM-XXXX-YYYY and NORMAL2-IM-XXXX-YYYY(-Z): XXXX is the patient. Both spellings share one key:
+# whether NORMAL2-IM-0458 and IM-0458 are one child is unknown, and merging can only prevent leakage.
+_IM = re.compile(r"^(?:NORMAL2-)?IM-(\d+)-", re.IGNORECASE)
+
+
+def patient_id(path: str | os.PathLike[str]) -> str:
+    """The patient a Kaggle file name belongs to; unknown names count as their own patient."""
+    name = Path(path).name
+    if m := _PERSON.match(name):
+        return f"person{int(m.group(1))}"
+    if m := _IM.match(name):
+        return f"IM-{int(m.group(1))}"
+    return f"file:{Path(path).stem}"
+
+
+def _label_index(label: str, where: str) -> int:
+    key = label.strip().upper()
+    if key in ("0", "1"):
+        return int(key)
+    if key not in CLASS_NAMES:
+        raise DataLayoutError(f"{where}: unknown label {label!r}; valid: {', '.join(CLASS_NAMES)}, 0, 1")
+    return CLASS_NAMES.index(key)
+
+
+def _list_class_folder(folder: Path, label: int) -> list[Sample]:
+    if not folder.is_dir():
+        raise DataLayoutError(f"{folder}: class folder is missing ({LAYOUT_HELP})")
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise DataLayoutError(f"{folder}: class folder has no .jpeg/.jpg/.png files")
+    return [Sample(str(p), label, patient_id(p)) for p in files]
+
+
+def list_folder(root: str | os.PathLike[str]) -> list[Sample]:
+    """Samples of a folder holding NORMAL/ and PNEUMONIA/ subfolders."""
+    root = Path(root)
+    samples: list[Sample] = []
+    for label, name in enumerate(CLASS_NAMES):
+        samples += _list_class_folder(root / name, label)
+    return samples
+
+
+def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
+    """Samples from a CSV with columns ``path,label`` (optional ``patient``); paths may be relative
+    to the CSV's folder."""
+    csv_path = Path(csv_path)
+    base = csv_path.parent
+    samples = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataLayoutError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} ({LAYOUT_HELP})")
+        for i, row in enumerate(reader, start=2):
+            p = Path(row["path"])
+            p = p if p.is_absolute() else base / p
+            label = _label_index(row["label"], f"{csv_path}:{i}")
+            samples.append(Sample(str(p), label, row.get("patient") or patient_id(p)))
+    if not samples:
+        raise DataLayoutError(f"{csv_path}: manifest has no rows")
+    return samples
+
+
+def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:
+    """The samples of ``split`` ("train" or "test") under a dataset path.
+
+    ``data`` may be a Kaggle root (``data/split/{NORMAL,PNEUMONIA}``), a class-folder directory
+    (used as is, whatever the split), or a CSV manifest.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise DataLayoutError(f"{data}: no such file or directory")
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            raise DataLayoutError(f"{data}: is a file but not a .csv manifest ({LAYOUT_HELP})")
+        return read_manifest(data)
+    if (data / split).is_dir():
+        return list_folder(data / split)
+    if any((data / name).is_dir() for name in CLASS_NAMES):
+        return list_folder(data)
+    raise DataLayoutError(f"{data}: no {split}/ folder and no class folders ({LAYOUT_HELP})")
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def duplicate_groups(samples: list[Sample]) -> list[list[Sample]]:
+    """Groups of byte-identical files (two or more each). Unreadable files are left out."""
+    by_hash: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        try:
+            by_hash[file_digest(s.path)].append(s)
+        except OSError:
+            continue
+    return [g for g in by_hash.values() if len(g) > 1]
+
+
+def check_headers(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Split samples into those whose header opens as an image and those that do not.
+
+    Only the header is read (cheap); truncated pixel data is caught later, at load time.
+    """
+    good, bad = [], []
+    for s in samples:
+        try:
+            with Image.open(s.path) as img:
+                img.size  # noqa: B018 - opening parses the header
+            good.append(s)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            reason = "not a JPEG or PNG image" if isinstance(e, UnidentifiedImageError) else str(e)
+            bad.append((s.path, reason))
+    return good, bad

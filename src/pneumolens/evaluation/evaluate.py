@@ -1,0 +1,60 @@
+"""Scoring a model on a labelled folder: metrics, per-image predictions, skipped files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pneumolens.checkpoint import LoadedModel
+from pneumolens.data.sources import Sample, check_headers, find_split
+from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.inference import predict_samples
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    samples: list[Sample]  # the scored ones, in order
+    probabilities: list[float]
+    skipped: list[tuple[str, str]]  # (path, reason)
+
+
+def evaluate(loaded: LoadedModel, data: str | os.PathLike[str], threshold: float | None = None) -> Evaluation:
+    """Score ``loaded`` on ``data``'s test split (or its class folders / CSV manifest)."""
+    samples, bad = check_headers(find_split(data, "test"))
+    probs, errors = predict_samples(loaded.model, samples, loaded.preprocess, num_workers=2)
+    skipped = bad + sorted(errors.items())
+    scored = [s for s in samples if s.path in probs]
+    if not scored:
+        raise ValueError(f"{data}: none of the {len(samples) + len(bad)} image(s) could be read")
+    t = loaded.threshold if threshold is None else threshold
+    p = [probs[s.path] for s in scored]
+    metrics = binary_metrics([s.label for s in scored], p, t)
+    metrics["model"] = loaded.meta.get("name")
+    metrics["n_skipped"] = len(skipped)
+    metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
+    return Evaluation(metrics, scored, p, skipped)
+
+
+def format_table(m: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    rows = [
+        ("images", str(m["n"])),
+        ("threshold", f"{m['threshold']:.3f}"),
+        ("accuracy", pct(m["accuracy"])),
+        ("sensitivity (recall)", pct(m["sensitivity"])),
+        ("specificity", pct(m["specificity"])),
+        ("false-positive rate", pct(m["false_positive_rate"])),
+        ("precision (PPV)", pct(m["precision"])),
+        ("F1", "n/a" if m["f1"] is None else f"{m['f1']:.3f}"),
+        ("ROC-AUC", "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"),
+        ("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]"),
+    ]
+    if m.get("n_skipped"):
+        rows.append(("skipped (unreadable)", str(m["n_skipped"])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

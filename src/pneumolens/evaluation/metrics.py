@@ -1,0 +1,46 @@
+"""Binary metrics with PNEUMONIA as the positive class."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den else None  # undefined (e.g. no positives) -> None, valid JSON
+
+
+def binary_metrics(y_true: Sequence[int], prob: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+    """Metrics of thresholded probabilities; a probability >= ``threshold`` is called PNEUMONIA.
+
+    ``confusion_matrix`` is ``[[tn, fp], [fn, tp]]``. Ratios whose denominator is zero are None.
+    """
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(prob, dtype=float)
+    if y.shape != p.shape:
+        raise ValueError(f"y_true and prob differ in shape: {y.shape} vs {p.shape}")
+    if y.size == 0:
+        raise ValueError("no samples to score")
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    precision = _ratio(tp, tp + fp)
+    sensitivity = _ratio(tp, tp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    return {
+        "n": int(y.size),
+        "n_positive": int(y.sum()),
+        "n_negative": int(y.size - y.sum()),
+        "threshold": float(threshold),
+        "accuracy": _ratio(tp + tn, y.size),
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "false_positive_rate": _ratio(fp, tn + fp),
+        "precision": precision,
+        "negative_predictive_value": _ratio(tn, tn + fn),
+        "f1": f1,
+        "roc_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else None,
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+    }

@@ -1,0 +1,146 @@
+"""One HTML page with PNG figures: counts, samples, training curves, confusion matrix, ROC."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, classification_report  # noqa: E402
+
+from pneumolens.config import CLASS_NAMES  # noqa: E402
+from pneumolens.data.images import ImageReadError, read_image  # noqa: E402
+from pneumolens.evaluation.evaluate import Evaluation, format_table  # noqa: E402
+
+NOTICE = (
+    "pneumolens supports a clinician's reading of a chest X-ray; it does not make a diagnosis. "
+    "These figures describe a research model on one pediatric dataset."
+)
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def plot_class_counts(counts: dict[str, dict[str, int]], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    parts = list(counts)
+    x = np.arange(len(parts))
+    for i, name in enumerate(CLASS_NAMES):
+        vals = [counts[p].get(name, 0) for p in parts]
+        bars = ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, label=name)
+        ax.bar_label(bars, fontsize=8)
+    ax.set_xticks(x, parts)
+    ax.set_ylabel("images")
+    ax.set_title("Class counts")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_samples(ev: Evaluation, threshold: float, path: Path, per_class: int = 6, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(2, per_class, figsize=(2 * per_class, 4.6))
+    for row, name in enumerate(CLASS_NAMES):
+        idx = [i for i, s in enumerate(ev.samples) if s.label == row]
+        pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if idx else []
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col >= len(pick):
+                continue
+            i = int(pick[col])
+            try:
+                ax.imshow(read_image(ev.samples[i].path), cmap="gray", vmin=0, vmax=1)
+            except ImageReadError:
+                continue
+            p = ev.probabilities[i]
+            ok = (p >= threshold) == bool(row)
+            ax.set_title(f"{name}\np={p:.2f}", fontsize=8, color="green" if ok else "red")
+    fig.suptitle("Samples per class (title: true class, predicted probability; red = misclassified)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> str | None:
+    if not history:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = [h["epoch"] + 1 for h in history]
+    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+        for part in ("train", "val"):
+            ys = [h.get(f"{part}_{metric}", np.nan) for h in history]
+            ax.plot(epochs, ys, marker="o", label=part)
+        ax.set_xlabel("epoch")
+        ax.set_title({"loss": "Loss", "acc": "Accuracy"}[metric])
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(cm: list[list[int]], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ConfusionMatrixDisplay(np.array(cm), display_labels=list(CLASS_NAMES)).plot(ax=ax, colorbar=False, cmap="Blues")
+    ax.set_title("Confusion matrix")
+    return _save(fig, path)
+
+
+def plot_roc(y: list[int], p: list[float], path: Path) -> str | None:
+    if len(set(y)) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(4, 4))
+    RocCurveDisplay.from_predictions(y, p, ax=ax, name="model")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_title("ROC curve (PNEUMONIA positive)")
+    return _save(fig, path)
+
+
+def write_report(ev: Evaluation, meta: dict[str, Any], out_dir: str | os.PathLike[str], title: str) -> Path:
+    """Write ``index.html`` and its PNGs into ``out_dir``; returns the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = ev.metrics
+    y = [s.label for s in ev.samples]
+    counts = dict(meta.get("training", {}).get("counts", {}))
+    counts["evaluated"] = {name: sum(v == i for v in y) for i, name in enumerate(CLASS_NAMES)}
+    figures = [
+        ("Class counts", plot_class_counts(counts, out / "class_counts.png")),
+        ("Samples", plot_samples(ev, m["threshold"], out / "samples.png")),
+        ("Training curves", plot_curves(meta.get("history", []), out / "training_curves.png")),
+        ("Confusion matrix", plot_confusion(m["confusion_matrix"], out / "confusion_matrix.png")),
+        ("ROC curve", plot_roc(y, ev.probabilities, out / "roc_curve.png")),
+    ]
+    pred = [int(p >= m["threshold"]) for p in ev.probabilities]
+    cls_report = classification_report(y, pred, labels=[0, 1], target_names=list(CLASS_NAMES), digits=3, zero_division=0)
+    skipped = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in m["skipped"])
+    figs_html = "".join(
+        f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{caption}</figcaption></figure>'
+        for caption, name in figures
+        if name
+    )
+    config = json.dumps(meta.get("config", {}), indent=2, sort_keys=True)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+.notice{{background:#fff4d6;border-left:4px solid #e0a800;padding:.6em 1em}}
+figure{{display:inline-block;margin:.5em}}img{{max-width:100%}}pre{{background:#f5f5f5;padding:.8em}}</style>
+</head><body>
+<h1>{html.escape(title)}</h1>
+<p class="notice">{NOTICE}</p>
+<h2>Metrics</h2><pre>{html.escape(format_table(m))}</pre>
+<h2>Classification report</h2><pre>{html.escape(cls_report)}</pre>
+{figs_html}
+<h2>Unreadable files ({len(m['skipped'])})</h2><ul>{skipped or '<li>none</li>'}</ul>
+<h2>Training configuration</h2><pre>{html.escape(config)}</pre>
+</body></html>
+"""
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,86 @@
+"""Predictions from a model file: ``Predictor.from_checkpoint(path).predict_paths(paths)``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumolens.checkpoint import LoadedModel, load_model
+from pneumolens.config import CLASS_NAMES, PreprocessConfig
+from pneumolens.data.dataset import inference_loader
+from pneumolens.data.sources import Sample
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    probability: float | None  # of PNEUMONIA; None when the file could not be read
+    label: str | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "probability": self.probability, "label": self.label}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@torch.inference_mode()
+def predict_samples(
+    model: nn.Module, samples: Sequence[Sample], cfg: PreprocessConfig, batch_size: int = 64, num_workers: int = 0
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Probabilities by path for every readable sample, and the reasons for the unreadable ones."""
+    model.eval()
+    probs: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for batch in inference_loader(samples, cfg, batch_size=batch_size, num_workers=num_workers):
+        errors.update(dict(batch["skipped"]))
+        if batch["image"].numel():
+            p = torch.sigmoid(model(batch["image"])).cpu().numpy()
+            probs.update(zip(batch["path"], p.astype(float).tolist(), strict=True))
+    return probs, errors
+
+
+class Predictor:
+    """A loaded model plus its own preprocessing and operating point."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str]) -> Predictor:
+        return cls(load_model(path))
+
+    @property
+    def threshold(self) -> float:
+        return self.loaded.threshold
+
+    def label_of(self, probability: float) -> str:
+        return CLASS_NAMES[int(probability >= self.threshold)]
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 64) -> list[Prediction]:
+        samples = [Sample(str(p), 0, Path(p).name) for p in paths]
+        workers = 2 if len(samples) > 4 * batch_size else 0
+        probs, errors = predict_samples(
+            self.loaded.model, samples, self.loaded.preprocess, batch_size=batch_size, num_workers=workers
+        )
+        out = []
+        for s in samples:
+            if s.path in probs:
+                p = probs[s.path]
+                out.append(Prediction(s.path, p, self.label_of(p)))
+            else:
+                out.append(Prediction(s.path, None, None, errors.get(s.path, "not processed")))
+        return out
+
+    def predict_array(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for preprocessed inputs (B, C, H, W) in [0, 1]."""
+        with torch.inference_mode():
+            return torch.sigmoid(self.loaded.model(torch.as_tensor(x, dtype=torch.float32))).numpy()

@@ -1,0 +1,27 @@
+"""Architectures and a small registry: ``create_model(name, in_channels=..., **kwargs)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from pneumolens.models.resnet_small import ResNetSmall
+from pneumolens.models.seed_cnn import SeedCNN
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "seed_cnn": SeedCNN,
+    "resnet_small": ResNetSmall,
+}
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build an architecture by name. Every model maps (B, C, H, W) in [0, 1] to (B,) logits."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
+    return _REGISTRY[name](**kwargs)

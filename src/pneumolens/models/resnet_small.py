@@ -1,0 +1,70 @@
+"""A compact residual CNN for 1-channel X-rays, trained from scratch on a CPU.
+
+Stem (two 3x3 convs, stride 2) then four stages of basic residual blocks with batch norm, global
+average pooling, dropout and one logit. Far fewer parameters than ResNet-18 (no ImageNet weights
+can be had here, and ~5,000 training images do not support a large net).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout, stride)
+        self.conv2 = _conv_bn(cout, cout)
+        self.act = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        nn.init.zeros_(self.conv2[1].weight)  # each block starts as identity: stabler from scratch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
+
+
+class ResNetSmall(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 128,
+        widths: tuple[int, ...] = (32, 64, 128, 256),
+        blocks: tuple[int, ...] = (1, 1, 2, 1),
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        del image_size  # global pooling: any input size works
+        self.stem = nn.Sequential(
+            _conv_bn(in_channels, widths[0] // 2, stride=2), nn.ReLU(inplace=True),
+            _conv_bn(widths[0] // 2, widths[0]), nn.ReLU(inplace=True),
+        )
+        stages: list[nn.Module] = []
+        cin = widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+            for j in range(n):
+                stages.append(BasicBlock(cin, w, stride=2 if (j == 0 and i > 0) or (i == 0 and j == 0) else 1))
+                cin = w
+        self.stages = nn.Sequential(*stages)
+        self.feature_layer = f"stages.{len(stages) - 1}"  # last residual block, for Grad-CAM
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(cin, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))  # (B, C, H/32, W/32)
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.pool(f).flatten(1))).squeeze(1)  # (B,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

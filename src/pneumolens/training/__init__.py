@@ -1,0 +1,1 @@
+"""Training logic (LightningModule) and the ``fit`` entry point."""

@@ -1,0 +1,107 @@
+"""The LightningModule: loss, optimiser, schedule, augmentation and metrics. No architecture here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from pneumolens.config import TrainConfig
+from pneumolens.data.augment import random_affine
+from pneumolens.models import create_model
+
+log = logging.getLogger(__name__)
+
+
+def architecture_of(cfg: TrainConfig) -> dict[str, Any]:
+    """The JSON description that rebuilds the network: name and constructor kwargs."""
+    kwargs = {"in_channels": cfg.preprocess.channels, "image_size": cfg.preprocess.image_size}
+    return {"name": cfg.model, "kwargs": {**kwargs, **cfg.model_kwargs}}
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, config: dict[str, Any], class_weights: list[float]) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # plain dicts and lists: the Lightning checkpoint stays resumable
+        self.cfg = TrainConfig.from_dict(config)
+        arch = architecture_of(self.cfg)
+        self.model = create_model(arch["name"], **arch["kwargs"])
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
+        self.train_acc = BinaryAccuracy(threshold=self.cfg.threshold)
+        self.val_acc = BinaryAccuracy(threshold=self.cfg.threshold)
+        self.val_auroc = BinaryAUROC()
+        self.skipped: dict[str, str] = {}
+        self._warned = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (B,) logits
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        for path, reason in batch["skipped"]:
+            self.skipped.setdefault(path, reason)
+        if self.trainer is not None and self.trainer.training and batch["image"].numel():
+            batch["image"] = random_affine(batch["image"], self.cfg.augment)
+        return batch
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        x, y = batch["image"], batch["label"]
+        if not x.numel():
+            return None  # every file of this batch was unreadable: skip the step
+        logits = self(x)
+        # Keras class_weight semantics: each sample's loss times its class weight, mean over batch.
+        w = self.class_weights[y.long()]
+        loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
+                "the last good checkpoint is kept"
+            )
+        self.train_acc(torch.sigmoid(logits), y.long())
+        bs = len(y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        x, y = batch["image"], batch["label"]
+        if not x.numel():
+            return
+        logits = self(x)
+        # Validation loss is unweighted, as in Keras: it measures calibration on the true mix.
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        p = torch.sigmoid(logits)
+        self.val_acc(p, y.long())
+        self.val_auroc(p, y.long())
+        bs = len(y)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("val_auroc", self.val_auroc, on_epoch=True, batch_size=bs)
+
+    def on_train_epoch_end(self) -> None:
+        if len(self.skipped) > self._warned:
+            first = next(iter(self.skipped.items()))
+            log.warning(
+                "skipped %d unreadable file(s) so far, e.g. %s (%s)", len(self.skipped), first[0], first[1]
+            )
+            self._warned = len(self.skipped)
+
+    def configure_optimizers(self) -> Any:
+        c = self.cfg
+        if c.optimizer == "rmsprop":  # Keras RMSprop defaults: rho 0.9, epsilon 1e-7
+            opt = torch.optim.RMSprop(self.parameters(), lr=c.lr, alpha=0.9, eps=1e-7, weight_decay=c.weight_decay)
+        elif c.optimizer == "adamw":
+            opt = torch.optim.AdamW(self.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {c.optimizer!r}; valid: rmsprop, adamw")
+        if c.scheduler == "plateau":
+            # torch reduces after `patience` + 1 bad epochs; Keras (the seed) after `patience`.
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(0, c.patience - 1))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+        if c.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, c.epochs))
+            return {"optimizer": opt, "lr_scheduler": sched}
+        raise ValueError(f"unknown scheduler {c.scheduler!r}; valid: plateau, cosine")
