@@ -61,11 +61,7 @@ def _label_index(label: str, where: str) -> int:
 
 
 def _list_class_folder(folder: Path, label: int) -> list[Sample]:
-    if not folder.is_dir():
-        raise DataLayoutError(f"{folder}: class folder is missing ({LAYOUT_HELP})")
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise DataLayoutError(f"{folder}: class folder has no .jpeg/.jpg/.png files")
     return [Sample(str(p), label, patient_id(p)) for p in files]
@@ -74,6 +70,9 @@ def _list_class_folder(folder: Path, label: int) -> list[Sample]:
 def list_folder(root: str | os.PathLike[str]) -> list[Sample]:
     """Samples of a folder holding NORMAL/ and PNEUMONIA/ subfolders."""
     root = Path(root)
+    missing = [name for name in CLASS_NAMES if not (root / name).is_dir()]
+    if missing:
+        raise DataLayoutError(f"{root}: class folder(s) {', '.join(missing)} missing ({LAYOUT_HELP})")
     samples: list[Sample] = []
     for label, name in enumerate(CLASS_NAMES):
         samples += _list_class_folder(root / name, label)

@@ -118,7 +118,9 @@ def write_report(ev: Evaluation, meta: dict[str, Any], out_dir: str | os.PathLik
         ("ROC curve", plot_roc(y, ev.probabilities, out / "roc_curve.png")),
     ]
     pred = [int(p >= m["threshold"]) for p in ev.probabilities]
-    cls_report = classification_report(y, pred, labels=[0, 1], target_names=list(CLASS_NAMES), digits=3, zero_division=0)
+    cls_report = classification_report(
+        y, pred, labels=[0, 1], target_names=list(CLASS_NAMES), digits=3, zero_division=0
+    )
     skipped = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in m["skipped"])
     figs_html = "".join(
         f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{caption}</figcaption></figure>'
@@ -137,7 +139,7 @@ figure{{display:inline-block;margin:.5em}}img{{max-width:100%}}pre{{background:#
 <h2>Metrics</h2><pre>{html.escape(format_table(m))}</pre>
 <h2>Classification report</h2><pre>{html.escape(cls_report)}</pre>
 {figs_html}
-<h2>Unreadable files ({len(m['skipped'])})</h2><ul>{skipped or '<li>none</li>'}</ul>
+<h2>Unreadable files ({len(m["skipped"])})</h2><ul>{skipped or "<li>none</li>"}</ul>
 <h2>Training configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>
 """

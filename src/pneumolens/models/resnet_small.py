@@ -42,8 +42,10 @@ class ResNetSmall(nn.Module):
         super().__init__()
         del image_size  # global pooling: any input size works
         self.stem = nn.Sequential(
-            _conv_bn(in_channels, widths[0] // 2, stride=2), nn.ReLU(inplace=True),
-            _conv_bn(widths[0] // 2, widths[0]), nn.ReLU(inplace=True),
+            _conv_bn(in_channels, widths[0] // 2, stride=2),
+            nn.ReLU(inplace=True),
+            _conv_bn(widths[0] // 2, widths[0]),
+            nn.ReLU(inplace=True),
         )
         stages: list[nn.Module] = []
         cin = widths[0]

@@ -98,7 +98,7 @@ def fit(data: str | os.PathLike[str], cfg: TrainConfig, out: str | os.PathLike[s
             EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience),
             LearningRateMonitor(logging_interval="epoch"),
         ],
-        log_every_n_steps=10,
+        log_every_n_steps=max(1, min(10, len(split.train) // cfg.batch_size)),
         num_sanity_val_steps=0,
         default_root_dir=out,
     )

@@ -40,18 +40,16 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B,) logits
 
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+    def _note_skipped(self, batch: dict[str, Any]) -> None:
         for path, reason in batch["skipped"]:
             self.skipped.setdefault(path, reason)
-        if self.trainer is not None and self.trainer.training and batch["image"].numel():
-            batch["image"] = random_affine(batch["image"], self.cfg.augment)
-        return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._note_skipped(batch)
         x, y = batch["image"], batch["label"]
         if not x.numel():
             return None  # every file of this batch was unreadable: skip the step
-        logits = self(x)
+        logits = self(random_affine(x, self.cfg.augment))
         # Keras class_weight semantics: each sample's loss times its class weight, mean over batch.
         w = self.class_weights[y.long()]
         loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).mean()
@@ -67,6 +65,7 @@ class Classifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._note_skipped(batch)
         x, y = batch["image"], batch["label"]
         if not x.numel():
             return
@@ -84,9 +83,7 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if len(self.skipped) > self._warned:
             first = next(iter(self.skipped.items()))
-            log.warning(
-                "skipped %d unreadable file(s) so far, e.g. %s (%s)", len(self.skipped), first[0], first[1]
-            )
+            log.warning("skipped %d unreadable file(s) so far, e.g. %s (%s)", len(self.skipped), first[0], first[1])
             self._warned = len(self.skipped)
 
     def configure_optimizers(self) -> Any:

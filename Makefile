@@ -1,0 +1,45 @@
+# pneumolens developer tasks. `make help` lists them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= ../shared/data/chest_xray
+PRESET ?= default
+RUN    ?= runs/$(PRESET)
+
+.PHONY: help setup run test lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch lies on this machine's disk; install it first so the
+	# project's torch range is already satisfied and no CUDA build is pulled.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install pneumolens with its dev tools
+
+run: setup  ## main job: train PRESET on DATA/train, evaluate once on DATA/test, write the HTML report
+	$(VENV)/bin/pneumolens train --data $(DATA) --preset $(PRESET) --out $(RUN)
+	$(VENV)/bin/pneumolens evaluate --model $(RUN) --data $(DATA) --json $(RUN)/test_metrics.json --report $(RUN)/report
+
+test: setup  ## run the test suite (reads a small subset of ../shared/data)
+	$(PY) -m pytest -q -m "not slow"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+lint: setup  ## ruff lint and format check
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: setup  ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+bench: setup  ## train and evaluate both presets from scratch and print the results table (~15 min)
+	$(PY) benchmarks/presets.py --data $(DATA)
+
+clean:  ## remove runs and caches (keeps .venv)
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,75 @@
+"""Fixtures on a small real subset of ../shared/data (symlinked into a temp dir, never copied)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pneumolens.config import CLASS_NAMES
+
+SHARED = Path(os.environ.get("PNEUMOLENS_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+CHEST = SHARED / "chest_xray"
+FULLRES = SHARED / "fullres_samples"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not CHEST.is_dir():
+        skip = pytest.mark.skip(reason=f"shared data not found at {SHARED} (set PNEUMOLENS_SHARED_DATA)")
+        for item in items:
+            item.add_marker(skip)
+
+
+def real_images(split: str, label: str, n: int) -> list[Path]:
+    """The first n files of a class, spread over patients (every k-th file)."""
+    files = sorted((CHEST / split / label).iterdir())
+    step = max(1, len(files) // n)
+    return files[::step][:n]
+
+
+def link_dataset(root: Path, per_class: dict[str, dict[str, int]]) -> Path:
+    """A Kaggle-layout dataset of symlinks: per_class = {split: {label: n}}."""
+    for split, counts in per_class.items():
+        for label, n in counts.items():
+            d = root / split / label
+            d.mkdir(parents=True)
+            for f in real_images(split, label, n):
+                (d / f.name).symlink_to(f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """40 + 40 training images and 12 + 12 test images from the real set."""
+    return link_dataset(
+        tmp_path_factory.mktemp("tiny"),
+        {"train": dict.fromkeys(CLASS_NAMES, 40), "test": dict.fromkeys(CLASS_NAMES, 12)},
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory) -> Path:
+    """A run directory from a 2-epoch seed-preset training at 32 px (CLI path, worker processes on)."""
+    from pneumolens.cli import main
+
+    out = tmp_path_factory.mktemp("run") / "seed"
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--preset",
+            "seed",
+            "--epochs",
+            "2",
+            "--image-size",
+            "32",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+        ]
+    )
+    assert rc == 0
+    return out

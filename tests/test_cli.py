@@ -1,0 +1,183 @@
+"""End to end through the command line on a small real subset: train, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from conftest import FULLRES, link_dataset, real_images
+from safetensors.torch import load_file
+
+from pneumolens.checkpoint import load_model
+from pneumolens.cli import main
+from pneumolens.config import CLASS_NAMES
+
+METRIC_KEYS = {
+    "n",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "false_positive_rate",
+    "precision",
+    "f1",
+    "roc_auc",
+    "threshold",
+    "confusion_matrix",
+}
+
+
+def test_train_writes_a_self_describing_run(trained_run):
+    assert {"model.safetensors", "config.json", "split.json", "val_metrics.json"} <= {
+        p.name for p in trained_run.iterdir()
+    }
+    loaded = load_model(trained_run)
+    meta = loaded.meta
+    assert meta["architecture"]["name"] == "seed_cnn"
+    assert meta["preprocessing"] == {"image_size": 32, "channels": 3, "interpolation": "nearest"}
+    assert meta["config"]["epochs"] == 2 and meta["config"]["class_weights"] == "seed"
+    assert [h["epoch"] for h in meta["history"]] == [0, 1]
+    assert {"train_loss", "val_loss", "train_acc", "val_acc"} <= set(meta["history"][0])
+    split = json.loads((trained_run / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 80
+    assert meta["metrics"]["val"]["n"] == len(split["val"])
+
+
+def test_evaluate_json_and_report(trained_run, tiny_data, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(trained_run),
+            "--data",
+            str(tiny_data),
+            "--json",
+            str(out),
+            "--report",
+            str(tmp_path / "report"),
+        ]
+    )
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert METRIC_KEYS <= set(m)
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    assert m["n"] == tn + fp + fn + tp == 24 and fn + tp == 12
+    assert m["accuracy"] == pytest.approx((tn + tp) / 24)
+    assert "accuracy" in capsys.readouterr().out
+    report = tmp_path / "report"
+    html = (report / "index.html").read_text()
+    for png in ("class_counts.png", "samples.png", "training_curves.png", "confusion_matrix.png", "roc_curve.png"):
+        assert (report / png).stat().st_size > 1000 and png in html
+    assert "does not make a diagnosis" in html
+
+
+def test_evaluate_threshold_override(trained_run, tiny_data, tmp_path):
+    for t, name in ((0.0, "lo"), (1.0, "hi")):
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained_run),
+                "--data",
+                str(tiny_data),
+                "--threshold",
+                str(t),
+                "--json",
+                str(tmp_path / f"{name}.json"),
+            ]
+        )
+    lo = json.loads((tmp_path / "lo.json").read_text())
+    hi = json.loads((tmp_path / "hi.json").read_text())
+    assert lo["sensitivity"] == 1.0 and lo["specificity"] == 0.0
+    assert hi["threshold"] == 1.0 and hi["sensitivity"] <= lo["sensitivity"]
+
+
+def test_predict_json_lines_and_bad_file(trained_run, tmp_path, capsys):
+    good = [sorted((FULLRES / "PNEUMONIA").iterdir())[0], real_images("test", "NORMAL", 1)[0]]
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(good[1].read_bytes()[:200])
+    rc = main(["predict", *map(str, good), str(bad), "--model", str(trained_run / "model.safetensors"), "--json"])
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert rc == 1  # one file failed; the others were still predicted
+    assert [d["path"] for d in lines] == [str(p) for p in good] + [str(bad)]
+    for d in lines[:2]:
+        assert 0.0 <= d["probability"] <= 1.0 and d["label"] in CLASS_NAMES
+    assert lines[2]["probability"] is None and "broken.jpeg" in captured.err
+    assert "corrupt or truncated" in lines[2]["error"]
+
+
+def test_wrong_layout_is_a_clear_error(tmp_path, capsys):
+    rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(tmp_path) in err and "expected a dataset root" in err
+    rc = main(["evaluate", "--model", str(tmp_path / "nothing"), "--data", str(tmp_path)])
+    assert rc == 2 and "no model file found" in capsys.readouterr().err
+
+
+def test_training_skips_unreadable_files(tmp_path, caplog):
+    data = link_dataset(tmp_path / "d", {"train": dict.fromkeys(CLASS_NAMES, 16)})
+    src = real_images("train", "NORMAL", 1)[0].read_bytes()
+    (data / "train" / "NORMAL" / "IM-9990-0001.jpeg").write_bytes(src[: len(src) // 3])  # header ok, data cut
+    (data / "train" / "PNEUMONIA" / "person9991_virus_1.jpeg").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        rc = main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--preset",
+                "seed",
+                "--epochs",
+                "1",
+                "--image-size",
+                "32",
+                "--num-workers",
+                "0",
+                "--val-fraction",
+                "0.25",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+    assert rc == 0
+    text = caplog.text
+    assert "person9991_virus_1.jpeg" in text  # refused up front, by name
+    meta = load_model(tmp_path / "run").meta
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert [u["path"] for u in split["unreadable"]] == [str(data / "train" / "PNEUMONIA" / "person9991_virus_1.jpeg")]
+    # the truncated JPEG passes the header check and is dropped at load time, train or val side
+    assert "IM-9990-0001.jpeg" in text and meta["training"]["unreadable_files"] == 2
+
+
+def test_same_seed_same_weights(tiny_data, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        args = [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--preset",
+            "default",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--limit",
+            "48",
+            "--seed",
+            "5",
+            "--num-workers",
+            "0",
+            "--val-fraction",
+            "0.25",
+            "--out",
+            str(tmp_path / name),
+        ]
+        assert main(args) == 0
+        runs.append(load_file(str(tmp_path / name / "model.safetensors")))
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FULLRES, real_images
+from PIL import Image
+
+from pneumolens.config import PreprocessConfig
+from pneumolens.data.images import ImageReadError, load_input, preprocess, read_image
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but holds almost no data (decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_real_jpeg_is_gray_unit_range():
+    x = read_image(real_images("train", "NORMAL", 1)[0])
+    assert x.dtype == np.float32 and x.ndim == 2
+    assert 0.0 <= x.min() < 0.2 and 0.8 < x.max() <= 1.0  # a real radiograph spans the range
+
+
+def test_fullres_jpeg_resizes_to_model_input():
+    path = sorted((FULLRES / "NORMAL").iterdir())[0]
+    with Image.open(path) as img:
+        assert min(img.size) > 500  # really a full-resolution original
+    x = load_input(path, PreprocessConfig(image_size=64, channels=3))
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    assert np.array_equal(x[0], x[2])  # grayscale replicated
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+@pytest.mark.parametrize("interp", ["nearest", "bilinear", "bicubic"])
+def test_preprocess_keeps_contract(interp):
+    gray = np.random.default_rng(0).random((300, 200), dtype=np.float32)
+    x = preprocess(gray, PreprocessConfig(image_size=48, channels=1, interpolation=interp))
+    assert x.shape == (1, 48, 48) and x.min() >= 0.0 and x.max() <= 1.0
+
+
+def _save(tmp: Path, name: str, img: Image.Image, **kw) -> Path:
+    p = tmp / name
+    img.save(p, **kw)
+    return p
+
+
+def test_valid_modes_all_decode(tmp_path):
+    base = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    cases = {
+        "g16.png": Image.fromarray((base * 65535).astype(np.uint16)),
+        "rgba.png": Image.fromarray((np.dstack([base] * 3 + [np.ones_like(base)]) * 255).astype(np.uint8), "RGBA"),
+        "palette.png": Image.fromarray((base * 255).astype(np.uint8)).convert("P"),
+        "rgb.jpg": Image.fromarray((np.dstack([base] * 3) * 255).astype(np.uint8)),
+        "cmyk.jpg": Image.fromarray((np.dstack([base] * 3) * 255).astype(np.uint8)).convert("CMYK"),
+    }
+    for name, img in cases.items():
+        x = read_image(_save(tmp_path, name, img))
+        assert x.shape == (64, 64), name
+        # a left-to-right ramp survives every mode: dark top-left, bright bottom-right
+        assert x[0, 0] < 0.1 and x[-1, -1] > 0.85, name
+
+
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("empty.jpeg", b"", "not a JPEG or PNG"),
+        ("notes.jpeg", b"this is a text file, not an X-ray\n", "not a JPEG or PNG"),
+        ("bomb.png", png_claiming(50_000, 50_000), "refused before decoding"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path, name, content, reason):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(ImageReadError) as e:
+        read_image(p)
+    assert name in str(e.value) and reason in str(e.value)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    data = real_images("train", "PNEUMONIA", 1)[0].read_bytes()
+    p = tmp_path / "cut.jpeg"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="cut.jpeg: corrupt or truncated"):
+        read_image(p)
+
+
+def test_missing_and_tiny(tmp_path):
+    with pytest.raises(ImageReadError, match="nope.png: file not found"):
+        read_image(tmp_path / "nope.png")
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    (tmp_path / "dot.png").write_bytes(buf.getvalue())
+    with pytest.raises(ImageReadError, match="dot.png: image is 1x1"):
+        read_image(tmp_path / "dot.png")

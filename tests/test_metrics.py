@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from pneumolens.evaluation.metrics import binary_metrics
+
+
+@pytest.mark.parametrize("seed, threshold", [(0, 0.5), (1, 0.3), (2, 0.8)])
+def test_against_scikit_learn(seed, threshold):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.35 * y + rng.random(300) * 0.65, 0, 1)
+    m = binary_metrics(y, p, threshold)
+    pred = (p >= threshold).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+    assert m["false_positive_rate"] == pytest.approx(1 - m["specificity"])
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert np.array_equal(m["confusion_matrix"], skm.confusion_matrix(y, pred))
+
+
+def test_hand_computed_case():
+    # tn=1 (0.1), fp=1 (0.6), fn=1 (0.4), tp=2 (0.7, 0.9)
+    m = binary_metrics([0, 0, 1, 1, 1], [0.1, 0.6, 0.4, 0.7, 0.9], 0.5)
+    assert m["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(1 / 2)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["roc_auc"] == pytest.approx(5 / 6)  # 5 of 6 (pos, neg) pairs ranked right
+    assert m["threshold"] == 0.5 and m["n"] == 5
+
+
+def test_undefined_ratios_are_none():
+    m = binary_metrics([1, 1], [0.9, 0.2])
+    assert m["specificity"] is None and m["roc_auc"] is None
+    with pytest.raises(ValueError, match="no samples"):
+        binary_metrics([], [])

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+from conftest import CHEST, real_images
+
+from pneumolens.data.sources import DataLayoutError, find_split, patient_id
+
+
+@pytest.mark.parametrize(
+    "name, patient",
+    [
+        ("person1003_virus_1685.jpeg", "person1003"),
+        ("person12_bacteria_46.jpeg", "person12"),
+        ("IM-0115-0001.jpeg", "IM-115"),
+        ("NORMAL2-IM-0115-0001-0002.jpeg", "IM-115"),
+        ("IM-0505-0001-0001.jpeg", "IM-505"),
+        ("scan.png", "file:scan"),
+    ],
+)
+def test_patient_id(name, patient):
+    assert patient_id(f"/x/{name}") == patient
+
+
+def test_kaggle_root_and_class_folder():
+    train = find_split(CHEST, "train")
+    assert len(train) == 1341 + 3875
+    assert sum(s.label for s in train) == 3875  # PNEUMONIA is label 1
+    test_direct = find_split(CHEST / "test", "test")
+    assert len(test_direct) == 624
+
+
+def test_csv_manifest(tmp_path):
+    files = real_images("test", "NORMAL", 2) + real_images("test", "PNEUMONIA", 2)
+    rows = ["path,label"] + [f"{f},{f.parent.name}" for f in files[:3]] + [f"{files[3]},1"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    samples = find_split(tmp_path / "m.csv", "test")
+    assert [s.label for s in samples] == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda d: None, "no train/ folder and no class folders"),
+        (lambda d: (d / "NORMAL").mkdir(), "class folder(s) PNEUMONIA missing"),
+        (lambda d: ((d / "NORMAL").mkdir(), (d / "PNEUMONIA").mkdir()), "NORMAL: class folder has no"),
+        (lambda d: (d / "m.csv").write_text("file,y\na.png,1\n"), None),
+    ],
+)
+def test_bad_layouts_say_what_was_expected(tmp_path, make, match):
+    make(tmp_path)
+    target = tmp_path / "m.csv" if (tmp_path / "m.csv").exists() else tmp_path
+    with pytest.raises(DataLayoutError) as e:
+        find_split(target, "train")
+    assert str(tmp_path) in str(e.value)
+    assert (match or "missing column(s) label, path") in str(e.value)
+    if match is None or "missing" in match or "no train/" in match:
+        assert "NORMAL/ and PNEUMONIA/" in str(e.value)
