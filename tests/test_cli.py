@@ -181,3 +181,13 @@ def test_same_seed_same_weights(tiny_data, tmp_path):
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
+
+
+def test_evaluate_lists_unreadable_files(trained_run, tmp_path, capsys):
+    data = link_dataset(tmp_path / "d", {"test": dict.fromkeys(CLASS_NAMES, 4)})
+    (data / "test" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    rc = main(["evaluate", "--model", str(trained_run), "--data", str(data), "--json", str(tmp_path / "m.json")])
+    assert rc == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["n"] == 8 and m["n_skipped"] == 1 and m["skipped"][0]["path"].endswith("IM-9999-0001.jpeg")
+    assert "IM-9999-0001.jpeg" in capsys.readouterr().err

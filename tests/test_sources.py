@@ -55,3 +55,17 @@ def test_bad_layouts_say_what_was_expected(tmp_path, make, match):
     assert (match or "missing column(s) label, path") in str(e.value)
     if match is None or "missing" in match or "no train/" in match:
         assert "NORMAL/ and PNEUMONIA/" in str(e.value)
+
+
+def test_kaggle_val_folder_is_pooled_with_train(tmp_path):
+    from conftest import link_dataset
+
+    link_dataset(tmp_path, {"train": {"NORMAL": 3, "PNEUMONIA": 3}, "test": {"NORMAL": 2, "PNEUMONIA": 2}})
+    for label, f in (
+        ("NORMAL", real_images("test", "NORMAL", 3)[-1]),
+        ("PNEUMONIA", real_images("test", "PNEUMONIA", 3)[-1]),
+    ):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        (tmp_path / "val" / label / f.name).symlink_to(f)
+    assert len(find_split(tmp_path, "train")) == 8
+    assert len(find_split(tmp_path, "test")) == 4

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--limit", type=_positive_int, help="use at most N images of train/ (stratified), for smoke runs")
+    t.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees")
+    t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
+    t.add_argument("--zoom", type=float, help="augmentation: max zoom deviation (0.1 = 0.9x to 1.1x)")
     t.add_argument("--class-weights", choices=["seed", "balanced", "none"])
     t.add_argument(
         "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"
@@ -95,6 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         limit=args.limit,
+        rotation=args.rotation,
+        shift=args.shift,
+        zoom=args.zoom,
         class_weights=args.class_weights,
         balanced_sampler=args.balanced_sampler,
         val_fraction=args.val_fraction,

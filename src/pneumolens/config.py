@@ -116,7 +116,7 @@ PRESETS: dict[str, TrainConfig] = {"seed": SEED, "default": DEFAULT}
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
-    ``image_size`` is a shortcut into ``preprocess``.
+    ``image_size`` is a shortcut into ``preprocess``; ``rotation``, ``shift`` and ``zoom`` into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -127,4 +127,9 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if size < 16:
             raise ValueError(f"image_size must be at least 16, got {size}")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, image_size=size))
+    aug = {k: float(overrides.pop(k)) for k in ("rotation", "shift", "zoom") if k in overrides}
+    if aug:
+        if any(v < 0 for v in aug.values()) or aug.get("zoom", 0) >= 1 or aug.get("shift", 0) >= 1:
+            raise ValueError(f"augmentation ranges must be >= 0 (shift and zoom < 1), got {aug}")
+        cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **aug))
     return dataclasses.replace(cfg, **overrides)

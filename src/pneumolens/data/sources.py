@@ -103,8 +103,9 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
 def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:
     """The samples of ``split`` ("train" or "test") under a dataset path.
 
-    ``data`` may be a Kaggle root (``data/split/{NORMAL,PNEUMONIA}``), a class-folder directory
-    (used as is, whatever the split), or a CSV manifest.
+    ``data`` may be a Kaggle root (``data/split/{NORMAL,PNEUMONIA}``; for "train", a ``val/``
+    beside it is pooled in), a class-folder directory (used as is, whatever the split), or a CSV
+    manifest.
     """
     data = Path(data)
     if not data.exists():
@@ -114,7 +115,12 @@ def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:
             raise DataLayoutError(f"{data}: is a file but not a .csv manifest ({LAYOUT_HELP})")
         return read_manifest(data)
     if (data / split).is_dir():
-        return list_folder(data / split)
+        samples = list_folder(data / split)
+        if split == "train" and (data / "val").is_dir():
+            # Kaggle's own val/ holds 16 images: too few to select on. Pool it with train/ and
+            # carve validation by patient instead.
+            samples += list_folder(data / "val")
+        return samples
     if any((data / name).is_dir() for name in CLASS_NAMES):
         return list_folder(data)
     raise DataLayoutError(f"{data}: no {split}/ folder and no class folders ({LAYOUT_HELP})")

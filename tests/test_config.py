@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from pneumolens.config import PRESETS, TrainConfig, resolve_config
+
+
+def test_seed_preset_is_the_blog_recipe():
+    c = PRESETS["seed"]
+    assert (c.preprocess.image_size, c.preprocess.channels, c.batch_size) == (64, 3, 32)
+    assert (c.augment.rotation, c.augment.shift, c.augment.zoom) == (10.0, 0.2, 0.1)
+    assert (c.optimizer, c.lr, c.patience, c.scheduler, c.class_weights) == ("rmsprop", 1e-3, 3, "plateau", "seed")
+
+
+def test_overrides_reach_nested_configs_and_round_trip():
+    c = resolve_config("default", image_size=96, zoom=0.2, epochs=3, seed=None)
+    assert c.preprocess.image_size == 96 and c.augment.zoom == 0.2 and c.epochs == 3
+    assert c.seed == PRESETS["default"].seed  # None means "keep the preset's value"
+    assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"image_size": 8}, "at least 16"), ({"zoom": 1.5}, "augmentation ranges"), ({"shift": -0.1}, "augmentation")],
+)
+def test_bad_overrides(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config("seed", **kwargs)
+    with pytest.raises(ValueError, match="valid: seed, default|valid: default, seed"):
+        resolve_config("huge")
+
+
+def test_unknown_config_field_is_named():
+    with pytest.raises(ValueError, match="unknown config field"):
+        TrainConfig.from_dict({"epochz": 3})
