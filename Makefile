@@ -6,7 +6,7 @@ DATA   ?= ../shared/data/chest_xray
 PRESET ?= default
 RUN    ?= runs/$(PRESET)
 
-.PHONY: help setup run test lint format bench clean
+.PHONY: help setup run test lint format bench lungs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ format: setup  ## apply ruff's formatting and safe fixes
 
 bench: setup  ## train and evaluate both presets from scratch and print the results table (~15 min)
 	$(PY) benchmarks/presets.py --data $(DATA)
+
+lungs: setup  ## retrain the lung segmenter from scratch (<= 15 min) and ship it in src/pneumolens/assets
+	$(VENV)/bin/pneumolens train-lungs --data $(dir $(DATA))lung_masks --out runs/lungs
+	cp runs/lungs/lungs.safetensors src/pneumolens/assets/lungs.safetensors
 
 clean:  ## remove runs and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

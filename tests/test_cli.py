@@ -35,7 +35,8 @@ def test_train_writes_a_self_describing_run(trained_run):
     loaded = load_model(trained_run)
     meta = loaded.meta
     assert meta["architecture"]["name"] == "seed_cnn"
-    assert meta["preprocessing"] == {"image_size": 32, "channels": 3, "interpolation": "nearest"}
+    pre = meta["preprocessing"]
+    assert (pre["image_size"], pre["channels"], pre["interpolation"], pre["lungs"]) == (32, 3, "nearest", "none")
     assert meta["config"]["epochs"] == 2 and meta["config"]["class_weights"] == "seed"
     assert [h["epoch"] for h in meta["history"]] == [0, 1]
     assert {"train_loss", "val_loss", "train_acc", "val_acc"} <= set(meta["history"][0])

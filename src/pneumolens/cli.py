@@ -83,7 +83,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="JPEG or PNG files")
     p.add_argument("--model", required=True, help="model file or run directory")
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    s = sub.add_parser("segment", help="lung masks, overlays and plausibility flags for each image")
+    s.add_argument("images", nargs="+", help="JPEG or PNG files")
+    s.add_argument("--out-dir", default="segmentations", help="where <stem>_mask.png and <stem>_overlay.png go")
+    s.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    s.add_argument("--segmenter", help="a lung model file (default: the one shipped with pneumolens)")
+
+    tl = sub.add_parser("train-lungs", help="train the lung segmenter from scratch on NLM lung masks")
+    tl.add_argument("--data", default="../shared/data/lung_masks", help="folder with manifest.csv, images/, masks/")
+    tl.add_argument("--out", default="runs/lungs")
+    tl.add_argument("--epochs", type=_positive_int)
+    tl.add_argument("--image-size", type=_positive_int)
+    tl.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    tl.add_argument("--seed", type=int)
     return parser
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from pneumolens.data.images import ImageReadError, read_image
+    from pneumolens.lungs.flags import describe, lung_fraction, plausibility_flags
+    from pneumolens.lungs.render import mask_image, overlay_image
+    from pneumolens.lungs.segment import LungSegmenter
+
+    seg = LungSegmenter.from_file(args.segmenter) if args.segmenter else LungSegmenter.shipped()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in args.images:
+        try:
+            gray = read_image(path)
+        except ImageReadError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"path": path, "error": e.reason}))
+            continue
+        low, full = seg.masks(gray)
+        stem = Path(path).stem
+        mask_png, overlay_png = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
+        mask_image(full).save(mask_png)
+        overlay_image(gray, full).save(overlay_png)
+        flags = plausibility_flags(low)
+        record = {
+            "path": path,
+            "lung_fraction": round(lung_fraction(full), 4),
+            "flags": flags,
+            "mask": str(mask_png),
+            "overlay": str(overlay_png),
+        }
+        if args.json:
+            print(json.dumps(record))
+        else:
+            note = describe(flags) or "ok"
+            print(f"{path}\tlung_fraction={record['lung_fraction']:.3f}\t{note}")
+    return 1 if failed else 0
+
+
+def cmd_train_lungs(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pneumolens.lungs.train import LungTrainConfig, fit_lungs
+
+    overrides = {
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "max_minutes": args.max_minutes,
+        "seed": args.seed,
+    }
+    cfg = dataclasses.replace(LungTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    print(fit_lungs(args.data, args.out, cfg))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -161,7 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+    commands = {
+        "train": cmd_train,
+        "train-lungs": cmd_train_lungs,
+        "segment": cmd_segment,
+        "evaluate": cmd_evaluate,
+        "predict": cmd_predict,
+    }
     try:
         return commands[args.command](args)
     except (DataLayoutError, ModelFileError, ImageReadError, ValueError, FileNotFoundError) as e:

@@ -26,6 +26,9 @@ class PreprocessConfig:
     image_size: int = 224
     channels: int = 1
     interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+    lungs: Literal["none", "crop", "mask", "soft"] = "none"  # lung-aware suppression (pneumolens.lungs)
+    lung_margin: float = 0.05  # mask dilation, as a fraction of the image's shorter side
+    soft_floor: float = 0.3  # what "soft" keeps of the intensity outside the lungs
 
 
 @dataclass(frozen=True)

@@ -100,21 +100,40 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageReadError(path, f"corrupt or truncated image ({e})") from None
 
 
-def preprocess(gray: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+def preprocess(gray: np.ndarray, cfg: PreprocessConfig, lung_mask: np.ndarray | None = None) -> np.ndarray:
     """Grayscale (H, W) in [0, 1] -> model input (C, S, S) float32 in [0, 1].
 
-    The image is resized to a square without keeping the aspect ratio, as the seed did.
+    The image is resized to a square without keeping the aspect ratio, as the seed did. With
+    ``cfg.lungs`` other than "none", the region outside the lung fields is cropped away or
+    suppressed; ``lung_mask`` (the segmenter's low-resolution mask) is computed when not given.
     """
     if gray.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale array, got shape {gray.shape}")
+    weights = None
+    if cfg.lungs != "none":
+        from pneumolens.lungs import preprocess as lung_pre
+
+        if lung_mask is None:
+            from pneumolens.lungs.segment import LungSegmenter
+
+            lung_mask = LungSegmenter.shipped().mask(gray, full_size=False)
+        if lung_mask.any():
+            if cfg.lungs == "crop":
+                top, bottom, left, right = lung_pre.crop_box(lung_mask, cfg.lung_margin, gray.shape)
+                gray = gray[top:bottom, left:right]
+            else:
+                weights = lung_pre.weight_map(lung_mask, cfg.lungs, cfg.lung_margin, cfg.soft_floor, cfg.image_size)
     size = cfg.image_size
     if gray.shape != (size, size):
         img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F")
         gray = np.asarray(img.resize((size, size), _RESAMPLE[cfg.interpolation]), dtype=np.float32)
-    out = np.clip(gray, 0.0, 1.0)[None]  # (1, S, S)
+    gray = np.clip(gray, 0.0, 1.0)
+    if weights is not None:
+        gray = gray * weights
+    out = gray[None]  # (1, S, S)
     if cfg.channels != 1:
         out = np.repeat(out, cfg.channels, axis=0)  # (C, S, S)
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def load_input(path: str | os.PathLike[str], cfg: PreprocessConfig) -> np.ndarray:

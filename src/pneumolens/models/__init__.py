@@ -7,12 +7,14 @@ from typing import Any
 
 from torch import nn
 
+from pneumolens.models.lung_unet import LungUNet
 from pneumolens.models.resnet_small import ResNetSmall
 from pneumolens.models.seed_cnn import SeedCNN
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "seed_cnn": SeedCNN,
     "resnet_small": ResNetSmall,
+    "lung_unet": LungUNet,
 }
 
 
@@ -21,7 +23,8 @@ def model_names() -> list[str]:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build an architecture by name. Every model maps (B, C, H, W) in [0, 1] to (B,) logits."""
+    """Build an architecture by name. Classifiers map (B, C, H, W) in [0, 1] to (B,) logits; the
+    lung segmenter maps (B, 1, H, W) to (B, 1, H, W) logits."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
     return _REGISTRY[name](**kwargs)

@@ -1,0 +1,1 @@
+"""Lung fields: a segmenter trained from scratch, plausibility flags, lung-aware preprocessing."""
