@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import real_images
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import real_images
 from pneumolens.checkpoint import MODEL_FILENAME, ModelFileError, load_model, save_model
 from pneumolens.inference import Predictor
 from pneumolens.models import create_model

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 import torch
-from conftest import FULLRES, link_dataset, real_images
 from safetensors.torch import load_file
 
+from conftest import FULLRES, link_dataset, real_images
 from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
 from pneumolens.config import CLASS_NAMES

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FULLRES, real_images
 from PIL import Image
 
+from conftest import FULLRES, real_images
 from pneumolens.config import PreprocessConfig
 from pneumolens.data.images import ImageReadError, load_input, preprocess, read_image
 

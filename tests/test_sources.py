@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CHEST, real_images
 
+from conftest import CHEST, real_images
 from pneumolens.data.sources import DataLayoutError, find_split, patient_id
 
 

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--limit", type=_positive_int, help="use at most N images of train/ (stratified), for smoke runs")
+    t.add_argument(
+        "--lungs",
+        choices=["none", "crop", "mask", "soft"],
+        help="lung-aware preprocessing: crop to the lungs, zero or attenuate outside them",
+    )
     t.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees")
     t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
     t.add_argument("--zoom", type=float, help="augmentation: max zoom deviation (0.1 = 0.9x to 1.1x)")
@@ -167,6 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         limit=args.limit,
+        lungs=args.lungs,
         rotation=args.rotation,
         shift=args.shift,
         zoom=args.zoom,
@@ -215,7 +221,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(pred.to_dict()))
         elif not pred.error:
-            print(f"{pred.path}\t{pred.probability:.4f}\t{pred.label}")
+            note = f"\tWARNING: {pred.warning}" if pred.warning else ""
+            print(f"{pred.path}\t{pred.probability:.4f}\t{pred.label}{note}")
     if not args.json:
         print(NOTICE, file=sys.stderr)
     return 1 if failed else 0

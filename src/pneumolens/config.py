@@ -119,7 +119,8 @@ PRESETS: dict[str, TrainConfig] = {"seed": SEED, "default": DEFAULT}
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
-    ``image_size`` is a shortcut into ``preprocess``; ``rotation``, ``shift`` and ``zoom`` into ``augment``.
+    ``image_size`` and ``lungs`` are shortcuts into ``preprocess``; ``rotation``, ``shift`` and ``zoom``
+    into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -130,6 +131,11 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if size < 16:
             raise ValueError(f"image_size must be at least 16, got {size}")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, image_size=size))
+    if "lungs" in overrides:
+        lungs = overrides.pop("lungs")
+        if lungs not in ("none", "crop", "mask", "soft"):
+            raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft")
+        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lungs=lungs))
     aug = {k: float(overrides.pop(k)) for k in ("rotation", "shift", "zoom") if k in overrides}
     if aug:
         if any(v < 0 for v in aug.values()) or aug.get("zoom", 0) >= 1 or aug.get("shift", 0) >= 1:

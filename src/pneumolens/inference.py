@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from pneumolens.config import CLASS_NAMES, PreprocessConfig
 from pneumolens.data.dataset import inference_loader
 from pneumolens.data.sources import Sample
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -24,27 +27,49 @@ class Prediction:
     probability: float | None  # of PNEUMONIA; None when the file could not be read
     label: str | None
     error: str | None = None
+    flags: list[str] = field(default_factory=list)  # lung plausibility (pneumolens.lungs.flags)
+
+    @property
+    def warning(self) -> str | None:
+        from pneumolens.lungs.flags import describe
+
+        return describe(self.flags)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "probability": self.probability, "label": self.label}
         if self.error:
             d["error"] = self.error
+        else:
+            d["flags"] = self.flags
+            if self.warning:
+                d["warning"] = self.warning
         return d
 
 
 @torch.inference_mode()
 def predict_samples(
-    model: nn.Module, samples: Sequence[Sample], cfg: PreprocessConfig, batch_size: int = 64, num_workers: int = 0
+    model: nn.Module,
+    samples: Sequence[Sample],
+    cfg: PreprocessConfig,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    flags: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Probabilities by path for every readable sample, and the reasons for the unreadable ones."""
+    """Probabilities by path for every readable sample, and the reasons for the unreadable ones.
+
+    Pass a dict as ``flags`` to have it filled with each image's lung plausibility flags.
+    """
     model.eval()
     probs: dict[str, float] = {}
     errors: dict[str, str] = {}
-    for batch in inference_loader(samples, cfg, batch_size=batch_size, num_workers=num_workers):
+    loader = inference_loader(samples, cfg, batch_size, num_workers, with_flags=flags is not None)
+    for batch in loader:
         errors.update(dict(batch["skipped"]))
         if batch["image"].numel():
             p = torch.sigmoid(model(batch["image"])).cpu().numpy()
             probs.update(zip(batch["path"], p.astype(float).tolist(), strict=True))
+            if flags is not None:
+                flags.update(zip(batch["path"], batch["flags"], strict=True))
     return probs, errors
 
 
@@ -53,6 +78,16 @@ class Predictor:
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
+        recorded = loaded.meta.get("lung_segmenter_sha256")
+        if recorded:
+            from pneumolens.lungs.segment import LungSegmenter
+
+            if LungSegmenter.shipped().sha256 != recorded:
+                log.warning(
+                    "%s was trained with another lung segmenter than the one installed; "
+                    "its lung-aware preprocessing may differ from training",
+                    loaded.path,
+                )
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str]) -> Predictor:
@@ -68,14 +103,15 @@ class Predictor:
     def predict_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 64) -> list[Prediction]:
         samples = [Sample(str(p), 0, Path(p).name) for p in paths]
         workers = 2 if len(samples) > 4 * batch_size else 0
+        flags: dict[str, list[str]] = {}
         probs, errors = predict_samples(
-            self.loaded.model, samples, self.loaded.preprocess, batch_size=batch_size, num_workers=workers
+            self.loaded.model, samples, self.loaded.preprocess, batch_size, workers, flags=flags
         )
         out = []
         for s in samples:
             if s.path in probs:
                 p = probs[s.path]
-                out.append(Prediction(s.path, p, self.label_of(p)))
+                out.append(Prediction(s.path, p, self.label_of(p), flags=flags[s.path]))
             else:
                 out.append(Prediction(s.path, None, None, errors.get(s.path, "not processed")))
         return out

@@ -17,29 +17,43 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from pneumolens.config import TrainConfig
-from pneumolens.data.images import ImageReadError, load_input
+from pneumolens.data.images import ImageReadError, preprocess, read_image
 from pneumolens.data.sources import Sample
 
 log = logging.getLogger(__name__)
 
 
 class XrayDataset(Dataset):
-    """(input, label) pairs; a sample that fails to load comes back as ``None`` plus its error."""
+    """(input, label) pairs; a sample that fails to load comes back as ``None`` plus its error.
 
-    def __init__(self, samples: Sequence[Sample], preprocess_cfg) -> None:
+    With ``with_flags``, each item also carries the lung plausibility flags; the lung mask is then
+    computed once and shared with lung-aware preprocessing.
+    """
+
+    def __init__(self, samples: Sequence[Sample], preprocess_cfg, with_flags: bool = False) -> None:
         self.samples = list(samples)
         self.cfg = preprocess_cfg
+        self.with_flags = with_flags
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
+        item: dict[str, Any] = {"image": None, "label": s.label, "path": s.path, "error": None, "flags": []}
         try:
-            x = torch.from_numpy(load_input(s.path, self.cfg))
+            gray = read_image(s.path)
         except ImageReadError as e:
-            return {"image": None, "label": s.label, "path": s.path, "error": e.reason}
-        return {"image": x, "label": s.label, "path": s.path, "error": None}
+            return {**item, "error": e.reason}
+        lung_mask = None
+        if self.with_flags:
+            from pneumolens.lungs.flags import plausibility_flags
+            from pneumolens.lungs.segment import LungSegmenter
+
+            lung_mask = LungSegmenter.shipped().mask(gray, full_size=False)
+            item["flags"] = plausibility_flags(lung_mask)
+        item["image"] = torch.from_numpy(preprocess(gray, self.cfg, lung_mask=lung_mask))
+        return item
 
 
 def collate_skipping_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -54,6 +68,7 @@ def collate_skipping_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
         "image": images,
         "label": torch.tensor([it["label"] for it in good], dtype=torch.float32),
         "path": [it["path"] for it in good],
+        "flags": [it["flags"] for it in good],
         "skipped": skipped,
     }
 
@@ -114,9 +129,11 @@ class XrayDataModule(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
 
-def inference_loader(samples: Sequence[Sample], preprocess_cfg, batch_size: int = 64, num_workers: int = 2):
+def inference_loader(
+    samples: Sequence[Sample], preprocess_cfg, batch_size: int = 64, num_workers: int = 2, with_flags: bool = False
+) -> DataLoader:
     return DataLoader(
-        XrayDataset(samples, preprocess_cfg),
+        XrayDataset(samples, preprocess_cfg, with_flags=with_flags),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,

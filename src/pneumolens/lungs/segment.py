@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pneumolens.checkpoint import LoadedModel, load_model
+from pneumolens.checkpoint import LoadedModel, load_model, weights_digest
 from pneumolens.data.images import preprocess
-from pneumolens.lungs.masks import keep_largest
+from pneumolens.lungs.masks import attribution_lung_fraction, keep_largest
 
 
 def shipped_path() -> Path:
@@ -27,6 +27,11 @@ class LungSegmenter:
             raise ValueError(f"{loaded.path}: not a lung segmentation model (task {loaded.meta.get('task')!r})")
         self.loaded = loaded
         self.threshold = loaded.threshold
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the weights: models trained with lung-aware preprocessing record it."""
+        return weights_digest(self.loaded.model.state_dict())
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> LungSegmenter:
@@ -63,3 +68,19 @@ def _shipped() -> LungSegmenter:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the shipped lung segmenter is missing; retrain it with `make lungs`")
     return LungSegmenter.from_file(path)
+
+
+def attribution_in_lungs(
+    attribution: np.ndarray, gray: np.ndarray, segmenter: LungSegmenter | None = None
+) -> float | None:
+    """Share of an explanation's positive attribution that falls inside the lung fields of ``gray``.
+
+    ``attribution`` may have any resolution; it is compared with a lung mask of the same shape.
+    None when the map has no positive attribution.
+    """
+    seg = segmenter or LungSegmenter.shipped()
+    low = seg.probabilities(gray, full_size=False)
+    prob = F.interpolate(
+        torch.from_numpy(low)[None, None], size=attribution.shape, mode="bilinear", align_corners=False
+    )
+    return attribution_lung_fraction(attribution, keep_largest(prob[0, 0].numpy() >= seg.threshold))

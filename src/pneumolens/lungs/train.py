@@ -94,6 +94,29 @@ def random_intensity(x: torch.Tensor, generator: torch.Generator | None = None) 
     return (x.clamp(0, 1) ** gamma * scale + offset).clamp(0, 1)
 
 
+def synthetic_consolidation(
+    x: torch.Tensor, y: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Whiten random smooth patches inside the lungs, most of one side, keeping the label "lung".
+
+    The manual masks follow aerated lung, so a net trained on them alone calls a consolidated
+    (white) lung "not lung" and grabs dark background instead; these patches teach it otherwise.
+    """
+    b, _, h, w = x.shape
+    field = F.interpolate(torch.rand(b, 1, 6, 6, generator=generator), size=(h, w), mode="bicubic")
+    level = torch.empty(b, 1, 1, 1).uniform_(0.15, 0.6, generator=generator)
+    blob = torch.sigmoid((field - level) * 12)
+    side = torch.rand(b, generator=generator) < 0.5  # which lung gets most of it
+    cols = torch.linspace(0, 1, w).view(1, 1, 1, w)
+    half = torch.where(side.view(b, 1, 1, 1), torch.sigmoid((cols - 0.5) * 20), torch.sigmoid((0.5 - cols) * 20))
+    region = blob * y * (0.3 + 0.7 * half)
+    strength = torch.empty(b, 1, 1, 1).uniform_(0.5, 1.0, generator=generator)
+    strength = strength * (torch.rand(b, 1, 1, 1, generator=generator) < p)
+    target = torch.empty(b, 1, 1, 1).uniform_(0.55, 0.9, generator=generator)
+    a = (strength * region).clamp(0, 1)
+    return x * (1 - a) + target * a
+
+
 class LungSegmentation(L.LightningModule):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -106,7 +129,8 @@ class LungSegmentation(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         both = random_affine(torch.cat([x, y], dim=1), self.cfg.augment)  # one transform for image and mask
-        x, y = random_intensity(both[:, :1]), (both[:, 1:] > 0.5).float()
+        y = (both[:, 1:] > 0.5).float()
+        x = random_intensity(synthetic_consolidation(both[:, :1], y))
         loss = self.loss(self.model(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss

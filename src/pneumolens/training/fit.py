@@ -135,6 +135,10 @@ def fit(data: str | os.PathLike[str], cfg: TrainConfig, out: str | os.PathLike[s
             "unreadable_files": len(bad) + len(module.skipped),
         },
     }
+    if cfg.preprocess.lungs != "none":
+        from pneumolens.lungs.segment import LungSegmenter
+
+        meta["lung_segmenter_sha256"] = LungSegmenter.shipped().sha256
     path = save_model(out / MODEL_FILENAME, model, meta)
     _write_json(out / "val_metrics.json", val_metrics)
     return path

@@ -1,0 +1,86 @@
+"""Mask arithmetic and plausibility flags against hand-made masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumolens.lungs.flags import describe, plausibility_flags
+from pneumolens.lungs.masks import (
+    attribution_lung_fraction,
+    bounding_box,
+    convex_hull,
+    dice,
+    dilate,
+    keep_largest,
+)
+
+
+def two_lungs(size: int = 100, top: int = 20, bottom: int = 80) -> np.ndarray:
+    m = np.zeros((size, size), bool)
+    m[top:bottom, 15:42] = True  # right lung (image left)
+    m[top:bottom, 58:85] = True  # left lung
+    return m
+
+
+def test_dice_hand_cases():
+    a = np.zeros((10, 10), bool)
+    a[:, :5] = True
+    b = np.zeros((10, 10), bool)
+    b[:, 2:7] = True  # overlap 30, sizes 50 + 50
+    assert dice(a, a) == 1.0
+    assert dice(a, ~a) == 0.0
+    assert dice(a, b) == pytest.approx(2 * 30 / 100)
+    assert dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        dice(a, a[:5])
+
+
+def test_keep_largest_drops_specks_and_fills_holes():
+    m = two_lungs()
+    m[40:45, 20:25] = False  # a hole
+    m[2:4, 2:4] = True  # a speck
+    m[90:95, 48:52] = True  # a third, small blob
+    clean = keep_largest(m)
+    assert clean[42, 22] and not clean[3, 3] and not clean[92, 50]
+    assert dice(clean, two_lungs()) == 1.0
+    assert not keep_largest(np.zeros((5, 5), bool)).any()
+
+
+def test_dilate_box_and_hull():
+    m = np.zeros((50, 50), bool)
+    m[20:30, 20:30] = True
+    grown = dilate(m, 0.1)  # 5 px
+    assert grown[15, 25] and grown[34, 25] and not grown[13, 25]
+    assert bounding_box(m) == (20, 30, 20, 30) and bounding_box(np.zeros((4, 4))) is None
+    hull = convex_hull(two_lungs())
+    assert hull[50, 50] and not two_lungs()[50, 50]  # the mediastinum between the lungs is inside
+    assert not hull[10, 50] and not hull[50, 5]
+
+
+def test_attribution_lung_fraction():
+    lungs = two_lungs()
+    attr = np.zeros(lungs.shape)
+    attr[lungs] = 1.0
+    assert attribution_lung_fraction(attr, lungs) == 1.0
+    attr[95, :] = -50.0  # negative attribution never counts
+    attr[0, 0] = lungs.sum()  # as much positive attribution outside as inside
+    assert attribution_lung_fraction(attr, lungs) == pytest.approx(0.5)
+    assert attribution_lung_fraction(-np.ones(lungs.shape), lungs) is None
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: two_lungs(), []),  # 32% of the image, away from the border
+        (lambda: np.zeros((100, 100), bool), ["no_lungs_found"]),
+        (lambda: two_lungs(top=0, bottom=60), ["lungs_cut_off"]),  # touches the top edge
+        (lambda: two_lungs(top=45, bottom=55), ["unusual_lung_area"]),  # 5.4%
+        (lambda: np.pad(np.ones((90, 90), bool), 5), ["unusual_lung_area"]),  # 81%
+        (lambda: np.ones((100, 100), bool), ["lungs_cut_off", "unusual_lung_area"]),
+    ],
+)
+def test_flags(make, expected):
+    flags = plausibility_flags(make())
+    assert flags == expected
+    assert (describe(flags) is None) == (not expected)
