@@ -48,28 +48,19 @@ def tiny_data(tmp_path_factory) -> Path:
     )
 
 
+def train_cli(data: Path, out: Path, *extra: str, preset: str = "seed", epochs: int = 1, size: int = 32) -> int:
+    """``pneumolens train`` through the CLI entry point, small and fast by default."""
+    from pneumolens.cli import main
+
+    args = ["train", "--data", str(data), "--out", str(out), "--preset", preset]
+    return main([*args, "--epochs", str(epochs), "--image-size", str(size), *extra])
+
+
 @pytest.fixture(scope="session")
 def trained_run(tiny_data, tmp_path_factory) -> Path:
     """A run directory from a 2-epoch seed-preset training at 32 px (CLI path, worker processes on)."""
-    from pneumolens.cli import main
 
     out = tmp_path_factory.mktemp("run") / "seed"
-    rc = main(
-        [
-            "train",
-            "--data",
-            str(tiny_data),
-            "--preset",
-            "seed",
-            "--epochs",
-            "2",
-            "--image-size",
-            "32",
-            "--out",
-            str(out),
-            "--seed",
-            "3",
-        ]
-    )
+    rc = train_cli(tiny_data, out, "--seed", "3", epochs=2)
     assert rc == 0
     return out

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FULLRES, link_dataset, real_images
+from conftest import FULLRES, link_dataset, real_images, train_cli
 from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
 from pneumolens.config import CLASS_NAMES
@@ -124,25 +124,7 @@ def test_training_skips_unreadable_files(tmp_path, caplog):
     (data / "train" / "NORMAL" / "IM-9990-0001.jpeg").write_bytes(src[: len(src) // 3])  # header ok, data cut
     (data / "train" / "PNEUMONIA" / "person9991_virus_1.jpeg").write_text("not an image")
     with caplog.at_level(logging.WARNING):
-        rc = main(
-            [
-                "train",
-                "--data",
-                str(data),
-                "--preset",
-                "seed",
-                "--epochs",
-                "1",
-                "--image-size",
-                "32",
-                "--num-workers",
-                "0",
-                "--val-fraction",
-                "0.25",
-                "--out",
-                str(tmp_path / "run"),
-            ]
-        )
+        rc = train_cli(data, tmp_path / "run", "--num-workers", "0", "--val-fraction", "0.25")
     assert rc == 0
     text = caplog.text
     assert "person9991_virus_1.jpeg" in text  # refused up front, by name
@@ -156,28 +138,8 @@ def test_training_skips_unreadable_files(tmp_path, caplog):
 def test_same_seed_same_weights(tiny_data, tmp_path):
     runs = []
     for name in ("a", "b"):
-        args = [
-            "train",
-            "--data",
-            str(tiny_data),
-            "--preset",
-            "default",
-            "--epochs",
-            "1",
-            "--image-size",
-            "32",
-            "--limit",
-            "48",
-            "--seed",
-            "5",
-            "--num-workers",
-            "0",
-            "--val-fraction",
-            "0.25",
-            "--out",
-            str(tmp_path / name),
-        ]
-        assert main(args) == 0
+        extra = ("--limit", "48", "--seed", "5", "--num-workers", "0", "--val-fraction", "0.25")
+        assert train_cli(tiny_data, tmp_path / name, *extra, preset="default") == 0
         runs.append(load_file(str(tmp_path / name / "model.safetensors")))
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:

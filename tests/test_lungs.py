@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FULLRES, SHARED, real_images
+from conftest import FULLRES, SHARED, real_images, train_cli
 from pneumolens.cli import main
 from pneumolens.config import PreprocessConfig
 from pneumolens.data.dataset import XrayDataset
@@ -130,25 +130,7 @@ def test_attribution_in_lungs_on_a_real_image(seg):
 def test_training_with_lung_masking_records_it(tiny_data, tmp_path):
     from pneumolens.checkpoint import load_model
 
-    rc = main(
-        [
-            "train",
-            "--data",
-            str(tiny_data),
-            "--preset",
-            "seed",
-            "--epochs",
-            "1",
-            "--image-size",
-            "32",
-            "--lungs",
-            "mask",
-            "--limit",
-            "40",
-            "--out",
-            str(tmp_path / "run"),
-        ]
-    )
+    rc = train_cli(tiny_data, tmp_path / "run", "--lungs", "mask", "--limit", "40")
     assert rc == 0
     meta = load_model(tmp_path / "run").meta
     assert meta["preprocessing"]["lungs"] == "mask"
