@@ -88,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="JPEG or PNG files")
     p.add_argument("--model", required=True, help="model file or run directory")
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    x = sub.add_parser("explain", help="explain a prediction (Grad-CAM, LIME or occlusion), or rate the methods")
+    x.add_argument("image", nargs="?", help="JPEG or PNG file (omit with --evaluate)")
+    x.add_argument("--model", required=True, help="model file or run directory")
+    x.add_argument("--method", default="gradcam", help="gradcam, lime or occlusion")
+    x.add_argument("--out", help="write the picture here (PNG)")
+    x.add_argument("--json", action="store_true", help="print a JSON object")
+    x.add_argument("--layer", help="Grad-CAM layer (default: the model's last feature block)")
+    x.add_argument("--samples", type=_positive_int, default=1000, help="LIME perturbation samples")
+    x.add_argument("--window", type=_positive_int, help="occlusion window, model-input pixels")
+    x.add_argument("--stride", type=_positive_int, help="occlusion stride, model-input pixels")
+    x.add_argument("--seed", type=int, default=0, help="LIME's random seed")
+    x.add_argument("--evaluate", action="store_true", help="rate every method on --data's test images")
+    _data_arg(x, required=False)
+    x.add_argument("--n", type=_positive_int, default=20, help="images for --evaluate (stratified)")
+
     s = sub.add_parser("segment", help="lung masks, overlays and plausibility flags for each image")
     s.add_argument("images", nargs="+", help="JPEG or PNG files")
     s.add_argument("--out-dir", default="segmentations", help="where <stem>_mask.png and <stem>_overlay.png go")
@@ -102,6 +117,39 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     tl.add_argument("--seed", type=int)
     return parser
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model
+    from pneumolens.explain import explain_image
+
+    loaded = load_model(args.model)
+    options = {"layer": args.layer, "n_samples": args.samples, "window": args.window, "stride": args.stride}
+    if args.evaluate:
+        from pneumolens.explain.evaluate import evaluate_methods, format_table
+
+        if not args.data:
+            raise ValueError("--evaluate needs --data")
+        results = evaluate_methods(loaded, args.data, n=args.n, seed=args.seed, **options)
+        print(json.dumps(results, indent=2) if args.json else format_table(results))
+        return 0
+    if not args.image:
+        raise ValueError("give an IMAGE to explain, or --evaluate with --data")
+    e = explain_image(loaded, args.image, args.method, seed=args.seed, **options)
+    if args.out:
+        from pneumolens.explain.render import explanation_image
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        explanation_image(e).save(args.out)
+    record = e.to_dict()
+    if args.out:
+        record["out"] = args.out
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"{e.path}\t{e.method}\t{e.label}\tP(pneumonia)={e.probability:.4f}\t{e.seconds:.2f}s")
+        print(NOTICE, file=sys.stderr)
+    return 0
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -241,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": cmd_train,
         "train-lungs": cmd_train_lungs,
         "segment": cmd_segment,
+        "explain": cmd_explain,
         "evaluate": cmd_evaluate,
         "predict": cmd_predict,
     }

@@ -32,7 +32,7 @@ class SeedCNN(nn.Module):
             nn.Linear(128, 512),
             nn.Linear(512, 1),
         )
-        self.feature_layer = "features.10"  # last conv (before its ReLU), for Grad-CAM
+        self.feature_layer = "features.11"  # ReLU of the last conv: Grad-CAM's layer
         for m in self.modules():  # Keras defaults: Glorot-uniform kernels, zero biases
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.xavier_uniform_(m.weight)

@@ -1,0 +1,126 @@
+"""One call from an image to an explained prediction: ``explain_image(model, path, method)``."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pneumolens.checkpoint import LoadedModel
+from pneumolens.config import CLASS_NAMES
+from pneumolens.data.images import preprocess, read_image
+from pneumolens.explain import attribution as attr
+from pneumolens.lungs.flags import plausibility_flags
+from pneumolens.lungs.masks import attribution_lung_fraction
+from pneumolens.lungs.preprocess import crop_box
+from pneumolens.lungs.segment import LungSegmenter
+
+METHODS = ("gradcam", "lime", "occlusion")
+
+
+@dataclass
+class Explanation:
+    method: str
+    probability: float  # of PNEUMONIA
+    label: str  # the predicted class, which the map explains
+    seconds: float  # wall time of the whole call: decode, lungs, prediction, attribution
+    heatmap: np.ndarray  # (H, W) at the input image's resolution, in [-1, 1]; > 0 supports `label`
+    model_map: np.ndarray  # (S, S) the same map at the model's input resolution
+    model_input: torch.Tensor  # (1, C, S, S) what the model saw
+    image: np.ndarray  # (H, W) grayscale input in [0, 1]
+    lung_mask: np.ndarray  # (H, W) bool
+    lung_fraction: float | None  # share of positive attribution inside the lungs
+    flags: list[str] = field(default_factory=list)
+    segments: np.ndarray | None = None  # LIME superpixels at model resolution
+    segment_weights: np.ndarray | None = None
+    path: str | None = None
+
+    @property
+    def target_sign(self) -> float:
+        return 1.0 if self.label == CLASS_NAMES[1] else -1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "method": self.method,
+            "label": self.label,
+            "probability": round(self.probability, 6),
+            "seconds": round(self.seconds, 4),
+            "lung_fraction": None if self.lung_fraction is None else round(self.lung_fraction, 4),
+            "flags": self.flags,
+        }
+
+
+def _to_input_resolution(model_map: np.ndarray, shape: tuple[int, int], box, nearest: bool) -> np.ndarray:
+    """Place a model-resolution map back onto the input image (inside the crop box, if any)."""
+    top, bottom, left, right = box or (0, shape[0], 0, shape[1])
+    t = torch.from_numpy(np.ascontiguousarray(model_map, dtype=np.float32))[None, None]
+    mode = "nearest" if nearest else "bilinear"
+    up = F.interpolate(t, size=(bottom - top, right - left), mode=mode, **({} if nearest else {"align_corners": False}))
+    out = np.zeros(shape, dtype=np.float32)
+    out[top:bottom, left:right] = up[0, 0].numpy()
+    return out
+
+
+def explain_image(
+    loaded: LoadedModel,
+    image: str | os.PathLike[str] | np.ndarray,
+    method: str = "gradcam",
+    *,
+    layer: str | None = None,
+    n_samples: int = 1000,
+    window: int | None = None,
+    stride: int | None = None,
+    seed: int = 0,
+    segmenter: LungSegmenter | None = None,
+) -> Explanation:
+    """Predict and explain one image (a path, or a grayscale array (H, W) in [0, 1]).
+
+    Raises:
+        ImageReadError: the file cannot be used (the same refusal as predict).
+        ValueError: unknown method or layer (the message lists the valid ones).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    path = None if isinstance(image, np.ndarray) else str(image)
+    gray = image if isinstance(image, np.ndarray) else read_image(image)
+    seg = segmenter or LungSegmenter.shipped()
+    low, full = seg.masks(gray)
+    cfg = loaded.preprocess
+    x = torch.from_numpy(preprocess(gray, cfg, lung_mask=low))[None]  # (1, C, S, S)
+    model = loaded.model.eval()
+    with torch.inference_mode():
+        p = float(torch.sigmoid(model(x))[0])
+    label = CLASS_NAMES[int(p >= loaded.threshold)]
+    sign = 1.0 if label == CLASS_NAMES[1] else -1.0
+    segments = weights = None
+    if method == "gradcam":
+        model_map = attr.gradcam(model, x, sign, layer)
+    elif method == "occlusion":
+        model_map = attr.occlusion(model, x, sign, window, stride)
+    else:
+        model_map, segments, weights = attr.lime(model, x, sign, n_samples=n_samples, seed=seed)
+    box = crop_box(low, cfg.lung_margin, gray.shape) if cfg.lungs == "crop" and low.any() else None
+    heatmap = _to_input_resolution(model_map, gray.shape, box, nearest=method == "lime")
+    return Explanation(
+        method=method,
+        probability=p,
+        label=label,
+        seconds=time.perf_counter() - t0,
+        heatmap=heatmap,
+        model_map=model_map,
+        model_input=x,
+        image=gray,
+        lung_mask=full,
+        lung_fraction=attribution_lung_fraction(heatmap, full),
+        flags=plausibility_flags(low),
+        segments=segments,
+        segment_weights=weights,
+        path=path,
+    )

@@ -1,0 +1,168 @@
+"""Explanations on a synthetic lesion a hand-built model keys on, and on real images end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import real_images
+from pneumolens.checkpoint import load_model
+from pneumolens.cli import main
+from pneumolens.data.images import ImageReadError
+from pneumolens.explain import explain_image
+from pneumolens.explain.attribution import gradcam, lime, occlusion
+from pneumolens.explain.faithfulness import deletion_insertion
+
+SIZE, CY, CX, R = 64, 40, 20, 6
+
+
+class LesionNet(nn.Module):
+    """Responds only to very bright pixels: logit = 1000 * mean(relu(x - 0.8)) - 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1, 1)
+        self.feature_layer = "act"
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0, 1, 1] = 1.0
+            self.conv.bias.fill_(-0.8)
+            self.fc.weight.fill_(1000.0)
+            self.fc.bias.fill_(-2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.act(self.conv(x))).flatten(1)).squeeze(1)
+
+
+@pytest.fixture(scope="module")
+def lesion():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    img = 0.35 + 0.15 * np.sin(xx / 7.0) * np.cos(yy / 9.0) + 0.03 * rng.standard_normal((SIZE, SIZE))
+    inside = (yy - CY) ** 2 + (xx - CX) ** 2 <= R**2
+    img[inside] = 1.0
+    x = torch.tensor(np.clip(img, 0, 1), dtype=torch.float32)[None, None]
+    model = LesionNet().eval()
+    assert torch.sigmoid(model(x)).item() > 0.9  # the model calls the lesion image positive
+    return model, x, inside
+
+
+def _argmax_inside(m: np.ndarray, inside: np.ndarray) -> bool:
+    return bool(inside[np.unravel_index(np.argmax(m), m.shape)])
+
+
+def test_gradcam_finds_the_lesion_and_releases_hooks(lesion):
+    model, x, inside = lesion
+    m = gradcam(model, x)
+    assert m.shape == (SIZE, SIZE) and m.min() >= 0 and m.max() == pytest.approx(1.0)
+    assert _argmax_inside(m, inside)
+    for module in model.modules():
+        assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
+
+
+def test_occlusion_finds_the_lesion(lesion):
+    model, x, inside = lesion
+    m = occlusion(model, x, window=8, stride=4)
+    assert m.shape == (SIZE, SIZE) and -1 <= m.min() and m.max() == pytest.approx(1.0)
+    assert _argmax_inside(m, inside)
+
+
+def test_lime_finds_the_lesion_and_is_repeatable(lesion):
+    model, x, inside = lesion
+    m, segments, weights = lime(model, x, n_samples=300, seed=3)
+    assert m.shape == (SIZE, SIZE) and -1 <= m.min() and m.max() <= 1
+    lesion_segment = segments[CY, CX]
+    assert weights.argmax() == lesion_segment  # the lesion's superpixel carries the most weight
+    assert m[CY, CX] == m.max()
+    again, _, _ = lime(model, x, n_samples=300, seed=3)
+    assert np.array_equal(m, again)
+
+
+def test_gradcam_is_more_faithful_than_a_random_map(lesion):
+    model, x, _ = lesion
+    cam = deletion_insertion(model, x, gradcam(model, x))
+    rand = deletion_insertion(model, x, np.random.default_rng(0).random((SIZE, SIZE)))
+    assert cam.deletion_auc < rand.deletion_auc
+    assert cam.insertion_auc > rand.insertion_auc
+    assert cam.deletion[0] == pytest.approx(cam.insertion[-1])  # both ends are the untouched image
+
+
+@pytest.mark.parametrize("method", ["gradcam", "occlusion", "lime"])
+def test_explain_image_on_a_real_film(trained_run, method):
+    loaded = load_model(trained_run)
+    path = real_images("test", "PNEUMONIA", 1)[0]
+    e = explain_image(loaded, path, method, n_samples=200)
+    assert e.heatmap.shape == e.image.shape == (224, 224)  # the input's resolution
+    assert -1.0 <= e.heatmap.min() and e.heatmap.max() <= 1.0
+    assert e.model_map.shape == (32, 32)
+    assert e.label in ("NORMAL", "PNEUMONIA") and 0 <= e.probability <= 1
+    assert e.lung_fraction is None or 0.0 <= e.lung_fraction <= 1.0
+    assert set(e.to_dict()) >= {"label", "probability", "method", "seconds", "lung_fraction"}
+
+
+def test_explain_cli_writes_png_and_json(trained_run, tmp_path, capsys):
+    path = real_images("test", "NORMAL", 1)[0]
+    out = tmp_path / "x.png"
+    rc = main(
+        [
+            "explain",
+            str(path),
+            "--model",
+            str(trained_run),
+            "--method",
+            "lime",
+            "--samples",
+            "200",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["method"] == "lime" and d["out"] == str(out) and out.stat().st_size > 10_000
+
+
+def test_explain_refuses_what_predict_refuses(trained_run, tmp_path, capsys):
+    bad = tmp_path / "notes.jpeg"
+    bad.write_text("not an image")
+    with pytest.raises(ImageReadError, match="notes.jpeg: not a JPEG or PNG"):
+        explain_image(load_model(trained_run), bad)
+    assert main(["explain", str(bad), "--model", str(trained_run)]) == 2
+    assert "notes.jpeg: not a JPEG or PNG" in capsys.readouterr().err
+    path = str(real_images("test", "NORMAL", 1)[0])
+    assert main(["explain", path, "--model", str(trained_run), "--method", "shap"]) == 2
+    assert "valid: gradcam, lime, occlusion" in capsys.readouterr().err
+    assert main(["explain", path, "--model", str(trained_run), "--layer", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown layer 'nope'; valid: features" in err and "features.11" in err and "head" not in err
+
+
+def test_explain_evaluate_table(trained_run, tiny_data, capsys):
+    rc = main(
+        [
+            "explain",
+            "--evaluate",
+            "--data",
+            str(tiny_data),
+            "--n",
+            "4",
+            "--model",
+            str(trained_run),
+            "--samples",
+            "100",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    results = json.loads(capsys.readouterr().out)
+    assert set(results) == {"gradcam", "lime", "occlusion", "random"}
+    for r in results.values():
+        assert r["n"] == 4 and 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
