@@ -102,8 +102,43 @@ def plot_roc(y: list[int], p: list[float], path: Path) -> str | None:
     return _save(fig, path)
 
 
-def write_report(ev: Evaluation, meta: dict[str, Any], out_dir: str | os.PathLike[str], title: str) -> Path:
-    """Write ``index.html`` and its PNGs into ``out_dir``; returns the HTML path."""
+def _explanations_html(x: dict[str, Any] | None) -> str:
+    if not x:
+        return ""
+    lf, n = x["lung_fraction"], x["n"]
+
+    def cell(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    rows = "".join(
+        f"<tr><td>{name}</td><td>{cell(lf[k])}</td><td>{sum(n[c] for c in cs)}</td></tr>"
+        for name, k, cs in (
+            ("correct", "correct", ("tp", "tn")),
+            ("wrong", "wrong", ("fp", "fn")),
+            ("true positives", "tp", ("tp",)),
+            ("true negatives", "tn", ("tn",)),
+            ("false positives", "fp", ("fp",)),
+            ("false negatives", "fn", ("fn",)),
+        )
+    )
+    return f"""<h2>Explanations of the errors ({html.escape(x["method"])})</h2>
+<p>Share of positive attribution inside the lung fields (lung segmenter), mean per outcome:</p>
+<table border="1" cellpadding="4"><tr><th>predictions</th><th>mean lung fraction</th><th>n</th></tr>{rows}</table>
+<figure><img src="errors_explained.png" alt="false positives and negatives explained"></figure>"""
+
+
+def write_report(
+    ev: Evaluation,
+    meta: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    title: str,
+    explanations: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``index.html`` and its PNGs into ``out_dir``; returns the HTML path.
+
+    ``explanations`` is what :func:`pneumolens.evaluation.error_explanations.explain_errors` returned
+    (it drew ``errors_explained.png`` into the same folder).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     m = ev.metrics
@@ -139,6 +174,7 @@ figure{{display:inline-block;margin:.5em}}img{{max-width:100%}}pre{{background:#
 <h2>Metrics</h2><pre>{html.escape(format_table(m))}</pre>
 <h2>Classification report</h2><pre>{html.escape(cls_report)}</pre>
 {figs_html}
+{_explanations_html(explanations)}
 <h2>Unreadable files ({len(m["skipped"])})</h2><ul>{skipped or "<li>none</li>"}</ul>
 <h2>Training configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>

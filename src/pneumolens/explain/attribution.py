@@ -109,7 +109,7 @@ def occlusion(
         sliding_window_shapes=(c, window, window),
         strides=(c, stride, stride),
         baselines=blurred(x),
-        perturbations_per_eval=256,
+        perturbations_per_eval=64,
     )
     return _normalise(a[0].mean(0))
 
@@ -147,7 +147,7 @@ def lime(
     n_samples: int = 1000,
     n_segments: int = 64,
     seed: int = 0,
-    batch_size: int = 250,
+    batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LIME over superpixels: (map (S, S), segments (S, S), weight per segment).
 
