@@ -42,7 +42,7 @@ def plain_lime_seconds(loaded, paths, n_samples: int = 1000) -> float:
         rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float64)
         t0 = time.perf_counter()
         lime_image.LimeImageExplainer(random_state=0).explain_instance(
-            rgb, classifier_fn, top_labels=1, num_samples=n_samples, random_seed=0, progress_bar=False
+            rgb, classifier_fn, top_labels=1, num_samples=n_samples, random_seed=0
         )
         times.append(time.perf_counter() - t0)
     return statistics.median(times)

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["none", "crop", "mask", "soft"],
         help="lung-aware preprocessing: crop to the lungs, zero or attenuate outside them",
     )
+    t.add_argument("--equalize", choices=["none", "clahe"], help="contrast equalisation (CLAHE) at model size")
     t.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees")
     t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
     t.add_argument("--zoom", type=float, help="augmentation: max zoom deviation (0.1 = 0.9x to 1.1x)")
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"
     )
     t.add_argument("--val-fraction", type=float)
+    t.add_argument(
+        "--threshold-policy",
+        help="operating point chosen on validation: fixed:T, sensitivity:S, specificity:S or youden",
+    )
+    t.add_argument(
+        "--calibrate", action=argparse.BooleanOptionalAction, default=None, help="temperature scaling on validation"
+    )
     t.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     t.add_argument("--accelerator", choices=["cpu", "gpu", "auto"])
     t.add_argument("--devices", type=_devices)
@@ -227,12 +235,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.limit,
         lungs=args.lungs,
+        equalize=args.equalize,
         rotation=args.rotation,
         shift=args.shift,
         zoom=args.zoom,
         class_weights=args.class_weights,
         balanced_sampler=args.balanced_sampler,
         val_fraction=args.val_fraction,
+        threshold_policy=args.threshold_policy,
+        calibrate=args.calibrate,
         num_workers=args.num_workers,
         accelerator=args.accelerator,
         devices=args.devices,

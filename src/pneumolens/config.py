@@ -29,6 +29,7 @@ class PreprocessConfig:
     lungs: Literal["none", "crop", "mask", "soft"] = "none"  # lung-aware suppression (pneumolens.lungs)
     lung_margin: float = 0.05  # mask dilation, as a fraction of the image's shorter side
     soft_floor: float = 0.3  # what "soft" keeps of the intensity outside the lungs
+    equalize: Literal["none", "clahe"] = "none"  # contrast-limited adaptive histogram equalisation
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ class TrainConfig:
     num_workers: int = 2
     accelerator: str = "auto"
     devices: int | str = 1
-    threshold: float = 0.5
+    threshold: float = 0.5  # used during training (accuracy logs); the stored one follows the policy
+    threshold_policy: str = "fixed:0.5"  # fixed:T | sensitivity:S | specificity:S | youden, on validation
+    calibrate: bool = False  # temperature scaling fitted on validation, folded into the last layer
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,6 +114,8 @@ DEFAULT = TrainConfig(
     batch_size=32,
     patience=5,
     class_weights="balanced",
+    threshold_policy="sensitivity:0.97",
+    calibrate=True,
 )
 
 PRESETS: dict[str, TrainConfig] = {"seed": SEED, "default": DEFAULT}
@@ -131,6 +136,11 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if size < 16:
             raise ValueError(f"image_size must be at least 16, got {size}")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, image_size=size))
+    if "equalize" in overrides:
+        eq = overrides.pop("equalize")
+        if eq not in ("none", "clahe"):
+            raise ValueError(f"unknown equalize mode {eq!r}; valid: none, clahe")
+        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, equalize=eq))
     if "lungs" in overrides:
         lungs = overrides.pop("lungs")
         if lungs not in ("none", "crop", "mask", "soft"):

@@ -54,10 +54,10 @@ def predict_samples(
     batch_size: int = 64,
     num_workers: int = 0,
     flags: dict[str, list[str]] | None = None,
+    logits: bool = False,
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Probabilities by path for every readable sample, and the reasons for the unreadable ones.
-
-    Pass a dict as ``flags`` to have it filled with each image's lung plausibility flags.
+    """Probabilities (or raw logits) by path for every readable sample, and the reasons for the
+    unreadable ones. Pass a dict as ``flags`` to have it filled with each image's lung plausibility flags.
     """
     model.eval()
     probs: dict[str, float] = {}
@@ -66,7 +66,8 @@ def predict_samples(
     for batch in loader:
         errors.update(dict(batch["skipped"]))
         if batch["image"].numel():
-            p = torch.sigmoid(model(batch["image"])).cpu().numpy()
+            z = model(batch["image"])
+            p = (z if logits else torch.sigmoid(z)).cpu().numpy()
             probs.update(zip(batch["path"], p.astype(float).tolist(), strict=True))
             if flags is not None:
                 flags.update(zip(batch["path"], batch["flags"], strict=True))

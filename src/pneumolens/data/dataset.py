@@ -30,10 +30,17 @@ class XrayDataset(Dataset):
     computed once and shared with lung-aware preprocessing.
     """
 
-    def __init__(self, samples: Sequence[Sample], preprocess_cfg, with_flags: bool = False) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        preprocess_cfg,
+        with_flags: bool = False,
+        lung_masks: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.samples = list(samples)
         self.cfg = preprocess_cfg
         self.with_flags = with_flags
+        self.lung_masks = lung_masks or {}  # precomputed low-resolution masks by path (training)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -45,7 +52,7 @@ class XrayDataset(Dataset):
             gray = read_image(s.path)
         except ImageReadError as e:
             return {**item, "error": e.reason}
-        lung_mask = None
+        lung_mask = self.lung_masks.get(s.path)
         if self.with_flags:
             from pneumolens.lungs.flags import plausibility_flags
             from pneumolens.lungs.segment import LungSegmenter
@@ -96,12 +103,42 @@ def class_weights(labels: Sequence[int], scheme: str) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+class _LungMaskSet(Dataset):
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray | None]:
+        from pneumolens.lungs.segment import LungSegmenter
+
+        path = self.samples[i].path
+        try:
+            return path, LungSegmenter.shipped().mask(read_image(path), full_size=False)
+        except ImageReadError:
+            return path, None
+
+
+def lung_masks_for(samples: Sequence[Sample], num_workers: int = 2) -> dict[str, np.ndarray]:
+    """Low-resolution lung masks for every readable sample, computed once (in parallel) so that
+    lung-aware training does not segment each image again every epoch."""
+    loader = DataLoader(_LungMaskSet(samples), batch_size=32, num_workers=num_workers, collate_fn=lambda b: b)
+    return {path: m for batch in loader for path, m in batch if m is not None}
+
+
 class XrayDataModule(L.LightningDataModule):
-    def __init__(self, cfg: TrainConfig, train: Sequence[Sample], val: Sequence[Sample]) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train: Sequence[Sample],
+        val: Sequence[Sample],
+        lung_masks: dict[str, np.ndarray] | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.train_set = XrayDataset(train, cfg.preprocess)
-        self.val_set = XrayDataset(val, cfg.preprocess)
+        self.train_set = XrayDataset(train, cfg.preprocess, lung_masks=lung_masks)
+        self.val_set = XrayDataset(val, cfg.preprocess, lung_masks=lung_masks)
 
     def _loader(self, ds: XrayDataset, shuffle: bool, sampler=None) -> DataLoader:
         workers = self.cfg.num_workers

@@ -128,6 +128,11 @@ def preprocess(gray: np.ndarray, cfg: PreprocessConfig, lung_mask: np.ndarray | 
         img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F")
         gray = np.asarray(img.resize((size, size), _RESAMPLE[cfg.interpolation]), dtype=np.float32)
     gray = np.clip(gray, 0.0, 1.0)
+    if cfg.equalize == "clahe":
+        from skimage.exposure import equalize_adapthist
+
+        # at the model's resolution: cheap, and the same tiles whatever the file's size
+        gray = equalize_adapthist(gray, kernel_size=max(8, size // 8), clip_limit=0.01).astype(np.float32)
     if weights is not None:
         gray = gray * weights
     out = gray[None]  # (1, S, S)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pneumolens.checkpoint import LoadedModel
 from pneumolens.data.sources import Sample, check_headers, find_split
+from pneumolens.evaluation.calibration import bootstrap_ci
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
 
@@ -20,7 +21,9 @@ class Evaluation:
     skipped: list[tuple[str, str]]  # (path, reason)
 
 
-def evaluate(loaded: LoadedModel, data: str | os.PathLike[str], threshold: float | None = None) -> Evaluation:
+def evaluate(
+    loaded: LoadedModel, data: str | os.PathLike[str], threshold: float | None = None, n_boot: int = 1000
+) -> Evaluation:
     """Score ``loaded`` on ``data``'s test split (or its class folders / CSV manifest)."""
     samples, bad = check_headers(find_split(data, "test"))
     probs, errors = predict_samples(loaded.model, samples, loaded.preprocess, num_workers=2)
@@ -30,7 +33,9 @@ def evaluate(loaded: LoadedModel, data: str | os.PathLike[str], threshold: float
         raise ValueError(f"{data}: none of the {len(samples) + len(bad)} image(s) could be read")
     t = loaded.threshold if threshold is None else threshold
     p = [probs[s.path] for s in scored]
-    metrics = binary_metrics([s.label for s in scored], p, t)
+    y = [s.label for s in scored]
+    metrics = binary_metrics(y, p, t)
+    metrics["ci"] = bootstrap_ci(y, p, t, n_boot=n_boot)  # 95% percentile bootstrap over images
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
@@ -38,23 +43,34 @@ def evaluate(loaded: LoadedModel, data: str | os.PathLike[str], threshold: float
 
 
 def format_table(m: dict[str, Any]) -> str:
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.1f}%"
+    ci = m.get("ci", {})
+
+    def pct(v: float | None, key: str = "") -> str:
+        if v is None:
+            return "n/a"
+        lo_hi = ci.get(key)
+        return f"{100 * v:.1f}%" + (f"  [{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]" if lo_hi else "")
 
     (tn, fp), (fn, tp) = m["confusion_matrix"]
     rows = [
         ("images", str(m["n"])),
         ("threshold", f"{m['threshold']:.3f}"),
-        ("accuracy", pct(m["accuracy"])),
-        ("sensitivity (recall)", pct(m["sensitivity"])),
-        ("specificity", pct(m["specificity"])),
-        ("false-positive rate", pct(m["false_positive_rate"])),
-        ("precision (PPV)", pct(m["precision"])),
+        ("accuracy", pct(m["accuracy"], "accuracy")),
+        ("sensitivity (recall)", pct(m["sensitivity"], "sensitivity")),
+        ("specificity", pct(m["specificity"], "specificity")),
+        ("false-positive rate", pct(m["false_positive_rate"], "false_positive_rate")),
+        ("precision (PPV)", pct(m["precision"], "precision")),
         ("F1", "n/a" if m["f1"] is None else f"{m['f1']:.3f}"),
-        ("ROC-AUC", "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"),
+        ("ROC-AUC", "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}" + _ci3(ci.get("roc_auc"))),
         ("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]"),
     ]
     if m.get("n_skipped"):
         rows.append(("skipped (unreadable)", str(m["n_skipped"])))
+    if ci:
+        rows.append(("", "[95% bootstrap interval]"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _ci3(lo_hi: list[float] | None) -> str:
+    return f"  [{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi else ""

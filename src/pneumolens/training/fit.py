@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from pneumolens.checkpoint import MODEL_FILENAME, atomic_write, save_model
 from pneumolens.config import CLASS_NAMES, TrainConfig
-from pneumolens.data.dataset import XrayDataModule, class_weights
+from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.data.split import patient_split, stratified_subset
+from pneumolens.evaluation.calibration import choose_threshold, expected_calibration_error, fit_temperature
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
 from pneumolens.training.module import Classifier, architecture_of
@@ -41,6 +43,35 @@ def read_history(metrics_csv: Path) -> list[dict[str, float]]:
                 if v not in ("", None) and k not in ("epoch", "step") and not k.endswith("_step"):
                     ep[k.removesuffix("_epoch")] = float(v)
     return [{"epoch": e, **by_epoch[e]} for e in sorted(by_epoch)]
+
+
+def fold_temperature(model: torch.nn.Module, temperature: float) -> str:
+    """Divide the final single-logit layer by ``temperature`` (exact: the logit is linear in it).
+
+    The model file then gives calibrated probabilities to every caller with no extra step.
+    """
+    name, last = next((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, torch.nn.Linear))
+    if last.out_features != 1:
+        raise ValueError(f"cannot fold a temperature into {name} with {last.out_features} outputs")
+    with torch.no_grad():
+        last.weight /= temperature
+        last.bias /= temperature
+    return name
+
+
+def operating_point(model: torch.nn.Module, y: np.ndarray, logits: np.ndarray, cfg: TrainConfig) -> dict[str, Any]:
+    """Calibrate (if configured) and choose the threshold on validation; folds the temperature into ``model``."""
+    raw = 1 / (1 + np.exp(-logits))
+    result: dict[str, Any] = {"temperature": 1.0, "ece_before": expected_calibration_error(y, raw)}
+    if cfg.calibrate:
+        t = fit_temperature(y, logits)
+        result["temperature"] = t
+        result["folded_into"] = fold_temperature(model, t)
+    calibrated = 1 / (1 + np.exp(-logits / result["temperature"]))
+    result["ece_after"] = expected_calibration_error(y, calibrated)
+    result["threshold_policy"] = cfg.threshold_policy
+    result["threshold"] = choose_threshold(y, calibrated, cfg.threshold_policy)
+    return result
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -83,7 +114,12 @@ def fit(data: str | os.PathLike[str], cfg: TrainConfig, out: str | os.PathLike[s
     )
 
     module = Classifier(cfg.to_dict(), weights.tolist())
-    datamodule = XrayDataModule(cfg, split.train, split.val)
+    lung_masks = None
+    if cfg.preprocess.lungs != "none":
+        t_masks = time.time()
+        lung_masks = lung_masks_for(split.train + split.val, cfg.num_workers)
+        log.info("lung masks for %d images in %.0f s", len(lung_masks), time.time() - t_masks)
+    datamodule = XrayDataModule(cfg, split.train, split.val, lung_masks)
     ckpt_cb = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_top_k=1, save_last=True
     )
@@ -112,16 +148,20 @@ def fit(data: str | os.PathLike[str], cfg: TrainConfig, out: str | os.PathLike[s
     module.load_state_dict(state)
     model = module.model.cpu().eval()
 
-    probs, _ = predict_samples(model, split.val, cfg.preprocess, num_workers=cfg.num_workers)
-    val_samples = [s for s in split.val if s.path in probs]
-    val_metrics = binary_metrics([s.label for s in val_samples], [probs[s.path] for s in val_samples], cfg.threshold)
+    logits, _ = predict_samples(model, split.val, cfg.preprocess, num_workers=cfg.num_workers, logits=True)
+    val_samples = [s for s in split.val if s.path in logits]
+    y = np.array([s.label for s in val_samples])
+    z = np.array([logits[s.path] for s in val_samples])
+    calibration = operating_point(model, y, z, cfg)
+    val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
     history = read_history(out / "logs" / "metrics.csv")
     best_epoch = min(history, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if history else None
     meta = {
         "name": f"pneumolens-{cfg.preset}",
         "architecture": architecture_of(cfg),
         "preprocessing": cfg.to_dict()["preprocess"],
-        "threshold": cfg.threshold,
+        "threshold": calibration["threshold"],
+        "calibration": calibration,
         "config": cfg.to_dict(),
         "metrics": {"val": val_metrics},
         "history": history,

@@ -1,0 +1,63 @@
+"""The seed's proposal, tested: lung cropping / masking and contrast equalisation, each on and off.
+
+    python benchmarks/ablation.py [--data ../shared/data/chest_xray] [--preset default] [--variants ...]
+
+Trains one model per variant (same seed, same patient split), reads its validation metrics from the
+model file, evaluates it once on test, and prints one markdown row per variant as it finishes.
+Selection among variants is made on the validation columns only. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from presets import run  # same folder: wall time and peak RSS of a child process
+
+VARIANTS = {
+    "baseline": [],
+    "lungs=crop": ["--lungs", "crop"],
+    "lungs=mask": ["--lungs", "mask"],
+    "lungs=soft": ["--lungs", "soft"],
+    "clahe": ["--equalize", "clahe"],
+    "lungs=crop+clahe": ["--lungs", "crop", "--equalize", "clahe"],
+}
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/chest_xray")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--out", default="runs/ablation")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = ap.parse_args()
+    exe = [sys.executable, "-m", "pneumolens.cli"]
+    print(
+        "| variant | val acc | val sens | val spec | val AUC | test acc | test sens | test spec | test AUC | train min |"  # noqa: E501
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for name in args.variants:
+        run_dir = Path(args.out) / name.replace("=", "-").replace("+", "_")
+        wall, _ = run(
+            [*exe, "train", "--data", args.data, "--preset", args.preset, "--out", str(run_dir), *VARIANTS[name]]
+        )
+        test_json = run_dir / "test_metrics.json"
+        run([*exe, "evaluate", "--model", str(run_dir), "--data", args.data, "--json", str(test_json)])
+        v = json.loads((run_dir / "val_metrics.json").read_text())
+        t = json.loads(test_json.read_text())
+        print(
+            f"| {name} | {pct(v['accuracy'])} | {pct(v['sensitivity'])} | {pct(v['specificity'])} | {v['roc_auc']:.4f} "
+            f"| {pct(t['accuracy'])} | {pct(t['sensitivity'])} | {pct(t['specificity'])} | {t['roc_auc']:.4f} "
+            f"| {wall / 60:.1f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

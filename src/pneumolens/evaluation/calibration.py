@@ -1,0 +1,111 @@
+"""Operating point, calibration and confidence intervals.
+
+All three are fitted on the patient-held-out validation split (never on test) and stored in the
+model file; ``evaluate`` reports bootstrap intervals for every metric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import roc_curve
+
+from pneumolens.evaluation.metrics import binary_metrics
+
+
+def parse_policy(policy: str) -> tuple[str, float | None]:
+    """``fixed:0.5``, ``sensitivity:0.97``, ``specificity:0.9`` or ``youden``."""
+    name, _, value = policy.partition(":")
+    if name == "youden" and not value:
+        return name, None
+    if name in ("fixed", "sensitivity", "specificity") and value:
+        v = float(value)
+        if 0.0 <= v <= 1.0:
+            return name, v
+    raise ValueError(f"unknown threshold policy {policy!r}; valid: fixed:T, sensitivity:S, specificity:S, youden")
+
+
+def choose_threshold(y: Sequence[int], p: Sequence[float], policy: str) -> float:
+    """The decision threshold that meets ``policy`` on (validation) labels ``y`` and probabilities ``p``.
+
+    ``sensitivity:S``: the highest threshold whose sensitivity is at least S (so the best
+    specificity that keeps S). ``specificity:S``: the lowest threshold whose specificity is at least
+    S. ``youden``: maximises sensitivity + specificity - 1.
+    """
+    name, value = parse_policy(policy)
+    if name == "fixed":
+        return float(value)
+    y, p = np.asarray(y, int), np.asarray(p, float)
+    if not 0 < y.sum() < y.size:
+        raise ValueError("choosing a threshold needs both classes in the validation labels")
+    fpr, tpr, thr = roc_curve(y, p)
+    thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf
+    if name == "sensitivity":
+        ok = np.flatnonzero(tpr >= value)
+        return float(thr[ok[0]])  # thresholds decrease along the curve: the first is the highest
+    if name == "specificity":
+        ok = np.flatnonzero(1 - fpr >= value)
+        return float(thr[ok[-1]])
+    return float(thr[np.argmax(tpr - fpr)])
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_temperature(y: Sequence[int], logits: Sequence[float]) -> float:
+    """Temperature T minimising the negative log-likelihood of sigmoid(logit / T) (Guo et al., 2017)."""
+    y, z = np.asarray(y, float), np.asarray(logits, float)
+
+    def nll(log_t: float) -> float:
+        q = np.clip(_sigmoid(z / math.exp(log_t)), 1e-12, 1 - 1e-12)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def expected_calibration_error(y: Sequence[int], p: Sequence[float], bins: int = 15) -> float:
+    """ECE: the bin-weighted gap between mean confidence and accuracy of the predicted class."""
+    y, p = np.asarray(y, int), np.asarray(p, float)
+    pred = (p >= 0.5).astype(int)
+    conf = np.where(pred == 1, p, 1 - p)
+    correct = (pred == y).astype(float)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
+    return float(ece)
+
+
+CI_METRICS = ("accuracy", "sensitivity", "specificity", "false_positive_rate", "precision", "f1", "roc_auc")
+
+
+def bootstrap_ci(
+    y: Sequence[int],
+    p: Sequence[float],
+    threshold: float,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    metric_fn: Callable[..., dict[str, Any]] = binary_metrics,
+) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals (resampling images) for the metrics ``evaluate`` reports."""
+    y, p = np.asarray(y, int), np.asarray(p, float)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in CI_METRICS}
+    for _ in range(n_boot):
+        i = rng.integers(0, y.size, y.size)
+        m = metric_fn(y[i], p[i], threshold)
+        for k in CI_METRICS:
+            if m[k] is not None:
+                draws[k].append(m[k])
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    return {k: [float(np.quantile(v, lo)), float(np.quantile(v, hi))] if v else None for k, v in draws.items()}
