@@ -64,3 +64,47 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
     rc = train_cli(tiny_data, out, "--seed", "3", epochs=2)
     assert rc == 0
     return out
+
+
+PATIENT_NAME, PATIENT_ID = "Testperson^Alice", "PID-SECRET-4711"
+
+
+def make_dicom(
+    path: Path,
+    pixels,
+    photometric: str = "MONOCHROME2",
+    frames: int = 1,
+    with_pixels: bool = True,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+) -> Path:
+    """Write a DX DICOM file holding ``pixels`` (uint8 or uint16, (H, W) or (frames, H, W)), with a
+    patient name and id that must never show up in pneumolens' output."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    arr = np.asarray(pixels)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = PATIENT_NAME, PATIENT_ID, "DX"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.Rows, ds.Columns = arr.shape[-2], arr.shape[-1]
+    bits = 16 if arr.dtype == np.uint16 else 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if with_pixels:
+        ds.PixelData = arr.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -66,6 +66,10 @@ def test_evaluate_json_and_report(trained_run, tiny_data, tmp_path, capsys):
     (tn, fp), (fn, tp) = m["confusion_matrix"]
     assert m["n"] == tn + fp + fn + tp == 24 and fn + tp == 12
     assert m["accuracy"] == pytest.approx((tn + tp) / 24)
+    assert m["ci"]["accuracy"] is not None
+    for k, interval in m["ci"].items():  # bootstrap intervals hold their point estimate
+        if interval is not None and m[k] is not None:
+            assert interval[0] <= m[k] <= interval[1], k
     assert "accuracy" in capsys.readouterr().out
     report = tmp_path / "report"
     html = (report / "index.html").read_text()

@@ -74,8 +74,21 @@ def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def resolve_model_path(path: str | os.PathLike[str]) -> Path:
-    """A model file, or a run directory that ``train`` made (its ``model.safetensors``)."""
+def shipped_model_path() -> Path:
+    """The default pneumonia model that ships inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("pneumolens") / "assets" / "default.safetensors"))
+
+
+def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
+    """A model file, a run directory that ``train`` made (its ``model.safetensors``), or None for
+    the model shipped with pneumolens."""
+    if path is None:
+        p = shipped_model_path()
+        if not p.is_file():
+            raise ModelFileError(f"no --model given and no default model ships with this install ({p})")
+        return p
     p = Path(path)
     if p.is_dir():
         p = p / MODEL_FILENAME
@@ -127,8 +140,9 @@ def _read_header(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Load an artefact written by :func:`save_model`, verifying format, version and weights hash."""
+def load_model(path: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load an artefact written by :func:`save_model` (default: the shipped model), verifying format,
+    version and weights hash."""
     p = resolve_model_path(path)
     try:
         header = _read_header(p)

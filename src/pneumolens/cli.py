@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--devices", type=_devices)
 
     e = sub.add_parser("evaluate", help="score a model on DATA/test (or a class-folder directory / CSV)")
-    e.add_argument("--model", required=True, help="model file or run directory")
+    e.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
     _data_arg(e)
     e.add_argument("--json", dest="json_out", help="write the metrics as JSON to this file")
     e.add_argument("--report", help="write an HTML report with figures into this directory")
@@ -100,11 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="probability of pneumonia for each image")
     p.add_argument("images", nargs="+", help="JPEG or PNG files")
-    p.add_argument("--model", required=True, help="model file or run directory")
+    p.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
     x = sub.add_parser("explain", help="explain a prediction (Grad-CAM, LIME or occlusion), or rate the methods")
     x.add_argument("image", nargs="?", help="JPEG or PNG file (omit with --evaluate)")
-    x.add_argument("--model", required=True, help="model file or run directory")
+    x.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
     x.add_argument("--method", default="gradcam", help="gradcam, lime or occlusion")
     x.add_argument("--out", help="write the picture here (PNG)")
     x.add_argument("--json", action="store_true", help="print a JSON object")

@@ -91,7 +91,7 @@ class Predictor:
                 )
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str]) -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike[str] | None = None) -> Predictor:
         return cls(load_model(path))
 
     @property

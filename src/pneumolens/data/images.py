@@ -6,6 +6,7 @@ prediction all call it, so a model never sees a different pipeline than the one 
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -14,8 +15,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pneumolens.config import PreprocessConfig
+from pneumolens.data.dicom import dicom_to_gray, is_dicom
 
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom"})
 # Real X-rays are at most a few thousand pixels a side; a header claiming more is refused
 # before any pixel is decoded (decompression-bomb guard).
 MAX_PIXELS = 8_000 * 8_000
@@ -60,8 +62,10 @@ def _to_gray_float(img: Image.Image, path: str | os.PathLike[str]) -> np.ndarray
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a JPEG or PNG as grayscale (H, W) float32 in [0, 1].
+def read_image(path: str | os.PathLike[str], data: bytes | None = None) -> np.ndarray:
+    """Decode a JPEG, PNG or DICOM file as grayscale (H, W) float32 in [0, 1].
+
+    ``data`` gives the file's bytes (an upload); ``path`` then only names it in messages.
 
     Raises:
         ImageReadError: the file is missing, unreadable, not an image, truncated, too small or
@@ -69,18 +73,18 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     try:
+        head = data[:132] if data is not None else _head(path)
+        if is_dicom(head, path.name):
+            try:
+                return dicom_to_gray(data if data is not None else path, MAX_PIXELS, MIN_SIDE)
+            except ValueError as e:
+                raise ImageReadError(path, str(e)) from None
         with warnings.catch_warnings():
             # PIL warns from 89 Mpx; our own limit below is stricter and refuses instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data) if data is not None else path)
         with img:
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageReadError(
-                    path, f"header claims {w}x{h} pixels, above the {MAX_PIXELS:,} limit; refused before decoding"
-                )
-            if min(w, h) < MIN_SIDE:
-                raise ImageReadError(path, f"image is {w}x{h} pixels, smaller than {MIN_SIDE} px a side")
+            _check_size(path, *img.size)
             img.load()
             return _to_gray_float(img, path)
     except ImageReadError:
@@ -94,10 +98,24 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"header claims too many pixels, refused before decoding ({e})") from None
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not a JPEG or PNG image (unrecognised content)") from None
+        raise ImageReadError(path, "not a JPEG, PNG or DICOM image (unrecognised content)") from None
     except (OSError, SyntaxError, ValueError) as e:
         # PIL reports truncated JPEGs, bad PNG CRCs and broken headers as OSError/SyntaxError.
         raise ImageReadError(path, f"corrupt or truncated image ({e})") from None
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(132)
+
+
+def _check_size(path: Path, w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(
+            path, f"header claims {w}x{h} pixels, above the {MAX_PIXELS:,} limit; refused before decoding"
+        )
+    if min(w, h) < MIN_SIDE:
+        raise ImageReadError(path, f"image is {w}x{h} pixels, smaller than {MIN_SIDE} px a side")
 
 
 def preprocess(gray: np.ndarray, cfg: PreprocessConfig, lung_mask: np.ndarray | None = None) -> np.ndarray:

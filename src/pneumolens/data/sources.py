@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from pneumolens.config import CLASS_NAMES
+from pneumolens.data.dicom import is_dicom
 from pneumolens.data.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -153,10 +154,17 @@ def check_headers(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, 
     good, bad = [], []
     for s in samples:
         try:
-            with Image.open(s.path) as img:
-                img.size  # noqa: B018 - opening parses the header
+            with open(s.path, "rb") as f:
+                head = f.read(132)
+            if is_dicom(head, s.path):
+                import pydicom
+
+                pydicom.dcmread(s.path, stop_before_pixels=True, force=True).Rows  # noqa: B018
+            else:
+                with Image.open(s.path) as img:
+                    img.size  # noqa: B018 - opening parses the header
             good.append(s)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-            reason = "not a JPEG or PNG image" if isinstance(e, UnidentifiedImageError) else str(e)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, AttributeError, EOFError) as e:
+            reason = "not a JPEG, PNG or DICOM image" if isinstance(e, UnidentifiedImageError) else str(e)
             bad.append((s.path, reason))
     return good, bad

@@ -1,0 +1,68 @@
+"""DICOM input: display transforms, refusals, and no patient identifiers in the output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
+from pneumolens.cli import main
+from pneumolens.data.images import ImageReadError, read_image
+
+
+@pytest.fixture(scope="module")
+def xray() -> np.ndarray:
+    return read_image(real_images("test", "PNEUMONIA", 1)[0])  # (224, 224) in [0, 1]
+
+
+def test_monochrome2_8bit_matches_the_jpeg(tmp_path, xray):
+    p = make_dicom(tmp_path / "a.dcm", np.round(xray * 255).astype(np.uint8))
+    g = read_image(p)
+    assert g.shape == xray.shape and g.min() == 0.0 and g.max() == 1.0
+    assert np.corrcoef(g.ravel(), xray.ravel())[0, 1] > 0.999
+
+
+def test_monochrome1_16bit_is_inverted(tmp_path, xray):
+    stored = np.round((1 - xray) * 4095).astype(np.uint16)  # MONOCHROME1: bright = low values
+    g1 = read_image(make_dicom(tmp_path / "m1.dcm", stored, "MONOCHROME1"))
+    g2 = read_image(make_dicom(tmp_path / "m2.dcm", np.round(xray * 4095).astype(np.uint16)))
+    assert np.abs(g1 - g2).max() < 1e-3  # air dark in both
+
+
+def test_rescale_and_window_are_applied(tmp_path, xray):
+    stored = np.round(xray * 1000).astype(np.uint16)
+    plain = read_image(make_dicom(tmp_path / "p.dcm", stored, slope=2.0, intercept=-1000.0))
+    assert np.corrcoef(plain.ravel(), xray.ravel())[0, 1] > 0.999  # a linear LUT keeps the picture
+    # a narrow window around the middle of the (rescaled) range saturates both ends
+    narrow = read_image(make_dicom(tmp_path / "w.dcm", stored, slope=2.0, intercept=-1000.0, window=(0.0, 400.0)))
+    assert (narrow == 0).mean() > (plain == 0).mean() + 0.05 and (narrow == 1).mean() > 0.05
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [({"with_pixels": False}, "no pixel data"), ({"frames": 2}, "multi-frame DICOM")],
+)
+def test_refused_dicoms_name_the_file(tmp_path, kwargs, reason):
+    pixels = np.zeros((2, 64, 64) if kwargs.get("frames") else (64, 64), np.uint8)
+    p = make_dicom(tmp_path / "bad.dcm", pixels, **kwargs)
+    with pytest.raises(ImageReadError, match=f"bad.dcm: {reason}"):
+        read_image(p)
+
+
+def test_truncated_dicom(tmp_path, xray):
+    p = make_dicom(tmp_path / "t.dcm", np.round(xray * 255).astype(np.uint8))
+    p.write_bytes(p.read_bytes()[:-20000])
+    with pytest.raises(ImageReadError, match="t.dcm"):
+        read_image(p)
+
+
+def test_predict_a_dicom_without_leaking_identifiers(trained_run, tmp_path, xray, capsys, caplog):
+    p = make_dicom(tmp_path / "study.dcm", np.round(xray * 65535).astype(np.uint16), "MONOCHROME2")
+    assert main(["predict", str(p), "--model", str(trained_run), "--json"]) == 0
+    out = capsys.readouterr()
+    d = json.loads(out.out)
+    assert 0 <= d["probability"] <= 1
+    everything = out.out + out.err + caplog.text
+    assert PATIENT_NAME not in everything and PATIENT_ID not in everything
