@@ -38,6 +38,7 @@ class LoadedModel:
     model: nn.Module  # in eval mode
     meta: dict[str, Any]
     path: Path
+    sha256: str = ""  # of the weights, as recorded in (and verified against) the file
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -168,4 +169,4 @@ def load_model(path: str | os.PathLike[str] | None = None) -> LoadedModel:
         raise ModelFileError(f"{p}: weights do not fit architecture {arch.get('name')!r} ({e})") from None
     # channels-last convolutions run 1.2-2.2x faster on CPU here (oneDNN); outputs are unchanged.
     model.to(memory_format=torch.channels_last).eval()
-    return LoadedModel(model=model, meta=meta, path=p)
+    return LoadedModel(model=model, meta=meta, path=p, sha256=header["weights_sha256"])

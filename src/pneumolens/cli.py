@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("predict", help="probability of pneumonia for each image")
-    p.add_argument("images", nargs="+", help="JPEG or PNG files")
+    p.add_argument("images", nargs="+", help="JPEG, PNG or DICOM files, or folders (walked recursively)")
+    p.add_argument("--csv", help="write one row per file (path, probability, label, flags, error) here")
     p.add_argument(
         "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
     )
@@ -122,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--evaluate", action="store_true", help="rate every method on --data's test images")
     _data_arg(x, required=False)
     x.add_argument("--n", type=_positive_int, default=20, help="images for --evaluate (stratified)")
+
+    sv = sub.add_parser("serve", help="the decision-support web app and API (FastAPI)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    sv.add_argument("--backend", choices=["torch", "onnx"], default=None)
+
+    ex = sub.add_parser("export", help="export a model to ONNX")
+    ex.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", required=True, help="output file, e.g. model.onnx")
 
     s = sub.add_parser("segment", help="lung masks, overlays and plausibility flags for each image")
     s.add_argument("images", nargs="+", help="JPEG or PNG files")
@@ -288,23 +300,74 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expand(paths: list[str]) -> list[str]:
+    """Files as given, folders walked recursively for JPEG / PNG / DICOM files (sorted)."""
+    from pneumolens.data.images import IMAGE_SUFFIXES
+
+    out: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        else:
+            out.append(str(p))
+    return out
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
     from pneumolens.inference import Predictor
 
     predictor = Predictor.from_checkpoint(args.model)
+    paths = _expand(args.images)
+    if not paths:
+        raise ValueError(f"no JPEG, PNG or DICOM files in {', '.join(args.images)}")
+    preds = predictor.predict_paths(paths, progress=bool(args.csv))
     failed = 0
-    for pred in predictor.predict_paths(args.images):
+    for pred in preds:
         if pred.error:
             failed += 1
             print(f"error: {pred.path}: {pred.error}", file=sys.stderr)
+        if args.csv:
+            continue
         if args.json:
             print(json.dumps(pred.to_dict()))
         elif not pred.error:
             note = f"\tWARNING: {pred.warning}" if pred.warning else ""
             print(f"{pred.path}\t{pred.probability:.4f}\t{pred.label}{note}")
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "probability", "label", "flags", "error"])
+            for pred in preds:
+                prob = "" if pred.probability is None else f"{pred.probability:.6f}"
+                w.writerow([pred.path, prob, pred.label or "", " ".join(pred.flags), pred.error or ""])
+        print(f"{len(preds) - failed} predicted, {failed} failed: {args.csv}")
+        return 0  # a bad file is a row, not a failed run
     if not args.json:
         print(NOTICE, file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pneumolens.service.app import create_app
+    from pneumolens.service.settings import Settings
+
+    overrides = {k: v for k, v in {"model": args.model, "backend": args.backend}.items() if v is not None}
+    print(NOTICE, file=sys.stderr)
+    uvicorn.run(create_app(Settings(**overrides)), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model
+    from pneumolens.export import export_onnx
+
+    print(export_onnx(load_model(args.model), args.out))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         "train-lungs": cmd_train_lungs,
         "segment": cmd_segment,
         "explain": cmd_explain,
+        "serve": cmd_serve,
+        "export": cmd_export,
         "evaluate": cmd_evaluate,
         "predict": cmd_predict,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ def predict_samples(
     num_workers: int = 0,
     flags: dict[str, list[str]] | None = None,
     logits: bool = False,
+    progress: bool = False,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Probabilities (or raw logits) by path for every readable sample, and the reasons for the
     unreadable ones. Pass a dict as ``flags`` to have it filled with each image's lung plausibility flags.
@@ -63,6 +65,10 @@ def predict_samples(
     probs: dict[str, float] = {}
     errors: dict[str, str] = {}
     loader = inference_loader(samples, cfg, batch_size, num_workers, with_flags=flags is not None)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="predict", unit="batch", file=sys.stderr)
     for batch in loader:
         errors.update(dict(batch["skipped"]))
         if batch["image"].numel():
@@ -101,12 +107,14 @@ class Predictor:
     def label_of(self, probability: float) -> str:
         return CLASS_NAMES[int(probability >= self.threshold)]
 
-    def predict_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 64) -> list[Prediction]:
+    def predict_paths(
+        self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 64, progress: bool = False
+    ) -> list[Prediction]:
         samples = [Sample(str(p), 0, Path(p).name) for p in paths]
         workers = 2 if len(samples) > 4 * batch_size else 0
         flags: dict[str, list[str]] = {}
         probs, errors = predict_samples(
-            self.loaded.model, samples, self.loaded.preprocess, batch_size, workers, flags=flags
+            self.loaded.model, samples, self.loaded.preprocess, batch_size, workers, flags=flags, progress=progress
         )
         out = []
         for s in samples:

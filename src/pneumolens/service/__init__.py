@@ -1,0 +1,1 @@
+"""The decision-support web service: ``pneumolens serve``."""

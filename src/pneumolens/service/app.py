@@ -1,0 +1,104 @@
+"""FastAPI app: thin routes over the Engine, which is loaded once in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pneumolens.data.images import ImageReadError
+from pneumolens.explain.explainer import METHODS
+from pneumolens.service.engine import Engine
+from pneumolens.service.schemas import NOTICE, Error, Prediction
+from pneumolens.service.settings import Settings
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    limit = int(settings.max_upload_mb * 1024 * 1024)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.engine = await run_in_threadpool(Engine, settings)
+        app.state.waiting = asyncio.Semaphore(settings.max_concurrent)
+        yield
+
+    app = FastAPI(title="pneumolens", description=NOTICE, version="1", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def refuse_oversized(request: Request, call_next):
+        # Refuse before the body is read, from the declared length; a body without one is capped
+        # again when read.
+        length = request.headers.get("content-length")
+        if request.url.path.startswith("/api/") and length and length.isdigit() and int(length) > limit:
+            return _error(413, f"upload of {int(length):,} bytes exceeds the {limit:,}-byte limit")
+        return await call_next(request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)  # no request content is logged
+        return _error(500, "internal error; the request was not processed")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> dict[str, str]:
+        if getattr(request.app.state, "engine", None) is None:
+            return _error(503, "model not loaded")
+        return {"status": "ok"}
+
+    @app.get("/api/v1/model")
+    async def model_card(request: Request) -> dict:
+        return request.app.state.engine.card()
+
+    @app.post(
+        "/api/v1/predict",
+        response_model=Prediction,
+        responses={400: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
+    )
+    async def predict(
+        request: Request,
+        file: Annotated[UploadFile | None, File(description="JPEG, PNG or DICOM")] = None,
+        explain: Annotated[bool, Query(description="add a heatmap_png")] = True,
+        method: Annotated[str, Query(description="gradcam, lime or occlusion")] = settings.default_method,
+    ):
+        if file is None:
+            return _error(422, "send the image as multipart/form-data field 'file'")
+        if method not in METHODS:
+            return _error(422, f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            return _error(413, f"upload exceeds the {limit:,}-byte limit")
+        if not data:
+            return _error(400, "the uploaded file is empty")
+        name = Path(file.filename or "upload").name  # the client's name, never used as a path here
+        waiting: asyncio.Semaphore = request.app.state.waiting
+        if waiting.locked():
+            return _error(503, "too many requests waiting for the model; retry shortly")
+        async with waiting:
+            try:
+                return await run_in_threadpool(request.app.state.engine.predict, data, name, explain, method)
+            except ImageReadError as e:
+                return _error(400, f"{name}: {e.reason}")
+
+    return app

@@ -1,0 +1,106 @@
+"""The model behind the service: one loaded model, one lock, torch or ONNX Runtime for the score."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pneumolens.checkpoint import load_model
+from pneumolens.config import CLASS_NAMES
+from pneumolens.data.images import preprocess, read_image
+from pneumolens.lungs.flags import describe, plausibility_flags
+from pneumolens.lungs.segment import LungSegmenter
+from pneumolens.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.loaded = load_model(settings.model)
+        self.segmenter = LungSegmenter.shipped()
+        self.backend = settings.backend
+        self.onnx = None
+        if settings.backend == "onnx":
+            from pneumolens.export import OnnxModel, export_onnx
+
+            path = settings.onnx_path
+            if path is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="pneumolens-onnx-")
+                path = str(export_onnx(self.loaded, Path(self._tmp.name) / "model.onnx"))
+            self.onnx = OnnxModel(path)
+        # One request at a time touches the model: Grad-CAM hooks and LIME batches must not interleave,
+        # and two cores gain nothing from running two forward passes at once.
+        self.lock = threading.Lock()
+        log.info("model %s loaded (%s backend)", self.loaded.meta.get("name"), self.backend)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        meta = self.loaded.meta
+        return {
+            "name": meta.get("name", "unknown"),
+            "version": meta.get("versions", {}).get("pneumolens", "unknown"),
+            "sha256": self.loaded.sha256,
+        }
+
+    def card(self) -> dict[str, Any]:
+        meta = self.loaded.meta
+        keys = ("name", "architecture", "preprocessing", "threshold", "calibration", "class_names", "versions")
+        card = {k: meta[k] for k in keys if k in meta}
+        card["validation_metrics"] = meta.get("metrics", {}).get("val")
+        card["backend"] = self.backend
+        card["sha256"] = self.loaded.sha256
+        return card
+
+    def _probability(self, x: torch.Tensor) -> float:
+        if self.onnx is not None:
+            z = float(self.onnx.logits(x.numpy())[0])
+        else:
+            with torch.inference_mode():
+                z = float(self.loaded.model(x)[0])
+        return float(1.0 / (1.0 + np.exp(-z)))
+
+    def predict(self, data: bytes, filename: str, explain: bool, method: str) -> dict[str, Any]:
+        """Score (and explain) one upload. Raises ImageReadError for a file that cannot be used."""
+        t0 = time.perf_counter()
+        gray = read_image(filename, data=data)
+        result: dict[str, Any] = {"method": None, "lung_fraction": None, "heatmap_png": None}
+        with self.lock:
+            low = self.segmenter.mask(gray, full_size=False)
+            x = torch.from_numpy(preprocess(gray, self.loaded.preprocess, lung_mask=low))[None]
+            p = self._probability(x)
+            if explain:
+                from pneumolens.explain import explain_image
+                from pneumolens.explain.render import explanation_image
+
+                e = explain_image(self.loaded, gray, method, segmenter=self.segmenter)
+                buf = io.BytesIO()
+                explanation_image(e).save(buf, format="PNG")
+                result.update(
+                    method=method,
+                    lung_fraction=e.lung_fraction,
+                    heatmap_png=base64.b64encode(buf.getvalue()).decode("ascii"),
+                )
+        t = self.loaded.threshold
+        label = CLASS_NAMES[int(p >= t)]
+        flags = plausibility_flags(low)
+        return {
+            **result,
+            "probability": p,
+            "label": label,
+            "threshold": t,
+            "decision": f"{'above' if p >= t else 'below'} the operating point ({t:.3f}): {label}",
+            "flags": flags,
+            "warning": describe(flags),
+            "model": self.info,
+            "seconds": time.perf_counter() - t0,
+        }

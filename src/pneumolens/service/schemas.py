@@ -1,0 +1,32 @@
+"""Response models of the API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+NOTICE = "Decision support only: this does not replace a clinician's reading and is not a diagnosis."
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str = Field(description="pneumolens version that trained the model")
+    sha256: str = Field(description="SHA-256 of the weights")
+
+
+class Prediction(BaseModel):
+    probability: float = Field(description="probability of pneumonia, calibrated on validation")
+    label: str = Field(description="NORMAL or PNEUMONIA at the operating point")
+    threshold: float
+    decision: str
+    flags: list[str] = Field(description="lung plausibility flags; empty when the image looks like a chest X-ray")
+    warning: str | None = None
+    model: ModelInfo
+    method: str | None = None
+    lung_fraction: float | None = Field(None, description="share of the explanation inside the lung fields")
+    heatmap_png: str | None = Field(None, description="base64 PNG of the explanation over the image")
+    seconds: float
+    notice: str = NOTICE
+
+
+class Error(BaseModel):
+    detail: str

@@ -1,0 +1,18 @@
+"""Service settings from the environment (``PNEUMOLENS_*``) or the ``serve`` command line."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PNEUMOLENS_", protected_namespaces=())
+
+    model: str | None = None  # model file or run directory; None: the shipped model
+    backend: Literal["torch", "onnx"] = "torch"
+    onnx_path: str | None = None  # with backend "onnx": an exported file (default: exported at start-up)
+    max_upload_mb: float = 50.0
+    max_concurrent: int = 64  # requests waiting for the model beyond this get 503, never lost silently
+    default_method: Literal["gradcam", "lime", "occlusion"] = "gradcam"

@@ -1,0 +1,129 @@
+"""The web service through FastAPI's test client, real images, and every kind of bad upload."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from test_images import png_claiming
+
+from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
+from pneumolens.checkpoint import load_model
+from pneumolens.cli import main
+from pneumolens.data.images import preprocess, read_image
+from pneumolens.export import OnnxModel, export_onnx
+from pneumolens.service.app import create_app
+from pneumolens.service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    with TestClient(create_app(Settings(model=str(trained_run), max_upload_mb=2))) as c:
+        yield c
+
+
+def jpeg_bytes(label: str = "PNEUMONIA") -> bytes:
+    return real_images("test", label, 1)[0].read_bytes()
+
+
+def post(client, data: bytes, name: str = "x.jpeg", field: str = "file", **params):
+    return client.post("/api/v1/predict", files={field: (name, data)}, params=params)
+
+
+def test_health_model_docs_and_page(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    card = client.get("/api/v1/model").json()
+    assert card["name"] == "pneumolens-seed" and "threshold" in card and len(card["sha256"]) == 64
+    assert client.get("/docs").status_code == 200
+    page = client.get("/").text
+    assert "does not replace" in page and "does not make a diagnosis" in page
+    assert not re.search(r"""(src|href)=["']https?://""", page)  # nothing from a CDN
+
+
+def test_predict_with_heatmap(client):
+    r = post(client, jpeg_bytes())
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert 0 <= d["probability"] <= 1 and d["label"] in ("NORMAL", "PNEUMONIA")
+    assert d["model"]["name"] == "pneumolens-seed" and d["threshold"] == pytest.approx(0.5)
+    png = Image.open(io.BytesIO(base64.b64decode(d["heatmap_png"])))
+    assert png.format == "PNG" and png.width >= 224
+    assert d["method"] == "gradcam" and "not a diagnosis" in d["notice"]
+    lime = post(client, jpeg_bytes(), method="lime").json()
+    assert lime["method"] == "lime" and lime["probability"] == pytest.approx(d["probability"], abs=1e-6)
+    plain = post(client, jpeg_bytes(), explain="false").json()
+    assert plain["heatmap_png"] is None and plain["probability"] == pytest.approx(d["probability"], abs=1e-6)
+
+
+def test_predict_dicom_upload_leaks_no_identifier(client, tmp_path):
+    gray = read_image(real_images("test", "NORMAL", 1)[0])
+    p = make_dicom(tmp_path / "s.dcm", np.round((1 - gray) * 4095).astype(np.uint16), "MONOCHROME1")
+    r = post(client, p.read_bytes(), name="s.dcm")
+    assert r.status_code == 200, r.text
+    assert PATIENT_NAME not in r.text and PATIENT_ID not in r.text
+
+
+@pytest.mark.parametrize(
+    "data, name, field, status, says",
+    [
+        (b"hello, not an image", "notes.jpeg", "file", 400, "notes.jpeg: not a JPEG, PNG or DICOM"),
+        (b"", "empty.png", "file", 400, "empty"),
+        (b"\xff\xd8\xff", "x.jpeg", "image", 422, "field 'file'"),
+        (png_claiming(50_000, 50_000), "bomb.png", "file", 400, "refused before decoding"),
+        (jpeg_bytes()[:3000], "cut.jpeg", "file", 400, "cut.jpeg: corrupt or truncated"),
+        (b"\0" * 128 + b"DICM" + b"\x02\x00garbage" * 20, "broken.dcm", "file", 400, "broken.dcm"),
+        (b"\0" * (3 * 1024 * 1024), "huge.png", "file", 413, "limit"),
+    ],
+)
+def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(client, data, name, field, status, says):
+    r = post(client, data, name=name, field=field)
+    assert r.status_code == status, r.text
+    assert says in r.json()["detail"]
+    assert post(client, jpeg_bytes(), explain="false").status_code == 200
+
+
+def test_unknown_method_lists_valid(client):
+    r = post(client, jpeg_bytes(), method="shap")
+    assert r.status_code == 422 and "valid: gradcam, lime, occlusion" in r.json()["detail"]
+
+
+def test_onnx_agrees_with_torch_on_real_images(trained_run, tmp_path):
+    loaded = load_model(trained_run)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(trained_run), "--out", str(out)]) == 0
+    onnx = OnnxModel(out)
+    paths = real_images("test", "NORMAL", 4) + real_images("test", "PNEUMONIA", 4)
+    x = np.stack([preprocess(read_image(p), loaded.preprocess) for p in paths])
+    with torch.inference_mode():
+        p_torch = torch.sigmoid(loaded.model(torch.from_numpy(x))).numpy()
+    p_onnx = 1 / (1 + np.exp(-onnx.logits(x)))
+    assert np.abs(p_torch - p_onnx).max() < 1e-4
+    export_onnx(loaded, out)  # overwriting an export is atomic and fine
+
+
+def test_service_on_the_onnx_backend(trained_run, client):
+    with TestClient(create_app(Settings(model=str(trained_run), backend="onnx"))) as onnx_client:
+        a = post(onnx_client, jpeg_bytes(), explain="false").json()
+    b = post(client, jpeg_bytes(), explain="false").json()
+    assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+
+
+def test_batch_predict_to_csv(trained_run, tmp_path):
+    folder = tmp_path / "archive" / "sub"
+    folder.mkdir(parents=True)
+    for i, p in enumerate(real_images("test", "NORMAL", 3)):
+        (folder / f"ok{i}.jpeg").write_bytes(p.read_bytes())
+    (folder / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(tmp_path / "archive"), "--model", str(trained_run), "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["bad.png", "ok0.jpeg", "ok1.jpeg", "ok2.jpeg"]
+    assert rows[0]["error"] and not rows[0]["probability"]
+    assert all(0 <= float(r["probability"]) <= 1 and not r["error"] for r in rows[1:])
