@@ -6,7 +6,7 @@ DATA   ?= ../shared/data/chest_xray
 PRESET ?= default
 RUN    ?= runs/$(PRESET)
 
-.PHONY: help setup run test lint format bench lungs clean
+.PHONY: help setup browser run test lint format bench lungs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -26,7 +26,15 @@ run: setup  ## main job: train PRESET on DATA/train, evaluate once on DATA/test,
 	$(VENV)/bin/pneumolens train --data $(DATA) --preset $(PRESET) --out $(RUN)
 	$(VENV)/bin/pneumolens evaluate --model $(RUN) --data $(DATA) --json $(RUN)/test_metrics.json --report $(RUN)/report
 
-test: setup  ## run the test suite (reads a small subset of ../shared/data)
+browser:  ## install Debian's headless Chromium for the browser test, if missing (needs root)
+	@if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  (sleep 10; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "WARNING: chromium could not be installed; the browser test will be skipped"; \
+	else echo "NOTE: no chromium and not root: the browser test will be skipped"; fi
+
+test: setup browser  ## run the test suite (reads a small subset of ../shared/data)
 	$(PY) -m pytest -q -m "not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
