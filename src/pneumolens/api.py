@@ -1,0 +1,117 @@
+"""The Python API: three lines from import to an explained prediction.
+
+import pneumolens
+model = pneumolens.load()                                  # the shipped model; load(path) for another
+result = model.predict("xray.dcm", explain="gradcam")
+result.probability, result.label, result.heatmap, result.flags
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pneumolens.checkpoint import LoadedModel, load_model
+from pneumolens.config import CLASS_NAMES
+from pneumolens.data.images import ImageReadError, preprocess, read_image
+from pneumolens.lungs.flags import describe, plausibility_flags
+from pneumolens.lungs.segment import LungSegmenter
+
+ImageLike = str | os.PathLike | np.ndarray | Any  # path, array, PIL image or pydicom Dataset
+
+
+@dataclass
+class Result:
+    """One prediction. ``heatmap`` is at the input's resolution when an explanation was asked for."""
+
+    probability: float  # of pneumonia (calibrated on validation)
+    label: str  # at the model's operating point
+    threshold: float
+    flags: list[str] = field(default_factory=list)
+    heatmap: np.ndarray | None = None
+    method: str | None = None
+    lung_fraction: float | None = None
+
+    @property
+    def warning(self) -> str | None:
+        return describe(self.flags)
+
+
+def to_gray(image: ImageLike) -> np.ndarray:
+    """Any supported input -> grayscale (H, W) float32 in [0, 1]."""
+    if isinstance(image, str | os.PathLike):
+        return read_image(image)
+    if isinstance(image, np.ndarray):
+        a = np.asarray(image)
+        if a.ndim == 3:
+            a = a[..., :3].mean(axis=-1)
+        if a.ndim != 2:
+            raise ValueError(f"expected an (H, W) or (H, W, C) array, got shape {image.shape}")
+        if a.dtype == np.uint8:
+            return a.astype(np.float32) / 255.0
+        if a.dtype == np.uint16:
+            return a.astype(np.float32) / 65535.0
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise ValueError("float arrays must be finite and in [0, 1]")
+        return a
+    if hasattr(image, "save") and hasattr(image, "mode"):  # PIL image
+        from pneumolens.data.images import _to_gray_float
+
+        return _to_gray_float(image, "<PIL image>")
+    if hasattr(image, "PixelData") or hasattr(image, "file_meta"):  # pydicom Dataset
+        import io
+
+        buf = io.BytesIO()
+        image.save_as(buf, enforce_file_format=True)
+        return read_image("<DICOM dataset>.dcm", data=buf.getvalue())
+    raise TypeError(f"unsupported image type {type(image).__name__}: give a path, array, PIL image or pydicom Dataset")
+
+
+class Model:
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.segmenter = LungSegmenter.shipped()
+
+    @property
+    def name(self) -> str:
+        return self.loaded.meta.get("name", "unknown")
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], explain: str | None = None) -> Result | list[Result]:
+        """Predict one image or a list (batched). ``explain``: None, "gradcam", "lime" or "occlusion".
+
+        Raises:
+            ImageReadError: a file that cannot be used, named in the message.
+        """
+        many = isinstance(images, list | tuple)
+        items = list(images) if many else [images]
+        grays = [to_gray(x) for x in items]
+        lows = [self.segmenter.mask(g, full_size=False) for g in grays]
+        inputs = [preprocess(g, self.loaded.preprocess, m) for g, m in zip(grays, lows, strict=True)]
+        x = torch.from_numpy(np.stack(inputs))  # (B, C, S, S)
+        with torch.inference_mode():
+            probs = torch.sigmoid(self.loaded.model(x)).numpy().astype(float)
+        t = self.loaded.threshold
+        results = []
+        for g, low, p in zip(grays, lows, probs, strict=True):
+            r = Result(float(p), CLASS_NAMES[int(p >= t)], t, plausibility_flags(low))
+            if explain:
+                from pneumolens.explain import explain_image
+
+                e = explain_image(self.loaded, g, explain, segmenter=self.segmenter)
+                r.heatmap, r.method, r.lung_fraction = e.heatmap, explain, e.lung_fraction
+            results.append(r)
+        return results if many else results[0]
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Model:
+    """The shipped default model, or the model file / run directory at ``path``."""
+    return Model(load_model(path))
+
+
+__all__ = ["ImageReadError", "Model", "Result", "load"]
