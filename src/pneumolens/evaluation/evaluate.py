@@ -8,7 +8,7 @@ from typing import Any
 
 from pneumolens.checkpoint import LoadedModel
 from pneumolens.data.sources import Sample, check_headers, find_split
-from pneumolens.evaluation.calibration import bootstrap_ci
+from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
 
@@ -35,6 +35,7 @@ def evaluate(
     p = [probs[s.path] for s in scored]
     y = [s.label for s in scored]
     metrics = binary_metrics(y, p, t)
+    metrics["ece"] = expected_calibration_error(y, p)
     metrics["ci"] = bootstrap_ci(y, p, t, n_boot=n_boot)  # 95% percentile bootstrap over images
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)

@@ -114,7 +114,7 @@ def occlusion(
     return _normalise(a[0].mean(0))
 
 
-def superpixels(x: torch.Tensor, n_segments: int = 64, seed: int = 0) -> np.ndarray:
+def superpixels(x: torch.Tensor, n_segments: int = 64) -> np.ndarray:
     """SLIC superpixels for a grayscale input (S, S) labelled 0..n-1.
 
     Grayscale X-rays have no colour to separate regions, so SLIC runs on intensity alone with a
@@ -124,8 +124,7 @@ def superpixels(x: torch.Tensor, n_segments: int = 64, seed: int = 0) -> np.ndar
     seg = slic(
         gray, n_segments=n_segments, compactness=0.3, channel_axis=None, start_label=0, enforce_connectivity=True
     )
-    _, seg = np.unique(seg, return_inverse=True)  # consecutive labels
-    del seed  # SLIC is deterministic
+    _, seg = np.unique(seg, return_inverse=True)  # consecutive labels; SLIC itself is deterministic
     return seg.reshape(gray.shape)
 
 

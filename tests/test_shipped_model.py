@@ -1,0 +1,33 @@
+"""The default model that ships with pneumolens: loads, and reproduces its recorded test figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import CHEST
+from pneumolens.checkpoint import load_model, shipped_model_path
+from pneumolens.evaluation.evaluate import evaluate
+
+RECORD = Path(shipped_model_path()).with_name("default_test_metrics.json")
+
+
+def test_shipped_model_is_small_and_self_describing():
+    path = shipped_model_path()
+    assert path.stat().st_size < 20 * 1024 * 1024
+    loaded = load_model()  # no path: the shipped model
+    meta = loaded.meta
+    assert meta["name"] == "pneumolens-default"
+    assert 0 < meta["threshold"] < 1 and meta["calibration"]["threshold_policy"].startswith("sensitivity:")
+    assert meta["metrics"]["val"]["n"] > 500  # chosen on the patient-held-out validation split
+
+
+def test_shipped_model_reproduces_its_recorded_test_accuracy():
+    recorded = json.loads(RECORD.read_text())
+    m = evaluate(load_model(), CHEST, n_boot=10).metrics
+    assert m["n"] == 624
+    # a check of the artefact (same file, same data, same code path), not tuning
+    assert abs(m["accuracy"] - recorded["accuracy"]) <= 0.005
+    assert m["roc_auc"] == pytest.approx(recorded["roc_auc"], abs=0.002)
