@@ -100,11 +100,13 @@ SEED = TrainConfig(
     class_weights="seed",
 )
 
-# A stronger recipe: residual CNN with batch norm on 1-channel 128 px input, AdamW with cosine decay.
+# A stronger recipe: residual CNN with batch norm on 1-channel 128 px input with CLAHE (chosen over
+# no equalisation and lung crop / mask on validation AUC), AdamW with cosine decay, calibrated, and
+# the threshold set for 97% sensitivity on validation.
 DEFAULT = TrainConfig(
     preset="default",
     model="resnet_small",
-    preprocess=PreprocessConfig(image_size=128, channels=1, interpolation="bilinear"),
+    preprocess=PreprocessConfig(image_size=128, channels=1, interpolation="bilinear", equalize="clahe"),
     augment=AugmentConfig(rotation=10.0, shift=0.08, zoom=0.1),
     optimizer="adamw",
     lr=2e-3,
