@@ -33,6 +33,12 @@ def jpeg_bytes(label: str = "PNEUMONIA") -> bytes:
     return real_images("test", label, 1)[0].read_bytes()
 
 
+def png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.open(real_images("test", "NORMAL", 1)[0]).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def post(client, data: bytes, name: str = "x.jpeg", field: str = "file", **params):
     return client.post("/api/v1/predict", files={field: (name, data)}, params=params)
 
@@ -78,6 +84,7 @@ def test_predict_dicom_upload_leaks_no_identifier(client, tmp_path):
         (b"\xff\xd8\xff", "x.jpeg", "image", 422, "field 'file'"),
         (png_claiming(50_000, 50_000), "bomb.png", "file", 400, "refused before decoding"),
         (jpeg_bytes()[:3000], "cut.jpeg", "file", 400, "cut.jpeg: corrupt or truncated"),
+        (png_bytes()[:5000], "cut.png", "file", 400, "cut.png: corrupt or truncated"),
         (b"\0" * 128 + b"DICM" + b"\x02\x00garbage" * 20, "broken.dcm", "file", 400, "broken.dcm"),
         (b"\0" * (3 * 1024 * 1024), "huge.png", "file", 413, "limit"),
     ],
