@@ -91,19 +91,21 @@ class Model:
         many = isinstance(images, list | tuple)
         items = list(images) if many else [images]
         grays = [to_gray(x) for x in items]
-        lows = [self.segmenter.mask(g, full_size=False) for g in grays]
+        # one segmentation per image serves flags, lung-aware preprocessing and the explanation
+        masks = [self.segmenter.masks(g) if explain else (self.segmenter.mask(g, full_size=False), None) for g in grays]
+        lows = [low for low, _ in masks]
         inputs = [preprocess(g, self.loaded.preprocess, m) for g, m in zip(grays, lows, strict=True)]
         x = torch.from_numpy(np.stack(inputs))  # (B, C, S, S)
         with torch.inference_mode():
             probs = torch.sigmoid(self.loaded.model(x)).numpy().astype(float)
         t = self.loaded.threshold
         results = []
-        for g, low, p in zip(grays, lows, probs, strict=True):
+        for g, (low, full), p in zip(grays, masks, probs, strict=True):
             r = Result(float(p), CLASS_NAMES[int(p >= t)], t, plausibility_flags(low))
             if explain:
                 from pneumolens.explain import explain_image
 
-                e = explain_image(self.loaded, g, explain, segmenter=self.segmenter)
+                e = explain_image(self.loaded, g, explain, lung_masks=(low, full))
                 r.heatmap, r.method, r.lung_fraction = e.heatmap, explain, e.lung_fraction
             results.append(r)
         return results if many else results[0]

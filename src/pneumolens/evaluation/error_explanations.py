@@ -17,7 +17,7 @@ from pneumolens.checkpoint import LoadedModel  # noqa: E402
 from pneumolens.data.images import ImageReadError  # noqa: E402
 from pneumolens.evaluation.evaluate import Evaluation  # noqa: E402
 from pneumolens.explain.explainer import Explanation, explain_image  # noqa: E402
-from pneumolens.explain.render import heatmap_overlay, lime_overlay  # noqa: E402
+from pneumolens.explain.render import overlay_array  # noqa: E402
 
 log = logging.getLogger(__name__)
 MAX_CORRECT_SLOW = 50  # LIME and occlusion explain at most this many correct images (time)
@@ -80,11 +80,7 @@ def _grid(shown: dict[str, list[Explanation]], method: str, path: Path) -> None:
             ax.axis("off")
             if e is None:
                 continue
-            if e.method == "lime":
-                img = lime_overlay(e.image, e.segments, e.segment_weights)
-            else:
-                img = heatmap_overlay(e.image, e.heatmap)
-            ax.imshow(img)
+            ax.imshow(overlay_array(e))
             lung = "n/a" if e.lung_fraction is None else f"{e.lung_fraction:.2f}"
             ax.set_title(f"P(pneumonia)={e.probability:.2f}, in lungs {lung}", fontsize=8)
     fig.savefig(path, dpi=90)

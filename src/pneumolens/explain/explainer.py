@@ -78,8 +78,12 @@ def explain_image(
     stride: int | None = None,
     seed: int = 0,
     segmenter: LungSegmenter | None = None,
+    lung_masks: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Explanation:
     """Predict and explain one image (a path, or a grayscale array (H, W) in [0, 1]).
+
+    ``lung_masks`` (low-resolution, full-resolution), from ``LungSegmenter.masks``, saves a caller
+    that already segmented the image a second pass.
 
     Raises:
         ImageReadError: the file cannot be used (the same refusal as predict).
@@ -90,8 +94,7 @@ def explain_image(
     t0 = time.perf_counter()
     path = None if isinstance(image, np.ndarray) else str(image)
     gray = image if isinstance(image, np.ndarray) else read_image(image)
-    seg = segmenter or LungSegmenter.shipped()
-    low, full = seg.masks(gray)
+    low, full = lung_masks or (segmenter or LungSegmenter.shipped()).masks(gray)
     cfg = loaded.preprocess
     x = torch.from_numpy(preprocess(gray, cfg, lung_mask=low))[None]  # (1, C, S, S)
     model = loaded.model.eval()

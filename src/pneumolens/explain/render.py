@@ -49,13 +49,16 @@ def lime_overlay(gray: np.ndarray, segments: np.ndarray, weights: np.ndarray, to
     return rgb.astype(np.uint8)
 
 
+def overlay_array(e: Explanation) -> np.ndarray:
+    """RGB uint8 of the explanation over its X-ray: LIME's superpixels, or the heatmap."""
+    if e.method == "lime":
+        return lime_overlay(e.image, e.segments, e.segment_weights)
+    return heatmap_overlay(e.image, e.heatmap)
+
+
 def explanation_image(e: Explanation) -> Image.Image:
     """The picture `pneumolens explain --out` writes: overlay plus a caption bar."""
-    if e.method == "lime":
-        arr = lime_overlay(e.image, e.segments, e.segment_weights)
-    else:
-        arr = heatmap_overlay(e.image, e.heatmap)
-    img = _fit(Image.fromarray(arr))
+    img = _fit(Image.fromarray(overlay_array(e)))
     bar = 34
     canvas = Image.new("RGB", (img.width, img.height + bar), (0, 0, 0))
     canvas.paste(img, (0, bar))

@@ -75,14 +75,15 @@ class Engine:
         gray = read_image(filename, data=data)
         result: dict[str, Any] = {"method": None, "lung_fraction": None, "heatmap_png": None}
         with self.lock:
-            low = self.segmenter.mask(gray, full_size=False)
+            # one segmentation serves the flags, lung-aware preprocessing and the explanation
+            low, full = self.segmenter.masks(gray) if explain else (self.segmenter.mask(gray, full_size=False), None)
             x = torch.from_numpy(preprocess(gray, self.loaded.preprocess, lung_mask=low))[None]
             p = self._probability(x)
             if explain:
                 from pneumolens.explain import explain_image
                 from pneumolens.explain.render import explanation_image
 
-                e = explain_image(self.loaded, gray, method, segmenter=self.segmenter)
+                e = explain_image(self.loaded, gray, method, lung_masks=(low, full))
                 buf = io.BytesIO()
                 explanation_image(e).save(buf, format="PNG")
                 result.update(
