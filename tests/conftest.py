@@ -21,6 +21,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Preprocessing caches of the tests go to a temporary directory, not ~/.cache."""
+    old = os.environ.get("PNEUMOLENS_CACHE_DIR")
+    os.environ["PNEUMOLENS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("PNEUMOLENS_CACHE_DIR", None)
+    else:
+        os.environ["PNEUMOLENS_CACHE_DIR"] = old
+
+
 def real_images(split: str, label: str, n: int) -> list[Path]:
     """The first n files of a class, spread over patients (every k-th file)."""
     files = sorted((CHEST / split / label).iterdir())

@@ -20,8 +20,8 @@ def xray() -> np.ndarray:
 def test_monochrome2_8bit_matches_the_jpeg(tmp_path, xray):
     p = make_dicom(tmp_path / "a.dcm", np.round(xray * 255).astype(np.uint8))
     g = read_image(p)
-    assert g.shape == xray.shape and g.min() == 0.0 and g.max() == 1.0
-    assert np.corrcoef(g.ravel(), xray.ravel())[0, 1] > 0.999
+    assert g.shape == xray.shape
+    assert np.abs(g - xray).max() <= 0.5 / 255 + 1e-6  # 8-bit display values, as the JPEG has them
 
 
 def test_monochrome1_16bit_is_inverted(tmp_path, xray):

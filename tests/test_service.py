@@ -134,3 +134,54 @@ def test_batch_predict_to_csv(trained_run, tmp_path):
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["bad.png", "ok0.jpeg", "ok1.jpeg", "ok2.jpeg"]
     assert rows[0]["error"] and not rows[0]["probability"]
     assert all(0 <= float(r["probability"]) <= 1 and not r["error"] for r in rows[1:])
+
+
+def test_api_token_guards_api_not_health(trained_run, monkeypatch):
+    monkeypatch.setenv("PNEUMOLENS_API_TOKEN", "s3cret-token")
+    with TestClient(create_app(Settings(model=str(trained_run)))) as c:
+        assert c.get("/healthz").status_code == 200  # probes need no token
+        assert c.get("/").status_code == 200  # the page asks for the token itself
+        r = c.get("/api/v1/model")
+        assert r.status_code == 401 and "API token" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
+        assert c.get("/api/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert post(c, jpeg_bytes(), explain="false").status_code == 401
+        ok = c.post(
+            "/api/v1/predict",
+            files={"file": ("x.jpeg", jpeg_bytes())},
+            params={"explain": "false"},
+            headers={"Authorization": "Bearer s3cret-token"},
+        )
+        assert ok.status_code == 200 and 0 <= ok.json()["probability"] <= 1
+
+
+def test_cors_closed_by_default_and_opened_only_for_listed_origins(trained_run, client):
+    evil = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    r = client.options("/api/v1/predict", headers=evil)
+    assert "access-control-allow-origin" not in r.headers
+    assert "access-control-allow-origin" not in client.get("/api/v1/model", headers=evil).headers
+    settings = Settings(model=str(trained_run), cors_origins=["https://viewer.hospital.example"])
+    with TestClient(create_app(settings)) as c:
+        good = {"Origin": "https://viewer.hospital.example", "Access-Control-Request-Method": "POST"}
+        assert c.options("/api/v1/predict", headers=good).headers["access-control-allow-origin"] == good["Origin"]
+        assert "access-control-allow-origin" not in c.options("/api/v1/predict", headers=evil).headers
+
+
+def test_slow_prediction_is_answered_504_and_the_server_goes_on(trained_run, monkeypatch):
+    from pneumolens.service.engine import Engine
+
+    real = Engine.predict
+    calls = []
+
+    def slow_once(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            import time
+
+            time.sleep(1.5)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "predict", slow_once)
+    with TestClient(create_app(Settings(model=str(trained_run), request_timeout_s=0.5))) as c:
+        r = post(c, jpeg_bytes(), explain="false")
+        assert r.status_code == 504 and "longer than 0.5 s" in r.json()["detail"]
+        assert post(c, jpeg_bytes(), explain="false").status_code == 200

@@ -51,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model on DATA/train (validation carved out by patient)")
-    _data_arg(t)
+    _data_arg(t, required=False)
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last complete epoch, with its own config and data",
+    )
     t.add_argument("--preset", choices=sorted(PRESETS), default="default")
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     t.add_argument("--epochs", type=_positive_int)
@@ -59,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
+    t.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up (cosine schedule)")
+    t.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights (e.g. 0.998)")
     t.add_argument("--limit", type=_positive_int, help="use at most N images of train/ (stratified), for smoke runs")
     t.add_argument(
         "--lungs",
@@ -83,7 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     t.add_argument("--accelerator", choices=["cpu", "gpu", "auto"])
-    t.add_argument("--devices", type=_devices)
+    t.add_argument("--devices", type=_devices, help="devices (processes on the CPU) per node")
+    t.add_argument("--num-nodes", type=_positive_int, help="machines (under SLURM or torchrun)")
+    t.add_argument("--strategy", help="Lightning strategy, e.g. ddp (default: auto)")
+    t.add_argument(
+        "--precision",
+        choices=["auto", "32-true", "bf16-mixed", "16-mixed"],
+        help="auto: bf16-mixed where the CPU or GPU has native bfloat16, else 32-true",
+    )
+    t.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="preprocess every image once into a cache and train from it (default: on)",
+    )
+    t.add_argument("--cache-dir", help="where the cache lives (default: $PNEUMOLENS_CACHE_DIR or ~/.cache/pneumolens)")
 
     e = sub.add_parser("evaluate", help="score a model on DATA/test (or a class-folder directory / CSV)")
     e.add_argument(
@@ -240,34 +261,50 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from pneumolens.config import resolve_config
-    from pneumolens.training.fit import fit
+RECIPE_FLAGS = (
+    "epochs image_size batch_size lr seed warmup_epochs ema_decay limit lungs equalize rotation shift zoom "
+    "class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
+).split()
 
-    cfg = resolve_config(
-        args.preset,
-        epochs=args.epochs,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        limit=args.limit,
-        lungs=args.lungs,
-        equalize=args.equalize,
-        rotation=args.rotation,
-        shift=args.shift,
-        zoom=args.zoom,
-        class_weights=args.class_weights,
-        balanced_sampler=args.balanced_sampler,
-        val_fraction=args.val_fraction,
-        threshold_policy=args.threshold_policy,
-        calibrate=args.calibrate,
-        num_workers=args.num_workers,
-        accelerator=args.accelerator,
-        devices=args.devices,
-    )
-    out = args.out or f"runs/{cfg.preset}"
-    path = fit(args.data, cfg, out)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pneumolens.config import TrainConfig, resolve_config
+    from pneumolens.training.fit import fit
+    from pneumolens.training.state import TrainingDiverged, TrainingInterrupted
+
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in RECIPE_FLAGS if getattr(args, k) is not None]
+        if given or args.preset != "default" or args.out:
+            raise ValueError(f"--resume continues the run's own recipe; drop {', '.join(given) or '--preset/--out'}")
+        run = Path(args.resume)
+        try:
+            cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+            data = args.data or json.loads((run / "run.json").read_text())["data"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{run}: not a resumable run directory ({e})") from None
+        out, resume = str(run), True
+    else:
+        if not args.data:
+            raise ValueError(f"--data is required (or set ${DEFAULT_DATA_ENV})")
+        cfg = resolve_config(
+            args.preset,
+            **{k: getattr(args, k) for k in RECIPE_FLAGS},
+            num_workers=args.num_workers,
+            accelerator=args.accelerator,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            strategy=args.strategy,
+            cache=args.cache,
+        )
+        data, out, resume = args.data, args.out or f"runs/{cfg.preset}", False
+    try:
+        path = fit(data, cfg, out, cache_dir=args.cache_dir, resume=resume)
+    except TrainingInterrupted as e:
+        print(f"pneumolens: {e}", file=sys.stderr)
+        return 143 if e.signal_name == "SIGTERM" else 130
+    except TrainingDiverged as e:
+        print(f"pneumolens: {e}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 

@@ -52,6 +52,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     scheduler: Literal["plateau", "cosine"] = "plateau"
+    warmup_epochs: int = 0  # linear learning-rate warm-up before the schedule (cosine only)
+    ema_decay: float = 0.0  # > 0: validate, select and ship an exponential moving average of the weights
     epochs: int = 30
     batch_size: int = 32
     patience: int = 3  # early stopping on val_loss, best weights kept
@@ -63,6 +65,10 @@ class TrainConfig:
     num_workers: int = 2
     accelerator: str = "auto"
     devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, ...
+    precision: str = "auto"  # auto: bf16-mixed where the CPU/GPU has native bf16, else 32-true
+    cache: bool = True  # train from the preprocessing cache (pneumolens.data.cache)
     threshold: float = 0.5  # used during training (accuracy logs); the stored one follows the policy
     threshold_policy: str = "fixed:0.5"  # fixed:T | sensitivity:S | specificity:S | youden, on validation
     calibrate: bool = False  # temperature scaling fitted on validation, folded into the last layer

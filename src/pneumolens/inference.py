@@ -47,6 +47,15 @@ class Prediction:
         return d
 
 
+def default_workers(n_samples: int, batch_size: int = 64) -> int:
+    """Decoding workers for a folder: every core (up to 8) for large jobs, none for a few files."""
+    return min(8, os.cpu_count() or 1) if n_samples > 4 * batch_size else 0
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @torch.inference_mode()
 def predict_samples(
     model: nn.Module,
@@ -62,6 +71,7 @@ def predict_samples(
     unreadable ones. Pass a dict as ``flags`` to have it filled with each image's lung plausibility flags.
     """
     model.eval()
+    device = next(model.parameters()).device
     probs: dict[str, float] = {}
     errors: dict[str, str] = {}
     loader = inference_loader(samples, cfg, batch_size, num_workers, with_flags=flags is not None)
@@ -72,7 +82,8 @@ def predict_samples(
     for batch in loader:
         errors.update(dict(batch["skipped"]))
         if batch["image"].numel():
-            z = model(batch["image"])
+            x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            z = model(x).float()
             p = (z if logits else torch.sigmoid(z)).cpu().numpy()
             probs.update(zip(batch["path"], p.astype(float).tolist(), strict=True))
             if flags is not None:
@@ -83,8 +94,12 @@ def predict_samples(
 class Predictor:
     """A loaded model plus its own preprocessing and operating point."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, device: str | torch.device | None = None) -> None:
+        """``device``: where the model runs (default: the GPU when there is one, else the CPU)."""
         self.loaded = loaded
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type != "cpu":
+            loaded.model.to(self.device)
         recorded = loaded.meta.get("lung_segmenter_sha256")
         if recorded:
             from pneumolens.lungs.segment import LungSegmenter
@@ -111,7 +126,7 @@ class Predictor:
         self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 64, progress: bool = False
     ) -> list[Prediction]:
         samples = [Sample(str(p), 0, Path(p).name) for p in paths]
-        workers = 2 if len(samples) > 4 * batch_size else 0
+        workers = default_workers(len(samples), batch_size)
         flags: dict[str, list[str]] = {}
         probs, errors = predict_samples(
             self.loaded.model, samples, self.loaded.preprocess, batch_size, workers, flags=flags, progress=progress
@@ -128,4 +143,5 @@ class Predictor:
     def predict_array(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for preprocessed inputs (B, C, H, W) in [0, 1]."""
         with torch.inference_mode():
-            return torch.sigmoid(self.loaded.model(torch.as_tensor(x, dtype=torch.float32))).numpy()
+            x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+            return torch.sigmoid(self.loaded.model(x)).float().cpu().numpy()

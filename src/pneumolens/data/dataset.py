@@ -17,6 +17,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from pneumolens.config import TrainConfig
+from pneumolens.data.cache import CachedDataset, CachedImages
 from pneumolens.data.images import ImageReadError, preprocess, read_image
 from pneumolens.data.sources import Sample
 
@@ -134,14 +135,21 @@ class XrayDataModule(L.LightningDataModule):
         train: Sequence[Sample],
         val: Sequence[Sample],
         lung_masks: dict[str, np.ndarray] | None = None,
+        cache: CachedImages | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.train_set = XrayDataset(train, cfg.preprocess, lung_masks=lung_masks)
-        self.val_set = XrayDataset(val, cfg.preprocess, lung_masks=lung_masks)
+        if cache is not None:  # preprocessed once: reading a row costs microseconds, no workers needed
+            self.train_set: Dataset = CachedDataset(train, cache)
+            self.val_set: Dataset = CachedDataset(val, cache)
+            self.workers = 0
+        else:
+            self.train_set = XrayDataset(train, cfg.preprocess, lung_masks=lung_masks)
+            self.val_set = XrayDataset(val, cfg.preprocess, lung_masks=lung_masks)
+            self.workers = cfg.num_workers
 
-    def _loader(self, ds: XrayDataset, shuffle: bool, sampler=None) -> DataLoader:
-        workers = self.cfg.num_workers
+    def _loader(self, ds: Dataset, shuffle: bool, sampler=None) -> DataLoader:
+        workers = self.workers
         return DataLoader(
             ds,
             batch_size=self.cfg.batch_size,

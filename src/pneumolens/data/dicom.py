@@ -1,8 +1,10 @@
 """DICOM chest X-rays -> grayscale [0, 1], as a radiologist's viewer would show them.
 
 Modality LUT (rescale slope / intercept), then VOI LUT or window, then MONOCHROME1 inverted so that
-air is always dark. Only single-frame grayscale images are accepted. Patient identifiers are never
-read into anything pneumolens returns or logs: only pixel data and display attributes are used.
+air is always dark. 8-bit pixels with neither map nor window are taken as display values (/255), the
+same as a JPEG of the image; anything else is stretched from its minimum to its maximum. Only
+single-frame grayscale images are accepted. Patient identifiers are never read into anything
+pneumolens returns or logs: only pixel data and display attributes are used.
 """
 
 from __future__ import annotations
@@ -56,13 +58,18 @@ def dicom_to_gray(
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for broken or truncated pixel data
         raise ValueError(f"DICOM pixel data cannot be decoded ({type(e).__name__}: {e})") from None
+    windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
+    rescaled = float(getattr(ds, "RescaleSlope", 1) or 1) != 1 or float(getattr(ds, "RescaleIntercept", 0) or 0) != 0
     arr = apply_modality_lut(arr, ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+    if windowed:
         arr = apply_voi_lut(arr, ds)
     arr = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise ValueError("DICOM pixel data contains non-finite values")
-    lo, hi = float(arr.min()), float(arr.max())
+    if not windowed and not rescaled and int(getattr(ds, "BitsStored", 16) or 16) <= 8 and arr.min() >= 0:
+        lo, hi = 0.0, 255.0  # 8-bit pixels are display values already, as in a JPEG of the same image
+    else:  # no display window to follow: stretch the stored range, as a viewer's auto-window does
+        lo, hi = float(arr.min()), float(arr.max())
     gray = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         gray = 1.0 - gray  # MONOCHROME1: high values are dark

@@ -10,7 +10,7 @@ from pneumolens.checkpoint import LoadedModel
 from pneumolens.data.sources import Sample, check_headers, find_split
 from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
-from pneumolens.inference import predict_samples
+from pneumolens.inference import default_workers, predict_samples
 
 
 @dataclass
@@ -26,7 +26,7 @@ def evaluate(
 ) -> Evaluation:
     """Score ``loaded`` on ``data``'s test split (or its class folders / CSV manifest)."""
     samples, bad = check_headers(find_split(data, "test"))
-    probs, errors = predict_samples(loaded.model, samples, loaded.preprocess, num_workers=2)
+    probs, errors = predict_samples(loaded.model, samples, loaded.preprocess, num_workers=default_workers(len(samples)))
     skipped = bad + sorted(errors.items())
     scored = [s for s in samples if s.path in probs]
     if not scored:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +39,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
 
     app = FastAPI(title="pneumolens", description=NOTICE, version="1", lifespan=lifespan)
+
+    if settings.cors_origins:  # closed unless configured: no Access-Control-Allow-* headers at all
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization"],
+        )
+    token = settings.api_token.get_secret_value().encode() if settings.api_token else None
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if token is not None and request.url.path.startswith("/api/"):
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
+                response = _error(401, "this server needs an API token: send 'Authorization: Bearer <token>'")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return await call_next(request)
 
     @app.middleware("http")
     async def refuse_oversized(request: Request, call_next):
@@ -96,9 +119,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if waiting.locked():
             return _error(503, "too many requests waiting for the model; retry shortly")
         async with waiting:
+            work = run_in_threadpool(request.app.state.engine.predict, data, name, explain, method)
             try:
-                return await run_in_threadpool(request.app.state.engine.predict, data, name, explain, method)
+                return await asyncio.wait_for(work, settings.request_timeout_s)
             except ImageReadError as e:
                 return _error(400, f"{name}: {e.reason}")
+            except TimeoutError:
+                log.warning("a prediction exceeded %.0f s and was answered 504", settings.request_timeout_s)
+                return _error(504, f"processing took longer than {settings.request_timeout_s:g} s; try method=gradcam")
 
     return app

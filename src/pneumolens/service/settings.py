@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,3 +17,6 @@ class Settings(BaseSettings):
     max_upload_mb: float = 50.0
     max_concurrent: int = 64  # requests waiting for the model beyond this get 503, never lost silently
     default_method: Literal["gradcam", "lime", "occlusion"] = "gradcam"
+    api_token: SecretStr | None = None  # set: every /api/* request needs "Authorization: Bearer <token>"
+    request_timeout_s: float = 60.0  # a prediction taking longer is answered 504
+    cors_origins: list[str] = []  # browsers may call the API from these origins; none by default

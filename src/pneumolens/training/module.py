@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import lightning as L
@@ -12,7 +13,9 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumolens.config import TrainConfig
 from pneumolens.data.augment import random_affine
+from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
+from pneumolens.training.state import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,29 @@ class Classifier(L.LightningModule):
         self.val_acc = BinaryAccuracy(threshold=self.cfg.threshold)
         self.val_auroc = BinaryAUROC()
         self.skipped: dict[str, str] = {}
+        self.first_epoch_paths: list[str] = []
         self._warned = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B,) logits
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pneumolens_rng"] = rng_state()  # resumed runs draw what the uninterrupted one would
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "pneumolens_rng" in checkpoint:
+            set_rng_state(checkpoint["pneumolens_rng"])
+
+    def on_fit_start(self) -> None:
+        # channels-last lets oneDNN / cuDNN pick their fastest convolution kernels
+        self.model.to(memory_format=torch.channels_last)
+
+    def _input(self, batch: dict[str, Any], augment: bool) -> torch.Tensor:
+        x = batch["image"]
+        if augment:  # on one channel, before replication: fewer pixels to resample
+            x = random_affine(x if x.is_floating_point() else x.float().div_(255.0), self.cfg.augment)
+        x = to_model_input(x, self.cfg.preprocess.channels)
+        return x.contiguous(memory_format=torch.channels_last)
 
     def _note_skipped(self, batch: dict[str, Any]) -> None:
         for path, reason in batch["skipped"]:
@@ -49,14 +71,15 @@ class Classifier(L.LightningModule):
         x, y = batch["image"], batch["label"]
         if not x.numel():
             return None  # every file of this batch was unreadable: skip the step
-        logits = self(random_affine(x, self.cfg.augment))
+        if self.current_epoch == 0:
+            self.first_epoch_paths.extend(batch["path"])  # which shard this rank saw (distributed runs)
+        logits = self(self._input(batch, augment=True)).float()
         # Keras class_weight semantics: each sample's loss times its class weight, mean over batch.
         w = self.class_weights[y.long()]
         loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
-                "the last good checkpoint is kept"
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
             )
         self.train_acc(torch.sigmoid(logits), y.long())
         bs = len(y)
@@ -69,7 +92,7 @@ class Classifier(L.LightningModule):
         x, y = batch["image"], batch["label"]
         if not x.numel():
             return
-        logits = self(x)
+        logits = self(self._input(batch, augment=False)).float()
         # Validation loss is unweighted, as in Keras: it measures calibration on the true mix.
         loss = F.binary_cross_entropy_with_logits(logits, y)
         p = torch.sigmoid(logits)
@@ -99,6 +122,17 @@ class Classifier(L.LightningModule):
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(0, c.patience - 1))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
         if c.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, c.epochs))
-            return {"optimizer": opt, "lr_scheduler": sched}
+            if c.warmup_epochs <= 0:  # per epoch, as the shipped default was trained
+                return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, c.epochs)}
+            # per step: linear warm-up over the first epochs, then cosine decay to zero
+            total = max(1, self.trainer.estimated_stepping_batches)
+            warm = max(1, c.warmup_epochs * total // max(1, c.epochs))
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return 0.01 + 0.99 * step / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         raise ValueError(f"unknown scheduler {c.scheduler!r}; valid: plateau, cosine")

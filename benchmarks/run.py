@@ -1,0 +1,328 @@
+"""The performance table of issue 7: train, data, inference and explanation speed for each preset.
+
+    python benchmarks/run.py --data ../shared/data/chest_xray [--presets seed default] [--out runs/bench]
+
+For each preset, in separate processes (so each peak RSS is its own):
+
+* ``train``: trains from scratch with a cold preprocessing cache (a fresh cache directory), and after
+  every epoch scores the *test* split at threshold 0.5 to find the time to 87% test accuracy. That
+  score is only observed: the recipe, early stopping and checkpoint never see it. Its own time is not
+  counted in the training wall time.
+* ``infer``: single-image latency end to end (decode -> preprocess -> model -> probability), p50/p99,
+  for torch and ONNX Runtime; batch-64 model throughput for both; a whole-folder ``predict`` run;
+  Grad-CAM and LIME (1000 samples) seconds per image.
+* ``data`` (once): decode+preprocess throughput against cached reads, on full-resolution JPEGs
+  and on the 224-px set.
+
+Prints one markdown table with the machine. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from presets import machine  # noqa: E402
+
+KERAS = {  # the faithful Keras replica of the seed, measured on this machine (issue 7)
+    "train img/s": "170-300",
+    "time to 87%": "~10 min",
+    "batch img/s": "~870",
+    "p50 ms": "~10 (model call)",
+}
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------------------- train
+
+
+def bench_train(data: str, preset: str, out: Path, target: float) -> dict:
+    import lightning as L
+    import numpy as np
+    import torch
+
+    from pneumolens.config import resolve_config
+    from pneumolens.data.cache import cached_images, to_model_input
+    from pneumolens.data.sources import find_split
+    from pneumolens.training.fit import fit
+
+    cfg = resolve_config(preset)
+    cache_dir = Path(tempfile.mkdtemp(prefix="pneumolens-bench-cache-"))
+    test = find_split(data, "test")
+    labels = np.array([s.label for s in test])
+
+    class Clock(L.Callback):
+        """Training wall time without the test scoring; test accuracy after each epoch."""
+
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+            self.excluded = 0.0
+            self.epochs: list[dict] = []
+            self.test_x: torch.Tensor | None = None
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.epoch_start = time.perf_counter()
+
+        def on_validation_start(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking or not hasattr(self, "epoch_start"):
+                return
+            self.train_seconds = time.perf_counter() - self.epoch_start
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking:
+                return
+            t = time.perf_counter()
+            elapsed = t - self.t0 - self.excluded  # training wall so far, scoring excluded
+            if self.test_x is None:
+                cached = cached_images(test, cfg.preprocess, cache_dir)
+                self.test_x = torch.from_numpy(np.asarray(cached.array))
+            was_training = pl_module.training
+            pl_module.eval()
+            with torch.inference_mode():
+                z = torch.cat(
+                    [
+                        pl_module(to_model_input(self.test_x[i : i + 128], cfg.preprocess.channels)).float()
+                        for i in range(0, len(self.test_x), 128)
+                    ]
+                )
+            pl_module.train(was_training)
+            acc = float(((torch.sigmoid(z).numpy() >= 0.5) == labels).mean())
+            self.excluded += time.perf_counter() - t
+            n_train = len(trainer.datamodule.train_set)
+            self.epochs.append(
+                {
+                    "epoch": trainer.current_epoch,
+                    "elapsed": elapsed,
+                    "train_seconds": self.train_seconds,
+                    "train_img_s": n_train / self.train_seconds,
+                    "test_acc": acc,
+                }
+            )
+
+    clock = Clock()
+    fit(data, cfg, out, cache_dir=cache_dir, callbacks=[clock])
+    wall = time.perf_counter() - clock.t0 - clock.excluded
+    meta = json.loads((out / "val_metrics.json").read_text())
+    reached = next((e for e in clock.epochs if e["test_acc"] >= target), None)
+    from pneumolens.checkpoint import load_model
+
+    training = load_model(out).meta["training"]
+    steady = [e["train_img_s"] for e in clock.epochs[1:]] or [clock.epochs[0]["train_img_s"]]
+    return {
+        "wall_s": wall,
+        "epochs": clock.epochs,
+        "train_img_s": statistics.median(steady),
+        "time_to_target_s": reached["elapsed"] if reached else None,
+        "target_epoch": reached["epoch"] if reached else None,
+        "cache_build_s": training["preprocessing_cache_seconds"],
+        "precision": training["precision"],
+        "val": meta,
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+
+
+# --------------------------------------------------------------------------------------- infer
+
+
+def _percentiles(xs: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    return float(np.percentile(xs, 50)), float(np.percentile(xs, 99))
+
+
+def bench_infer(data: str, model_path: Path, n_single: int, n_explain: int) -> dict:
+    import numpy as np
+    import torch
+
+    from pneumolens.checkpoint import load_model
+    from pneumolens.data.images import preprocess, read_image
+    from pneumolens.data.sources import find_split
+    from pneumolens.explain import explain_image
+    from pneumolens.export import OnnxModel, export_onnx
+    from pneumolens.inference import Predictor
+
+    loaded = load_model(model_path)
+    model, pre = loaded.model.eval(), loaded.preprocess
+    test = find_split(data, "test")
+    paths = [s.path for s in test]
+    onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
+    export_onnx(loaded, onnx_path)
+    onnx = OnnxModel(onnx_path)
+    res: dict = {}
+
+    def torch_prob(x: np.ndarray) -> float:
+        with torch.inference_mode():
+            return float(torch.sigmoid(model(torch.from_numpy(x[None]))))
+
+    def onnx_prob(x: np.ndarray) -> float:
+        return float(1 / (1 + np.exp(-onnx.logits(x[None])[0])))
+
+    for name, prob in (("torch", torch_prob), ("onnx", onnx_prob)):
+        for p in paths[:5]:  # warm-up
+            prob(preprocess(read_image(p), pre))
+        times = []
+        for p in paths[:n_single]:
+            t = time.perf_counter()
+            prob(preprocess(read_image(p), pre))
+            times.append(1000 * (time.perf_counter() - t))
+        res[f"{name}_p50_ms"], res[f"{name}_p99_ms"] = _percentiles(times)
+
+    batch = np.stack([preprocess(read_image(p), pre) for p in paths[:64]])
+    with torch.inference_mode():
+        xb = torch.from_numpy(batch)
+        model(xb)
+        t, reps = time.perf_counter(), 5
+        for _ in range(reps):
+            model(xb)
+        res["torch_batch_img_s"] = 64 * reps / (time.perf_counter() - t)
+    onnx.logits(batch)
+    t = time.perf_counter()
+    for _ in range(5):
+        onnx.logits(batch)
+    res["onnx_batch_img_s"] = 64 * 5 / (time.perf_counter() - t)
+
+    predictor = Predictor(loaded)
+    t = time.perf_counter()
+    predictor.predict_paths(paths)
+    res["folder_img_s"] = len(paths) / (time.perf_counter() - t)
+
+    picks = paths[:: max(1, len(paths) // n_explain)][:n_explain]
+    for method in ("gradcam", "lime"):
+        explain_image(loaded, picks[0], method)  # warm-up
+        secs = [explain_image(loaded, p, method).seconds for p in picks]
+        res[f"{method}_s"] = statistics.median(secs)
+    res["peak_rss_mib"] = _peak_rss_mib()
+    return res
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def bench_data(data: str, fullres: str, preset: str) -> dict:
+    from torch.utils.data import DataLoader
+
+    from pneumolens.config import resolve_config
+    from pneumolens.data.cache import CachedDataset, cached_images
+    from pneumolens.data.dataset import XrayDataset, collate_skipping_bad
+    from pneumolens.data.sources import find_split, list_folder
+
+    cfg = resolve_config(preset).preprocess
+    res = {}
+    for name, samples in (("fullres", list_folder(fullres)), ("224px", find_split(data, "test"))):
+        cache_dir = tempfile.mkdtemp()
+
+        def rate(ds, workers: int) -> float:
+            loader = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=collate_skipping_bad)
+            t = time.perf_counter()
+            n = sum(len(b["image"]) for b in loader)
+            return n / (time.perf_counter() - t)
+
+        res[f"{name}_decode_img_s"] = rate(XrayDataset(samples, cfg), 2)
+        cache = cached_images(samples, cfg, cache_dir)
+        res[f"{name}_cache_build_s"] = cache.build_seconds
+        res[f"{name}_cached_img_s"] = rate(CachedDataset(samples, cache), 0)
+        res[f"{name}_n"] = len(samples)
+    return res
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def _sub(mode: str, *args: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result = Path(f.name)
+    cmd = [sys.executable, __file__, f"--_{mode}", str(result), *args]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/chest_xray")
+    ap.add_argument("--fullres", default="../shared/data/fullres_samples")
+    ap.add_argument("--presets", nargs="+", default=["seed", "default"])
+    ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--target", type=float, default=0.87, help="test accuracy for 'time to quality'")
+    ap.add_argument("--single", type=int, default=100, help="images for single-image latency")
+    ap.add_argument("--explain", type=int, default=5, help="images for Grad-CAM / LIME timing")
+    ap.add_argument("--_train", help=argparse.SUPPRESS)
+    ap.add_argument("--_infer", help=argparse.SUPPRESS)
+    ap.add_argument("--_data", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args._train:
+        r = bench_train(args.data, args.preset, Path(args.out) / args.preset, args.target)
+        Path(args._train).write_text(json.dumps(r))
+        return
+    if args._infer:
+        r = bench_infer(args.data, Path(args.out) / args.preset, args.single, args.explain)
+        Path(args._infer).write_text(json.dumps(r))
+        return
+    if args._data:
+        Path(args._data).write_text(json.dumps(bench_data(args.data, args.fullres, "default")))
+        return
+
+    common = ("--data", args.data, "--out", args.out, "--target", str(args.target))
+    rows = {}
+    for preset in args.presets:
+        tr = _sub("train", *common, "--preset", preset)
+        inf = _sub("infer", *common, "--preset", preset, "--single", str(args.single), "--explain", str(args.explain))
+        rows[preset] = (tr, inf)
+        print(f"{preset}: train {json.dumps(tr['epochs'])}", file=sys.stderr)
+    d = _sub("data", *common, "--fullres", args.fullres)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "bench.json").write_text(json.dumps({"rows": rows, "data": d}, indent=2))
+
+    def fmt_t(s: float | None) -> str:
+        return "not reached" if s is None else f"{s / 60:.1f} min"
+
+    print(f"\nmachine: {machine()}\n")
+    names = list(rows)
+    print("| measure | " + " | ".join(f"`{n}`" for n in names) + " | Keras seed replica |")
+    print("|---|" + "---|" * (len(names) + 1))
+    lines = [
+        ("train images/s (median epoch)", lambda t, i: f"{t['train_img_s']:.0f}", KERAS["train img/s"]),
+        ("training precision", lambda t, i: t["precision"], "fp32"),
+        (
+            f"time to {100 * args.target:.0f}% test accuracy (epoch)",
+            lambda t, i: f"{fmt_t(t['time_to_target_s'])} ({t['target_epoch']})",
+            KERAS["time to 87%"],
+        ),
+        ("training wall, whole recipe", lambda t, i: fmt_t(t["wall_s"]), ""),
+        ("cache build (train/, cold)", lambda t, i: f"{t['cache_build_s']:.0f} s", ""),
+        ("peak RSS, training", lambda t, i: f"{t['peak_rss_mib']:.0f} MiB", ""),
+        ("single image p50 / p99, torch", lambda t, i: f"{i['torch_p50_ms']:.1f} / {i['torch_p99_ms']:.1f} ms", ""),
+        ("single image p50 / p99, ONNX", lambda t, i: f"{i['onnx_p50_ms']:.1f} / {i['onnx_p99_ms']:.1f} ms", ""),
+        ("batch 64, torch (model)", lambda t, i: f"{i['torch_batch_img_s']:.0f} img/s", KERAS["batch img/s"]),
+        ("batch 64, ONNX (model)", lambda t, i: f"{i['onnx_batch_img_s']:.0f} img/s", ""),
+        ("predict a folder (624 files, end to end)", lambda t, i: f"{i['folder_img_s']:.0f} img/s", ""),
+        ("Grad-CAM per image", lambda t, i: f"{1000 * i['gradcam_s']:.0f} ms", ""),
+        ("LIME (1000 samples) per image", lambda t, i: f"{i['lime_s']:.2f} s", "1.4-1.9 s (lime package)"),
+        ("peak RSS, inference process", lambda t, i: f"{i['peak_rss_mib']:.0f} MiB", ""),
+    ]
+    for label, f, keras in lines:
+        print(f"| {label} | " + " | ".join(f(*rows[n]) for n in names) + f" | {keras} |")
+    print(
+        "\nData (default preprocessing, 2 workers decoding vs cached reads): "
+        f"full-res {d['fullres_decode_img_s']:.0f} -> {d['fullres_cached_img_s']:.0f} img/s "
+        f"(cache build {d['fullres_cache_build_s']:.1f} s for {d['fullres_n']}); "
+        f"224 px {d['224px_decode_img_s']:.0f} -> {d['224px_cached_img_s']:.0f} img/s "
+        f"(cache build {d['224px_cache_build_s']:.1f} s for {d['224px_n']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
