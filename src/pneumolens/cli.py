@@ -344,7 +344,9 @@ def _expand(paths: list[str]) -> list[str]:
     out: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            # symlinks are kept even when broken or looping: each then gets its own error line
+            found = (f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+            out += sorted(str(f) for f in found if f.is_symlink() or f.is_file())
         else:
             out.append(str(p))
     return out
@@ -374,7 +376,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{pred.path}\t{pred.probability:.4f}\t{pred.label}{note}")
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+        with open(args.csv, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
             w = csv.writer(f)
             w.writerow(["path", "probability", "label", "flags", "error"])
             for pred in preds:
@@ -412,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     from pneumolens.data.images import ImageReadError
     from pneumolens.data.sources import DataLayoutError
 
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not end the run
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

@@ -18,6 +18,10 @@ import numpy as np
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 
 
+class DicomRefused(ValueError):
+    """A readable DICOM file that is not a usable radiograph; the message says why."""
+
+
 def is_dicom(head: bytes, name: str = "") -> bool:
     """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
     return head[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES
@@ -34,30 +38,41 @@ def dicom_to_gray(
         ValueError: no pixel data, several frames, colour, or undecodable pixels; ``name`` is in the message.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
         ds = pydicom.dcmread(source, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as e:
-        raise ValueError(f"not a readable DICOM file ({type(e).__name__})") from None
+        return _pixels_to_gray(ds, max_pixels, min_side)
+    except DicomRefused:
+        raise
+    except Exception as e:  # noqa: BLE001 - InvalidDicomError, OSError, EOFError and more:
+        # pydicom parses lazily, and a corrupt header can surface as almost any exception type
+        # (struct.error, NotImplementedError for an unknown VR, ...): all are this file's fault.
+        raise ValueError(f"not a readable DICOM file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     if "PixelData" not in ds:
-        raise ValueError("no pixel data in this DICOM file")
+        raise DicomRefused("no pixel data in this DICOM file")
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        raise ValueError(f"multi-frame DICOM ({ds.NumberOfFrames} frames); a single radiograph is expected")
+        raise DicomRefused(f"multi-frame DICOM ({ds.NumberOfFrames} frames); a single radiograph is expected")
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
-        raise ValueError("colour DICOM; a grayscale radiograph is expected")
+        raise DicomRefused("colour DICOM; a grayscale radiograph is expected")
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     if rows * cols > max_pixels:
-        raise ValueError(f"header claims {cols}x{rows} pixels, above the {max_pixels:,} limit; refused before decoding")
+        limit = f"above the {max_pixels:,} limit; refused before decoding"
+        raise DicomRefused(f"header claims {cols}x{rows} pixels, {limit}")
     if min(rows, cols) < min_side:
-        raise ValueError(f"image is {cols}x{rows} pixels, smaller than {min_side} px a side")
+        raise DicomRefused(f"image is {cols}x{rows} pixels, smaller than {min_side} px a side")
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for broken or truncated pixel data
-        raise ValueError(f"DICOM pixel data cannot be decoded ({type(e).__name__}: {e})") from None
+        raise DicomRefused(f"DICOM pixel data cannot be decoded ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2 or min(arr.shape) < min_side:
+        raise DicomRefused(f"DICOM pixel data is not one grayscale frame of at least {min_side} px (shape {arr.shape})")
     windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
     rescaled = float(getattr(ds, "RescaleSlope", 1) or 1) != 1 or float(getattr(ds, "RescaleIntercept", 0) or 0) != 0
     arr = apply_modality_lut(arr, ds)
@@ -65,7 +80,7 @@ def dicom_to_gray(
         arr = apply_voi_lut(arr, ds)
     arr = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all():
-        raise ValueError("DICOM pixel data contains non-finite values")
+        raise DicomRefused("DICOM pixel data contains non-finite values")
     if not windowed and not rescaled and int(getattr(ds, "BitsStored", 16) or 16) <= 8 and arr.min() >= 0:
         lo, hi = 0.0, 255.0  # 8-bit pixels are display values already, as in a JPEG of the same image
     else:  # no display window to follow: stretch the stored range, as a viewer's auto-window does

@@ -6,6 +6,7 @@ prediction all call it, so a model never sees a different pipeline than the one 
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -73,6 +74,8 @@ def read_image(path: str | os.PathLike[str], data: bytes | None = None) -> np.nd
     """
     path = Path(path)
     try:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
         head = data[:132] if data is not None else _head(path)
         if is_dicom(head, path.name):
             try:
@@ -99,8 +102,14 @@ def read_image(path: str | os.PathLike[str], data: bytes | None = None) -> np.nd
         raise ImageReadError(path, f"header claims too many pixels, refused before decoding ({e})") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a JPEG, PNG or DICOM image (unrecognised content)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (SyntaxError, ValueError) as e:
         # PIL reports truncated JPEGs, bad PNG CRCs and broken headers as OSError/SyntaxError.
+        raise ImageReadError(path, f"corrupt or truncated image ({e})") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageReadError(path, "symbolic link loop (the link points, in the end, at itself)") from None
+        if e.errno not in (None, errno.EIO, errno.EINVAL) and e.filename is not None:
+            raise ImageReadError(path, f"cannot be read ({os.strerror(e.errno)})") from None
         raise ImageReadError(path, f"corrupt or truncated image ({e})") from None
 
 

@@ -159,11 +159,16 @@ def check_headers(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, 
             if is_dicom(head, s.path):
                 import pydicom
 
-                pydicom.dcmread(s.path, stop_before_pixels=True, force=True).Rows  # noqa: B018
+                try:
+                    pydicom.dcmread(s.path, stop_before_pixels=True, force=True).Rows  # noqa: B018
+                except Exception as e:  # noqa: BLE001 - a corrupt header raises almost any type
+                    raise ValueError(f"not a readable DICOM file ({type(e).__name__})") from None
             else:
                 with Image.open(s.path) as img:
                     img.size  # noqa: B018 - opening parses the header
             good.append(s)
+        except Image.DecompressionBombError:
+            bad.append((s.path, "header claims too many pixels, refused before decoding"))
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError, AttributeError, EOFError) as e:
             reason = "not a JPEG, PNG or DICOM image" if isinstance(e, UnidentifiedImageError) else str(e)
             bad.append((s.path, reason))
