@@ -80,7 +80,9 @@ def bench_train(data: str, preset: str, out: Path, target: float) -> dict:
                 return
             self.train_seconds = time.perf_counter() - self.epoch_start
 
-        def on_validation_end(self, trainer, pl_module) -> None:
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            # before the EMA callback (appended after this one) swaps its average back out: the
+            # weights scored are the ones validation saw
             if trainer.sanity_checking:
                 return
             t = time.perf_counter()

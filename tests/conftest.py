@@ -22,15 +22,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_cache_dir(tmp_path_factory):
-    """Preprocessing caches of the tests go to a temporary directory, not ~/.cache."""
-    old = os.environ.get("PNEUMOLENS_CACHE_DIR")
-    os.environ["PNEUMOLENS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+def _private_state(tmp_path_factory):
+    """Preprocessing caches and the audit trail of the tests go to a temporary directory, never to
+    ~/.cache or ~/.local/share."""
+    private = tmp_path_factory.mktemp("state")
+    names = {"PNEUMOLENS_CACHE_DIR": private / "cache", "PNEUMOLENS_AUDIT_URL": f"sqlite:///{private / 'audit.sqlite'}"}
+    old = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: str(v) for k, v in names.items()})
     yield
-    if old is None:
-        os.environ.pop("PNEUMOLENS_CACHE_DIR", None)
-    else:
-        os.environ["PNEUMOLENS_CACHE_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def real_images(split: str, label: str, n: int) -> list[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import logging
 import re
 
 import numpy as np
@@ -68,12 +69,16 @@ def test_predict_with_heatmap(client):
     assert plain["heatmap_png"] is None and plain["probability"] == pytest.approx(d["probability"], abs=1e-6)
 
 
-def test_predict_dicom_upload_leaks_no_identifier(client, tmp_path):
+def test_predict_dicom_upload_leaks_no_identifier(client, tmp_path, caplog):
     gray = read_image(real_images("test", "NORMAL", 1)[0])
     p = make_dicom(tmp_path / "s.dcm", np.round((1 - gray) * 4095).astype(np.uint16), "MONOCHROME1")
-    r = post(client, p.read_bytes(), name="s.dcm")
+    with caplog.at_level(logging.DEBUG):
+        r = post(client, p.read_bytes(), name="s.dcm")
+        broken = post(client, p.read_bytes()[:1500], name="cut.dcm")  # a refusal must not echo the header
     assert r.status_code == 200, r.text
-    assert PATIENT_NAME not in r.text and PATIENT_ID not in r.text
+    assert broken.status_code == 400
+    for text in (r.text, broken.text, caplog.text):
+        assert PATIENT_NAME not in text and PATIENT_ID not in text and "Testperson" not in text
 
 
 @pytest.mark.parametrize(

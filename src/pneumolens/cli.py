@@ -1,4 +1,5 @@
-"""Command line: ``pneumolens train | evaluate | predict``."""
+"""Command line: ``pneumolens train | evaluate | predict | explain | segment | serve | export | listen | watch |
+audit | train-lungs``."""
 
 from __future__ import annotations
 
@@ -161,6 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", default="segmentations", help="where <stem>_mask.png and <stem>_overlay.png go")
     s.add_argument("--json", action="store_true", help="one JSON object per image per line")
     s.add_argument("--segmenter", help="a lung model file (default: the one shipped with pneumolens)")
+
+    ln = sub.add_parser("listen", help="DICOM node: give every incoming CR/DX image a first read (C-STORE SCP)")
+    ln.add_argument("--ae-title", default="PNEUMOLENS")
+    ln.add_argument("--port", type=int, default=11112)
+    ln.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ln.add_argument("--out", default="dicom-results", help="where the Secondary Capture results are written")
+    ln.add_argument("--forward", help="also send each result to AE_TITLE@host:port (C-STORE)")
+    ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    ln.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+
+    w = sub.add_parser("watch", help="score each JPEG / PNG / DICOM file that appears in a folder, once")
+    w.add_argument("folder")
+    w.add_argument("--out", help="where <file>.json results go (default: FOLDER/pneumolens-results)")
+    w.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    w.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    w.add_argument("--poll", type=float, default=1.0, help="seconds between scans of the folder")
+    w.add_argument("--explain", action="store_true", help="add a Grad-CAM picture (base64 PNG) to each result")
+    w.add_argument("--once", action="store_true", help="process what is there now and exit")
+
+    a = sub.add_parser("audit", help="list the audit trail of predictions (no patient identifiers are stored)")
+    a.add_argument("--since", help="ISO date/time (UTC) or an age: 30m, 12h, 7d")
+    a.add_argument("--csv", action="store_true", help="CSV on stdout")
+    a.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
 
     tl = sub.add_parser("train-lungs", help="train the lung segmenter from scratch on NLM lung masks")
     tl.add_argument("--data", default="../shared/data/lung_masks", help="folder with manifest.csv, images/, masks/")
@@ -401,6 +425,60 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine(model: str | None):
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    return Engine(Settings(**({"model": model} if model else {})))
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from pneumolens.audit import AuditLog
+    from pneumolens.dicom_node import Destination, Node
+
+    forward = Destination.parse(args.forward) if args.forward else None
+    node = Node(_engine(args.model), AuditLog(args.db), Path(args.out), args.ae_title, forward)
+    print(NOTICE, file=sys.stderr)
+    print(f"listening as {args.ae_title} on {args.host}:{args.port}; results in {args.out}", file=sys.stderr)
+    try:
+        node.server(args.host, args.port, block=True)
+    except KeyboardInterrupt:
+        pass
+    print(f"stored {node.stored} result(s), refused {node.refused} image(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from pneumolens.audit import AuditLog
+    from pneumolens.watch import Watcher
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    watcher = Watcher(folder, Path(args.out or folder / "pneumolens-results"), _engine(args.model), AuditLog(args.db))
+    watcher.explain = args.explain
+    print(NOTICE, file=sys.stderr)
+    if args.once:
+        n = watcher.poll_once(settle=False)
+        print(f"processed {n} new file(s)", file=sys.stderr)
+    else:
+        watcher.run(args.poll)
+        print(f"processed {watcher.processed} file(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pneumolens.audit import AuditLog, format_table, parse_since, write_csv
+
+    rows = AuditLog(args.db).rows(since=parse_since(args.since) if args.since else None)
+    if args.csv:
+        write_csv(rows, sys.stdout)
+    else:
+        print(format_table(rows))
+        print(f"{len(rows)} row(s)", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumolens.checkpoint import load_model
     from pneumolens.export import export_onnx
@@ -430,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "evaluate": cmd_evaluate,
         "predict": cmd_predict,
+        "listen": cmd_listen,
+        "watch": cmd_watch,
+        "audit": cmd_audit,
     }
     try:
         return commands[args.command](args)

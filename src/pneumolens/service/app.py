@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.data.images import ImageReadError
 from pneumolens.explain.explainer import METHODS
 from pneumolens.service.engine import Engine
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.engine = await run_in_threadpool(Engine, settings)
         app.state.waiting = asyncio.Semaphore(settings.max_concurrent)
+        app.state.audit = AuditLog(settings.audit_url) if settings.audit else None
         yield
 
     app = FastAPI(title="pneumolens", description=NOTICE, version="1", lifespan=lifespan)
@@ -118,14 +120,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiting: asyncio.Semaphore = request.app.state.waiting
         if waiting.locked():
             return _error(503, "too many requests waiting for the model; retry shortly")
+        engine: Engine = request.app.state.engine
+        audit: AuditLog | None = request.app.state.audit
         async with waiting:
-            work = run_in_threadpool(request.app.state.engine.predict, data, name, explain, method)
+            work = run_in_threadpool(engine.predict, data, name, explain, method)
             try:
-                return await asyncio.wait_for(work, settings.request_timeout_s)
+                result = await asyncio.wait_for(work, settings.request_timeout_s)
             except ImageReadError as e:
+                if audit is not None:
+                    await run_in_threadpool(
+                        audit.record, "serve", sha256_bytes(data), engine.audit_model, error=e.reason
+                    )
                 return _error(400, f"{name}: {e.reason}")
             except TimeoutError:
                 log.warning("a prediction exceeded %.0f s and was answered 504", settings.request_timeout_s)
                 return _error(504, f"processing took longer than {settings.request_timeout_s:g} s; try method=gradcam")
+        if audit is not None:
+            await run_in_threadpool(
+                audit.record,
+                "serve",
+                sha256_bytes(data),
+                engine.audit_model,
+                result,
+                duration_ms=1000 * result["seconds"],
+            )
+        return result
+
+    @app.get("/recent", include_in_schema=False)
+    async def recent_page() -> FileResponse:
+        return FileResponse(STATIC / "recent.html", media_type="text/html")
+
+    @app.get("/api/v1/recent")
+    async def recent(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
+        """The newest rows of the audit trail (no patient identifiers are ever stored there)."""
+        audit: AuditLog | None = request.app.state.audit
+        if audit is None:
+            return _error(404, "the audit trail is switched off on this server (PNEUMOLENS_AUDIT=false)")
+        return await run_in_threadpool(audit.rows, None, limit, True)
 
     return app

@@ -72,8 +72,15 @@ class Engine:
     def predict(self, data: bytes, filename: str, explain: bool, method: str) -> dict[str, Any]:
         """Score (and explain) one upload. Raises ImageReadError for a file that cannot be used."""
         t0 = time.perf_counter()
-        gray = read_image(filename, data=data)
-        result: dict[str, Any] = {"method": None, "lung_fraction": None, "heatmap_png": None}
+        result = self.analyse(read_image(filename, data=data), explain, method)
+        result.pop("explanation", None)
+        return {**result, "seconds": time.perf_counter() - t0}
+
+    def analyse(self, gray: np.ndarray, explain: bool, method: str = "gradcam") -> dict[str, Any]:
+        """Score (and explain) a decoded image. With ``explain``, ``explanation`` holds the
+        :class:`~pneumolens.explain.explainer.Explanation` and ``heatmap_png`` its picture."""
+        t0 = time.perf_counter()
+        result: dict[str, Any] = {"method": None, "lung_fraction": None, "heatmap_png": None, "explanation": None}
         with self.lock:
             # one segmentation serves the flags, lung-aware preprocessing and the explanation
             low, full = self.segmenter.masks(gray) if explain else (self.segmenter.mask(gray, full_size=False), None)
@@ -90,6 +97,7 @@ class Engine:
                     method=method,
                     lung_fraction=e.lung_fraction,
                     heatmap_png=base64.b64encode(buf.getvalue()).decode("ascii"),
+                    explanation=e,
                 )
         t = self.loaded.threshold
         label = CLASS_NAMES[int(p >= t)]
@@ -105,3 +113,8 @@ class Engine:
             "model": self.info,
             "seconds": time.perf_counter() - t0,
         }
+
+    @property
+    def audit_model(self) -> dict[str, Any]:
+        """What the audit trail records of the model."""
+        return {**self.info, "preprocessing": self.loaded.meta.get("preprocessing")}

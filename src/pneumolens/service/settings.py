@@ -20,3 +20,5 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None  # set: every /api/* request needs "Authorization: Bearer <token>"
     request_timeout_s: float = 60.0  # a prediction taking longer is answered 504
     cors_origins: list[str] = []  # browsers may call the API from these origins; none by default
+    audit: bool = True  # record every prediction in the audit trail (pneumolens.audit)
+    audit_url: str | None = None  # SQLAlchemy URL; None: $PNEUMOLENS_AUDIT_URL or the default SQLite file

@@ -1,0 +1,237 @@
+"""``pneumolens listen``: a DICOM node (pynetdicom) that gives every incoming chest X-ray a first read.
+
+It accepts C-STORE of CR and DX images (and C-ECHO), scores each with the lung plausibility flags,
+and writes a **Secondary Capture** per image: the X-ray with the Grad-CAM overlay and a burned-in
+caption ("AI first read: probability 0.93, above operating point; not a diagnosis"), in the same
+study (Study Instance UID) and a new series, so a PACS viewer files it beside the original. It can
+forward each result to another node (C-STORE SCU). A dataset that cannot be read gets a failure
+status; the node keeps serving. Every result and refusal goes to the audit trail with a salted hash
+of the Study Instance UID; patient identifiers are copied into the result object (the PACS needs
+them to file it) but never into logs or the audit trail.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pneumolens.audit import AuditLog, sha256_bytes
+from pneumolens.checkpoint import atomic_write
+from pneumolens.data.images import ImageReadError, read_image
+
+log = logging.getLogger(__name__)
+
+CR = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+VERIFICATION = "1.2.840.10008.1.1"
+ACCEPTED = (CR, DX_PRESENTATION, DX_PROCESSING)
+# Status codes of PS3.4 C-STORE: success, and "cannot understand" for a dataset we cannot read
+SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA700
+
+# Copied from the original so the result is filed with its patient and study (never logged).
+PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def caption_for(result: dict) -> str:
+    side = "above" if result["probability"] >= result["threshold"] else "below"
+    text = f"AI first read: probability {result['probability']:.2f}, {side} operating point; not a diagnosis"
+    if result.get("flags"):
+        text += f" | check image: {', '.join(result['flags'])}"
+    return text
+
+
+def burn_in(picture: Image.Image, caption: str, model: str) -> np.ndarray:
+    """The overlay picture with a black band below carrying the caption (RGB uint8)."""
+    picture = picture.convert("RGB")
+    w = max(512, picture.width)
+    if picture.width != w:
+        picture = picture.resize((w, round(picture.height * w / picture.width)), Image.Resampling.BILINEAR)
+    font = ImageFont.load_default(size=max(14, w // 48))
+    band = 3 * (font.size + 6)
+    canvas = Image.new("RGB", (w, picture.height + band), "black")
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, picture.height + 4), caption, fill="yellow", font=font)
+    draw.text(
+        (8, picture.height + 4 + font.size + 8), f"{model} (pneumolens) - decision support only", fill="white", font=font
+    )
+    return np.asarray(canvas)
+
+
+def secondary_capture(original: Dataset, rgb: np.ndarray, series_uid: str, caption: str) -> Dataset:
+    """A Secondary Capture Image in the original's study, in the series ``series_uid``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    for keyword in PATIENT_AND_STUDY:
+        if keyword in original:
+            setattr(ds, keyword, original.data_element(keyword).value)
+    now = datetime.now(UTC)
+    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = series_uid, 9901, 1
+    ds.Modality, ds.ConversionType = "OT", "WSD"
+    ds.SeriesDescription = "pneumolens AI first read - not a diagnosis"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = caption
+    ds.BurnedInAnnotation = "YES"
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.Manufacturer, ds.SoftwareVersions = "pneumolens", _version()
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = original.SOPClassUID, original.SOPInstanceUID
+    ds.SourceImageSequence = Sequence([ref])
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    return ds
+
+
+def _version() -> str:
+    from pneumolens import __version__
+
+    return __version__
+
+
+@dataclass
+class Destination:
+    host: str
+    port: int
+    ae_title: str
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """``AET@host:port``."""
+        try:
+            aet, rest = text.split("@", 1)
+            host, port = rest.rsplit(":", 1)
+            return cls(host, int(port), aet)
+        except ValueError:
+            raise ValueError(f"--forward {text!r}: expected AE_TITLE@host:port") from None
+
+
+@dataclass
+class Node:
+    engine: object  # pneumolens.service.engine.Engine
+    audit: AuditLog | None
+    out: Path
+    ae_title: str = "PNEUMOLENS"
+    forward: Destination | None = None
+    _series: dict[str, str] = field(default_factory=dict)  # study UID -> this node's result series UID
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    stored: int = 0
+    refused: int = 0
+
+    def series_for(self, study_uid: str) -> str:
+        with self._lock:
+            return self._series.setdefault(study_uid, generate_uid())
+
+    def handle_store(self, event) -> int:
+        """C-STORE: score, write the Secondary Capture, forward, audit. Never raises."""
+        t0 = time.perf_counter()
+        study = None
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            study = str(getattr(ds, "StudyInstanceUID", "") or "") or None
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            data = buf.getvalue()
+        except Exception as e:  # noqa: BLE001 - a dataset pydicom cannot even re-encode
+            log.warning("listen: unreadable dataset refused (%s)", type(e).__name__)
+            self._audit_refusal(b"", f"unreadable dataset ({type(e).__name__})", study, t0)
+            return CANNOT_UNDERSTAND
+        try:
+            result = self.engine.analyse(read_image("received.dcm", data=data), explain=True)
+        except ImageReadError as e:
+            self.refused += 1
+            log.warning("listen: image refused: %s", e.reason)
+            self._audit_refusal(data, e.reason, study, t0)
+            return CANNOT_UNDERSTAND
+        try:
+            caption = caption_for(result)
+            from pneumolens.explain.render import explanation_image
+
+            rgb = burn_in(explanation_image(result["explanation"]), caption, result["model"]["name"])
+            sc = secondary_capture(ds, rgb, self.series_for(study or generate_uid()), caption)
+            path = self.out / f"{sc.SOPInstanceUID}.dcm"
+            atomic_write(path, lambda tmp: sc.save_as(tmp, enforce_file_format=True))
+            if self.forward is not None:
+                self._send(sc)
+        except Exception:  # noqa: BLE001 - the node must keep serving; the reason is logged
+            log.exception("listen: could not write or forward the result")
+            return OUT_OF_RESOURCES
+        if self.audit is not None:
+            self.audit.record(
+                "listen",
+                sha256_bytes(data),
+                self.engine.audit_model,
+                result,
+                study_uid=study,
+                duration_ms=1000 * (time.perf_counter() - t0),
+            )
+        self.stored += 1
+        log.info("listen: result %s written (%s, p=%.3f)", path.name, result["label"], result["probability"])
+        return SUCCESS
+
+    def _audit_refusal(self, data: bytes, reason: str, study: str | None, t0: float) -> None:
+        if self.audit is not None:
+            ms = 1000 * (time.perf_counter() - t0)
+            model = self.engine.audit_model
+            self.audit.record("listen", sha256_bytes(data), model, error=reason, study_uid=study, duration_ms=ms)
+
+    def _send(self, sc: Dataset) -> None:
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.ae_title)
+        ae.add_requested_context(SECONDARY_CAPTURE, ExplicitVRLittleEndian)
+        dest = self.forward
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        if not assoc.is_established:
+            raise ConnectionError(
+                f"forward destination {dest.ae_title}@{dest.host}:{dest.port} refused the association"
+            )
+        try:
+            status = assoc.send_c_store(sc)
+            if not status or status.Status != SUCCESS:
+                raise ConnectionError(f"forward destination answered status {getattr(status, 'Status', None)}")
+        finally:
+            assoc.release()
+
+    def server(self, host: str, port: int, block: bool = True):
+        """Start the SCP. ``block=False`` returns the running server (call ``.shutdown()``)."""
+        from pynetdicom import AE, evt
+
+        ae = AE(ae_title=self.ae_title)
+        for uid in ACCEPTED:
+            ae.add_supported_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])  # explicit / implicit LE
+        ae.add_supported_context(VERIFICATION)
+        self.out.mkdir(parents=True, exist_ok=True)
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        return ae.start_server((host, port), block=block, evt_handlers=handlers)

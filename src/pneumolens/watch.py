@@ -1,0 +1,148 @@
+"""``pneumolens watch DIR``: score every JPEG, PNG or DICOM file that appears in a folder, once.
+
+Each file is processed when its size and modification time have stayed the same for one poll
+(so a file still being copied is not read half-written). Its result is written atomically as
+``OUT/<relative path>.json``; then, in **one database transaction**, the file is marked done and
+its audit row is written. A crash or kill at any point therefore leaves either both or neither: on
+restart the file is either skipped or processed again from scratch, never counted twice and never
+missed. Files are identified by a hash of their path and their content's SHA-256 (no file name is
+stored: hospital file names often contain patient names); a file replaced by new content is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pneumolens.audit import AuditLog, metadata, sha256_bytes
+from pneumolens.checkpoint import atomic_write
+from pneumolens.data.images import IMAGE_SUFFIXES, ImageReadError, read_image
+
+log = logging.getLogger(__name__)
+NOTICE = "Decision support only: a first read by a model, to inform a clinician; not a diagnosis."
+
+seen = sa.Table(
+    "watch_seen",
+    metadata,
+    sa.Column("path_hash", sa.String(64), primary_key=True),
+    sa.Column("content_sha256", sa.String(64), primary_key=True),
+    sa.Column("time", sa.String(32), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # NORMAL | PNEUMONIA | refused
+)
+
+
+@dataclass
+class Watcher:
+    folder: Path
+    out: Path
+    engine: object  # pneumolens.service.engine.Engine
+    audit: AuditLog
+    explain: bool = False
+    processed: int = 0
+    _sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.folder, self.out = Path(self.folder).resolve(), Path(self.out).resolve()
+        metadata.create_all(self.audit.engine)
+
+    def candidates(self) -> list[Path]:
+        """Image files under the folder (not hidden, not in the output folder), sorted."""
+        found = []
+        for root, dirs, files in os.walk(self.folder):  # does not follow symlinked folders: no loops
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != self.out)
+            found += [Path(root, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_SUFFIXES and f[0] != "."]
+        return found
+
+    def ready(self, path: Path) -> bool:
+        """Unchanged since the previous poll (size and mtime): not still being written."""
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        now = (st.st_size, st.st_mtime_ns)
+        before = self._sizes.get(str(path))
+        self._sizes[str(path)] = now
+        return before == now
+
+    def _done(self, conn: sa.Connection, path_hash: str, content: str) -> bool:
+        q = sa.select(seen.c.outcome).where(seen.c.path_hash == path_hash, seen.c.content_sha256 == content)
+        return conn.execute(q).first() is not None
+
+    def process(self, path: Path) -> bool:
+        """Score one file unless it was done before; True if it was processed now."""
+        rel = path.relative_to(self.folder)
+        path_hash = hashlib.sha256(str(rel).encode("utf-8", "surrogateescape")).hexdigest()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            log.warning("watch: cannot read a file (%s); will retry", type(e).__name__)
+            return False
+        content = sha256_bytes(data)
+        with self.audit.engine.connect() as conn:
+            if self._done(conn, path_hash, content):
+                return False
+        t0 = time.perf_counter()
+        try:
+            result = self.engine.analyse(read_image(path, data=data), self.explain)
+            record = {k: result[k] for k in ("probability", "label", "threshold", "decision", "flags", "warning")}
+            record.update(
+                model=result["model"], lung_fraction=result["lung_fraction"], heatmap_png=result["heatmap_png"]
+            )
+            error, outcome = None, result["label"]
+        except ImageReadError as e:
+            result, record, error, outcome = None, {"error": e.reason}, e.reason, "refused"
+        record.update(input_sha256=content, notice=NOTICE)
+        target = self.out / rel.parent / (rel.name + ".json")
+        atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+        ms = 1000 * (time.perf_counter() - t0)
+        with self.audit.engine.begin() as conn:  # done-mark and audit row: both or neither
+            if self._done(conn, path_hash, content):
+                return False
+            conn.execute(
+                seen.insert().values(
+                    path_hash=path_hash,
+                    content_sha256=content,
+                    time=time.strftime("%FT%TZ", time.gmtime()),
+                    outcome=outcome,
+                )
+            )
+            self.audit.record(
+                "watch", content, self.engine.audit_model, result, error=error, duration_ms=ms, connection=conn
+            )
+        self.processed += 1
+        log.info("watch: file %s… -> %s (%.0f ms)", content[:12], outcome, ms)  # no file names in logs
+        return True
+
+    def poll_once(self, settle: bool = True) -> int:
+        n = 0
+        for path in self.candidates():
+            if self.stop.is_set():
+                break
+            if (not settle or self.ready(path)) and self.process(path):
+                n += 1
+        return n
+
+    def run(self, poll_seconds: float = 1.0) -> None:
+        """Poll until SIGINT / SIGTERM (finishing the file in hand) or ``stop`` is set."""
+
+        def handle(signum, frame) -> None:
+            log.info("watch: stopping after the current file")
+            self.stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handle)
+        self.out.mkdir(parents=True, exist_ok=True)
+        log.info("watching %s; results in %s", self.folder, self.out)
+        while not self.stop.is_set():
+            self.poll_once()
+            self.stop.wait(poll_seconds)

@@ -1,0 +1,296 @@
+"""Clinical integration: the audit trail, the watch folder and the DICOM node, with real peers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
+from pneumolens.audit import AuditLog, parse_since
+from pneumolens.cli import main
+from pneumolens.data.images import read_image
+from pneumolens.service.app import create_app
+from pneumolens.service.settings import Settings
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'audit.sqlite'}"
+
+
+def test_serve_records_every_prediction_and_shows_recent(trained_run, db, capsys):
+    image = real_images("test", "PNEUMONIA", 1)[0].read_bytes()
+    with TestClient(create_app(Settings(model=str(trained_run), audit_url=db))) as client:
+        ok = client.post("/api/v1/predict", files={"file": ("x.jpeg", image)}, params={"explain": "false"})
+        bad = client.post("/api/v1/predict", files={"file": ("y.jpeg", b"not an image")})
+        recent = client.get("/api/v1/recent").json()
+        page = client.get("/recent").text
+    assert ok.status_code == 200 and bad.status_code == 400
+    assert [r["decision"] for r in recent] == ["refused", ok.json()["label"]]  # newest first
+    row = recent[1]
+    assert row["source"] == "serve" and row["probability"] == pytest.approx(ok.json()["probability"])
+    assert row["model_sha256"] == ok.json()["model"]["sha256"] and json.loads(row["preprocessing"])["image_size"] == 32
+    assert row["input_sha256"] == __import__("hashlib").sha256(image).hexdigest() and row["duration_ms"] > 0
+    assert recent[0]["error"].startswith("not a JPEG") and "Recent results" in page and "not a diagnosis" in page
+
+    assert main(["audit", "--db", db, "--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("id,time,source") and len(lines) == 3
+    assert main(["audit", "--db", db, "--since", "1h"]) == 0 and "serve" in capsys.readouterr().out
+    assert main(["audit", "--db", db, "--since", "2999-01-01"]) == 0 and "serve" not in capsys.readouterr().out
+    assert main(["audit", "--db", db, "--since", "yesterday"]) == 2
+
+
+def test_since_parsing():
+    assert (time.time() - parse_since("2h").timestamp()) == pytest.approx(7200, abs=5)
+    assert parse_since("2026-11-27").isoformat() == "2026-11-27T00:00:00+00:00"
+
+
+# ------------------------------------------------------------------------------------------ watch
+
+
+def _watch(folder: Path, out: Path, db: str, model: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pneumolens", "watch", str(folder), "--out", str(out), "--db", db]
+    cmd += ["--poll", "0.2", "--model", str(model)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_watch_folder_survives_a_kill_mid_burst(trained_run, tmp_path, db):
+    folder, out = tmp_path / "incoming", tmp_path / "results"
+    folder.mkdir()
+    images = real_images("test", "NORMAL", 50)
+    assert len({f.read_bytes() for f in images}) == 50
+    first = _watch(folder, out, db, trained_run)
+    try:
+        _wait_for(out.is_dir, 60, first)  # the watcher is up (it makes its output folder first)
+        for i, f in enumerate(images):  # the burst: 50 files, the watcher already running
+            shutil.copyfile(f, folder / f"{i:02d}_{f.name}")
+        _wait_for(lambda: len(list(out.glob("*.json"))) >= 10, 120, first)
+    finally:
+        first.send_signal(signal.SIGKILL)  # no clean shutdown at all
+        first.wait(30)
+    done_before = len(list(out.glob("*.json")))
+    assert done_before < 50, "the kill came too late to test a restart"
+    second = _watch(folder, out, db, trained_run)
+    try:
+        _wait_for(lambda: len(list(out.glob("*.json"))) == 50, 180, second)
+        time.sleep(1.0)  # a few more polls: nothing may be processed twice
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    rows = [r for r in AuditLog(db).rows() if r["source"] == "watch"]
+    hashes = [r["input_sha256"] for r in rows]
+    assert len(rows) == 50 and len(set(hashes)) == 50  # each file exactly once
+    assert all(r["decision"] in ("NORMAL", "PNEUMONIA") for r in rows)
+    result = json.loads(next(out.glob("00_*.json")).read_text())
+    assert 0 <= result["probability"] <= 1 and "not a diagnosis" in result["notice"]
+
+
+def test_watch_once_refuses_bad_files_and_skips_done_ones(trained_run, tmp_path, db, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(real_images("test", "PNEUMONIA", 1)[0], folder / "a.jpeg")
+    (folder / "b.jpeg").write_bytes(b"truncated \xff\xd8")
+    args = ["watch", str(folder), "--once", "--db", db, "--model", str(trained_run)]
+    assert main(args) == 0 and "processed 2 new file(s)" in capsys.readouterr().err
+    assert main(args) == 0 and "processed 0 new file(s)" in capsys.readouterr().err
+    refused = json.loads((folder / "pneumolens-results" / "b.jpeg.json").read_text())
+    assert "not a JPEG, PNG or DICOM" in refused["error"]
+    assert sorted(r["decision"] for r in AuditLog(db).rows())[-1] == "refused"
+
+
+# ------------------------------------------------------------------------------------------ listen
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pynetdicom(app: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pynetdicom", app, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def study(tmp_path):
+    """Three DX files of one study (8-bit MONOCHROME2, corrupt, 16-bit MONOCHROME1) and a 4th of
+    another, made from real images, with a patient name and id that must not leak."""
+    d = tmp_path / "sent"
+    d.mkdir()
+    a, b = (read_image(p) for p in real_images("test", "PNEUMONIA", 2))
+    files = [
+        make_dicom(d / "1.dcm", np.round(a * 255).astype(np.uint8)),
+        make_dicom(d / "2.dcm", np.round(b * 255).astype(np.uint8)),
+        make_dicom(d / "3.dcm", np.round((1 - b) * 4095).astype(np.uint16), "MONOCHROME1"),
+    ]
+    broken = pydicom.dcmread(files[1])
+    broken.PixelData = broken.PixelData[:1000]  # the header promises far more pixels
+    broken.save_as(files[1])
+    uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    for f in files:  # one study
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = uid
+        ds.save_as(f)
+    return files, uid
+
+
+def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
+    files, study_uid = study
+    port, out = _free_port(), tmp_path / "results"
+    cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db]
+    node = subprocess.Popen([*cmd, "--model", str(trained_run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(
+            lambda: _pynetdicom("echoscu", "127.0.0.1", str(port), "-aec", "PNEUMOLENS").returncode == 0, 90, node
+        )
+        sent = _pynetdicom("storescu", "127.0.0.1", str(port), *map(str, files), "-aec", "PNEUMOLENS", "-v")
+        assert "0xC000" in sent.stderr + sent.stdout  # the corrupt one was refused...
+        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 2, 60, node)  # ...and the node went on
+        assert node.poll() is None
+        again = _pynetdicom("echoscu", "127.0.0.1", str(port), "-aec", "PNEUMOLENS")
+        assert again.returncode == 0
+    finally:
+        node.send_signal(signal.SIGINT)
+        node.wait(30)
+    originals = {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    series = set()
+    for f in out.glob("*.dcm"):
+        sc = pydicom.dcmread(f)
+        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.Modality == "OT"
+        assert sc.StudyInstanceUID == study_uid and sc.SourceImageSequence[0].ReferencedSOPInstanceUID in originals
+        assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3 and sc.BurnedInAnnotation == "YES"
+        assert (
+            "not a diagnosis" in sc.DerivationDescription and str(sc.PatientID) == PATIENT_ID
+        )  # filed with its patient
+        series.add(sc.SeriesInstanceUID)
+    assert len(series) == 1 and not series & {pydicom.dcmread(f).SeriesInstanceUID for f in files}
+
+    rows = AuditLog(db).rows()
+    assert [r["decision"] for r in rows].count("refused") == 1 and len(rows) == 3
+    assert len({r["study_hash"] for r in rows}) == 1 and rows[0]["study_hash"] != study_uid
+    raw = Path(db.removeprefix("sqlite:///")).read_bytes()
+    for secret in (PATIENT_NAME, PATIENT_ID, "Testperson", study_uid):
+        assert secret.encode() not in raw
+    engine = sa.create_engine(db)
+    with engine.connect() as conn:  # and not in any column of any table
+        tables = sa.inspect(engine).get_table_names()
+        rows_all = [list(r) for t in tables for r in conn.execute(sa.text(f"select * from {t}"))]
+    text = json.dumps(rows_all, default=str)
+    assert PATIENT_ID not in text and PATIENT_NAME not in text
+
+
+def test_forwarding_to_another_node(trained_run, tmp_path, study):
+    from pynetdicom import AE, evt
+
+    from pneumolens.dicom_node import SECONDARY_CAPTURE, Destination, Node
+    from pneumolens.service.engine import Engine
+
+    received = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    archive = AE(ae_title="ARCHIVE")
+    archive.add_supported_context(SECONDARY_CAPTURE)
+    port_archive, port_node = _free_port(), _free_port()
+    archive_server = archive.start_server(
+        ("127.0.0.1", port_archive), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    node = Node(
+        Engine(Settings(model=str(trained_run))),
+        None,
+        tmp_path / "out",
+        forward=Destination.parse(f"ARCHIVE@127.0.0.1:{port_archive}"),
+    )
+    node_server = node.server("127.0.0.1", port_node, block=False)
+    try:
+        sent = _pynetdicom("storescu", "127.0.0.1", str(port_node), str(study[0][0]), "-aec", "PNEUMOLENS")
+        assert sent.returncode == 0, sent.stderr
+        _wait_for(lambda: len(received) == 1, 30)
+    finally:
+        node_server.shutdown()
+        archive_server.shutdown()
+    assert received[0].StudyInstanceUID == study[1] and received[0].SOPClassUID == SECONDARY_CAPTURE
+    with pytest.raises(ValueError, match="AE_TITLE@host:port"):
+        Destination.parse("nowhere")
+
+
+def test_secondary_capture_caption_and_pixels(trained_run):
+    from pneumolens.dicom_node import burn_in, caption_for
+
+    caption = caption_for({"probability": 0.93, "threshold": 0.4, "flags": []})
+    assert caption == "AI first read: probability 0.93, above operating point; not a diagnosis"
+    from PIL import Image
+
+    rgb = burn_in(Image.new("RGB", (224, 224), "gray"), caption, "pneumolens-default")
+    assert rgb.shape[1] == 512 and rgb.shape[0] > 512 and rgb.dtype == np.uint8
+    band = rgb[512:]
+    assert (band[..., 0] > 200).any() and (band[..., 2] < 50).any()  # yellow text on black
+
+
+# ------------------------------------------------------------------------------------------ wheel
+
+
+def test_wheel_works_alone_in_a_fresh_venv(tmp_path):
+    """``pip install .`` carries the shipped models: the API and CLI work from the wheel alone."""
+    root = Path(__file__).resolve().parents[1]
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-w", str(wheels), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(wheels.glob("pneumolens-*.whl"))
+    names = __import__("zipfile").ZipFile(wheel).namelist()
+    assert "pneumolens/assets/default.safetensors" in names and "pneumolens/assets/lungs.safetensors" in names
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    # the dependencies come from this environment's site-packages, appended after the venv's own
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    venv_site = next((venv / "lib").glob("python*/site-packages"))
+    (venv_site / "deps.pth").write_text(site + "\n")
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300)
+    image = real_images("test", "PNEUMONIA", 1)[0]
+    code = (
+        "import pneumolens, sys; m = pneumolens.load(); r = m.predict(sys.argv[1], explain='gradcam'); "
+        "print(pneumolens.__file__); print(r.probability, r.label, r.heatmap.shape)"
+    )
+    run = subprocess.run([str(py), "-c", code, str(image)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    where, result = run.stdout.splitlines()[-2:]
+    assert where.startswith(str(venv)) and result.split()[1] in ("NORMAL", "PNEUMONIA")
+    cli = subprocess.run(
+        [str(venv / "bin" / "pneumolens"), "predict", str(image), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert cli.returncode == 0 and 0 <= json.loads(cli.stdout)["probability"] <= 1
