@@ -76,9 +76,8 @@ def burn_in(picture: Image.Image, caption: str, model: str) -> np.ndarray:
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     draw.text((8, picture.height + 4), caption, fill="yellow", font=font)
-    draw.text(
-        (8, picture.height + 4 + font.size + 8), f"{model} (pneumolens) - decision support only", fill="white", font=font
-    )
+    footer = f"{model} (pneumolens) - decision support only"
+    draw.text((8, picture.height + 4 + font.size + 8), footer, fill="white", font=font)
     return np.asarray(canvas)
 
 
