@@ -46,8 +46,8 @@ format: setup  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-bench: setup  ## train and evaluate both presets from scratch and print the results table (~15 min)
-	$(PY) benchmarks/presets.py --data $(DATA)
+bench: setup  ## performance table: train both presets from scratch, inference, explanations, cache (~10 min)
+	$(PY) benchmarks/run.py --data $(DATA)
 
 lungs: setup  ## retrain the lung segmenter from scratch (<= 15 min) and ship it in src/pneumolens/assets
 	$(VENV)/bin/pneumolens train-lungs --data $(dir $(DATA))lung_masks --out runs/lungs

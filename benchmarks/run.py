@@ -300,7 +300,7 @@ def main() -> None:
         ("training precision", lambda t, i: t["precision"], "fp32"),
         (
             f"time to {100 * args.target:.0f}% test accuracy (epoch)",
-            lambda t, i: f"{fmt_t(t['time_to_target_s'])} ({t['target_epoch']})",
+            lambda t, i: fmt_t(t["time_to_target_s"]) + (f" ({t['target_epoch']})" if t["target_epoch"] else ""),
             KERAS["time to 87%"],
         ),
         ("training wall, whole recipe", lambda t, i: fmt_t(t["wall_s"]), ""),

@@ -72,7 +72,7 @@ def test_valid_modes_all_decode(tmp_path):
 @pytest.mark.parametrize(
     "name, content, reason",
     [
-        ("empty.jpeg", b"", "not a JPEG, PNG or DICOM"),
+        ("empty.jpeg", b"", "empty file (0 bytes)"),
         ("notes.jpeg", b"this is a text file, not an X-ray\n", "not a JPEG, PNG or DICOM"),
         ("bomb.png", png_claiming(50_000, 50_000), "refused before decoding"),
     ],

@@ -36,6 +36,12 @@ HARNESS = textwrap.dedent(
 RECIPE = ("--preset", "default", "--epochs", "4", "--image-size", "32", "--seed", "7", "--num-workers", "0")
 
 
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process, as the interrupted run is: same threads, same library state."""
+    cmd = [sys.executable, "-m", "pneumolens", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, env=dict(os.environ))
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return link_dataset(tmp_path_factory.mktemp("resume"), {"train": dict.fromkeys(CLASS_NAMES, 20)})
@@ -44,7 +50,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
-    assert main(["train", "--data", str(data), "--out", str(out), *RECIPE]) == 0
+    proc = _cli("train", "--data", str(data), "--out", str(out), *RECIPE, cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return load_file(str(out / "model.safetensors"))
 
 
@@ -60,7 +67,8 @@ def test_signal_keeps_last_epoch_and_resume_matches_uninterrupted(data, uninterr
     assert last["epoch"] == 1  # epochs 0 and 1 complete; epoch 2 was cut
     assert not list(out.rglob("*.tmp"))
 
-    assert main(["train", "--resume", str(out)]) == 0
+    proc = _cli("train", "--resume", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     resumed = load_file(str(out / "model.safetensors"))
     assert resumed.keys() == uninterrupted.keys()
     for k in resumed:  # bit-identical on the CPU: same shuffles, augmentations and schedule
