@@ -38,9 +38,10 @@ test: setup browser  ## run the test suite (reads a small subset of ../shared/da
 	$(PY) -m pytest -q -m "not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-lint: setup  ## ruff lint and format check
+lint: setup  ## ruff lint and format check; mypy on the service, config and audit trail
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy src/pneumolens/service src/pneumolens/config.py src/pneumolens/audit.py
 
 format: setup  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix src tests benchmarks

@@ -86,8 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.get("/healthz")
-    async def healthz(request: Request) -> dict[str, str]:
+    @app.get("/healthz", response_model=None)
+    async def healthz(request: Request) -> dict[str, str] | JSONResponse:
         if getattr(request.app.state, "engine", None) is None:
             return _error(503, "model not loaded")
         return {"status": "ok"}
@@ -150,8 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def recent_page() -> FileResponse:
         return FileResponse(STATIC / "recent.html", media_type="text/html")
 
-    @app.get("/api/v1/recent")
-    async def recent(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
+    @app.get("/api/v1/recent", response_model=None)
+    async def recent(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict] | JSONResponse:
         """The newest rows of the audit trail (no patient identifiers are ever stored there)."""
         audit: AuditLog | None = request.app.state.audit
         if audit is None:

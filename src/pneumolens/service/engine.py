@@ -90,6 +90,7 @@ class Engine:
                 from pneumolens.explain import explain_image
                 from pneumolens.explain.render import explanation_image
 
+                assert full is not None  # masks() gives both when explaining
                 e = explain_image(self.loaded, gray, method, lung_masks=(low, full))
                 buf = io.BytesIO()
                 explanation_image(e).save(buf, format="PNG")
