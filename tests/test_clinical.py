@@ -176,6 +176,9 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     finally:
         node.send_signal(signal.SIGINT)
         node.wait(30)
+    log = node.stderr.read().decode()
+    assert "listening as PNEUMOLENS" in log and "refused" in log  # the node logs what it does...
+    assert PATIENT_NAME not in log and PATIENT_ID not in log and "Testperson" not in log  # ...never who
     originals = {pydicom.dcmread(f).SOPInstanceUID for f in files}
     series = set()
     for f in out.glob("*.dcm"):
