@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -84,3 +85,20 @@ def test_damaged_cache_is_rebuilt(tmp_path, caplog):
     assert "rebuilding" in caplog.text and rebuilt.build_seconds > 0
     np.testing.assert_array_equal(rebuilt.array, reference)
     assert not list((tmp_path / "c").glob("*.tmp"))  # no temporary files left behind
+
+
+def test_same_files_by_another_path_hit_the_cache_row_for_row(tmp_path, monkeypatch):
+    """The cache is keyed by content: a relative spelling (or a symlinked folder) of the same files
+    must be served the right rows, not a cache whose every row is 'missing'."""
+    samples = _samples(tmp_path)
+    first = cached_images(samples, CFG, tmp_path / "c", num_workers=0)
+    (tmp_path / "link").symlink_to(tmp_path)
+    monkeypatch.chdir(tmp_path / "link")
+    relative = [Sample(Path(s.path).name, s.label, s.patient) for s in samples]
+    again = cached_images(relative, CFG, tmp_path / "c", num_workers=0)
+    assert again.key == first.key and again.build_seconds == 0.0
+    ds = CachedDataset(relative, again)
+    for i in range(len(relative)):
+        item = ds[i]
+        assert item["error"] is None and item["path"] == relative[i].path
+        np.testing.assert_array_equal(item["image"].numpy(), first.array[i])

@@ -1,11 +1,12 @@
 """A one-time preprocessing cache: decode and resize each image once, train at compute speed.
 
 The cache for a list of files is one uint8 array (N, 1, H, W) in a ``.npy`` file, memory-mapped when
-read, plus a JSON index. Its name is a hash of the files' *contents*, the preprocessing config and
-the lung segmenter (for lung-aware preprocessing), so changing any file or any setting builds a new
-cache and a stale one is never read. Pixels are quantised to 1/255: at most 0.5/255 from
-:func:`~pneumolens.data.images.preprocess`'s float output. Channels are replicated when batches are
-made (:func:`to_model_input`), not stored.
+read, plus a JSON index. Its name is a hash of the files' *contents* in order, the preprocessing
+config and the lung segmenter (for lung-aware preprocessing), so changing any file or any setting
+builds a new cache and a stale one is never read. Row i is the i-th file of the list it was asked
+for: the same files reached by another path (relative, absolute, a symlink) hit the same cache.
+Pixels are quantised to 1/255: at most 0.5/255 from :func:`~pneumolens.data.images.preprocess`'s
+float output. Channels are replicated when batches are made (:func:`to_model_input`), not stored.
 
 Building is atomic (temporary files, then rename), and concurrent builders of the same cache (the
 ranks of a distributed run) wait on a file lock, so one builds and the others read.
@@ -32,7 +33,7 @@ from pneumolens.data.sources import Sample
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows are matched by position, not by path
 CACHE_DIR_ENV = "PNEUMOLENS_CACHE_DIR"
 
 
@@ -119,7 +120,7 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _open(directory: Path, key: str) -> CachedImages | None:
+def _open(directory: Path, key: str, paths: list[str]) -> CachedImages | None:
     index, data = directory / f"{key}.json", directory / f"{key}.npy"
     if not (index.is_file() and data.is_file()):
         return None
@@ -129,10 +130,11 @@ def _open(directory: Path, key: str) -> CachedImages | None:
     except (OSError, ValueError) as e:
         log.warning("preprocessing cache %s is unreadable (%s); rebuilding it", data, e)
         return None
-    if array.shape[0] != len(meta["paths"]):
+    if array.shape[0] != len(paths) or meta.get("n") != len(paths):
         log.warning("preprocessing cache %s does not match its index; rebuilding it", data)
         return None
-    return CachedImages(meta["paths"], array, meta["errors"], key)
+    errors = {paths[int(i)]: reason for i, reason in meta["errors"].items()}
+    return CachedImages(list(paths), array, errors, key)
 
 
 def cached_images(
@@ -154,7 +156,7 @@ def cached_images(
     # Building draws from torch's global RNG (DataLoader seeds); a hit does not. Forking keeps a
     # seeded run identical whether or not its cache was there.
     with _lock(directory / f"{key}.lock"), torch.random.fork_rng(devices=[]):
-        found = _open(directory, key)
+        found = _open(directory, key, paths)
         if found is not None:
             log.info("preprocessing cache hit: %d images from %s", len(paths), directory / f"{key}.npy")
             return found
@@ -179,7 +181,7 @@ def _build(
     n, side = len(samples), cfg.image_size
     data = directory / f"{key}.npy"
     tmp = directory / f".{key}.{os.getpid()}.npy.tmp"
-    errors: dict[str, str] = {}
+    errors: dict[int, str] = {}
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 1, side, side))
         loader = DataLoader(
@@ -188,7 +190,7 @@ def _build(
         for batch in loader:
             for i, img, err in batch:
                 if img is None:
-                    errors[samples[i].path] = err
+                    errors[i] = err
                 else:
                     array[i] = img
         array.flush()
@@ -198,14 +200,20 @@ def _build(
         os.replace(tmp, data)
     finally:
         tmp.unlink(missing_ok=True)
-    index = {"paths": [s.path for s in samples], "errors": errors, "preprocess": asdict(cfg), "version": CACHE_VERSION}
+    # no paths in the index (rows are positional); error rows by position
+    index = {
+        "n": n,
+        "errors": {str(i): r for i, r in errors.items()},
+        "preprocess": asdict(cfg),
+        "version": CACHE_VERSION,
+    }
     atomic_write(directory / f"{key}.json", lambda t: Path(t).write_text(json.dumps(index)))
     seconds = time.perf_counter() - t0
     if errors:
-        first = next(iter(errors.items()))
-        log.warning("%d file(s) could not be preprocessed, e.g. %s (%s)", len(errors), *first)
+        i, reason = next(iter(errors.items()))
+        log.warning("%d file(s) could not be preprocessed, e.g. %s (%s)", len(errors), samples[i].path, reason)
     log.info("preprocessing cache built: %d images in %.1f s (%s)", n, seconds, data)
-    built = _open(directory, key)
+    built = _open(directory, key, [s.path for s in samples])
     assert built is not None
     built.build_seconds = seconds
     return built

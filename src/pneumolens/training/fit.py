@@ -193,6 +193,11 @@ def fit(
     lung_masks, cache = None, None
     if cfg.cache:
         cache = cached_images(split.train + split.val, cfg.preprocess, cache_dir, cfg.num_workers)
+        if all(s.path in cache.errors for s in split.train):
+            example = next(iter(cache.errors.items()))
+            raise ValueError(
+                f"none of the {len(split.train)} training images could be read, e.g. {example[0]}: {example[1]}"
+            )
     elif cfg.preprocess.lungs != "none":
         t_masks = time.time()
         lung_masks = lung_masks_for(split.train + split.val, cfg.num_workers)
