@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -27,6 +28,34 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+@contextlib.contextmanager
+def serving(model: str | None = None, env: dict[str, str] | None = None, wait_s: float = 120.0):
+    """`pneumolens serve` on a free loopback port, up and healthy; yields (process, base URL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "pneumolens", "serve", "--port", str(port)]
+    if model:
+        cmd += ["--model", model]
+    server = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.2)
+        yield server, url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 async def run_load(url: str, files: list[bytes], n: int, c: int, explain: bool) -> dict[str, float]:
@@ -75,21 +104,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     args = ap.parse_args()
     files = [p.read_bytes() for p in sorted((Path(args.data) / "test" / "PNEUMONIA").iterdir())[:16]]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "pneumolens.cli", "serve", "--port", str(port)]
-    if args.model:
-        cmd += ["--model", args.model]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serving(args.model) as (server, url):
         asyncio.run(run_load(url, files, 4, 1, True))  # warm-up
         start_rss = rss_mib(server.pid)
         print(
@@ -106,9 +121,6 @@ def main() -> None:
                     flush=True,
                 )
         print(f"\nserver RSS at the end: {rss_mib(server.pid):.0f} MiB")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import rss_mib  # noqa: E402
+from load import rss_mib, serving  # noqa: E402
 
 from bad_inputs import EXPECTED, make_corpus  # noqa: E402
 from conftest import make_dicom  # noqa: E402
@@ -136,23 +134,8 @@ def main() -> None:
             name, data = rng.choice(goods)
             plan.append(("good", name, {"files": {"file": (name, data)}}, 200))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "pneumolens", "serve", "--port", str(port)]
-    if args.model:
-        cmd += ["--model", args.model]
-    env = {**__import__("os").environ, "PNEUMOLENS_MAX_UPLOAD_MB": str(limit_mb)}
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
     rss: list[tuple[int, float]] = []
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serving(args.model, {"PNEUMOLENS_MAX_UPLOAD_MB": str(limit_mb)}, wait_s=300) as (server, url):
         rss.append((0, rss_mib(server.pid)))
         t0 = time.perf_counter()
         outcomes, mismatches = asyncio.run(
@@ -161,9 +144,6 @@ def main() -> None:
         wall = time.perf_counter() - t0
         alive = server.poll() is None and httpx.get(f"{url}/healthz", timeout=5).status_code == 200
         rss.append((args.requests, rss_mib(server.pid)))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     print(
         f"\n{args.requests:,} requests ({args.bad_share:.0%} bad) from {args.concurrency} clients in {wall:.0f} s "

@@ -363,14 +363,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _expand(paths: list[str]) -> list[str]:
     """Files as given, folders walked recursively for JPEG / PNG / DICOM files (sorted)."""
-    from pneumolens.data.images import IMAGE_SUFFIXES
+    from pneumolens.data.sources import image_files
 
     out: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            # symlinks are kept even when broken or looping: each then gets its own error line
-            found = (f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-            out += sorted(str(f) for f in found if f.is_symlink() or f.is_file())
+            out += sorted(str(f) for f in image_files(p))  # broken or looping links included: each gets its error
         else:
             out.append(str(p))
     return out

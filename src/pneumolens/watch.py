@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -25,7 +24,8 @@ import sqlalchemy as sa
 
 from pneumolens.audit import AuditLog, metadata, sha256_bytes
 from pneumolens.checkpoint import atomic_write
-from pneumolens.data.images import IMAGE_SUFFIXES, ImageReadError, read_image
+from pneumolens.data.images import ImageReadError, read_image
+from pneumolens.data.sources import image_files
 
 log = logging.getLogger(__name__)
 NOTICE = "Decision support only: a first read by a model, to inform a clinician; not a diagnosis."
@@ -57,11 +57,7 @@ class Watcher:
 
     def candidates(self) -> list[Path]:
         """Image files under the folder (not hidden, not in the output folder), sorted."""
-        found = []
-        for root, dirs, files in os.walk(self.folder):  # does not follow symlinked folders: no loops
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != self.out)
-            found += [Path(root, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_SUFFIXES and f[0] != "."]
-        return found
+        return image_files(self.folder, exclude=self.out)
 
     def ready(self, path: Path) -> bool:
         """Unchanged since the previous poll (size and mtime): not still being written."""

@@ -61,8 +61,19 @@ def _label_index(label: str, where: str) -> int:
     return CLASS_NAMES.index(key)
 
 
+def image_files(folder: str | os.PathLike[str], exclude: Path | None = None) -> list[Path]:
+    """JPEG / PNG / DICOM files under ``folder``, sorted; hidden files and folders skipped, and
+    ``exclude`` (an output folder inside it) too. Symlinked folders are not followed (no loops);
+    symlinked files are kept even when broken or looping, so that each gets its own error."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (exclude is None or Path(root, d).resolve() != exclude)]
+        found += [Path(root, f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".")]
+    return sorted(found)
+
+
 def _list_class_folder(folder: Path, label: int) -> list[Sample]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = image_files(folder)
     if not files:
         raise DataLayoutError(f"{folder}: class folder has no .jpeg/.jpg/.png files")
     return [Sample(str(p), label, patient_id(p)) for p in files]

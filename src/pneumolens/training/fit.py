@@ -35,12 +35,11 @@ log = logging.getLogger(__name__)
 def read_history(logs: Path) -> list[dict[str, float]]:
     """Per-epoch metrics from Lightning's CSV logs: the last logged value of each column per epoch.
 
-    ``logs`` is a ``metrics.csv`` or the run's ``logs/`` folder, whose first run and resumed parts
-    (``logs/resumeN/``) are merged in order, a later part overriding an epoch it repeated.
+    ``logs`` is the run's ``logs/`` folder: the first part and the resumed ones (``logs/resumeN/``)
+    are merged in order, a later part overriding an epoch it repeated.
     """
-    files = [logs] if logs.suffix == ".csv" else [logs / "metrics.csv", *_resumed_parts(logs)]
     by_epoch: dict[int, dict[str, float]] = {}
-    for metrics_csv in files:
+    for metrics_csv in [logs / "metrics.csv", *_resumed_parts(logs)]:
         if not metrics_csv.is_file():
             continue
         seen: set[int] = set()
