@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -239,14 +239,19 @@ class CachedDataset(Dataset):
         return {**item, "image": torch.from_numpy(np.array(self.cache.array[row]))}
 
 
-def to_model_input(x: torch.Tensor, channels: int) -> torch.Tensor:
+def to_model_input(
+    x: torch.Tensor, channels: int, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
     """A batch from either dataset as float32 in [0, 1] with ``channels`` channels.
 
     Cached batches arrive as uint8 with one channel (a quarter of the bytes to move to a GPU);
-    streamed ones are already float.
+    streamed ones are already float. ``transform`` (e.g. augmentation) runs on the float batch
+    before channels are replicated: fewer pixels to resample.
     """
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
+    if transform is not None:
+        x = transform(x)
     if x.shape[1] != channels:
         x = x.expand(-1, channels, -1, -1)
     return x

@@ -56,10 +56,8 @@ class Classifier(L.LightningModule):
         self.model.to(memory_format=torch.channels_last)
 
     def _input(self, batch: dict[str, Any], augment: bool) -> torch.Tensor:
-        x = batch["image"]
-        if augment:  # on one channel, before replication: fewer pixels to resample
-            x = random_affine(x if x.is_floating_point() else x.float().div_(255.0), self.cfg.augment)
-        x = to_model_input(x, self.cfg.preprocess.channels)
+        transform = (lambda x: random_affine(x, self.cfg.augment)) if augment else None
+        x = to_model_input(batch["image"], self.cfg.preprocess.channels, transform)
         return x.contiguous(memory_format=torch.channels_last)
 
     def _note_skipped(self, batch: dict[str, Any]) -> None:
