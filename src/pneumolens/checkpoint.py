@@ -164,7 +164,11 @@ def load_model(path: str | os.PathLike[str] | None = None) -> LoadedModel:
     try:
         meta = json.loads(header["meta"])
         arch = meta["architecture"]
-        model = create_model(arch["name"], **arch.get("kwargs", {}))
+        # Loading must not move the global random generators (a seeded run would then depend on
+        # whether some model, e.g. the lung segmenter, had been loaded before): the random
+        # initialisation that the file's weights replace is drawn from a forked generator.
+        with torch.random.fork_rng(devices=[]):
+            model = create_model(arch["name"], **arch.get("kwargs", {}))
         model.load_state_dict(tensors, strict=True)
     except (KeyError, json.JSONDecodeError, TypeError) as e:
         raise ModelFileError(f"{p}: metadata incomplete or malformed ({e})") from None
