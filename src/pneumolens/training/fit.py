@@ -253,6 +253,8 @@ def fit(
     module.load_state_dict(state)
     model = module.model.cpu().eval()
 
+    # Calibration and the threshold are fitted on the files through the inference path (float
+    # pixels), not on the cache's 1/255-quantised rows: the operating point is that of deployment.
     logits, _ = predict_samples(model, split.val, cfg.preprocess, num_workers=cfg.num_workers, logits=True)
     val_samples = [s for s in split.val if s.path in logits]
     y = np.array([s.label for s in val_samples])
