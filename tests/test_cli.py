@@ -144,15 +144,19 @@ def test_training_skips_unreadable_files(tmp_path, caplog):
     assert "IM-9990-0001.jpeg" in text and meta["training"]["unreadable_files"] == 2
 
 
-def test_same_seed_same_weights(tiny_data, tmp_path):
+def test_same_seed_same_weights_and_split_seed_shares_the_split(tiny_data, tmp_path):
     runs = []
-    for name in ("a", "b"):
-        extra = ("--limit", "48", "--seed", "5", "--num-workers", "0", "--val-fraction", "0.25")
+    for name, seeds in (("a", ("--seed", "5")), ("b", ("--seed", "5")), ("c", ("--seed", "6", "--split-seed", "5"))):
+        extra = ("--limit", "48", *seeds, "--num-workers", "0", "--val-fraction", "0.25")
         assert train_cli(tiny_data, tmp_path / name, *extra, preset="default") == 0
         runs.append(load_file(str(tmp_path / name / "model.safetensors")))
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
+    # another training seed on the same patient split: an ensemble member with the same validation set
+    val = [json.loads((tmp_path / n / "split.json").read_text())["val"] for n in "ac"]
+    assert val[0] == val[1] and len(val[0]) > 0
+    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
 def test_evaluate_lists_unreadable_files(trained_run, tmp_path, capsys):

@@ -21,7 +21,12 @@ def test_overrides_reach_nested_configs_and_round_trip():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"image_size": 8}, "at least 16"), ({"zoom": 1.5}, "augmentation ranges"), ({"shift": -0.1}, "augmentation")],
+    [
+        ({"image_size": 8}, "at least 16"),
+        ({"zoom": 1.5}, "augmentation ranges"),
+        ({"shift": -0.1}, "augmentation"),
+        ({"contrast": 1.0}, "contrast < 1"),
+    ],
 )
 def test_bad_overrides(kwargs, match):
     with pytest.raises(ValueError, match=match):

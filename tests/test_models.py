@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pneumolens.config import AugmentConfig
-from pneumolens.data.augment import random_affine
+from pneumolens.data.augment import random_affine, random_intensity
 from pneumolens.models import create_model, model_names
 
 
@@ -24,6 +24,19 @@ def test_seed_cnn_has_the_keras_parameter_count():
     # + 262,272 + 16,512 + 66,048 + 513 (dense) = 586,177 parameters.
     m = create_model("seed_cnn", in_channels=3, image_size=64)
     assert sum(p.numel() for p in m.parameters()) == 586_177
+
+
+def test_seed_cnn_pool_then_relu_is_keras_relu_then_pool():
+    torch.manual_seed(0)
+    m = create_model("seed_cnn", in_channels=3, image_size=64).eval()
+    x = torch.rand(4, 3, 64, 64) - 0.5
+    keras_order = x
+    for i in range(0, 12, 3):  # Keras: conv, ReLU, pool
+        conv, pool = m.features[i], m.features[i + 1]
+        assert isinstance(conv, torch.nn.Conv2d) and isinstance(pool, torch.nn.MaxPool2d)
+        keras_order = pool(torch.relu(conv(keras_order)))
+    assert torch.allclose(m.forward_features(x), keras_order, atol=1e-6)
+    assert torch.allclose(m(x), m.forward_head(keras_order), atol=1e-6)
 
 
 def test_unknown_model_lists_valid_names():
@@ -47,3 +60,20 @@ def test_augment_moves_content_and_stays_in_range():
     assert len({tuple(c.round().tolist()) for c in centres}) > 1  # each image got its own transform
     shift_only = random_affine(x, AugmentConfig(rotation=0, shift=0.2, zoom=0), generator=g)
     assert (shift_only.sum((1, 2, 3)) - x.sum((1, 2, 3))).abs().max() < 1.0  # a shift keeps the square
+
+
+def test_intensity_augment_is_per_image_monotone_and_in_range():
+    x = torch.linspace(0, 1, 64).repeat(8, 1, 64, 1)  # a horizontal ramp, 8 copies
+    assert torch.equal(random_intensity(x, AugmentConfig()), x)
+    g = torch.Generator().manual_seed(0)
+    y = random_intensity(x, AugmentConfig(gamma=0.5), generator=g)
+    assert y.min() >= 0 and y.max() <= 1
+    assert (y[..., 1:] >= y[..., :-1] - 1e-6).all()  # gamma keeps the order of intensities
+    assert torch.allclose(y[..., 0], x[..., 0]) and torch.allclose(y[..., -1], x[..., -1])  # 0 and 1 stay
+    mids = y[:, 0, 0, 32]
+    assert mids.unique().numel() == 8  # each image drew its own gamma
+    assert mids.min() >= (32 / 63) ** 1.5 - 1e-4  # gamma within [1/1.5, 1.5]
+    assert mids.max() <= (32 / 63) ** (1 / 1.5) + 1e-4
+    c = random_intensity(x, AugmentConfig(contrast=0.5), generator=g)
+    spread = c.amax((1, 2, 3)) - c.amin((1, 2, 3))
+    assert spread.min() >= 0.5 - 1e-5 and spread.unique().numel() > 1

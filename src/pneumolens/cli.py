@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
+    t.add_argument(
+        "--split-seed",
+        type=int,
+        help="seed of the patient-held-out validation split (default: --seed); "
+        "fix it to train models that share one validation split",
+    )
     t.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up (cosine schedule)")
     t.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights (e.g. 0.998)")
     t.add_argument("--limit", type=_positive_int, help="use at most N images of train/ (stratified), for smoke runs")
@@ -77,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees")
     t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
     t.add_argument("--zoom", type=float, help="augmentation: max zoom deviation (0.1 = 0.9x to 1.1x)")
+    t.add_argument("--gamma", type=float, help="augmentation: random gamma, x ** g with g in [1/(1+G), 1+G]")
+    t.add_argument("--contrast", type=float, help="augmentation: contrast scaled by c in [1-C, 1+C] about the mean")
     t.add_argument("--class-weights", choices=["seed", "balanced", "none"])
     t.add_argument(
         "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"
@@ -286,8 +294,8 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 
 RECIPE_FLAGS = (
-    "epochs image_size batch_size lr seed warmup_epochs ema_decay limit lungs equalize rotation shift zoom "
-    "class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
+    "epochs image_size batch_size lr seed split_seed warmup_epochs ema_decay limit lungs equalize rotation shift zoom "
+    "gamma contrast class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
 ).split()
 
 

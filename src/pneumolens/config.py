@@ -39,6 +39,8 @@ class AugmentConfig:
     rotation: float = 10.0  # degrees, uniform in [-r, r]
     shift: float = 0.1  # fraction of width/height, uniform in [-s, s], independent per axis
     zoom: float = 0.1  # scale uniform in [1-z, 1+z], independent per axis
+    gamma: float = 0.0  # intensity: x ** g with log g uniform in [-log(1+gamma), log(1+gamma)]
+    contrast: float = 0.0  # intensity: (x - mean) * c + mean, c uniform in [1-contrast, 1+contrast]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class TrainConfig:
     balanced_sampler: bool = False
     val_fraction: float = 0.15
     seed: int = 42
+    split_seed: int | None = None  # the patient split's seed; None: ``seed`` (fix it to train an ensemble)
     limit: int | None = None
     num_workers: int = 2
     accelerator: str = "auto"
@@ -136,8 +139,8 @@ PRESETS: dict[str, TrainConfig] = {"seed": SEED, "default": DEFAULT}
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
-    ``image_size`` and ``lungs`` are shortcuts into ``preprocess``; ``rotation``, ``shift`` and ``zoom``
-    into ``augment``.
+    ``image_size`` and ``lungs`` are shortcuts into ``preprocess``; ``rotation``, ``shift``, ``zoom``,
+    ``gamma`` and ``contrast`` into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -158,9 +161,10 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if lungs not in ("none", "crop", "mask", "soft"):
             raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lungs=lungs))
-    aug = {k: float(overrides.pop(k)) for k in ("rotation", "shift", "zoom") if k in overrides}
+    aug = {k: float(overrides.pop(k)) for k in ("rotation", "shift", "zoom", "gamma", "contrast") if k in overrides}
     if aug:
-        if any(v < 0 for v in aug.values()) or aug.get("zoom", 0) >= 1 or aug.get("shift", 0) >= 1:
-            raise ValueError(f"augmentation ranges must be >= 0 (shift and zoom < 1), got {aug}")
+        below_one = ("zoom", "shift", "contrast")
+        if any(v < 0 for v in aug.values()) or any(aug.get(k, 0) >= 1 for k in below_one):
+            raise ValueError(f"augmentation ranges must be >= 0 (shift, zoom and contrast < 1), got {aug}")
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **aug))
     return dataclasses.replace(cfg, **overrides)

@@ -1,8 +1,9 @@
-"""Random affine augmentation applied to whole batches on the training device.
+"""Random affine and intensity augmentation applied to whole batches on the training device.
 
 Semantics follow Keras' ImageDataGenerator as the seed used it: rotation uniform in ±r degrees,
 shift uniform in ±s of the side per axis, zoom uniform in [1-z, 1+z] per axis, and edge pixels
 repeated to fill ("nearest" fill mode). One batched ``grid_sample`` replaces per-image Python work.
+Intensity jitter (gamma, contrast) imitates other exposures and detectors; it is off in both presets.
 """
 
 from __future__ import annotations
@@ -35,3 +36,22 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     ).to(device=x.device, dtype=x.dtype)  # (B, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_intensity(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random gamma, then random contrast about each image's mean, per image of ``x`` in [0, 1]."""
+    if cfg.gamma == 0 and cfg.contrast == 0:
+        return x
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        u = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float32)
+        return u.to(device=x.device, dtype=x.dtype)
+
+    if cfg.gamma > 0:
+        span = math.log1p(cfg.gamma)
+        x = x.clamp_min(0).pow(uniform(-span, span).exp())
+    if cfg.contrast > 0:
+        mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+        x = (x - mean) * uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
+    return x.clamp(0, 1)

@@ -161,9 +161,10 @@ def fit(
     pool, bad = check_headers(pool)
     if bad:
         log.warning("skipping %d file(s) that are not readable images, e.g. %s (%s)", len(bad), *bad[0])
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     if cfg.limit:
-        pool = stratified_subset(pool, cfg.limit, cfg.seed)
-    split = patient_split(pool, cfg.val_fraction, cfg.seed)
+        pool = stratified_subset(pool, cfg.limit, split_seed)
+    split = patient_split(pool, cfg.val_fraction, split_seed)
     train_labels = [s.label for s in split.train]
     weights = class_weights(train_labels, cfg.class_weights)
     counts = {

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumolens.config import TrainConfig
-from pneumolens.data.augment import random_affine
+from pneumolens.data.augment import random_affine, random_intensity
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
 from pneumolens.training.state import rng_state, set_rng_state
@@ -56,7 +56,8 @@ class Classifier(L.LightningModule):
         self.model.to(memory_format=torch.channels_last)
 
     def _input(self, batch: dict[str, Any], augment: bool) -> torch.Tensor:
-        transform = (lambda x: random_affine(x, self.cfg.augment)) if augment else None
+        aug = self.cfg.augment
+        transform = (lambda x: random_intensity(random_affine(x, aug), aug)) if augment else None
         x = to_model_input(batch["image"], self.cfg.preprocess.channels, transform)
         return x.contiguous(memory_format=torch.channels_last)
 
