@@ -4,12 +4,13 @@
 
 Needs TensorFlow, which pneumolens does not depend on: run it from a separate environment
 (``python -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu pillow``). The network
-is the seed's, layer for layer (the ``seed`` preset's table in the README); training images are
-decoded once into memory at 64x64 (nearest, grayscale replicated to RGB, [0, 1]), so the figure is
-Keras' own training speed, with no disk in the loop: the best case for the replica. Keras 3 has no
-``ImageDataGenerator``; the seed's rotation / shift / zoom augmentation is reproduced with Keras'
-preprocessing layers, once with it and once without. Prints images/s of the median epoch after the
-first (which includes graph tracing). Not part of the test suite.
+is the seed's, layer for layer (the ``seed`` preset's table in the README). Three ways to feed it:
+images decoded once into memory at 64x64 (nearest, grayscale replicated to RGB, [0, 1]), without
+and with augmentation, which is Keras' own training speed with no disk in the loop (the best case
+for the replica); and batches read from disk every epoch as the seed did, with Keras 3's
+``image_dataset_from_directory`` (Keras 3 has no ``ImageDataGenerator``; the seed's rotation /
+shift / zoom augmentation is reproduced with Keras' preprocessing layers). Prints images/s of the
+median epoch after the first (which includes graph tracing). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -55,6 +56,23 @@ def seed_network(keras, augment: bool):
     return model
 
 
+def Clock(keras):
+    """A Keras callback that records each epoch's wall time in ``.times``."""
+
+    class _Clock(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self.t)
+
+    return _Clock()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/chest_xray")
@@ -70,21 +88,33 @@ def main() -> None:
     print(f"{len(x)} training images at 64x64, batch 32\n")
     print("| Keras seed replica | images/s (median epoch after the first) | epochs (s) |")
     print("|---|---|---|")
-    for augment in (False, True):
+    from_disk = keras.utils.image_dataset_from_directory(
+        Path(args.data) / "train",
+        labels="inferred",
+        label_mode="binary",
+        class_names=["NORMAL", "PNEUMONIA"],
+        color_mode="rgb",
+        batch_size=32,
+        image_size=(64, 64),
+        interpolation="nearest",
+        shuffle=True,
+        seed=42,
+        verbose=False,
+    )
+    from_disk = from_disk.map(lambda im, lab: (tf.cast(im, "float32") / 255.0, lab)).prefetch(2)
+    ways = [("in memory, no augmentation", False, None), ("in memory, rotation/shift/zoom layers", True, None)]
+    if not args.limit:  # the folder holds every image
+        ways.append(("from disk every epoch, rotation/shift/zoom layers", True, from_disk))
+    for name, augment, dataset in ways:
         keras.utils.set_random_seed(42)
         model = seed_network(keras, augment)
-        times: list[float] = []
-
-        class Clock(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                times.append(time.perf_counter() - self.t)
-
-        model.fit(x, y, batch_size=32, epochs=args.epochs, shuffle=True, verbose=0, callbacks=[Clock()])
+        clock = Clock(keras)
+        if dataset is None:
+            model.fit(x, y, batch_size=32, epochs=args.epochs, shuffle=True, verbose=0, callbacks=[clock])
+        else:
+            model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[clock])
+        times = clock.times
         rate = len(x) / statistics.median(times[1:] or times)
-        name = "with rotation/shift/zoom layers" if augment else "no augmentation"
         print(f"| {name} | {rate:.0f} | {', '.join(f'{t:.1f}' for t in times)} |", flush=True)
 
 

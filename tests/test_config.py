@@ -26,6 +26,7 @@ def test_overrides_reach_nested_configs_and_round_trip():
         ({"zoom": 1.5}, "augmentation ranges"),
         ({"shift": -0.1}, "augmentation"),
         ({"contrast": 1.0}, "contrast < 1"),
+        ({"lung_margin": 0.6}, "lung_margin"),
     ],
 )
 def test_bad_overrides(kwargs, match):

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["none", "crop", "mask", "soft"],
         help="lung-aware preprocessing: crop to the lungs, zero or attenuate outside them",
     )
+    t.add_argument(
+        "--lung-margin", type=float, help="margin around the lungs for crop/mask, fraction of the shorter side"
+    )
     t.add_argument("--equalize", choices=["none", "clahe"], help="contrast equalisation (CLAHE) at model size")
     t.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees")
     t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
@@ -294,8 +297,8 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 
 RECIPE_FLAGS = (
-    "epochs image_size batch_size lr seed split_seed warmup_epochs ema_decay limit lungs equalize rotation shift zoom "
-    "gamma contrast class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
+    "epochs image_size batch_size lr seed split_seed warmup_epochs ema_decay limit lungs lung_margin equalize rotation "
+    "shift zoom gamma contrast class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
 ).split()
 
 

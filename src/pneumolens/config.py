@@ -139,7 +139,7 @@ PRESETS: dict[str, TrainConfig] = {"seed": SEED, "default": DEFAULT}
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
-    ``image_size`` and ``lungs`` are shortcuts into ``preprocess``; ``rotation``, ``shift``, ``zoom``,
+    ``image_size``, ``lungs`` and ``lung_margin`` are shortcuts into ``preprocess``; ``rotation``, ``shift``, ``zoom``,
     ``gamma`` and ``contrast`` into ``augment``.
     """
     if preset not in PRESETS:
@@ -156,15 +156,21 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if eq not in ("none", "clahe"):
             raise ValueError(f"unknown equalize mode {eq!r}; valid: none, clahe")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, equalize=eq))
+    if "lung_margin" in overrides:
+        margin = float(overrides.pop("lung_margin"))
+        if not 0 <= margin < 0.5:
+            raise ValueError(f"lung_margin must be in [0, 0.5), got {margin}")
+        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lung_margin=margin))
     if "lungs" in overrides:
         lungs = overrides.pop("lungs")
         if lungs not in ("none", "crop", "mask", "soft"):
             raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lungs=lungs))
-    aug = {k: float(overrides.pop(k)) for k in ("rotation", "shift", "zoom", "gamma", "contrast") if k in overrides}
+    names = ("rotation", "shift", "zoom", "gamma", "contrast")
+    aug: dict[str, float] = {k: float(overrides.pop(k)) for k in names if k in overrides}
     if aug:
-        below_one = ("zoom", "shift", "contrast")
-        if any(v < 0 for v in aug.values()) or any(aug.get(k, 0) >= 1 for k in below_one):
+        below_one: tuple[str, ...] = ("zoom", "shift", "contrast")
+        if any(v < 0 for v in aug.values()) or any(aug.get(k, 0.0) >= 1 for k in below_one):
             raise ValueError(f"augmentation ranges must be >= 0 (shift, zoom and contrast < 1), got {aug}")
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **aug))
     return dataclasses.replace(cfg, **overrides)

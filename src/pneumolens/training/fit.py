@@ -129,6 +129,20 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True)))
 
 
+def unlearned(val_metrics: dict[str, Any], cfg: TrainConfig, min_auc: float = 0.7) -> str | None:
+    """Why the finished model should not be used, or None: training can end without learning."""
+    auc = val_metrics.get("roc_auc")
+    if auc is None or auc >= min_auc:
+        return None
+    hint = ""
+    if cfg.ema_decay:
+        hint = (
+            f" (with --ema-decay {cfg.ema_decay} the average may still be close to the initial weights: "
+            "lower the decay or train longer)"
+        )
+    return f"validation ROC-AUC {auc:.3f}: this model does not separate the classes, do not use it{hint}"
+
+
 def fit(
     data: str | os.PathLike[str],
     cfg: TrainConfig,
@@ -262,6 +276,8 @@ def fit(
     z = np.array([logits[s.path] for s in val_samples])
     calibration = operating_point(model, y, z, cfg)
     val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
+    if problem := unlearned(val_metrics, cfg):
+        log.warning("%s: %s", out, problem)
     history = read_history(out / "logs")
     best_epoch = min(history, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if history else None
     meta = {
