@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=_positive_int)
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float, help="AdamW / RMSprop weight decay")
     t.add_argument("--seed", type=int)
     t.add_argument(
         "--split-seed",
@@ -297,8 +298,9 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 
 RECIPE_FLAGS = (
-    "epochs image_size batch_size lr seed split_seed warmup_epochs ema_decay limit lungs lung_margin equalize rotation "
-    "shift zoom gamma contrast class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
+    "epochs image_size batch_size lr weight_decay seed split_seed warmup_epochs ema_decay limit lungs lung_margin "
+    "equalize rotation shift zoom gamma contrast class_weights balanced_sampler val_fraction threshold_policy "
+    "calibrate precision"
 ).split()
 
 
