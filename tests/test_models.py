@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pneumolens.config import AugmentConfig
-from pneumolens.data.augment import random_affine, random_intensity
+from pneumolens.data.augment import mixup, random_affine, random_intensity
 from pneumolens.models import create_model, model_names
 
 
@@ -77,3 +77,16 @@ def test_intensity_augment_is_per_image_monotone_and_in_range():
     c = random_intensity(x, AugmentConfig(contrast=0.5), generator=g)
     spread = c.amax((1, 2, 3)) - c.amin((1, 2, 3))
     assert spread.min() >= 0.5 - 1e-5 and spread.unique().numel() > 1
+
+
+def test_mixup_blends_images_labels_and_weights_alike():
+    torch.manual_seed(0)
+    # image i is constant i, label i % 2, weight 1 + i: every mixed sample must stay consistent
+    x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous()
+    y, w = torch.arange(8.0) % 2, 1 + torch.arange(8.0)
+    assert mixup(x, y, w, 0.0)[0] is x
+    mx, my, mw = mixup(x, y, w, 0.4)
+    assert not torch.equal(mx, x) and (mx.amax((1, 2, 3)) == mx.amin((1, 2, 3))).all()  # one blend per image
+    v = mx[:, 0, 0, 0]  # = lam * i + (1 - lam) * j, so the weight is 1 + v and both come from lam and j
+    assert torch.allclose(mw, 1 + v, atol=1e-5)
+    assert ((my >= 0) & (my <= 1)).all() and my.unique().numel() > 2  # soft labels

@@ -41,6 +41,7 @@ class AugmentConfig:
     zoom: float = 0.1  # scale uniform in [1-z, 1+z], independent per axis
     gamma: float = 0.0  # intensity: x ** g with log g uniform in [-log(1+gamma), log(1+gamma)]
     contrast: float = 0.0  # intensity: (x - mean) * c + mean, c uniform in [1-contrast, 1+contrast]
+    mixup: float = 0.0  # > 0: mix each image and label with another of the batch, weight ~ Beta(mixup, mixup)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
     ``image_size``, ``lungs`` and ``lung_margin`` are shortcuts into ``preprocess``; ``rotation``, ``shift``, ``zoom``,
-    ``gamma`` and ``contrast`` into ``augment``.
+    ``gamma``, ``contrast`` and ``mixup`` into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -166,7 +167,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if lungs not in ("none", "crop", "mask", "soft"):
             raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lungs=lungs))
-    names = ("rotation", "shift", "zoom", "gamma", "contrast")
+    names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup")
     aug: dict[str, float] = {k: float(overrides.pop(k)) for k in names if k in overrides}
     if aug:
         below_one: tuple[str, ...] = ("zoom", "shift", "contrast")

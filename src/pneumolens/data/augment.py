@@ -3,7 +3,8 @@
 Semantics follow Keras' ImageDataGenerator as the seed used it: rotation uniform in ±r degrees,
 shift uniform in ±s of the side per axis, zoom uniform in [1-z, 1+z] per axis, and edge pixels
 repeated to fill ("nearest" fill mode). One batched ``grid_sample`` replaces per-image Python work.
-Intensity jitter (gamma, contrast) imitates other exposures and detectors; it is off in both presets.
+Intensity jitter (gamma, contrast) imitates other exposures and detectors; mixup blends pairs of
+images and their labels. Both are off in both presets.
 """
 
 from __future__ import annotations
@@ -55,3 +56,21 @@ def random_intensity(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Gener
         mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
         x = (x - mean) * uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
     return x.clamp(0, 1)
+
+
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Blend each sample with a random partner of the batch (Zhang et al., 2018).
+
+    Images, soft labels and per-sample loss weights are mixed with the same weight
+    ``lam ~ Beta(alpha, alpha)``, drawn per sample from the global generator (seeded by training).
+    """
+    if alpha <= 0 or len(x) < 2:
+        return x, y, w
+    lam = torch.distributions.Beta(alpha, alpha).sample((len(x),)).to(device=x.device, dtype=x.dtype)
+    partner = torch.randperm(len(x), device=x.device)
+    lx = lam.view(-1, *([1] * (x.dim() - 1)))
+    mixed = lx * x + (1 - lx) * x[partner]
+    lam = lam.to(y.dtype)
+    return mixed, lam * y + (1 - lam) * y[partner], lam * w + (1 - lam) * w[partner]

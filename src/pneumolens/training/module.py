@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumolens.config import TrainConfig
-from pneumolens.data.augment import random_affine, random_intensity
+from pneumolens.data.augment import mixup, random_affine, random_intensity
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
 from pneumolens.training.state import rng_state, set_rng_state
@@ -72,15 +72,16 @@ class Classifier(L.LightningModule):
             return None  # every file of this batch was unreadable: skip the step
         if self.current_epoch == 0:
             self.first_epoch_paths.extend(batch["path"])  # which shard this rank saw (distributed runs)
-        logits = self(self._input(batch, augment=True)).float()
         # Keras class_weight semantics: each sample's loss times its class weight, mean over batch.
         w = self.class_weights[y.long()]
+        x, y, w = mixup(self._input(batch, augment=True), y.float(), w, self.cfg.augment.mixup)
+        logits = self(x).float()
         loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
             )
-        self.train_acc(torch.sigmoid(logits), y.long())
+        self.train_acc(torch.sigmoid(logits), (y >= 0.5).long())  # mixup makes labels soft
         bs = len(y)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
