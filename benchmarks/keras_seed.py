@@ -56,21 +56,15 @@ def seed_network(keras, augment: bool):
     return model
 
 
-def Clock(keras):
-    """A Keras callback that records each epoch's wall time in ``.times``."""
-
-    class _Clock(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.times: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.times.append(time.perf_counter() - self.t)
-
-    return _Clock()
+def epoch_clock(keras) -> tuple[object, list[float]]:
+    """Keras' LambdaCallback that appends each epoch's wall time to the returned list."""
+    times: list[float] = []
+    start: list[float] = []
+    callback = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: start.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: times.append(time.perf_counter() - start[-1]),
+    )
+    return callback, times
 
 
 def main() -> None:
@@ -108,12 +102,11 @@ def main() -> None:
     for name, augment, dataset in ways:
         keras.utils.set_random_seed(42)
         model = seed_network(keras, augment)
-        clock = Clock(keras)
+        clock, times = epoch_clock(keras)
         if dataset is None:
             model.fit(x, y, batch_size=32, epochs=args.epochs, shuffle=True, verbose=0, callbacks=[clock])
         else:
             model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[clock])
-        times = clock.times
         rate = len(x) / statistics.median(times[1:] or times)
         print(f"| {name} | {rate:.0f} | {', '.join(f'{t:.1f}' for t in times)} |", flush=True)
 

@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
     t.add_argument("--zoom", type=float, help="augmentation: max zoom deviation (0.1 = 0.9x to 1.1x)")
     t.add_argument("--gamma", type=float, help="augmentation: random gamma, x ** g with g in [1/(1+G), 1+G]")
-    t.add_argument("--mixup", type=float, help="augmentation: mixup with Beta(A, A) weights (e.g. 0.2)")
     t.add_argument("--contrast", type=float, help="augmentation: contrast scaled by c in [1-C, 1+C] about the mean")
+    t.add_argument("--mixup", type=float, help="augmentation: mixup with Beta(A, A) weights (e.g. 0.2)")
     t.add_argument("--class-weights", choices=["seed", "balanced", "none"])
     t.add_argument(
         "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"

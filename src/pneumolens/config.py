@@ -170,8 +170,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup")
     aug: dict[str, float] = {k: float(overrides.pop(k)) for k in names if k in overrides}
     if aug:
-        below_one: tuple[str, ...] = ("zoom", "shift", "contrast")
-        if any(v < 0 for v in aug.values()) or any(aug.get(k, 0.0) >= 1 for k in below_one):
+        if any(v < 0 for v in aug.values()) or any(aug.get(k, 0.0) >= 1 for k in ("zoom", "shift", "contrast")):
             raise ValueError(f"augmentation ranges must be >= 0 (shift, zoom and contrast < 1), got {aug}")
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **aug))
     return dataclasses.replace(cfg, **overrides)

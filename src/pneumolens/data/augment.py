@@ -17,14 +17,18 @@ import torch.nn.functional as F
 from pneumolens.config import AugmentConfig
 
 
+def _uniform(lo: float, hi: float, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``n`` float32 draws, uniform in [lo, hi), on the CPU (the same stream whatever the device)."""
+    return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float32)
+
+
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Apply an independent random affine transform to each image of ``x`` (B, C, H, W)."""
     if cfg.rotation == 0 and cfg.shift == 0 and cfg.zoom == 0:
         return x
-    b = x.shape[0]
 
-    def uniform(lo: float, hi: float, n: int = b) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float32)
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return _uniform(lo, hi, x.shape[0], generator)
 
     theta_rad = uniform(-cfg.rotation, cfg.rotation) * (math.pi / 180.0)
     zx, zy = uniform(1 - cfg.zoom, 1 + cfg.zoom), uniform(1 - cfg.zoom, 1 + cfg.zoom)
@@ -45,9 +49,8 @@ def random_intensity(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Gener
         return x
     shape = (x.shape[0],) + (1,) * (x.dim() - 1)
 
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        u = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float32)
-        return u.to(device=x.device, dtype=x.dtype)
+    def uniform(lo: float, hi: float) -> torch.Tensor:  # one draw per image, broadcast over its pixels
+        return _uniform(lo, hi, x.shape[0], generator).view(shape).to(device=x.device, dtype=x.dtype)
 
     if cfg.gamma > 0:
         span = math.log1p(cfg.gamma)

@@ -74,7 +74,7 @@ class Classifier(L.LightningModule):
             self.first_epoch_paths.extend(batch["path"])  # which shard this rank saw (distributed runs)
         # Keras class_weight semantics: each sample's loss times its class weight, mean over batch.
         w = self.class_weights[y.long()]
-        x, y, w = mixup(self._input(batch, augment=True), y.float(), w, self.cfg.augment.mixup)
+        x, y, w = mixup(self._input(batch, augment=True), y, w, self.cfg.augment.mixup)
         logits = self(x).float()
         loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).mean()
         if not torch.isfinite(loss):
