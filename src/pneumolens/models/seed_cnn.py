@@ -7,7 +7,7 @@ they are kept linear here. The sigmoid lives in the loss (BCE with logits) for n
 
 Each block pools before its ReLU: max-pooling and ReLU commute (both are monotone), so the outputs
 and gradients are Keras' conv-ReLU-pool exactly, while the ReLU and its backward touch a quarter of
-the values (15-20% more training images/s on the CPU).
+the values (8-16% more training images/s on the CPU, `benchmarks/seed_step.py`).
 """
 
 from __future__ import annotations
