@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pneumolens.config import AugmentConfig
-from pneumolens.data.augment import mixup, random_affine, random_intensity
+from pneumolens.config import AugmentConfig, resolve_config
+from pneumolens.data.augment import mixup, random_affine, random_flip_erase, random_intensity
 from pneumolens.models import create_model, model_names
 
 
@@ -77,6 +77,27 @@ def test_intensity_augment_is_per_image_monotone_and_in_range():
     c = random_intensity(x, AugmentConfig(contrast=0.5), generator=g)
     spread = c.amax((1, 2, 3)) - c.amin((1, 2, 3))
     assert spread.min() >= 0.5 - 1e-5 and spread.unique().numel() > 1
+
+
+def test_flip_and_erase_act_per_image_with_their_probability():
+    x = torch.linspace(0, 1, 32).repeat(64, 1, 32, 1)  # 64 copies of a left-to-right ramp
+    assert random_flip_erase(x, AugmentConfig()) is x
+    g = torch.Generator().manual_seed(0)
+    f = random_flip_erase(x, AugmentConfig(hflip=0.5), generator=g)
+    flipped = (f[:, 0, 0, 0] == 1).sum().item()  # a mirrored ramp starts at 1
+    assert 16 < flipped < 48 and torch.equal(f[f[:, 0, 0, 0] == 1], x[:1].flip(-1).expand(flipped, -1, -1, -1))
+    assert torch.equal(f[f[:, 0, 0, 0] == 0], x[: 64 - flipped])  # the others are untouched
+    e = random_flip_erase(x, AugmentConfig(erase=0.5), generator=g)
+    changed = (e != x).flatten(1).float().mean(1)  # share of each image's pixels that changed
+    hit = changed > 0
+    assert 16 < hit.sum().item() < 48
+    assert changed.max() <= 0.25 and changed[hit].min() > 0.005  # one rectangle of 2-20% of the area
+    assert torch.allclose(e[hit][e[hit] != x[hit]], torch.tensor(0.5))  # filled with the image's mean
+    box = (e[hit][0, 0] != x[0, 0]).nonzero()
+    rows, cols = box[:, 0], box[:, 1]
+    assert len(box) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a filled rectangle
+    with pytest.raises(ValueError, match="probabilities"):
+        resolve_config("default", erase=1.5)
 
 
 def test_mixup_blends_images_labels_and_weights_alike():

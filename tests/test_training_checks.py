@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import math
+
+import pytest
+import torch
+
 from pneumolens.config import resolve_config
 from pneumolens.training.fit import unlearned
+from pneumolens.training.module import weighted_bce
 
 
 def test_a_model_that_did_not_learn_is_called_out():
@@ -13,3 +19,18 @@ def test_a_model_that_did_not_learn_is_called_out():
     assert unlearned({"roc_auc": 0.5}, resolve_config("seed")) is not None
     assert unlearned({"roc_auc": 0.99}, default) is None
     assert unlearned({"roc_auc": None}, default) is None  # one class only: no AUC to judge by
+
+
+def test_weighted_loss_and_label_smoothing_by_hand():
+    logits, y, w = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 3.0])
+    # sample 0: -log(sigmoid(0)) = log 2; sample 1: -log(1 - sigmoid(2)) = log(1 + e^2), weighted 3
+    expected = (math.log(2) + 3 * math.log(1 + math.e**2)) / 2
+    assert math.isclose(weighted_bce(logits, y, w).item(), expected, rel_tol=1e-6)
+    # smoothing 0.2: targets 0.9 and 0.1; the loss is minimal at logit log(9), not at infinity
+    z = torch.tensor([math.log(9), 20.0])
+    ones = torch.ones(2)
+    smoothed = [weighted_bce(z[i : i + 1], ones[:1], ones[:1], 0.2).item() for i in range(2)]
+    assert smoothed[0] < smoothed[1]
+    assert weighted_bce(z[1:], ones[:1], ones[:1]).item() < 1e-8  # unsmoothed: the confident logit wins
+    with pytest.raises(ValueError, match="label_smoothing"):
+        resolve_config("default", label_smoothing=1.0)

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gamma", type=float, help="augmentation: random gamma, x ** g with g in [1/(1+G), 1+G]")
     t.add_argument("--contrast", type=float, help="augmentation: contrast scaled by c in [1-C, 1+C] about the mean")
     t.add_argument("--mixup", type=float, help="augmentation: mixup with Beta(A, A) weights (e.g. 0.2)")
+    t.add_argument("--hflip", type=float, help="augmentation: probability of a left-right mirror")
+    t.add_argument("--erase", type=float, help="augmentation: probability of random erasing (one rectangle)")
+    t.add_argument("--label-smoothing", type=float, help="training targets y * (1 - E) + E / 2")
     t.add_argument("--class-weights", choices=["seed", "balanced", "none"])
     t.add_argument(
         "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"
@@ -300,8 +303,8 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 RECIPE_FLAGS = (
     "epochs image_size batch_size lr weight_decay seed split_seed warmup_epochs ema_decay limit lungs lung_margin "
-    "equalize rotation shift zoom gamma contrast mixup class_weights balanced_sampler val_fraction threshold_policy "
-    "calibrate precision"
+    "equalize rotation shift zoom gamma contrast mixup hflip erase label_smoothing class_weights balanced_sampler "
+    "val_fraction threshold_policy calibrate precision"
 ).split()
 
 

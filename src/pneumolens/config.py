@@ -42,6 +42,8 @@ class AugmentConfig:
     gamma: float = 0.0  # intensity: x ** g with log g uniform in [-log(1+gamma), log(1+gamma)]
     contrast: float = 0.0  # intensity: (x - mean) * c + mean, c uniform in [1-contrast, 1+contrast]
     mixup: float = 0.0  # > 0: mix each image and label with another of the batch, weight ~ Beta(mixup, mixup)
+    hflip: float = 0.0  # probability of mirroring an image left-right
+    erase: float = 0.0  # probability of filling one random rectangle (2-20% of the image) with the image's mean
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class TrainConfig:
     batch_size: int = 32
     patience: int = 3  # early stopping on val_loss, best weights kept
     class_weights: ClassWeighting = "seed"
+    label_smoothing: float = 0.0  # training targets y * (1 - e) + e / 2
     balanced_sampler: bool = False
     val_fraction: float = 0.15
     seed: int = 42
@@ -141,7 +144,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
     ``image_size``, ``lungs`` and ``lung_margin`` are shortcuts into ``preprocess``; ``rotation``, ``shift``, ``zoom``,
-    ``gamma``, ``contrast`` and ``mixup`` into ``augment``.
+    ``gamma``, ``contrast``, ``mixup``, ``hflip`` and ``erase`` into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -167,10 +170,14 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if lungs not in ("none", "crop", "mask", "soft"):
             raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lungs=lungs))
-    names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup")
+    names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup", "hflip", "erase")
     aug: dict[str, float] = {k: float(overrides.pop(k)) for k in names if k in overrides}
     if aug:
         if any(v < 0 for v in aug.values()) or any(aug.get(k, 0.0) >= 1 for k in ("zoom", "shift", "contrast")):
             raise ValueError(f"augmentation ranges must be >= 0 (shift, zoom and contrast < 1), got {aug}")
+        if any(aug.get(k, 0.0) > 1 for k in ("hflip", "erase")):
+            raise ValueError(f"hflip and erase are probabilities in [0, 1], got {aug}")
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **aug))
+    if not 0 <= overrides.get("label_smoothing", 0.0) < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {overrides['label_smoothing']}")
     return dataclasses.replace(cfg, **overrides)

@@ -3,8 +3,9 @@
 Semantics follow Keras' ImageDataGenerator as the seed used it: rotation uniform in ±r degrees,
 shift uniform in ±s of the side per axis, zoom uniform in [1-z, 1+z] per axis, and edge pixels
 repeated to fill ("nearest" fill mode). One batched ``grid_sample`` replaces per-image Python work.
-Intensity jitter (gamma, contrast) imitates other exposures and detectors; mixup blends pairs of
-images and their labels. Both are off in both presets.
+Intensity jitter (gamma, contrast) imitates other exposures and detectors; left-right mirroring and
+random erasing (Zhong et al., 2020) ask the network not to rely on one side or one spot; mixup blends
+pairs of images and their labels. All of these are off in both presets.
 """
 
 from __future__ import annotations
@@ -59,6 +60,39 @@ def random_intensity(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Gener
         mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
         x = (x - mean) * uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
     return x.clamp(0, 1)
+
+
+def random_flip_erase(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability ``cfg.hflip``; then, with probability ``cfg.erase``,
+    fill one rectangle (2-20% of its area, aspect ratio 0.3-3.3) with the image's mean."""
+    if cfg.hflip == 0 and cfg.erase == 0:
+        return x
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    per_image = (n,) + (1,) * (x.dim() - 1)
+    if cfg.hflip > 0:
+        flip = (_uniform(0, 1, n, generator) < cfg.hflip).view(per_image).to(x.device)
+        x = torch.where(flip, x.flip(-1), x)
+    if cfg.erase > 0:
+        hit = _uniform(0, 1, n, generator) < cfg.erase
+        area = _uniform(0.02, 0.2, n, generator) * (h * w)
+        aspect = _uniform(math.log(0.3), math.log(1 / 0.3), n, generator).exp()
+        eh = (area * aspect).sqrt().clamp(1, h)
+        ew = (area / aspect).sqrt().clamp(1, w)
+        top = _uniform(0, 1, n, generator) * (h - eh)
+        left = _uniform(0, 1, n, generator) * (w - ew)
+        rows = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+        cols = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+        inside = (
+            (rows >= top.view(-1, 1, 1))
+            & (rows < (top + eh).view(-1, 1, 1))
+            & (cols >= left.view(-1, 1, 1))
+            & (cols < (left + ew).view(-1, 1, 1))
+            & hit.view(-1, 1, 1)
+        )  # (B, H, W)
+        box = inside.unsqueeze(1).to(x.device)
+        mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+        x = torch.where(box, mean.expand_as(x), x)
+    return x
 
 
 def mixup(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumolens.config import TrainConfig
-from pneumolens.data.augment import mixup, random_affine, random_intensity
+from pneumolens.data.augment import mixup, random_affine, random_flip_erase, random_intensity
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
 from pneumolens.training.state import rng_state, set_rng_state
@@ -24,6 +24,15 @@ def architecture_of(cfg: TrainConfig) -> dict[str, Any]:
     """The JSON description that rebuilds the network: name and constructor kwargs."""
     kwargs = {"in_channels": cfg.preprocess.channels, "image_size": cfg.preprocess.image_size}
     return {"name": cfg.model, "kwargs": {**kwargs, **cfg.model_kwargs}}
+
+
+def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Keras ``class_weight`` semantics: each sample's cross-entropy times its weight, mean over the batch.
+
+    With ``smoothing`` e the targets move to e / 2 and 1 - e / 2, so no logit is pushed to infinity.
+    """
+    target = y * (1 - smoothing) + smoothing / 2 if smoothing > 0 else y
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).mean()
 
 
 class Classifier(L.LightningModule):
@@ -57,8 +66,11 @@ class Classifier(L.LightningModule):
 
     def _input(self, batch: dict[str, Any], augment: bool) -> torch.Tensor:
         aug = self.cfg.augment
-        transform = (lambda x: random_intensity(random_affine(x, aug), aug)) if augment else None
-        x = to_model_input(batch["image"], self.cfg.preprocess.channels, transform)
+
+        def transform(x: torch.Tensor) -> torch.Tensor:
+            return random_flip_erase(random_intensity(random_affine(x, aug), aug), aug)
+
+        x = to_model_input(batch["image"], self.cfg.preprocess.channels, transform if augment else None)
         return x.contiguous(memory_format=torch.channels_last)
 
     def _note_skipped(self, batch: dict[str, Any]) -> None:
@@ -72,11 +84,10 @@ class Classifier(L.LightningModule):
             return None  # every file of this batch was unreadable: skip the step
         if self.current_epoch == 0:
             self.first_epoch_paths.extend(batch["path"])  # which shard this rank saw (distributed runs)
-        # Keras class_weight semantics: each sample's loss times its class weight, mean over batch.
         w = self.class_weights[y.long()]
         x, y, w = mixup(self._input(batch, augment=True), y, w, self.cfg.augment.mixup)
         logits = self(x).float()
-        loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).mean()
+        loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
