@@ -127,6 +127,24 @@ def test_wrong_layout_is_a_clear_error(tmp_path, capsys):
     assert rc == 2 and "no model file found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ('{"widthz": [8]}', "unexpected keyword argument 'widthz'"),
+        ('{"widths": [8, 16]}', "one entry per stage"),
+        ("[8, 16]", "must be a JSON object"),
+        ("{widths: 8}", "not valid JSON"),
+    ],
+)
+def test_bad_architecture_arguments_are_named_before_training(tmp_path, capsys, kwargs, message):
+    try:
+        rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--model-kwargs", kwargs])
+    except SystemExit as e:  # argparse's own usage error
+        rc = e.code
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
 def test_training_skips_unreadable_files(tmp_path, caplog):
     data = link_dataset(tmp_path / "d", {"train": dict.fromkeys(CLASS_NAMES, 16)})
     src = real_images("train", "NORMAL", 1)[0].read_bytes()

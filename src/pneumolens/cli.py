@@ -21,6 +21,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _json_object(s: str) -> dict:
+    try:
+        v = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f'must be a JSON object such as {{"dropout": 0.5}}, got {s}')
+    return v
+
+
 def _probability(s: str) -> float:
     v = float(s)
     if not 0.0 <= v <= 1.0:
@@ -60,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--preset", choices=sorted(PRESETS), default="default")
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
+    t.add_argument("--model", choices=["resnet_small", "seed_cnn"], help="architecture (default: the preset's)")
+    t.add_argument(
+        "--model-kwargs", type=_json_object, help="architecture arguments as JSON, e.g. '{\"dropout\": 0.5}'"
+    )
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--image-size", type=_positive_int)
     t.add_argument("--batch-size", type=_positive_int)
@@ -302,9 +316,9 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 
 RECIPE_FLAGS = (
-    "epochs image_size batch_size lr weight_decay seed split_seed warmup_epochs ema_decay limit lungs lung_margin "
-    "equalize rotation shift zoom gamma contrast mixup hflip erase label_smoothing class_weights balanced_sampler "
-    "val_fraction threshold_policy calibrate precision"
+    "model model_kwargs epochs image_size batch_size lr weight_decay seed split_seed warmup_epochs ema_decay limit "
+    "lungs lung_margin equalize rotation shift zoom gamma contrast mixup hflip erase label_smoothing class_weights "
+    "balanced_sampler val_fraction threshold_policy calibrate precision"
 ).split()
 
 
@@ -337,6 +351,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             cache=args.cache,
         )
+        if cfg.model_kwargs:  # a wrong architecture argument fails here, not after the cache is built
+            from pneumolens.models import create_model
+            from pneumolens.training.module import architecture_of
+
+            arch = architecture_of(cfg)
+            create_model(arch["name"], **arch["kwargs"])
         data, out, resume = args.data, args.out or f"runs/{cfg.preset}", False
     try:
         path = fit(data, cfg, out, cache_dir=args.cache_dir, resume=resume)

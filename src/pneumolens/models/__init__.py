@@ -27,4 +27,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     lung segmenter maps (B, 1, H, W) to (B, 1, H, W) logits."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
-    return _REGISTRY[name](**kwargs)
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as e:  # an unknown or ill-typed architecture argument, e.g. from --model-kwargs
+        raise ValueError(f"model {name!r}: {e}") from None

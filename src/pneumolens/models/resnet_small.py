@@ -41,6 +41,8 @@ class ResNetSmall(nn.Module):
     ) -> None:
         super().__init__()
         del image_size  # global pooling: any input size works
+        if len(widths) != len(blocks) or not widths:
+            raise ValueError(f"widths and blocks need one entry per stage, got widths={widths}, blocks={blocks}")
         self.stem = nn.Sequential(
             _conv_bn(in_channels, widths[0] // 2, stride=2),
             nn.ReLU(inplace=True),
