@@ -351,12 +351,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             cache=args.cache,
         )
-        if cfg.model_kwargs:  # a wrong architecture argument fails here, not after the cache is built
-            from pneumolens.models import create_model
-            from pneumolens.training.module import architecture_of
+        from pneumolens.models import create_model
+        from pneumolens.training.module import architecture_of
 
-            arch = architecture_of(cfg)
-            create_model(arch["name"], **arch["kwargs"])
+        arch = architecture_of(cfg)
+        create_model(arch["name"], **arch["kwargs"])  # a wrong architecture argument fails now, before any data
         data, out, resume = args.data, args.out or f"runs/{cfg.preset}", False
     try:
         path = fit(data, cfg, out, cache_dir=args.cache_dir, resume=resume)
