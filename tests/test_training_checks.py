@@ -19,6 +19,14 @@ def test_a_model_that_did_not_learn_is_called_out():
     assert unlearned({"roc_auc": 0.5}, resolve_config("seed")) is not None
     assert unlearned({"roc_auc": 0.99}, default) is None
     assert unlearned({"roc_auc": None}, default) is None  # one class only: no AUC to judge by
+    # runs/v4/bs64 of the README: batch 64, early stopping after 6 of 16 epochs, best epoch 0, AUC 0.754
+    early = unlearned({"roc_auc": 0.754}, default, best_epoch=0, epochs_run=6)
+    assert early and "after 6 of 16 epochs" in early and "--min-epochs 8" in early and "--patience (now 5)" in early
+    assert unlearned({"roc_auc": 0.98}, default, best_epoch=0, epochs_run=16) is None  # ran to the end
+    assert unlearned({"roc_auc": 0.98}, default, best_epoch=3, epochs_run=9) is None  # stopped after learning
+    with pytest.raises(ValueError, match="min_epochs"):
+        resolve_config("default", min_epochs=20)  # more than the 16 epochs
+    assert resolve_config("default", min_epochs=20, epochs=24).min_epochs == 20
 
 
 def test_weighted_loss_and_label_smoothing_by_hand():

@@ -62,6 +62,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 32
     patience: int = 3  # early stopping on val_loss, best weights kept
+    min_epochs: int = 0  # early stopping cannot end training before this many epochs (Keras' start_from_epoch)
     class_weights: ClassWeighting = "seed"
     label_smoothing: float = 0.0  # training targets y * (1 - e) + e / 2
     balanced_sampler: bool = False
@@ -178,6 +179,11 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if any(aug.get(k, 0.0) > 1 for k in ("hflip", "erase")):
             raise ValueError(f"hflip and erase are probabilities in [0, 1], got {aug}")
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **aug))
+    epochs = overrides.get("epochs", cfg.epochs)
+    if not 0 <= overrides.get("min_epochs", 0) <= epochs:
+        raise ValueError(f"min_epochs must be in [0, epochs={epochs}], got {overrides['min_epochs']}")
+    if overrides.get("patience", 0) < 0:
+        raise ValueError(f"patience must be >= 0, got {overrides['patience']}")
     if not 0 <= overrides.get("label_smoothing", 0.0) < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {overrides['label_smoothing']}")
     return dataclasses.replace(cfg, **overrides)

@@ -129,8 +129,20 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True)))
 
 
-def unlearned(val_metrics: dict[str, Any], cfg: TrainConfig, min_auc: float = 0.7) -> str | None:
+def unlearned(
+    val_metrics: dict[str, Any],
+    cfg: TrainConfig,
+    min_auc: float = 0.7,
+    best_epoch: int | None = None,
+    epochs_run: int | None = None,
+) -> str | None:
     """Why the finished model should not be used, or None: training can end without learning."""
+    if best_epoch == 0 and epochs_run is not None and epochs_run < cfg.epochs:
+        return (
+            f"early stopping ended training after {epochs_run} of {cfg.epochs} epochs with the best validation loss "
+            f"at epoch 0: the kept weights have hardly been trained; retrain with --min-epochs {cfg.epochs // 2} "
+            f"or a larger --patience (now {cfg.patience})"
+        )
     auc = val_metrics.get("roc_auc")
     if auc is None or auc >= min_auc:
         return None
@@ -227,6 +239,7 @@ def fit(
         extra.append(EMAWeightAveraging(decay=cfg.ema_decay, use_buffers=True))
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
+        min_epochs=cfg.min_epochs or None,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
@@ -276,10 +289,10 @@ def fit(
     z = np.array([logits[s.path] for s in val_samples])
     calibration = operating_point(model, y, z, cfg)
     val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
-    if problem := unlearned(val_metrics, cfg):
-        log.warning("%s: %s", out, problem)
     history = read_history(out / "logs")
     best_epoch = min(history, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if history else None
+    if problem := unlearned(val_metrics, cfg, best_epoch=best_epoch, epochs_run=trainer.current_epoch):
+        log.warning("%s: %s", out, problem)
     meta = {
         "name": f"pneumolens-{cfg.preset}",
         "architecture": architecture_of(cfg),
