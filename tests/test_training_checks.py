@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import pytest
 import torch
 
 from pneumolens.config import resolve_config
-from pneumolens.training.fit import unlearned
+from pneumolens.training.fit import BestCheckpointFrom, EarlyStoppingFrom, unlearned
 from pneumolens.training.module import weighted_bce
 
 
@@ -21,12 +22,14 @@ def test_a_model_that_did_not_learn_is_called_out():
     assert unlearned({"roc_auc": None}, default) is None  # one class only: no AUC to judge by
     # runs/v4/bs64 of the README: batch 64, early stopping after 6 of 16 epochs, best epoch 0, AUC 0.754
     early = unlearned({"roc_auc": 0.754}, default, best_epoch=0, epochs_run=6)
-    assert early and "after 6 of 16 epochs" in early and "--min-epochs 8" in early and "--patience (now 5)" in early
+    assert (
+        early and "after 6 of 16 epochs" in early and "--start-from-epoch 8" in early and "--patience (now 5)" in early
+    )
     assert unlearned({"roc_auc": 0.98}, default, best_epoch=0, epochs_run=16) is None  # ran to the end
     assert unlearned({"roc_auc": 0.98}, default, best_epoch=3, epochs_run=9) is None  # stopped after learning
-    with pytest.raises(ValueError, match="min_epochs"):
-        resolve_config("default", min_epochs=20)  # more than the 16 epochs
-    assert resolve_config("default", min_epochs=20, epochs=24).min_epochs == 20
+    with pytest.raises(ValueError, match="start_from_epoch"):
+        resolve_config("default", start_from_epoch=20)  # more than the 16 epochs
+    assert resolve_config("default", start_from_epoch=20, epochs=24).start_from_epoch == 20
 
 
 def test_weighted_loss_and_label_smoothing_by_hand():
@@ -42,3 +45,44 @@ def test_weighted_loss_and_label_smoothing_by_hand():
     assert weighted_bce(z[1:], ones[:1], ones[:1]).item() < 1e-8  # unsmoothed: the confident logit wins
     with pytest.raises(ValueError, match="label_smoothing"):
         resolve_config("default", label_smoothing=1.0)
+
+
+class _ScriptedLoss(L.LightningModule):
+    """A module whose validation loss per epoch is given: the early-stopping rules on their own."""
+
+    def __init__(self, losses: list[float]) -> None:
+        super().__init__()
+        self.losses, self.w = losses, torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return ((self.w - 1) ** 2).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.losses[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return [torch.ones(1)]
+
+    def val_dataloader(self):
+        return [torch.ones(1)]
+
+
+@pytest.mark.parametrize("start, epochs_run, best_epoch", [(0, 2, 0), (3, 6, 4)])
+def test_early_stopping_and_best_checkpoint_ignore_the_epochs_before_start(tmp_path, start, epochs_run, best_epoch):
+    losses = [0.1, 0.9, 0.8, 0.7, 0.6, 0.65, 0.5, 0.4]  # epoch 0 looks best only before the model learned
+    best = BestCheckpointFrom(start, dirpath=tmp_path, filename="best", monitor="val_loss", mode="min")
+    trainer = L.Trainer(
+        max_epochs=len(losses),
+        callbacks=[best, EarlyStoppingFrom(start, monitor="val_loss", mode="min", patience=1)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+    )
+    trainer.fit(_ScriptedLoss(losses))
+    assert trainer.current_epoch == epochs_run
+    assert best.best_model_score.item() == pytest.approx(losses[best_epoch])

@@ -62,7 +62,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 32
     patience: int = 3  # early stopping on val_loss, best weights kept
-    min_epochs: int = 0  # early stopping cannot end training before this many epochs (Keras' start_from_epoch)
+    start_from_epoch: int = 0  # early stopping watches val_loss from this epoch on (Keras' start_from_epoch)
     class_weights: ClassWeighting = "seed"
     label_smoothing: float = 0.0  # training targets y * (1 - e) + e / 2
     balanced_sampler: bool = False
@@ -180,8 +180,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
             raise ValueError(f"hflip and erase are probabilities in [0, 1], got {aug}")
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **aug))
     epochs = overrides.get("epochs", cfg.epochs)
-    if not 0 <= overrides.get("min_epochs", 0) <= epochs:
-        raise ValueError(f"min_epochs must be in [0, epochs={epochs}], got {overrides['min_epochs']}")
+    if not 0 <= overrides.get("start_from_epoch", 0) < epochs:
+        raise ValueError(f"start_from_epoch must be in [0, epochs={epochs}), got {overrides['start_from_epoch']}")
     if overrides.get("patience", 0) < 0:
         raise ValueError(f"patience must be >= 0, got {overrides['patience']}")
     if not 0 <= overrides.get("label_smoothing", 0.0) < 1:

@@ -129,6 +129,34 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True)))
 
 
+class _FromEpoch(L.Callback):
+    """Ignore the epochs before ``start`` (Keras' ``start_from_epoch``): the epochs of a warm-up, or of a
+    weight average still catching up, neither stop training nor count as the best. (Lightning's
+    ``min_epochs`` only defers a stop that those epochs have already earned.)"""
+
+    start = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.start:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.start:
+            super().on_validation_end(trainer, pl_module)
+
+
+class EarlyStoppingFrom(_FromEpoch, EarlyStopping):
+    def __init__(self, start: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start = start
+
+
+class BestCheckpointFrom(_FromEpoch, ModelCheckpoint):
+    def __init__(self, start: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start = start
+
+
 def unlearned(
     val_metrics: dict[str, Any],
     cfg: TrainConfig,
@@ -140,7 +168,7 @@ def unlearned(
     if best_epoch == 0 and epochs_run is not None and epochs_run < cfg.epochs:
         return (
             f"early stopping ended training after {epochs_run} of {cfg.epochs} epochs with the best validation loss "
-            f"at epoch 0: the kept weights have hardly been trained; retrain with --min-epochs {cfg.epochs // 2} "
+            f"at epoch 0: the kept weights have hardly been trained; retrain with --start-from-epoch {cfg.epochs // 2} "
             f"or a larger --patience (now {cfg.patience})"
         )
     auc = val_metrics.get("roc_auc")
@@ -230,7 +258,8 @@ def fit(
         log.info("lung masks for %d images in %.0f s", len(lung_masks), time.time() - t_masks)
     datamodule = XrayDataModule(cfg, split.train, split.val, lung_masks, cache)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    ckpt_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min")
+    start = cfg.start_from_epoch
+    ckpt_cb = BestCheckpointFrom(start, dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min")
     # Lightning's own save_last only follows improvements; this one is written after every epoch.
     last_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1)
     extra: list[L.Callback] = [EpochLog(), *(callbacks or [])]
@@ -239,7 +268,6 @@ def fit(
         extra.append(EMAWeightAveraging(decay=cfg.ema_decay, use_buffers=True))
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
-        min_epochs=cfg.min_epochs or None,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
@@ -251,7 +279,7 @@ def fit(
         callbacks=[
             ckpt_cb,
             last_cb,
-            EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience),
+            EarlyStoppingFrom(start, monitor="val_loss", mode="min", patience=cfg.patience),
             LearningRateMonitor(logging_interval="epoch"),
             *extra,
         ],
@@ -290,7 +318,8 @@ def fit(
     calibration = operating_point(model, y, z, cfg)
     val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
     history = read_history(out / "logs")
-    best_epoch = min(history, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if history else None
+    watched = [h for h in history if h["epoch"] >= start]
+    best_epoch = min(watched, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if watched else None
     if problem := unlearned(val_metrics, cfg, best_epoch=best_epoch, epochs_run=trainer.current_epoch):
         log.warning("%s: %s", out, problem)
     meta = {
