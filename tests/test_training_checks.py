@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pneumolens.config import resolve_config
-from pneumolens.training.fit import BestCheckpointFrom, EarlyStoppingFrom, unlearned
+from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, warmed_ema, weight_average
+from pneumolens.training.fit import unlearned
 from pneumolens.training.module import weighted_bce
 
 
@@ -86,3 +87,14 @@ def test_early_stopping_and_best_checkpoint_ignore_the_epochs_before_start(tmp_p
     trainer.fit(_ScriptedLoss(losses))
     assert trainer.current_epoch == epochs_run
     assert best.best_model_score.item() == pytest.approx(losses[best_epoch])
+
+
+def test_the_warmed_average_follows_the_model_first_then_decays_as_asked():
+    update = warmed_ema(0.99)
+    ema, cur = torch.zeros(3), torch.ones(3)
+    # first update: decay min(0.99, 1/10) = 0.1, so 90% of the current weights
+    assert torch.allclose(update(ema, cur, torch.tensor(0)), torch.full((3,), 0.9))
+    assert torch.allclose(update(ema, cur, torch.tensor(90)), torch.full((3,), 1 - 91 / 100))  # 0.91 < 0.99
+    assert torch.allclose(update(ema, cur, torch.tensor(5000)), torch.full((3,), 0.01))  # capped at 0.99
+    assert type(weight_average(0.99)).__name__ == "EMAWeightAveraging"  # the presets' average is unchanged
+    assert weight_average(0.99, warmup=True)._kwargs["avg_fn"].__qualname__.startswith("warmed_ema")

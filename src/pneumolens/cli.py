@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--start-from-epoch", type=int, help="early stopping watches the validation loss from this epoch on")
     t.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up (cosine schedule)")
     t.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights (e.g. 0.998)")
+    t.add_argument(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ramp the average's decay up over the first steps, min(D, (1 + n) / (10 + n))",
+    )
     t.add_argument("--limit", type=_positive_int, help="use at most N images of train/ (stratified), for smoke runs")
     t.add_argument(
         "--lungs",
@@ -319,8 +325,8 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 RECIPE_FLAGS = (
     "model model_kwargs epochs start_from_epoch patience image_size batch_size lr weight_decay seed split_seed "
-    "warmup_epochs ema_decay limit lungs lung_margin equalize rotation shift zoom gamma contrast mixup hflip erase "
-    "label_smoothing class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
+    "warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize rotation shift zoom gamma contrast mixup "
+    "hflip erase label_smoothing class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
 ).split()
 
 

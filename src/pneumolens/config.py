@@ -59,6 +59,7 @@ class TrainConfig:
     scheduler: Literal["plateau", "cosine"] = "plateau"
     warmup_epochs: int = 0  # linear learning-rate warm-up before the schedule (cosine only)
     ema_decay: float = 0.0  # > 0: validate, select and ship an exponential moving average of the weights
+    ema_warmup: bool = False  # the average's decay ramps up over the first updates: min(d, (1 + n) / (10 + n))
     epochs: int = 30
     batch_size: int = 32
     patience: int = 3  # early stopping on val_loss, best weights kept

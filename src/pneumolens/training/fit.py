@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from pneumolens.checkpoint import MODEL_FILENAME, atomic_write, save_model
@@ -26,6 +26,7 @@ from pneumolens.data.split import patient_split, stratified_subset
 from pneumolens.evaluation.calibration import choose_threshold, expected_calibration_error, fit_temperature
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
+from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, weight_average
 from pneumolens.training.module import Classifier, architecture_of
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
 
@@ -127,34 +128,6 @@ def _log_version(logs: Path) -> str:
 
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True)))
-
-
-class _FromEpoch(L.Callback):
-    """Ignore the epochs before ``start`` (Keras' ``start_from_epoch``): the epochs of a warm-up, or of a
-    weight average still catching up, neither stop training nor count as the best. (Lightning's
-    ``min_epochs`` only defers a stop that those epochs have already earned.)"""
-
-    start = 0
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch >= self.start:
-            super().on_train_epoch_end(trainer, pl_module)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch >= self.start:
-            super().on_validation_end(trainer, pl_module)
-
-
-class EarlyStoppingFrom(_FromEpoch, EarlyStopping):
-    def __init__(self, start: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.start = start
-
-
-class BestCheckpointFrom(_FromEpoch, ModelCheckpoint):
-    def __init__(self, start: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.start = start
 
 
 def unlearned(
@@ -265,7 +238,7 @@ def fit(
     extra: list[L.Callback] = [EpochLog(), *(callbacks or [])]
     if cfg.ema_decay > 0:
         # validation, checkpoints and the shipped weights are the average (batch-norm statistics too)
-        extra.append(EMAWeightAveraging(decay=cfg.ema_decay, use_buffers=True))
+        extra.append(weight_average(cfg.ema_decay, warmup=cfg.ema_warmup))
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
