@@ -23,9 +23,10 @@ def test_a_model_that_did_not_learn_is_called_out():
     assert unlearned({"roc_auc": None}, default) is None  # one class only: no AUC to judge by
     # runs/v4/bs64 of the README: batch 64, early stopping after 6 of 16 epochs, best epoch 0, AUC 0.754
     early = unlearned({"roc_auc": 0.754}, default, best_epoch=0, epochs_run=6)
-    assert (
-        early and "after 6 of 16 epochs" in early and "--start-from-epoch 8" in early and "--patience (now 5)" in early
-    )
+    assert early and "after 6 of 16 epochs" in early
+    assert "--start-from-epoch 8" in early and "--patience (now 5)" in early and "--ema-warmup" in early
+    seed_early = unlearned({"roc_auc": 0.9}, resolve_config("seed"), best_epoch=0, epochs_run=4)
+    assert seed_early and "--ema-warmup" not in seed_early  # the seed recipe has no weight average
     assert unlearned({"roc_auc": 0.98}, default, best_epoch=0, epochs_run=16) is None  # ran to the end
     assert unlearned({"roc_auc": 0.98}, default, best_epoch=3, epochs_run=9) is None  # stopped after learning
     with pytest.raises(ValueError, match="start_from_epoch"):

@@ -143,6 +143,7 @@ def unlearned(
             f"early stopping ended training after {epochs_run} of {cfg.epochs} epochs with the best validation loss "
             f"at epoch 0: the kept weights have hardly been trained; retrain with --start-from-epoch {cfg.epochs // 2} "
             f"or a larger --patience (now {cfg.patience})"
+            + (" or --ema-warmup (the weight average lags behind the model at first)" if cfg.ema_decay > 0 else "")
         )
     auc = val_metrics.get("roc_auc")
     if auc is None or auc >= min_auc:
