@@ -359,11 +359,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             cache=args.cache,
         )
-        from pneumolens.models import create_model
-        from pneumolens.training.module import architecture_of
-
-        arch = architecture_of(cfg)
-        create_model(arch["name"], **arch["kwargs"])  # a wrong architecture argument fails now, before any data
         data, out, resume = args.data, args.out or f"runs/{cfg.preset}", False
     try:
         path = fit(data, cfg, out, cache_dir=args.cache_dir, resume=resume)

@@ -16,7 +16,9 @@ class _FromEpoch(L.Callback):
     weight average still catching up, neither stop training nor count as the best. (Lightning's
     ``min_epochs`` only defers a stop that those epochs have already earned.)"""
 
-    start = 0
+    def __init__(self, start: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # the Lightning callback's own arguments
+        self.start = start
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= self.start:
@@ -28,15 +30,11 @@ class _FromEpoch(L.Callback):
 
 
 class EarlyStoppingFrom(_FromEpoch, EarlyStopping):
-    def __init__(self, start: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.start = start
+    """``EarlyStopping(**kwargs)`` that watches from epoch ``start`` on."""
 
 
 class BestCheckpointFrom(_FromEpoch, ModelCheckpoint):
-    def __init__(self, start: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.start = start
+    """``ModelCheckpoint(**kwargs)`` whose best is chosen among the epochs from ``start`` on."""
 
 
 def warmed_ema(decay: float) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:

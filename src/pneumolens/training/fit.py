@@ -26,6 +26,7 @@ from pneumolens.data.split import patient_split, stratified_subset
 from pneumolens.evaluation.calibration import choose_threshold, expected_calibration_error, fit_temperature
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
+from pneumolens.models import create_model
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, weight_average
 from pneumolens.training.module import Classifier, architecture_of
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
@@ -182,8 +183,10 @@ def fit(
     last_ckpt = out / "checkpoints" / "last.ckpt"
     if resume and not last_ckpt.is_file():
         raise FileNotFoundError(f"{out}: nothing to resume, no checkpoints/last.ckpt")
+    arch = architecture_of(cfg)
+    create_model(arch["name"], **arch["kwargs"])  # a wrong architecture argument fails here, before any data is read
     out.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
     pool = find_split(data, "train")
     pool, bad = check_headers(pool)
