@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from pneumolens.config import AugmentConfig, resolve_config
-from pneumolens.data.augment import mixup, random_affine, random_flip_erase, random_intensity
+from pneumolens.data.augment import mixup, random_affine, random_blur, random_flip_erase, random_intensity
 from pneumolens.models import create_model, model_names
 
 
@@ -98,6 +100,25 @@ def test_flip_and_erase_act_per_image_with_their_probability():
     assert len(box) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a filled rectangle
     with pytest.raises(ValueError, match="probabilities"):
         resolve_config("default", erase=1.5)
+
+
+def test_blur_is_a_normalised_gaussian_of_its_own_width_per_image():
+    x = torch.zeros(16, 1, 33, 33)
+    x[:, :, 16, 16] = 1.0  # a point: its blur is the kernel itself
+    assert random_blur(x, AugmentConfig()) is x
+    b = random_blur(x, AugmentConfig(blur=2.0), generator=torch.Generator().manual_seed(0))
+    for img in b[:, 0]:
+        k = img.sum(0)  # the 1-D kernel (rows sum to it because it is normalised)
+        assert torch.allclose(img, torch.outer(k, k), atol=1e-6)  # separable: a Gaussian in x times one in y
+        assert math.isclose(img.sum().item(), 1.0, rel_tol=1e-5) and torch.allclose(k, k.flip(0), atol=1e-7)
+        assert (k[:16].diff() >= -1e-7).all() and (k[17:].diff() <= 1e-7).all()  # one peak, in the middle
+    peaks = b[:, 0, 16, 16]
+    assert peaks.max() - peaks.min() > 0.1  # each image its own sigma
+    flat = torch.full((4, 1, 20, 20), 0.3)  # reflect padding: a flat image stays flat, even at the border
+    assert torch.allclose(random_blur(flat, AugmentConfig(blur=3.0)), flat, atol=1e-6)
+    ramp = torch.linspace(0, 1, 32).repeat(2, 3, 32, 1)  # three channels of one image get the same sigma
+    out = random_blur(ramp + torch.rand(2, 1, 32, 32), AugmentConfig(blur=1.5))
+    assert torch.allclose(out[:, 0] - out[:, 1], ramp[:, 0] - ramp[:, 1], atol=1e-5)
 
 
 def test_mixup_blends_images_labels_and_weights_alike():

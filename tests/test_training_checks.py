@@ -9,7 +9,7 @@ import torch
 from pneumolens.config import resolve_config
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, warmed_ema, weight_average
 from pneumolens.training.fit import unlearned
-from pneumolens.training.module import weighted_bce
+from pneumolens.training.module import subtype_loss, subtype_targets, weighted_bce
 
 
 def test_a_model_that_did_not_learn_is_called_out():
@@ -47,6 +47,37 @@ def test_weighted_loss_and_label_smoothing_by_hand():
     assert weighted_bce(z[1:], ones[:1], ones[:1]).item() < 1e-8  # unsmoothed: the confident logit wins
     with pytest.raises(ValueError, match="label_smoothing"):
         resolve_config("default", label_smoothing=1.0)
+
+
+def test_subtype_targets_and_loss_by_hand():
+    paths = ["a/PNEUMONIA/person1_bacteria_1.jpeg", "b/person22_virus_54.jpeg", "c/NORMAL/IM-0001-0001.jpeg",
+             "x/virus_notes/scan.png", "PERSON3_VIRUS_9.JPEG"]  # fmt: skip
+    assert subtype_targets(paths).tolist() == [0.0, 1.0, -1.0, -1.0, 1.0]  # only the file name counts
+    logits = torch.tensor([0.0, 2.0, 5.0, -5.0, 0.0])
+    # images 0, 1 and 4: -log(1 - sigmoid(0)), -log(sigmoid(2)), -log(sigmoid(0)); the unknown two are ignored
+    expected = (2 * math.log(2) + math.log(1 + math.exp(-2))) / 3
+    assert math.isclose(subtype_loss(logits, subtype_targets(paths)).item(), expected, rel_tol=1e-6)
+    none = torch.tensor([3.0], requires_grad=True)
+    zero = subtype_loss(none, torch.tensor([-1.0]))
+    zero.backward()
+    assert zero.item() == 0.0 and none.grad is not None and none.grad.item() == 0.0
+    with pytest.raises(ValueError, match="subtype_weight"):
+        resolve_config("default", subtype_weight=-1.0)
+    with pytest.raises(ValueError, match="mixup"):
+        resolve_config("default", subtype_weight=0.5, mixup=0.2)
+
+
+def test_training_with_the_subtype_head_ships_the_plain_model(tiny_data, tmp_path):
+    from conftest import train_cli
+    from pneumolens.checkpoint import load_model
+    from pneumolens.training.fit import read_history
+
+    assert train_cli(tiny_data, tmp_path / "run", "--subtype-weight", "0.5", "--lungs", "none", preset="default") == 0
+    history = read_history(tmp_path / "run" / "logs")
+    assert history and math.isfinite(history[0]["train_subtype_loss"]) and history[0]["train_subtype_loss"] > 0
+    loaded = load_model(tmp_path / "run")  # the head is training-only: the model file is the plain network
+    assert loaded.meta["config"]["subtype_weight"] == 0.5
+    assert not any("subtype" in k for k in loaded.model.state_dict())
 
 
 class _ScriptedLoss(L.LightningModule):

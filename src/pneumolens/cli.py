@@ -114,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mixup", type=float, help="augmentation: mixup with Beta(A, A) weights (e.g. 0.2)")
     t.add_argument("--hflip", type=float, help="augmentation: probability of a left-right mirror")
     t.add_argument("--erase", type=float, help="augmentation: probability of random erasing (one rectangle)")
+    t.add_argument("--blur", type=float, help="augmentation: Gaussian blur, sigma uniform in [0, SIGMA] pixels")
     t.add_argument("--label-smoothing", type=float, help="training targets y * (1 - E) + E / 2")
+    t.add_argument(
+        "--subtype-weight",
+        type=float,
+        help="weight of an auxiliary bacterial-vs-viral loss on pneumonia images named so (training only)",
+    )
     t.add_argument("--class-weights", choices=["seed", "balanced", "none"])
     t.add_argument(
         "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"
@@ -326,7 +332,8 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 RECIPE_FLAGS = (
     "model model_kwargs epochs start_from_epoch patience image_size batch_size lr weight_decay seed split_seed "
     "warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize rotation shift zoom gamma contrast mixup "
-    "hflip erase label_smoothing class_weights balanced_sampler val_fraction threshold_policy calibrate precision"
+    "hflip erase blur label_smoothing subtype_weight class_weights balanced_sampler val_fraction threshold_policy "
+    "calibrate precision"
 ).split()
 
 

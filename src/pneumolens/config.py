@@ -44,6 +44,7 @@ class AugmentConfig:
     mixup: float = 0.0  # > 0: mix each image and label with another of the batch, weight ~ Beta(mixup, mixup)
     hflip: float = 0.0  # probability of mirroring an image left-right
     erase: float = 0.0  # probability of filling one random rectangle (2-20% of the image) with the image's mean
+    blur: float = 0.0  # Gaussian blur, sigma uniform in [0, blur] pixels of the model input, one draw per image
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class TrainConfig:
     start_from_epoch: int = 0  # early stopping watches val_loss from this epoch on (Keras' start_from_epoch)
     class_weights: ClassWeighting = "seed"
     label_smoothing: float = 0.0  # training targets y * (1 - e) + e / 2
+    subtype_weight: float = 0.0  # > 0: auxiliary bacterial-vs-viral loss (Kaggle file names), training only
     balanced_sampler: bool = False
     val_fraction: float = 0.15
     seed: int = 42
@@ -146,7 +148,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
     ``image_size``, ``lungs`` and ``lung_margin`` are shortcuts into ``preprocess``; ``rotation``, ``shift``, ``zoom``,
-    ``gamma``, ``contrast``, ``mixup``, ``hflip`` and ``erase`` into ``augment``.
+    ``gamma``, ``contrast``, ``mixup``, ``hflip``, ``erase`` and ``blur`` into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -172,7 +174,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if lungs not in ("none", "crop", "mask", "soft"):
             raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lungs=lungs))
-    names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup", "hflip", "erase")
+    names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup", "hflip", "erase", "blur")
     aug: dict[str, float] = {k: float(overrides.pop(k)) for k in names if k in overrides}
     if aug:
         if any(v < 0 for v in aug.values()) or any(aug.get(k, 0.0) >= 1 for k in ("zoom", "shift", "contrast")):
@@ -187,4 +189,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"patience must be >= 0, got {overrides['patience']}")
     if not 0 <= overrides.get("label_smoothing", 0.0) < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {overrides['label_smoothing']}")
+    if overrides.get("subtype_weight", 0.0) < 0:
+        raise ValueError(f"subtype_weight must be >= 0, got {overrides['subtype_weight']}")
+    if overrides.get("subtype_weight", cfg.subtype_weight) > 0 and cfg.augment.mixup > 0:
+        raise ValueError("subtype_weight and mixup cannot be combined (mixup blends the subtypes of two images)")
     return dataclasses.replace(cfg, **overrides)

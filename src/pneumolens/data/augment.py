@@ -95,6 +95,23 @@ def random_flip_erase(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
     return x
 
 
+def random_blur(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blur each image with a Gaussian of its own sigma, uniform in [0, ``cfg.blur``] pixels: another
+    detector's sharpness or processing. Separable, reflect-padded; sigma near 0 leaves the image as it is."""
+    if cfg.blur == 0:
+        return x
+    n, c, h, w = x.shape
+    sigma = _uniform(0, cfg.blur, n, generator).clamp_min(1e-3).repeat_interleave(c)  # (B*C,)
+    radius = min(math.ceil(3 * cfg.blur), (min(h, w) - 1) // 2)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * sigma.view(-1, 1) ** 2))
+    k = (k / k.sum(1, keepdim=True)).to(x.device, x.dtype)  # (B*C, 2r+1)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)  # along rows
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)  # along columns
+    return y.view(n, c, h, w)
+
+
 def mixup(
     x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from pathlib import PurePath
 from typing import Any
 
 import lightning as L
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumolens.config import TrainConfig
-from pneumolens.data.augment import mixup, random_affine, random_flip_erase, random_intensity
+from pneumolens.data.augment import mixup, random_affine, random_blur, random_flip_erase, random_intensity
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
 from pneumolens.training.state import rng_state, set_rng_state
@@ -24,6 +26,24 @@ def architecture_of(cfg: TrainConfig) -> dict[str, Any]:
     """The JSON description that rebuilds the network: name and constructor kwargs."""
     kwargs = {"in_channels": cfg.preprocess.channels, "image_size": cfg.preprocess.image_size}
     return {"name": cfg.model, "kwargs": {**kwargs, **cfg.model_kwargs}}
+
+
+_SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+
+
+def subtype_targets(paths: list[str]) -> torch.Tensor:
+    """1 for a viral, 0 for a bacterial pneumonia, -1 where the file name does not say (Kaggle's
+    ``personN_bacteria_M`` / ``personN_virus_M``; normal films and other sources are -1)."""
+    found = [_SUBTYPE.search(PurePath(p).name) for p in paths]
+    return torch.tensor([-1.0 if m is None else float(m.group(1).lower() == "virus") for m in found])
+
+
+def subtype_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the images with a known subtype; 0 when the batch has none."""
+    known = targets >= 0
+    if not known.any():
+        return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
+    return F.binary_cross_entropy_with_logits(logits[known], targets[known])
 
 
 def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -42,6 +62,12 @@ class Classifier(L.LightningModule):
         self.cfg = TrainConfig.from_dict(config)
         arch = architecture_of(self.cfg)
         self.model = create_model(arch["name"], **arch["kwargs"])
+        if self.cfg.subtype_weight > 0:  # an auxiliary head on the pooled features; not part of the saved model
+            size = self.cfg.preprocess.image_size
+            with torch.no_grad():  # eval: a batch of one leaves batch-norm statistics alone
+                f = self.model.eval().forward_features(torch.zeros(1, self.cfg.preprocess.channels, size, size))
+            self.model.train()
+            self.subtype_head = torch.nn.Linear(f.shape[1], 1)
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
         self.train_acc = BinaryAccuracy(threshold=self.cfg.threshold)
         self.val_acc = BinaryAccuracy(threshold=self.cfg.threshold)
@@ -68,7 +94,7 @@ class Classifier(L.LightningModule):
         aug = self.cfg.augment
 
         def transform(x: torch.Tensor) -> torch.Tensor:
-            return random_flip_erase(random_intensity(random_affine(x, aug), aug), aug)
+            return random_flip_erase(random_blur(random_intensity(random_affine(x, aug), aug), aug), aug)
 
         x = to_model_input(batch["image"], self.cfg.preprocess.channels, transform if augment else None)
         return x.contiguous(memory_format=torch.channels_last)
@@ -86,8 +112,16 @@ class Classifier(L.LightningModule):
             self.first_epoch_paths.extend(batch["path"])  # which shard this rank saw (distributed runs)
         w = self.class_weights[y.long()]
         x, y, w = mixup(self._input(batch, augment=True), y, w, self.cfg.augment.mixup)
-        logits = self(x).float()
-        loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
+        if self.cfg.subtype_weight > 0:
+            f = self.model.forward_features(x)
+            logits = self.model.forward_head(f).float()
+            aux = self.subtype_head(f.float().mean((2, 3))).squeeze(1)
+            aux_loss = subtype_loss(aux, subtype_targets(batch["path"]).to(aux.device))
+            self.log("train_subtype_loss", aux_loss, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing) + self.cfg.subtype_weight * aux_loss
+        else:
+            logits = self(x).float()
+            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
