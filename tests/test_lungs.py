@@ -85,7 +85,7 @@ def test_predict_passes_flags_through(trained_run, tmp_path, capsys):
     assert bad["flags"] == ["no_lungs_found"] and "does not look like a frontal chest X-ray" in bad["warning"]
 
 
-@pytest.mark.parametrize("mode", ["none", "crop", "mask", "soft"])
+@pytest.mark.parametrize("mode", ["none", "crop", "mask", "soft", "crop_soft"])
 def test_one_preprocessing_whatever_the_caller(mode):
     cfg = PreprocessConfig(image_size=64, channels=1, lungs=mode)
     paths = [sorted((FULLRES / "NORMAL").iterdir())[1], real_images("test", "PNEUMONIA", 1)[0]]
@@ -114,6 +114,18 @@ def test_lung_modes_suppress_outside_the_lungs(seg):
     assert np.allclose(masked[lungs], plain[lungs], atol=1e-6)  # inside the lungs nothing changes
     cropped = preprocess(gray, dataclasses.replace(base, lungs="crop"))[0]
     assert cropped.shape == plain.shape and not np.allclose(cropped, plain)
+
+
+def test_crop_soft_dims_between_the_lungs_and_keeps_them():
+    base = PreprocessConfig(image_size=128, channels=1, lungs="crop")
+    for path in real_images("test", "NORMAL", 3):
+        gray = read_image(path)
+        crop = preprocess(gray, base)[0]
+        soft = preprocess(gray, dataclasses.replace(base, lungs="crop_soft"))[0]
+        ratio = soft / np.maximum(crop, 1e-3)  # the multiplier over the same crop
+        assert ratio.max() <= 1.0 + 1e-5 and ratio[crop > 0.01].min() >= 0.3 - 1e-3  # never below soft_floor
+        assert ratio[40:90, 15:40].mean() > 0.95 and ratio[40:90, 90:113].mean() > 0.95  # both lungs kept
+        assert ratio[40:90, 60:68].mean() < 0.7  # the mediastinum between them dimmed
 
 
 def test_attribution_in_lungs_on_a_real_image(seg):

@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=_positive_int, help="use at most N images of train/ (stratified), for smoke runs")
     t.add_argument(
         "--lungs",
-        choices=["none", "crop", "mask", "soft"],
-        help="lung-aware preprocessing: crop to the lungs, zero or attenuate outside them",
+        choices=["none", "crop", "mask", "soft", "crop_soft"],
+        help="lung-aware preprocessing: crop to the lungs (crop_soft: and dim between them), zero or dim outside them",
     )
     t.add_argument(
         "--lung-margin", type=float, help="margin around the lungs for crop/mask, fraction of the shorter side"

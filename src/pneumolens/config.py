@@ -26,9 +26,9 @@ class PreprocessConfig:
     image_size: int = 224
     channels: int = 1
     interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
-    lungs: Literal["none", "crop", "mask", "soft"] = "none"  # lung-aware suppression (pneumolens.lungs)
+    lungs: Literal["none", "crop", "mask", "soft", "crop_soft"] = "none"  # lung-aware suppression (pneumolens.lungs)
     lung_margin: float = 0.05  # mask dilation, as a fraction of the image's shorter side
-    soft_floor: float = 0.3  # what "soft" keeps of the intensity outside the lungs
+    soft_floor: float = 0.3  # what "soft" and "crop_soft" keep of the intensity outside the lungs
     equalize: Literal["none", "clahe"] = "none"  # contrast-limited adaptive histogram equalisation
 
 
@@ -171,8 +171,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lung_margin=margin))
     if "lungs" in overrides:
         lungs = overrides.pop("lungs")
-        if lungs not in ("none", "crop", "mask", "soft"):
-            raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft")
+        if lungs not in ("none", "crop", "mask", "soft", "crop_soft"):
+            raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft, crop_soft")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lungs=lungs))
     names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup", "hflip", "erase", "blur")
     aug: dict[str, float] = {k: float(overrides.pop(k)) for k in names if k in overrides}

@@ -145,10 +145,10 @@ def preprocess(gray: np.ndarray, cfg: PreprocessConfig, lung_mask: np.ndarray | 
 
             lung_mask = LungSegmenter.shipped().mask(gray, full_size=False)
         if lung_mask.any():
-            if cfg.lungs == "crop":
+            if cfg.lungs in ("crop", "crop_soft"):
                 top, bottom, left, right = lung_pre.crop_box(lung_mask, cfg.lung_margin, gray.shape)
                 gray = gray[top:bottom, left:right]
-            else:
+            if cfg.lungs != "crop":
                 weights = lung_pre.weight_map(lung_mask, cfg.lungs, cfg.lung_margin, cfg.soft_floor, cfg.image_size)
     size = cfg.image_size
     if gray.shape != (size, size):

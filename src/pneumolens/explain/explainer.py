@@ -109,7 +109,7 @@ def explain_image(
         model_map = attr.occlusion(model, x, sign, window, stride)
     else:
         model_map, segments, weights = attr.lime(model, x, sign, n_samples=n_samples, seed=seed)
-    box = crop_box(low, cfg.lung_margin, gray.shape) if cfg.lungs == "crop" and low.any() else None
+    box = crop_box(low, cfg.lung_margin, gray.shape) if cfg.lungs in ("crop", "crop_soft") and low.any() else None
     heatmap = _to_input_resolution(model_map, gray.shape, box, nearest=method == "lime")
     return Explanation(
         method=method,

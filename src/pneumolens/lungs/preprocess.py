@@ -8,6 +8,9 @@ Modes (``PreprocessConfig.lungs``):
   mediastinum and the lung behind the heart, and dilation keeps dense consolidation at the lung
   border that the aerated-lung training masks can cut away.
 - ``soft``: like ``mask`` but attenuates (to ``soft_floor``) with a smooth edge instead of zeroing.
+- ``crop_soft``: ``crop``, then attenuate (to ``soft_floor``, smooth edge) what lies outside the
+  dilated lungs themselves (not their hull): the mediastinum, heart, spine and sternum between
+  them and the diaphragm below are dimmed but still seen.
 
 All geometry happens on the segmenter's low-resolution mask; only the final crop or multiply
 touches the full image. When no lungs are found the image passes unchanged (the flags say so).
@@ -21,7 +24,7 @@ from scipy import ndimage
 
 from pneumolens.lungs.masks import bounding_box, convex_hull, dilate
 
-MODES = ("none", "crop", "mask", "soft")
+MODES = ("none", "crop", "mask", "soft", "crop_soft")
 
 
 def region(mask_lowres: np.ndarray, margin: float) -> np.ndarray:
@@ -40,10 +43,14 @@ def crop_box(mask_lowres: np.ndarray, margin: float, shape: tuple[int, int]) -> 
 
 
 def weight_map(mask_lowres: np.ndarray, mode: str, margin: float, soft_floor: float, size: int) -> np.ndarray:
-    """Per-pixel multiplier (size, size) in [0, 1] for ``mask`` and ``soft`` modes."""
-    keep = region(mask_lowres, margin).astype(np.float32)
-    if mode == "soft":
+    """Per-pixel multiplier (size, size) in [0, 1] for the ``mask``, ``soft`` and ``crop_soft`` modes
+    (for ``crop_soft``, over the crop box)."""
+    grown = dilate(mask_lowres, margin)
+    keep = (grown if mode == "crop_soft" else convex_hull(grown)).astype(np.float32)
+    if mode in ("soft", "crop_soft"):
         keep = ndimage.gaussian_filter(keep, sigma=max(1.0, margin * min(keep.shape) / 2))
         keep = soft_floor + (1.0 - soft_floor) * keep
+    if mode == "crop_soft" and (box := bounding_box(grown)) is not None:
+        keep = keep[box[0] : box[1], box[2] : box[3]]
     img = Image.fromarray(keep, mode="F").resize((size, size), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
