@@ -63,8 +63,9 @@ def test_subtype_targets_and_loss_by_hand():
     assert zero.item() == 0.0 and none.grad is not None and none.grad.item() == 0.0
     with pytest.raises(ValueError, match="subtype_weight"):
         resolve_config("default", subtype_weight=-1.0)
-    with pytest.raises(ValueError, match="mixup"):
-        resolve_config("default", subtype_weight=0.5, mixup=0.2)
+    with pytest.raises(ValueError, match="--subtype-weight 0 to train with mixup"):
+        resolve_config("default", mixup=0.2)  # the preset has the auxiliary loss
+    assert resolve_config("default", mixup=0.2, subtype_weight=0.0).augment.mixup == 0.2
 
 
 def test_training_with_the_subtype_head_ships_the_plain_model(tiny_data, tmp_path):

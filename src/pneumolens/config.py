@@ -120,8 +120,10 @@ SEED = TrainConfig(
 
 # A stronger recipe: residual CNN with batch norm on 1-channel 128 px input, cropped to the lung
 # fields and CLAHE-equalised, AdamW with a one-epoch warm-up and cosine decay, an exponential moving
-# average of the weights (decay 0.99), calibrated, and the threshold set for 97% sensitivity on
-# validation. How each step was chosen (validation, and an external shift check) is in the README.
+# average of the weights (decay 0.99), an auxiliary bacterial-vs-viral loss during training,
+# calibrated, and the threshold set for 97% sensitivity on validation. How each step was chosen
+# (validation, and an external shift check) is in the README. Seed 1 on the seed-42 patient split:
+# the draw with the best validation ROC-AUC of seven of this cropped recipe (README, round 5).
 DEFAULT = TrainConfig(
     preset="default",
     model="resnet_small",
@@ -137,6 +139,9 @@ DEFAULT = TrainConfig(
     batch_size=32,
     patience=5,
     class_weights="balanced",
+    subtype_weight=0.5,
+    seed=1,
+    split_seed=42,
     threshold_policy="sensitivity:0.97",
     calibrate=True,
 )
@@ -192,5 +197,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     if overrides.get("subtype_weight", 0.0) < 0:
         raise ValueError(f"subtype_weight must be >= 0, got {overrides['subtype_weight']}")
     if overrides.get("subtype_weight", cfg.subtype_weight) > 0 and cfg.augment.mixup > 0:
-        raise ValueError("subtype_weight and mixup cannot be combined (mixup blends the subtypes of two images)")
+        raise ValueError(
+            "subtype_weight and mixup cannot be combined (mixup blends the subtypes of two images); "
+            "add --subtype-weight 0 to train with mixup"
+        )
     return dataclasses.replace(cfg, **overrides)
