@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--split-seed",
         type=int,
-        help="seed of the patient-held-out validation split (default: --seed); "
-        "fix it to train models that share one validation split",
+        help="seed of the patient-held-out validation split (default: the preset's, 42 for default; "
+        "--seed for seed); fix it to train models that share one validation split",
     )
     t.add_argument("--patience", type=int, help="early stopping: epochs without a lower validation loss")
     t.add_argument("--start-from-epoch", type=int, help="early stopping watches the validation loss from this epoch on")
