@@ -1,11 +1,12 @@
 """The seed network's bare training step on the CPU: which layouts and layer orders are fastest.
 
-    python benchmarks/seed_step.py [--steps 60] [--repeats 3]
+    python benchmarks/seed_step.py [--steps 60] [--repeats 3] [--profile]
 
 One RMSprop step on a batch of 32 random 64x64 images (grayscale replicated to RGB), no data
 loading, no Lightning: the ceiling for ``pneumolens train --preset seed``. Variants: contiguous vs
 channels-last memory, Keras' conv-ReLU-pool order vs the shipped conv-pool-ReLU (same outputs),
-and ``torch.compile``. Prints images/s of the best repeat. Not part of the test suite.
+and ``torch.compile``. Prints images/s of the best repeat; ``--profile`` adds where the shipped
+variant's step spends its time (torch.profiler, by operator). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def seed_network(keras_order: bool, channels_last: bool) -> nn.Module:
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
-def rate(keras_order: bool, channels_last: bool, compile_: bool, steps: int, repeats: int) -> float:
+def rate(
+    keras_order: bool, channels_last: bool, compile_: bool, steps: int, repeats: int, profile: bool = False
+) -> float:
     m = seed_network(keras_order, channels_last)
     opt = torch.optim.RMSprop(m.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
     run = torch.compile(m) if compile_ else m
@@ -46,6 +49,16 @@ def rate(keras_order: bool, channels_last: bool, compile_: bool, steps: int, rep
 
     for _ in range(10):  # warm-up (and compilation)
         step()
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
+        print(f"\nwhere one step's time goes ({steps} steps, shipped variant):\n{table}")
+        return 0.0
     best = 0.0
     for _ in range(repeats):
         t = time.perf_counter()
@@ -59,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="also profile the shipped variant's step by operator")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| seed network, one training step (batch 32) | images/s |")
@@ -70,6 +84,8 @@ def main() -> None:
         ("channels-last, conv-pool-ReLU, torch.compile", False, True, True),
     ]:
         print(f"| {name} | {rate(keras_order, cl, comp, args.steps, args.repeats):.0f} |", flush=True)
+    if args.profile:
+        rate(False, True, False, args.steps, 1, profile=True)
 
 
 if __name__ == "__main__":
