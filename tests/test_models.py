@@ -18,6 +18,7 @@ def test_models_map_batch_to_logits(name, channels, size):
     x = torch.rand(2, channels, size, size)
     assert m(x).shape == (2,)
     assert m.forward_head(m.forward_features(x)).shape == (2,)
+    assert m.forward_features(x).shape[1] == m.num_features  # what the training-only subtype head reads
     assert dict(m.named_modules())[m.feature_layer] is not None
 
 

@@ -27,11 +27,6 @@ from pneumolens.lungs.masks import bounding_box, convex_hull, dilate
 MODES = ("none", "crop", "mask", "soft", "crop_soft")
 
 
-def region(mask_lowres: np.ndarray, margin: float) -> np.ndarray:
-    """The kept region at low resolution: convex hull of the mask dilated by ``margin``."""
-    return convex_hull(dilate(mask_lowres, margin))
-
-
 def crop_box(mask_lowres: np.ndarray, margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """Bounding box of the dilated mask, scaled to an image of ``shape`` (top, bottom, left, right)."""
     box = bounding_box(dilate(mask_lowres, margin))

@@ -60,6 +60,7 @@ class ResNetSmall(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(cin, 1)
+        self.num_features = cin  # channels of forward_features' output (timm's name)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -36,6 +36,7 @@ class SeedCNN(nn.Module):
             nn.Linear(128, 512),
             nn.Linear(512, 1),
         )
+        self.num_features = c  # channels of forward_features' output (timm's name)
         self.feature_layer = "features.11"  # the last block's output (pooled, ReLU): Grad-CAM's layer
         for m in self.modules():  # Keras defaults: Glorot-uniform kernels, zero biases
             if isinstance(m, nn.Conv2d | nn.Linear):

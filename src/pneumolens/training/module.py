@@ -63,11 +63,7 @@ class Classifier(L.LightningModule):
         arch = architecture_of(self.cfg)
         self.model = create_model(arch["name"], **arch["kwargs"])
         if self.cfg.subtype_weight > 0:  # an auxiliary head on the pooled features; not part of the saved model
-            size = self.cfg.preprocess.image_size
-            with torch.no_grad():  # eval: a batch of one leaves batch-norm statistics alone
-                f = self.model.eval().forward_features(torch.zeros(1, self.cfg.preprocess.channels, size, size))
-            self.model.train()
-            self.subtype_head = torch.nn.Linear(f.shape[1], 1)
+            self.subtype_head = torch.nn.Linear(self.model.num_features, 1)
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
         self.train_acc = BinaryAccuracy(threshold=self.cfg.threshold)
         self.val_acc = BinaryAccuracy(threshold=self.cfg.threshold)
@@ -112,16 +108,14 @@ class Classifier(L.LightningModule):
             self.first_epoch_paths.extend(batch["path"])  # which shard this rank saw (distributed runs)
         w = self.class_weights[y.long()]
         x, y, w = mixup(self._input(batch, augment=True), y, w, self.cfg.augment.mixup)
+        f = self.model.forward_features(x)
+        logits = self.model.forward_head(f).float()
+        loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
         if self.cfg.subtype_weight > 0:
-            f = self.model.forward_features(x)
-            logits = self.model.forward_head(f).float()
             aux = self.subtype_head(f.float().mean((2, 3))).squeeze(1)
             aux_loss = subtype_loss(aux, subtype_targets(batch["path"]).to(aux.device))
             self.log("train_subtype_loss", aux_loss, on_step=False, on_epoch=True, batch_size=len(y))
-            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing) + self.cfg.subtype_weight * aux_loss
-        else:
-            logits = self(x).float()
-            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
+            loss = loss + self.cfg.subtype_weight * aux_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
