@@ -108,14 +108,16 @@ class Classifier(L.LightningModule):
             self.first_epoch_paths.extend(batch["path"])  # which shard this rank saw (distributed runs)
         w = self.class_weights[y.long()]
         x, y, w = mixup(self._input(batch, augment=True), y, w, self.cfg.augment.mixup)
-        f = self.model.forward_features(x)
-        logits = self.model.forward_head(f).float()
-        loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
-        if self.cfg.subtype_weight > 0:
+        if self.cfg.subtype_weight > 0:  # the features feed the auxiliary head too: no second pass
+            f = self.model.forward_features(x)
+            logits = self.model.forward_head(f).float()
             aux = self.subtype_head(f.float().mean((2, 3))).squeeze(1)
             aux_loss = subtype_loss(aux, subtype_targets(batch["path"]).to(aux.device))
             self.log("train_subtype_loss", aux_loss, on_step=False, on_epoch=True, batch_size=len(y))
-            loss = loss + self.cfg.subtype_weight * aux_loss
+            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing) + self.cfg.subtype_weight * aux_loss
+        else:
+            logits = self(x).float()  # through forward(), like every other step
+            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
