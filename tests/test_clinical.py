@@ -177,6 +177,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         node.send_signal(signal.SIGINT)
         node.wait(30)
     log = node.stderr.read().decode()
+    assert node.returncode == 0 and "stored 2 result(s), refused 1 image(s)" in log  # a clean, counted stop
     assert "listening as PNEUMOLENS" in log and "refused" in log  # the node logs what it does...
     assert PATIENT_NAME not in log and PATIENT_ID not in log and "Testperson" not in log  # ...never who
     originals = {pydicom.dcmread(f).SOPInstanceUID for f in files}
@@ -204,6 +205,37 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         rows_all = [list(r) for t in tables for r in conn.execute(sa.text(f"select * from {t}"))]
     text = json.dumps(rows_all, default=str)
     assert PATIENT_ID not in text and PATIENT_NAME not in text
+
+
+def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):
+    import threading
+
+    from pynetdicom import AE
+
+    from pneumolens.dicom_node import VERIFICATION, Node
+
+    node, stop, port = Node(None, None, tmp_path / "out"), threading.Event(), _free_port()
+    runner = threading.Thread(target=node.run, args=("127.0.0.1", port, stop, 1.0))
+    runner.start()
+    scu = AE(ae_title="IDLE")
+    scu.add_requested_context(VERIFICATION)
+
+    def echo() -> bool:
+        assoc = scu.associate("127.0.0.1", port, ae_title="PNEUMOLENS")
+        ok = assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release() if assoc.is_established else None
+        return ok
+
+    _wait_for(echo, 30)
+    held = scu.associate("127.0.0.1", port, ae_title="PNEUMOLENS")  # a peer that never releases
+    assert held.is_established
+    t0 = time.monotonic()
+    stop.set()
+    runner.join(15)
+    assert not runner.is_alive() and time.monotonic() - t0 < 6  # 1 s drain, then the abort
+    _wait_for(lambda: held.is_aborted or not held.is_alive(), 10)
+    refused = scu.associate("127.0.0.1", port, ae_title="PNEUMOLENS")  # and nothing listens any more
+    assert not refused.is_established
 
 
 def test_forwarding_to_another_node(trained_run, tmp_path, study):

@@ -47,6 +47,18 @@ def test_preprocess_keeps_contract(interp):
     assert x.shape == (1, 48, 48) and x.min() >= 0.0 and x.max() <= 1.0
 
 
+def test_clahe_clip_limit_sets_the_local_contrast():
+    gray = read_image(real_images("train", "NORMAL", 1)[0])
+    local = []
+    for clip in (0.01, 0.02, 0.04):  # at 128 px: at most 2, 5, 10 of a tile's 256 pixels per grey level
+        x = preprocess(gray, PreprocessConfig(image_size=128, equalize="clahe", clahe_clip=clip))[0]
+        local.append(np.abs(np.diff(x, axis=1)).mean())  # mean neighbour difference: local contrast
+    assert local[0] < local[1] < local[2]
+    plain = preprocess(gray, PreprocessConfig(image_size=128))[0]
+    assert np.abs(np.diff(plain, axis=1)).mean() < local[0]
+    assert PreprocessConfig(**{"image_size": 64, "equalize": "clahe"}).clahe_clip == 0.01  # older model files
+
+
 def _save(tmp: Path, name: str, img: Image.Image, **kw) -> Path:
     p = tmp / name
     img.save(p, **kw)

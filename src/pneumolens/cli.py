@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lung-margin", type=float, help="margin around the lungs for crop/mask, fraction of the shorter side"
     )
     t.add_argument("--equalize", choices=["none", "clahe"], help="contrast equalisation (CLAHE) at model size")
+    t.add_argument("--clahe-clip", type=float, help="CLAHE clip limit in (0, 1] (default 0.01; 1: no limit)")
     t.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees")
     t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
     t.add_argument("--zoom", type=float, help="augmentation: max zoom deviation (0.1 = 0.9x to 1.1x)")
@@ -331,9 +332,9 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 RECIPE_FLAGS = (
     "model model_kwargs epochs start_from_epoch patience image_size batch_size lr weight_decay seed split_seed "
-    "warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize rotation shift zoom gamma contrast mixup "
-    "hflip erase blur label_smoothing subtype_weight class_weights balanced_sampler val_fraction threshold_policy "
-    "calibrate precision"
+    "warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift zoom gamma "
+    "contrast mixup hflip erase blur label_smoothing subtype_weight class_weights balanced_sampler val_fraction "
+    "threshold_policy calibrate precision"
 ).split()
 
 
@@ -477,6 +478,9 @@ def _engine(model: str | None):
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from pneumolens.audit import AuditLog
     from pneumolens.dicom_node import Destination, Node
 
@@ -484,10 +488,14 @@ def cmd_listen(args: argparse.Namespace) -> int:
     node = Node(_engine(args.model), AuditLog(args.db), Path(args.out), args.ae_title, forward)
     print(NOTICE, file=sys.stderr)
     print(f"listening as {args.ae_title} on {args.host}:{args.port}; results in {args.out}", file=sys.stderr)
-    try:
-        node.server(args.host, args.port, block=True)
-    except KeyboardInterrupt:
-        pass
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    node.run(args.host, args.port, stop)
     print(f"stored {node.stored} result(s), refused {node.refused} image(s)", file=sys.stderr)
     return 0
 

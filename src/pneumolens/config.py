@@ -30,6 +30,7 @@ class PreprocessConfig:
     lung_margin: float = 0.05  # mask dilation, as a fraction of the image's shorter side
     soft_floor: float = 0.3  # what "soft" and "crop_soft" keep of the intensity outside the lungs
     equalize: Literal["none", "clahe"] = "none"  # contrast-limited adaptive histogram equalisation
+    clahe_clip: float = 0.01  # CLAHE clip limit (skimage's, in (0, 1]; higher: stronger local contrast)
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,8 @@ PRESETS: dict[str, TrainConfig] = {"seed": SEED, "default": DEFAULT}
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
-    ``image_size``, ``lungs`` and ``lung_margin`` are shortcuts into ``preprocess``; ``rotation``, ``shift``, ``zoom``,
-    ``gamma``, ``contrast``, ``mixup``, ``hflip``, ``erase`` and ``blur`` into ``augment``.
+    ``image_size``, ``lungs``, ``lung_margin`` and ``clahe_clip`` are shortcuts into ``preprocess``; ``rotation``,
+    ``shift``, ``zoom``, ``gamma``, ``contrast``, ``mixup``, ``hflip``, ``erase`` and ``blur`` into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -169,6 +170,11 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if eq not in ("none", "clahe"):
             raise ValueError(f"unknown equalize mode {eq!r}; valid: none, clahe")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, equalize=eq))
+    if "clahe_clip" in overrides:
+        clip = float(overrides.pop("clahe_clip"))
+        if not 0 < clip <= 1:
+            raise ValueError(f"clahe_clip must be in (0, 1], got {clip}")
+        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, clahe_clip=clip))
     if "lung_margin" in overrides:
         margin = float(overrides.pop("lung_margin"))
         if not 0 <= margin < 0.5:

@@ -234,3 +234,27 @@ class Node:
         self.out.mkdir(parents=True, exist_ok=True)
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
         return ae.start_server((host, port), block=block, evt_handlers=handlers)
+
+    def run(self, host: str, port: int, stop: threading.Event, drain_seconds: float = 10.0) -> None:
+        """Serve until ``stop`` is set, then shut down in bounded time.
+
+        New associations are refused at once; those in progress get ``drain_seconds`` to finish (a
+        result being written is not cut off), then are aborted. pynetdicom's blocking server leaves
+        its associations running when interrupted, and their non-daemon socket threads can hold the
+        process open; this path ends them.
+        """
+        server = self.server(host, port, block=False)
+        try:
+            while not stop.wait(0.5):  # a timed wait: signal handlers run between waits
+                pass
+        finally:
+            log.info("listen: stopping; no new associations")
+            server.shutdown()  # stops accepting, closes the listening socket
+            deadline = time.monotonic() + drain_seconds
+            while server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in server.active_associations:
+                log.warning("listen: aborting an association still open after %.0f s", drain_seconds)
+                assoc.abort()
+            for assoc in server.active_associations:
+                assoc.join(2.0)

@@ -159,7 +159,7 @@ def preprocess(gray: np.ndarray, cfg: PreprocessConfig, lung_mask: np.ndarray | 
         from skimage.exposure import equalize_adapthist
 
         # at the model's resolution: cheap, and the same tiles whatever the file's size
-        gray = equalize_adapthist(gray, kernel_size=max(8, size // 8), clip_limit=0.01).astype(np.float32)
+        gray = equalize_adapthist(gray, kernel_size=max(8, size // 8), clip_limit=cfg.clahe_clip).astype(np.float32)
     if weights is not None:
         gray = gray * weights
     out = gray[None]  # (1, S, S)
