@@ -177,7 +177,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         node.send_signal(signal.SIGINT)
         node.wait(30)
     log = node.stderr.read().decode()
-    assert node.returncode == 0 and "stored 2 result(s), refused 1 image(s)" in log  # a clean, counted stop
+    assert node.returncode == 0 and "stored 2 result(s), refused 1 image(s), rejected 0" in log  # a counted stop
     assert "listening as PNEUMOLENS" in log and "refused" in log  # the node logs what it does...
     assert PATIENT_NAME not in log and PATIENT_ID not in log and "Testperson" not in log  # ...never who
     originals = {pydicom.dcmread(f).SOPInstanceUID for f in files}
@@ -236,6 +236,119 @@ def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):
     _wait_for(lambda: held.is_aborted or not held.is_alive(), 10)
     refused = scu.associate("127.0.0.1", port, ae_title="PNEUMOLENS")  # and nothing listens any more
     assert not refused.is_established
+
+
+def _certificates(folder: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 / localhost and a client certificate, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    files: dict[str, str] = {}
+
+    def issue(name: str, issuer_name: str | None, issuer_key, ca: bool, san: list | None = None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]) if issuer_name else subject
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pem_key = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        (folder / f"{name}.key").write_bytes(pem_key)
+        files[name], files[f"{name}_key"] = str(folder / f"{name}.pem"), str(folder / f"{name}.key")
+        return key
+
+    ca_key = issue("ca", None, None, ca=True)
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    issue("server", "ca", ca_key, ca=False, san=san)
+    issue("client", "ca", ca_key, ca=False)
+    return files
+
+
+def test_node_tls_and_calling_ae_allow_list(tmp_path):
+    import ssl
+    import threading
+
+    from pynetdicom import AE
+
+    from pneumolens.dicom_node import VERIFICATION, Node, tls_context
+
+    pem = _certificates(tmp_path)
+    tls = tls_context(pem["server"], pem["server_key"], ca=pem["ca"])  # mutual TLS
+    node, stop, port = (
+        Node(None, None, tmp_path / "out", allowed_aets=("MODALITY",), tls=tls),
+        threading.Event(),
+        _free_port(),
+    )
+    runner = threading.Thread(target=node.run, args=("127.0.0.1", port, stop, 1.0))
+    runner.start()
+
+    def client(with_cert: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pem["ca"])
+        if with_cert:
+            ctx.load_cert_chain(pem["client"], pem["client_key"])
+        return ctx
+
+    def echo(calling: str, tls_ctx: ssl.SSLContext | None) -> str:
+        scu = AE(ae_title=calling)
+        scu.add_requested_context(VERIFICATION)
+        scu.acse_timeout = scu.network_timeout = 5
+        args = (tls_ctx, "127.0.0.1") if tls_ctx is not None else None
+        assoc = scu.associate("127.0.0.1", port, ae_title="PNEUMOLENS", tls_args=args)
+        if assoc.is_established:
+            status = assoc.send_c_echo().Status
+            assoc.release()
+            return f"echo {status}"
+        return "rejected" if assoc.is_rejected else "failed"
+
+    try:
+        _wait_for(lambda: echo("MODALITY", client(True)) == "echo 0", 30)
+        assert echo("INTRUDER", client(True)) == "rejected" and node.rejected == 1  # not on the allow-list
+        assert echo("MODALITY", None) == "failed"  # plain TCP to a TLS port
+        assert echo("MODALITY", client(False)) == "failed"  # TLS without a client certificate
+    finally:
+        stop.set()
+        runner.join(15)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tls-cert", "a.pem"], "--tls-cert and --tls-key together"),
+        (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "--tls-cert missing.pem: no such file"),
+        (["--tls-cert", "SERVER", "--tls-key", "CLIENT_KEY"], "not a matching PEM certificate and key"),
+        (["--tls-cert", "SERVER", "--tls-key", "SERVER_KEY", "--tls-ca", "SERVER_KEY"], "--tls-ca"),
+        (["--allow-aet", "A_TITLE_LONGER_THAN_16"], "--allow-aet"),
+    ],
+)
+def test_listen_refuses_bad_tls_and_allow_list_flags(tmp_path, capsys, flags, message):
+    pem = _certificates(tmp_path)
+    names = {"SERVER": pem["server"], "SERVER_KEY": pem["server_key"], "CLIENT_KEY": pem["client_key"]}
+    argv = ["listen", "--port", str(_free_port()), "--out", str(tmp_path / "out"), *[names.get(f, f) for f in flags]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_forwarding_to_another_node(trained_run, tmp_path, study):

@@ -216,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--forward", help="also send each result to AE_TITLE@host:port (C-STORE)")
     ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     ln.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    ln.add_argument(
+        "--allow-aet", action="append", metavar="AET", help="accept associations only from this calling AE (repeatable)"
+    )
+    ln.add_argument("--tls-cert", help="TLS: this node's PEM certificate (with --tls-key)")
+    ln.add_argument("--tls-key", help="TLS: the PEM private key of --tls-cert")
+    ln.add_argument("--tls-ca", help="TLS: require peer certificates signed by this PEM CA (mutual TLS)")
 
     w = sub.add_parser("watch", help="score each JPEG / PNG / DICOM file that appears in a folder, once")
     w.add_argument("folder")
@@ -482,12 +488,24 @@ def cmd_listen(args: argparse.Namespace) -> int:
     import threading
 
     from pneumolens.audit import AuditLog
-    from pneumolens.dicom_node import Destination, Node
+    from pneumolens.dicom_node import Destination, Node, tls_context
 
     forward = Destination.parse(args.forward) if args.forward else None
-    node = Node(_engine(args.model), AuditLog(args.db), Path(args.out), args.ae_title, forward)
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
+        raise ValueError("TLS needs --tls-cert and --tls-key together (and both for --tls-ca)")
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    allowed = tuple(args.allow_aet or ())
+    if any(not 0 < len(a.strip()) <= 16 for a in allowed):
+        raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
+    engine = _engine(args.model)
+    node = Node(engine, AuditLog(args.db), Path(args.out), args.ae_title, forward, allowed_aets=allowed, tls=tls)
     print(NOTICE, file=sys.stderr)
-    print(f"listening as {args.ae_title} on {args.host}:{args.port}; results in {args.out}", file=sys.stderr)
+    who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
+    print(
+        f"listening as {args.ae_title} on {args.host}:{args.port} ({'TLS' if tls else 'plain TCP'}, {who}); "
+        f"results in {args.out}",
+        file=sys.stderr,
+    )
     stop = threading.Event()
 
     def on_signal(signum, frame) -> None:
@@ -496,7 +514,10 @@ def cmd_listen(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     node.run(args.host, args.port, stop)
-    print(f"stored {node.stored} result(s), refused {node.refused} image(s)", file=sys.stderr)
+    print(
+        f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -135,6 +136,27 @@ class Destination:
             raise ValueError(f"--forward {text!r}: expected AE_TITLE@host:port") from None
 
 
+def tls_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
+    """Server-side TLS (DICOM PS3.15 secure transport): our certificate and key; with ``ca``, peers
+    must present a certificate signed by it (mutual TLS). Errors name the file."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: not a matching PEM certificate and key ({e})") from None
+    if ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except ssl.SSLError as e:
+            raise ValueError(f"--tls-ca {ca}: not a PEM CA certificate ({e})") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 @dataclass
 class Node:
     engine: object  # pneumolens.service.engine.Engine
@@ -144,8 +166,11 @@ class Node:
     forward: Destination | None = None
     _series: dict[str, str] = field(default_factory=dict)  # study UID -> this node's result series UID
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    allowed_aets: tuple[str, ...] = ()  # calling AE titles let in; empty: any
+    tls: ssl.SSLContext | None = None  # server-side TLS; None: plain TCP
     stored: int = 0
     refused: int = 0
+    rejected: int = 0  # associations turned away (calling AE title not allowed)
 
     def series_for(self, study_uid: str) -> str:
         with self._lock:
@@ -232,8 +257,19 @@ class Node:
             ae.add_supported_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])  # explicit / implicit LE
         ae.add_supported_context(VERIFICATION)
         self.out.mkdir(parents=True, exist_ok=True)
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
-        return ae.start_server((host, port), block=block, evt_handlers=handlers)
+        if self.allowed_aets:
+            ae.require_calling_aet = list(self.allowed_aets)
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        return ae.start_server((host, port), block=block, evt_handlers=handlers, ssl_context=self.tls)
+
+    def _on_rejected(self, event) -> None:
+        self.rejected += 1
+        peer = event.assoc.requestor
+        log.warning("listen: association from %s (calling AE %r) rejected: not allowed", peer.address, peer.ae_title)
 
     def run(self, host: str, port: int, stop: threading.Event, drain_seconds: float = 10.0) -> None:
         """Serve until ``stop`` is set, then shut down in bounded time.
