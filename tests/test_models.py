@@ -22,6 +22,21 @@ def test_models_map_batch_to_logits(name, channels, size):
     assert dict(m.named_modules())[m.feature_layer] is not None
 
 
+def test_gem_pooling_spans_average_to_max():
+    from pneumolens.models.resnet_small import GeM
+
+    f = torch.rand(2, 3, 4, 4)
+    gem = GeM(p=1.0)
+    assert torch.allclose(gem(f), f.mean((2, 3), keepdim=True), atol=1e-6)
+    gem.p.data.fill_(60.0)
+    assert torch.allclose(gem(f), f.amax((2, 3), keepdim=True), rtol=0.05)
+    m = create_model("resnet_small", in_channels=1, image_size=64, pool="gem")
+    m(torch.rand(2, 1, 64, 64)).sum().backward()
+    assert m.pool.p.grad is not None and m.pool.p.grad.abs() > 0  # the exponent is learnt
+    with pytest.raises(ValueError, match="unknown pool 'max'"):
+        create_model("resnet_small", pool="max")
+
+
 def test_seed_cnn_has_the_keras_parameter_count():
     # Keras model.summary() of the seed's network at 64x64x3: 896 + 18,496 + 73,856 + 147,584 (convs)
     # + 262,272 + 16,512 + 66,048 + 513 (dense) = 586,177 parameters.

@@ -1,7 +1,7 @@
 """A compact residual CNN for 1-channel X-rays, trained from scratch on a CPU.
 
 Stem (two 3x3 convs, stride 2) then four stages of basic residual blocks with batch norm, global
-average pooling, dropout and one logit. Far fewer parameters than ResNet-18 (no ImageNet weights
+average (or generalised-mean) pooling, dropout and one logit. Far fewer parameters than ResNet-18 (no ImageNet weights
 can be had here, and ~5,000 training images do not support a large net).
 """
 
@@ -30,6 +30,20 @@ class BasicBlock(nn.Module):
         return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
 
 
+class GeM(nn.Module):
+    """Generalised-mean pooling, (mean x^p)^(1/p) with a learnt p: 1 is average pooling, large p
+    approaches max pooling (Radenovic et al. 2018, as in timm's ``SelectAdaptivePool2d('gem')``)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.clamp(min=1.0)
+        return x.clamp(min=self.eps).pow(p).mean((2, 3), keepdim=True).pow(1.0 / p)
+
+
 class ResNetSmall(nn.Module):
     def __init__(
         self,
@@ -38,6 +52,7 @@ class ResNetSmall(nn.Module):
         widths: tuple[int, ...] = (32, 64, 128, 256),
         blocks: tuple[int, ...] = (1, 1, 2, 1),
         dropout: float = 0.3,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
         del image_size  # global pooling: any input size works
@@ -57,7 +72,9 @@ class ResNetSmall(nn.Module):
                 cin = w
         self.stages = nn.Sequential(*stages)
         self.feature_layer = f"stages.{len(stages) - 1}"  # last residual block, for Grad-CAM
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if pool not in ("avg", "gem"):
+            raise ValueError(f"unknown pool {pool!r}; valid: avg, gem")
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else GeM()
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(cin, 1)
         self.num_features = cin  # channels of forward_features' output (timm's name)
