@@ -7,7 +7,8 @@ study (Study Instance UID) and a new series, so a PACS viewer files it beside th
 forward each result to another node (C-STORE SCU). A dataset that cannot be read gets a failure
 status; the node keeps serving. Every result and refusal goes to the audit trail with a salted hash
 of the Study Instance UID; patient identifiers are copied into the result object (the PACS needs
-them to file it) but never into logs or the audit trail.
+them to file it) but never into logs or the audit trail. Optionally only listed calling AE titles
+are let in, and the node speaks TLS (mutual with a CA). It stops in bounded time (``Node.run``).
 """
 
 from __future__ import annotations
@@ -267,9 +268,11 @@ class Node:
         return ae.start_server((host, port), block=block, evt_handlers=handlers, ssl_context=self.tls)
 
     def _on_rejected(self, event) -> None:
-        self.rejected += 1
+        with self._lock:
+            self.rejected += 1
         peer = event.assoc.requestor
-        log.warning("listen: association from %s (calling AE %r) rejected: not allowed", peer.address, peer.ae_title)
+        why = "not on --allow-aet" if self.allowed_aets and peer.ae_title not in self.allowed_aets else "see above"
+        log.warning("listen: association from %s (calling AE %r) rejected: %s", peer.address, peer.ae_title, why)
 
     def run(self, host: str, port: int, stop: threading.Event, drain_seconds: float = 10.0) -> None:
         """Serve until ``stop`` is set, then shut down in bounded time.
