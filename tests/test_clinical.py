@@ -341,6 +341,8 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
         (["--tls-cert", "SERVER", "--tls-key", "CLIENT_KEY"], "not a matching PEM certificate and key"),
         (["--tls-cert", "SERVER", "--tls-key", "SERVER_KEY", "--tls-ca", "SERVER_KEY"], "--tls-ca"),
         (["--allow-aet", "A_TITLE_LONGER_THAN_16"], "--allow-aet"),
+        (["--forward-tls", "--tls-cert", "SERVER", "--tls-key", "SERVER_KEY"], "--forward-tls needs --forward"),
+        (["--forward", "A@h:1", "--forward-tls", "--tls-cert", "SERVER", "--tls-key", "SERVER_KEY"], "needs --tls-ca"),
     ],
 )
 def test_listen_refuses_bad_tls_and_allow_list_flags(tmp_path, capsys, flags, message):
@@ -351,10 +353,11 @@ def test_listen_refuses_bad_tls_and_allow_list_flags(tmp_path, capsys, flags, me
     assert message in capsys.readouterr().err
 
 
-def test_forwarding_to_another_node(trained_run, tmp_path, study):
+@pytest.mark.parametrize("tls", [False, True])
+def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     from pynetdicom import AE, evt
 
-    from pneumolens.dicom_node import SECONDARY_CAPTURE, Destination, Node
+    from pneumolens.dicom_node import SECONDARY_CAPTURE, Destination, Node, tls_context
     from pneumolens.service.engine import Engine
 
     received = []
@@ -366,15 +369,19 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study):
     archive = AE(ae_title="ARCHIVE")
     archive.add_supported_context(SECONDARY_CAPTURE)
     port_archive, port_node = _free_port(), _free_port()
+    destination = Destination.parse(f"ARCHIVE@127.0.0.1:{port_archive}")
+    archive_tls = None
+    if tls:  # the archive demands a client certificate from our CA; the node checks the archive's
+        pem = _certificates(tmp_path)
+        archive_tls = tls_context(pem["server"], pem["server_key"], ca=pem["ca"])
+        destination.tls = tls_context(pem["client"], pem["client_key"], ca=pem["ca"], server=False)
     archive_server = archive.start_server(
-        ("127.0.0.1", port_archive), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        ("127.0.0.1", port_archive),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        ssl_context=archive_tls,
     )
-    node = Node(
-        Engine(Settings(model=str(trained_run))),
-        None,
-        tmp_path / "out",
-        forward=Destination.parse(f"ARCHIVE@127.0.0.1:{port_archive}"),
-    )
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", forward=destination)
     node_server = node.server("127.0.0.1", port_node, block=False)
     try:
         sent = _pynetdicom("storescu", "127.0.0.1", str(port_node), str(study[0][0]), "-aec", "PNEUMOLENS")

@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--tls-cert", help="TLS: this node's PEM certificate (with --tls-key)")
     ln.add_argument("--tls-key", help="TLS: the PEM private key of --tls-cert")
     ln.add_argument("--tls-ca", help="TLS: require peer certificates signed by this PEM CA (mutual TLS)")
+    ln.add_argument("--forward-tls", action="store_true", help="forward over TLS (destination checked with --tls-ca)")
 
     w = sub.add_parser("watch", help="score each JPEG / PNG / DICOM file that appears in a folder, once")
     w.add_argument("folder")
@@ -491,9 +492,13 @@ def cmd_listen(args: argparse.Namespace) -> int:
     from pneumolens.dicom_node import Destination, Node, tls_context
 
     forward = Destination.parse(args.forward) if args.forward else None
-    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
-        raise ValueError("TLS needs --tls-cert and --tls-key together (and both for --tls-ca)")
+    if (args.tls_cert is None) != (args.tls_key is None) or ((args.tls_ca or args.forward_tls) and not args.tls_cert):
+        raise ValueError("TLS needs --tls-cert and --tls-key together (and both for --tls-ca and --forward-tls)")
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    if args.forward_tls:
+        if forward is None:
+            raise ValueError("--forward-tls needs --forward AET@host:port")
+        forward.tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca, server=False)
     allowed = tuple(args.allow_aet or ())
     if any(not 0 < len(a.strip()) <= 16 for a in allowed):
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")

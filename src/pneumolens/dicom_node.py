@@ -125,6 +125,7 @@ class Destination:
     host: str
     port: int
     ae_title: str
+    tls: ssl.SSLContext | None = None  # client-side TLS to the destination; None: plain TCP
 
     @classmethod
     def parse(cls, text: str) -> Destination:
@@ -137,13 +138,17 @@ class Destination:
             raise ValueError(f"--forward {text!r}: expected AE_TITLE@host:port") from None
 
 
-def tls_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
-    """Server-side TLS (DICOM PS3.15 secure transport): our certificate and key; with ``ca``, peers
-    must present a certificate signed by it (mutual TLS). Errors name the file."""
+def tls_context(cert: str, key: str, ca: str | None = None, server: bool = True) -> ssl.SSLContext:
+    """TLS for DICOM (the PS3.15 secure transport), at least TLS 1.2, with our certificate and key.
+
+    ``server=True``: for incoming associations; with ``ca``, peers must present a certificate signed
+    by it (mutual TLS). ``server=False``: for forwarding; the destination's certificate must be signed
+    by ``ca`` and name its host, and ours is presented to it. Errors name the flag and file.
+    """
     for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path}: no such file")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(cert, key)
@@ -155,6 +160,8 @@ def tls_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
         except ssl.SSLError as e:
             raise ValueError(f"--tls-ca {ca}: not a PEM CA certificate ({e})") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
+    elif not server:
+        raise ValueError("--forward-tls needs --tls-ca: the CA that signed the destination's certificate")
     return ctx
 
 
@@ -237,7 +244,8 @@ class Node:
         ae = AE(ae_title=self.ae_title)
         ae.add_requested_context(SECONDARY_CAPTURE, ExplicitVRLittleEndian)
         dest = self.forward
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        tls_args = (dest.tls, dest.host) if dest.tls is not None else None
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
         if not assoc.is_established:
             raise ConnectionError(
                 f"forward destination {dest.ae_title}@{dest.host}:{dest.port} refused the association"
