@@ -186,3 +186,21 @@ def test_evaluate_lists_unreadable_files(trained_run, tmp_path, capsys):
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["n"] == 8 and m["n_skipped"] == 1 and m["skipped"][0]["path"].endswith("IM-9999-0001.jpeg")
     assert "IM-9999-0001.jpeg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("unit", ["pneumolens-listen.service", "pneumolens-serve.service"])
+def test_deploy_units_run_real_commands(unit):
+    """The systemd units in deploy/ start pneumolens with flags its parser accepts."""
+    import shlex
+    from pathlib import Path
+
+    from pneumolens.cli import build_parser
+
+    text = (Path(__file__).parents[1] / "deploy" / unit).read_text().replace("\\\n", " ")
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[0].endswith("/bin/pneumolens")
+    args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on an unknown flag
+    assert args.command == unit.split("-")[1].split(".")[0]
+    if args.command == "listen":
+        assert args.tls_cert and args.tls_key and args.tls_ca and args.allow_aet
