@@ -50,10 +50,11 @@ def test_recipe_flags_reach_the_config():
     argv = "train --data d --weight-decay 0.05 --split-seed 7 --lung-margin 0.1 --gamma 0.2 --contrast 0.1 --mixup 0.2"
     argv += ' --hflip 0.5 --erase 0.3 --label-smoothing 0.1 --model-kwargs {"widths":[8,16,16,24],"dropout":0.5}'
     argv += " --start-from-epoch 6 --patience 2 --ema-warmup --blur 1.5 --subtype-weight 0 --clahe-clip 0.03"
+    argv += " --optimizer sgd"
     args = build_parser().parse_args(argv.split())
     cfg = resolve_config("default", **{k: getattr(args, k) for k in RECIPE_FLAGS})
     assert (cfg.weight_decay, cfg.split_seed, cfg.preprocess.lung_margin) == (0.05, 7, 0.1)
-    assert cfg.preprocess.clahe_clip == 0.03
+    assert cfg.preprocess.clahe_clip == 0.03 and cfg.optimizer == "sgd"
     assert (cfg.augment.gamma, cfg.augment.contrast, cfg.augment.mixup) == (0.2, 0.1, 0.2)
     assert (cfg.augment.hflip, cfg.augment.erase, cfg.label_smoothing) == (0.5, 0.3, 0.1)
     assert (cfg.start_from_epoch, cfg.patience, cfg.ema_warmup, cfg.augment.blur) == (6, 2, True, 1.5)
@@ -63,3 +64,16 @@ def test_recipe_flags_reach_the_config():
     net = create_model(arch["name"], **arch["kwargs"])
     assert net.fc.in_features == 24 and net.drop.p == 0.5  # the architecture arguments reach the network
     assert cfg.seed == 1 and cfg.augment.rotation == 10.0  # untouched fields keep the preset's values
+
+
+@pytest.mark.parametrize("name, kind", [("rmsprop", "RMSprop"), ("adamw", "AdamW"), ("sgd", "SGD")])
+def test_optimizer_choice_builds_that_optimizer(name, kind):
+    import dataclasses
+
+    from pneumolens.training.module import Classifier
+
+    cfg = dataclasses.replace(resolve_config("default", lr=0.05, weight_decay=5e-4), optimizer=name, warmup_epochs=0)
+    opt = Classifier(cfg.to_dict(), [1.0, 1.0]).configure_optimizers()["optimizer"]
+    assert type(opt).__name__ == kind and opt.defaults["lr"] == 0.05 and opt.defaults["weight_decay"] == 5e-4
+    if name == "sgd":
+        assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"]

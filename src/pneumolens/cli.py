@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lung-margin", type=float, help="margin around the lungs for crop/mask, fraction of the shorter side"
     )
     t.add_argument("--equalize", choices=["none", "clahe"], help="contrast equalisation (CLAHE) at model size")
+    t.add_argument("--optimizer", choices=["rmsprop", "adamw", "sgd"], help="optimiser (sgd: momentum 0.9, Nesterov)")
     t.add_argument("--clahe-clip", type=float, help="CLAHE clip limit in (0, 1] (default 0.01; 1: no limit)")
     t.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees")
     t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
@@ -338,10 +339,10 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 
 RECIPE_FLAGS = (
-    "model model_kwargs epochs start_from_epoch patience image_size batch_size lr weight_decay seed split_seed "
-    "warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift zoom gamma "
-    "contrast mixup hflip erase blur label_smoothing subtype_weight class_weights balanced_sampler val_fraction "
-    "threshold_policy calibrate precision"
+    "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
+    "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
+    "zoom gamma contrast mixup hflip erase blur label_smoothing subtype_weight class_weights balanced_sampler "
+    "val_fraction threshold_policy calibrate precision"
 ).split()
 
 

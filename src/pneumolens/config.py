@@ -55,7 +55,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optimizer: Literal["rmsprop", "adamw"] = "adamw"
+    optimizer: Literal["rmsprop", "adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, Nesterov
     lr: float = 1e-3
     weight_decay: float = 0.0
     scheduler: Literal["plateau", "cosine"] = "plateau"

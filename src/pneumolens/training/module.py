@@ -156,8 +156,10 @@ class Classifier(L.LightningModule):
             opt = torch.optim.RMSprop(self.parameters(), lr=c.lr, alpha=0.9, eps=1e-7, weight_decay=c.weight_decay)
         elif c.optimizer == "adamw":
             opt = torch.optim.AdamW(self.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        elif c.optimizer == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
         else:
-            raise ValueError(f"unknown optimizer {c.optimizer!r}; valid: rmsprop, adamw")
+            raise ValueError(f"unknown optimizer {c.optimizer!r}; valid: rmsprop, adamw, sgd")
         if c.scheduler == "plateau":
             # torch reduces after `patience` + 1 bad epochs; Keras (the seed) after `patience`.
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(0, c.patience - 1))
