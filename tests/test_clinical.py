@@ -353,6 +353,16 @@ def test_listen_refuses_bad_tls_and_allow_list_flags(tmp_path, capsys, flags, me
     assert message in capsys.readouterr().err
 
 
+def test_listen_on_a_taken_port_says_so(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["listen", "--port", str(port), "--out", str(tmp_path / "out"), "--db", f"sqlite:///{tmp_path}/a.db"]
+        assert main(argv) == 2
+    assert f"--port {port}: cannot listen there" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("tls", [False, True])
 def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     from pynetdicom import AE, evt

@@ -519,7 +519,10 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    node.run(args.host, args.port, stop)
+    try:
+        node.run(args.host, args.port, stop)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise ValueError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})") from None
     print(
         f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
         file=sys.stderr,
