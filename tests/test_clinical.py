@@ -359,8 +359,11 @@ def test_listen_on_a_taken_port_says_so(tmp_path, capsys):
         taken.listen()
         port = taken.getsockname()[1]
         argv = ["listen", "--port", str(port), "--out", str(tmp_path / "out"), "--db", f"sqlite:///{tmp_path}/a.db"]
+        before = signal.getsignal(signal.SIGINT)
         assert main(argv) == 2
-    assert f"--port {port}: cannot listen there" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is before  # the handlers it set are put back
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen there" in err and "listening as" not in err
 
 
 @pytest.mark.parametrize("tls", [False, True])

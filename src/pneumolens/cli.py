@@ -507,22 +507,21 @@ def cmd_listen(args: argparse.Namespace) -> int:
     node = Node(engine, AuditLog(args.db), Path(args.out), args.ae_title, forward, allowed_aets=allowed, tls=tls)
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
-    print(
-        f"listening as {args.ae_title} on {args.host}:{args.port} ({'TLS' if tls else 'plain TCP'}, {who}); "
-        f"results in {args.out}",
-        file=sys.stderr,
-    )
+
+    def ready() -> None:
+        transport = "TLS" if tls else "plain TCP"
+        where = f"{args.host}:{args.port} ({transport}, {who}); results in {args.out}"
+        print(f"listening as {args.ae_title} on {where}", file=sys.stderr)
+
     stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        node.run(args.host, args.port, stop)
+        node.run(args.host, args.port, stop, on_ready=ready)
     except OSError as e:  # the port is taken, or the address is not this machine's
         raise ValueError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(
         f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
         file=sys.stderr,

@@ -18,6 +18,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -282,8 +283,16 @@ class Node:
         why = "not on --allow-aet" if self.allowed_aets and peer.ae_title not in self.allowed_aets else "see above"
         log.warning("listen: association from %s (calling AE %r) rejected: %s", peer.address, peer.ae_title, why)
 
-    def run(self, host: str, port: int, stop: threading.Event, drain_seconds: float = 10.0) -> None:
-        """Serve until ``stop`` is set, then shut down in bounded time.
+    def run(
+        self,
+        host: str,
+        port: int,
+        stop: threading.Event,
+        drain_seconds: float = 10.0,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Serve until ``stop`` is set, then shut down in bounded time. ``on_ready`` runs once the port
+        is bound (a port that cannot be bound raises ``OSError`` before it).
 
         New associations are refused at once; those in progress get ``drain_seconds`` to finish (a
         result being written is not cut off), then are aborted. pynetdicom's blocking server leaves
@@ -292,6 +301,8 @@ class Node:
         """
         server = self.server(host, port, block=False)
         try:
+            if on_ready is not None:
+                on_ready()
             while not stop.wait(0.5):  # a timed wait: signal handlers run between waits
                 pass
         finally:
