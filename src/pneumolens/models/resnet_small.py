@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
 
 class GeM(nn.Module):
     """Generalised-mean pooling, (mean x^p)^(1/p) with a learnt p: 1 is average pooling, large p
-    approaches max pooling (Radenovic et al. 2018, as in timm's ``SelectAdaptivePool2d('gem')``)."""
+    approaches max pooling (Radenovic et al. 2018, image retrieval)."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
         super().__init__()
