@@ -395,7 +395,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
         ssl_context=archive_tls,
     )
     node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", forward=destination)
-    node_server = node.server("127.0.0.1", port_node, block=False)
+    node_server = node.server("127.0.0.1", port_node)
     try:
         sent = _pynetdicom("storescu", "127.0.0.1", str(port_node), str(study[0][0]), "-aec", "PNEUMOLENS")
         assert sent.returncode == 0, sent.stderr

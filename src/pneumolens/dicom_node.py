@@ -258,8 +258,9 @@ class Node:
         finally:
             assoc.release()
 
-    def server(self, host: str, port: int, block: bool = True):
-        """Start the SCP. ``block=False`` returns the running server (call ``.shutdown()``)."""
+    def server(self, host: str, port: int):
+        """Start the SCP in the background and return the running server (``.shutdown()`` stops it;
+        ``run`` serves until told to stop)."""
         from pynetdicom import AE, evt
 
         ae = AE(ae_title=self.ae_title)
@@ -274,7 +275,7 @@ class Node:
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        return ae.start_server((host, port), block=block, evt_handlers=handlers, ssl_context=self.tls)
+        return ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=self.tls)
 
     def _on_rejected(self, event) -> None:
         with self._lock:
@@ -299,7 +300,7 @@ class Node:
         its associations running when interrupted, and their non-daemon socket threads can hold the
         process open; this path ends them.
         """
-        server = self.server(host, port, block=False)
+        server = self.server(host, port)
         try:
             if on_ready is not None:
                 on_ready()

@@ -62,7 +62,7 @@ class Classifier(L.LightningModule):
         self.cfg = TrainConfig.from_dict(config)
         arch = architecture_of(self.cfg)
         self.model = create_model(arch["name"], **arch["kwargs"])
-        if self.cfg.subtype_weight > 0:  # an auxiliary head on the pooled features; not part of the saved model
+        if self.cfg.subtype_weight > 0:  # a head on the average-pooled features; not part of the saved model
             self.subtype_head = torch.nn.Linear(self.model.num_features, 1)
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
         self.train_acc = BinaryAccuracy(threshold=self.cfg.threshold)
