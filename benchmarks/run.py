@@ -92,10 +92,11 @@ def bench_train(data: str, preset: str, out: Path, target: float) -> dict:
                 self.test_x = torch.from_numpy(np.asarray(cached.array))
             was_training = pl_module.training
             pl_module.eval()
+            channels, device = cfg.preprocess.channels, pl_module.device
             with torch.inference_mode():
                 z = torch.cat(
                     [
-                        pl_module(to_model_input(self.test_x[i : i + 128], cfg.preprocess.channels)).float()
+                        pl_module(to_model_input(self.test_x[i : i + 128].to(device), channels)).float().cpu()
                         for i in range(0, len(self.test_x), 128)
                     ]
                 )
@@ -195,17 +196,60 @@ def bench_infer(data: str, model_path: Path, n_single: int, n_explain: int) -> d
         onnx.logits(batch)
     res["onnx_batch_img_s"] = 64 * 5 / (time.perf_counter() - t)
 
-    predictor = Predictor(loaded)
+    if torch.cuda.is_available():  # the same measures with the model on the GPU (decoding stays on the CPU)
+        res.update(_gpu_infer(model, pre, paths, n_single))
+
+    predictor = Predictor(loaded)  # the GPU where there is one: the model moves there for good
     t = time.perf_counter()
     predictor.predict_paths(paths)
     res["folder_img_s"] = len(paths) / (time.perf_counter() - t)
 
     picks = paths[:: max(1, len(paths) // n_explain)][:n_explain]
     for method in ("gradcam", "lime"):
-        explain_image(loaded, picks[0], method)  # warm-up
-        secs = [explain_image(loaded, p, method).seconds for p in picks]
-        res[f"{method}_s"] = statistics.median(secs)
+        try:  # one failing method (e.g. on a new device) must not cost the rest of the table
+            explain_image(loaded, picks[0], method)  # warm-up
+            res[f"{method}_s"] = statistics.median(explain_image(loaded, p, method).seconds for p in picks)
+        except Exception as e:  # noqa: BLE001 - reported in the table and on stderr
+            print(f"{method} failed: {e!r}", file=sys.stderr)
+            res[f"{method}_s"] = float("nan")
     res["peak_rss_mib"] = _peak_rss_mib()
+    return res
+
+
+def _gpu_infer(model, pre, paths: list[str], n_single: int) -> dict:
+    import numpy as np
+    import torch
+
+    from pneumolens.data.images import preprocess, read_image
+
+    res: dict = {}
+    gpu = model.to("cuda")
+
+    def prob(x: np.ndarray) -> float:
+        with torch.inference_mode():
+            return float(torch.sigmoid(gpu(torch.from_numpy(x[None]).cuda())))  # float() waits for the GPU
+
+    for p in paths[:5]:
+        prob(preprocess(read_image(p), pre))
+    times = []
+    for p in paths[:n_single]:
+        t = time.perf_counter()
+        prob(preprocess(read_image(p), pre))
+        times.append(1000 * (time.perf_counter() - t))
+    res["gpu_p50_ms"], res["gpu_p99_ms"] = _percentiles(times)
+    x = torch.from_numpy(preprocess(read_image(paths[0]), pre)).cuda()
+    for batch, autocast in ((64, False), (512, False), (512, True)):
+        xb = x[None].expand(batch, *x.shape).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            for _ in range(3):
+                gpu(xb)
+            torch.cuda.synchronize()
+            t, reps = time.perf_counter(), 20
+            for _ in range(reps):
+                gpu(xb)
+            torch.cuda.synchronize()
+        res[f"gpu_batch{batch}{'_bf16' if autocast else ''}_img_s"] = batch * reps / (time.perf_counter() - t)
+    model.cpu()
     return res
 
 
@@ -222,7 +266,8 @@ def bench_data(data: str, fullres: str, preset: str) -> dict:
 
     cfg = resolve_config(preset).preprocess
     res = {}
-    for name, samples in (("fullres", list_folder(fullres)), ("224px", find_split(data, "test"))):
+    folders = [("fullres", list_folder(fullres))] if Path(fullres).is_dir() else []  # not carried to a GPU machine
+    for name, samples in (*folders, ("224px", find_split(data, "test"))):
         cache_dir = tempfile.mkdtemp()
 
         def rate(ds, workers: int) -> float:
@@ -315,15 +360,26 @@ def main() -> None:
         ("LIME (1000 samples) per image", lambda t, i: f"{i['lime_s']:.2f} s", "1.4-1.9 s (lime package)"),
         ("peak RSS, inference process", lambda t, i: f"{i['peak_rss_mib']:.0f} MiB", ""),
     ]
+    if "gpu_p50_ms" in rows[names[0]][1]:  # a GPU machine: training, folder prediction and explanations ran on it
+        lines[-4:-1] = [(f"{label} (GPU)", f, keras) for label, f, keras in lines[-4:-1]]
+        lines[10:10] = [
+            ("single image p50 / p99, torch GPU", lambda t, i: f"{i['gpu_p50_ms']:.1f} / {i['gpu_p99_ms']:.1f} ms", ""),
+            ("batch 64, torch GPU (model)", lambda t, i: f"{i['gpu_batch64_img_s']:.0f} img/s", ""),
+            ("batch 512, torch GPU fp32 / bf16", lambda t, i: _gpu_batch512(i), ""),
+        ]
     for label, f, keras in lines:
         print(f"| {label} | " + " | ".join(f(*rows[n]) for n in names) + f" | {keras} |")
-    print(
-        "\nData (default preprocessing, 2 workers decoding vs cached reads): "
-        f"full-res {d['fullres_decode_img_s']:.0f} -> {d['fullres_cached_img_s']:.0f} img/s "
-        f"(cache build {d['fullres_cache_build_s']:.1f} s for {d['fullres_n']}); "
-        f"224 px {d['224px_decode_img_s']:.0f} -> {d['224px_cached_img_s']:.0f} img/s "
-        f"(cache build {d['224px_cache_build_s']:.1f} s for {d['224px_n']})"
-    )
+    data = [
+        f"{name} {d[f'{name}_decode_img_s']:.0f} -> {d[f'{name}_cached_img_s']:.0f} img/s "
+        f"(cache build {d[f'{name}_cache_build_s']:.1f} s for {d[f'{name}_n']})"
+        for name in ("fullres", "224px")
+        if f"{name}_n" in d
+    ]
+    print("\nData (default preprocessing, 2 workers decoding vs cached reads): " + "; ".join(data))
+
+
+def _gpu_batch512(i: dict) -> str:
+    return f"{i['gpu_batch512_img_s']:.0f} / {i['gpu_batch512_bf16_img_s']:.0f} img/s"
 
 
 if __name__ == "__main__":

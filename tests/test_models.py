@@ -37,6 +37,24 @@ def test_gem_pooling_spans_average_to_max():
         create_model("resnet_small", pool="max")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_global_avg_pool_is_the_adaptive_pool_bit_for_bit(dtype):
+    # the swap (for a deterministic CUDA backward) must not move a single bit of CPU training
+    from pneumolens.models.resnet_small import GlobalAvgPool
+
+    torch.manual_seed(0)
+    for shape in ((32, 256, 4, 4), (3, 64, 5, 7)):
+        x = torch.randn(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = torch.nn.AdaptiveAvgPool2d(1)(a), GlobalAvgPool()(b)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
+    m = create_model("resnet_small", in_channels=1, image_size=64)
+    assert not any(isinstance(mod, torch.nn.AdaptiveAvgPool2d) for mod in m.modules())
+
+
 def test_seed_cnn_has_the_keras_parameter_count():
     # Keras model.summary() of the seed's network at 64x64x3: 896 + 18,496 + 73,856 + 147,584 (convs)
     # + 262,272 + 16,512 + 66,048 + 513 (dense) = 586,177 parameters.

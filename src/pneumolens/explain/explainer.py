@@ -96,8 +96,9 @@ def explain_image(
     gray = image if isinstance(image, np.ndarray) else read_image(image)
     low, full = lung_masks or (segmenter or LungSegmenter.shipped()).masks(gray)
     cfg = loaded.preprocess
-    x = torch.from_numpy(preprocess(gray, cfg, lung_mask=low))[None]  # (1, C, S, S)
     model = loaded.model.eval()
+    # on the model's device: a Predictor may have moved the shared model to the GPU
+    x = torch.from_numpy(preprocess(gray, cfg, lung_mask=low))[None].to(next(model.parameters()).device)  # (1, C, S, S)
     with torch.inference_mode():
         p = float(torch.sigmoid(model(x))[0])
     label = CLASS_NAMES[int(p >= loaded.threshold)]
@@ -118,7 +119,7 @@ def explain_image(
         seconds=time.perf_counter() - t0,
         heatmap=heatmap,
         model_map=model_map,
-        model_input=x,
+        model_input=x.cpu(),
         image=gray,
         lung_mask=full,
         lung_fraction=attribution_lung_fraction(heatmap, full),

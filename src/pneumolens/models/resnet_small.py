@@ -30,6 +30,17 @@ class BasicBlock(nn.Module):
         return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
 
 
+class GlobalAvgPool(nn.Module):
+    """Average over height and width, (B, C, H, W) -> (B, C, 1, 1).
+
+    The same numbers as ``nn.AdaptiveAvgPool2d(1)`` (bit for bit on the CPU, forward and backward;
+    a test checks this), but its CUDA backward is deterministic: the adaptive pool's is not, and
+    refuses to run under Lightning's ``deterministic=True``, which every training run sets."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 class GeM(nn.Module):
     """Generalised-mean pooling, (mean x^p)^(1/p) with a learnt p: 1 is average pooling, large p
     approaches max pooling (Radenovic et al. 2018, image retrieval)."""
@@ -74,7 +85,7 @@ class ResNetSmall(nn.Module):
         self.feature_layer = f"stages.{len(stages) - 1}"  # last residual block, for Grad-CAM
         if pool not in ("avg", "gem"):
             raise ValueError(f"unknown pool {pool!r}; valid: avg, gem")
-        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else GeM()
+        self.pool = GlobalAvgPool() if pool == "avg" else GeM()
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(cin, 1)
         self.num_features = cin  # channels of forward_features' output (timm's name)
