@@ -145,6 +145,20 @@ def _percentiles(xs: list[float]) -> tuple[float, float]:
     return float(np.percentile(xs, 50)), float(np.percentile(xs, 99))
 
 
+def _latency(prob, paths: list[str], pre) -> tuple[float, float]:
+    """p50 / p99 milliseconds of one image end to end: decode, preprocess, ``prob``."""
+    from pneumolens.data.images import preprocess, read_image
+
+    for p in paths[:5]:  # warm-up
+        prob(preprocess(read_image(p), pre))
+    times = []
+    for p in paths:
+        t = time.perf_counter()
+        prob(preprocess(read_image(p), pre))
+        times.append(1000 * (time.perf_counter() - t))
+    return _percentiles(times)
+
+
 def bench_infer(data: str, model_path: Path, n_single: int, n_explain: int) -> dict:
     import numpy as np
     import torch
@@ -173,14 +187,7 @@ def bench_infer(data: str, model_path: Path, n_single: int, n_explain: int) -> d
         return float(1 / (1 + np.exp(-onnx.logits(x[None])[0])))
 
     for name, prob in (("torch", torch_prob), ("onnx", onnx_prob)):
-        for p in paths[:5]:  # warm-up
-            prob(preprocess(read_image(p), pre))
-        times = []
-        for p in paths[:n_single]:
-            t = time.perf_counter()
-            prob(preprocess(read_image(p), pre))
-            times.append(1000 * (time.perf_counter() - t))
-        res[f"{name}_p50_ms"], res[f"{name}_p99_ms"] = _percentiles(times)
+        res[f"{name}_p50_ms"], res[f"{name}_p99_ms"] = _latency(prob, paths[:n_single], pre)
 
     batch = np.stack([preprocess(read_image(p), pre) for p in paths[:64]])
     with torch.inference_mode():
@@ -229,14 +236,7 @@ def _gpu_infer(model, pre, paths: list[str], n_single: int) -> dict:
         with torch.inference_mode():
             return float(torch.sigmoid(gpu(torch.from_numpy(x[None]).cuda())))  # float() waits for the GPU
 
-    for p in paths[:5]:
-        prob(preprocess(read_image(p), pre))
-    times = []
-    for p in paths[:n_single]:
-        t = time.perf_counter()
-        prob(preprocess(read_image(p), pre))
-        times.append(1000 * (time.perf_counter() - t))
-    res["gpu_p50_ms"], res["gpu_p99_ms"] = _percentiles(times)
+    res["gpu_p50_ms"], res["gpu_p99_ms"] = _latency(prob, paths[:n_single], pre)
     x = torch.from_numpy(preprocess(read_image(paths[0]), pre)).cuda()
     for batch, autocast in ((64, False), (512, False), (512, True)):
         xb = x[None].expand(batch, *x.shape).contiguous(memory_format=torch.channels_last)
