@@ -50,11 +50,11 @@ def test_recipe_flags_reach_the_config():
     argv = "train --data d --weight-decay 0.05 --split-seed 7 --lung-margin 0.1 --gamma 0.2 --contrast 0.1 --mixup 0.2"
     argv += ' --hflip 0.5 --erase 0.3 --label-smoothing 0.1 --model-kwargs {"widths":[8,16,16,24],"dropout":0.5}'
     argv += " --start-from-epoch 6 --patience 2 --ema-warmup --blur 1.5 --subtype-weight 0 --clahe-clip 0.03"
-    argv += " --optimizer sgd"
+    argv += " --optimizer sgd --patient-weighting"
     args = build_parser().parse_args(argv.split())
     cfg = resolve_config("default", **{k: getattr(args, k) for k in RECIPE_FLAGS})
     assert (cfg.weight_decay, cfg.split_seed, cfg.preprocess.lung_margin) == (0.05, 7, 0.1)
-    assert cfg.preprocess.clahe_clip == 0.03 and cfg.optimizer == "sgd"
+    assert cfg.preprocess.clahe_clip == 0.03 and cfg.optimizer == "sgd" and cfg.patient_weighting
     assert (cfg.augment.gamma, cfg.augment.contrast, cfg.augment.mixup) == (0.2, 0.1, 0.2)
     assert (cfg.augment.hflip, cfg.augment.erase, cfg.label_smoothing) == (0.5, 0.3, 0.1)
     assert (cfg.start_from_epoch, cfg.patience, cfg.ema_warmup, cfg.augment.blur) == (6, 2, True, 1.5)

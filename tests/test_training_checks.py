@@ -6,10 +6,13 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import CHEST
 from pneumolens.config import resolve_config
+from pneumolens.data.dataset import patient_weights
+from pneumolens.data.sources import Sample, find_split
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, warmed_ema, weight_average
 from pneumolens.training.fit import unlearned
-from pneumolens.training.module import subtype_loss, subtype_targets, weighted_bce
+from pneumolens.training.module import Classifier, subtype_loss, subtype_targets, weighted_bce
 
 
 def test_a_model_that_did_not_learn_is_called_out():
@@ -131,3 +134,41 @@ def test_the_warmed_average_follows_the_model_first_then_decays_as_asked():
     assert torch.allclose(update(ema, cur, torch.tensor(5000)), torch.full((3,), 0.01))  # capped at 0.99
     assert type(weight_average(0.99)).__name__ == "EMAWeightAveraging"  # the presets' average is unchanged
     assert weight_average(0.99, warmup=True)._kwargs["avg_fn"].__qualname__.startswith("warmed_ema")
+
+
+def test_patient_weights_by_hand_and_on_the_real_file_names():
+    films = [Sample("a1", 1, "A"), Sample("a2", 1, "A"), Sample("a3", 1, "A"), Sample("b1", 1, "B")]
+    films += [Sample("c1", 0, "C"), Sample("c2", 0, "C")]
+    w = patient_weights(films)
+    # pneumonia: 4 films, 2 patients -> each patient sums to 2; A's 3 films 2/3 each, B's one film 2
+    assert [round(w[p], 6) for p in ("a1", "a2", "a3", "b1", "c1", "c2")] == [0.666667] * 3 + [2.0, 1.0, 1.0]
+    train = find_split(CHEST, "train")  # the file names of all 5,216 films (nothing is decoded)
+    w = patient_weights(train)
+    for label in (0, 1):
+        of_class = [s for s in train if s.label == label]
+        assert math.isclose(sum(w[s.path] for s in of_class), len(of_class), rel_tol=1e-9)  # class total kept
+        per_patient: dict[str, float] = {}
+        for s in of_class:
+            per_patient[s.patient] = per_patient.get(s.patient, 0.0) + w[s.path]
+        assert max(per_patient.values()) - min(per_patient.values()) < 1e-9  # every patient counts the same
+        assert len(per_patient) < len(of_class)  # real patients have several films
+
+
+def test_training_step_multiplies_the_film_weights_into_the_loss():
+    cfg = resolve_config("default", rotation=0.0, shift=0.0, zoom=0.0, subtype_weight=0.0)
+    module = Classifier(cfg.to_dict(), [1.0, 3.0]).eval()  # eval: no dropout, fixed batch-norm statistics
+    torch.manual_seed(0)
+    batch = {
+        "image": torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8),
+        "label": torch.tensor([1.0, 0.0]),
+        "path": ["p1", "n1"],
+        "skipped": [],
+    }
+    with torch.no_grad():
+        logits = module(module._input(batch, augment=False)).float()
+        plain = weighted_bce(logits, batch["label"], torch.tensor([3.0, 1.0]))
+        module.film_weights = {"p1": 0.5, "n1": 2.0}
+        weighted = weighted_bce(logits, batch["label"], torch.tensor([1.5, 2.0]))
+        assert math.isclose(module.training_step(batch, 0).item(), weighted.item(), rel_tol=1e-5)
+        module.film_weights = {}
+        assert math.isclose(module.training_step(batch, 0).item(), plain.item(), rel_tol=1e-5)

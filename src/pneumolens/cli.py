@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"
     )
+    t.add_argument(
+        "--patient-weighting",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="within each class, weight a patient's films 1/(films of that patient): patients count equally",
+    )
     t.add_argument("--val-fraction", type=float)
     t.add_argument(
         "--threshold-policy",
@@ -342,7 +348,7 @@ RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
     "zoom gamma contrast mixup hflip erase blur label_smoothing subtype_weight class_weights balanced_sampler "
-    "val_fraction threshold_policy calibrate precision"
+    "patient_weighting val_fraction threshold_policy calibrate precision"
 ).split()
 
 

@@ -70,6 +70,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # training targets y * (1 - e) + e / 2
     subtype_weight: float = 0.0  # > 0: auxiliary bacterial-vs-viral loss (Kaggle file names), training only
     balanced_sampler: bool = False
+    patient_weighting: bool = False  # within each class, a patient's films share one patient's weight
     val_fraction: float = 0.15
     seed: int = 42
     split_seed: int | None = None  # the patient split's seed; None: ``seed`` (fix it to train an ensemble)

@@ -104,6 +104,22 @@ def class_weights(labels: Sequence[int], scheme: str) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def patient_weights(samples: Sequence[Sample]) -> dict[str, float]:
+    """Per-film loss factors that make every patient of a class count the same.
+
+    A film of a patient with k films of class c gets (n_c / p_c) / k, where n_c and p_c are the
+    class's films and patients: each patient's films sum to n_c / p_c, and the class keeps its total
+    weight n_c (so the class weights keep their meaning). Pneumonia patients in Kaggle's train/
+    have up to 30 films; without this, they count 30 times as much as a patient with one.
+    """
+    films: dict[tuple[int, str], int] = {}
+    for s in samples:
+        films[(s.label, s.patient)] = films.get((s.label, s.patient), 0) + 1
+    n = {c: sum(k for (label, _), k in films.items() if label == c) for c in (0, 1)}
+    p = {c: sum(1 for label, _ in films if label == c) for c in (0, 1)}
+    return {s.path: n[s.label] / p[s.label] / films[(s.label, s.patient)] for s in samples}
+
+
 class _LungMaskSet(Dataset):
     def __init__(self, samples: Sequence[Sample]) -> None:
         self.samples = list(samples)

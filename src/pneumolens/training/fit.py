@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from pneumolens.checkpoint import MODEL_FILENAME, atomic_write, save_model
 from pneumolens.config import CLASS_NAMES, TrainConfig
 from pneumolens.data.cache import cached_images
-from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for
+from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for, patient_weights
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.data.split import patient_split, stratified_subset
 from pneumolens.evaluation.calibration import choose_threshold, expected_calibration_error, fit_temperature
@@ -221,6 +221,8 @@ def fit(
     )
 
     module = Classifier(cfg.to_dict(), weights.tolist())
+    if cfg.patient_weighting:
+        module.film_weights = patient_weights(split.train)
     lung_masks, cache = None, None
     if cfg.cache:
         cache = cached_images(split.train + split.val, cfg.preprocess, cache_dir, cfg.num_workers)

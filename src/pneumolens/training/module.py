@@ -69,6 +69,7 @@ class Classifier(L.LightningModule):
         self.val_acc = BinaryAccuracy(threshold=self.cfg.threshold)
         self.val_auroc = BinaryAUROC()
         self.skipped: dict[str, str] = {}
+        self.film_weights: dict[str, float] = {}  # per-path loss factors (patient weighting); set by fit()
         self.first_epoch_paths: list[str] = []
         self._warned = 0
 
@@ -107,6 +108,8 @@ class Classifier(L.LightningModule):
         if self.current_epoch == 0:
             self.first_epoch_paths.extend(batch["path"])  # which shard this rank saw (distributed runs)
         w = self.class_weights[y.long()]
+        if self.film_weights:
+            w = w * torch.tensor([self.film_weights[p] for p in batch["path"]], dtype=w.dtype, device=w.device)
         x, y, w = mixup(self._input(batch, augment=True), y, w, self.cfg.augment.mixup)
         if self.cfg.subtype_weight > 0:  # the features feed the auxiliary head too: no second pass
             f = self.model.forward_features(x)
