@@ -71,6 +71,9 @@ class TrainConfig:
     subtype_weight: float = 0.0  # > 0: auxiliary bacterial-vs-viral loss (Kaggle file names), training only
     balanced_sampler: bool = False
     patient_weighting: bool = False  # within each class, a patient's films share one patient's weight
+    ssl_epochs: int = 0  # > 0: self-supervised pretraining (SimSiam) on the training films first
+    ssl_batch_size: int = 128
+    ssl_lr: float = 0.05  # SGD, per 256 films (scaled to the batch)
     val_fraction: float = 0.15
     seed: int = 42
     split_seed: int | None = None  # the patient split's seed; None: ``seed`` (fix it to train an ensemble)
@@ -201,6 +204,10 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"patience must be >= 0, got {overrides['patience']}")
     if not 0 <= overrides.get("label_smoothing", 0.0) < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {overrides['label_smoothing']}")
+    if overrides.get("ssl_epochs", 0) < 0:
+        raise ValueError(f"ssl_epochs must be >= 0, got {overrides['ssl_epochs']}")
+    if overrides.get("ssl_lr", 1.0) <= 0:
+        raise ValueError(f"ssl_lr must be > 0, got {overrides['ssl_lr']}")
     if overrides.get("subtype_weight", 0.0) < 0:
         raise ValueError(f"subtype_weight must be >= 0, got {overrides['subtype_weight']}")
     if overrides.get("subtype_weight", cfg.subtype_weight) > 0 and cfg.augment.mixup > 0:

@@ -29,6 +29,7 @@ from pneumolens.inference import predict_samples
 from pneumolens.models import create_model
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, weight_average
 from pneumolens.training.module import Classifier, architecture_of
+from pneumolens.training.pretrain import BACKBONE_FILENAME, load_backbone, pretrain
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ def fit(
         raise FileNotFoundError(f"{out}: nothing to resume, no checkpoints/last.ckpt")
     arch = architecture_of(cfg)
     create_model(arch["name"], **arch["kwargs"])  # a wrong architecture argument fails here, before any data is read
+    if cfg.ssl_epochs and (str(cfg.devices) != "1" or cfg.num_nodes != 1 or not cfg.cache):
+        raise ValueError("--ssl-epochs pretrains on one device from the preprocessing cache: use --devices 1, --cache")
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
@@ -235,6 +238,13 @@ def fit(
         t_masks = time.time()
         lung_masks = lung_masks_for(split.train + split.val, cfg.num_workers)
         log.info("lung masks for %d images in %.0f s", len(lung_masks), time.time() - t_masks)
+    if cfg.ssl_epochs:
+        assert cache is not None  # checked above
+        backbone = out / "pretrain" / BACKBONE_FILENAME
+        if not (resume and backbone.is_file()):  # a resumed run keeps the features it started from
+            pretrain(cfg, split.train, cache, split.val, out / "pretrain")
+        load_backbone(module.model, backbone, cfg)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)  # supervised training draws as without it
     datamodule = XrayDataModule(cfg, split.train, split.val, lung_masks, cache)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     start = cfg.start_from_epoch
