@@ -115,3 +115,29 @@ def test_pretraining_refuses_what_it_cannot_do(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="--ssl-epochs pretrains on one device"):
         fit(tiny_data, resolve_config("default", image_size=32, ssl_epochs=1, devices=2), tmp_path / "x")
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_init_starts_the_network_from_a_backbone_file(tiny_data, tmp_path, monkeypatch):
+    import pneumolens.training.fit as fit_module
+
+    cfg = resolve_config("default", image_size=32)
+    arch = architecture_of(cfg)
+    torch.manual_seed(5)
+    path = _backbone_file(tmp_path / "features.safetensors", cfg, create_model(arch["name"], **arch["kwargs"]))
+    started = []
+
+    def recording_load(model, p, c):
+        load_backbone(model, p, c)
+        started.append({k: v.clone() for k, v in backbone_state(model).items()})
+
+    monkeypatch.setattr(fit_module, "load_backbone", recording_load)
+    out = tmp_path / "run"
+    assert train_cli(tiny_data, out, "--init", str(path), preset="default", epochs=1) == 0
+    assert len(started) == 1 and all(torch.equal(v, load_file(str(path))[k]) for k, v in started[0].items())
+    assert json.loads((out / "config.json").read_text())["init"] == str(path)
+    assert not (out / "pretrain").exists()
+    with pytest.raises(ValueError, match="pick one"):
+        resolve_config("default", init=str(path), ssl_epochs=2)
+    other = tmp_path / "other"  # features learnt for another input size: refused, naming the file
+    with pytest.raises(ValueError, match="features.safetensors: pretrained with architecture"):
+        fit_module.fit(tiny_data, resolve_config("default", image_size=48, init=str(path)), other)

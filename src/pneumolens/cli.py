@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="self-supervised pretraining (SimSiam) on the training films for N epochs first (default 0: none)",
     )
     t.add_argument("--ssl-lr", type=float, help="pretraining learning rate per 256 films (SGD; default 0.05)")
+    t.add_argument(
+        "--init",
+        help="start the network's features from a backbone file (RUN/pretrain/backbone.safetensors of a --ssl-epochs "
+        "run, or benchmarks/ssl_pretrain.py); its last layer starts fresh",
+    )
     t.add_argument("--val-fraction", type=float)
     t.add_argument(
         "--threshold-policy",
@@ -354,7 +359,7 @@ RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
     "zoom gamma contrast mixup hflip erase blur label_smoothing subtype_weight class_weights balanced_sampler "
-    "patient_weighting ssl_epochs ssl_lr val_fraction threshold_policy calibrate precision"
+    "patient_weighting ssl_epochs ssl_lr init val_fraction threshold_policy calibrate precision"
 ).split()
 
 

@@ -74,6 +74,7 @@ class TrainConfig:
     ssl_epochs: int = 0  # > 0: self-supervised pretraining (SimSiam) on the training films first
     ssl_batch_size: int = 128
     ssl_lr: float = 0.05  # SGD, per 256 films (scaled to the batch)
+    init: str | None = None  # a backbone file (pretrained features) to start the network from
     val_fraction: float = 0.15
     seed: int = 42
     split_seed: int | None = None  # the patient split's seed; None: ``seed`` (fix it to train an ensemble)
@@ -208,6 +209,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"ssl_epochs must be >= 0, got {overrides['ssl_epochs']}")
     if overrides.get("ssl_lr", 1.0) <= 0:
         raise ValueError(f"ssl_lr must be > 0, got {overrides['ssl_lr']}")
+    if overrides.get("ssl_epochs", cfg.ssl_epochs) and overrides.get("init", cfg.init):
+        raise ValueError("--init starts from features pretrained elsewhere; --ssl-epochs pretrains them here: pick one")
     if overrides.get("subtype_weight", 0.0) < 0:
         raise ValueError(f"subtype_weight must be >= 0, got {overrides['subtype_weight']}")
     if overrides.get("subtype_weight", cfg.subtype_weight) > 0 and cfg.augment.mixup > 0:

@@ -22,7 +22,7 @@ from pneumolens.config import CLASS_NAMES, TrainConfig
 from pneumolens.data.cache import cached_images
 from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for, patient_weights
 from pneumolens.data.sources import check_headers, find_split
-from pneumolens.data.split import patient_split, stratified_subset
+from pneumolens.data.split import Split, patient_split, stratified_subset
 from pneumolens.evaluation.calibration import choose_threshold, expected_calibration_error, fit_temperature
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
@@ -159,6 +159,17 @@ def unlearned(
     return f"validation ROC-AUC {auc:.3f}: this model does not separate the classes, do not use it{hint}"
 
 
+def training_split(data: str | os.PathLike[str], cfg: TrainConfig) -> tuple[Split, list[tuple[str, str]]]:
+    """``data``'s training images split by patient as ``cfg`` says, and the unreadable ones left out."""
+    pool, bad = check_headers(find_split(data, "train"))
+    if bad:
+        log.warning("skipping %d file(s) that are not readable images, e.g. %s (%s)", len(bad), *bad[0])
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    if cfg.limit:
+        pool = stratified_subset(pool, cfg.limit, split_seed)
+    return patient_split(pool, cfg.val_fraction, split_seed), bad
+
+
 def fit(
     data: str | os.PathLike[str],
     cfg: TrainConfig,
@@ -191,14 +202,7 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
-    pool = find_split(data, "train")
-    pool, bad = check_headers(pool)
-    if bad:
-        log.warning("skipping %d file(s) that are not readable images, e.g. %s (%s)", len(bad), *bad[0])
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    if cfg.limit:
-        pool = stratified_subset(pool, cfg.limit, split_seed)
-    split = patient_split(pool, cfg.val_fraction, split_seed)
+    split, bad = training_split(data, cfg)
     train_labels = [s.label for s in split.train]
     weights = class_weights(train_labels, cfg.class_weights)
     counts = {
@@ -238,6 +242,8 @@ def fit(
         t_masks = time.time()
         lung_masks = lung_masks_for(split.train + split.val, cfg.num_workers)
         log.info("lung masks for %d images in %.0f s", len(lung_masks), time.time() - t_masks)
+    if cfg.init:
+        load_backbone(module.model, cfg.init, cfg)
     if cfg.ssl_epochs:
         assert cache is not None  # checked above
         backbone = out / "pretrain" / BACKBONE_FILENAME
