@@ -133,7 +133,9 @@ def test_init_starts_the_network_from_a_backbone_file(tiny_data, tmp_path, monke
     monkeypatch.setattr(fit_module, "load_backbone", recording_load)
     out = tmp_path / "run"
     assert train_cli(tiny_data, out, "--init", str(path), preset="default", epochs=1) == 0
-    assert len(started) == 1 and all(torch.equal(v, load_file(str(path))[k]) for k, v in started[0].items())
+    # twice: the trial network checks the file before any data is read, then the trained network starts from it
+    assert len(started) == 2
+    assert all(torch.equal(v, load_file(str(path))[k]) for state in started for k, v in state.items())
     assert json.loads((out / "config.json").read_text())["init"] == str(path)
     assert not (out / "pretrain").exists()
     with pytest.raises(ValueError, match="pick one"):
@@ -141,3 +143,4 @@ def test_init_starts_the_network_from_a_backbone_file(tiny_data, tmp_path, monke
     other = tmp_path / "other"  # features learnt for another input size: refused, naming the file
     with pytest.raises(ValueError, match="features.safetensors: pretrained with architecture"):
         fit_module.fit(tiny_data, resolve_config("default", image_size=48, init=str(path)), other)
+    assert not other.exists()  # refused before anything was read or written

@@ -196,7 +196,9 @@ def fit(
     if resume and not last_ckpt.is_file():
         raise FileNotFoundError(f"{out}: nothing to resume, no checkpoints/last.ckpt")
     arch = architecture_of(cfg)
-    create_model(arch["name"], **arch["kwargs"])  # a wrong architecture argument fails here, before any data is read
+    trial = create_model(arch["name"], **arch["kwargs"])  # a wrong architecture argument fails here, before any data
+    if cfg.init:
+        load_backbone(trial, cfg.init, cfg)  # so does a missing or mismatched backbone file
     if cfg.ssl_epochs and (str(cfg.devices) != "1" or cfg.num_nodes != 1 or not cfg.cache):
         raise ValueError("--ssl-epochs pretrains on one device from the preprocessing cache: use --devices 1, --cache")
     out.mkdir(parents=True, exist_ok=True)
