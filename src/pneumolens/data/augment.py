@@ -112,6 +112,12 @@ def random_blur(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator 
     return y.view(n, c, h, w)
 
 
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Every per-image augmentation of ``cfg``, in the training order: affine, intensity, blur,
+    then mirroring and erasing (mixup, which also mixes labels, is the caller's)."""
+    return random_flip_erase(random_blur(random_intensity(random_affine(x, cfg), cfg), cfg), cfg)
+
+
 def mixup(
     x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

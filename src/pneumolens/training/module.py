@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from functools import partial
 from pathlib import PurePath
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumolens.config import TrainConfig
-from pneumolens.data.augment import mixup, random_affine, random_blur, random_flip_erase, random_intensity
+from pneumolens.data.augment import augment_batch, mixup
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
 from pneumolens.training.state import rng_state, set_rng_state
@@ -88,12 +89,8 @@ class Classifier(L.LightningModule):
         self.model.to(memory_format=torch.channels_last)
 
     def _input(self, batch: dict[str, Any], augment: bool) -> torch.Tensor:
-        aug = self.cfg.augment
-
-        def transform(x: torch.Tensor) -> torch.Tensor:
-            return random_flip_erase(random_blur(random_intensity(random_affine(x, aug), aug), aug), aug)
-
-        x = to_model_input(batch["image"], self.cfg.preprocess.channels, transform if augment else None)
+        transform = partial(augment_batch, cfg=self.cfg.augment) if augment else None
+        x = to_model_input(batch["image"], self.cfg.preprocess.channels, transform)
         return x.contiguous(memory_format=torch.channels_last)
 
     def _note_skipped(self, batch: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch import nn
 
 from pneumolens.checkpoint import atomic_write
 from pneumolens.config import AugmentConfig, TrainConfig
-from pneumolens.data.augment import random_affine, random_blur, random_flip_erase, random_intensity
+from pneumolens.data.augment import augment_batch
 from pneumolens.data.cache import CachedImages, to_model_input
 from pneumolens.data.dataset import XrayDataModule
 from pneumolens.data.sources import Sample
@@ -81,11 +82,8 @@ class SimSiam(L.LightningModule):
         self.model.to(memory_format=torch.channels_last)
 
     def _view(self, x: torch.Tensor) -> torch.Tensor:
-        def transform(v: torch.Tensor) -> torch.Tensor:
-            a = VIEW_AUGMENT
-            return random_flip_erase(random_blur(random_intensity(random_affine(v, a), a), a), a)
-
-        return to_model_input(x, self.cfg.preprocess.channels, transform).contiguous(memory_format=torch.channels_last)
+        view = to_model_input(x, self.cfg.preprocess.channels, partial(augment_batch, cfg=VIEW_AUGMENT))
+        return view.contiguous(memory_format=torch.channels_last)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.projector(self.model.forward_features(x).float().mean((2, 3)))
