@@ -178,6 +178,29 @@ def test_same_seed_same_weights_and_split_seed_shares_the_split(tiny_data, tmp_p
     assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
+def test_exclude_leaves_listed_files_out_of_training_only(tiny_data, tmp_path, capsys):
+    from pneumolens.config import resolve_config
+    from pneumolens.training.fit import training_split
+
+    extra = ("--num-workers", "0", "--val-fraction", "0.25")
+    missing = tmp_path / "nothing.txt"
+    assert train_cli(tiny_data, tmp_path / "refused", "--exclude", str(missing), *extra) == 2
+    assert "nothing.txt: cannot read the exclusion list" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()  # refused before any data was read or anything written
+
+    cfg = resolve_config("seed", image_size=32, val_fraction=0.25)
+    whole, _ = training_split(tiny_data, cfg)
+    listed = [whole.train[0].path, whole.train[-1].path]  # one film of each class (the split is sorted by class)
+    listing = tmp_path / "exclude.txt"
+    listing.write_text("# suspected label errors\n" + "\n".join(listed) + "\n")
+    assert train_cli(tiny_data, tmp_path / "run", "--exclude", str(listing), *extra) == 0
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert sorted(split["excluded"]) == sorted(listed)
+    assert sorted(split["train"]) == sorted(s.path for s in whole.train if s.path not in listed)
+    assert split["val"] == [s.path for s in whole.val]  # validation untouched: comparable with a run without it
+    assert load_model(tmp_path / "run").meta["config"]["exclude"] == str(listing)
+
+
 def test_evaluate_lists_unreadable_files(trained_run, tmp_path, capsys):
     data = link_dataset(tmp_path / "d", {"test": dict.fromkeys(CLASS_NAMES, 4)})
     (data / "test" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")

@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the network's features from a backbone file (RUN/pretrain/backbone.safetensors of a --ssl-epochs "
         "run, or benchmarks/ssl_pretrain.py); its last layer starts fresh",
     )
+    t.add_argument(
+        "--exclude",
+        help="leave the files listed in this file (one name or path per line, or a CSV with a path column) out of "
+        "training, e.g. suspected label errors (benchmarks/label_issues.py); the validation part stays whole",
+    )
     t.add_argument("--val-fraction", type=float)
     t.add_argument(
         "--threshold-policy",
@@ -359,7 +364,7 @@ RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
     "zoom gamma contrast mixup hflip erase blur label_smoothing subtype_weight class_weights balanced_sampler "
-    "patient_weighting ssl_epochs ssl_lr init val_fraction threshold_policy calibrate precision"
+    "patient_weighting ssl_epochs ssl_lr init exclude val_fraction threshold_policy calibrate precision"
 ).split()
 
 

@@ -75,6 +75,7 @@ class TrainConfig:
     ssl_batch_size: int = 128
     ssl_lr: float = 0.05  # SGD, per 256 films (scaled to the batch)
     init: str | None = None  # a backbone file (pretrained features) to start the network from
+    exclude: str | None = None  # a list of training files to leave out (names or paths; validation stays whole)
     val_fraction: float = 0.15
     seed: int = 42
     split_seed: int | None = None  # the patient split's seed; None: ``seed`` (fix it to train an ensemble)

@@ -1,13 +1,17 @@
-"""Patient-grouped, stratified train/validation split, and stratified subsets for smoke runs."""
+"""Patient-grouped, stratified train/validation split and folds, stratified subsets for smoke runs,
+and leaving listed files out of training."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import Sample, duplicate_groups
 
 log = logging.getLogger(__name__)
@@ -72,3 +76,81 @@ def patient_split(samples: list[Sample], val_fraction: float, seed: int) -> Spli
         val=[samples[i] for i in val_idx],
         duplicates=[[s.path for s in g] for g in dups],
     )
+
+
+def patient_folds(samples: list[Sample], k: int, seed: int) -> list[np.ndarray]:
+    """``k`` folds of sample indices, stratified by label, no patient in two folds (patients that
+    share a byte-identical file count as one), for out-of-fold predictions."""
+    groups = _groups(samples, duplicate_groups(samples))
+    if k < 2 or len(np.unique(groups)) < k:
+        raise ValueError(f"need k >= 2 and at least k patients, got k={k} and {len(np.unique(groups))} patient(s)")
+    labels = np.array([s.label for s in samples])
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [held for _, held in folds.split(np.zeros(len(samples)), labels, groups)]
+
+
+def read_exclusions(path: str | os.PathLike[str]) -> list[str]:
+    """The entries of an exclusion list: one file name or path per line; blank lines and lines
+    starting with ``#`` are skipped, and a CSV's ``path`` column is read when its header has one."""
+    path = Path(path)
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the exclusion list ({e})") from None
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if lines and "," in lines[0]:
+        header = [c.strip() for c in lines[0].split(",")]
+        if "path" not in header:
+            raise ValueError(f"{path}: a CSV exclusion list needs a 'path' column, got {', '.join(header)}")
+        col = header.index("path")
+        lines = [ln.split(",")[col].strip() for ln in lines[1:]]
+    return lines
+
+
+def exclude_from_training(
+    split: Split, entries: list[str], source: str = "the exclusion list"
+) -> tuple[Split, list[str]]:
+    """``split`` with the listed files left out of its training part, and the paths left out.
+
+    An entry with a folder in it matches a file by its resolved path, a bare name by its file name
+    (which must then be unique in the pool). Validation is never changed, so runs with and without
+    the list stay comparable on the same images: listed validation files are kept (and logged).
+
+    Raises:
+        ValueError: an entry matches no file of the pool, a bare name matches several, or the list
+            leaves a class without training images.
+    """
+    pool = split.train + split.val
+    by_name: dict[str, list[Sample]] = {}
+    by_path: dict[str, Sample] = {}
+    for s in pool:
+        by_name.setdefault(Path(s.path).name, []).append(s)
+        by_path[os.path.realpath(s.path)] = s
+    chosen: set[str] = set()
+    unknown, ambiguous = [], []
+    for e in entries:
+        if "/" in e or os.sep in e:
+            hit = by_path.get(os.path.realpath(e))
+            if hit is None:
+                unknown.append(e)
+            else:
+                chosen.add(hit.path)
+        elif len(found := by_name.get(e, [])) == 1:
+            chosen.add(found[0].path)
+        else:
+            (ambiguous if found else unknown).append(e)
+    if unknown:
+        raise ValueError(
+            f"{source}: {len(unknown)} entr{'y matches' if len(unknown) == 1 else 'ies match'} no training image, "
+            f"e.g. {unknown[0]!r}"
+        )
+    if ambiguous:
+        raise ValueError(f"{source}: the file name {ambiguous[0]!r} names several images; give its path instead")
+    in_val = [s.path for s in split.val if s.path in chosen]
+    if in_val:
+        log.warning("%s: %d listed file(s) are in validation and stay there, e.g. %s", source, len(in_val), in_val[0])
+    left_out = [s.path for s in split.train if s.path in chosen]
+    train = [s for s in split.train if s.path not in chosen]
+    for label in sorted({s.label for s in split.train} - {s.label for s in train}):
+        raise ValueError(f"{source}: leaves no {CLASS_NAMES[label]} image to train on")
+    return replace(split, train=train), left_out

@@ -22,7 +22,7 @@ from pneumolens.config import CLASS_NAMES, TrainConfig
 from pneumolens.data.cache import cached_images
 from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for, patient_weights
 from pneumolens.data.sources import check_headers, find_split
-from pneumolens.data.split import Split, patient_split, stratified_subset
+from pneumolens.data.split import Split, exclude_from_training, patient_split, read_exclusions, stratified_subset
 from pneumolens.evaluation.calibration import choose_threshold, expected_calibration_error, fit_temperature
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
@@ -201,10 +201,15 @@ def fit(
         load_backbone(trial, cfg.init, cfg)  # so does a missing or mismatched backbone file
     if cfg.ssl_epochs and (str(cfg.devices) != "1" or cfg.num_nodes != 1 or not cfg.cache):
         raise ValueError("--ssl-epochs pretrains on one device from the preprocessing cache: use --devices 1, --cache")
+    excluded_entries = read_exclusions(cfg.exclude) if cfg.exclude else []  # a missing list fails before any data
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
     split, bad = training_split(data, cfg)
+    excluded: list[str] = []
+    if cfg.exclude:
+        split, excluded = exclude_from_training(split, excluded_entries, cfg.exclude)
+        log.info("left %d listed file(s) out of training (%s)", len(excluded), cfg.exclude)
     train_labels = [s.label for s in split.train]
     weights = class_weights(train_labels, cfg.class_weights)
     counts = {
@@ -226,6 +231,7 @@ def fit(
             "val": [s.path for s in split.val],
             "duplicates": split.duplicates,
             "unreadable": [{"path": p, "reason": r} for p, r in bad],
+            "excluded": excluded,
         },
     )
 

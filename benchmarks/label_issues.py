@@ -1,0 +1,130 @@
+"""Find training films whose label the recipe itself doubts (confident learning), to leave out.
+
+    python benchmarks/label_issues.py --data ../shared/data/chest_xray --out runs/label_issues [--folds 3]
+
+Then train without them (validation is untouched, so the two runs compare on the same images):
+
+    pneumolens train --data ../shared/data/chest_xray --exclude runs/label_issues/exclude.txt --out runs/x
+
+Why: the Kaggle set's training labels were graded by two physicians, its test labels checked by a
+third as well (Kermany et al., Cell 2018), so the training part (and the validation carved from it)
+may hold label errors the test split does not. The training part of the preset's patient split is
+cut into ``--folds`` folds by patient; the preset is trained on all folds but one (a run of its own,
+with its own inner validation, and the weight average warmed up) and scores the held-out fold, so
+every training film gets an out-of-fold probability from a model that never saw its patient.
+cleanlab's ``find_label_issues`` (confident learning: per-class thresholds, pruned by the estimated
+noise rates) then names the films whose given label disagrees with those probabilities. The
+validation part is never scored or changed. Writes ``oof.csv`` (every film), ``label_issues.csv``
+(the named films, most doubtful first) and ``exclude.txt`` (their file names, for ``--exclude``),
+and prints a table. Fold runs that already hold a model are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from pneumolens.checkpoint import atomic_write, load_model
+from pneumolens.config import CLASS_NAMES, resolve_config
+from pneumolens.data.split import patient_folds
+from pneumolens.inference import predict_samples
+from pneumolens.training.fit import fit, training_split
+
+
+def write_manifest(path: Path, samples) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient"])
+        w.writerows([str(Path(s.path).resolve()), CLASS_NAMES[s.label], s.patient] for s in samples)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/chest_xray")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, help="the fold models' epochs (default: the preset's)")
+    ap.add_argument("--limit", type=int, help="a stratified subset of the training images (smoke runs)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from cleanlab.filter import find_label_issues  # the dev extra: only this script needs it
+
+    out = Path(args.out)
+    cfg = resolve_config(args.preset, epochs=args.epochs, limit=args.limit)
+    split, _ = training_split(args.data, cfg)  # the same training part as `pneumolens train --preset ...`
+    samples = split.train
+    # A fold's manifest is already the subset. It holds two thirds of the films, so an epoch has fewer
+    # steps: the weight average warms up, or it can still sit near the initial weights when early
+    # stopping looks (README, round 4's batch-64 trap; seen here first as fold AUCs of 0.64).
+    fold_cfg = resolve_config(args.preset, epochs=args.epochs, ema_warmup=True)
+    oof: dict[str, tuple[float, int]] = {}
+    t0 = time.time()
+    rows = []
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    for k, held in enumerate(patient_folds(samples, args.folds, split_seed)):
+        held_set = set(held.tolist())
+        fold_train = [s for i, s in enumerate(samples) if i not in held_set]
+        fold_held = [samples[i] for i in held]
+        run = out / f"fold{k}"
+        if not (run / "model.safetensors").is_file():
+            write_manifest(run / "manifest.csv", fold_train)
+            fit(run / "manifest.csv", fold_cfg, run)
+        loaded = load_model(run)
+        probs, errors = predict_samples(loaded.model, fold_held, loaded.preprocess, num_workers=cfg.num_workers)
+        scored = [s for s in fold_held if s.path in probs]
+        auc = roc_auc_score([s.label for s in scored], [probs[s.path] for s in scored])
+        if auc < 0.8:
+            raise SystemExit(f"{run}: out-of-fold ROC-AUC {auc:.3f}: this fold's model cannot vouch for labels")
+        rows.append((k, len(fold_train), len(scored), len(errors), auc))
+        oof.update({s.path: (probs[s.path], k) for s in scored})
+
+    paths = [s.path for s in samples if s.path in oof]
+    labels = np.array([s.label for s in samples if s.path in oof])
+    p = np.array([oof[q][0] for q in paths])
+    ranked = find_label_issues(
+        labels,
+        np.stack([1 - p, p], axis=1),  # (N, 2): NORMAL, PNEUMONIA
+        filter_by="prune_by_noise_rate",
+        return_indices_ranked_by="self_confidence",
+    )
+
+    def table(order) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "label", "p_pneumonia", "fold"])
+        w.writerows([paths[i], CLASS_NAMES[labels[i]], f"{p[i]:.6f}", oof[paths[i]][1]] for i in order)
+        return buf.getvalue()
+
+    note = f"# {len(ranked)} training films whose label the {args.preset} recipe doubts (benchmarks/label_issues.py)\n"
+    for name, text in (
+        ("oof.csv", table(range(len(paths)))),
+        ("label_issues.csv", table(ranked)),
+        ("exclude.txt", note + "".join(f"{Path(paths[i]).name}\n" for i in ranked)),
+    ):
+        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+
+    print(f"{len(samples)} training films, {args.folds} patient folds, {(time.time() - t0) / 60:.1f} min\n")
+    print("| fold | trained on | scored | unreadable | out-of-fold ROC-AUC |")
+    print("|---|---|---|---|---|")
+    for k, n_train, n_held, n_err, auc in rows:
+        print(f"| {k} | {n_train} | {n_held} | {n_err} | {auc:.4f} |")
+    print(f"| all | | {len(paths)} | | {roc_auc_score(labels, p):.4f} |\n")
+    print("| given label | films | named as label issues | share |")
+    print("|---|---|---|---|")
+    for c, name in enumerate(CLASS_NAMES):
+        n, m = int((labels == c).sum()), int((labels[ranked] == c).sum())
+        print(f"| {name} | {n} | {m} | {100 * m / max(n, 1):.1f}% |")
+    print(f"\nwritten: {out / 'exclude.txt'}, {out / 'label_issues.csv'}, {out / 'oof.csv'}")
+
+
+if __name__ == "__main__":
+    main()
