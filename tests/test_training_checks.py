@@ -11,7 +11,7 @@ from pneumolens.config import resolve_config
 from pneumolens.data.dataset import patient_weights
 from pneumolens.data.sources import Sample, find_split
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, warmed_ema, weight_average
-from pneumolens.training.fit import unlearned
+from pneumolens.training.fit import average_may_lag, unlearned
 from pneumolens.training.module import Classifier, subtype_loss, subtype_targets, weighted_bce
 
 
@@ -35,6 +35,26 @@ def test_a_model_that_did_not_learn_is_called_out():
     with pytest.raises(ValueError, match="start_from_epoch"):
         resolve_config("default", start_from_epoch=20)  # more than the 16 epochs
     assert resolve_config("default", start_from_epoch=20, epochs=24).start_from_epoch == 20
+
+
+@pytest.mark.parametrize(
+    ("n_train", "overrides", "warns"),
+    [
+        (4470, {}, False),  # the default recipe: 140 steps per epoch, every run learnt
+        (4470, {"batch_size": 64}, True),  # 70 steps: runs/v4/bs64 kept its epoch-0 weights
+        (2554, {}, True),  # 80 steps: a label_issues.py fold without warm-up did the same
+        (2554, {"ema_warmup": True}, False),  # the remedy
+        (2554, {"start_from_epoch": 8}, False),  # the other remedy
+        (2554, {"ema_decay": 0.0}, False),  # no average, nothing to lag
+        (4470, {"devices": 2, "strategy": "ddp"}, True),  # two ranks: 70 steps each
+    ],
+)
+def test_a_lagging_weight_average_is_announced_before_training(n_train, overrides, warns):
+    cfg = resolve_config("default", **overrides)
+    msg = average_may_lag(cfg, n_train)
+    assert (msg is not None) == warns
+    if warns:
+        assert f"batch {cfg.batch_size}" in msg and "--ema-warmup" in msg
 
 
 def test_weighted_loss_and_label_smoothing_by_hand():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -132,6 +133,26 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True)))
 
 
+# Fewest optimiser steps per epoch at which the plain weight average (decay 0.99) has been seen to
+# follow the model in time: 140 (the default recipe, every run) worked; 70 (batch 64) and 80 (two
+# thirds of the films, benchmarks/label_issues.py) kept epoch-0 weights (README, rounds 4 and 8).
+EMA_MIN_STEPS_PER_EPOCH = 100
+
+
+def average_may_lag(cfg: TrainConfig, n_train: int) -> str | None:
+    """A warning before training when the weight average, without warm-up, may still sit near the
+    initial weights when early stopping first looks, or None."""
+    ranks = (cfg.devices if isinstance(cfg.devices, int) else 1) * cfg.num_nodes  # each rank steps on its share
+    steps = math.ceil(n_train / (cfg.batch_size * ranks))
+    if cfg.ema_decay <= 0 or cfg.ema_warmup or cfg.start_from_epoch > 0 or steps >= EMA_MIN_STEPS_PER_EPOCH:
+        return None
+    return (
+        f"{steps} steps per epoch ({n_train} films, batch {cfg.batch_size}): the weight average (decay "
+        f"{cfg.ema_decay}, no warm-up) may lag behind the model for several epochs and early stopping keep "
+        "epoch-0 weights; add --ema-warmup (or --start-from-epoch N)"
+    )
+
+
 def unlearned(
     val_metrics: dict[str, Any],
     cfg: TrainConfig,
@@ -235,6 +256,8 @@ def fit(
         },
     )
 
+    if lag := average_may_lag(cfg, len(split.train)):
+        log.warning("%s", lag)
     module = Classifier(cfg.to_dict(), weights.tolist())
     if cfg.patient_weighting:
         module.film_weights = patient_weights(split.train)
