@@ -118,8 +118,8 @@ def test_exclusions_leave_training_files_out_and_validation_whole(split, caplog)
     by_name, by_path, in_val = split.train[0], split.train[5], split.val[0]
     entries = [Path(by_name.path).name, by_path.path, Path(in_val.path).name]
     with caplog.at_level("WARNING"):
-        kept, left_out = exclude_from_training(split, entries, "list.txt")
-    assert sorted(left_out) == sorted([by_name.path, by_path.path])
+        kept = exclude_from_training(split, entries, "list.txt")
+    assert sorted(kept.excluded) == sorted([by_name.path, by_path.path])
     assert len(kept.train) == len(split.train) - 2 and by_name not in kept.train and by_path not in kept.train
     assert kept.val == split.val  # validation never changes: runs with and without the list compare on it
     assert "list.txt: 1 listed file(s) are in validation and stay there" in caplog.text
@@ -138,7 +138,7 @@ def test_exclusions_refuse_an_ambiguous_file_name_and_an_emptied_class(tmp_path)
     whole = Split([a, b, c], [], [])
     with pytest.raises(ValueError, match="the file name 'x.jpeg' names several images; give its path"):
         exclude_from_training(whole, ["x.jpeg"])
-    kept, left_out = exclude_from_training(whole, [b.path])
-    assert kept.train == [a, c] and left_out == [b.path]
+    kept = exclude_from_training(whole, [b.path])
+    assert kept.train == [a, c] and kept.excluded == [b.path]
     with pytest.raises(ValueError, match="list.txt: leaves no PNEUMONIA image to train on"):
         exclude_from_training(whole, [b.path, "y.jpeg"], "list.txt")

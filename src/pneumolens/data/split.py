@@ -3,9 +3,10 @@ and leaving listed files out of training."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ class Split:
     train: list[Sample]
     val: list[Sample]
     duplicates: list[list[str]]  # byte-identical file groups found in the pool (paths)
+    excluded: list[str] = field(default_factory=list)  # training files left out by a list (paths)
 
 
 def _groups(samples: list[Sample], dups: list[list[Sample]]) -> np.ndarray:
@@ -99,18 +101,17 @@ def read_exclusions(path: str | os.PathLike[str]) -> list[str]:
         raise ValueError(f"{path}: cannot read the exclusion list ({e})") from None
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if lines and "," in lines[0]:
-        header = [c.strip() for c in lines[0].split(",")]
-        if "path" not in header:
-            raise ValueError(f"{path}: a CSV exclusion list needs a 'path' column, got {', '.join(header)}")
-        col = header.index("path")
-        lines = [ln.split(",")[col].strip() for ln in lines[1:]]
+        rows = csv.DictReader(lines)
+        if "path" not in (rows.fieldnames or []):
+            raise ValueError(
+                f"{path}: a CSV exclusion list needs a 'path' column, got {', '.join(rows.fieldnames or [])}"
+            )
+        lines = [row["path"].strip() for row in rows]
     return lines
 
 
-def exclude_from_training(
-    split: Split, entries: list[str], source: str = "the exclusion list"
-) -> tuple[Split, list[str]]:
-    """``split`` with the listed files left out of its training part, and the paths left out.
+def exclude_from_training(split: Split, entries: list[str], source: str = "the exclusion list") -> Split:
+    """``split`` with the listed files left out of its training part (their paths in ``excluded``).
 
     An entry with a folder in it matches a file by its resolved path, a bare name by its file name
     (which must then be unique in the pool). Validation is never changed, so runs with and without
@@ -122,15 +123,15 @@ def exclude_from_training(
     """
     pool = split.train + split.val
     by_name: dict[str, list[Sample]] = {}
-    by_path: dict[str, Sample] = {}
+    by_path: dict[Path, Sample] = {}
     for s in pool:
         by_name.setdefault(Path(s.path).name, []).append(s)
-        by_path[os.path.realpath(s.path)] = s
+        by_path[Path(s.path).resolve()] = s
     chosen: set[str] = set()
     unknown, ambiguous = [], []
     for e in entries:
-        if "/" in e or os.sep in e:
-            hit = by_path.get(os.path.realpath(e))
+        if Path(e).name != e:  # has a folder: a path
+            hit = by_path.get(Path(e).resolve())
             if hit is None:
                 unknown.append(e)
             else:
@@ -149,8 +150,7 @@ def exclude_from_training(
     in_val = [s.path for s in split.val if s.path in chosen]
     if in_val:
         log.warning("%s: %d listed file(s) are in validation and stay there, e.g. %s", source, len(in_val), in_val[0])
-    left_out = [s.path for s in split.train if s.path in chosen]
     train = [s for s in split.train if s.path not in chosen]
     for label in sorted({s.label for s in split.train} - {s.label for s in train}):
         raise ValueError(f"{source}: leaves no {CLASS_NAMES[label]} image to train on")
-    return replace(split, train=train), left_out
+    return replace(split, train=train, excluded=[s.path for s in split.train if s.path in chosen])

@@ -181,14 +181,19 @@ def unlearned(
 
 
 def training_split(data: str | os.PathLike[str], cfg: TrainConfig) -> tuple[Split, list[tuple[str, str]]]:
-    """``data``'s training images split by patient as ``cfg`` says, and the unreadable ones left out."""
+    """``data``'s training images split by patient as ``cfg`` says (``cfg.exclude``'s films left out
+    of the training part), and the unreadable ones left out."""
     pool, bad = check_headers(find_split(data, "train"))
     if bad:
         log.warning("skipping %d file(s) that are not readable images, e.g. %s (%s)", len(bad), *bad[0])
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     if cfg.limit:
         pool = stratified_subset(pool, cfg.limit, split_seed)
-    return patient_split(pool, cfg.val_fraction, split_seed), bad
+    split = patient_split(pool, cfg.val_fraction, split_seed)
+    if cfg.exclude:
+        split = exclude_from_training(split, read_exclusions(cfg.exclude), cfg.exclude)
+        log.info("left %d listed file(s) out of training (%s)", len(split.excluded), cfg.exclude)
+    return split, bad
 
 
 def fit(
@@ -222,15 +227,12 @@ def fit(
         load_backbone(trial, cfg.init, cfg)  # so does a missing or mismatched backbone file
     if cfg.ssl_epochs and (str(cfg.devices) != "1" or cfg.num_nodes != 1 or not cfg.cache):
         raise ValueError("--ssl-epochs pretrains on one device from the preprocessing cache: use --devices 1, --cache")
-    excluded_entries = read_exclusions(cfg.exclude) if cfg.exclude else []  # a missing list fails before any data
+    if cfg.exclude:
+        read_exclusions(cfg.exclude)  # an unreadable list fails here, before any data is read
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
     split, bad = training_split(data, cfg)
-    excluded: list[str] = []
-    if cfg.exclude:
-        split, excluded = exclude_from_training(split, excluded_entries, cfg.exclude)
-        log.info("left %d listed file(s) out of training (%s)", len(excluded), cfg.exclude)
     train_labels = [s.label for s in split.train]
     weights = class_weights(train_labels, cfg.class_weights)
     counts = {
@@ -252,7 +254,7 @@ def fit(
             "val": [s.path for s in split.val],
             "duplicates": split.duplicates,
             "unreadable": [{"path": p, "reason": r} for p, r in bad],
-            "excluded": excluded,
+            "excluded": split.excluded,
         },
     )
 
