@@ -31,19 +31,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from pneumolens.checkpoint import atomic_write, load_model
+from pneumolens.checkpoint import atomic_write
 from pneumolens.config import CLASS_NAMES, resolve_config
-from pneumolens.data.split import patient_folds
-from pneumolens.inference import predict_samples
-from pneumolens.training.fit import fit, training_split
-
-
-def write_manifest(path: Path, samples) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "patient"])
-        w.writerows([str(Path(s.path).resolve()), CLASS_NAMES[s.label], s.patient] for s in samples)
+from pneumolens.training.crossval import out_of_fold
+from pneumolens.training.fit import training_split
 
 
 def main() -> None:
@@ -62,34 +53,20 @@ def main() -> None:
     cfg = resolve_config(args.preset, epochs=args.epochs, limit=args.limit)
     split, _ = training_split(args.data, cfg)  # the same training part as `pneumolens train --preset ...`
     samples = split.train
-    # A fold's manifest is already the subset. It holds two thirds of the films, so an epoch has fewer
-    # steps: the weight average warms up, or it can still sit near the initial weights when early
-    # stopping looks (README, round 4's batch-64 trap; seen here first as fold AUCs of 0.64).
-    fold_cfg = resolve_config(args.preset, epochs=args.epochs, ema_warmup=True)
-    oof: dict[str, tuple[float, int]] = {}
     t0 = time.time()
-    rows = []
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    for k, held in enumerate(patient_folds(samples, args.folds, split_seed)):
-        held_set = set(held.tolist())
-        fold_train = [s for i, s in enumerate(samples) if i not in held_set]
-        fold_held = [samples[i] for i in held]
-        run = out / f"fold{k}"
-        if not (run / "model.safetensors").is_file():
-            write_manifest(run / "manifest.csv", fold_train)
-            fit(run / "manifest.csv", fold_cfg, run)
-        loaded = load_model(run)
-        probs, errors = predict_samples(loaded.model, fold_held, loaded.preprocess, num_workers=cfg.num_workers)
-        scored = [s for s in fold_held if s.path in probs]
-        auc = roc_auc_score([s.label for s in scored], [probs[s.path] for s in scored])
+    res = out_of_fold(samples, cfg, out, args.folds, split_seed, cfg.num_workers)
+    # The fold models warm their weight average up (crossval.fold_config): without it, two of three
+    # kept their epoch-0 weights here (fold ROC-AUCs of 0.64, README round 8).
+    rows = []
+    for k, run in enumerate(res.runs):
+        held = res.folds == k
+        auc = roc_auc_score(res.labels[held], res.probs[held])
         if auc < 0.8:
             raise SystemExit(f"{run}: out-of-fold ROC-AUC {auc:.3f}: this fold's model cannot vouch for labels")
-        rows.append((k, len(fold_train), len(scored), len(errors), auc))
-        oof.update({s.path: (probs[s.path], k) for s in scored})
-
-    paths = [s.path for s in samples if s.path in oof]
-    labels = np.array([s.label for s in samples if s.path in oof])
-    p = np.array([oof[q][0] for q in paths])
+        rows.append((k, len(res.paths) - int(held.sum()), int(held.sum()), auc))
+    paths, labels, p = res.paths, res.labels, res.probs
+    fold_of = dict(zip(paths, res.folds.tolist(), strict=True))
     ranked = find_label_issues(
         labels,
         np.stack([1 - p, p], axis=1),  # (N, 2): NORMAL, PNEUMONIA
@@ -101,7 +78,7 @@ def main() -> None:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["path", "label", "p_pneumonia", "fold"])
-        w.writerows([paths[i], CLASS_NAMES[labels[i]], f"{p[i]:.6f}", oof[paths[i]][1]] for i in order)
+        w.writerows([paths[i], CLASS_NAMES[labels[i]], f"{p[i]:.6f}", fold_of[paths[i]]] for i in order)
         return buf.getvalue()
 
     note = f"# {len(ranked)} training films whose label the {args.preset} recipe doubts (benchmarks/label_issues.py)\n"
@@ -113,11 +90,13 @@ def main() -> None:
         atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
 
     print(f"{len(samples)} training films, {args.folds} patient folds, {(time.time() - t0) / 60:.1f} min\n")
-    print("| fold | trained on | scored | unreadable | out-of-fold ROC-AUC |")
-    print("|---|---|---|---|---|")
-    for k, n_train, n_held, n_err, auc in rows:
-        print(f"| {k} | {n_train} | {n_held} | {n_err} | {auc:.4f} |")
-    print(f"| all | | {len(paths)} | | {roc_auc_score(labels, p):.4f} |\n")
+    print("| fold | trained on | scored | out-of-fold ROC-AUC |")
+    print("|---|---|---|---|")
+    for k, n_train, n_held, auc in rows:
+        print(f"| {k} | {n_train} | {n_held} | {auc:.4f} |")
+    print(f"| all | | {len(paths)} | {roc_auc_score(labels, p):.4f} |\n")
+    for path, reason in res.unreadable.items():
+        print(f"unreadable, not scored: {path} ({reason})")
     print("| given label | films | named as label issues | share |")
     print("|---|---|---|---|")
     for c, name in enumerate(CLASS_NAMES):

@@ -166,3 +166,26 @@ def test_mixup_blends_images_labels_and_weights_alike():
     v = mx[:, 0, 0, 0]  # = lam * i + (1 - lam) * j, so the weight is 1 + v and both come from lam and j
     assert torch.allclose(mw, 1 + v, atol=1e-5)
     assert ((my >= 0) & (my <= 1)).all() and my.unique().numel() > 2  # soft labels
+
+
+def test_drop_path_drops_whole_residual_branches_and_only_in_training():
+    from pneumolens.models.resnet_small import DropPath, ResNetSmall
+
+    torch.manual_seed(0)
+    x = torch.ones(4000, 3, 2, 2)
+    d = DropPath(0.25).train()
+    y = d(x)
+    per_sample = y.flatten(1)
+    kept = per_sample[:, 0] > 0
+    assert torch.all(per_sample[kept] == 1 / 0.75) and torch.all(per_sample[~kept] == 0)  # whole samples
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
+    assert torch.equal(d.eval()(x), x)
+    with pytest.raises(ValueError, match="drop_path"):
+        DropPath(1.0)
+    # Rates rise linearly over the blocks; zero leaves the network (and the shipped weights' keys) as it was.
+    m = ResNetSmall(drop_path=0.2)
+    assert [getattr(b.drop_path, "p", 0.0) for b in m.stages] == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])
+    assert ResNetSmall().state_dict().keys() == m.state_dict().keys()
+    assert all(isinstance(b.drop_path, torch.nn.Identity) for b in ResNetSmall().stages)
+    m.eval()
+    assert torch.equal(m(torch.ones(2, 1, 64, 64)), m(torch.ones(2, 1, 64, 64)))  # deterministic at evaluation

@@ -9,6 +9,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pneumolens.config import TrainConfig
 
 DEFAULT_DATA_ENV = "PNEUMOLENS_DATA"
 NOTICE = "Decision support only: pneumolens does not make a diagnosis; a clinician reads the X-ray."
@@ -368,8 +372,24 @@ RECIPE_FLAGS = (
 ).split()
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The config that ``pneumolens train`` with these parsed arguments trains."""
+    from pneumolens.config import resolve_config
+
+    return resolve_config(
+        args.preset,
+        **{k: getattr(args, k) for k in RECIPE_FLAGS},
+        num_workers=args.num_workers,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        cache=args.cache,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from pneumolens.config import TrainConfig, resolve_config
+    from pneumolens.config import TrainConfig
     from pneumolens.training.fit import fit
     from pneumolens.training.state import TrainingDiverged, TrainingInterrupted
 
@@ -387,16 +407,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.data:
             raise ValueError(f"--data is required (or set ${DEFAULT_DATA_ENV})")
-        cfg = resolve_config(
-            args.preset,
-            **{k: getattr(args, k) for k in RECIPE_FLAGS},
-            num_workers=args.num_workers,
-            accelerator=args.accelerator,
-            devices=args.devices,
-            num_nodes=args.num_nodes,
-            strategy=args.strategy,
-            cache=args.cache,
-        )
+        cfg = train_config(args)
         data, out, resume = args.data, args.out or f"runs/{cfg.preset}", False
     try:
         path = fit(data, cfg, out, cache_dir=args.cache_dir, resume=resume)

@@ -112,6 +112,17 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
     return samples
 
 
+def write_manifest(csv_path: str | os.PathLike[str], samples: list[Sample]) -> None:
+    """Write ``samples`` as a manifest :func:`read_manifest` reads back (absolute paths, class names,
+    patients)."""
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient"])
+        w.writerows([str(Path(s.path).resolve()), CLASS_NAMES[s.label], s.patient] for s in samples)
+
+
 def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:
     """The samples of ``split`` ("train" or "test") under a dataset path.
 

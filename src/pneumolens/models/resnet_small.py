@@ -1,8 +1,9 @@
 """A compact residual CNN for 1-channel X-rays, trained from scratch on a CPU.
 
-Stem (two 3x3 convs, stride 2) then four stages of basic residual blocks with batch norm, global
-average (or generalised-mean) pooling, dropout and one logit. Far fewer parameters than ResNet-18 (no ImageNet weights
-can be had here, and ~5,000 training images do not support a large net).
+Stem (two 3x3 convs, stride 2) then four stages of basic residual blocks with batch norm (optionally
+stochastic depth), global average (or generalised-mean) pooling, dropout and one logit. Far fewer
+parameters than ResNet-18 (no ImageNet weights can be had here, and ~5,000 training images do not
+support a large net).
 """
 
 from __future__ import annotations
@@ -15,8 +16,25 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, zero a residual branch for a random share
+    ``p`` of the samples and scale the rest by 1 / (1 - p); the identity at evaluation."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"drop_path must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, drop_path: float = 0.0) -> None:
         super().__init__()
         self.conv1 = _conv_bn(cin, cout, stride)
         self.conv2 = _conv_bn(cout, cout)
@@ -25,9 +43,10 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
         nn.init.zeros_(self.conv2[1].weight)  # each block starts as identity: stabler from scratch
+        self.drop_path: nn.Module = DropPath(drop_path) if drop_path else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
+        return self.act(self.drop_path(self.conv2(self.act(self.conv1(x)))) + self.shortcut(x))
 
 
 class GlobalAvgPool(nn.Module):
@@ -64,6 +83,7 @@ class ResNetSmall(nn.Module):
         blocks: tuple[int, ...] = (1, 1, 2, 1),
         dropout: float = 0.3,
         pool: str = "avg",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         del image_size  # global pooling: any input size works
@@ -77,9 +97,12 @@ class ResNetSmall(nn.Module):
         )
         stages: list[nn.Module] = []
         cin = widths[0]
+        # Stochastic depth grows linearly with depth, from 0 at the first block to ``drop_path`` at the last.
+        rates = torch.linspace(0, drop_path, sum(blocks)).tolist()
         for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
             for j in range(n):
-                stages.append(BasicBlock(cin, w, stride=2 if (j == 0 and i > 0) or (i == 0 and j == 0) else 1))
+                stride = 2 if (j == 0 and i > 0) or (i == 0 and j == 0) else 1
+                stages.append(BasicBlock(cin, w, stride, drop_path=rates[len(stages)]))
                 cin = w
         self.stages = nn.Sequential(*stages)
         self.feature_layer = f"stages.{len(stages) - 1}"  # last residual block, for Grad-CAM
