@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import CHEST
+from pneumolens import inference
 from pneumolens.config import resolve_config
 from pneumolens.data.sources import find_split, read_manifest, write_manifest
 from pneumolens.data.split import patient_folds
@@ -66,7 +67,7 @@ def tiny_train(tiny_data):
     return find_split(tiny_data, "train")
 
 
-def test_out_of_fold_scores_every_film_once_by_a_model_that_never_saw_its_patient(tiny_train, tmp_path):
+def test_out_of_fold_scores_every_film_once_by_a_model_that_never_saw_its_patient(tiny_train, tmp_path, monkeypatch):
     cfg = resolve_config("seed", epochs=1, image_size=32, seed=3)
     assert fold_config(cfg) == cfg  # no weight average, nothing to warm up
     res = out_of_fold(tiny_train, cfg, tmp_path / "cv", k=2, seed=5)
@@ -80,11 +81,23 @@ def test_out_of_fold_scores_every_film_once_by_a_model_that_never_saw_its_patien
         trained_on = {s.patient for s in read_manifest(run / "manifest.csv")}
         scored = {res.patients[j] for j in np.flatnonzero(res.folds == i)}
         assert trained_on and trained_on.isdisjoint(scored)
-    # A finished fold is reused, not retrained; a run of another recipe in its place is refused.
+    # A finished fold is reused, not retrained, and its saved held-out scores too, unless damaged.
     stamp = (res.runs[0] / "model.safetensors").stat().st_mtime_ns
+    calls = []
+    real = inference.predict_samples
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(inference, "predict_samples", counted)
     again = out_of_fold(tiny_train, cfg, tmp_path / "cv", k=2, seed=5)
     assert (res.runs[0] / "model.safetensors").stat().st_mtime_ns == stamp
-    assert np.array_equal(again.probs, res.probs)
+    assert np.array_equal(again.probs, res.probs) and not calls
+    (res.runs[0] / "held_out.json").write_text("{not json")
+    again = out_of_fold(tiny_train, cfg, tmp_path / "cv", k=2, seed=5)
+    assert np.allclose(again.probs, res.probs) and len(calls) == 1
+    # A run of another recipe in a fold's place is refused, naming it.
     (res.runs[1] / "model.safetensors").unlink()
     with pytest.raises(ValueError, match=r"fold1: holds a run of another recipe"):
         out_of_fold(tiny_train, resolve_config("seed", epochs=1, image_size=32, seed=4), tmp_path / "cv", k=2, seed=5)

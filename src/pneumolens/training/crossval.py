@@ -7,8 +7,9 @@ stopping, the operating point and calibration), and scores the held-out fold. Us
 recipes on all training films instead of one validation split (``benchmarks/recipe_cv.py``) and to
 find doubtful labels (``benchmarks/label_issues.py``).
 
-Fold runs that already hold a model are reused, an interrupted one resumes from its last complete
-epoch, and a run trained with another config is refused, so a study can be stopped and continued.
+Fold runs that already hold a model are reused (with their held-out scores, ``held_out.json``, while
+the weights and films match), an interrupted one resumes from its last complete epoch, and a run
+trained with another config is refused, so a study can be stopped and continued.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pneumolens.config import TrainConfig
 from pneumolens.data.sources import Sample, write_manifest
 from pneumolens.data.split import patient_folds
+
+if TYPE_CHECKING:
+    from pneumolens.checkpoint import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,26 @@ def _train_fold(manifest: Path, cfg: TrainConfig, run: Path) -> None:
     fit(manifest, cfg, run, resume=resume)
 
 
+def _held_out_scores(loaded: LoadedModel, held: list[Sample], saved: Path, num_workers: int) -> tuple[dict, dict]:
+    """The fold model's scores of its held-out films, kept beside it (``held_out.json``) and reused
+    while the weights and the films are the same."""
+    from pneumolens.checkpoint import atomic_write
+    from pneumolens.inference import predict_samples
+
+    paths = [s.path for s in held]
+    if saved.is_file():
+        try:
+            kept = json.loads(saved.read_text())
+            if kept["weights_sha256"] == loaded.sha256 and kept["paths"] == paths:
+                return kept["probs"], kept["unreadable"]
+        except (OSError, ValueError, KeyError):
+            pass  # damaged or foreign: score again and overwrite
+    probs, errors = predict_samples(loaded.model, held, loaded.preprocess, num_workers=num_workers)
+    text = json.dumps({"weights_sha256": loaded.sha256, "paths": paths, "probs": probs, "unreadable": errors})
+    atomic_write(saved, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return probs, errors
+
+
 def out_of_fold(
     samples: list[Sample],
     cfg: TrainConfig,
@@ -72,7 +97,6 @@ def out_of_fold(
     """Train ``cfg`` (as :func:`fold_config` adapts it) ``k`` times, each without one patient fold,
     and score each held-out fold; ``seed`` draws the folds (the same seed, the same folds)."""
     from pneumolens.checkpoint import load_model
-    from pneumolens.inference import predict_samples
 
     out = Path(out)
     fcfg = fold_config(cfg)
@@ -90,9 +114,7 @@ def out_of_fold(
             _train_fold(manifest, fcfg, run)
         loaded = load_model(run)
         seconds.append(float(loaded.meta.get("training", {}).get("wall_seconds", float("nan"))))
-        p, errors = predict_samples(
-            loaded.model, [samples[j] for j in held], loaded.preprocess, num_workers=num_workers
-        )
+        p, errors = _held_out_scores(loaded, [samples[j] for j in held], run / "held_out.json", num_workers)
         probs.update(p)
         unreadable.update(errors)
         fold_of.update({path: i for path in p})
