@@ -54,8 +54,7 @@ def main() -> None:
     split, _ = training_split(args.data, cfg)  # the same training part as `pneumolens train --preset ...`
     samples = split.train
     t0 = time.time()
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    res = out_of_fold(samples, cfg, out, args.folds, split_seed, cfg.num_workers)
+    res = out_of_fold(samples, cfg, out, args.folds, cfg.patient_split_seed, cfg.num_workers)
     # The fold models warm their weight average up (crossval.fold_config): without it, two of three
     # kept their epoch-0 weights here (fold ROC-AUCs of 0.64, README round 8).
     rows = []

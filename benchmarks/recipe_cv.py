@@ -70,8 +70,12 @@ def specificity_at(y: np.ndarray, p: np.ndarray, sensitivity: float = 0.97) -> f
     return float((p[y == 0] < thr).mean())
 
 
-def summarise(name: str, flags: str, res: OutOfFold, ref: OutOfFold | None) -> dict:
-    folds = [roc_auc_score(res.labels[res.folds == k], res.probs[res.folds == k]) for k in range(len(res.runs))]
+def fold_aucs(res: OutOfFold) -> list[float]:
+    return [roc_auc_score(res.labels[res.folds == k], res.probs[res.folds == k]) for k in range(len(res.runs))]
+
+
+def summarise(name: str, flags: str, res: OutOfFold, ref: OutOfFold) -> dict:
+    folds = fold_aucs(res)
     row = {
         "recipe": name,
         "flags": flags,
@@ -83,12 +87,11 @@ def summarise(name: str, flags: str, res: OutOfFold, ref: OutOfFold | None) -> d
         "films": len(res.paths),
         "train_min": sum(res.train_seconds) / 60,
     }
-    if ref is not None and ref is not res:
+    if ref is not res:
         if res.paths != ref.paths:
             raise SystemExit(f"{name}: scored other films than the reference (an unreadable file?); cannot pair")
-        ref_folds = [roc_auc_score(ref.labels[ref.folds == k], ref.probs[ref.folds == k]) for k in range(len(ref.runs))]
         diff, ci = paired_auc_difference(res.labels, ref.probs, res.probs, res.patients)
-        row |= {"folds_better": sum(a > b for a, b in zip(folds, ref_folds, strict=True)), "auc_diff": diff}
+        row |= {"folds_better": sum(a > b for a, b in zip(folds, fold_aucs(ref), strict=True)), "auc_diff": diff}
         row["auc_diff_ci"] = ci
     return row
 
@@ -110,19 +113,18 @@ def main() -> None:
     out = Path(args.out)
     base = resolve_config(args.preset, limit=args.limit)
     split, _ = training_split(args.data, base)  # the training part `pneumolens train --preset` trains on
-    seed = base.seed if base.split_seed is None else base.split_seed
     results: dict[str, OutOfFold] = {}
     t0 = time.time()
     for name, _, cfg in recipes:
-        results[name] = out_of_fold(split.train, cfg, out / name, args.folds, seed, base.num_workers)
+        results[name] = out_of_fold(split.train, cfg, out / name, args.folds, base.patient_split_seed, base.num_workers)
     ref = results[recipes[0][0]]
     rows = [summarise(name, flags, results[name], ref) for name, flags, _ in recipes]
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "label", "patient", "fold", *[f"p_{name}" for name, _, _ in recipes]])
+    by = [results[name] for name, _, _ in recipes]
     for i, path in enumerate(ref.paths):
-        by = [results[name] for name, _, _ in recipes]
         w.writerow(
             [path, CLASS_NAMES[ref.labels[i]], ref.patients[i], ref.folds[i], *[f"{r.probs[i]:.6f}" for r in by]]
         )

@@ -91,6 +91,11 @@ class TrainConfig:
     threshold_policy: str = "fixed:0.5"  # fixed:T | sensitivity:S | specificity:S | youden, on validation
     calibrate: bool = False  # temperature scaling fitted on validation, folded into the last layer
 
+    @property
+    def patient_split_seed(self) -> int:
+        """The seed that draws the patient split (and the folds of its training part)."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

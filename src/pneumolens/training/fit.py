@@ -186,10 +186,9 @@ def training_split(data: str | os.PathLike[str], cfg: TrainConfig) -> tuple[Spli
     pool, bad = check_headers(find_split(data, "train"))
     if bad:
         log.warning("skipping %d file(s) that are not readable images, e.g. %s (%s)", len(bad), *bad[0])
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     if cfg.limit:
-        pool = stratified_subset(pool, cfg.limit, split_seed)
-    split = patient_split(pool, cfg.val_fraction, split_seed)
+        pool = stratified_subset(pool, cfg.limit, cfg.patient_split_seed)
+    split = patient_split(pool, cfg.val_fraction, cfg.patient_split_seed)
     if cfg.exclude:
         split = exclude_from_training(split, read_exclusions(cfg.exclude), cfg.exclude)
         log.info("left %d listed file(s) out of training (%s)", len(split.excluded), cfg.exclude)
