@@ -97,10 +97,13 @@ def test_out_of_fold_scores_every_film_once_by_a_model_that_never_saw_its_patien
     (res.runs[0] / "held_out.json").write_text("{not json")
     again = out_of_fold(tiny_train, cfg, tmp_path / "cv", k=2, seed=5)
     assert np.allclose(again.probs, res.probs) and len(calls) == 1
-    # A run of another recipe in a fold's place is refused, naming it.
-    (res.runs[1] / "model.safetensors").unlink()
-    with pytest.raises(ValueError, match=r"fold1: holds a run of another recipe"):
-        out_of_fold(tiny_train, resolve_config("seed", epochs=1, image_size=32, seed=4), tmp_path / "cv", k=2, seed=5)
+    # A run of another recipe in a fold's place is refused, naming it, whether finished or not.
+    other = resolve_config("seed", epochs=1, image_size=32, seed=4)
+    with pytest.raises(ValueError, match=r"fold0: holds a run of another recipe"):
+        out_of_fold(tiny_train, other, tmp_path / "cv", k=2, seed=5)
+    (res.runs[0] / "model.safetensors").unlink()  # unfinished: refused before it would resume or retrain
+    with pytest.raises(ValueError, match=r"fold0: holds a run of another recipe"):
+        out_of_fold(tiny_train, other, tmp_path / "cv", k=2, seed=5)
 
 
 def test_fold_config_warms_the_average_up():

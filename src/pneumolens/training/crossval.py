@@ -54,12 +54,16 @@ def fold_config(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, ema_warmup=True) if cfg.ema_decay else cfg
 
 
-def _train_fold(manifest: Path, cfg: TrainConfig, run: Path) -> None:
-    from pneumolens.training.fit import fit  # Lightning: imported only when a fold trains
-
+def _check_recipe(run: Path, cfg: TrainConfig) -> None:
+    """Refuse a fold folder that holds a run (finished or not) of another config."""
     recorded = run / "config.json"
     if recorded.is_file() and json.loads(recorded.read_text()) != cfg.to_dict():
         raise ValueError(f"{run}: holds a run of another recipe (config.json differs); use another --out or remove it")
+
+
+def _train_fold(manifest: Path, cfg: TrainConfig, run: Path) -> None:
+    from pneumolens.training.fit import fit  # Lightning: imported only when a fold trains
+
     resume = (run / "checkpoints" / "last.ckpt").is_file()
     if resume:
         log.info("%s: resuming from its last complete epoch", run)
@@ -108,6 +112,7 @@ def out_of_fold(
         held_set = set(held.tolist())
         run = out / f"fold{i}"
         runs.append(run)
+        _check_recipe(run, fcfg)
         if not (run / "model.safetensors").is_file():
             manifest = run / "manifest.csv"
             write_manifest(manifest, [s for j, s in enumerate(samples) if j not in held_set])
