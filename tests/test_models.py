@@ -189,3 +189,51 @@ def test_drop_path_drops_whole_residual_branches_and_only_in_training():
     assert all(isinstance(b.drop_path, torch.nn.Identity) for b in ResNetSmall().stages)
     m.eval()
     assert torch.equal(m(torch.ones(2, 1, 64, 64)), m(torch.ones(2, 1, 64, 64)))  # deterministic at evaluation
+
+
+@pytest.mark.parametrize("k, field", [(0, 7), (1, 19), (2, 43)])
+def test_spatial_blocks_cap_the_receptive_field(k, field):
+    """Hand count: the stem's two 3x3 convs see 3 + 2*2 = 7 px; each 3x3 residual block adds two 3x3
+    convs at its input's and its output's stride (block 1: 2*2 + 2*4 -> 19; block 2: 2*4 + 2*8 -> 43);
+    1x1 blocks add nothing."""
+    from pneumolens.models.resnet_small import ResNetSmall
+
+    torch.manual_seed(0)
+    m = ResNetSmall(spatial_blocks=k).eval()
+    with torch.no_grad():  # positive weights, so no gradient cancels inside the field
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                mod.weight.abs_()
+            elif isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.fill_(1.0)
+    x = torch.rand(1, 1, 256, 256, requires_grad=True)
+    f = m.forward_features(x)
+    f[0, :, 4, 4].sum().backward()
+    rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (field, field)
+    uncapped = ResNetSmall()
+    assert m.state_dict().keys() == uncapped.state_dict().keys()  # the same layers, only their kernels shrink
+    assert all(c.kernel_size == (1, 1) for b in list(m.stages)[k:] for c in (b.conv1[0], b.conv2[0]))
+    assert all(c.kernel_size == (3, 3) for b in list(m.stages)[:k] for c in (b.conv1[0], b.conv2[0]))
+    with pytest.raises(ValueError, match="spatial_blocks"):
+        ResNetSmall(spatial_blocks=6)
+
+
+def test_blurpool_keeps_flat_images_and_removes_the_checkerboard():
+    from pneumolens.models.resnet_small import BlurPool, ResNetSmall
+
+    b = BlurPool(2)
+    flat = torch.full((1, 2, 8, 8), 0.7)
+    assert torch.allclose(b(flat), torch.full((1, 2, 4, 4), 0.7))  # normalised, edges reflected
+    i = torch.arange(8)
+    checker = ((i[:, None] + i[None, :]) % 2).float().expand(1, 2, 8, 8)  # the Nyquist frequency
+    out = b(checker)
+    assert out.shape == (1, 2, 4, 4)
+    assert torch.allclose(out[..., 1:, 1:], torch.full((1, 2, 3, 3), 0.5))  # plain striding would give 0 or 1
+    assert torch.equal(checker[..., ::2, ::2], torch.zeros(1, 2, 4, 4))
+    # The option changes where the network subsamples, not its outputs' shapes or its learnt tensors' count.
+    plain, smooth = ResNetSmall(), ResNetSmall(antialias=True)
+    x = torch.rand(2, 1, 128, 128)
+    assert plain.forward_features(x).shape == smooth.forward_features(x).shape == (2, 256, 4, 4)
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in smooth.parameters())
+    assert not any("kernel" in k for k in smooth.state_dict())  # the fixed filter is not saved

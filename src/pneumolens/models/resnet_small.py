@@ -1,7 +1,13 @@
 """A compact residual CNN for 1-channel X-rays, trained from scratch on a CPU.
 
 Stem (two 3x3 convs, stride 2) then four stages of basic residual blocks with batch norm (optionally
-stochastic depth), global average (or generalised-mean) pooling, dropout and one logit. Far fewer
+stochastic depth), global average (or generalised-mean) pooling, dropout and one logit. With
+``spatial_blocks=k`` only the first k residual blocks keep 3x3 convolutions and the rest are
+pointwise (1x1), which caps each output cell's receptive field (BagNet, Brendel & Bethge 2019): the
+logit is then an average of local patch evidence instead of a reading of the whole film. With
+``antialias=True`` every stride-2 step low-passes before it subsamples (Zhang 2019, "Making
+convolutional networks shift-invariant again"): the convolution runs at stride 1 and a fixed 3x3
+binomial filter then takes every second pixel, so fine texture cannot alias into the features. Far fewer
 parameters than ResNet-18 (no ImageNet weights can be had here, and ~5,000 training images do not
 support a large net).
 """
@@ -12,8 +18,8 @@ import torch
 from torch import nn
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+def _conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
 
 
 class DropPath(nn.Module):
@@ -33,14 +39,41 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, drop_path: float = 0.0) -> None:
+class BlurPool(nn.Module):
+    """Low-pass, then subsample: a fixed, normalised 3x3 binomial filter ([1, 2, 1] x [1, 2, 1] / 16)
+    per channel at stride 2, edges reflected. No learnt parameters, and the filter is not saved."""
+
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv1 = _conv_bn(cin, cout, stride)
-        self.conv2 = _conv_bn(cout, cout)
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = torch.outer(k, k) / 16
+        self.register_buffer("kernel", k.expand(channels, 1, 3, 3).contiguous(), persistent=False)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return nn.functional.conv2d(x, self.kernel.to(x.dtype), stride=2, groups=self.channels)
+
+
+def _down_conv_bn(cin: int, cout: int, stride: int, kernel: int, antialias: bool) -> nn.Sequential:
+    """Conv + batch norm; with ``antialias`` a stride-2 conv runs at stride 1 and a BlurPool subsamples."""
+    if stride == 1 or not antialias:
+        return _conv_bn(cin, cout, stride, kernel)
+    return nn.Sequential(*_conv_bn(cin, cout, 1, kernel), BlurPool(cout))
+
+
+class BasicBlock(nn.Module):
+    def __init__(
+        self, cin: int, cout: int, stride: int, drop_path: float = 0.0, kernel: int = 3, antialias: bool = False
+    ) -> None:
+        super().__init__()
+        self.conv1 = _down_conv_bn(cin, cout, stride, kernel, antialias)
+        self.conv2 = _conv_bn(cout, cout, 1, kernel)
         self.act = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
+        if stride != 1 and antialias:  # blur first, then the projection (Zhang 2019's order)
+            self.shortcut = nn.Sequential(BlurPool(cin), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        elif stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
         nn.init.zeros_(self.conv2[1].weight)  # each block starts as identity: stabler from scratch
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path else nn.Identity()
@@ -84,13 +117,19 @@ class ResNetSmall(nn.Module):
         dropout: float = 0.3,
         pool: str = "avg",
         drop_path: float = 0.0,
+        spatial_blocks: int | None = None,
+        antialias: bool = False,
     ) -> None:
         super().__init__()
         del image_size  # global pooling: any input size works
         if len(widths) != len(blocks) or not widths:
             raise ValueError(f"widths and blocks need one entry per stage, got widths={widths}, blocks={blocks}")
+        if spatial_blocks is not None and not 0 <= spatial_blocks <= sum(blocks):
+            raise ValueError(
+                f"spatial_blocks must be in [0, {sum(blocks)}] (the number of residual blocks), got {spatial_blocks}"
+            )
         self.stem = nn.Sequential(
-            _conv_bn(in_channels, widths[0] // 2, stride=2),
+            _down_conv_bn(in_channels, widths[0] // 2, 2, 3, antialias),
             nn.ReLU(inplace=True),
             _conv_bn(widths[0] // 2, widths[0]),
             nn.ReLU(inplace=True),
@@ -102,7 +141,8 @@ class ResNetSmall(nn.Module):
         for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) or (i == 0 and j == 0) else 1
-                stages.append(BasicBlock(cin, w, stride, drop_path=rates[len(stages)]))
+                kernel = 3 if spatial_blocks is None or len(stages) < spatial_blocks else 1
+                stages.append(BasicBlock(cin, w, stride, rates[len(stages)], kernel, antialias))
                 cin = w
         self.stages = nn.Sequential(*stages)
         self.feature_layer = f"stages.{len(stages) - 1}"  # last residual block, for Grad-CAM
