@@ -129,7 +129,7 @@ class ResNetSmall(nn.Module):
                 f"spatial_blocks must be in [0, {sum(blocks)}] (the number of residual blocks), got {spatial_blocks}"
             )
         self.stem = nn.Sequential(
-            _down_conv_bn(in_channels, widths[0] // 2, 2, 3, antialias),
+            _down_conv_bn(in_channels, widths[0] // 2, stride=2, kernel=3, antialias=antialias),
             nn.ReLU(inplace=True),
             _conv_bn(widths[0] // 2, widths[0]),
             nn.ReLU(inplace=True),
@@ -142,7 +142,7 @@ class ResNetSmall(nn.Module):
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) or (i == 0 and j == 0) else 1
                 kernel = 3 if spatial_blocks is None or len(stages) < spatial_blocks else 1
-                stages.append(BasicBlock(cin, w, stride, rates[len(stages)], kernel, antialias))
+                stages.append(BasicBlock(cin, w, stride, rates[len(stages)], kernel=kernel, antialias=antialias))
                 cin = w
         self.stages = nn.Sequential(*stages)
         self.feature_layer = f"stages.{len(stages) - 1}"  # last residual block, for Grad-CAM
