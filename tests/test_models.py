@@ -215,8 +215,9 @@ def test_spatial_blocks_cap_the_receptive_field(k, field):
     assert m.state_dict().keys() == uncapped.state_dict().keys()  # the same layers, only their kernels shrink
     assert all(c.kernel_size == (1, 1) for b in list(m.stages)[k:] for c in (b.conv1[0], b.conv2[0]))
     assert all(c.kernel_size == (3, 3) for b in list(m.stages)[:k] for c in (b.conv1[0], b.conv2[0]))
-    with pytest.raises(ValueError, match="spatial_blocks"):
-        ResNetSmall(spatial_blocks=6)
+    for bad in (6, 2.5, "2"):
+        with pytest.raises(ValueError, match="spatial_blocks"):
+            ResNetSmall(spatial_blocks=bad)
 
 
 def test_blurpool_keeps_flat_images_and_removes_the_checkerboard():
@@ -237,3 +238,5 @@ def test_blurpool_keeps_flat_images_and_removes_the_checkerboard():
     assert plain.forward_features(x).shape == smooth.forward_features(x).shape == (2, 256, 4, 4)
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in smooth.parameters())
     assert not any("kernel" in k for k in smooth.state_dict())  # the fixed filter is not saved
+    with pytest.raises(ValueError, match="antialias must be true or false"):
+        ResNetSmall(antialias="false")

@@ -124,10 +124,13 @@ class ResNetSmall(nn.Module):
         del image_size  # global pooling: any input size works
         if len(widths) != len(blocks) or not widths:
             raise ValueError(f"widths and blocks need one entry per stage, got widths={widths}, blocks={blocks}")
-        if spatial_blocks is not None and not 0 <= spatial_blocks <= sum(blocks):
+        if spatial_blocks is not None and (type(spatial_blocks) is not int or not 0 <= spatial_blocks <= sum(blocks)):
             raise ValueError(
-                f"spatial_blocks must be in [0, {sum(blocks)}] (the number of residual blocks), got {spatial_blocks}"
+                f"spatial_blocks must be an integer in [0, {sum(blocks)}] (the number of residual blocks), "
+                f"got {spatial_blocks!r}"
             )
+        if not isinstance(antialias, bool):  # a JSON string such as "false" would otherwise switch it on
+            raise ValueError(f"antialias must be true or false, got {antialias!r}")
         self.stem = nn.Sequential(
             _down_conv_bn(in_channels, widths[0] // 2, stride=2, kernel=3, antialias=antialias),
             nn.ReLU(inplace=True),
