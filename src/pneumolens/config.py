@@ -68,6 +68,7 @@ class TrainConfig:
     start_from_epoch: int = 0  # early stopping watches val_loss from this epoch on (Keras' start_from_epoch)
     class_weights: ClassWeighting = "seed"
     label_smoothing: float = 0.0  # training targets y * (1 - e) + e / 2
+    sam_rho: float = 0.0  # > 0: sharpness-aware minimisation, gradients taken rho away along the gradient
     subtype_weight: float = 0.0  # > 0: auxiliary bacterial-vs-viral loss (Kaggle file names), training only
     balanced_sampler: bool = False
     patient_weighting: bool = False  # within each class, a patient's films share one patient's weight
@@ -211,6 +212,13 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"patience must be >= 0, got {overrides['patience']}")
     if not 0 <= overrides.get("label_smoothing", 0.0) < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {overrides['label_smoothing']}")
+    if overrides.get("sam_rho", 0.0) < 0:
+        raise ValueError(f"sam_rho must be >= 0, got {overrides['sam_rho']}")
+    if overrides.get("sam_rho", cfg.sam_rho) > 0 and str(overrides.get("precision", cfg.precision)).startswith("16"):
+        raise ValueError(  # "auto" resolving to 16-bit (a GPU without bf16) is refused in fit()
+            "sam_rho does not work with 16-bit precision (its gradient scaler sees only the first of the two "
+            "passes); use --precision bf16-mixed or 32-true"
+        )
     if overrides.get("ssl_epochs", 0) < 0:
         raise ValueError(f"ssl_epochs must be >= 0, got {overrides['ssl_epochs']}")
     if overrides.get("ssl_lr", 1.0) <= 0:

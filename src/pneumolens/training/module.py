@@ -18,6 +18,7 @@ from pneumolens.config import TrainConfig
 from pneumolens.data.augment import augment_batch, mixup
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
+from pneumolens.training.sharpness import sharpness_aware_gradients
 from pneumolens.training.state import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Classifier(L.LightningModule):
         self.film_weights: dict[str, float] = {}  # per-path loss factors (patient weighting); set by fit()
         self.first_epoch_paths: list[str] = []
         self._warned = 0
+        self._sam_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B,) logits
@@ -97,8 +99,23 @@ class Classifier(L.LightningModule):
         for path, reason in batch["skipped"]:
             self.skipped.setdefault(path, reason)
 
+    def _loss(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, paths: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The training loss, the logits and the auxiliary subtype loss (None without it)."""
+        if self.cfg.subtype_weight > 0:  # the features feed the auxiliary head too: no second pass
+            f = self.model.forward_features(x)
+            logits = self.model.forward_head(f).float()
+            aux = self.subtype_head(f.float().mean((2, 3))).squeeze(1)
+            aux_loss = subtype_loss(aux, subtype_targets(paths).to(aux.device))
+            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing) + self.cfg.subtype_weight * aux_loss
+            return loss, logits, aux_loss
+        logits = self(x).float()  # through forward(), like every other step
+        return weighted_bce(logits, y, w, self.cfg.label_smoothing), logits, None
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self._note_skipped(batch)
+        self._sam_batch = None
         x, y = batch["image"], batch["label"]
         if not x.numel():
             return None  # every file of this batch was unreadable: skip the step
@@ -108,16 +125,11 @@ class Classifier(L.LightningModule):
         if self.film_weights:
             w = w * torch.tensor([self.film_weights[p] for p in batch["path"]], dtype=w.dtype, device=w.device)
         x, y, w = mixup(self._input(batch, augment=True), y, w, self.cfg.augment.mixup)
-        if self.cfg.subtype_weight > 0:  # the features feed the auxiliary head too: no second pass
-            f = self.model.forward_features(x)
-            logits = self.model.forward_head(f).float()
-            aux = self.subtype_head(f.float().mean((2, 3))).squeeze(1)
-            aux_loss = subtype_loss(aux, subtype_targets(batch["path"]).to(aux.device))
+        loss, logits, aux_loss = self._loss(x, y, w, batch["path"])
+        if aux_loss is not None:
             self.log("train_subtype_loss", aux_loss, on_step=False, on_epoch=True, batch_size=len(y))
-            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing) + self.cfg.subtype_weight * aux_loss
-        else:
-            logits = self(x).float()  # through forward(), like every other step
-            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
+        if self.cfg.sam_rho > 0:  # the second pass sees the same augmented batch
+            self._sam_batch = (x, y, w, batch["path"])
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
@@ -127,6 +139,22 @@ class Classifier(L.LightningModule):
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """With ``sam_rho`` > 0: swap the gradients for those at the sharpness-aware point (one more pass)."""
+        if self.cfg.sam_rho <= 0 or self._sam_batch is None:
+            return
+        x, y, w, paths = self._sam_batch
+        self._sam_batch = None
+        strategy = self.trainer.strategy
+
+        def mean_over_processes(g: torch.Tensor) -> torch.Tensor:  # DDP averaged the first pass's gradients itself
+            return strategy.reduce(g, reduce_op="mean") if self.trainer.world_size > 1 else g
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        with self.trainer.precision_plugin.train_step_context():  # the same autocast as the first pass
+            loss_at = lambda: self._loss(x, y, w, paths)[0]  # noqa: E731
+            sharpness_aware_gradients(self, params, self.cfg.sam_rho, loss_at, reduce=mean_over_processes)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._note_skipped(batch)
