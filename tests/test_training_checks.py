@@ -12,7 +12,7 @@ from pneumolens.data.dataset import patient_weights
 from pneumolens.data.sources import Sample, find_split
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, warmed_ema, weight_average
 from pneumolens.training.fit import average_may_lag, unlearned
-from pneumolens.training.module import Classifier, subtype_loss, subtype_targets, weighted_bce
+from pneumolens.training.module import Classifier, pairwise_rank_loss, subtype_loss, subtype_targets, weighted_bce
 
 
 def test_a_model_that_did_not_learn_is_called_out():
@@ -70,6 +70,33 @@ def test_weighted_loss_and_label_smoothing_by_hand():
     assert weighted_bce(z[1:], ones[:1], ones[:1]).item() < 1e-8  # unsmoothed: the confident logit wins
     with pytest.raises(ValueError, match="label_smoothing"):
         resolve_config("default", label_smoothing=1.0)
+
+
+def test_pairwise_rank_loss_by_hand_and_in_the_training_loss():
+    # pneumonia logits 2 and 0, normal 1: pairs (2, 1) and (0, 1) -> log(1 + e^-1) and log(1 + e^1)
+    logits, y = torch.tensor([2.0, 1.0, 0.0], requires_grad=True), torch.tensor([1.0, 0.0, 1.0])
+    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.e)) / 2
+    assert math.isclose(pairwise_rank_loss(logits, y).item(), expected, rel_tol=1e-6)
+    one_class = pairwise_rank_loss(logits, torch.ones(3))
+    assert one_class.item() == 0.0 and one_class.requires_grad  # no pair: nothing to rank, graph kept
+    # a correctly ranked batch costs less than the same logits ranked the other way
+    assert (
+        pairwise_rank_loss(torch.tensor([3.0, -3.0]), torch.tensor([1.0, 0.0]))
+        < math.log(2)
+        < pairwise_rank_loss(torch.tensor([-3.0, 3.0]), torch.tensor([1.0, 0.0]))
+    )
+    cfg = resolve_config("default", rank_weight=0.5)
+    module = Classifier(cfg.to_dict(), [1.0, 3.0]).eval()
+    x = torch.randn(4, 1, 32, 32)
+    y4, w4, paths = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.ones(4), ["a", "b", "c", "d"]
+    with torch.no_grad():
+        loss, logits4, aux = module._loss(x, y4, w4, paths)
+        plain = weighted_bce(logits4, y4, w4) + 0.5 * aux
+        assert math.isclose(loss.item(), (plain + 0.5 * pairwise_rank_loss(logits4, y4)).item(), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="rank_weight"):
+        resolve_config("default", rank_weight=-1.0)
+    with pytest.raises(ValueError, match="mixup"):
+        resolve_config("default", rank_weight=0.5, mixup=0.2, subtype_weight=0.0)
 
 
 def test_subtype_targets_and_loss_by_hand():

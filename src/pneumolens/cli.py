@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--blur", type=float, help="augmentation: Gaussian blur, sigma uniform in [0, SIGMA] pixels")
     t.add_argument("--label-smoothing", type=float, help="training targets y * (1 - E) + E / 2")
     t.add_argument(
+        "--rank-weight",
+        type=float,
+        help="weight of a pairwise ranking loss (RankNet) on every pneumonia-normal pair of a batch",
+    )
+    t.add_argument(
         "--sam-rho",
         type=float,
         help="sharpness-aware minimisation: gradients taken RHO along the normalised gradient (e.g. 0.05; 2x compute)",
@@ -372,8 +377,9 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
-    "zoom gamma contrast mixup hflip erase blur label_smoothing sam_rho subtype_weight class_weights balanced_sampler "
-    "patient_weighting ssl_epochs ssl_lr init exclude val_fraction threshold_policy calibrate precision"
+    "zoom gamma contrast mixup hflip erase blur label_smoothing rank_weight sam_rho subtype_weight class_weights "
+    "balanced_sampler patient_weighting ssl_epochs ssl_lr init exclude val_fraction threshold_policy calibrate "
+    "precision"
 ).split()
 
 

@@ -57,6 +57,15 @@ def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothi
     return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).mean()
 
 
+def pairwise_rank_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """RankNet's logistic loss over every (pneumonia, normal) pair of the batch, log(1 + exp(s_n - s_p)):
+    a smooth surrogate of 1 - ROC-AUC. 0 (graph kept) when the batch lacks a class."""
+    pos, neg = logits[y >= 0.5], logits[y < 0.5]
+    if not len(pos) or not len(neg):
+        return logits.sum() * 0.0
+    return F.softplus(neg[None, :] - pos[:, None]).mean()
+
+
 class Classifier(L.LightningModule):
     def __init__(self, config: dict[str, Any], class_weights: list[float]) -> None:
         super().__init__()
@@ -109,9 +118,12 @@ class Classifier(L.LightningModule):
             aux = self.subtype_head(f.float().mean((2, 3))).squeeze(1)
             aux_loss = subtype_loss(aux, subtype_targets(paths).to(aux.device))
             loss = weighted_bce(logits, y, w, self.cfg.label_smoothing) + self.cfg.subtype_weight * aux_loss
-            return loss, logits, aux_loss
-        logits = self(x).float()  # through forward(), like every other step
-        return weighted_bce(logits, y, w, self.cfg.label_smoothing), logits, None
+        else:
+            logits, aux_loss = self(x).float(), None  # through forward(), like every other step
+            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
+        if self.cfg.rank_weight > 0:
+            loss = loss + self.cfg.rank_weight * pairwise_rank_loss(logits, y)
+        return loss, logits, aux_loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self._note_skipped(batch)
