@@ -240,3 +240,19 @@ def test_blurpool_keeps_flat_images_and_removes_the_checkerboard():
     assert not any("kernel" in k for k in smooth.state_dict())  # the fixed filter is not saved
     with pytest.raises(ValueError, match="antialias must be true or false"):
         ResNetSmall(antialias="false")
+
+
+def test_standardize_makes_the_output_blind_to_exposure_and_contrast():
+    from pneumolens.models.resnet_small import ResNetSmall
+
+    torch.manual_seed(0)
+    model = ResNetSmall(standardize=True).eval()
+    x = torch.rand(3, 1, 128, 128) * 0.5 + 0.2
+    with torch.no_grad():
+        out = model(x)
+        assert torch.allclose(model(1.8 * x - 0.1), out, atol=1e-4)  # brighter, higher contrast: the same scores
+        plain = ResNetSmall().eval()
+        plain.load_state_dict(model.state_dict())  # no new tensors: the same weights load either way
+        assert not torch.allclose(plain(1.8 * x - 0.1), plain(x), atol=1e-3)
+    with pytest.raises(ValueError, match="standardize must be true or false"):
+        ResNetSmall(standardize="true")

@@ -119,6 +119,7 @@ class ResNetSmall(nn.Module):
         drop_path: float = 0.0,
         spatial_blocks: int | None = None,
         antialias: bool = False,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         del image_size  # global pooling: any input size works
@@ -131,6 +132,9 @@ class ResNetSmall(nn.Module):
             )
         if not isinstance(antialias, bool):  # a JSON string such as "false" would otherwise switch it on
             raise ValueError(f"antialias must be true or false, got {antialias!r}")
+        if not isinstance(standardize, bool):
+            raise ValueError(f"standardize must be true or false, got {standardize!r}")
+        self.standardize = standardize
         self.stem = nn.Sequential(
             _down_conv_bn(in_channels, widths[0] // 2, stride=2, kernel=3, antialias=antialias),
             nn.ReLU(inplace=True),
@@ -160,6 +164,8 @@ class ResNetSmall(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardize:  # each image to mean 0, standard deviation 1: exposure and contrast removed
+            x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-3)
         return self.stages(self.stem(x))  # (B, C, H/32, W/32)
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
