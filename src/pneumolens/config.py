@@ -68,6 +68,8 @@ class TrainConfig:
     start_from_epoch: int = 0  # early stopping watches val_loss from this epoch on (Keras' start_from_epoch)
     class_weights: ClassWeighting = "seed"
     label_smoothing: float = 0.0  # training targets y * (1 - e) + e / 2
+    teacher: str | None = None  # a trained model (same patient split) whose probabilities the network also learns
+    distill_weight: float = 0.0  # weight of the teacher's probabilities against the labels' loss
     rank_weight: float = 0.0  # > 0: a pairwise ranking loss (RankNet) on the batch's positive-negative pairs
     sam_rho: float = 0.0  # > 0: sharpness-aware minimisation, gradients taken rho away along the gradient
     subtype_weight: float = 0.0  # > 0: auxiliary bacterial-vs-viral loss (Kaggle file names), training only
@@ -213,6 +215,10 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"patience must be >= 0, got {overrides['patience']}")
     if not 0 <= overrides.get("label_smoothing", 0.0) < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {overrides['label_smoothing']}")
+    if overrides.get("distill_weight", 0.0) < 0:
+        raise ValueError(f"distill_weight must be >= 0, got {overrides['distill_weight']}")
+    if bool(overrides.get("teacher", cfg.teacher)) != (overrides.get("distill_weight", cfg.distill_weight) > 0):
+        raise ValueError("--teacher and --distill-weight (> 0) go together: give both or neither")
     if overrides.get("rank_weight", 0.0) < 0:
         raise ValueError(f"rank_weight must be >= 0, got {overrides['rank_weight']}")
     if overrides.get("rank_weight", cfg.rank_weight) > 0 and cfg.augment.mixup > 0:

@@ -29,6 +29,7 @@ from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
 from pneumolens.models import create_model
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, weight_average
+from pneumolens.training.distill import load_teacher
 from pneumolens.training.module import Classifier, architecture_of
 from pneumolens.training.pretrain import BACKBONE_FILENAME, load_backbone, pretrain
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
@@ -228,6 +229,7 @@ def fit(
         raise ValueError("--ssl-epochs pretrains on one device from the preprocessing cache: use --devices 1, --cache")
     if cfg.exclude:
         read_exclusions(cfg.exclude)  # an unreadable list fails here, before any data is read
+    teacher = load_teacher(cfg) if cfg.teacher else None  # so does an unusable or mismatched teacher
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
@@ -260,6 +262,8 @@ def fit(
     if lag := average_may_lag(cfg, len(split.train)):
         log.warning("%s", lag)
     module = Classifier(cfg.to_dict(), weights.tolist())
+    if teacher is not None:
+        module.set_teacher(teacher)
     if cfg.patient_weighting:
         module.film_weights = patient_weights(split.train)
     lung_masks, cache = None, None

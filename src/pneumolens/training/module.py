@@ -18,6 +18,7 @@ from pneumolens.config import TrainConfig
 from pneumolens.data.augment import augment_batch, mixup
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
+from pneumolens.training.distill import distill_loss
 from pneumolens.training.sharpness import sharpness_aware_gradients
 from pneumolens.training.state import rng_state, set_rng_state
 
@@ -83,6 +84,7 @@ class Classifier(L.LightningModule):
         self.film_weights: dict[str, float] = {}  # per-path loss factors (patient weighting); set by fit()
         self.first_epoch_paths: list[str] = []
         self._warned = 0
+        self._teacher: list[torch.nn.Module] = []  # a list: not a submodule, so neither saved nor optimised
         self._sam_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,9 +97,15 @@ class Classifier(L.LightningModule):
         if "pneumolens_rng" in checkpoint:
             set_rng_state(checkpoint["pneumolens_rng"])
 
+    def set_teacher(self, teacher: torch.nn.Module) -> None:
+        """Distil from ``teacher`` (frozen, eval mode) with weight ``cfg.distill_weight``."""
+        self._teacher = [teacher]
+
     def on_fit_start(self) -> None:
         # channels-last lets oneDNN / cuDNN pick their fastest convolution kernels
         self.model.to(memory_format=torch.channels_last)
+        for teacher in self._teacher:
+            teacher.to(self.device, memory_format=torch.channels_last)
 
     def _input(self, batch: dict[str, Any], augment: bool) -> torch.Tensor:
         transform = partial(augment_batch, cfg=self.cfg.augment) if augment else None
@@ -123,6 +131,10 @@ class Classifier(L.LightningModule):
             loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
         if self.cfg.rank_weight > 0:
             loss = loss + self.cfg.rank_weight * pairwise_rank_loss(logits, y)
+        if self._teacher:
+            with torch.no_grad():
+                teacher_logits = self._teacher[0](x)
+            loss = loss + self.cfg.distill_weight * distill_loss(logits, teacher_logits)
         return loss, logits, aux_loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

@@ -1,0 +1,51 @@
+"""Distillation from a trained model ("born-again" networks, Furlanello et al. 2018).
+
+The student learns the labels and, weighted by ``distill_weight``, the teacher's calibrated
+probabilities on the same augmented batch. The teacher must have been trained on the same patient
+split as the student (or its knowledge of the validation films would leak into model selection) and
+read the same preprocessed input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pneumolens.checkpoint import load_model
+from pneumolens.config import TrainConfig
+
+# What the teacher's training must share with the student's: the films it learnt from and their input.
+SPLIT_FIELDS = ("patient_split_seed", "val_fraction", "limit", "exclude")
+
+
+def load_teacher(cfg: TrainConfig) -> nn.Module:
+    """The teacher network of ``cfg.teacher``, frozen and in eval mode.
+
+    Raises:
+        ModelFileError: no usable model file there (the message names it).
+        ValueError: the teacher was trained on another split or preprocessing (the message names the field).
+    """
+    assert cfg.teacher is not None
+    loaded = load_model(cfg.teacher)
+    theirs = TrainConfig.from_dict(loaded.meta["config"])
+    for name in SPLIT_FIELDS:
+        if getattr(theirs, name) != getattr(cfg, name):
+            raise ValueError(
+                f"{cfg.teacher}: the teacher was trained with {name}={getattr(theirs, name)!r}, this run uses "
+                f"{getattr(cfg, name)!r}; it would have seen other films, possibly this run's validation films"
+            )
+    ours, theirs_pre = cfg.to_dict()["preprocess"], dataclasses.asdict(loaded.preprocess)  # older files: defaults
+    if differ := {k: (theirs_pre[k], ours[k]) for k in ours if theirs_pre[k] != ours[k]}:
+        raise ValueError(f"{cfg.teacher}: the teacher reads other input, (teacher, this run): {differ}")
+    teacher = loaded.model.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the student's logits against the teacher's probabilities (mean over the batch)."""
+    return F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher_logits.float()))
