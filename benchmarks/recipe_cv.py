@@ -41,8 +41,19 @@ from pneumolens.config import CLASS_NAMES, resolve_config
 from pneumolens.training.crossval import OutOfFold, out_of_fold, paired_auc_difference
 from pneumolens.training.fit import training_split
 
-# Flags that would change which films are compared, or how they are split, rather than the recipe.
-NOT_A_RECIPE = ("--data", "--out", "--resume", "--preset", "--limit", "--split-seed", "--val-fraction", "--exclude")
+# Flags that would change which films are compared, or how they are split, rather than the recipe; and
+# a teacher, which learnt from every film of the training part, each fold's held-out films included.
+NOT_A_RECIPE = (
+    "--data",
+    "--out",
+    "--resume",
+    "--preset",
+    "--limit",
+    "--split-seed",
+    "--val-fraction",
+    "--exclude",
+    "--teacher",
+)
 
 
 def parse_recipe(spec: str, preset: str):

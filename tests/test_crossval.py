@@ -120,6 +120,7 @@ def test_recipe_flags_are_read_by_the_train_parser_and_split_flags_refused():
         ("nosep", "expected NAME=FLAGS"),
         ("a=--split-seed 3", "not a recipe flag"),
         ("a=--exclude=x.txt", "not a recipe flag"),
+        ("a=--teacher runs/x --distill-weight 1", "not a recipe flag"),  # it saw the held-out folds
         ("a=--no-such-flag", "does not accept"),
         ("a=--lr 'x", "cannot split"),
     ]:
