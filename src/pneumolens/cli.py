@@ -380,9 +380,8 @@ RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
     "zoom gamma contrast mixup hflip erase blur label_smoothing teacher distill_weight rank_weight sam_rho "
-    "subtype_weight class_weights "
-    "balanced_sampler patient_weighting ssl_epochs ssl_lr init exclude val_fraction threshold_policy calibrate "
-    "precision"
+    "subtype_weight class_weights balanced_sampler patient_weighting ssl_epochs ssl_lr init exclude val_fraction "
+    "threshold_policy calibrate precision"
 ).split()
 
 
