@@ -230,6 +230,9 @@ def fit(
     if cfg.exclude:
         read_exclusions(cfg.exclude)  # an unreadable list fails here, before any data is read
     teacher = load_teacher(cfg) if cfg.teacher else None  # so does an unusable or mismatched teacher
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
+        raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
@@ -288,9 +291,6 @@ def fit(
         load_backbone(module.model, backbone, cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # supervised training draws as without it
     datamodule = XrayDataModule(cfg, split.train, split.val, lung_masks, cache)
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
-    if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16
-        raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
     start = cfg.start_from_epoch
     ckpt_cb = BestCheckpointFrom(start, dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min")
     # Lightning's own save_last only follows improvements; this one is written after every epoch.
