@@ -256,3 +256,88 @@ def test_standardize_makes_the_output_blind_to_exposure_and_contrast():
         assert not torch.allclose(plain(1.8 * x - 0.1), plain(x), atol=1e-3)
     with pytest.raises(ValueError, match="standardize must be true or false"):
         ResNetSmall(standardize="true")
+
+
+def test_mixstyle_swaps_feature_statistics_and_keeps_the_content():
+    from pneumolens.models.resnet_small import MixStyle
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 8, 8) * torch.rand(6, 4, 1, 1) * 3 + torch.randn(6, 4, 1, 1)
+    mix = MixStyle(p=1.0).train()
+    out = mix(x)
+
+    def stats(t):
+        return t.mean((2, 3)), (t.var((2, 3)) + 1e-6).sqrt()
+
+    def standardised(t):
+        mu, sig = stats(t)
+        return (t - mu[..., None, None]) / sig[..., None, None]
+
+    assert torch.allclose(standardised(out), standardised(x), atol=1e-3)  # the content of each map is kept
+    mu, sig = stats(x)
+    mu_out, sig_out = stats(out)
+    assert not torch.allclose(mu_out, mu, atol=1e-3)  # the statistics were changed
+    for i in range(6):  # each sample's new statistics mix its own with one other sample's, by one weight
+        fits = []
+        for j in range(6):
+            lam = ((mu_out[i] - mu[j]) / (mu[i] - mu[j])).median() if j != i else torch.tensor(1.0)
+            if torch.allclose(lam * mu[i] + (1 - lam) * mu[j], mu_out[i], atol=1e-3) and torch.allclose(
+                lam * sig[i] + (1 - lam) * sig[j], sig_out[i], atol=1e-3
+            ):
+                fits.append(j)
+        assert fits, f"sample {i}: statistics are not a mix of two samples'"
+    torch.manual_seed(3)
+    a = mix(x)
+    torch.manual_seed(3)
+    assert torch.equal(mix(x), a)  # seeded runs repeat
+    assert torch.equal(mix.eval()(x), x)  # the identity at evaluation
+    assert torch.equal(MixStyle(p=0.0).train()(x), x)
+    assert torch.equal(MixStyle(p=1.0).train()(x[:1]), x[:1])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="mixstyle must be a probability"):
+            MixStyle(bad)
+
+
+def test_mixstyle_network_trains_and_evaluates_like_the_plain_one():
+    from pneumolens.models.resnet_small import ResNetSmall
+
+    torch.manual_seed(0)
+    mixed = ResNetSmall(mixstyle=1.0)
+    plain = ResNetSmall()
+    assert mixed.state_dict().keys() == plain.state_dict().keys()  # no learnt tensors: the same checkpoints
+    plain.load_state_dict(mixed.state_dict())
+    x = torch.rand(4, 1, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(mixed.eval()(x), plain.eval()(x))  # off at evaluation
+        mixed.train(), plain.train()
+        torch.manual_seed(1)
+        assert not torch.allclose(mixed(x), plain(x), atol=1e-4)  # on in training
+    mixed(x).sum().backward()
+    assert all(p.grad is not None for p in mixed.parameters())
+    assert mixed.mix_after == (0, 1, 3)  # after stages 1, 2 and 3 of blocks (1, 1, 2, 1), not after the last
+    for bad in ("0.5", True, 2.0):
+        with pytest.raises(ValueError, match="mixstyle must be a probability"):
+            ResNetSmall(mixstyle=bad)
+
+
+def test_ibn_instance_normalises_half_the_channels_of_the_early_blocks():
+    from pneumolens.models.resnet_small import IBN, ResNetSmall
+
+    torch.manual_seed(0)
+    norm = IBN(6).eval()
+    x = torch.randn(2, 6, 5, 5)
+    scaled = x.clone()
+    scaled[:, :3] = scaled[:, :3] * 4 + 2  # exposure and contrast of the instance-normalised half
+    scaled[:, 3:] = scaled[:, 3:] * 4 + 2
+    out, out_scaled = norm(x), norm(scaled)
+    assert torch.allclose(out[:, :3], out_scaled[:, :3], atol=1e-4)  # forgotten by the instance-normalised half
+    assert not torch.allclose(out[:, 3:], out_scaled[:, 3:], atol=1e-2)  # kept by the batch-normalised half
+    assert torch.allclose(out[:, :3].mean((2, 3)), torch.zeros(2, 3), atol=1e-5)
+
+    model = ResNetSmall(ibn=True)
+    with_in = {k.split(".conv1")[0] for k in model.state_dict() if ".IN." in k}
+    assert with_in == {"stages.0", "stages.1", "stages.2", "stages.3"}  # the first three stages, not the last
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ResNetSmall().parameters())
+    assert model(torch.rand(2, 1, 128, 128)).shape == (2,)
+    with pytest.raises(ValueError, match="ibn must be true or false"):
+        ResNetSmall(ibn="true")

@@ -7,7 +7,13 @@ pointwise (1x1), which caps each output cell's receptive field (BagNet, Brendel 
 logit is then an average of local patch evidence instead of a reading of the whole film. With
 ``antialias=True`` every stride-2 step low-passes before it subsamples (Zhang 2019, "Making
 convolutional networks shift-invariant again"): the convolution runs at stride 1 and a fixed 3x3
-binomial filter then takes every second pixel, so fine texture cannot alias into the features. Far fewer
+binomial filter then takes every second pixel, so fine texture cannot alias into the features. Two
+domain-generalisation options act on feature statistics, which carry a film's "style" (exposure,
+contrast, detector texture) more than its content: ``ibn=True`` instance-normalises half the channels of
+the first norm of every block in the first three stages (IBN-Net-a, Pan et al. 2018), and
+``mixstyle=p`` mixes the per-channel means and standard deviations of two films of the batch after each
+of the first three stages, with probability p per batch, in training only (MixStyle, Zhou et al. 2021).
+Far fewer
 parameters than ResNet-18 (no ImageNet weights can be had here, and ~5,000 training images do not
 support a large net).
 """
@@ -55,19 +61,76 @@ class BlurPool(nn.Module):
         return nn.functional.conv2d(x, self.kernel.to(x.dtype), stride=2, groups=self.channels)
 
 
-def _down_conv_bn(cin: int, cout: int, stride: int, kernel: int, antialias: bool) -> nn.Sequential:
-    """Conv + batch norm; with ``antialias`` a stride-2 conv runs at stride 1 and a BlurPool subsamples."""
-    if stride == 1 or not antialias:
+class IBN(nn.Module):
+    """Instance norm on the first half of the channels, batch norm on the rest (IBN-Net-a, Pan et al. 2018):
+    the instance-normalised half forgets each film's contrast and brightness, the other half keeps
+    what batch norm keeps. Instance norm uses each image's own statistics in training and evaluation alike."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.half = channels // 2
+        self.IN = nn.InstanceNorm2d(self.half, affine=True)
+        self.BN = nn.BatchNorm2d(channels - self.half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        return torch.cat((self.IN(a.contiguous()), self.BN(b.contiguous())), dim=1)
+
+
+class MixStyle(nn.Module):
+    """Mix feature statistics between films (Zhou et al. 2021). In training, with probability ``p`` per
+    batch, each sample's per-channel mean and standard deviation are replaced by a Beta(alpha, alpha)
+    mix of its own and those of another sample of the batch; the label is kept. The identity at
+    evaluation, and for batches of one. Statistics are computed in float32 and not back-propagated through,
+    as in the paper. Draws come from torch's global generator, so a seeded run repeats."""
+
+    def __init__(self, p: float, alpha: float = 0.1, eps: float = 1e-6) -> None:
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"mixstyle must be a probability in [0, 1], got {p!r}")
+        self.p, self.alpha, self.eps = p, alpha, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.shape[0] < 2 or torch.rand(()).item() > self.p:
+            return x
+        n = x.shape[0]
+        xf = x.float()
+        mu = xf.mean((2, 3), keepdim=True).detach()
+        sig = (xf.var((2, 3), keepdim=True) + self.eps).sqrt().detach()
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((n, 1, 1, 1)).to(x.device)
+        perm = torch.randperm(n).to(x.device)
+        mu_mix = lam * mu + (1 - lam) * mu[perm]
+        sig_mix = lam * sig + (1 - lam) * sig[perm]
+        return ((xf - mu) / sig * sig_mix + mu_mix).to(x.dtype)
+
+
+def _conv_norm(cin: int, cout: int, stride: int, kernel: int, ibn: bool) -> nn.Sequential:
+    if not ibn:
         return _conv_bn(cin, cout, stride, kernel)
-    return nn.Sequential(*_conv_bn(cin, cout, 1, kernel), BlurPool(cout))
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), IBN(cout))
+
+
+def _down_conv_bn(cin: int, cout: int, stride: int, kernel: int, antialias: bool, ibn: bool = False) -> nn.Sequential:
+    """Conv + batch norm (IBN with ``ibn``); with ``antialias`` a stride-2 conv runs at stride 1 and a
+    BlurPool subsamples."""
+    if stride == 1 or not antialias:
+        return _conv_norm(cin, cout, stride, kernel, ibn)
+    return nn.Sequential(*_conv_norm(cin, cout, 1, kernel, ibn), BlurPool(cout))
 
 
 class BasicBlock(nn.Module):
     def __init__(
-        self, cin: int, cout: int, stride: int, drop_path: float = 0.0, kernel: int = 3, antialias: bool = False
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        drop_path: float = 0.0,
+        kernel: int = 3,
+        antialias: bool = False,
+        ibn: bool = False,
     ) -> None:
         super().__init__()
-        self.conv1 = _down_conv_bn(cin, cout, stride, kernel, antialias)
+        self.conv1 = _down_conv_bn(cin, cout, stride, kernel, antialias, ibn)
         self.conv2 = _conv_bn(cout, cout, 1, kernel)
         self.act = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
@@ -120,6 +183,8 @@ class ResNetSmall(nn.Module):
         spatial_blocks: int | None = None,
         antialias: bool = False,
         standardize: bool = False,
+        ibn: bool = False,
+        mixstyle: float = 0.0,
     ) -> None:
         super().__init__()
         del image_size  # global pooling: any input size works
@@ -134,6 +199,10 @@ class ResNetSmall(nn.Module):
             raise ValueError(f"antialias must be true or false, got {antialias!r}")
         if not isinstance(standardize, bool):
             raise ValueError(f"standardize must be true or false, got {standardize!r}")
+        if not isinstance(ibn, bool):
+            raise ValueError(f"ibn must be true or false, got {ibn!r}")
+        if isinstance(mixstyle, bool) or not isinstance(mixstyle, int | float):
+            raise ValueError(f"mixstyle must be a probability in [0, 1], got {mixstyle!r}")
         self.standardize = standardize
         self.stem = nn.Sequential(
             _down_conv_bn(in_channels, widths[0] // 2, stride=2, kernel=3, antialias=antialias),
@@ -145,13 +214,23 @@ class ResNetSmall(nn.Module):
         cin = widths[0]
         # Stochastic depth grows linearly with depth, from 0 at the first block to ``drop_path`` at the last.
         rates = torch.linspace(0, drop_path, sum(blocks)).tolist()
+        # IBN and MixStyle act on the first three stages (both papers' layout), never on the last.
+        self.mix_after: tuple[int, ...] = ()  # indices of the blocks that end stages 1 to 3
         for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+            early = i < min(3, len(widths) - 1)
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) or (i == 0 and j == 0) else 1
                 kernel = 3 if spatial_blocks is None or len(stages) < spatial_blocks else 1
-                stages.append(BasicBlock(cin, w, stride, rates[len(stages)], kernel=kernel, antialias=antialias))
+                stages.append(
+                    BasicBlock(
+                        cin, w, stride, rates[len(stages)], kernel=kernel, antialias=antialias, ibn=ibn and early
+                    )
+                )
                 cin = w
+            if early:
+                self.mix_after += (len(stages) - 1,)
         self.stages = nn.Sequential(*stages)
+        self.mixstyle: nn.Module | None = MixStyle(float(mixstyle)) if mixstyle else None
         self.feature_layer = f"stages.{len(stages) - 1}"  # last residual block, for Grad-CAM
         if pool not in ("avg", "gem"):
             raise ValueError(f"unknown pool {pool!r}; valid: avg, gem")
@@ -166,7 +245,14 @@ class ResNetSmall(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize:  # each image to mean 0, standard deviation 1: exposure and contrast removed
             x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-3)
-        return self.stages(self.stem(x))  # (B, C, H/32, W/32)
+        x = self.stem(x)
+        if self.mixstyle is None:
+            return self.stages(x)  # (B, C, H/32, W/32)
+        for i, block in enumerate(self.stages):
+            x = block(x)
+            if i in self.mix_after:
+                x = self.mixstyle(x)
+        return x
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(self.pool(f).flatten(1))).squeeze(1)  # (B,)
