@@ -341,3 +341,25 @@ def test_ibn_instance_normalises_half_the_channels_of_the_early_blocks():
     assert model(torch.rand(2, 1, 128, 128)).shape == (2,)
     with pytest.raises(ValueError, match="ibn must be true or false"):
         ResNetSmall(ibn="true")
+
+
+def test_ibn_and_mixstyle_networks_export_to_onnx_with_the_same_outputs(tmp_path):
+    from pathlib import Path
+
+    from pneumolens.checkpoint import LoadedModel
+    from pneumolens.export import OnnxModel, export_onnx
+    from pneumolens.models.resnet_small import ResNetSmall
+
+    torch.manual_seed(0)
+    model = ResNetSmall(ibn=True, mixstyle=0.5, antialias=True)
+    with torch.no_grad():  # non-trivial norm parameters, so a wrong channel order would show
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.InstanceNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    meta = {"preprocessing": resolve_config("default").preprocess.__dict__, "threshold": 0.5, "name": "ibn"}
+    out = export_onnx(LoadedModel(model=model, meta=meta, path=Path("ibn")), tmp_path / "ibn.onnx")
+    x = torch.rand(3, 1, 128, 128)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert abs(OnnxModel(out).logits(x.numpy()) - expected).max() < 1e-4
