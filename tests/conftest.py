@@ -94,9 +94,13 @@ def make_dicom(
     slope: float = 1.0,
     intercept: float = 0.0,
     window: tuple[float, float] | None = None,
+    syntax: str = "explicit",
 ) -> Path:
     """Write a DX DICOM file holding ``pixels`` (uint8 or uint16, (H, W) or (frames, H, W)), with a
-    patient name and id that must never show up in pneumolens' output."""
+    patient name and id that must never show up in pneumolens' output.
+
+    ``syntax``: "explicit" (little endian, uncompressed), "deflated", "rle", or one of imagecodecs'
+    lossless encodings, "jpeg-lossless" (process 14, selection value 1), "jpeg-ls" and "jpeg2000"."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -122,5 +126,27 @@ def make_dicom(
         ds.NumberOfFrames = frames
     if with_pixels:
         ds.PixelData = arr.tobytes()
+    if syntax == "deflated":
+        from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+        meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    elif syntax == "rle":
+        from pydicom.uid import RLELossless
+
+        ds.compress(RLELossless)  # pydicom's own encoder
+    elif syntax != "explicit":
+        import imagecodecs
+        from pydicom import uid
+        from pydicom.encaps import encapsulate
+
+        encoders = {
+            "jpeg-lossless": (lambda a: imagecodecs.jpeg8_encode(a, lossless=True, predictor=1), uid.JPEGLosslessSV1),
+            "jpeg-ls": (lambda a: imagecodecs.jpegls_encode(a, level=0), uid.JPEGLSLossless),
+            "jpeg2000": (lambda a: imagecodecs.jpeg2k_encode(a, level=0, codecformat="J2K"), uid.JPEG2000Lossless),
+        }
+        encode, meta.TransferSyntaxUID = encoders[syntax]
+        frames_ = arr if arr.ndim == 3 else arr[None]
+        ds.PixelData = encapsulate([encode(np.ascontiguousarray(f)) for f in frames_])
+        ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return path

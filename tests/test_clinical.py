@@ -137,15 +137,15 @@ def _pynetdicom(app: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def study(tmp_path):
-    """Three DX files of one study (8-bit MONOCHROME2, corrupt, 16-bit MONOCHROME1) and a 4th of
-    another, made from real images, with a patient name and id that must not leak."""
+    """Three DX files of one study (8-bit MONOCHROME2, corrupt, 16-bit MONOCHROME1 in lossless JPEG, the
+    compression CR and DX modalities use) made from real images, with a patient name and id that must not leak."""
     d = tmp_path / "sent"
     d.mkdir()
     a, b = (read_image(p) for p in real_images("test", "PNEUMONIA", 2))
     files = [
         make_dicom(d / "1.dcm", np.round(a * 255).astype(np.uint8)),
         make_dicom(d / "2.dcm", np.round(b * 255).astype(np.uint8)),
-        make_dicom(d / "3.dcm", np.round((1 - b) * 4095).astype(np.uint16), "MONOCHROME1"),
+        make_dicom(d / "3.dcm", np.round((1 - b) * 4095).astype(np.uint16), "MONOCHROME1", syntax="jpeg-lossless"),
     ]
     broken = pydicom.dcmread(files[1])
     broken.PixelData = broken.PixelData[:1000]  # the header promises far more pixels
@@ -167,7 +167,8 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         _wait_for(
             lambda: _pynetdicom("echoscu", "127.0.0.1", str(port), "-aec", "PNEUMOLENS").returncode == 0, 90, node
         )
-        sent = _pynetdicom("storescu", "127.0.0.1", str(port), *map(str, files), "-aec", "PNEUMOLENS", "-v")
+        # -cx: propose each file's own transfer syntax, as a modality does (the third is lossless JPEG)
+        sent = _pynetdicom("storescu", "127.0.0.1", str(port), *map(str, files), "-aec", "PNEUMOLENS", "-v", "-cx")
         assert "0xC000" in sent.stderr + sent.stdout  # the corrupt one was refused...
         _wait_for(lambda: len(list(out.glob("*.dcm"))) == 2, 60, node)  # ...and the node went on
         assert node.poll() is None

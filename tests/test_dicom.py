@@ -66,3 +66,25 @@ def test_predict_a_dicom_without_leaking_identifiers(trained_run, tmp_path, xray
     assert 0 <= d["probability"] <= 1
     everything = out.out + out.err + caplog.text
     assert PATIENT_NAME not in everything and PATIENT_ID not in everything
+
+
+@pytest.mark.parametrize("syntax", ["deflated", "rle", "jpeg-lossless", "jpeg-ls", "jpeg2000"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_compressed_transfer_syntaxes_decode_to_the_same_pixels(tmp_path, xray, syntax, bits):
+    stored = np.round(xray * 255).astype(np.uint8) if bits == 8 else np.round(xray * 4095).astype(np.uint16)
+    plain = read_image(make_dicom(tmp_path / "plain.dcm", stored))
+    packed = make_dicom(tmp_path / f"{syntax}.dcm", stored, syntax=syntax)
+    assert packed.stat().st_size < (tmp_path / "plain.dcm").stat().st_size or syntax == "rle"
+    assert np.array_equal(read_image(packed), plain)  # lossless: the very same image
+
+
+def test_undecodable_compressed_pixels_name_the_file_and_syntax(tmp_path, xray):
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    p = make_dicom(tmp_path / "garbled.dcm", np.round(xray * 255).astype(np.uint8), syntax="jpeg-lossless")
+    ds = pydicom.dcmread(p)
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + bytes(range(256)) * 4])  # a lossless JPEG header, then noise
+    ds.save_as(p)
+    with pytest.raises(ImageReadError, match=r"garbled.dcm: DICOM pixel data \(JPEG Lossless.*\) cannot be decoded"):
+        read_image(p)

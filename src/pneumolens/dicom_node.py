@@ -27,7 +27,21 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+    generate_uid,
+)
 
 from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
@@ -41,6 +55,23 @@ DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 VERIFICATION = "1.2.840.10008.1.1"
 ACCEPTED = (CR, DX_PRESENTATION, DX_PROCESSING)
+# Transfer syntaxes the node accepts for them: uncompressed and deflated (pydicom), RLE (pydicom), JPEG
+# baseline and JPEG 2000 (Pillow), JPEG extended and lossless, and JPEG-LS (pylibjpeg-libjpeg). Lossless
+# JPEG (process 14, selection value 1) is what most CR and DX modalities send when they compress.
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+)
 # Status codes of PS3.4 C-STORE: success, and "cannot understand" for a dataset we cannot read
 SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA700
 
@@ -265,7 +296,7 @@ class Node:
 
         ae = AE(ae_title=self.ae_title)
         for uid in ACCEPTED:
-            ae.add_supported_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])  # explicit / implicit LE
+            ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION)
         self.out.mkdir(parents=True, exist_ok=True)
         if self.allowed_aets:

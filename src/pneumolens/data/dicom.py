@@ -3,7 +3,9 @@
 Modality LUT (rescale slope / intercept), then VOI LUT or window, then MONOCHROME1 inverted so that
 air is always dark. 8-bit pixels with neither map nor window are taken as display values (/255), the
 same as a JPEG of the image; anything else is stretched from its minimum to its maximum. Only
-single-frame grayscale images are accepted. Patient identifiers are never read into anything
+single-frame grayscale images are accepted. Compressed pixel data is decoded by pydicom's plugins:
+RLE and deflate natively, JPEG baseline and JPEG 2000 by Pillow, JPEG extended and lossless
+(process 14) and JPEG-LS by pylibjpeg-libjpeg. Patient identifiers are never read into anything
 pneumolens returns or logs: only pixel data and display attributes are used.
 """
 
@@ -70,7 +72,11 @@ def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for broken or truncated pixel data
-        raise DicomRefused(f"DICOM pixel data cannot be decoded ({type(e).__name__}: {e})") from None
+        syntax = getattr(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None), "name", "unknown")
+        why = str(e).splitlines()[0] if str(e) else ""
+        raise DicomRefused(
+            f"DICOM pixel data ({syntax} transfer syntax) cannot be decoded ({type(e).__name__}: {why})"
+        ) from None
     if arr.ndim != 2 or min(arr.shape) < min_side:
         raise DicomRefused(f"DICOM pixel data is not one grayscale frame of at least {min_side} px (shape {arr.shape})")
     windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
