@@ -13,9 +13,8 @@ contrast, detector texture) more than its content: ``ibn=True`` instance-normali
 the first norm of every block in the first three stages (IBN-Net-a, Pan et al. 2018), and
 ``mixstyle=p`` mixes the per-channel means and standard deviations of two films of the batch after each
 of the first three stages, with probability p per batch, in training only (MixStyle, Zhou et al. 2021).
-Far fewer
-parameters than ResNet-18 (no ImageNet weights can be had here, and ~5,000 training images do not
-support a large net).
+Far fewer parameters than ResNet-18 (no ImageNet weights can be had here, and ~5,000 training images
+do not support a large net).
 """
 
 from __future__ import annotations
