@@ -52,6 +52,102 @@ def test_serve_records_every_prediction_and_shows_recent(trained_run, db, capsys
     assert main(["audit", "--db", db, "--since", "2999-01-01"]) == 0 and "serve" not in capsys.readouterr().out
     assert main(["audit", "--db", db, "--since", "yesterday"]) == 2
 
+    # The trail is a hash chain: intact as written; an edited probability is found and named.
+    assert main(["audit", "--db", db, "--verify"]) == 0 and "intact: 2 chained row(s)" in capsys.readouterr().out
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("update predictions set probability = 0.01 where id = 1"))
+    assert main(["audit", "--db", db, "--verify"]) == 1
+    assert "BROKEN: row 1 was altered" in capsys.readouterr().out
+
+
+def _rows(audit: AuditLog, n: int, source: str = "serve") -> None:
+    model = {"name": "m", "version": "0.1", "sha256": "ab" * 32, "preprocessing": {"image_size": 128}}
+    for i in range(n):
+        result = {"probability": (i + 0.5) / (n + 1), "threshold": 0.364, "label": "NORMAL", "flags": []}
+        audit.record(source, f"{i:064x}", model, result, duration_ms=12.5)
+
+
+def test_audit_chain_finds_removed_rows_and_survives_a_prune(db, capsys):
+    audit = AuditLog(db)
+    _rows(audit, 6)
+    assert audit.verify().problem is None and audit.verify().chained == 6
+    with audit.engine.begin() as conn:  # a row taken out of the middle
+        saved = dict(conn.execute(sa.text("select * from predictions where id = 3")).mappings().one())
+        conn.execute(sa.text("delete from predictions where id = 3"))
+    assert audit.verify().problem == "row 4 does not link to the row before it (rows were removed)"
+    with audit.engine.begin() as conn:  # put back exactly as it was: intact again
+        conn.execute(
+            sa.text(f"insert into predictions ({', '.join(saved)}) values ({', '.join(':' + k for k in saved)})"), saved
+        )
+    assert audit.verify().problem is None
+    with audit.engine.begin() as conn:  # the newest row removed: nothing after it to notice, but the head does
+        conn.execute(sa.text("delete from predictions where id = 6"))
+    assert "newest row(s) were removed" in audit.verify().problem
+    assert main(["audit", "--db", db, "--verify"]) == 1 and "BROKEN" in capsys.readouterr().out
+
+    fresh = f"{db[:-7]}2.sqlite"
+    audit = AuditLog(fresh)
+    _rows(audit, 5)
+    with audit.engine.begin() as conn:  # the first three rows are a year old
+        conn.execute(sa.text("update predictions set time = '2025-01-01T00:00:00.000+00:00' where id <= 3"))
+    assert audit.verify().problem == "row 1 was altered (its content does not match its hash)"  # the time is hashed
+    audit = AuditLog(fresh)
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text("delete from predictions"))
+        conn.execute(sa.text("update audit_chain set head = anchor"))
+    _rows(audit, 5)
+    assert main(["audit", "--db", fresh, "--prune-before", "2999-01-01"]) == 0
+    assert "removed 5 row(s)" in capsys.readouterr().out
+    rows = audit.rows()
+    assert [r["decision"] for r in rows] == ["pruned"] and rows[0]["source"] == "audit"
+    assert "5 row(s) dated before 2999-01-01" in rows[0]["error"]
+    _rows(audit, 2)
+    assert audit.verify().problem is None and audit.verify().chained == 3  # the prune row and the two after it
+    assert main(["audit", "--db", fresh, "--prune-before", "last tuesday"]) == 2
+    assert "--prune-before 'last tuesday'" in capsys.readouterr().err
+    assert main(["audit", "--db", fresh, "--prune-before", "1d"]) == 0 and "removed 0 row(s)" in capsys.readouterr().out
+
+
+def test_audit_chain_with_several_writer_processes(db):
+    AuditLog(db)
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from test_clinical import _rows\n"
+        f"from pneumolens.audit import AuditLog; _rows(AuditLog({db!r}), 40, sys.argv[1])"
+    )
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", code, src], cwd=root) for src in ("serve", "watch", "listen")]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    report = AuditLog(db).verify()
+    assert report.problem is None and report.chained == 120  # three processes appending at once: one chain
+
+
+def test_audit_trail_from_an_older_pneumolens_is_upgraded(tmp_path):
+    path = tmp_path / "old.sqlite"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:  # the table as pneumolens wrote it before the hash chain, with two rows
+        conn.execute(
+            sa.text(
+                "create table predictions (id integer primary key, time varchar(32) not null, source varchar(16) "
+                "not null, input_sha256 varchar(64) not null, study_hash varchar(64), model_name varchar(128), "
+                "model_version varchar(32), model_sha256 varchar(64), preprocessing text, probability float, "
+                "threshold float, decision varchar(16), flags text, error text, duration_ms float)"
+            )
+        )
+        for i in range(2):
+            conn.execute(
+                sa.text(
+                    "insert into predictions (time, source, input_sha256, decision) values (:t, 'serve', :h, 'NORMAL')"
+                ),
+                {"t": f"2026-11-0{i + 1}T00:00:00.000+00:00", "h": f"{i:064x}"},
+            )
+    audit = AuditLog(f"sqlite:///{path}")
+    _rows(audit, 3)
+    report = audit.verify()
+    assert (report.problem, report.chained, report.unchained) == (None, 3, 2)
+    assert "2 older row(s) from before the chain, not verifiable" in str(report)
+    assert len(audit.rows()) == 5
+
 
 def test_since_parsing():
     assert (time.time() - parse_since("2h").timestamp()) == pytest.approx(7200, abs=5)
@@ -104,6 +200,7 @@ def test_watch_folder_survives_a_kill_mid_burst(trained_run, tmp_path, db):
     rows = [r for r in AuditLog(db).rows() if r["source"] == "watch"]
     hashes = [r["input_sha256"] for r in rows]
     assert len(rows) == 50 and len(set(hashes)) == 50  # each file exactly once
+    assert AuditLog(db).verify().problem is None  # a SIGKILL mid-burst leaves the hash chain intact
     assert all(r["decision"] in ("NORMAL", "PNEUMONIA") for r in rows)
     result = json.loads(next(out.glob("00_*.json")).read_text())
     assert 0 <= result["probability"] <= 1 and "not a diagnosis" in result["notice"]
@@ -197,6 +294,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     rows = AuditLog(db).rows()
     assert [r["decision"] for r in rows].count("refused") == 1 and len(rows) == 3
     assert len({r["study_hash"] for r in rows}) == 1 and rows[0]["study_hash"] != study_uid
+    assert AuditLog(db).verify().chained == 3
     raw = Path(db.removeprefix("sqlite:///")).read_bytes()
     for secret in (PATIENT_NAME, PATIENT_ID, "Testperson", study_uid):
         assert secret.encode() not in raw

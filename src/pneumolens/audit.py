@@ -9,17 +9,28 @@ reversed by hashing known UIDs without it.
 
 The store is an embedded SQLite file by default; any SQLAlchemy URL can replace it
 (``$PNEUMOLENS_AUDIT_URL`` or ``--db``).
+
+The rows form a hash chain, so the trail is tamper-evident: each row stores the previous row's hash
+and an HMAC-SHA256 (keyed with the salt) of that hash and its own content, and a one-row table holds
+the newest hash (the head) and the hash before the oldest row kept (the anchor). ``verify`` walks
+the chain: an altered row, a row removed from the middle or from the end, or a row inserted by hand
+breaks it, and the report names the row. Writers serialise on the head row (any database), so
+several processes (``serve``, ``listen``, ``watch``) can share one trail. ``prune`` removes the oldest
+rows for a retention policy, moves the anchor, and leaves a chained row saying what it removed.
+Rows written before the chain existed (an older pneumolens) are kept and reported as unverifiable.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +46,7 @@ predictions = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("time", sa.String(32), nullable=False, index=True),  # ISO 8601, UTC
-    sa.Column("source", sa.String(16), nullable=False),  # serve | listen | watch
+    sa.Column("source", sa.String(16), nullable=False),  # serve | listen | watch | audit (a prune)
     sa.Column("input_sha256", sa.String(64), nullable=False),
     sa.Column("study_hash", sa.String(64)),  # salted SHA-256 of the Study Instance UID, when there is one
     sa.Column("model_name", sa.String(128)),
@@ -44,12 +55,38 @@ predictions = sa.Table(
     sa.Column("preprocessing", sa.Text),  # JSON
     sa.Column("probability", sa.Float),
     sa.Column("threshold", sa.Float),
-    sa.Column("decision", sa.String(16)),  # NORMAL | PNEUMONIA | refused
+    sa.Column("decision", sa.String(16)),  # NORMAL | PNEUMONIA | refused | pruned
     sa.Column("flags", sa.Text),  # JSON list
-    sa.Column("error", sa.Text),  # why the input was refused
+    sa.Column("error", sa.Text),  # why the input was refused; for a prune, what it removed
     sa.Column("duration_ms", sa.Float),
+    sa.Column("prev_hash", sa.String(64)),  # the previous row's row_hash (the anchor for the oldest row)
+    sa.Column("row_hash", sa.String(64)),  # HMAC-SHA256(salt, prev_hash + this row's content)
 )
 COLUMNS = [c.name for c in predictions.columns]
+HASHED = [c for c in COLUMNS if c not in ("id", "prev_hash", "row_hash")]
+chain = sa.Table(
+    "audit_chain",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1: one row
+    sa.Column("head", sa.String(64), nullable=False),  # row_hash of the newest row
+    sa.Column("anchor", sa.String(64), nullable=False),  # prev_hash of the oldest chained row kept
+)
+GENESIS = "0" * 64
+
+
+@dataclass
+class ChainReport:
+    """What ``AuditLog.verify`` found: ``problem`` is None when the chain is intact."""
+
+    chained: int  # rows whose hash and link were checked
+    unchained: int  # rows from before the chain existed: kept, not verifiable
+    problem: str | None = None
+
+    def __str__(self) -> str:
+        old = f" ({self.unchained} older row(s) from before the chain, not verifiable)" if self.unchained else ""
+        if self.problem is None:
+            return f"audit trail intact: {self.chained} chained row(s){old}"
+        return f"audit trail BROKEN: {self.problem} ({self.chained} chained row(s) verified up to there){old}"
 
 
 def default_dir() -> Path:
@@ -66,7 +103,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 class AuditLog:
-    """Append-only access to the audit table. Thread-safe; one instance per process is enough."""
+    """Appends to, verifies and prunes the audit table. Thread-safe; one instance per process is enough."""
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
@@ -74,8 +111,27 @@ class AuditLog:
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(self.url)
         metadata.create_all(self.engine)
+        self._add_chain_columns()
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(sa.select(chain.c.id)).first() is None:
+                    conn.execute(chain.insert().values(id=1, head=GENESIS, anchor=GENESIS))
+        except sa.exc.IntegrityError:  # another process created it at the same moment
+            pass
         self._salt: bytes | None = None
         self._lock = threading.Lock()
+
+    def _add_chain_columns(self) -> None:
+        """A trail made by an older pneumolens lacks the hash columns: add them (its rows stay unchained)."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
+        for name in ("prev_hash", "row_hash"):
+            if name not in have:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} VARCHAR(64)")
+                except sa.exc.OperationalError:  # added by another process in the meantime
+                    if name not in {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}:
+                        raise
 
     def salt(self) -> bytes:
         """``$PNEUMOLENS_AUDIT_SALT``, else a random salt kept (mode 0600) beside a SQLite database."""
@@ -130,10 +186,81 @@ class AuditLog:
             "duration_ms": duration_ms,
         }
         if connection is not None:
-            connection.execute(predictions.insert().values(**row))
+            self._append(connection, row)
             return
         with self._lock, self.engine.begin() as conn:
-            conn.execute(predictions.insert().values(**row))
+            self._append(conn, row)
+
+    def _row_hash(self, prev: str, row: Mapping[str, Any]) -> str:
+        body = json.dumps({c: row.get(c) for c in HASHED}, sort_keys=True, separators=(",", ":"))
+        return hmac.new(self.salt(), (prev + body).encode(), hashlib.sha256).hexdigest()
+
+    def _lock_head(self, conn: sa.Connection) -> str:
+        """Take the write lock on the chain's head row (a no-op update: SQLite's write lock, a row lock
+        elsewhere), so no other writer can append until this transaction ends; return the head."""
+        conn.execute(chain.update().where(chain.c.id == 1).values(head=chain.c.head))
+        return conn.execute(sa.select(chain.c.head).where(chain.c.id == 1)).scalar_one()
+
+    def _append(self, conn: sa.Connection, row: dict[str, Any]) -> None:
+        prev = self._lock_head(conn)
+        row = {**row, "prev_hash": prev, "row_hash": self._row_hash(prev, row)}
+        conn.execute(predictions.insert().values(**row))
+        conn.execute(chain.update().where(chain.c.id == 1).values(head=row["row_hash"]))
+
+    def verify(self) -> ChainReport:
+        """Walk the chain from the anchor: every row's link and hash, and the head must be one of them.
+
+        Rows appended while this runs come after the head it read, so a live trail verifies too."""
+        with self.engine.connect() as conn:
+            head, anchor = conn.execute(sa.select(chain.c.head, chain.c.anchor).where(chain.c.id == 1)).one()
+            prev, chained, unchained, head_seen = anchor, 0, 0, head == anchor
+            for r in conn.execute(sa.select(predictions).order_by(predictions.c.id)).mappings():
+                problem = None
+                if r["row_hash"] is None:
+                    if not chained:
+                        unchained += 1
+                        continue
+                    problem = "has no hash but follows chained rows (written by hand?)"
+                elif r["prev_hash"] != prev:
+                    problem = "does not link to the row before it (rows were removed)"
+                elif not hmac.compare_digest(self._row_hash(prev, dict(r)), r["row_hash"]):
+                    problem = "was altered (its content does not match its hash)"
+                if problem:
+                    return ChainReport(chained, unchained, f"row {r['id']} {problem}")
+                prev, chained = r["row_hash"], chained + 1
+                head_seen = head_seen or prev == head
+        if not head_seen:
+            return ChainReport(chained, unchained, "the newest row(s) were removed (the recorded head is missing)")
+        return ChainReport(chained, unchained)
+
+    def prune(self, before: datetime) -> int:
+        """Remove the rows dated before ``before`` (the oldest run of the trail: a row is never removed
+        while an older-numbered one is kept), move the anchor, and append a chained row that says how
+        many were removed and up to which hash. Returns the number removed."""
+        cutoff = before.astimezone(UTC).isoformat(timespec="milliseconds")
+        with self._lock, self.engine.begin() as conn:
+            self._lock_head(conn)
+            kept = sa.select(sa.func.min(predictions.c.id)).where(predictions.c.time >= cutoff)
+            first_kept = conn.execute(kept).scalar()
+            q = sa.select(predictions.c.id, predictions.c.row_hash).order_by(predictions.c.id.desc()).limit(1)
+            last = conn.execute(q if first_kept is None else q.where(predictions.c.id < first_kept)).first()
+            if last is None:
+                return 0
+            removed = conn.execute(predictions.delete().where(predictions.c.id <= last.id)).rowcount
+            anchor = conn.execute(sa.select(chain.c.anchor).where(chain.c.id == 1)).scalar_one()
+            if last.row_hash is not None:  # chained rows went: the oldest one kept links to this hash
+                anchor = last.row_hash
+                conn.execute(chain.update().where(chain.c.id == 1).values(anchor=anchor))
+            note = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "source": "audit",
+                "input_sha256": anchor,
+                "decision": "pruned",
+                "flags": "[]",
+                "error": f"{removed} row(s) dated before {cutoff} removed, up to the row hashed {anchor}",
+            }
+            self._append(conn, note)
+        return removed
 
     def rows(self, since: datetime | None = None, limit: int | None = None, newest_first: bool = False) -> list[dict]:
         q = sa.select(predictions)
@@ -146,7 +273,7 @@ class AuditLog:
             return [dict(r._mapping) for r in conn.execute(q)]
 
 
-def parse_since(text: str) -> datetime:
+def parse_since(text: str, flag: str = "--since") -> datetime:
     """``2026-11-27``, ``2026-11-27T10:00`` (UTC unless a zone is given), or ``30m`` / ``12h`` / ``7d`` ago."""
     text = text.strip()
     units = {"m": "minutes", "h": "hours", "d": "days"}
@@ -155,7 +282,7 @@ def parse_since(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"--since {text!r}: give an ISO date/time (2026-11-27T10:00) or 30m, 12h, 7d") from None
+        raise ValueError(f"{flag} {text!r}: give an ISO date/time (2026-11-27T10:00) or 30m, 12h, 7d") from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 

@@ -276,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--since", help="ISO date/time (UTC) or an age: 30m, 12h, 7d")
     a.add_argument("--csv", action="store_true", help="CSV on stdout")
     a.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    act = a.add_mutually_exclusive_group()
+    act.add_argument("--verify", action="store_true", help="check the hash chain; exit status 1 if it is broken")
+    act.add_argument(
+        "--prune-before",
+        metavar="WHEN",
+        help="retention: remove the rows older than WHEN (ISO date/time or an age such as 365d); the prune is recorded",
+    )
 
     tl = sub.add_parser("train-lungs", help="train the lung segmenter from scratch on NLM lung masks")
     tl.add_argument("--data", default="../shared/data/lung_masks", help="folder with manifest.csv, images/, masks/")
@@ -597,7 +604,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from pneumolens.audit import AuditLog, format_table, parse_since, write_csv
 
-    rows = AuditLog(args.db).rows(since=parse_since(args.since) if args.since else None)
+    audit = AuditLog(args.db)
+    if args.verify:
+        report = audit.verify()
+        print(report)
+        return 0 if report.problem is None else 1
+    if args.prune_before:
+        before = parse_since(args.prune_before, "--prune-before")
+        removed = audit.prune(before)
+        note = "; the removal is recorded in the trail" if removed else ""
+        print(f"removed {removed} row(s) dated before {before.isoformat(timespec='seconds')}{note}")
+        return 0
+    rows = audit.rows(since=parse_since(args.since) if args.since else None)
     if args.csv:
         write_csv(rows, sys.stdout)
     else:
