@@ -85,6 +85,11 @@ def test_audit_chain_finds_removed_rows_and_survives_a_prune(db, capsys):
         conn.execute(sa.text("delete from predictions where id = 6"))
     assert "newest row(s) were removed" in audit.verify().problem
     assert main(["audit", "--db", db, "--verify"]) == 1 and "BROKEN" in capsys.readouterr().out
+    with audit.engine.begin() as conn:  # ...unless the head record goes too: then it is rebuilt, on record
+        conn.execute(sa.text("delete from audit_chain"))
+    audit = AuditLog(db)
+    _rows(audit, 1)  # the trail keeps working
+    assert "was rebuilt here" in audit.verify().problem and audit.rows()[-2]["decision"] == "rebuilt"
 
     fresh = f"{db[:-7]}2.sqlite"
     audit = AuditLog(fresh)

@@ -18,6 +18,7 @@ breaks it, and the report names the row. Writers serialise on the head row (any 
 several processes (``serve``, ``listen``, ``watch``) can share one trail. ``prune`` removes the oldest
 rows for a retention policy, moves the anchor, and leaves a chained row saying what it removed.
 Rows written before the chain existed (an older pneumolens) are kept and reported as unverifiable.
+A deleted head record is rebuilt from the rows with a chained row saying so, which ``verify`` reports.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import csv
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
 
 AUDIT_URL_ENV = "PNEUMOLENS_AUDIT_URL"
 AUDIT_SALT_ENV = "PNEUMOLENS_AUDIT_SALT"
@@ -55,9 +59,9 @@ predictions = sa.Table(
     sa.Column("preprocessing", sa.Text),  # JSON
     sa.Column("probability", sa.Float),
     sa.Column("threshold", sa.Float),
-    sa.Column("decision", sa.String(16)),  # NORMAL | PNEUMONIA | refused | pruned
+    sa.Column("decision", sa.String(16)),  # NORMAL | PNEUMONIA | refused | pruned | rebuilt
     sa.Column("flags", sa.Text),  # JSON list
-    sa.Column("error", sa.Text),  # why the input was refused; for a prune, what it removed
+    sa.Column("error", sa.Text),  # why the input was refused; for the trail's own rows, what happened
     sa.Column("duration_ms", sa.Float),
     sa.Column("prev_hash", sa.String(64)),  # the previous row's row_hash (the anchor for the oldest row)
     sa.Column("row_hash", sa.String(64)),  # HMAC-SHA256(salt, prev_hash + this row's content)
@@ -72,6 +76,9 @@ chain = sa.Table(
     sa.Column("anchor", sa.String(64), nullable=False),  # prev_hash of the oldest chained row kept
 )
 GENESIS = "0" * 64
+REBUILT = (
+    "the chain's head record had been deleted and was rebuilt here (rows removed from the end before it would not show)"
+)
 
 
 @dataclass
@@ -112,14 +119,13 @@ class AuditLog:
         self.engine = sa.create_engine(self.url)
         metadata.create_all(self.engine)
         self._add_chain_columns()
-        try:
-            with self.engine.begin() as conn:
-                if conn.execute(sa.select(chain.c.id)).first() is None:
-                    conn.execute(chain.insert().values(id=1, head=GENESIS, anchor=GENESIS))
-        except sa.exc.IntegrityError:  # another process created it at the same moment
-            pass
         self._salt: bytes | None = None
         self._lock = threading.Lock()
+        try:
+            with self.engine.begin() as conn:
+                self._ensure_head(conn)
+        except sa.exc.IntegrityError:  # another process created it at the same moment
+            pass
 
     def _add_chain_columns(self) -> None:
         """A trail made by an older pneumolens lacks the hash columns: add them (its rows stay unchained)."""
@@ -191,6 +197,35 @@ class AuditLog:
         with self._lock, self.engine.begin() as conn:
             self._append(conn, row)
 
+    def _ensure_head(self, conn: sa.Connection) -> None:
+        """Create the chain's head record for a new (or pre-chain) trail. If it is missing while chained
+        rows exist, someone deleted it (with it, rows removed from the end would not show): rebuild it
+        from the rows and append a chained row that says so, which ``verify`` reports from then on."""
+        if conn.execute(sa.select(chain.c.id)).first() is not None:
+            return
+        hashed = sa.select(predictions.c.row_hash, predictions.c.prev_hash).where(predictions.c.row_hash.is_not(None))
+        last = conn.execute(hashed.order_by(predictions.c.id.desc()).limit(1)).first()
+        if last is None:
+            conn.execute(chain.insert().values(id=1, head=GENESIS, anchor=GENESIS))
+            return
+        first = conn.execute(hashed.order_by(predictions.c.id).limit(1)).one()
+        conn.execute(chain.insert().values(id=1, head=last.row_hash, anchor=first.prev_hash))
+        log.warning("audit trail %s: the chain's head record was missing; rebuilt and recorded", self.url)
+        self._append(conn, self._note("rebuilt", REBUILT, GENESIS))
+
+    @staticmethod
+    def _note(decision: str, text: str, digest: str) -> dict[str, Any]:
+        """A row the trail writes about itself (source ``audit``)."""
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        return {
+            "time": now,
+            "source": "audit",
+            "input_sha256": digest,
+            "decision": decision,
+            "flags": "[]",
+            "error": text,
+        }
+
     def _row_hash(self, prev: str, row: Mapping[str, Any]) -> str:
         body = json.dumps({c: row.get(c) for c in HASHED}, sort_keys=True, separators=(",", ":"))
         return hmac.new(self.salt(), (prev + body).encode(), hashlib.sha256).hexdigest()
@@ -225,6 +260,8 @@ class AuditLog:
                     problem = "does not link to the row before it (rows were removed)"
                 elif not hmac.compare_digest(self._row_hash(prev, dict(r)), r["row_hash"]):
                     problem = "was altered (its content does not match its hash)"
+                elif r["source"] == "audit" and r["decision"] == "rebuilt":
+                    problem = f"says that {REBUILT}"
                 if problem:
                     return ChainReport(chained, unchained, f"row {r['id']} {problem}")
                 prev, chained = r["row_hash"], chained + 1
@@ -251,15 +288,8 @@ class AuditLog:
             if last.row_hash is not None:  # chained rows went: the oldest one kept links to this hash
                 anchor = last.row_hash
                 conn.execute(chain.update().where(chain.c.id == 1).values(anchor=anchor))
-            note = {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "source": "audit",
-                "input_sha256": anchor,
-                "decision": "pruned",
-                "flags": "[]",
-                "error": f"{removed} row(s) dated before {cutoff} removed, up to the row hashed {anchor}",
-            }
-            self._append(conn, note)
+            text = f"{removed} row(s) dated before {cutoff} removed, up to the row hashed {anchor}"
+            self._append(conn, self._note("pruned", text, anchor))
         return removed
 
     def rows(self, since: datetime | None = None, limit: int | None = None, newest_first: bool = False) -> list[dict]:
