@@ -135,7 +135,7 @@ class AuditLog:
                 try:
                     with self.engine.begin() as conn:
                         conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} VARCHAR(64)")
-                except sa.exc.OperationalError:  # added by another process in the meantime
+                except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # added by another process meanwhile
                     if name not in {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}:
                         raise
 
