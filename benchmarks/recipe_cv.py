@@ -43,8 +43,17 @@ from pneumolens.training.fit import training_split
 
 # Flags that would change which films are compared, or how they are split, rather than the recipe; and
 # a teacher, which learnt from every film of the training part, each fold's held-out films included.
-NOT_A_RECIPE = ("--data", "--out", "--resume", "--preset", "--limit", "--split-seed", "--val-fraction", "--exclude")
-NOT_A_RECIPE += ("--teacher",)
+NOT_A_RECIPE = (
+    "--data",
+    "--out",
+    "--resume",
+    "--preset",
+    "--limit",
+    "--split-seed",
+    "--val-fraction",
+    "--exclude",
+    "--teacher",
+)
 
 
 def parse_recipe(spec: str, preset: str):

@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
+def _conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3, ibn: bool = False) -> nn.Sequential:
+    """Conv + batch norm (+ IBN, half instance norm, with ``ibn``)."""
+    norm = IBN(cout) if ibn else nn.BatchNorm2d(cout)
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), norm)
 
 
 class DropPath(nn.Module):
@@ -103,18 +105,12 @@ class MixStyle(nn.Module):
         return ((xf - mu) / sig * sig_mix + mu_mix).to(x.dtype)
 
 
-def _conv_norm(cin: int, cout: int, stride: int, kernel: int, ibn: bool) -> nn.Sequential:
-    if not ibn:
-        return _conv_bn(cin, cout, stride, kernel)
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), IBN(cout))
-
-
 def _down_conv_bn(cin: int, cout: int, stride: int, kernel: int, antialias: bool, ibn: bool = False) -> nn.Sequential:
     """Conv + batch norm (IBN with ``ibn``); with ``antialias`` a stride-2 conv runs at stride 1 and a
     BlurPool subsamples."""
     if stride == 1 or not antialias:
-        return _conv_norm(cin, cout, stride, kernel, ibn)
-    return nn.Sequential(*_conv_norm(cin, cout, 1, kernel, ibn), BlurPool(cout))
+        return _conv_bn(cin, cout, stride, kernel, ibn)
+    return nn.Sequential(*_conv_bn(cin, cout, 1, kernel, ibn), BlurPool(cout))
 
 
 class BasicBlock(nn.Module):
