@@ -11,10 +11,11 @@ from pneumolens.evaluation.calibration import (
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
+    fold_temperature,
+    lower_bound,
 )
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.models import create_model
-from pneumolens.training.fit import fold_temperature
 
 Y = [0, 0, 1, 1]
 P = [0.1, 0.4, 0.35, 0.8]
@@ -80,6 +81,34 @@ def test_bootstrap_contains_estimate_and_narrows_with_n():
     y2, p2 = sample(2000)
     ci2 = bootstrap_ci(y2, p2, 0.5, n_boot=300)
     assert ci2["accuracy"][1] - ci2["accuracy"][0] < (ci["accuracy"][1] - ci["accuracy"][0]) / 2
+
+
+def test_clopper_pearson_lower_bound_by_hand():
+    # all n right: the bound solves p**n = 1 - confidence
+    assert lower_bound(np.array([99]), 99, 0.95)[0] == pytest.approx(0.05 ** (1 / 99))
+    assert lower_bound(np.array([0]), 10, 0.95)[0] == 0.0
+    assert lower_bound(np.array([97]), 100, 0.95)[0] < 0.97  # 97 of 100 does not show 97%
+
+
+@pytest.mark.parametrize("name", ["sensitivity", "specificity"])
+def test_threshold_with_confidence_keeps_a_margin(name):
+    # 99 positives and 99 negatives, interleaved: each negative just below its positive. Of 99 films,
+    # 97% is shown with 95% confidence only if all 99 are right (0.05 ** (1/99) = 0.9702), and
+    # 98 films cannot show it at all.
+    pos = 0.5 + 0.005 * np.arange(99)
+    y, p = np.r_[np.ones(99, int), np.zeros(99, int)], np.r_[pos, pos - 0.0025]
+    plain = choose_threshold(y, p, f"{name}:0.97")
+    sure = choose_threshold(y, p, f"{name}:0.97", confidence=0.95)
+    if name == "sensitivity":
+        assert (plain, sure) == (pos[2], pos[0])  # 97 of 99 positives caught, against all 99
+    else:
+        assert (plain, sure) == (pos[96], pos[98])  # 97 of 99 negatives below, against all 99
+    counted = 1 if name == "sensitivity" else 0
+    drop = np.flatnonzero(y == counted)[50]
+    with pytest.raises(ValueError, match="98 .* cannot show .* needs at least 99"):
+        choose_threshold(np.delete(y, drop), np.delete(p, drop), f"{name}:0.97", confidence=0.95)
+    with pytest.raises(ValueError, match="strictly between"):
+        choose_threshold(y, p, f"{name}:0.97", confidence=1.0)
 
 
 def test_fold_temperature_divides_the_logit():

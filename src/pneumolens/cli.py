@@ -1,5 +1,5 @@
-"""Command line: ``pneumolens train | evaluate | predict | explain | segment | serve | export | listen | watch |
-audit | train-lungs``."""
+"""Command line: ``pneumolens train | evaluate | calibrate | predict | explain | segment | serve | export | listen |
+watch | audit | train-lungs``."""
 
 from __future__ import annotations
 
@@ -205,6 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["gradcam", "occlusion", "lime", "none"],
         help="with --report: explain the errors with this method (gradcam ~30 s for 624 images)",
     )
+
+    c = sub.add_parser("calibrate", help="refit a model's operating point on a site's own labelled films")
+    c.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
+    c.add_argument("--data", required=True, help="the site's films: NORMAL/ and PNEUMONIA/ folders, or a CSV manifest")
+    c.add_argument("--out", required=True, help="the recalibrated model file to write (not the model itself)")
+    c.add_argument("--policy", help="threshold policy, e.g. sensitivity:0.97 (default: the model's own)")
+    c.add_argument(
+        "--temperature",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also refit the temperature (probabilities calibrated at the site)",
+    )
+    c.add_argument(
+        "--confidence",
+        type=_probability,
+        help="meet the policy's rate with this confidence (e.g. 0.95: by its Clopper-Pearson lower bound)",
+    )
+    c.add_argument("--min-per-class", type=_positive_int, default=30, help="fewest readable films per class")
+    c.add_argument("--json", dest="json_out", help="write the report (old and new operating point) as JSON")
 
     p = sub.add_parser("predict", help="probability of pneumonia for each image")
     p.add_argument("images", nargs="+", help="JPEG, PNG or DICOM files, or folders (walked recursively)")
@@ -469,6 +490,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model, save_model
+    from pneumolens.evaluation.recalibrate import format_report, recalibrate
+
+    loaded = load_model(args.model)
+    out = Path(args.out)
+    if out.is_dir() or out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: give a new .safetensors file")
+    if out.resolve() == loaded.path.resolve():
+        raise ValueError(f"--out {out}: is the model being recalibrated; write the new one beside it")
+    r = recalibrate(loaded, args.data, args.policy, args.temperature, args.min_per_class, args.confidence)
+    for path, reason in r.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(format_report(r.report))
+    save_model(out, r.model, r.meta)
+    print(f"model: {out}")
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(r.report, indent=2))
+    return 0
+
+
 def _expand(paths: list[str]) -> list[str]:
     """Files as given, folders walked recursively for JPEG / PNG / DICOM files (sorted)."""
     from pneumolens.data.sources import image_files
@@ -652,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": cmd_serve,
         "export": cmd_export,
         "evaluate": cmd_evaluate,
+        "calibrate": cmd_calibrate,
         "predict": cmd_predict,
         "listen": cmd_listen,
         "watch": cmd_watch,

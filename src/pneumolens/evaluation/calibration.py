@@ -1,7 +1,8 @@
 """Operating point, calibration and confidence intervals.
 
-All three are fitted on the patient-held-out validation split (never on test) and stored in the
-model file; ``evaluate`` reports bootstrap intervals for every metric.
+Training fits the first two on the patient-held-out validation split (never on test) and stores
+them in the model file; ``calibrate`` refits them on a site's own films; ``evaluate`` reports
+bootstrap intervals for every metric.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
+from scipy.stats import beta
 from sklearn.metrics import roc_curve
 
 from pneumolens.evaluation.metrics import binary_metrics
@@ -29,14 +32,27 @@ def parse_policy(policy: str) -> tuple[str, float | None]:
     raise ValueError(f"unknown threshold policy {policy!r}; valid: fixed:T, sensitivity:S, specificity:S, youden")
 
 
-def choose_threshold(y: Sequence[int], p: Sequence[float], policy: str) -> float:
+def lower_bound(k: np.ndarray, n: int, confidence: float) -> np.ndarray:
+    """One-sided Clopper-Pearson lower confidence bound of a proportion, k successes of n."""
+    k = np.asarray(k, float)
+    return np.where(k > 0, beta.ppf(1 - confidence, np.maximum(k, 1), n - k + 1), 0.0)
+
+
+def choose_threshold(y: Sequence[int], p: Sequence[float], policy: str, confidence: float | None = None) -> float:
     """The decision threshold that meets ``policy`` on (validation) labels ``y`` and probabilities ``p``.
 
     ``sensitivity:S``: the highest threshold whose sensitivity is at least S (so the best
     specificity that keeps S). ``specificity:S``: the lowest threshold whose specificity is at least
-    S. ``youden``: maximises sensitivity + specificity - 1.
+    S. ``youden``: maximises sensitivity + specificity - 1. With ``confidence`` (e.g. 0.95), the
+    sensitivity or specificity must be at least S with that confidence (its one-sided
+    Clopper-Pearson lower bound), not only as measured: a margin for films not yet seen.
+
+    Raises:
+        ValueError: one class missing, or too few films of the class for ``confidence``.
     """
     name, value = parse_policy(policy)
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     if name == "fixed":
         return float(value)
     y, p = np.asarray(y, int), np.asarray(p, float)
@@ -44,11 +60,27 @@ def choose_threshold(y: Sequence[int], p: Sequence[float], policy: str) -> float
         raise ValueError("choosing a threshold needs both classes in the validation labels")
     fpr, tpr, thr = roc_curve(y, p)
     thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    if name in ("sensitivity", "specificity") and confidence is not None:
+        n = n_pos if name == "sensitivity" else n_neg
+        rate = lower_bound(np.rint(tpr * n_pos) if name == "sensitivity" else np.rint((1 - fpr) * n_neg), n, confidence)
+        if not (rate >= value).any():
+            label = "positive" if name == "sensitivity" else "negative"
+            need = (
+                f"at least {math.ceil(math.log(1 - confidence) / math.log(value))}, every one of them called right"
+                if value < 1
+                else "infinitely many"
+            )
+            raise ValueError(
+                f"{n} {label} film(s) cannot show {name} >= {value:g} with {confidence:g} confidence; that needs {need}"
+            )
+    else:
+        rate = tpr if name == "sensitivity" else 1 - fpr
     if name == "sensitivity":
-        ok = np.flatnonzero(tpr >= value)
+        ok = np.flatnonzero(rate >= value)
         return float(thr[ok[0]])  # thresholds decrease along the curve: the first is the highest
     if name == "specificity":
-        ok = np.flatnonzero(1 - fpr >= value)
+        ok = np.flatnonzero(rate >= value)
         return float(thr[ok[-1]])
     return float(thr[np.argmax(tpr - fpr)])
 
@@ -67,6 +99,20 @@ def fit_temperature(y: Sequence[int], logits: Sequence[float]) -> float:
 
     res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
     return float(math.exp(res.x))
+
+
+def fold_temperature(model: torch.nn.Module, temperature: float) -> str:
+    """Divide the final single-logit layer by ``temperature`` (exact: the logit is linear in it).
+
+    The model file then gives calibrated probabilities to every caller with no extra step.
+    """
+    name, last = next((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, torch.nn.Linear))
+    if last.out_features != 1:
+        raise ValueError(f"cannot fold a temperature into {name} with {last.out_features} outputs")
+    with torch.no_grad():
+        last.weight /= temperature
+        last.bias /= temperature
+    return name
 
 
 def expected_calibration_error(y: Sequence[int], p: Sequence[float], bins: int = 15) -> float:

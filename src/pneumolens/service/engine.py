@@ -54,7 +54,16 @@ class Engine:
 
     def card(self) -> dict[str, Any]:
         meta = self.loaded.meta
-        keys = ("name", "architecture", "preprocessing", "threshold", "calibration", "class_names", "versions")
+        keys = (
+            "name",
+            "architecture",
+            "preprocessing",
+            "threshold",
+            "calibration",
+            "site_calibrations",
+            "class_names",
+            "versions",
+        )
         card = {k: meta[k] for k in keys if k in meta}
         card["validation_metrics"] = meta.get("metrics", {}).get("val")
         card["backend"] = self.backend

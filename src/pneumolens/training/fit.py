@@ -24,7 +24,12 @@ from pneumolens.data.cache import cached_images
 from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for, patient_weights
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.data.split import Split, exclude_from_training, patient_split, read_exclusions, stratified_subset
-from pneumolens.evaluation.calibration import choose_threshold, expected_calibration_error, fit_temperature
+from pneumolens.evaluation.calibration import (
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    fold_temperature,
+)
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
 from pneumolens.models import create_model
@@ -60,20 +65,6 @@ def read_history(logs: Path) -> list[dict[str, float]]:
                     if v not in ("", None) and k not in ("epoch", "step") and not k.endswith("_step"):
                         by_epoch[e][k.removesuffix("_epoch")] = float(v)
     return [{"epoch": e, **by_epoch[e]} for e in sorted(by_epoch)]
-
-
-def fold_temperature(model: torch.nn.Module, temperature: float) -> str:
-    """Divide the final single-logit layer by ``temperature`` (exact: the logit is linear in it).
-
-    The model file then gives calibrated probabilities to every caller with no extra step.
-    """
-    name, last = next((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, torch.nn.Linear))
-    if last.out_features != 1:
-        raise ValueError(f"cannot fold a temperature into {name} with {last.out_features} outputs")
-    with torch.no_grad():
-        last.weight /= temperature
-        last.bias /= temperature
-    return name
 
 
 def operating_point(model: torch.nn.Module, y: np.ndarray, logits: np.ndarray, cfg: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""Site recalibration (``pneumolens calibrate``) on real films, against an independent computation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import real_images
+from pneumolens.checkpoint import load_model, shipped_model_path
+from pneumolens.cli import main
+from pneumolens.config import CLASS_NAMES
+from pneumolens.data.sources import list_folder
+from pneumolens.evaluation.calibration import choose_threshold, fit_temperature
+from pneumolens.evaluation.recalibrate import recalibrate
+from pneumolens.inference import predict_samples
+
+
+def site(root: Path, normal: int, pneumonia: int) -> Path:
+    """A site's labelled films: symlinks to real test films (these tests choose nothing)."""
+    for label, n in zip(CLASS_NAMES, (normal, pneumonia), strict=True):
+        (root / label).mkdir(parents=True)
+        for f in real_images("test", label, n):
+            (root / label / f.name).symlink_to(f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(None)
+
+
+def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, capsys):
+    data = site(tmp_path / "site", 30, 30)
+    (data / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    out = tmp_path / "site.safetensors"
+    policy = "sensitivity:0.9"
+    rc = main(
+        ["calibrate", "--data", str(data), "--out", str(out), "--policy", policy, "--json", str(tmp_path / "r.json")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "broken.jpeg" in err  # the unreadable film is named, and the others are used
+
+    # the same numbers, computed independently from the shipped model's logits on the readable films
+    samples = [s for s in list_folder(data) if s.path.endswith("broken.jpeg") is False]
+    logits, errors = predict_samples(shipped.model, samples, shipped.preprocess, logits=True)
+    assert not errors
+    y = np.array([s.label for s in samples])
+    z = np.array([logits[s.path] for s in samples])
+    t = fit_temperature(y, z)
+    expected = choose_threshold(y, 1 / (1 + np.exp(-z / t)), policy)
+
+    new = load_model(out)  # loads: format, version and weights hash verified
+    record = new.meta["site_calibrations"][-1]
+    assert record["temperature"] == pytest.approx(t, rel=1e-6)
+    assert new.threshold == pytest.approx(expected, rel=1e-6)
+    assert record["counts"] == {"NORMAL": 30, "PNEUMONIA": 30} and record["unreadable"] == 1
+    assert record["parent"]["sha256"] == shipped.sha256 != new.sha256  # temperature folded into the weights
+    assert record["site_metrics"]["sensitivity"] >= 0.9
+    assert new.meta["name"] == shipped.meta["name"] + "-recalibrated"
+    assert json.loads((tmp_path / "r.json").read_text())["threshold"] == pytest.approx(new.threshold)
+    # the new network gives exactly the old logits divided by the temperature
+    new_logits, _ = predict_samples(new.model, samples, new.preprocess, logits=True)
+    assert np.allclose([new_logits[s.path] for s in samples], z / t, rtol=1e-4, atol=1e-4)
+    # no file name of the site's films is stored in the model file
+    header = json.dumps(new.meta)
+    assert not any(Path(s.path).name in header for s in samples)
+
+
+def test_without_temperature_only_the_threshold_changes(shipped, tmp_path):
+    data = site(tmp_path / "site", 30, 30)
+    r = recalibrate(shipped, data, policy="specificity:0.9", temperature=False)
+    assert r.report["temperature"] == 1.0
+    for a, b in zip(r.model.state_dict().values(), shipped.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert r.report["after"]["specificity"] >= 0.9
+    assert r.meta["threshold"] == r.report["threshold"] != shipped.threshold
+    assert "site_calibrations" not in shipped.meta  # the parent is left as it was
+
+    # with 95% confidence, 90% sensitivity on 30 positives needs all 30 caught (0.05 ** (1/30) = 0.905)
+    sure = recalibrate(shipped, data, policy="sensitivity:0.9", confidence=0.95)
+    assert sure.report["after"]["sensitivity"] == 1.0 and sure.report["confidence"] == 0.95
+    with pytest.raises(ValueError, match="30 positive film.*needs at least 99"):
+        recalibrate(shipped, data, policy="sensitivity:0.97", confidence=0.95)
+
+
+def test_too_few_films_of_a_class_is_refused_and_nothing_written(tmp_path, capsys):
+    data = site(tmp_path / "site", 30, 5)
+    out = tmp_path / "site.safetensors"
+    assert main(["calibrate", "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "5 PNEUMONIA" in err and "--min-per-class" in err and str(data) in err
+    assert not out.exists()
+
+
+def test_bad_arguments_are_refused_with_the_field_named(tmp_path, capsys):
+    model = shipped_model_path()
+    before = model.read_bytes()
+    data = site(tmp_path / "site", 30, 30)
+    cases = [
+        (["--out", str(model)], "is the model being recalibrated"),
+        (["--out", str(tmp_path / "m.pt")], ".safetensors"),
+        (["--out", str(tmp_path / "x.safetensors"), "--policy", "fixed:0.5"], "fixes the threshold"),
+        (["--out", str(tmp_path / "x.safetensors"), "--policy", "sensitivity"], "unknown threshold policy"),
+    ]
+    for extra, message in cases:
+        assert main(["calibrate", "--data", str(data), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["calibrate", "--data", str(tmp_path), "--out", str(tmp_path / "y.safetensors")]) == 2
+    assert "no calibration/ folder and no class folders" in capsys.readouterr().err
+    assert model.read_bytes() == before
+    assert not list(tmp_path.glob("*.safetensors"))
