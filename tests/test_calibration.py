@@ -109,6 +109,8 @@ def test_threshold_with_confidence_keeps_a_margin(name):
         choose_threshold(np.delete(y, drop), np.delete(p, drop), f"{name}:0.97", confidence=0.95)
     with pytest.raises(ValueError, match="strictly between"):
         choose_threshold(y, p, f"{name}:0.97", confidence=1.0)
+    with pytest.raises(ValueError, match="not 'youden'"):
+        choose_threshold(y, p, "youden", confidence=0.95)
 
 
 def test_fold_temperature_divides_the_logit():

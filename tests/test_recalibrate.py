@@ -46,7 +46,7 @@ def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, 
     assert "broken.jpeg" in err  # the unreadable film is named, and the others are used
 
     # the same numbers, computed independently from the shipped model's logits on the readable films
-    samples = [s for s in list_folder(data) if s.path.endswith("broken.jpeg") is False]
+    samples = [s for s in list_folder(data) if not s.path.endswith("broken.jpeg")]
     logits, errors = predict_samples(shipped.model, samples, shipped.preprocess, logits=True)
     assert not errors
     y = np.array([s.label for s in samples])

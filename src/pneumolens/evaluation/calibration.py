@@ -53,6 +53,8 @@ def choose_threshold(y: Sequence[int], p: Sequence[float], policy: str, confiden
     name, value = parse_policy(policy)
     if confidence is not None and not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    if confidence is not None and name not in ("sensitivity", "specificity"):
+        raise ValueError(f"a confidence applies to a sensitivity:S or specificity:S policy, not {policy!r}")
     if name == "fixed":
         return float(value)
     y, p = np.asarray(y, int), np.asarray(p, float)
@@ -61,7 +63,7 @@ def choose_threshold(y: Sequence[int], p: Sequence[float], policy: str, confiden
     fpr, tpr, thr = roc_curve(y, p)
     thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
-    if name in ("sensitivity", "specificity") and confidence is not None:
+    if confidence is not None:
         n = n_pos if name == "sensitivity" else n_neg
         rate = lower_bound(np.rint(tpr * n_pos) if name == "sensitivity" else np.rint((1 - fpr) * n_neg), n, confidence)
         if not (rate >= value).any():
