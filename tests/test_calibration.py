@@ -83,6 +83,30 @@ def test_bootstrap_contains_estimate_and_narrows_with_n():
     assert ci2["accuracy"][1] - ci2["accuracy"][0] < (ci["accuracy"][1] - ci["accuracy"][0]) / 2
 
 
+def test_patient_bootstrap_counts_a_patient_once():
+    # every film copied four times under one patient: resampling films treats the copies as
+    # independent evidence and narrows the interval by about half; resampling patients does not
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 150)
+    p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 150), 0, 1)
+    y4, p4, who = np.repeat(y, 4), np.repeat(p, 4), np.repeat([f"patient{i}" for i in range(150)], 4)
+
+    def width(ci):
+        return ci["accuracy"][1] - ci["accuracy"][0]
+
+    films = width(bootstrap_ci(y, p, 0.5, n_boot=400))
+    copies = width(bootstrap_ci(y4, p4, 0.5, n_boot=400))
+    patients = width(bootstrap_ci(y4, p4, 0.5, n_boot=400, groups=who))
+    assert copies < 0.65 * films
+    assert patients == pytest.approx(films, rel=0.2)
+    # one film per patient: the same as resampling films, draw for draw
+    assert bootstrap_ci(y, p, 0.5, n_boot=50, groups=[f"p{i:03d}" for i in range(150)]) == bootstrap_ci(
+        y, p, 0.5, n_boot=50
+    )
+    with pytest.raises(ValueError, match="3 keys for 150 images"):
+        bootstrap_ci(y, p, 0.5, groups=["a", "b", "c"])
+
+
 def test_clopper_pearson_lower_bound_by_hand():
     # all n right: the bound solves p**n = 1 - confidence
     assert lower_bound(np.array([99]), 99, 0.95)[0] == pytest.approx(0.05 ** (1 / 99))

@@ -13,6 +13,7 @@ from conftest import FULLRES, link_dataset, real_images, train_cli
 from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
 from pneumolens.config import CLASS_NAMES
+from pneumolens.data.sources import patient_id
 
 METRIC_KEYS = {
     "n",
@@ -67,6 +68,9 @@ def test_evaluate_json_and_report(trained_run, tiny_data, tmp_path, capsys):
     assert m["n"] == tn + fp + fn + tp == 24 and fn + tp == 12
     assert m["accuracy"] == pytest.approx((tn + tp) / 24)
     assert m["ci"]["accuracy"] is not None
+    # intervals resample patients, counted from the file names
+    names = list((tiny_data / "test").rglob("*.jpeg"))
+    assert m["ci_resamples"] == "patients" and m["n_patients"] == len({patient_id(f) for f in names})
     for k, interval in m["ci"].items():  # bootstrap intervals hold their point estimate
         if interval is not None and m[k] is not None:
             assert interval[0] <= m[k] <= interval[1], k

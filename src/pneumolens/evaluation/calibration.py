@@ -144,13 +144,29 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
     metric_fn: Callable[..., dict[str, Any]] = binary_metrics,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, list[float] | None]:
-    """Percentile bootstrap intervals (resampling images) for the metrics ``evaluate`` reports."""
+    """Percentile bootstrap intervals for the metrics ``evaluate`` reports.
+
+    Resamples images, or with ``groups`` (one key per image, e.g. its patient) whole groups with
+    all their images: films of one patient are not independent, and resampling them one by one
+    gives intervals that are too narrow.
+    """
     y, p = np.asarray(y, int), np.asarray(p, float)
     rng = np.random.default_rng(seed)
+    members: list[np.ndarray] = []
+    if groups is not None:
+        if len(groups) != y.size:
+            raise ValueError(f"groups has {len(groups)} keys for {y.size} images")
+        _, codes = np.unique(np.asarray(groups, str), return_inverse=True)
+        order = np.argsort(codes, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
     draws: dict[str, list[float]] = {k: [] for k in CI_METRICS}
     for _ in range(n_boot):
-        i = rng.integers(0, y.size, y.size)
+        if members:
+            i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        else:
+            i = rng.integers(0, y.size, y.size)
         m = metric_fn(y[i], p[i], threshold)
         for k in CI_METRICS:
             if m[k] is not None:

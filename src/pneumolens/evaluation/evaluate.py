@@ -36,7 +36,10 @@ def evaluate(
     y = [s.label for s in scored]
     metrics = binary_metrics(y, p, t)
     metrics["ece"] = expected_calibration_error(y, p)
-    metrics["ci"] = bootstrap_ci(y, p, t, n_boot=n_boot)  # 95% percentile bootstrap over images
+    # 95% percentile bootstrap over patients (a patient's films are drawn together)
+    metrics["ci"] = bootstrap_ci(y, p, t, n_boot=n_boot, groups=[s.patient for s in scored])
+    metrics["ci_resamples"] = "patients"
+    metrics["n_patients"] = len({s.patient for s in scored})
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
@@ -68,7 +71,8 @@ def format_table(m: dict[str, Any]) -> str:
     if m.get("n_skipped"):
         rows.append(("skipped (unreadable)", str(m["n_skipped"])))
     if ci:
-        rows.append(("", "[95% bootstrap interval]"))
+        unit = f"over {m['n_patients']} patients" if m.get("n_patients") else "over images"
+        rows.append(("", f"[95% bootstrap interval {unit}]"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -50,10 +50,10 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
-def _metrics(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int) -> dict[str, Any]:
+def _metrics(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int, patients: list[str]) -> dict[str, Any]:
     m = binary_metrics(y, p, threshold)
     m["ece"] = expected_calibration_error(y, p)
-    m["ci"] = bootstrap_ci(y, p, threshold, n_boot=n_boot)
+    m["ci"] = bootstrap_ci(y, p, threshold, n_boot=n_boot, groups=patients)  # over patients
     return m
 
 
@@ -110,8 +110,9 @@ def recalibrate(
     model = copy.deepcopy(loaded.model)
     if temperature:
         fold_temperature(model, t)
-    before = _metrics(y, _sigmoid(z), loaded.threshold, n_boot)
-    after = _metrics(y, _sigmoid(z / t), threshold, n_boot)
+    patients = [s.patient for s in scored]
+    before = _metrics(y, _sigmoid(z), loaded.threshold, n_boot, patients)
+    after = _metrics(y, _sigmoid(z / t), threshold, n_boot, patients)
     record = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "counts": counts,
