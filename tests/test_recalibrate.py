@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import real_images
+from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
 from pneumolens.checkpoint import load_model, shipped_model_path
 from pneumolens.cli import main
 from pneumolens.config import CLASS_NAMES
@@ -36,6 +37,9 @@ def shipped():
 def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, capsys):
     data = site(tmp_path / "site", 30, 30)
     (data / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    # a site sends DICOM: one more normal film, as a DX file with a patient name and ID
+    extra = real_images("test", "NORMAL", 31)[-1]
+    make_dicom(data / "NORMAL" / "study.dcm", np.asarray(Image.open(extra).convert("L")))
     out = tmp_path / "site.safetensors"
     policy = "sensitivity:0.9"
     rc = main(
@@ -58,7 +62,7 @@ def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, 
     record = new.meta["site_calibrations"][-1]
     assert record["temperature"] == pytest.approx(t, rel=1e-6)
     assert new.threshold == pytest.approx(expected, rel=1e-6)
-    assert record["counts"] == {"NORMAL": 30, "PNEUMONIA": 30} and record["unreadable"] == 1
+    assert record["counts"] == {"NORMAL": 31, "PNEUMONIA": 30} and record["unreadable"] == 1
     assert record["parent"]["sha256"] == shipped.sha256 != new.sha256  # temperature folded into the weights
     assert record["site_metrics"]["sensitivity"] >= 0.9
     assert new.meta["name"] == shipped.meta["name"] + "-recalibrated"
@@ -69,6 +73,7 @@ def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, 
     # no file name of the site's films is stored in the model file
     header = json.dumps(new.meta)
     assert not any(Path(s.path).name in header for s in samples)
+    assert PATIENT_NAME not in header and PATIENT_ID not in header
 
 
 def test_without_temperature_only_the_threshold_changes(shipped, tmp_path):
