@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
@@ -18,6 +19,8 @@ from pneumolens.data.sources import list_folder
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature
 from pneumolens.evaluation.recalibrate import recalibrate
 from pneumolens.inference import predict_samples
+from pneumolens.service.app import create_app
+from pneumolens.service.settings import Settings
 
 
 def site(root: Path, normal: int, pneumonia: int) -> Path:
@@ -74,6 +77,16 @@ def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, 
     header = json.dumps(new.meta)
     assert not any(Path(s.path).name in header for s in samples)
     assert PATIENT_NAME not in header and PATIENT_ID not in header
+
+    # served, it says where its operating point came from, and decides at the new threshold
+    with TestClient(create_app(Settings(model=str(out)))) as client:
+        card = client.get("/api/v1/model").json()
+        assert card["name"] == "pneumolens-default-recalibrated" and card["threshold"] == new.threshold
+        assert card["site_calibrations"][0]["parent"]["sha256"] == shipped.sha256
+        film = samples[0].path
+        r = client.post("/api/v1/predict", files={"file": (Path(film).name, Path(film).read_bytes())}).json()
+        assert r["threshold"] == new.threshold and r["model"]["sha256"] == new.sha256
+        assert r["label"] == ("PNEUMONIA" if r["probability"] >= new.threshold else "NORMAL")
 
 
 def test_without_temperature_only_the_threshold_changes(shipped, tmp_path):
