@@ -18,26 +18,26 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from pneumolens.checkpoint import load_model
-from pneumolens.data.images import preprocess, read_image
-from pneumolens.data.sources import patient_id
+from pneumolens.data.sources import Sample, patient_id
 from pneumolens.evaluation.calibration import choose_threshold
+from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.inference import predict_samples
 
 
-@torch.inference_mode()
-def val_logits(run: str, paths: list[str]) -> np.ndarray:
+def val_logits(run: str, samples: list[Sample]) -> np.ndarray:
     loaded = load_model(None if run == "default" else run)
-    x = torch.from_numpy(np.stack([preprocess(read_image(p), loaded.preprocess) for p in paths]))
-    return torch.cat([loaded.model(x[i : i + 64]) for i in range(0, len(x), 64)]).float().numpy().reshape(-1)
+    logits, errors = predict_samples(loaded.model, samples, loaded.preprocess, logits=True)
+    if errors:
+        raise SystemExit(f"{run}: unreadable validation films, e.g. {next(iter(errors.items()))}")
+    return np.array([logits[s.path] for s in samples])
 
 
 def spec_on_b(z: np.ndarray, y: np.ndarray, a: np.ndarray) -> float:
-    t = choose_threshold(y[a], 1 / (1 + np.exp(-z[a])), "sensitivity:0.97")
-    b = ~a & (y == 0)
-    return float((1 / (1 + np.exp(-z[b])) < t).mean())
+    p = 1 / (1 + np.exp(-z))
+    return binary_metrics(y[~a], p[~a], choose_threshold(y[a], p[a], "sensitivity:0.97"))["specificity"]
 
 
 def main() -> None:
@@ -56,7 +56,8 @@ def main() -> None:
         if json.loads((Path(r) / "split.json").read_text())["val"] != paths:
             raise SystemExit(f"{r} was validated on another split than {folders[0]}")
     y = np.array([int("/PNEUMONIA/" in p) for p in paths])
-    z = {r: val_logits(r, paths) for r in runs}
+    samples = [Sample(p, int(label), patient_id(p)) for p, label in zip(paths, y, strict=True)]
+    z = {r: val_logits(r, samples) for r in runs}
     ens = {" + ".join(Path(m).name for m in e): np.mean([z[m] for m in e], 0) for e in args.ensemble}
     pat = np.array([patient_id(p) for p in paths])
     patients = np.unique(pat)

@@ -21,13 +21,14 @@ import numpy as np
 from pneumolens.checkpoint import load_model
 from pneumolens.data.sources import check_headers, find_split, patient_id
 from pneumolens.evaluation.calibration import parse_policy
+from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.evaluation.recalibrate import refit
 from pneumolens.inference import predict_samples
 
 
 def rates(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float, float]:
-    pred = p >= t
-    return float(pred[y == 1].mean()), float((~pred[y == 0]).mean()), float((pred == y).mean())
+    m = binary_metrics(y, p, t)
+    return m["sensitivity"], m["specificity"], m["accuracy"]
 
 
 def main() -> None:

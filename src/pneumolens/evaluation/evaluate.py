@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,19 @@ class Evaluation:
     skipped: list[tuple[str, str]]  # (path, reason)
 
 
+def scored_metrics(
+    y: Sequence[int], p: Sequence[float], threshold: float, patients: Sequence[str], n_boot: int = 1000
+) -> dict[str, Any]:
+    """The metrics at ``threshold``, ECE, and 95% percentile bootstrap intervals over ``patients``
+    (a patient's films are drawn together)."""
+    metrics = binary_metrics(y, p, threshold)
+    metrics["ece"] = expected_calibration_error(y, p)
+    metrics["ci"] = bootstrap_ci(y, p, threshold, n_boot=n_boot, groups=patients)
+    metrics["ci_resamples"] = "patients"
+    metrics["n_patients"] = len(set(patients))
+    return metrics
+
+
 def evaluate(
     loaded: LoadedModel, data: str | os.PathLike[str], threshold: float | None = None, n_boot: int = 1000
 ) -> Evaluation:
@@ -34,12 +48,7 @@ def evaluate(
     t = loaded.threshold if threshold is None else threshold
     p = [probs[s.path] for s in scored]
     y = [s.label for s in scored]
-    metrics = binary_metrics(y, p, t)
-    metrics["ece"] = expected_calibration_error(y, p)
-    # 95% percentile bootstrap over patients (a patient's films are drawn together)
-    metrics["ci"] = bootstrap_ci(y, p, t, n_boot=n_boot, groups=[s.patient for s in scored])
-    metrics["ci_resamples"] = "patients"
-    metrics["n_patients"] = len({s.patient for s in scored})
+    metrics = scored_metrics(y, p, t, [s.patient for s in scored], n_boot)
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]

@@ -22,15 +22,8 @@ from torch import nn
 from pneumolens.checkpoint import LoadedModel
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import check_headers, find_split
-from pneumolens.evaluation.calibration import (
-    bootstrap_ci,
-    choose_threshold,
-    expected_calibration_error,
-    fit_temperature,
-    fold_temperature,
-    parse_policy,
-)
-from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.evaluation.calibration import choose_threshold, fit_temperature, fold_temperature, parse_policy
+from pneumolens.evaluation.evaluate import scored_metrics
 from pneumolens.inference import default_workers, predict_samples
 
 DEFAULT_POLICY = "sensitivity:0.97"
@@ -48,13 +41,6 @@ class Recalibration:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
-
-
-def _metrics(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int, patients: list[str]) -> dict[str, Any]:
-    m = binary_metrics(y, p, threshold)
-    m["ece"] = expected_calibration_error(y, p)
-    m["ci"] = bootstrap_ci(y, p, threshold, n_boot=n_boot, groups=patients)  # over patients
-    return m
 
 
 def refit(
@@ -111,8 +97,8 @@ def recalibrate(
     if temperature:
         fold_temperature(model, t)
     patients = [s.patient for s in scored]
-    before = _metrics(y, _sigmoid(z), loaded.threshold, n_boot, patients)
-    after = _metrics(y, _sigmoid(z / t), threshold, n_boot, patients)
+    before = scored_metrics(y, _sigmoid(z), loaded.threshold, patients, n_boot)
+    after = scored_metrics(y, _sigmoid(z / t), threshold, patients, n_boot)
     record = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "counts": counts,
