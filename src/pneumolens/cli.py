@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of a pairwise ranking loss (RankNet) on every pneumonia-normal pair of a batch",
     )
     t.add_argument(
+        "--group-dro",
+        type=float,
+        metavar="ETA",
+        help="group DRO over the file-name groups (normal IM, normal NORMAL2, bacterial, viral) with step ETA "
+        "(e.g. 0.01); needs --class-weights none",
+    )
+    t.add_argument(
         "--sam-rho",
         type=float,
         help="sharpness-aware minimisation: gradients taken RHO along the normalised gradient (e.g. 0.05; 2x compute)",
@@ -407,7 +414,7 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
-    "zoom gamma contrast mixup hflip erase blur label_smoothing teacher distill_weight rank_weight sam_rho "
+    "zoom gamma contrast mixup hflip erase blur label_smoothing teacher distill_weight rank_weight group_dro sam_rho "
     "subtype_weight class_weights balanced_sampler patient_weighting ssl_epochs ssl_lr init exclude val_fraction "
     "threshold_policy calibrate precision"
 ).split()

@@ -71,6 +71,7 @@ class TrainConfig:
     teacher: str | None = None  # a trained model (same patient split) whose probabilities the network also learns
     distill_weight: float = 0.0  # weight of the teacher's probabilities against the labels' loss
     rank_weight: float = 0.0  # > 0: a pairwise ranking loss (RankNet) on the batch's positive-negative pairs
+    group_dro: float = 0.0  # > 0: group DRO's step size over the file-name groups (training.group_dro)
     sam_rho: float = 0.0  # > 0: sharpness-aware minimisation, gradients taken rho away along the gradient
     subtype_weight: float = 0.0  # > 0: auxiliary bacterial-vs-viral loss (Kaggle file names), training only
     balanced_sampler: bool = False
@@ -236,6 +237,15 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"ssl_lr must be > 0, got {overrides['ssl_lr']}")
     if overrides.get("ssl_epochs", cfg.ssl_epochs) and overrides.get("init", cfg.init):
         raise ValueError("--init starts from features pretrained elsewhere; --ssl-epochs pretrains them here: pick one")
+    if overrides.get("group_dro", 0.0) < 0:
+        raise ValueError(f"group_dro must be >= 0, got {overrides['group_dro']}")
+    if overrides.get("group_dro", cfg.group_dro) > 0:
+        if overrides.get("class_weights", cfg.class_weights) != "none":
+            raise ValueError("group_dro weights the groups itself, in place of class weights: add --class-weights none")
+        if overrides.get("patient_weighting", cfg.patient_weighting):
+            raise ValueError("group_dro and patient_weighting both weight the films: pick one")
+        if cfg.augment.mixup > 0:
+            raise ValueError("group_dro needs each film's group and mixup blends two films: pick one")
     if overrides.get("subtype_weight", 0.0) < 0:
         raise ValueError(f"subtype_weight must be >= 0, got {overrides['subtype_weight']}")
     if overrides.get("subtype_weight", cfg.subtype_weight) > 0 and cfg.augment.mixup > 0:

@@ -33,6 +33,7 @@ from pneumolens.evaluation.calibration import (
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
 from pneumolens.models import create_model
+from pneumolens.training import group_dro
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, weight_average
 from pneumolens.training.distill import load_teacher
 from pneumolens.training.module import Classifier, architecture_of
@@ -260,6 +261,8 @@ def fit(
         module.set_teacher(teacher)
     if cfg.patient_weighting:
         module.film_weights = patient_weights(split.train)
+    if cfg.group_dro > 0:  # a resumed run takes the weights its checkpoint holds instead
+        module.group_weights = group_dro.initial_weights([s.path for s in split.train], [s.label for s in split.train])
     lung_masks, cache = None, None
     if cfg.cache:
         cache = cached_images(split.train + split.val, cfg.preprocess, cache_dir, cfg.num_workers)

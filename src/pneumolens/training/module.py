@@ -18,6 +18,7 @@ from pneumolens.config import TrainConfig
 from pneumolens.data.augment import augment_batch, mixup
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
+from pneumolens.training import group_dro
 from pneumolens.training.distill import distill_loss
 from pneumolens.training.sharpness import sharpness_aware_gradients
 from pneumolens.training.state import rng_state, set_rng_state
@@ -49,13 +50,16 @@ def subtype_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits[known], targets[known])
 
 
-def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    """Keras ``class_weight`` semantics: each sample's cross-entropy times its weight, mean over the batch.
-
-    With ``smoothing`` e the targets move to e / 2 and 1 - e / 2, so no logit is pushed to infinity.
-    """
+def film_bce(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Each film's cross-entropy. With ``smoothing`` e the targets move to e / 2 and 1 - e / 2, so no
+    logit is pushed to infinity."""
     target = y * (1 - smoothing) + smoothing / 2 if smoothing > 0 else y
-    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).mean()
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Keras ``class_weight`` semantics: each sample's cross-entropy times its weight, mean over the batch."""
+    return (film_bce(logits, y, smoothing) * w).mean()
 
 
 def pairwise_rank_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -86,16 +90,23 @@ class Classifier(L.LightningModule):
         self._warned = 0
         self._teacher: list[torch.nn.Module] = []  # a list: not a submodule, so neither saved nor optimised
         self._sam_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]] | None = None
+        # Group DRO's weights: a plain tensor, not a buffer, so the weight average leaves them alone;
+        # they travel in the Lightning checkpoint (on_save_checkpoint) for resumed runs.
+        self.group_weights = torch.full((len(group_dro.GROUPS),), 1 / len(group_dro.GROUPS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B,) logits
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pneumolens_rng"] = rng_state()  # resumed runs draw what the uninterrupted one would
+        if self.cfg.group_dro > 0:
+            checkpoint["pneumolens_group_weights"] = self.group_weights.tolist()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "pneumolens_rng" in checkpoint:
             set_rng_state(checkpoint["pneumolens_rng"])
+        if "pneumolens_group_weights" in checkpoint:
+            self.group_weights = torch.tensor(checkpoint["pneumolens_group_weights"])
 
     def set_teacher(self, teacher: torch.nn.Module) -> None:
         """Distil from ``teacher`` (frozen, eval mode) with weight ``cfg.distill_weight``."""
@@ -116,19 +127,40 @@ class Classifier(L.LightningModule):
         for path, reason in batch["skipped"]:
             self.skipped.setdefault(path, reason)
 
+    def _main_loss(
+        self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, paths: list[str], update: bool
+    ) -> torch.Tensor:
+        """The weighted cross-entropy, or with ``group_dro`` the groups' weighted mean losses (the
+        group weights take one step first when ``update``, as in the paper's algorithm)."""
+        if self.cfg.group_dro <= 0:
+            return weighted_bce(logits, y, w, self.cfg.label_smoothing)
+        labels = y.round().long().tolist()
+        groups = torch.tensor([group_dro.group_of(p, c) for p, c in zip(paths, labels, strict=True)])
+        sums, counts = group_dro.group_means(film_bce(logits, y, self.cfg.label_smoothing), groups.to(logits.device))
+        if update:
+            total_sums, total_counts = sums.detach(), counts
+            if self.trainer.world_size > 1:  # every process takes the same step
+                total_sums = self.trainer.strategy.reduce(total_sums, reduce_op="sum")
+                total_counts = self.trainer.strategy.reduce(total_counts, reduce_op="sum")
+            self.group_weights = group_dro.updated_weights(
+                self.group_weights.to(sums.device), total_sums, total_counts, self.cfg.group_dro
+            )
+        return group_dro.robust_loss(self.group_weights.to(sums.device), sums, counts)
+
     def _loss(
-        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, paths: list[str]
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, paths: list[str], update: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The training loss, the logits and the auxiliary subtype loss (None without it)."""
+        """The training loss, the logits and the auxiliary subtype loss (None without it). ``update``:
+        whether this pass may move the group weights (not the second pass of sharpness-aware minimisation)."""
         if self.cfg.subtype_weight > 0:  # the features feed the auxiliary head too: no second pass
             f = self.model.forward_features(x)
             logits = self.model.forward_head(f).float()
             aux = self.subtype_head(f.float().mean((2, 3))).squeeze(1)
             aux_loss = subtype_loss(aux, subtype_targets(paths).to(aux.device))
-            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing) + self.cfg.subtype_weight * aux_loss
+            loss = self._main_loss(logits, y, w, paths, update) + self.cfg.subtype_weight * aux_loss
         else:
             logits, aux_loss = self(x).float(), None  # through forward(), like every other step
-            loss = weighted_bce(logits, y, w, self.cfg.label_smoothing)
+            loss = self._main_loss(logits, y, w, paths, update)
         if self.cfg.rank_weight > 0:
             loss = loss + self.cfg.rank_weight * pairwise_rank_loss(logits, y)
         if self._teacher:
@@ -177,7 +209,7 @@ class Classifier(L.LightningModule):
 
         params = [p for p in self.parameters() if p.requires_grad]
         with self.trainer.precision_plugin.train_step_context():  # the same autocast as the first pass
-            loss_at = lambda: self._loss(x, y, w, paths)[0]  # noqa: E731
+            loss_at = lambda: self._loss(x, y, w, paths, update=False)[0]  # noqa: E731
             sharpness_aware_gradients(self, params, self.cfg.sam_rho, loss_at, reduce=mean_over_processes)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -197,6 +229,9 @@ class Classifier(L.LightningModule):
         self.log("val_auroc", self.val_auroc, on_epoch=True, batch_size=bs)
 
     def on_train_epoch_end(self) -> None:
+        if self.cfg.group_dro > 0:
+            for name, q in zip(group_dro.GROUPS, self.group_weights.tolist(), strict=True):
+                self.log(f"group_weight_{name}", q, on_epoch=True)
         if len(self.skipped) > self._warned:
             first = next(iter(self.skipped.items()))
             log.warning("skipped %d unreadable file(s) so far, e.g. %s (%s)", len(self.skipped), first[0], first[1])

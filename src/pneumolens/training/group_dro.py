@@ -1,0 +1,67 @@
+"""Group DRO (Sagawa et al. 2020): minimise the loss of the worst-served group of films, not the mean.
+
+The groups come from the Kaggle file names: normal films of the ``IM-*`` and of the ``NORMAL2-IM-*``
+series (two acquisition series: the shipped model is right on 100% of the first and 87.5% of the
+second on validation), bacterial and viral pneumonia (``personN_bacteria_M``, ``personN_virus_M``).
+A film whose name says nothing joins its class's own group ("normal" or "pneumonia").
+
+Each group g carries a weight q_g (uniform over the groups the training part holds, at the start).
+Every step, q_g is multiplied by exp(eta * mean loss of g in the batch) and renormalised, then the
+loss is sum_g q_g * mean loss of g: the weights drift towards the groups the network keeps failing,
+at a speed set by ``eta``. Groups replace the class weights (two normal and two pneumonia groups
+start at equal weight, as the balanced class weights do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import PurePath
+
+import torch
+
+GROUPS = ("normal", "normal2", "pneumonia", "bacterial", "viral")
+
+
+def group_of(path: str, label: int) -> int:
+    """The index in ``GROUPS`` of a film, from its label and file name."""
+    name = PurePath(path).name.lower()
+    if not label:
+        return GROUPS.index("normal2" if name.startswith("normal2-") else "normal")
+    if "_bacteria_" in name:
+        return GROUPS.index("bacterial")
+    if "_virus_" in name:
+        return GROUPS.index("viral")
+    return GROUPS.index("pneumonia")
+
+
+def initial_weights(paths: Sequence[str], labels: Sequence[int]) -> torch.Tensor:
+    """Uniform over the groups that hold at least one training film, 0 for the others."""
+    present = torch.zeros(len(GROUPS))
+    for p, y in zip(paths, labels, strict=True):
+        present[group_of(p, int(y))] = 1.0
+    if not present.any():
+        raise ValueError("group DRO needs at least one training film")
+    return present / present.sum()
+
+
+def group_means(losses: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group sums and counts of per-film losses (``len(GROUPS)`` each; absent groups 0)."""
+    sums = torch.zeros(len(GROUPS), dtype=losses.dtype, device=losses.device).index_add(0, groups, losses)
+    counts = torch.zeros(len(GROUPS), dtype=losses.dtype, device=losses.device).index_add(
+        0, groups, torch.ones_like(losses)
+    )
+    return sums, counts
+
+
+def updated_weights(q: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, eta: float) -> torch.Tensor:
+    """One exponentiated-gradient step: q_g * exp(eta * mean loss of g), renormalised. Groups absent from
+    the batch keep their factor 1 (their mean loss counts as 0), as in the paper's code."""
+    means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    q = q * torch.exp(eta * means.detach())
+    return q / q.sum()
+
+
+def robust_loss(q: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """sum_g q_g * mean loss of g over the groups in the batch."""
+    means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    return (q.to(means.dtype) * means).sum()
