@@ -74,12 +74,21 @@ def test_evaluate_json_and_report(trained_run, tiny_data, tmp_path, capsys):
     for k, interval in m["ci"].items():  # bootstrap intervals hold their point estimate
         if interval is not None and m[k] is not None:
             assert interval[0] <= m[k] <= interval[1], k
-    assert "accuracy" in capsys.readouterr().out
+    # subgroups from the Kaggle names: the two normal series and the two pneumonia kinds, summing to the classes
+    sub = m["subgroups"]
+    assert set(sub) == {"NORMAL/IM", "NORMAL/NORMAL2", "PNEUMONIA/bacteria", "PNEUMONIA/virus"}
+    assert sub["NORMAL/IM"]["n"] + sub["NORMAL/NORMAL2"]["n"] == tn + fp
+    assert sub["PNEUMONIA/bacteria"]["n"] + sub["PNEUMONIA/virus"]["n"] == fn + tp
+    assert sub["NORMAL/IM"]["rate"] == "specificity" and sub["PNEUMONIA/virus"]["rate"] == "sensitivity"
+    normal_right = sum(g["value"] * g["n"] for k, g in sub.items() if k.startswith("NORMAL/"))
+    assert normal_right == pytest.approx(tn)
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "NORMAL/NORMAL2" in printed
     report = tmp_path / "report"
     html = (report / "index.html").read_text()
     for png in ("class_counts.png", "samples.png", "training_curves.png", "confusion_matrix.png", "roc_curve.png"):
         assert (report / png).stat().st_size > 1000 and png in html
-    assert "does not make a diagnosis" in html
+    assert "does not make a diagnosis" in html and "PNEUMONIA/virus" in html
     # the errors, explained with Grad-CAM, and the share of attribution on the lungs
     assert "Explanations of the errors (gradcam)" in html and (report / "errors_explained.png").stat().st_size > 1000
     lf = m["explanations"]["lung_fraction"]

@@ -21,31 +21,32 @@ def test_the_groups_of_real_kaggle_file_names():
     normals = real_images("train", "NORMAL", 60)
     pneumonias = real_images("train", "PNEUMONIA", 60)
     groups = {group_dro.GROUPS[group_dro.group_of(str(p), 0)] for p in normals}
-    assert groups == {"normal", "normal2"}  # both acquisition series are in the sample
+    assert groups == {"NORMAL/IM", "NORMAL/NORMAL2"}  # both acquisition series are in the sample
     for p in normals:
-        assert (group_dro.group_of(str(p), 0) == group_dro.GROUPS.index("normal2")) == p.name.startswith("NORMAL2-")
+        in_series_2 = group_dro.group_of(str(p), 0) == group_dro.GROUPS.index("NORMAL/NORMAL2")
+        assert in_series_2 == p.name.startswith("NORMAL2-")
     for p in pneumonias:
-        want = "viral" if "_virus_" in p.name else "bacterial"
+        want = "PNEUMONIA/virus" if "_virus_" in p.name else "PNEUMONIA/bacteria"
         assert group_dro.GROUPS[group_dro.group_of(str(p), 1)] == want
-    assert group_dro.GROUPS[group_dro.group_of("site/film0001.dcm", 1)] == "pneumonia"  # a name that says nothing
-    assert group_dro.GROUPS[group_dro.group_of("site/film0002.dcm", 0)] == "normal"
+    assert group_dro.GROUPS[group_dro.group_of("site/film0001.dcm", 1)] == "PNEUMONIA/unnamed"  # says nothing
+    assert group_dro.GROUPS[group_dro.group_of("site/film0002.dcm", 0)] == "NORMAL/unnamed"
 
 
 def test_initial_weights_are_uniform_over_the_groups_present():
     q = group_dro.initial_weights(["IM-1.jpeg", "NORMAL2-IM-2.jpeg", "person1_virus_1.jpeg"], [0, 0, 1])
-    assert q.tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0, 1 / 3])
+    assert q.tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0, 1 / 3, 0])
     with pytest.raises(ValueError, match="at least one"):
         group_dro.initial_weights([], [])
 
 
 def test_one_weight_step_and_the_robust_loss_by_hand():
-    losses = torch.tensor([1.0, 3.0, 0.5, 2.0])  # normal, normal, normal2, viral
+    losses = torch.tensor([1.0, 3.0, 0.5, 2.0])  # IM, IM, NORMAL2, virus
     groups = torch.tensor([0, 0, 1, 4])
     sums, counts = group_dro.group_means(losses, groups)
-    assert sums.tolist() == [4.0, 0.5, 0.0, 0.0, 2.0] and counts.tolist() == [2.0, 1.0, 0.0, 0.0, 1.0]
-    q = torch.tensor([0.25, 0.25, 0.0, 0.25, 0.25])
+    assert sums.tolist() == [4.0, 0.5, 0.0, 0.0, 2.0, 0.0] and counts.tolist() == [2.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    q = torch.tensor([0.25, 0.25, 0.0, 0.25, 0.25, 0.0])
     new = group_dro.updated_weights(q, sums, counts, eta=0.5)
-    raw = [0.25 * math.exp(0.5 * 2.0), 0.25 * math.exp(0.5 * 0.5), 0.0, 0.25, 0.25 * math.exp(0.5 * 2.0)]
+    raw = [0.25 * math.exp(0.5 * 2.0), 0.25 * math.exp(0.5 * 0.5), 0.0, 0.25, 0.25 * math.exp(0.5 * 2.0), 0.0]
     assert new.tolist() == pytest.approx([r / sum(raw) for r in raw])  # bacterial absent: factor 1
     assert group_dro.robust_loss(new, sums, counts).item() == pytest.approx(
         (new[0] * 2.0 + new[1] * 0.5 + new[4] * 2.0).item()
@@ -90,7 +91,7 @@ def test_a_lightning_step_moves_the_weights_once_towards_the_worse_groups(sam_rh
     want = group_dro.updated_weights(before.group_weights, sums, counts, 0.5)
     assert torch.allclose(module.group_weights, want, atol=1e-5)  # one step, also with the SAM second pass
     assert module.group_weights.sum().item() == pytest.approx(1.0)
-    assert module.group_weights[group_dro.GROUPS.index("pneumonia")] == 0  # absent from training, stays out
+    assert module.group_weights[group_dro.GROUPS.index("PNEUMONIA/unnamed")] == 0  # absent from training, stays out
     means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
     worst, best = int(torch.argmax(means)), int(torch.argmin(torch.where(counts > 0, means, torch.inf)))
     assert module.group_weights[worst] > before.group_weights[worst]
@@ -100,7 +101,7 @@ def test_a_lightning_step_moves_the_weights_once_towards_the_worse_groups(sam_rh
 def test_the_weights_travel_in_the_lightning_checkpoint():
     cfg = resolve_config("default", group_dro=0.01, class_weights="none")
     a = Classifier(cfg.to_dict(), [1.0, 1.0])
-    a.group_weights = torch.tensor([0.1, 0.5, 0.0, 0.3, 0.1])
+    a.group_weights = torch.tensor([0.1, 0.5, 0.0, 0.3, 0.1, 0.0])
     ckpt: dict = {}
     a.on_save_checkpoint(ckpt)
     b = Classifier(cfg.to_dict(), [1.0, 1.0])
@@ -125,9 +126,9 @@ def test_a_real_training_logs_weights_that_favour_no_absent_group(tiny_data, tmp
     rc = train_cli(tiny_data, out, "--group-dro", "0.05", "--class-weights", "none", preset="default", epochs=2)
     assert rc == 0
     rows = list(csv.DictReader(open(next((out / "logs").rglob("metrics.csv")))))
-    last = [r for r in rows if r.get("group_weight_normal2")][-1]
-    q = {g: float(last[f"group_weight_{g}"]) for g in group_dro.GROUPS}
+    last = [r for r in rows if r.get("group_weight_NORMAL_NORMAL2")][-1]
+    q = {g: float(last[f"group_weight_{g.replace('/', '_')}"]) for g in group_dro.GROUPS}
     assert sum(q.values()) == pytest.approx(1.0, abs=1e-5)
-    assert q["pneumonia"] == 0.0  # every Kaggle pneumonia film is named bacterial or viral
-    assert min(q["normal"], q["normal2"], q["bacterial"], q["viral"]) > 0
+    assert q["NORMAL/unnamed"] == q["PNEUMONIA/unnamed"] == 0.0  # every Kaggle film's name says its group
+    assert min(q["NORMAL/IM"], q["NORMAL/NORMAL2"], q["PNEUMONIA/bacteria"], q["PNEUMONIA/virus"]) > 0
     assert len(set(q.values())) > 2  # the step moved them apart from uniform

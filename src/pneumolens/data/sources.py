@@ -34,6 +34,7 @@ class Sample:
     path: str
     label: int  # index into CLASS_NAMES; 1 = PNEUMONIA
     patient: str
+    group: str = ""  # a manifest's ``group`` column (scanner, site, ...); "" for the file name's own
 
 
 _PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
@@ -92,8 +93,8 @@ def list_folder(root: str | os.PathLike[str]) -> list[Sample]:
 
 
 def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
-    """Samples from a CSV with columns ``path,label`` (optional ``patient``); paths may be relative
-    to the CSV's folder."""
+    """Samples from a CSV with columns ``path,label`` (optional ``patient``, and ``group`` for the
+    subgroups ``evaluate`` reports); paths may be relative to the CSV's folder."""
     csv_path = Path(csv_path)
     base = csv_path.parent
     samples = []
@@ -106,7 +107,7 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
             p = Path(row["path"])
             p = p if p.is_absolute() else base / p
             label = _label_index(row["label"], f"{csv_path}:{i}")
-            samples.append(Sample(str(p), label, row.get("patient") or patient_id(p)))
+            samples.append(Sample(str(p), label, row.get("patient") or patient_id(p), (row.get("group") or "").strip()))
     if not samples:
         raise DataLayoutError(f"{csv_path}: manifest has no rows")
     return samples
@@ -114,13 +115,15 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
 
 def write_manifest(csv_path: str | os.PathLike[str], samples: list[Sample]) -> None:
     """Write ``samples`` as a manifest :func:`read_manifest` reads back (absolute paths, class names,
-    patients)."""
+    patients, and groups when any sample has one)."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    grouped = any(s.group for s in samples)
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "patient"])
-        w.writerows([str(Path(s.path).resolve()), CLASS_NAMES[s.label], s.patient] for s in samples)
+        w.writerow(["path", "label", "patient", *(["group"] if grouped else [])])
+        for s in samples:
+            w.writerow([str(Path(s.path).resolve()), CLASS_NAMES[s.label], s.patient, *([s.group] if grouped else [])])
 
 
 def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:

@@ -7,8 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
 from pneumolens.checkpoint import LoadedModel
+from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import Sample, check_headers, find_split
+from pneumolens.data.subgroups import subgroup
 from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import default_workers, predict_samples
@@ -35,6 +40,40 @@ def scored_metrics(
     return metrics
 
 
+def subgroup_metrics(
+    y: Sequence[int],
+    p: Sequence[float],
+    threshold: float,
+    patients: Sequence[str],
+    subgroups: Sequence[str],
+    n_boot: int = 1000,
+) -> dict[str, dict[str, Any]]:
+    """Per ``CLASS/group`` subgroup: its films and patients, its own rate at ``threshold`` (the
+    specificity of a normal subgroup, the sensitivity of a pneumonia one) with a 95% bootstrap
+    interval over its patients, and the ROC-AUC of its films against every film of the other class."""
+    y_arr, p_arr, g_arr = np.asarray(y, int), np.asarray(p, float), np.asarray(subgroups, str)
+    pats = np.asarray(patients, str)
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(subgroups), key=lambda g: (CLASS_NAMES.index(g.split("/")[0]), g)):
+        inside = g_arr == name
+        label = int(y_arr[inside][0])
+        rate = "sensitivity" if label else "specificity"
+        m = binary_metrics(y_arr[inside], p_arr[inside], threshold)
+        ci = bootstrap_ci(y_arr[inside], p_arr[inside], threshold, n_boot=n_boot, groups=pats[inside])
+        other = y_arr != label
+        vs = np.concatenate([p_arr[inside], p_arr[other]])
+        truth = np.concatenate([np.full(inside.sum(), label), y_arr[other]])
+        out[name] = {
+            "n": int(inside.sum()),
+            "n_patients": len(set(pats[inside])),
+            "rate": rate,
+            "value": m[rate],
+            "ci": ci[rate],
+            "roc_auc_vs_other_class": float(roc_auc_score(truth, vs)) if other.any() else None,
+        }
+    return out
+
+
 def evaluate(
     loaded: LoadedModel, data: str | os.PathLike[str], threshold: float | None = None, n_boot: int = 1000
 ) -> Evaluation:
@@ -49,6 +88,9 @@ def evaluate(
     p = [probs[s.path] for s in scored]
     y = [s.label for s in scored]
     metrics = scored_metrics(y, p, t, [s.patient for s in scored], n_boot)
+    metrics["subgroups"] = subgroup_metrics(
+        y, p, t, [s.patient for s in scored], [subgroup(s.path, s.label, s.group) for s in scored], n_boot
+    )
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
@@ -77,6 +119,16 @@ def format_table(m: dict[str, Any]) -> str:
         ("ROC-AUC", "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}" + _ci3(ci.get("roc_auc"))),
         ("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]"),
     ]
+    for name, g in m.get("subgroups", {}).items():
+        auc = g["roc_auc_vs_other_class"]
+        rows.append(
+            (
+                f"  {name} ({g['n']})",
+                f"{g['rate']} {pct(g['value'])}"
+                + (f"  [{100 * g['ci'][0]:.1f}, {100 * g['ci'][1]:.1f}]" if g["ci"] else "")
+                + ("" if auc is None else f", ROC-AUC vs the other class {auc:.4f}"),
+            )
+        )
     if m.get("n_skipped"):
         rows.append(("skipped (unreadable)", str(m["n_skipped"])))
     if ci:

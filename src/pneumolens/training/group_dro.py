@@ -1,9 +1,9 @@
 """Group DRO (Sagawa et al. 2020): minimise the loss of the worst-served group of films, not the mean.
 
-The groups come from the Kaggle file names: normal films of the ``IM-*`` and of the ``NORMAL2-IM-*``
-series (two acquisition series: the shipped model is right on 100% of the first and 87.5% of the
-second on validation), bacterial and viral pneumonia (``personN_bacteria_M``, ``personN_virus_M``).
-A film whose name says nothing joins its class's own group ("normal" or "pneumonia").
+The groups are the Kaggle subgroups of ``pneumolens.data.subgroups``: normal films of the ``IM-*``
+and of the ``NORMAL2-IM-*`` series (two acquisition series: the shipped model is right on 100% of
+the first and 87.5% of the second on validation), bacterial and viral pneumonia; a film whose name
+says nothing joins its class's ``unnamed`` group.
 
 Each group g carries a weight q_g (uniform over the groups the training part holds, at the start).
 Every step, q_g is multiplied by exp(eta * mean loss of g in the batch) and renormalised, then the
@@ -15,23 +15,17 @@ start at equal weight, as the balanced class weights do).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import PurePath
 
 import torch
 
-GROUPS = ("normal", "normal2", "pneumonia", "bacterial", "viral")
+from pneumolens.data.subgroups import KAGGLE_SUBGROUPS, kaggle_subgroup
+
+GROUPS = KAGGLE_SUBGROUPS
 
 
 def group_of(path: str, label: int) -> int:
     """The index in ``GROUPS`` of a film, from its label and file name."""
-    name = PurePath(path).name.lower()
-    if not label:
-        return GROUPS.index("normal2" if name.startswith("normal2-") else "normal")
-    if "_bacteria_" in name:
-        return GROUPS.index("bacterial")
-    if "_virus_" in name:
-        return GROUPS.index("viral")
-    return GROUPS.index("pneumonia")
+    return GROUPS.index(kaggle_subgroup(path, label))
 
 
 def initial_weights(paths: Sequence[str], labels: Sequence[int]) -> torch.Tensor:

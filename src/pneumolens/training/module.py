@@ -231,7 +231,7 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self.cfg.group_dro > 0:
             for name, q in zip(group_dro.GROUPS, self.group_weights.tolist(), strict=True):
-                self.log(f"group_weight_{name}", q, on_epoch=True)
+                self.log(f"group_weight_{name.replace('/', '_')}", q, on_epoch=True)
         if len(self.skipped) > self._warned:
             first = next(iter(self.skipped.items()))
             log.warning("skipped %d unreadable file(s) so far, e.g. %s (%s)", len(self.skipped), first[0], first[1])
