@@ -54,7 +54,10 @@ def main() -> None:
     rows = list(csv.DictReader(open(Path(args.external) / "manifest.csv", newline="")))
     ext = [Sample(str(Path(args.external) / "images" / f"{r['id']}.png"), int(r["tb_label"]), r["id"]) for r in rows]
     ext_normal = [s for s in ext if s.label == 0]
-    print("| batch-norm statistics | test acc | test sens | test spec | test ROC-AUC | external normals called pneumonia |")
+    print(
+        "| batch-norm statistics | test acc | test sens | test spec | test ROC-AUC "
+        "| external normals called pneumonia |"
+    )
     print("|---|---|---|---|---|---|")
     for name, model in (
         ("as trained", loaded.model),

@@ -35,3 +35,7 @@ def test_shipped_model_reproduces_its_recorded_test_accuracy():
     # a check of the artefact (same file, same data, same code path), not tuning
     assert abs(m["accuracy"] - recorded["accuracy"]) <= 0.005
     assert m["roc_auc"] == pytest.approx(recorded["roc_auc"], abs=0.002)
+    # and its recorded subgroups (the model card quotes them): the same films, the same rates
+    for name, g in recorded["subgroups"].items():
+        assert m["subgroups"][name]["n"] == g["n"], name
+        assert m["subgroups"][name]["value"] == pytest.approx(g["value"], abs=0.01), name
