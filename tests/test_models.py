@@ -363,3 +363,30 @@ def test_ibn_and_mixstyle_networks_export_to_onnx_with_the_same_outputs(tmp_path
     with torch.no_grad():
         expected = model(x).numpy()
     assert abs(OnnxModel(out).logits(x.numpy()) - expected).max() < 1e-4
+
+
+def test_halves_read_each_half_of_the_crop_with_the_same_weights_and_take_the_larger():
+    from pneumolens.explain.attribution import gradcam
+    from pneumolens.models.resnet_small import ResNetSmall
+
+    torch.manual_seed(0)
+    model = ResNetSmall(halves=True).eval()
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        left, right = model._backbone(x[..., :64]), model._backbone(x[..., 64:])  # by hand, one half at a time
+        assert torch.allclose(model.forward_features(x), torch.cat((left, right), dim=-1), atol=1e-5)
+        per_side = torch.stack([model.fc(model.pool(f).flatten(1)).squeeze(1) for f in (left, right)])
+        assert torch.allclose(model(x), per_side.max(0).values, atol=1e-5)
+        # what lies in one half never reaches the other half's logit
+        y = x.clone()
+        y[..., 64:] = torch.rand(2, 1, 128, 64)
+        assert torch.allclose(model._backbone(y[..., :64]), left)
+        # not mirror-blind: the mediastinum's side tells the lungs apart
+        assert not torch.allclose(model(x), model(x.flip(-1)), atol=1e-4)
+    cam = gradcam(model, x[:1])  # one map per film, over both halves
+    assert cam.shape == (128, 128) and cam.max() == pytest.approx(1.0)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ResNetSmall().parameters())
+    with pytest.raises(ValueError, match="even input width"):
+        model(torch.rand(1, 1, 128, 127))
+    with pytest.raises(ValueError, match="halves must be true or false"):
+        ResNetSmall(halves="yes")

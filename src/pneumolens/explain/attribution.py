@@ -42,9 +42,10 @@ def valid_layers(model: nn.Module) -> list[str]:
 
 
 def resolve_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:
-    name = layer or getattr(model, "feature_layer", None)
+    own = getattr(model, "feature_layer", None)  # the layer the model declares for Grad-CAM is always valid
+    name = layer or own
     modules = dict(model.named_modules())
-    if name not in modules or name not in valid_layers(model):
+    if name not in modules or (name != own and name not in valid_layers(model)):
         raise ValueError(f"unknown layer {name!r}; valid: {', '.join(valid_layers(model))}")
     return name, modules[name]
 

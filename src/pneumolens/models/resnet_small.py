@@ -180,6 +180,7 @@ class ResNetSmall(nn.Module):
         standardize: bool = False,
         ibn: bool = False,
         mixstyle: float = 0.0,
+        halves: bool = False,
     ) -> None:
         super().__init__()
         del image_size  # global pooling: any input size works
@@ -198,6 +199,9 @@ class ResNetSmall(nn.Module):
             raise ValueError(f"ibn must be true or false, got {ibn!r}")
         if isinstance(mixstyle, bool) or not isinstance(mixstyle, int | float):
             raise ValueError(f"mixstyle must be a probability in [0, 1], got {mixstyle!r}")
+        if not isinstance(halves, bool):
+            raise ValueError(f"halves must be true or false, got {halves!r}")
+        self.halves = halves
         self.standardize = standardize
         self.stem = nn.Sequential(
             _down_conv_bn(in_channels, widths[0] // 2, stride=2, kernel=3, antialias=antialias),
@@ -227,6 +231,9 @@ class ResNetSmall(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.mixstyle: nn.Module | None = MixStyle(float(mixstyle)) if mixstyle else None
         self.feature_layer = f"stages.{len(stages) - 1}"  # last residual block, for Grad-CAM
+        if halves:  # Grad-CAM reads the halves' features put back side by side, one map per film
+            self.join = nn.Identity()
+            self.feature_layer = "join"
         if pool not in ("avg", "gem"):
             raise ValueError(f"unknown pool {pool!r}; valid: avg, gem")
         self.pool = GlobalAvgPool() if pool == "avg" else GeM()
@@ -240,6 +247,18 @@ class ResNetSmall(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize:  # each image to mean 0, standard deviation 1: exposure and contrast removed
             x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-3)
+        if not self.halves:
+            return self._backbone(x)
+        # One network for both lungs: the crop's left and right halves go through the same weights in one
+        # batch, not mirrored (the mediastinum's side still says which lung it is); their features are
+        # put back side by side.
+        b, w = x.shape[0], x.shape[-1]
+        if w % 2:
+            raise ValueError(f"halves needs an even input width, got {w}")
+        f = self._backbone(torch.cat((x[..., : w // 2], x[..., w // 2 :])))
+        return self.join(torch.cat((f[:b], f[b:]), dim=-1))
+
+    def _backbone(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         if self.mixstyle is None:
             return self.stages(x)  # (B, C, H/32, W/32)
@@ -250,7 +269,11 @@ class ResNetSmall(nn.Module):
         return x
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.pool(f).flatten(1))).squeeze(1)  # (B,)
+        if not self.halves:
+            return self.fc(self.drop(self.pool(f).flatten(1))).squeeze(1)  # (B,)
+        w = f.shape[-1] // 2  # each half's logit; the film's is the larger (pneumonia in either lung)
+        sides = [self.fc(self.drop(self.pool(h).flatten(1))).squeeze(1) for h in (f[..., :w], f[..., w:])]
+        return torch.maximum(*sides)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
