@@ -343,11 +343,22 @@ def test_ibn_instance_normalises_half_the_channels_of_the_early_blocks():
         ResNetSmall(ibn="true")
 
 
-def test_ibn_and_mixstyle_networks_export_to_onnx_with_the_same_outputs(tmp_path):
+def _onnx_gap(model: torch.nn.Module, tmp_path) -> float:
+    """The largest difference between a model's logits and its ONNX export's, on random inputs."""
     from pathlib import Path
 
     from pneumolens.checkpoint import LoadedModel
     from pneumolens.export import OnnxModel, export_onnx
+
+    meta = {"preprocessing": resolve_config("default").preprocess.__dict__, "threshold": 0.5, "name": "net"}
+    out = export_onnx(LoadedModel(model=model, meta=meta, path=Path("net")), tmp_path / "net.onnx")
+    x = torch.rand(3, 1, 128, 128)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    return float(abs(OnnxModel(out).logits(x.numpy()) - expected).max())
+
+
+def test_ibn_and_mixstyle_networks_export_to_onnx_with_the_same_outputs(tmp_path):
     from pneumolens.models.resnet_small import ResNetSmall
 
     torch.manual_seed(0)
@@ -356,13 +367,7 @@ def test_ibn_and_mixstyle_networks_export_to_onnx_with_the_same_outputs(tmp_path
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d | torch.nn.InstanceNorm2d):
                 m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
-    model.eval()
-    meta = {"preprocessing": resolve_config("default").preprocess.__dict__, "threshold": 0.5, "name": "ibn"}
-    out = export_onnx(LoadedModel(model=model, meta=meta, path=Path("ibn")), tmp_path / "ibn.onnx")
-    x = torch.rand(3, 1, 128, 128)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    assert abs(OnnxModel(out).logits(x.numpy()) - expected).max() < 1e-4
+    assert _onnx_gap(model.eval(), tmp_path) < 1e-4
 
 
 def test_halves_read_each_half_of_the_crop_with_the_same_weights_and_take_the_larger():
@@ -390,3 +395,10 @@ def test_halves_read_each_half_of_the_crop_with_the_same_weights_and_take_the_la
         model(torch.rand(1, 1, 128, 127))
     with pytest.raises(ValueError, match="halves must be true or false"):
         ResNetSmall(halves="yes")
+
+
+def test_a_halves_network_exports_to_onnx_with_the_same_outputs(tmp_path):
+    from pneumolens.models.resnet_small import ResNetSmall
+
+    torch.manual_seed(0)
+    assert _onnx_gap(ResNetSmall(halves=True).eval(), tmp_path) < 1e-4
