@@ -48,3 +48,40 @@ def test_subgroup_metrics_by_hand():
     assert a["roc_auc_vs_other_class"] == pytest.approx(8 / 9)
     # pneumonia against all five normals: 0.8 beats 4 (not 0.9), 0.95 beats 5, 0.4 beats 2 -> 11 of 15
     assert x["roc_auc_vs_other_class"] == pytest.approx(11 / 15)
+
+
+def test_evaluate_groups_dicom_films_by_a_device_attribute_and_never_by_a_patient(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    from conftest import PATIENT_ID, PATIENT_NAME, make_dicom
+    from pneumolens.cli import main
+
+    vendors = {"NORMAL": ["VendorA", "VendorA", "VendorB"], "PNEUMONIA": ["VendorA", "VendorA", None]}
+    for label, names in vendors.items():
+        (tmp_path / label).mkdir()
+        for i, (vendor, src) in enumerate(zip(names, real_images("test", label, 3), strict=True)):
+            path = make_dicom(tmp_path / label / f"film{i}.dcm", np.asarray(Image.open(src).convert("L")))
+            if vendor:
+                ds = pydicom.dcmread(path)
+                ds.Manufacturer = vendor
+                ds.save_as(path)
+    (tmp_path / "NORMAL" / "film9.jpeg").symlink_to(real_images("test", "NORMAL", 4)[-1])  # not a DICOM file
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--data", str(tmp_path), "--group-by", "Manufacturer", "--json", str(out)]) == 0
+    text = out.read_text()
+    sub = json.loads(text)["subgroups"]
+    assert {k: g["n"] for k, g in sub.items()} == {
+        "NORMAL/VendorA": 2, "NORMAL/VendorB": 1, "NORMAL/not DICOM": 1,
+        "PNEUMONIA/VendorA": 2, "PNEUMONIA/no Manufacturer": 1,
+    }  # fmt: skip
+    printed = capsys.readouterr()
+    for secret in (PATIENT_NAME, PATIENT_ID):
+        assert secret not in text and secret not in printed.out and secret not in printed.err
+    # a patient attribute is refused by name, before any film is scored
+    assert main(["evaluate", "--data", str(tmp_path), "--group-by", "PatientName"]) == 2
+    err = capsys.readouterr().err
+    assert "--group-by PatientName" in err and "Manufacturer" in err

@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", help="write an HTML report with figures into this directory")
     e.add_argument("--threshold", type=_probability, help="override the model's operating point")
     e.add_argument(
+        "--group-by",
+        metavar="ATTRIBUTE",
+        help="report subgroups by a DICOM device or acquisition attribute (e.g. Manufacturer, "
+        "ManufacturerModelName, InstitutionName, ViewPosition); never a patient's",
+    )
+    e.add_argument(
         "--explain",
         default="gradcam",
         choices=["gradcam", "occlusion", "lime", "none"],
@@ -474,7 +480,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumolens.evaluation.evaluate import evaluate, format_table
 
     loaded = load_model(args.model)
-    ev = evaluate(loaded, args.data, args.threshold)
+    ev = evaluate(loaded, args.data, args.threshold, group_by=args.group_by)
     print(format_table(ev.metrics))
     for path, reason in ev.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

@@ -1,17 +1,37 @@
 """Subgroups of films within a class: where a model can be right on average and wrong on a part.
 
 A film's subgroup is ``CLASS/group``. The group comes from a CSV manifest's ``group`` column (a
-scanner, a site, an age band: whatever the user wants to see separately), else from the Kaggle file
-names: normal films of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two acquisition series with
+scanner, a site, an age band: whatever the user wants to see separately), from a DICOM attribute
+of the device or acquisition (``evaluate --group-by Manufacturer``; never a patient's), else from
+the Kaggle file names: normal films of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two acquisition series with
 different error rates), bacterial and viral pneumonia (``personN_bacteria_M``, ``personN_virus_M``);
 a name that says nothing is ``unnamed``.
 """
 
 from __future__ import annotations
 
-from pathlib import PurePath
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePath
 
 from pneumolens.config import CLASS_NAMES
+from pneumolens.data.dicom import is_dicom
+from pneumolens.data.sources import Sample
+
+# DICOM attributes of the device and the acquisition that ``evaluate --group-by`` may split by.
+# Nothing that identifies a patient (name, ID, birth date, accession number...) is on the list.
+DEVICE_ATTRIBUTES = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "StationName",
+    "Modality",
+    "ViewPosition",
+    "BodyPartExamined",
+    "DetectorType",
+    "PhotometricInterpretation",
+)
 
 # The Kaggle subgroups, in a fixed order (group DRO keeps one weight per entry).
 KAGGLE_SUBGROUPS = (
@@ -37,3 +57,30 @@ def kaggle_subgroup(path: str, label: int) -> str:
 def subgroup(path: str, label: int, group: str = "") -> str:
     """``CLASS/group``: the given group (a manifest's column) if any, else the Kaggle name's."""
     return f"{CLASS_NAMES[label]}/{group}" if group else kaggle_subgroup(path, label)
+
+
+def dicom_attribute(path: str | os.PathLike[str], keyword: str) -> str:
+    """The value of a DICOM attribute of a file as a group name: "no KEYWORD" when the file lacks
+    it, "not DICOM" for another format, "unreadable" when the header does not parse."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        if not is_dicom(head, str(path)):
+            return "not DICOM"
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[keyword])
+    except Exception:  # the scorer reports the file's own error; here it only needs a group
+        return "unreadable"
+    value = str(getattr(ds, keyword, "") or "").strip()
+    return value or f"no {keyword}"
+
+
+def grouped_by(samples: Sequence[Sample], keyword: str) -> list[Sample]:
+    """``samples`` with their group set to a DICOM device or acquisition attribute."""
+    if keyword not in DEVICE_ATTRIBUTES:
+        raise ValueError(
+            f"--group-by {keyword}: not a device or acquisition attribute pneumolens groups by (patient "
+            f"attributes never are); valid: {', '.join(DEVICE_ATTRIBUTES)}"
+        )
+    return [dataclasses.replace(s, group=dicom_attribute(Path(s.path), keyword)) for s in samples]

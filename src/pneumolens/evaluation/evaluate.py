@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from pneumolens.checkpoint import LoadedModel
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import Sample, check_headers, find_split
-from pneumolens.data.subgroups import subgroup
+from pneumolens.data.subgroups import grouped_by, subgroup
 from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import default_workers, predict_samples
@@ -75,10 +75,18 @@ def subgroup_metrics(
 
 
 def evaluate(
-    loaded: LoadedModel, data: str | os.PathLike[str], threshold: float | None = None, n_boot: int = 1000
+    loaded: LoadedModel,
+    data: str | os.PathLike[str],
+    threshold: float | None = None,
+    n_boot: int = 1000,
+    group_by: str | None = None,
 ) -> Evaluation:
-    """Score ``loaded`` on ``data``'s test split (or its class folders / CSV manifest)."""
-    samples, bad = check_headers(find_split(data, "test"))
+    """Score ``loaded`` on ``data``'s test split (or its class folders / CSV manifest). ``group_by``:
+    a DICOM device or acquisition attribute to report subgroups by (``subgroups.DEVICE_ATTRIBUTES``)."""
+    listed = find_split(data, "test")
+    if group_by:
+        listed = grouped_by(listed, group_by)
+    samples, bad = check_headers(listed)
     probs, errors = predict_samples(loaded.model, samples, loaded.preprocess, num_workers=default_workers(len(samples)))
     skipped = bad + sorted(errors.items())
     scored = [s for s in samples if s.path in probs]
