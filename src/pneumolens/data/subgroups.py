@@ -3,9 +3,9 @@
 A film's subgroup is ``CLASS/group``. The group comes from a CSV manifest's ``group`` column (a
 scanner, a site, an age band: whatever the user wants to see separately), from a DICOM attribute
 of the device or acquisition (``evaluate --group-by Manufacturer``; never a patient's), else from
-the Kaggle file names: normal films of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two acquisition series with
-different error rates), bacterial and viral pneumonia (``personN_bacteria_M``, ``personN_virus_M``);
-a name that says nothing is ``unnamed``.
+the Kaggle file names: normal films of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two
+acquisition series with different error rates), bacterial and viral pneumonia
+(``personN_bacteria_M``, ``personN_virus_M``); a name that says nothing is ``unnamed``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def kaggle_subgroup(path: str, label: int) -> str:
 
 
 def subgroup(path: str, label: int, group: str = "") -> str:
-    """``CLASS/group``: the given group (a manifest's column) if any, else the Kaggle name's."""
+    """``CLASS/group``: the given group (a manifest's column, a DICOM attribute) if any, else the
+    Kaggle name's."""
     return f"{CLASS_NAMES[label]}/{group}" if group else kaggle_subgroup(path, label)
 
 
