@@ -42,7 +42,7 @@ def test_initial_weights_are_uniform_over_the_groups_present():
 def test_one_weight_step_and_the_robust_loss_by_hand():
     losses = torch.tensor([1.0, 3.0, 0.5, 2.0])  # IM, IM, NORMAL2, virus
     groups = torch.tensor([0, 0, 1, 4])
-    sums, counts = group_dro.group_means(losses, groups)
+    sums, counts = group_dro.group_sums(losses, groups)
     assert sums.tolist() == [4.0, 0.5, 0.0, 0.0, 2.0, 0.0] and counts.tolist() == [2.0, 1.0, 0.0, 0.0, 1.0, 0.0]
     q = torch.tensor([0.25, 0.25, 0.0, 0.25, 0.25, 0.0])
     new = group_dro.updated_weights(q, sums, counts, eta=0.5)
@@ -87,7 +87,7 @@ def test_a_lightning_step_moves_the_weights_once_towards_the_worse_groups(sam_rh
         logits = before(before._input(batch, augment=True)).float()  # the augmentation ranges are 0
     losses = F.binary_cross_entropy_with_logits(logits, batch["label"], reduction="none")
     groups = torch.tensor([group_dro.group_of(p, int(y)) for p, y in zip(batch["path"], batch["label"], strict=True)])
-    sums, counts = group_dro.group_means(losses, groups)
+    sums, counts = group_dro.group_sums(losses, groups)
     want = group_dro.updated_weights(before.group_weights, sums, counts, 0.5)
     assert torch.allclose(module.group_weights, want, atol=1e-5)  # one step, also with the SAM second pass
     assert module.group_weights.sum().item() == pytest.approx(1.0)

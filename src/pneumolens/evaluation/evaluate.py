@@ -95,9 +95,10 @@ def evaluate(
     t = loaded.threshold if threshold is None else threshold
     p = [probs[s.path] for s in scored]
     y = [s.label for s in scored]
-    metrics = scored_metrics(y, p, t, [s.patient for s in scored], n_boot)
+    patients = [s.patient for s in scored]
+    metrics = scored_metrics(y, p, t, patients, n_boot)
     metrics["subgroups"] = subgroup_metrics(
-        y, p, t, [s.patient for s in scored], [subgroup(s.path, s.label, s.group) for s in scored], n_boot
+        y, p, t, patients, [subgroup(s.path, s.label, s.group) for s in scored], n_boot
     )
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
@@ -108,10 +109,10 @@ def evaluate(
 def format_table(m: dict[str, Any]) -> str:
     ci = m.get("ci", {})
 
-    def pct(v: float | None, key: str = "") -> str:
+    def pct(v: float | None, key: str = "", lo_hi: list[float] | None = None) -> str:
         if v is None:
             return "n/a"
-        lo_hi = ci.get(key)
+        lo_hi = lo_hi or ci.get(key)
         return f"{100 * v:.1f}%" + (f"  [{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]" if lo_hi else "")
 
     (tn, fp), (fn, tp) = m["confusion_matrix"]
@@ -132,8 +133,7 @@ def format_table(m: dict[str, Any]) -> str:
         rows.append(
             (
                 f"  {name} ({g['n']})",
-                f"{g['rate']} {pct(g['value'])}"
-                + (f"  [{100 * g['ci'][0]:.1f}, {100 * g['ci'][1]:.1f}]" if g["ci"] else "")
+                f"{g['rate']} {pct(g['value'], lo_hi=g['ci'])}"
                 + ("" if auc is None else f", ROC-AUC vs the other class {auc:.4f}"),
             )
         )

@@ -38,7 +38,7 @@ def initial_weights(paths: Sequence[str], labels: Sequence[int]) -> torch.Tensor
     return present / present.sum()
 
 
-def group_means(losses: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def group_sums(losses: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group sums and counts of per-film losses (``len(GROUPS)`` each; absent groups 0)."""
     sums = torch.zeros(len(GROUPS), dtype=losses.dtype, device=losses.device).index_add(0, groups, losses)
     counts = torch.zeros(len(GROUPS), dtype=losses.dtype, device=losses.device).index_add(
@@ -47,15 +47,19 @@ def group_means(losses: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tenso
     return sums, counts
 
 
+def _means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Each group's mean loss; 0 for a group with no film in the batch."""
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
+
+
 def updated_weights(q: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, eta: float) -> torch.Tensor:
     """One exponentiated-gradient step: q_g * exp(eta * mean loss of g), renormalised. Groups absent from
     the batch keep their factor 1 (their mean loss counts as 0), as in the paper's code."""
-    means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
-    q = q * torch.exp(eta * means.detach())
+    q = q * torch.exp(eta * _means(sums, counts).detach())
     return q / q.sum()
 
 
 def robust_loss(q: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """sum_g q_g * mean loss of g over the groups in the batch."""
-    means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    means = _means(sums, counts)
     return (q.to(means.dtype) * means).sum()

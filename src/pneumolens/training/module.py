@@ -136,7 +136,7 @@ class Classifier(L.LightningModule):
             return weighted_bce(logits, y, w, self.cfg.label_smoothing)
         labels = y.round().long().tolist()
         groups = torch.tensor([group_dro.group_of(p, c) for p, c in zip(paths, labels, strict=True)])
-        sums, counts = group_dro.group_means(film_bce(logits, y, self.cfg.label_smoothing), groups.to(logits.device))
+        sums, counts = group_dro.group_sums(film_bce(logits, y, self.cfg.label_smoothing), groups.to(logits.device))
         if update:
             total_sums, total_counts = sums.detach(), counts
             if self.trainer.world_size > 1:  # every process takes the same step
