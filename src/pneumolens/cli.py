@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="weight of an auxiliary bacterial-vs-viral loss on pneumonia images named so (training only)",
     )
+    t.add_argument(
+        "--series-adversary",
+        type=float,
+        metavar="WEIGHT",
+        help="weight of an adversary (gradient reversal) that keeps the features from telling the Kaggle normal "
+        "series IM and NORMAL2 apart (e.g. 0.5; training only)",
+    )
     t.add_argument("--class-weights", choices=["seed", "balanced", "none"])
     t.add_argument(
         "--balanced-sampler", action=argparse.BooleanOptionalAction, default=None, help="oversample the minority class"
@@ -421,8 +428,8 @@ RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
     "zoom gamma contrast mixup hflip erase blur label_smoothing teacher distill_weight rank_weight group_dro sam_rho "
-    "subtype_weight class_weights balanced_sampler patient_weighting ssl_epochs ssl_lr init exclude val_fraction "
-    "threshold_policy calibrate precision"
+    "subtype_weight series_adversary class_weights balanced_sampler patient_weighting ssl_epochs ssl_lr init exclude "
+    "val_fraction threshold_policy calibrate precision"
 ).split()
 
 

@@ -74,6 +74,7 @@ class TrainConfig:
     group_dro: float = 0.0  # > 0: group DRO's step size over the file-name groups (training.group_dro)
     sam_rho: float = 0.0  # > 0: sharpness-aware minimisation, gradients taken rho away along the gradient
     subtype_weight: float = 0.0  # > 0: auxiliary bacterial-vs-viral loss (Kaggle file names), training only
+    series_adversary: float = 0.0  # > 0: weight of an adversary against the normal series (training.adversary)
     balanced_sampler: bool = False
     patient_weighting: bool = False  # within each class, a patient's films share one patient's weight
     ssl_epochs: int = 0  # > 0: self-supervised pretraining (SimSiam) on the training films first
@@ -253,4 +254,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
             "subtype_weight and mixup cannot be combined (mixup blends the subtypes of two images); "
             "add --subtype-weight 0 to train with mixup"
         )
+    if overrides.get("series_adversary", 0.0) < 0:
+        raise ValueError(f"series_adversary must be >= 0, got {overrides['series_adversary']}")
+    if overrides.get("series_adversary", cfg.series_adversary) > 0 and cfg.augment.mixup > 0:
+        raise ValueError("series_adversary needs each film's series and mixup blends two films: pick one")
     return dataclasses.replace(cfg, **overrides)

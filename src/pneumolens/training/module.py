@@ -18,7 +18,7 @@ from pneumolens.config import TrainConfig
 from pneumolens.data.augment import augment_batch, mixup
 from pneumolens.data.cache import to_model_input
 from pneumolens.models import create_model
-from pneumolens.training import group_dro
+from pneumolens.training import adversary, group_dro
 from pneumolens.training.distill import distill_loss
 from pneumolens.training.sharpness import sharpness_aware_gradients
 from pneumolens.training.state import rng_state, set_rng_state
@@ -42,8 +42,9 @@ def subtype_targets(paths: list[str]) -> torch.Tensor:
     return torch.tensor([-1.0 if m is None else float(m.group(1).lower() == "virus") for m in found])
 
 
-def subtype_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the images with a known subtype; 0 when the batch has none."""
+def known_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the images with a known target (>= 0; -1 means unknown); 0 when the
+    batch has none."""
     known = targets >= 0
     if not known.any():
         return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
@@ -80,6 +81,8 @@ class Classifier(L.LightningModule):
         self.model = create_model(arch["name"], **arch["kwargs"])
         if self.cfg.subtype_weight > 0:  # a head on the average-pooled features; not part of the saved model
             self.subtype_head = torch.nn.Linear(self.model.num_features, 1)
+        if self.cfg.series_adversary > 0:  # the normal-series adversary (training.adversary); not saved either
+            self.series_head = torch.nn.Linear(self.model.num_features, 1)
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
         self.train_acc = BinaryAccuracy(threshold=self.cfg.threshold)
         self.val_acc = BinaryAccuracy(threshold=self.cfg.threshold)
@@ -149,17 +152,27 @@ class Classifier(L.LightningModule):
 
     def _loss(
         self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, paths: list[str], update: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The training loss, the logits and the auxiliary subtype loss (None without it). ``update``:
-        whether this pass may move the group weights (not the second pass of sharpness-aware minimisation)."""
-        if self.cfg.subtype_weight > 0:  # the features feed the auxiliary head too: no second pass
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, the logits and the auxiliary heads' losses by name (``subtype``, ``series``;
+        empty without heads). ``update``: whether this pass may move the group weights (not the second
+        pass of sharpness-aware minimisation)."""
+        aux: dict[str, torch.Tensor] = {}
+        if self.cfg.subtype_weight > 0 or self.cfg.series_adversary > 0:  # heads share the features: one pass
             f = self.model.forward_features(x)
             logits = self.model.forward_head(f).float()
-            aux = self.subtype_head(f.float().mean((2, 3))).squeeze(1)
-            aux_loss = subtype_loss(aux, subtype_targets(paths).to(aux.device))
-            loss = self._main_loss(logits, y, w, paths, update) + self.cfg.subtype_weight * aux_loss
+            pooled = f.float().mean((2, 3))
+            loss = self._main_loss(logits, y, w, paths, update)
+            if self.cfg.subtype_weight > 0:
+                aux["subtype"] = known_bce(self.subtype_head(pooled).squeeze(1), subtype_targets(paths).to(x.device))
+                loss = loss + self.cfg.subtype_weight * aux["subtype"]
+            if self.cfg.series_adversary > 0:
+                progress = self.global_step / max(1, self.trainer.estimated_stepping_batches) if self._trainer else 1.0
+                reversed_ = adversary.reverse_gradient(pooled, adversary.reversal_coefficient(progress))
+                targets = adversary.series_targets(paths, y.round().long().tolist()).to(x.device)
+                aux["series"] = known_bce(self.series_head(reversed_).squeeze(1), targets)
+                loss = loss + self.cfg.series_adversary * aux["series"]
         else:
-            logits, aux_loss = self(x).float(), None  # through forward(), like every other step
+            logits = self(x).float()  # through forward(), like every other step
             loss = self._main_loss(logits, y, w, paths, update)
         if self.cfg.rank_weight > 0:
             loss = loss + self.cfg.rank_weight * pairwise_rank_loss(logits, y)
@@ -167,7 +180,7 @@ class Classifier(L.LightningModule):
             with torch.no_grad():
                 teacher_logits = self._teacher[0](x)
             loss = loss + self.cfg.distill_weight * distill_loss(logits, teacher_logits)
-        return loss, logits, aux_loss
+        return loss, logits, aux
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self._note_skipped(batch)
@@ -181,9 +194,9 @@ class Classifier(L.LightningModule):
         if self.film_weights:
             w = w * torch.tensor([self.film_weights[p] for p in batch["path"]], dtype=w.dtype, device=w.device)
         x, y, w = mixup(self._input(batch, augment=True), y, w, self.cfg.augment.mixup)
-        loss, logits, aux_loss = self._loss(x, y, w, batch["path"])
-        if aux_loss is not None:
-            self.log("train_subtype_loss", aux_loss, on_step=False, on_epoch=True, batch_size=len(y))
+        loss, logits, aux = self._loss(x, y, w, batch["path"])
+        for name, value in aux.items():
+            self.log(f"train_{name}_loss", value, on_step=False, on_epoch=True, batch_size=len(y))
         if self.cfg.sam_rho > 0:  # the second pass sees the same augmented batch
             self._sam_batch = (x, y, w, batch["path"])
         if not torch.isfinite(loss):
