@@ -13,12 +13,14 @@ from PIL import Image
 
 from conftest import FULLRES, SHARED, real_images, train_cli
 from pneumolens.cli import main
-from pneumolens.config import PreprocessConfig
+from pneumolens.config import PreprocessConfig, resolve_config
+from pneumolens.data.cache import cache_key
 from pneumolens.data.dataset import XrayDataset
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.sources import Sample
 from pneumolens.lungs.flags import plausibility_flags
 from pneumolens.lungs.masks import dice
+from pneumolens.lungs.preprocess import lung_gamma
 from pneumolens.lungs.segment import LungSegmenter
 from pneumolens.lungs.train import load_pair, read_rows
 
@@ -126,6 +128,39 @@ def test_crop_soft_dims_between_the_lungs_and_keeps_them():
         assert ratio.max() <= 1.0 + 1e-5 and ratio[crop > 0.01].min() >= 0.3 - 1e-3  # never below soft_floor
         assert ratio[40:90, 15:40].mean() > 0.95 and ratio[40:90, 90:113].mean() > 0.95  # both lungs kept
         assert ratio[40:90, 60:68].mean() < 0.7  # the mediastinum between them dimmed
+
+
+def test_lung_gamma_by_hand():
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    gray = np.full((16, 16), 0.9, np.float32)
+    gray[4:12, 4:12] = 0.25  # the lungs, in the mask's coordinates scaled by 2
+    assert np.isclose(lung_gamma(gray, mask, 0.5), 0.5)  # 0.25 ** 0.5 = 0.5
+    assert np.isclose(lung_gamma(gray, mask, 0.0625), 2.0)  # 0.25 ** 2
+    assert lung_gamma(gray, mask, 0.01) == 2.0 and lung_gamma(gray, mask, 0.9) == 0.5  # clipped to [0.5, 2]
+    assert lung_gamma(gray, np.zeros_like(mask), 0.5) == 1.0  # no lungs: unchanged
+    assert lung_gamma(np.zeros_like(gray), mask, 0.5) == 1.0  # a black film cannot be brought anywhere
+
+
+def test_lung_gamma_evens_out_the_lungs_of_real_films(seg):
+    base = PreprocessConfig(image_size=128, channels=1, lungs="crop", equalize="clahe")
+    normed = dataclasses.replace(base, lung_gamma=0.45)
+    medians, after = [], []
+    for path in real_images("test", "NORMAL", 3) + real_images("test", "PNEUMONIA", 3):
+        gray = read_image(path)
+        small, full = seg.mask(gray, full_size=False), seg.mask(gray)
+        g = lung_gamma(gray, small, 0.45)
+        medians.append(float(np.median(gray[full])))
+        after.append(float(np.median((gray**g)[full])))
+        # the same as handing the plain pipeline the film raised to that power
+        assert np.allclose(preprocess(gray, normed, small), preprocess(gray**g, base, small), atol=1e-6)
+    assert np.ptp(medians) > 0.03 and np.allclose(after, 0.45, atol=0.02)
+    with pytest.raises(ValueError, match="lung_gamma reads the lung mask"):
+        resolve_config("default", lung_gamma=0.45, lungs="none")
+    with pytest.raises(ValueError, match="lung_gamma must be in"):
+        resolve_config("default", lung_gamma=1.5)
+    assert resolve_config("default", lung_gamma=0.45).preprocess.lung_gamma == 0.45
+    assert cache_key(["x"], base) != cache_key(["x"], normed)  # normalised films are cached apart
 
 
 def test_attribution_in_lungs_on_a_real_image(seg):

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--equalize", choices=["none", "clahe"], help="contrast equalisation (CLAHE) at model size")
     t.add_argument("--optimizer", choices=["rmsprop", "adamw", "sgd"], help="optimiser (sgd: momentum 0.9, Nesterov)")
     t.add_argument("--clahe-clip", type=float, help="CLAHE clip limit in (0, 1] (default 0.01; 1: no limit)")
+    t.add_argument(
+        "--lung-gamma",
+        type=float,
+        metavar="TARGET",
+        help="exposure normalisation: a gamma per film that brings its median inside the lungs to TARGET (e.g. 0.45)",
+    )
     t.add_argument("--rotation", type=float, help="augmentation: max rotation in degrees")
     t.add_argument("--shift", type=float, help="augmentation: max width/height shift, fraction of the side")
     t.add_argument("--zoom", type=float, help="augmentation: max zoom deviation (0.1 = 0.9x to 1.1x)")
@@ -426,10 +432,10 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 
 RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
-    "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin equalize clahe_clip rotation shift "
-    "zoom gamma contrast mixup hflip erase blur label_smoothing teacher distill_weight rank_weight group_dro sam_rho "
-    "subtype_weight series_adversary class_weights balanced_sampler patient_weighting ssl_epochs ssl_lr init exclude "
-    "val_fraction threshold_policy calibrate precision"
+    "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin lung_gamma equalize clahe_clip "
+    "rotation shift zoom gamma contrast mixup hflip erase blur label_smoothing teacher distill_weight rank_weight "
+    "group_dro sam_rho subtype_weight series_adversary class_weights balanced_sampler patient_weighting "
+    "ssl_epochs ssl_lr init exclude val_fraction threshold_policy calibrate precision"
 ).split()
 
 

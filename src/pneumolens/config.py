@@ -31,6 +31,7 @@ class PreprocessConfig:
     soft_floor: float = 0.3  # what "soft" and "crop_soft" keep of the intensity outside the lungs
     equalize: Literal["none", "clahe"] = "none"  # contrast-limited adaptive histogram equalisation
     clahe_clip: float = 0.01  # CLAHE clip limit (skimage's, in (0, 1]; higher: stronger local contrast)
+    lung_gamma: float = 0.0  # > 0: a gamma that brings the median inside the lungs to this value, before CLAHE
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ PRESETS: dict[str, TrainConfig] = {"seed": SEED, "default": DEFAULT}
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
-    ``image_size``, ``lungs``, ``lung_margin`` and ``clahe_clip`` are shortcuts into ``preprocess``; ``rotation``,
+    ``image_size``, ``lungs``, ``lung_margin``, ``lung_gamma`` and ``clahe_clip`` are shortcuts into
+    ``preprocess``; ``rotation``,
     ``shift``, ``zoom``, ``gamma``, ``contrast``, ``mixup``, ``hflip``, ``erase`` and ``blur`` into ``augment``.
     """
     if preset not in PRESETS:
@@ -202,6 +204,13 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         if lungs not in ("none", "crop", "mask", "soft", "crop_soft"):
             raise ValueError(f"unknown lungs mode {lungs!r}; valid: none, crop, mask, soft, crop_soft")
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lungs=lungs))
+    if "lung_gamma" in overrides:
+        target = float(overrides.pop("lung_gamma"))
+        if not 0 <= target < 1:
+            raise ValueError(f"lung_gamma must be in [0, 1) (0: off), got {target}")
+        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lung_gamma=target))
+    if cfg.preprocess.lung_gamma > 0 and cfg.preprocess.lungs == "none":
+        raise ValueError("lung_gamma reads the lung mask: it needs --lungs crop, mask, soft or crop_soft")
     names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup", "hflip", "erase", "blur")
     aug: dict[str, float] = {k: float(overrides.pop(k)) for k in names if k in overrides}
     if aug:

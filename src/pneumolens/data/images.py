@@ -145,6 +145,8 @@ def preprocess(gray: np.ndarray, cfg: PreprocessConfig, lung_mask: np.ndarray | 
 
             lung_mask = LungSegmenter.shipped().mask(gray, full_size=False)
         if lung_mask.any():
+            if cfg.lung_gamma > 0:  # exposure normalised on the lungs, on the whole film, before the crop
+                gray = np.clip(gray, 0.0, 1.0) ** lung_pre.lung_gamma(gray, lung_mask, cfg.lung_gamma)
             if cfg.lungs in ("crop", "crop_soft"):
                 top, bottom, left, right = lung_pre.crop_box(lung_mask, cfg.lung_margin, gray.shape)
                 gray = gray[top:bottom, left:right]

@@ -12,6 +12,9 @@ Modes (``PreprocessConfig.lungs``):
   dilated lungs themselves (not their hull): the mediastinum, heart, spine and sternum between
   them and the diaphragm below are dimmed but still seen.
 
+With ``lung_gamma`` (any mode but ``none``) the film's exposure is first normalised on the lungs:
+it is raised to the power that brings the median inside the lung mask to the given value.
+
 All geometry happens on the segmenter's low-resolution mask; only the final crop or multiply
 touches the full image. When no lungs are found the image passes unchanged (the flags say so).
 """
@@ -49,3 +52,17 @@ def weight_map(mask_lowres: np.ndarray, mode: str, margin: float, soft_floor: fl
         keep = keep[box[0] : box[1], box[2] : box[3]]
     img = Image.fromarray(keep, mode="F").resize((size, size), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+
+
+GAMMA_RANGE = (0.5, 2.0)
+
+
+def lung_gamma(gray: np.ndarray, mask_lowres: np.ndarray, target: float) -> float:
+    """The exponent g that brings the median of ``gray`` inside the lungs to ``target`` (m ** g =
+    target), clipped to ``GAMMA_RANGE``; 1 when the mask is empty or the median is 0 or 1."""
+    mask = Image.fromarray(mask_lowres.astype(np.uint8) * 255).resize(gray.shape[::-1], Image.Resampling.NEAREST)
+    inside = gray[np.asarray(mask) > 127]
+    median = float(np.median(inside)) if inside.size else 0.0
+    if not 0 < median < 1:
+        return 1.0
+    return float(np.clip(np.log(target) / np.log(median), *GAMMA_RANGE))
