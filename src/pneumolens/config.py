@@ -31,7 +31,7 @@ class PreprocessConfig:
     soft_floor: float = 0.3  # what "soft" and "crop_soft" keep of the intensity outside the lungs
     equalize: Literal["none", "clahe"] = "none"  # contrast-limited adaptive histogram equalisation
     clahe_clip: float = 0.01  # CLAHE clip limit (skimage's, in (0, 1]; higher: stronger local contrast)
-    lung_gamma: float = 0.0  # > 0: a gamma that brings the median inside the lungs to this value, before CLAHE
+    lung_gamma: float = 0.0  # > 0: a gamma bringing the lungs' median to this value (needs a lungs mode)
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
     ``image_size``, ``lungs``, ``lung_margin``, ``lung_gamma`` and ``clahe_clip`` are shortcuts into
-    ``preprocess``; ``rotation``,
-    ``shift``, ``zoom``, ``gamma``, ``contrast``, ``mixup``, ``hflip``, ``erase`` and ``blur`` into ``augment``.
+    ``preprocess``; ``rotation``, ``shift``, ``zoom``, ``gamma``, ``contrast``, ``mixup``, ``hflip``,
+    ``erase`` and ``blur`` into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
