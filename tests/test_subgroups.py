@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import real_images
@@ -85,3 +87,43 @@ def test_evaluate_groups_dicom_films_by_a_device_attribute_and_never_by_a_patien
     assert main(["evaluate", "--data", str(tmp_path), "--group-by", "PatientName"]) == 2
     err = capsys.readouterr().err
     assert "--group-by PatientName" in err and "Manufacturer" in err
+
+
+def test_evaluate_groups_films_by_their_lung_exposure(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from pneumolens.cli import main
+    from pneumolens.data.images import read_image
+    from pneumolens.data.subgroups import GREY_LUNGS, grouped_by
+    from pneumolens.lungs.preprocess import lung_median
+    from pneumolens.lungs.segment import LungSegmenter
+
+    films = real_images("test", "PNEUMONIA", 12) + real_images("test", "NORMAL", 6)
+    seg = LungSegmenter.shipped()
+    medians = [lung_median(g, seg.mask(g)) for g in map(read_image, films)]
+    grey = [m > GREY_LUNGS for m in medians]
+    assert any(grey) and not all(grey)  # both kinds among these real films
+    samples = [Sample(str(p), int(p.parent.name == "PNEUMONIA"), p.stem) for p in films]
+    groups = [s.group for s in grouped_by(samples, "lung-exposure")]
+    assert groups == [f"lung median above {GREY_LUNGS}" if g else f"lung median {GREY_LUNGS} or below" for g in grey]
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(tmp_path / "black.png")  # no lungs in it
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    odd = [Sample(str(tmp_path / n), 0, n) for n in ("black.png", "broken.png")]
+    assert [s.group for s in grouped_by(odd, "lung-exposure")] == ["no lungs found", "unreadable"]
+    # through evaluate: the subgroups' counts follow the groups
+    for s in samples:
+        (tmp_path / "data" / ("PNEUMONIA" if s.label else "NORMAL")).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / ("PNEUMONIA" if s.label else "NORMAL") / Path(s.path).name).symlink_to(s.path)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--data", str(tmp_path / "data"), "--group-by", "lung-exposure", "--json", str(out)]) == 0
+    sub = json.loads(out.read_text())["subgroups"]
+    expected: dict[str, int] = {}
+    for s, g in zip(samples, groups, strict=True):
+        key = f"{'PNEUMONIA' if s.label else 'NORMAL'}/{g}"
+        expected[key] = expected.get(key, 0) + 1
+    assert {k: v["n"] for k, v in sub.items()} == expected
+    assert main(["evaluate", "--data", str(tmp_path / "data"), "--group-by", "Exposure"]) == 2
+    assert "lung-exposure" in capsys.readouterr().err  # the refusal lists it among the valid choices

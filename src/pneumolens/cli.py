@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--group-by",
         metavar="ATTRIBUTE",
         help="report subgroups by a DICOM device or acquisition attribute (e.g. Manufacturer, "
-        "ManufacturerModelName, InstitutionName, ViewPosition); never a patient's",
+        "ManufacturerModelName, InstitutionName, ViewPosition; never a patient's), or by lung-exposure: "
+        "whether the median inside the lung mask is above 0.5 (grey lungs)",
     )
     e.add_argument(
         "--explain",

@@ -2,8 +2,9 @@
 
 A film's subgroup is ``CLASS/group``. The group comes from a CSV manifest's ``group`` column (a
 scanner, a site, an age band: whatever the user wants to see separately), from a DICOM attribute
-of the device or acquisition (``evaluate --group-by Manufacturer``; never a patient's), else from
-the Kaggle file names: normal films of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two
+of the device or acquisition (``evaluate --group-by Manufacturer``; never a patient's) or the
+film's lung exposure (``--group-by lung-exposure``), else from the Kaggle file names: normal
+films of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two
 acquisition series with different error rates), bacterial and viral pneumonia
 (``personN_bacteria_M``, ``personN_virus_M``); a name that says nothing is ``unnamed``.
 """
@@ -32,6 +33,12 @@ DEVICE_ATTRIBUTES = (
     "DetectorType",
     "PhotometricInterpretation",
 )
+
+# Computed from the image, not read from a header: is the film's lung median (the median pixel inside
+# the lung mask, grayscale in [0, 1]) above GREY_LUNGS? Greyer lungs than most pneumonia films: the
+# shipped model's false alarms concentrate there (README, Results, round 19).
+LUNG_EXPOSURE = "lung-exposure"
+GREY_LUNGS = 0.5
 
 # The Kaggle subgroups, in a fixed order (group DRO keeps one weight per entry).
 KAGGLE_SUBGROUPS = (
@@ -77,11 +84,31 @@ def dicom_attribute(path: str | os.PathLike[str], keyword: str) -> str:
     return value or f"no {keyword}"
 
 
+def lung_exposure(path: str | os.PathLike[str]) -> str:
+    """Whether a film's lungs look grey overall: its median inside the shipped segmenter's lung mask
+    above ``GREY_LUNGS`` or not; "no lungs found" or "unreadable" otherwise."""
+    from pneumolens.data.images import read_image
+    from pneumolens.lungs.preprocess import lung_median
+    from pneumolens.lungs.segment import LungSegmenter
+
+    try:
+        gray = read_image(path)
+    except Exception:  # the scorer reports the file's own error; here it only needs a group
+        return "unreadable"
+    median = lung_median(gray, LungSegmenter.shipped().mask(gray))
+    if median is None:
+        return "no lungs found"
+    return f"lung median above {GREY_LUNGS}" if median > GREY_LUNGS else f"lung median {GREY_LUNGS} or below"
+
+
 def grouped_by(samples: Sequence[Sample], keyword: str) -> list[Sample]:
-    """``samples`` with their group set to a DICOM device or acquisition attribute."""
+    """``samples`` with their group set to a DICOM device or acquisition attribute, or to their
+    lung exposure (``lung-exposure``)."""
+    if keyword == LUNG_EXPOSURE:
+        return [dataclasses.replace(s, group=lung_exposure(s.path)) for s in samples]
     if keyword not in DEVICE_ATTRIBUTES:
         raise ValueError(
             f"--group-by {keyword}: not a device or acquisition attribute pneumolens groups by (patient "
-            f"attributes never are); valid: {', '.join(DEVICE_ATTRIBUTES)}"
+            f"attributes never are); valid: {LUNG_EXPOSURE}, {', '.join(DEVICE_ATTRIBUTES)}"
         )
     return [dataclasses.replace(s, group=dicom_attribute(Path(s.path), keyword)) for s in samples]

@@ -82,7 +82,8 @@ def evaluate(
     group_by: str | None = None,
 ) -> Evaluation:
     """Score ``loaded`` on ``data``'s test split (or its class folders / CSV manifest). ``group_by``:
-    a DICOM device or acquisition attribute to report subgroups by (``subgroups.DEVICE_ATTRIBUTES``)."""
+    a DICOM device or acquisition attribute to report subgroups by (``subgroups.DEVICE_ATTRIBUTES``),
+    or ``lung-exposure`` (``subgroups.lung_exposure``)."""
     listed = find_split(data, "test")
     if group_by:
         listed = grouped_by(listed, group_by)

@@ -57,12 +57,21 @@ def weight_map(mask_lowres: np.ndarray, mode: str, margin: float, soft_floor: fl
 GAMMA_RANGE = (0.5, 2.0)
 
 
+def lung_median(gray: np.ndarray, mask: np.ndarray) -> float | None:
+    """The median of ``gray`` inside a lung mask of any resolution (nearest-neighbour scaled to the
+    image); None when the mask is empty."""
+    if mask.shape != gray.shape:
+        mask = np.asarray(
+            Image.fromarray(mask.astype(np.uint8) * 255).resize(gray.shape[::-1], Image.Resampling.NEAREST)
+        )
+    inside = gray[mask > 0]
+    return float(np.median(inside)) if inside.size else None
+
+
 def lung_gamma(gray: np.ndarray, mask_lowres: np.ndarray, target: float) -> float:
     """The exponent g that brings the median of ``gray`` inside the lungs to ``target`` (m ** g =
     target), clipped to ``GAMMA_RANGE``; 1 when the mask is empty or the median is 0 or 1."""
-    mask = Image.fromarray(mask_lowres.astype(np.uint8) * 255).resize(gray.shape[::-1], Image.Resampling.NEAREST)
-    inside = gray[np.asarray(mask) > 127]
-    median = float(np.median(inside)) if inside.size else 0.0
-    if not 0 < median < 1:
+    median = lung_median(gray, mask_lowres)
+    if median is None or not 0 < median < 1:
         return 1.0
     return float(np.clip(np.log(target) / np.log(median), *GAMMA_RANGE))
