@@ -3,10 +3,10 @@
 A film's subgroup is ``CLASS/group``. The group comes from a CSV manifest's ``group`` column (a
 scanner, a site, an age band: whatever the user wants to see separately), from a DICOM attribute
 of the device or acquisition (``evaluate --group-by Manufacturer``; never a patient's) or the
-film's lung exposure (``--group-by lung-exposure``), else from the Kaggle file names: normal
-films of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two
-acquisition series with different error rates), bacterial and viral pneumonia
-(``personN_bacteria_M``, ``personN_virus_M``); a name that says nothing is ``unnamed``.
+film's lung exposure (``--group-by lung-exposure``), else from the Kaggle file names: normal films
+of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two acquisition series with different error
+rates), bacterial and viral pneumonia (``personN_bacteria_M``, ``personN_virus_M``); a name that
+says nothing is ``unnamed``.
 """
 
 from __future__ import annotations
