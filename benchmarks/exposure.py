@@ -25,7 +25,7 @@ import numpy as np
 
 from pneumolens.checkpoint import load_model
 from pneumolens.data.images import read_image
-from pneumolens.data.sources import Sample, check_headers, find_split, patient_id
+from pneumolens.data.sources import check_headers, find_split, kaggle_samples
 from pneumolens.data.subgroups import kaggle_subgroup
 from pneumolens.inference import predict_samples
 from pneumolens.lungs.segment import LungSegmenter
@@ -48,10 +48,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", choices=["train", "val", "test"], default=["train", "val", "test"])
     args = ap.parse_args()
     lists = json.loads(Path(args.split).read_text())
-    parts = {
-        part: [Sample(p, int(Path(p).parent.name == "PNEUMONIA"), patient_id(p)) for p in lists[part]]
-        for part in ("train", "val")
-    }
+    parts = {part: kaggle_samples(lists[part]) for part in ("train", "val")}
     parts["test"], _ = check_headers(find_split(args.data, "test"))
     parts = {k: v for k, v in parts.items() if k in args.parts}
     loaded = load_model(args.model)

@@ -21,7 +21,7 @@ import numpy as np
 
 from pneumolens.checkpoint import load_model
 from pneumolens.data.images import read_image
-from pneumolens.data.sources import Sample, check_headers, find_split, patient_id
+from pneumolens.data.sources import check_headers, find_split, kaggle_samples
 from pneumolens.data.subgroups import kaggle_subgroup
 from pneumolens.inference import predict_samples
 from pneumolens.lungs.preprocess import crop_box
@@ -43,8 +43,8 @@ def main() -> None:
     segmenter = LungSegmenter.shipped()
     split = json.loads(Path(args.split).read_text())
     parts = {
-        "train": [Sample(p, int(Path(p).parent.name == "PNEUMONIA"), patient_id(p)) for p in split["train"]],
-        "val": [Sample(p, int(Path(p).parent.name == "PNEUMONIA"), patient_id(p)) for p in split["val"]],
+        "train": kaggle_samples(split["train"]),
+        "val": kaggle_samples(split["val"]),
         "test": check_headers(find_split(args.data, "test"))[0],
     }
     rows: dict[tuple[str, str], list[tuple[float, float, bool, float]]] = defaultdict(list)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from pneumolens.checkpoint import load_model
 from pneumolens.data.images import preprocess, read_image
+from pneumolens.data.sources import kaggle_samples
 from pneumolens.data.subgroups import kaggle_subgroup
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.lungs.segment import LungSegmenter
@@ -52,13 +53,13 @@ def main() -> None:
     args = ap.parse_args()
     loaded = load_model(args.model)
     segmenter = LungSegmenter.shipped()
-    paths = json.loads(Path(args.split).read_text())["val"]
+    films = kaggle_samples(json.loads(Path(args.split).read_text())["val"])
     labels, groups, changed = [], [], []
     before: list[np.ndarray] = []
     after: list[np.ndarray] = []
-    for p in paths:
+    for film in films:
+        p, label = film.path, film.label
         gray = read_image(p)
-        label = int(Path(p).parent.name == "PNEUMONIA")
         new = reframed(gray, segmenter.mask(gray), args.fill)
         labels.append(label)
         groups.append(kaggle_subgroup(p, label))

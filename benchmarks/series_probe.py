@@ -28,10 +28,9 @@ from sklearn.preprocessing import StandardScaler
 
 from pneumolens.checkpoint import load_model
 from pneumolens.data.dataset import inference_loader
-from pneumolens.data.sources import Sample, find_split, patient_id
+from pneumolens.data.sources import Sample, find_split, kaggle_samples
 from pneumolens.data.subgroups import kaggle_subgroup
-
-SERIES = {"NORMAL/IM": 0, "NORMAL/NORMAL2": 1}
+from pneumolens.training.adversary import SERIES
 
 
 @torch.no_grad()
@@ -56,10 +55,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", default=["default"])
     args = ap.parse_args()
     lists = json.loads(Path(args.split).read_text())
-    films = {
-        part: [Sample(p, int(Path(p).parent.name == "PNEUMONIA"), patient_id(p)) for p in lists[part]]
-        for part in ("train", "val")
-    }
+    films = {part: kaggle_samples(lists[part]) for part in ("train", "val")}
     films["test"] = find_split(args.data, "test")
     print("| model | input | val ROC-AUC (IM vs NORMAL2) | test ROC-AUC | val pneumonia films: mean P(NORMAL2) |")
     print("|---|---|---|---|---|")

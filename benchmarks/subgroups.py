@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumolens.checkpoint import load_model
-from pneumolens.data.sources import Sample, check_headers, find_split, patient_id
+from pneumolens.data.sources import Sample, check_headers, find_split, kaggle_samples
 from pneumolens.data.subgroups import subgroup
 from pneumolens.evaluation.evaluate import subgroup_metrics
 from pneumolens.inference import predict_samples
@@ -59,8 +59,7 @@ def main() -> None:
             if part == "test":
                 cells[part] = by_subgroup(loaded, test)
             elif part in lists:
-                films = [Sample(p, int(Path(p).parent.name == "PNEUMONIA"), patient_id(p)) for p in lists[part]]
-                cells[part] = by_subgroup(loaded, films)
+                cells[part] = by_subgroup(loaded, kaggle_samples(lists[part]))
         rows.append((run, cells))
     groups = sorted({g for _, c in rows for d in c.values() for g in d}, key=lambda g: (not g.startswith("NORMAL"), g))
     head = [f"{part} {g}" for part in args.parts for g in groups]

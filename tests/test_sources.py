@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import CHEST, real_images
-from pneumolens.data.sources import DataLayoutError, find_split, patient_id
+from pneumolens.data.sources import DataLayoutError, find_split, kaggle_samples, patient_id
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,15 @@ from pneumolens.data.sources import DataLayoutError, find_split, patient_id
 )
 def test_patient_id(name, patient):
     assert patient_id(f"/x/{name}") == patient
+
+
+def test_kaggle_samples_take_label_and_patient_from_the_path():
+    paths = [str(p) for p in real_images("train", "PNEUMONIA", 2) + real_images("train", "NORMAL", 2)]
+    samples = kaggle_samples(paths)
+    assert [s.path for s in samples] == paths and [s.label for s in samples] == [1, 1, 0, 0]
+    assert [s.patient for s in samples] == [patient_id(p) for p in paths]
+    listed = {s.path: s for s in find_split(CHEST, "train")}
+    assert all(listed[s.path].label == s.label and listed[s.path].patient == s.patient for s in samples)
 
 
 def test_kaggle_root_and_class_folder():

@@ -53,6 +53,12 @@ def patient_id(path: str | os.PathLike[str]) -> str:
     return f"file:{Path(path).stem}"
 
 
+def kaggle_samples(paths: list[str]) -> list[Sample]:
+    """Samples for paths in Kaggle class folders (a run's ``split.json`` lists them): the label from
+    the folder (``PNEUMONIA`` or not), the patient from the file name."""
+    return [Sample(p, int(Path(p).parent.name == CLASS_NAMES[1]), patient_id(p)) for p in paths]
+
+
 def _label_index(label: str, where: str) -> int:
     key = label.strip().upper()
     if key in ("0", "1"):
