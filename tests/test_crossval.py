@@ -137,6 +137,18 @@ def test_specificity_at_sensitivity_by_hand():
     assert cv.specificity_at(y, p) == pytest.approx(np.mean(p[100:] < thr)) == 0.5
 
 
+def test_group_specificity_uses_one_pooled_threshold():
+    cv = _recipe_cv()
+    y = np.array([1] * 100 + [0] * 6)
+    p = np.concatenate([np.linspace(0.5, 1.0, 100), [0.1, 0.2, 0.9, 0.3, 0.95, 0.99]])
+    paths = [f"f{i}" for i in range(106)]
+    group_of = {path: "grey" if i in (102, 104, 105) else "dark" for i, path in enumerate(paths)}
+    res = cv.OutOfFold(paths, y, p, np.zeros(106, int), paths, [], [], {})
+    # the threshold (4th lowest positive, ~0.515) is set on all films; the grey normals score above it
+    assert cv.group_specificity(res, group_of) == {"dark": [3, 1.0], "grey": [3, 0.0]}
+    assert cv.specificity_at(y, p) == 0.5
+
+
 def test_recipe_cv_end_to_end(tiny_data, tmp_path):
     out = tmp_path / "cv"
     small = "--epochs 1 --image-size 32"
@@ -144,7 +156,7 @@ def test_recipe_cv_end_to_end(tiny_data, tmp_path):
         sys.executable,
         str(ROOT / "benchmarks" / "recipe_cv.py"),
         *("--data", str(tiny_data), "--out", str(out), "--preset", "seed", "--folds", "2"),
-        *("--recipe", f"ref={small}", "--recipe", f"other={small} --seed 7"),
+        *("--recipe", f"ref={small}", "--recipe", f"other={small} --seed 7", "--group-by", "lung-exposure"),
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -159,3 +171,8 @@ def test_recipe_cv_end_to_end(tiny_data, tmp_path):
     assert rows[0] == "path,label,patient,fold,p_ref,p_other" and len(rows) == ref["films"] + 1
     assert "| other | `--epochs 1 --image-size 32 --seed 7` |" in run.stdout
     assert sorted(p.name for p in (out / "other").iterdir()) == ["fold0", "fold1"]
+    normals = sum(line.split(",")[1] == "NORMAL" for line in rows[1:])
+    groups = other["group_spec_at_97_sens"]
+    assert sum(n for n, _ in groups.values()) == normals and all(0 <= spec <= 1 for _, spec in groups.values())
+    assert set(groups) <= {"lung median above 0.5", "lung median 0.5 or below", "no lungs found"}
+    assert "| recipe | lung-exposure | normal films |" in run.stdout and "| other | lung median" in run.stdout
