@@ -145,14 +145,19 @@ def main() -> None:
     out = Path(args.out)
     base = resolve_config(args.preset, limit=args.limit)
     split, _ = training_split(args.data, base)  # the training part `pneumolens train --preset` trains on
+    group_of = None
+    if args.group_by:  # before any training, so that a wrong key fails at once
+        try:
+            group_of = {s.path: s.group for s in grouped_by(split.train, args.group_by)}
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     results: dict[str, OutOfFold] = {}
     t0 = time.time()
     for name, _, cfg in recipes:
         results[name] = out_of_fold(split.train, cfg, out / name, args.folds, base.patient_split_seed, base.num_workers)
     ref = results[recipes[0][0]]
     rows = [summarise(name, flags, results[name], ref) for name, flags, _ in recipes]
-    if args.group_by:
-        group_of = {s.path: s.group for s in grouped_by(split.train, args.group_by)}
+    if group_of is not None:
         for row in rows:
             row["group_spec_at_97_sens"] = group_specificity(results[row["recipe"]], group_of)
 

@@ -149,6 +149,23 @@ def test_group_specificity_uses_one_pooled_threshold():
     assert cv.specificity_at(y, p) == 0.5
 
 
+def test_recipe_cv_refuses_an_unknown_group_key_before_training(tiny_data, tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "recipe_cv.py"), "--data", str(tiny_data)]
+    cmd += [
+        "--out",
+        str(tmp_path / "cv"),
+        "--preset",
+        "seed",
+        "--recipe",
+        "ref=--epochs 1",
+        "--group-by",
+        "PatientName",
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "--group-by PatientName: not a device or acquisition attribute" in run.stderr
+    assert not (tmp_path / "cv").exists()  # nothing was trained
+
+
 def test_recipe_cv_end_to_end(tiny_data, tmp_path):
     out = tmp_path / "cv"
     small = "--epochs 1 --image-size 32"
