@@ -26,7 +26,7 @@ import numpy as np
 from pneumolens.checkpoint import load_model
 from pneumolens.data.images import read_image
 from pneumolens.data.sources import check_headers, find_split, kaggle_samples
-from pneumolens.data.subgroups import kaggle_subgroup
+from pneumolens.data.subgroups import GREY_LUNGS, kaggle_subgroup
 from pneumolens.inference import predict_samples
 from pneumolens.lungs.segment import LungSegmenter
 
@@ -67,17 +67,17 @@ def main() -> None:
             if s.label == 0:
                 called = bool(probs[s.path] >= loaded.threshold)
                 cells[(part, f"{group}, called {'pneumonia' if called else 'normal'}")].append(stats)
-                calls[(part, group, stats[0] > 0.5)].append(called)
-    print("| part | subgroup | films | lung median | lung IQR | film median | lung median above 0.5 |")
+                calls[(part, group, stats[0] > GREY_LUNGS)].append(called)
+    print(f"| part | subgroup | films | lung median | lung IQR | film median | lung median above {GREY_LUNGS} |")
     print("|---|---|---|---|---|---|---|")
     for (part, group), rows in sorted(cells.items(), key=lambda kv: (list(parts).index(kv[0][0]), kv[0][1])):
         if group.endswith("unnamed"):
             continue
         a = np.array(rows)
         print(f"| {part} | {group} | {len(a)} | {np.median(a[:, 0]):.3f} | {np.median(a[:, 1]):.3f} | "
-              f"{np.median(a[:, 2]):.3f} | {100 * (a[:, 0] > 0.5).mean():.1f}% |")  # fmt: skip
+              f"{np.median(a[:, 2]):.3f} | {100 * (a[:, 0] > GREY_LUNGS).mean():.1f}% |")  # fmt: skip
     print("\nNormal films called pneumonia, by lung median")
-    print("| part | subgroup | lung median above 0.5 | 0.5 or below |")
+    print(f"| part | subgroup | lung median above {GREY_LUNGS} | {GREY_LUNGS} or below |")
     print("|---|---|---|---|")
     for part in parts:
         for group in ("NORMAL/IM", "NORMAL/NORMAL2"):

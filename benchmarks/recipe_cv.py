@@ -43,6 +43,7 @@ from pneumolens.checkpoint import atomic_write
 from pneumolens.cli import build_parser, train_config
 from pneumolens.config import CLASS_NAMES, resolve_config
 from pneumolens.data.subgroups import grouped_by
+from pneumolens.evaluation.calibration import choose_threshold
 from pneumolens.training.crossval import OutOfFold, out_of_fold, paired_auc_difference
 from pneumolens.training.fit import training_split
 
@@ -79,20 +80,14 @@ def parse_recipe(spec: str, preset: str):
     return name, flags, train_config(args)
 
 
-def threshold_at(y: np.ndarray, p: np.ndarray, sensitivity: float = 0.97) -> float:
-    """The highest threshold that keeps ``sensitivity`` on these scores."""
-    pos = np.sort(p[y == 1])
-    return float(pos[int(np.floor((1 - sensitivity) * pos.size))])
-
-
 def specificity_at(y: np.ndarray, p: np.ndarray, sensitivity: float = 0.97) -> float:
     """Specificity at the highest threshold that keeps ``sensitivity`` on these scores."""
-    return float((p[y == 0] < threshold_at(y, p, sensitivity)).mean())
+    return float((p[y == 0] < choose_threshold(y, p, f"sensitivity:{sensitivity}")).mean())
 
 
 def group_specificity(res: OutOfFold, group_of: dict[str, str], sensitivity: float = 0.97) -> dict[str, list]:
     """Per group: [normal films, specificity of those films] at the pooled threshold for ``sensitivity``."""
-    thr = threshold_at(res.labels, res.probs, sensitivity)
+    thr = choose_threshold(res.labels, res.probs, f"sensitivity:{sensitivity}")
     groups = np.array([group_of[path] for path in res.paths])
     out = {}
     for g in sorted(set(groups[res.labels == 0].tolist())):
