@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -12,6 +14,16 @@ from pneumolens.config import CLASS_NAMES
 SHARED = Path(os.environ.get("PNEUMOLENS_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CHEST = SHARED / "chest_xray"
 FULLRES = SHARED / "fullres_samples"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config, items):

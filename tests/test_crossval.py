@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CHEST
+from conftest import CHEST, load_benchmark
 from pneumolens import inference
 from pneumolens.config import resolve_config
 from pneumolens.data.sources import find_split, read_manifest, write_manifest
@@ -22,10 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe_cv():
-    spec = importlib.util.spec_from_file_location("recipe_cv", ROOT / "benchmarks" / "recipe_cv.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("recipe_cv")
 
 
 def test_manifest_round_trip(tmp_path):
