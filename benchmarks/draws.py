@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import mannwhitneyu
+
+from pneumolens.checkpoint import atomic_write
 
 FIGURES = {  # name -> (file, key, scale, format)
     "validation ROC-AUC": ("val_metrics.json", "roc_auc", 1, "{:.4f}"),
@@ -37,13 +40,11 @@ def external_rate(run: Path, folder: str) -> None:
     path = run / "external.json"
     if path.exists():
         return
-    import sys
-
     sys.path.insert(0, str(Path(__file__).parent))
     from ablation import external_fpr
 
-    rate = float(external_fpr(run, folder)) / 100
-    path.write_text(json.dumps({"rate": rate, "folder": str(folder)}) + "\n")
+    text = json.dumps({"rate": float(external_fpr(run, folder)) / 100, "folder": str(folder)}) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def figures(run: Path) -> dict[str, float]:

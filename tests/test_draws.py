@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 from scipy.stats import mannwhitneyu
 
-from conftest import ROOT, load_benchmark
+from conftest import ROOT, SHARED, load_benchmark
+from pneumolens.checkpoint import shipped_model_path
+from pneumolens.inference import Predictor
 
 
 def _draws():
@@ -72,3 +75,31 @@ def test_command_line(tmp_path):
     assert "| validation ROC-AUC | 0.9805 (0.0007; 0.9800-0.9810) | 0.9705" in done.stdout
     bad = subprocess.run([*cmd], capture_output=True, text=True)
     assert bad.returncode != 0 and "'old': no run directories" in bad.stderr
+
+
+def test_external_rate_measured_once_on_real_films(tmp_path):
+    source = SHARED / "lung_masks"
+    # the shipped model calls the first two normal films and the TB film pneumonia, not the third
+    ids = ["CHNCXR_0007_0", "CHNCXR_0126_0", "CHNCXR_0001_0", "CHNCXR_0333_1"]
+    folder = tmp_path / "external"
+    (folder / "images").mkdir(parents=True)
+    for i in ids:
+        (folder / "images" / f"{i}.png").symlink_to(source / "images" / f"{i}.png")
+    (folder / "manifest.csv").write_text("id,tb_label\n" + "".join(f"{i},{i[-1]}\n" for i in ids))
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(shipped_model_path(), run / "model.safetensors")
+    d = _draws()
+    d.external_rate(run, str(folder))
+    saved = json.loads((run / "external.json").read_text())
+    calls = [
+        p.label
+        for p in Predictor.from_checkpoint(run).predict_paths([str(folder / "images" / f"{i}.png") for i in ids])
+    ]
+    assert calls == ["PNEUMONIA", "PNEUMONIA", "NORMAL", "PNEUMONIA"]
+    assert saved["rate"] == pytest.approx(0.667)  # 2 of the 3 normal films; the TB film is not counted
+    (run / "val_metrics.json").write_text(json.dumps({"roc_auc": 0.99}))
+    assert d.figures(run)["external normals called pneumonia"] == pytest.approx(66.7)
+    (folder / "manifest.csv").unlink()  # measured once: a second call reads the kept figure, not the films
+    d.external_rate(run, str(folder))
+    assert json.loads((run / "external.json").read_text()) == saved
