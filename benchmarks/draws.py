@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+from ablation import external_fpr  # same folder
 from scipy.stats import mannwhitneyu
 
 from pneumolens.checkpoint import atomic_write
@@ -40,9 +40,6 @@ def external_rate(run: Path, folder: str) -> None:
     path = run / "external.json"
     if path.exists():
         return
-    sys.path.insert(0, str(Path(__file__).parent))
-    from ablation import external_fpr
-
     text = json.dumps({"rate": float(external_fpr(run, folder)) / 100, "folder": str(folder)}) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -94,10 +91,10 @@ def main() -> None:
     for name, *runs in args.group:
         if not runs:
             raise SystemExit(f"--group {name!r}: no run directories")
-        for run in map(Path, runs):
-            if args.external:
-                external_rate(run, args.external)
-        groups[name] = [figures(Path(r)) for r in runs]
+        paths = [Path(r) for r in runs]
+        for run in paths if args.external else []:
+            external_rate(run, args.external)
+        groups[name] = [figures(run) for run in paths]
     print(table(groups))
 
 

@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CHEST, load_benchmark
+from conftest import CHEST, ROOT, load_benchmark
 from pneumolens import inference
 from pneumolens.config import resolve_config
 from pneumolens.data.sources import find_split, read_manifest, write_manifest
 from pneumolens.data.split import patient_folds
 from pneumolens.training.crossval import fold_config, out_of_fold, paired_auc_difference
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe_cv():
