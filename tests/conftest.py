@@ -111,6 +111,7 @@ def make_dicom(
     intercept: float = 0.0,
     window: tuple[float, float] | None = None,
     syntax: str = "explicit",
+    patient_id: str = PATIENT_ID,
 ) -> Path:
     """Write a DX DICOM file holding ``pixels`` (uint8 or uint16, (H, W) or (frames, H, W)), with a
     patient name and id that must never show up in pneumolens' output.
@@ -130,7 +131,7 @@ def make_dicom(
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = PATIENT_NAME, PATIENT_ID, "DX"
+    ds.PatientName, ds.PatientID, ds.Modality = PATIENT_NAME, patient_id, "DX"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.Rows, ds.Columns = arr.shape[-2], arr.shape[-1]
     bits = 16 if arr.dtype == np.uint16 else 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +89,43 @@ def test_undecodable_compressed_pixels_name_the_file_and_syntax(tmp_path, xray):
     ds.save_as(p)
     with pytest.raises(ImageReadError, match=r"garbled.dcm: DICOM pixel data \(JPEG Lossless.*\) cannot be decoded"):
         read_image(p)
+
+
+def test_dicom_films_are_grouped_by_patient_id_without_keeping_it(trained_run, tmp_path, caplog):
+    """One patient's films share a key (split and bootstrap draw them together); the key is a
+    number in listing order, never the ID; films without an ID, PNGs and broken headers stay alone."""
+    import logging
+
+    from PIL import Image
+
+    from pneumolens.data.sources import find_split
+    from pneumolens.data.split import patient_split
+
+    ids = {
+        "NORMAL": ["MRN-0001", "MRN-0001", "MRN-0002", "", "MRN-0004"],
+        "PNEUMONIA": ["MRN-0003", "MRN-0003", "MRN-0001", "MRN-0005", "MRN-0006"],
+    }
+    for label, pids in ids.items():
+        folder = tmp_path / "site" / label
+        folder.mkdir(parents=True)
+        for i, (pid, src) in enumerate(zip(pids, real_images("test", label, len(pids)), strict=True)):
+            make_dicom(folder / f"{label[0]}{i}.dcm", np.asarray(Image.open(src).convert("L")), patient_id=pid)
+    Image.open(real_images("test", "NORMAL", 6)[5]).save(tmp_path / "site" / "NORMAL" / "z.png")
+    (tmp_path / "site" / "NORMAL" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    with caplog.at_level(logging.INFO, logger="pneumolens"):
+        samples = find_split(tmp_path / "site", "test")
+    key = {p.name: s.patient for s in samples for p in [Path(s.path)]}
+    assert key["N0.dcm"] == key["N1.dcm"] == key["P2.dcm"] == "dicom-patient-1"  # MRN-0001, normal and pneumonia
+    assert key["P0.dcm"] == key["P1.dcm"] != key["N2.dcm"]
+    assert len({key[f"N{i}.dcm"] for i in (0, 2, 4)} | {key[f"P{i}.dcm"] for i in (0, 3, 4)}) == 6
+    assert (key["N3.dcm"], key["z.png"], key["broken.dcm"]) == ("file:N3", "file:z", "file:broken")  # no ID
+    assert [s.patient for s in find_split(tmp_path / "site", "test")] == [s.patient for s in samples]  # repeatable
+    assert "MRN" not in repr(samples) + caplog.text and "grouped 9 DICOM film(s) into 6 patient(s)" in caplog.text
+    for seed in range(5):  # a patient's films never straddle the split
+        split = patient_split(samples, 0.34, seed)
+        assert not {s.patient for s in split.train} & {s.patient for s in split.val}
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--model", str(trained_run), "--data", str(tmp_path / "site"), "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n_patients"] == 6 + 3 - 1  # six IDs, three files alone, the broken one left out
+    assert "MRN" not in out.read_text()

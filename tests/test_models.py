@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from pneumolens.config import AugmentConfig, resolve_config
-from pneumolens.data.augment import mixup, random_affine, random_blur, random_flip_erase, random_intensity
+from pneumolens.data.augment import (
+    mixup,
+    random_affine,
+    random_bias_field,
+    random_blur,
+    random_flip_erase,
+    random_intensity,
+)
 from pneumolens.models import create_model, model_names
 
 
@@ -153,6 +160,27 @@ def test_blur_is_a_normalised_gaussian_of_its_own_width_per_image():
     ramp = torch.linspace(0, 1, 32).repeat(2, 3, 32, 1)  # three channels of one image get the same sigma
     out = random_blur(ramp + torch.rand(2, 1, 32, 32), AugmentConfig(blur=1.5))
     assert torch.allclose(out[:, 0] - out[:, 1], ramp[:, 0] - ramp[:, 1], atol=1e-5)
+
+
+def test_bias_field_is_a_ramp_of_its_own_strength_and_direction_per_image():
+    x = torch.full((64, 2, 33, 33), 0.4)  # flat films: the output is the field itself, times 0.4
+    assert random_bias_field(x, AugmentConfig()) is x
+    out = random_bias_field(x, AugmentConfig(bias_field=0.15), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, 0], out[:, 1])  # the channels of one film share its field
+    log_field = (out[:, 0] / 0.4).log()
+    assert torch.allclose(log_field[:, 16, 16], torch.zeros(64), atol=1e-6)  # the centre keeps its value
+    assert torch.allclose(log_field, -log_field.flip(-1, -2), atol=1e-5)  # odd about the centre: a plane
+    gx = (log_field[:, :, 1:] - log_field[:, :, :-1]).mean((1, 2)) * 16  # slope per half side, along x and y
+    gy = (log_field[:, 1:, :] - log_field[:, :-1, :]).mean((1, 2)) * 16
+    strength = (gx**2 + gy**2).sqrt()
+    assert strength.max() <= 0.15 + 1e-4 and strength.max() > 0.1  # |s| within B, and the range is used
+    angles = torch.atan2(gy, gx)
+    assert (angles > 0).any() and (angles < 0).any() and (gx.abs() > gy.abs()).any() and (gy.abs() > gx.abs()).any()
+    bright = random_bias_field(torch.ones(8, 1, 16, 16), AugmentConfig(bias_field=0.5))
+    assert bright.max() <= 1 and bright.min() < 1  # clipped to [0, 1]
+    with pytest.raises(ValueError, match="augmentation ranges"):
+        resolve_config("default", bias_field=-0.1)
+    assert resolve_config("default", bias_field=0.15).augment.bias_field == 0.15
 
 
 def test_mixup_blends_images_labels_and_weights_alike():

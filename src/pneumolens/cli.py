@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hflip", type=float, help="augmentation: probability of a left-right mirror")
     t.add_argument("--erase", type=float, help="augmentation: probability of random erasing (one rectangle)")
     t.add_argument("--blur", type=float, help="augmentation: Gaussian blur, sigma uniform in [0, SIGMA] pixels")
+    t.add_argument(
+        "--bias-field",
+        type=float,
+        metavar="B",
+        help="augmentation: brightness ramp exp(s * ramp) across the film, s in [-B, B], random direction",
+    )
     t.add_argument("--label-smoothing", type=float, help="training targets y * (1 - E) + E / 2")
     t.add_argument("--teacher", help="a trained model (same patient split) to distil from, with --distill-weight")
     t.add_argument("--distill-weight", type=float, help="weight of the teacher's probabilities in the loss")
@@ -434,8 +440,8 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
 RECIPE_FLAGS = (
     "model model_kwargs optimizer epochs start_from_epoch patience image_size batch_size lr weight_decay seed "
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin lung_gamma equalize clahe_clip "
-    "rotation shift zoom gamma contrast mixup hflip erase blur label_smoothing teacher distill_weight rank_weight "
-    "group_dro sam_rho subtype_weight series_adversary class_weights balanced_sampler patient_weighting "
+    "rotation shift zoom gamma contrast mixup hflip erase blur bias_field label_smoothing teacher distill_weight "
+    "rank_weight group_dro sam_rho subtype_weight series_adversary class_weights balanced_sampler patient_weighting "
     "ssl_epochs ssl_lr init exclude val_fraction threshold_policy calibrate precision"
 ).split()
 

@@ -47,6 +47,7 @@ class AugmentConfig:
     hflip: float = 0.0  # probability of mirroring an image left-right
     erase: float = 0.0  # probability of filling one random rectangle (2-20% of the image) with the image's mean
     blur: float = 0.0  # Gaussian blur, sigma uniform in [0, blur] pixels of the model input, one draw per image
+    bias_field: float = 0.0  # x * exp(s * ramp): s uniform in [-b, b], a ramp from -1 to 1 in a random direction
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
 
     ``image_size``, ``lungs``, ``lung_margin``, ``lung_gamma`` and ``clahe_clip`` are shortcuts into
     ``preprocess``; ``rotation``, ``shift``, ``zoom``, ``gamma``, ``contrast``, ``mixup``, ``hflip``,
-    ``erase`` and ``blur`` into ``augment``.
+    ``erase``, ``blur`` and ``bias_field`` into ``augment``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -211,7 +212,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, lung_gamma=target))
     if cfg.preprocess.lung_gamma > 0 and cfg.preprocess.lungs == "none":
         raise ValueError("lung_gamma reads the lung mask: it needs --lungs crop, mask, soft or crop_soft")
-    names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup", "hflip", "erase", "blur")
+    names = ("rotation", "shift", "zoom", "gamma", "contrast", "mixup", "hflip", "erase", "blur", "bias_field")
     aug: dict[str, float] = {k: float(overrides.pop(k)) for k in names if k in overrides}
     if aug:
         if any(v < 0 for v in aug.values()) or any(aug.get(k, 0.0) >= 1 for k in ("zoom", "shift", "contrast")):

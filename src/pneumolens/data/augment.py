@@ -3,9 +3,10 @@
 Semantics follow Keras' ImageDataGenerator as the seed used it: rotation uniform in ±r degrees,
 shift uniform in ±s of the side per axis, zoom uniform in [1-z, 1+z] per axis, and edge pixels
 repeated to fill ("nearest" fill mode). One batched ``grid_sample`` replaces per-image Python work.
-Intensity jitter (gamma, contrast) imitates other exposures and detectors; left-right mirroring and
-random erasing (Zhong et al., 2020) ask the network not to rely on one side or one spot; mixup blends
-pairs of images and their labels. All of these are off in both presets.
+Intensity jitter (gamma, contrast) imitates other exposures and detectors, and a bias field (a smooth
+ramp of brightness across the film) the heel effect of the tube, a rotated patient or grid cut-off;
+left-right mirroring and random erasing (Zhong et al., 2020) ask the network not to rely on one side
+or one spot; mixup blends pairs of images and their labels. All of these are off in both presets.
 """
 
 from __future__ import annotations
@@ -62,6 +63,23 @@ def random_intensity(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Gener
     return x.clamp(0, 1)
 
 
+def random_bias_field(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multiply each image by its own smooth ramp ``exp(s * (cos t * u + sin t * v))``, with ``u`` and ``v``
+    running from -1 to 1 across the image, ``s`` uniform in [-``cfg.bias_field``, ``cfg.bias_field``] and
+    the direction ``t`` uniform in [0, 2 pi); then clip to [0, 1]. The log ratio between the centres of
+    the image's two halves along ``t`` is ``s``: one lung brighter than the other without disease."""
+    if cfg.bias_field == 0:
+        return x
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    strength = _uniform(-cfg.bias_field, cfg.bias_field, n, generator)
+    angle = _uniform(0, 2 * math.pi, n, generator)
+    u = torch.linspace(-1, 1, w).view(1, 1, w)
+    v = torch.linspace(-1, 1, h).view(1, h, 1)
+    log_field = strength.view(-1, 1, 1) * (angle.cos().view(-1, 1, 1) * u + angle.sin().view(-1, 1, 1) * v)
+    field = log_field.exp().unsqueeze(1).to(device=x.device, dtype=x.dtype)  # (B, 1, H, W): every channel alike
+    return (x * field).clamp(0, 1)
+
+
 def random_flip_erase(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability ``cfg.hflip``; then, with probability ``cfg.erase``,
     fill one rectangle (2-20% of its area, aspect ratio 0.3-3.3) with the image's mean."""
@@ -113,9 +131,10 @@ def random_blur(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator 
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Every per-image augmentation of ``cfg``, in the training order: affine, intensity, blur,
-    then mirroring and erasing (mixup, which also mixes labels, is the caller's)."""
-    return random_flip_erase(random_blur(random_intensity(random_affine(x, cfg), cfg), cfg), cfg)
+    """Every per-image augmentation of ``cfg``, in the training order: affine, intensity, bias field,
+    blur, then mirroring and erasing (mixup, which also mixes labels, is the caller's)."""
+    x = random_bias_field(random_intensity(random_affine(x, cfg), cfg), cfg)
+    return random_flip_erase(random_blur(x, cfg), cfg)
 
 
 def mixup(

@@ -6,7 +6,9 @@ same as a JPEG of the image; anything else is stretched from its minimum to its 
 single-frame grayscale images are accepted. Compressed pixel data is decoded by pydicom's plugins:
 RLE and deflate natively, JPEG baseline and JPEG 2000 by Pillow, JPEG extended and lossless
 (process 14) and JPEG-LS by pylibjpeg-libjpeg. Patient identifiers are never read into anything
-pneumolens returns or logs: only pixel data and display attributes are used.
+pneumolens returns or logs: only pixel data and display attributes are used, and, when films are
+listed for training or evaluation, the Patient ID (with its issuer) to tell which films belong to
+one patient; :func:`patient_identity` hands it to the caller, which keeps only a number for it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,22 @@ class DicomRefused(ValueError):
 def is_dicom(head: bytes, name: str = "") -> bool:
     """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
     return head[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES
+
+
+def patient_identity(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(Issuer of Patient ID, Patient ID) of a DICOM file, read from the header only; None when the
+    file has no Patient ID, an empty one, or a header that does not parse (the file's own error is
+    reported when it is read). For grouping a patient's films; never to be logged or stored."""
+    import pydicom
+
+    try:
+        tags = ["PatientID", "IssuerOfPatientID"]
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=tags)
+        pid = str(ds.get("PatientID", "") or "").strip()
+        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+    except Exception:  # noqa: BLE001 - a corrupt header raises almost any type; check_headers names it
+        return None
+    return (issuer, pid) if pid else None
 
 
 def dicom_to_gray(

@@ -8,13 +8,13 @@ import logging
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from pneumolens.config import CLASS_NAMES
-from pneumolens.data.dicom import is_dicom
+from pneumolens.data.dicom import is_dicom, patient_identity
 from pneumolens.data.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,38 @@ def patient_id(path: str | os.PathLike[str]) -> str:
     if m := _IM.match(name):
         return f"IM-{int(m.group(1))}"
     return f"file:{Path(path).stem}"
+
+
+def with_dicom_patients(samples: list[Sample]) -> list[Sample]:
+    """Group DICOM films by the Patient ID in their headers (with its issuer, when given).
+
+    A film whose name says nothing of its patient (``file:`` keys) is its own patient; a DICOM
+    film's header does say. Films that share a Patient ID get the key ``dicom-patient-N``, N
+    counting distinct patients in the order of ``samples``: the same listing gives the same keys
+    (so a seeded split repeats), and the key tells nothing of the ID, which is not kept. Films
+    without a Patient ID stay their own patient. This is what keeps one patient's films on one
+    side of a validation split and makes bootstrap intervals resample patients, not films."""
+    numbers: dict[tuple[str, str], int] = {}
+    out = []
+    for s in samples:
+        identity = None
+        if s.patient.startswith("file:"):
+            try:
+                with open(s.path, "rb") as f:
+                    head = f.read(132)
+            except OSError:
+                head = b""
+            if is_dicom(head, s.path):
+                identity = patient_identity(s.path)
+        if identity is None:
+            out.append(s)
+            continue
+        n = numbers.setdefault(identity, len(numbers) + 1)
+        out.append(replace(s, patient=f"dicom-patient-{n}"))
+    if numbers:
+        n_films = sum(s.patient.startswith("dicom-patient-") for s in out)
+        log.info("grouped %d DICOM film(s) into %d patient(s) by their Patient ID", n_films, len(numbers))
+    return out
 
 
 def kaggle_samples(paths: list[str]) -> list[Sample]:
@@ -145,16 +177,16 @@ def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:
     if data.is_file():
         if data.suffix.lower() != ".csv":
             raise DataLayoutError(f"{data}: is a file but not a .csv manifest ({LAYOUT_HELP})")
-        return read_manifest(data)
+        return with_dicom_patients(read_manifest(data))
     if (data / split).is_dir():
         samples = list_folder(data / split)
         if split == "train" and (data / "val").is_dir():
             # Kaggle's own val/ holds 16 images: too few to select on. Pool it with train/ and
             # carve validation by patient instead.
             samples += list_folder(data / "val")
-        return samples
+        return with_dicom_patients(samples)
     if any((data / name).is_dir() for name in CLASS_NAMES):
-        return list_folder(data)
+        return with_dicom_patients(list_folder(data))
     raise DataLayoutError(f"{data}: no {split}/ folder and no class folders ({LAYOUT_HELP})")
 
 
