@@ -56,7 +56,7 @@ def main() -> None:
     t0 = time.time()
     res = out_of_fold(samples, cfg, out, args.folds, cfg.patient_split_seed, cfg.num_workers)
     # The fold models warm their weight average up (crossval.fold_config): without it, two of three
-    # kept their epoch-0 weights here (fold ROC-AUCs of 0.64, README round 8).
+    # kept their epoch-0 weights here (fold ROC-AUCs of 0.64, docs/results.md, round 8).
     rows = []
     for k, run in enumerate(res.runs):
         held = res.folds == k

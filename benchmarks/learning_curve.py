@@ -1,5 +1,5 @@
 """Exclusion lists for a learning curve: the training part of a run's split cut to fractions of its
-patients (round 15 of the README's Results).
+patients (round 15 of docs/results.md).
 
     python benchmarks/learning_curve.py --split runs/v13/s8/split.json --out runs/v15 [--fractions 0.25 0.5 0.75]
 

@@ -143,7 +143,7 @@ SEED = TrainConfig(
 # average of the weights (decay 0.99), an auxiliary bacterial-vs-viral loss during training,
 # calibrated, and the threshold set for 97% sensitivity on validation. How each step was chosen
 # (validation, and an external shift check) is in the README. Seed 1 on the seed-42 patient split:
-# the draw with the best validation ROC-AUC of eleven candidates of this cropped recipe (README, rounds 5-6).
+# the draw with the best validation ROC-AUC of eleven candidates of this cropped recipe (docs/results.md, rounds 5-6).
 DEFAULT = TrainConfig(
     preset="default",
     model="resnet_small",

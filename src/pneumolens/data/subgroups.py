@@ -36,7 +36,7 @@ DEVICE_ATTRIBUTES = (
 
 # Computed from the image, not read from a header: is the film's lung median (the median pixel inside
 # the lung mask, grayscale in [0, 1]) above GREY_LUNGS? Greyer lungs than most pneumonia films: the
-# shipped model's false alarms concentrate there (README, Results, round 19).
+# shipped model's false alarms concentrate there (docs/results.md, round 19).
 LUNG_EXPOSURE = "lung-exposure"
 GREY_LUNGS = 0.5
 

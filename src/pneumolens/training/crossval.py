@@ -50,7 +50,7 @@ class OutOfFold:
 
 def fold_config(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` as a fold model trains it: the weight average warmed up, since a fold holds a fraction
-    of the films and an epoch fewer steps (README, round 4's batch-64 trap)."""
+    of the films and an epoch fewer steps (docs/results.md, round 4's batch-64 trap)."""
     return dataclasses.replace(cfg, ema_warmup=True) if cfg.ema_decay else cfg
 
 

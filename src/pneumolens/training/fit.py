@@ -128,7 +128,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 # Fewest optimiser steps per epoch at which the plain weight average (decay 0.99) has been seen to
 # follow the model in time: 140 (the default recipe, every run) worked; 70 (batch 64) and 80 (two
-# thirds of the films, benchmarks/label_issues.py) kept epoch-0 weights (README, rounds 4 and 8).
+# thirds of the films, benchmarks/label_issues.py) kept epoch-0 weights (docs/results.md, rounds 4 and 8).
 EMA_MIN_STEPS_PER_EPOCH = 100
 
 
