@@ -169,7 +169,8 @@ def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:
 
     ``data`` may be a Kaggle root (``data/split/{NORMAL,PNEUMONIA}``; for "train", a ``val/``
     beside it is pooled in), a class-folder directory (used as is, whatever the split), or a CSV
-    manifest.
+    manifest. DICOM films whose name gives no patient are grouped by the Patient ID in their
+    headers (:func:`with_dicom_patients`).
     """
     data = Path(data)
     if not data.exists():
