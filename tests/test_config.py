@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pneumolens.config import PRESETS, TrainConfig, resolve_config
@@ -10,6 +12,23 @@ def test_seed_preset_is_the_blog_recipe():
     assert (c.preprocess.image_size, c.preprocess.channels, c.batch_size) == (64, 3, 32)
     assert (c.augment.rotation, c.augment.shift, c.augment.zoom) == (10.0, 0.2, 0.1)
     assert (c.optimizer, c.lr, c.patience, c.scheduler, c.class_weights) == ("rmsprop", 1e-3, 3, "plateau", "seed")
+
+
+def test_lung_gamma_preset_is_the_default_with_two_changes():
+    c, d = PRESETS["lung_gamma"], PRESETS["default"]
+    assert c == dataclasses.replace(
+        resolve_config("default", lung_gamma=0.45, start_from_epoch=15), preset="lung_gamma"
+    )
+    assert (c.preprocess.lung_gamma, c.start_from_epoch, d.preprocess.lung_gamma, d.start_from_epoch) == (
+        0.45,
+        15,
+        0,
+        0,
+    )
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="start_from_epoch must be in"):  # the preset's 15 checked against --epochs
+        resolve_config("lung_gamma", epochs=8)
+    assert resolve_config("lung_gamma", epochs=8, start_from_epoch=7).start_from_epoch == 7
 
 
 def test_overrides_reach_nested_configs_and_round_trip():
