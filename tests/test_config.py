@@ -14,20 +14,16 @@ def test_seed_preset_is_the_blog_recipe():
     assert (c.optimizer, c.lr, c.patience, c.scheduler, c.class_weights) == ("rmsprop", 1e-3, 3, "plateau", "seed")
 
 
-def test_lung_gamma_preset_is_the_default_with_two_changes():
+def test_lung_gamma_preset_is_the_default_with_three_changes():
     c, d = PRESETS["lung_gamma"], PRESETS["default"]
     assert c == dataclasses.replace(
-        resolve_config("default", lung_gamma=0.45, start_from_epoch=15), preset="lung_gamma"
+        resolve_config("default", lung_gamma=0.45, epochs=24, start_from_epoch=23), preset="lung_gamma"
     )
-    assert (c.preprocess.lung_gamma, c.start_from_epoch, d.preprocess.lung_gamma, d.start_from_epoch) == (
-        0.45,
-        15,
-        0,
-        0,
-    )
+    assert (c.preprocess.lung_gamma, c.epochs, c.start_from_epoch) == (0.45, 24, 23)
+    assert (d.preprocess.lung_gamma, d.epochs, d.start_from_epoch) == (0, 16, 0)
     assert TrainConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ValueError, match="start_from_epoch must be in"):  # the preset's 15 checked against --epochs
-        resolve_config("lung_gamma", epochs=8)
+    with pytest.raises(ValueError, match="start_from_epoch must be in"):  # the preset's 23 checked against --epochs
+        resolve_config("lung_gamma", epochs=16)
     assert resolve_config("lung_gamma", epochs=8, start_from_epoch=7).start_from_epoch == 7
 
 
