@@ -1,6 +1,6 @@
 """The seed's proposal, tested: lung cropping / masking and contrast equalisation, each on and off.
 
-    python benchmarks/ablation.py [--data ../shared/data/chest_xray] [--preset default] [--variants ...]
+    python benchmarks/ablation.py [--data ../shared/data/chest_xray] [--preset crop_clahe] [--variants ...]
 
 Trains one model per variant (same seed, same patient split), reads its validation metrics from the
 model file, evaluates it once on test, and prints one markdown row per variant as it finishes.
@@ -16,14 +16,16 @@ from pathlib import Path
 
 from presets import run  # same folder: wall time and peak RSS of a child process
 
-# Every variant names both steps, so that the table does not depend on what the preset does.
+# Every variant names every step (lung step, equalisation, lung gamma), so that the table does not
+# depend on what the preset does.
 VARIANTS = {
-    "baseline": ["--lungs", "none", "--equalize", "none"],
-    "lungs=crop": ["--lungs", "crop", "--equalize", "none"],
-    "lungs=mask": ["--lungs", "mask", "--equalize", "none"],
-    "lungs=soft": ["--lungs", "soft", "--equalize", "none"],
-    "clahe": ["--lungs", "none", "--equalize", "clahe"],
-    "lungs=crop+clahe": ["--lungs", "crop", "--equalize", "clahe"],
+    "baseline": ["--lungs", "none", "--equalize", "none", "--lung-gamma", "0"],
+    "lungs=crop": ["--lungs", "crop", "--equalize", "none", "--lung-gamma", "0"],
+    "lungs=mask": ["--lungs", "mask", "--equalize", "none", "--lung-gamma", "0"],
+    "lungs=soft": ["--lungs", "soft", "--equalize", "none", "--lung-gamma", "0"],
+    "clahe": ["--lungs", "none", "--equalize", "clahe", "--lung-gamma", "0"],
+    "lungs=crop+clahe": ["--lungs", "crop", "--equalize", "clahe", "--lung-gamma", "0"],
+    "lungs=crop+clahe+gamma": ["--lungs", "crop", "--equalize", "clahe", "--lung-gamma", "0.45"],
 }
 
 
@@ -48,7 +50,7 @@ def external_fpr(run_dir: Path, folder: str | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/chest_xray")
-    ap.add_argument("--preset", default="default")
+    ap.add_argument("--preset", default="crop_clahe")
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument(

@@ -70,7 +70,9 @@ def test_training_with_the_adversary_ships_the_plain_model(tiny_data, tmp_path):
     from pneumolens.checkpoint import load_model
     from pneumolens.training.fit import read_history
 
-    assert train_cli(tiny_data, tmp_path / "run", "--series-adversary", "0.5", "--lungs", "none", preset="default") == 0
+    assert (
+        train_cli(tiny_data, tmp_path / "run", "--series-adversary", "0.5", "--lungs", "none", preset="crop_clahe") == 0
+    )
     history = read_history(tmp_path / "run" / "logs")
     assert history and math.isfinite(history[0]["train_series_loss"]) and history[0]["train_series_loss"] > 0
     loaded = load_model(tmp_path / "run")

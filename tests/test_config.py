@@ -14,17 +14,32 @@ def test_seed_preset_is_the_blog_recipe():
     assert (c.optimizer, c.lr, c.patience, c.scheduler, c.class_weights) == ("rmsprop", 1e-3, 3, "plateau", "seed")
 
 
-def test_lung_gamma_preset_is_the_default_with_three_changes():
-    c, d = PRESETS["lung_gamma"], PRESETS["default"]
-    assert c == dataclasses.replace(
-        resolve_config("default", lung_gamma=0.45, epochs=24, start_from_epoch=23), preset="lung_gamma"
+def test_the_presets_of_the_shipped_models():
+    default, gamma, crop = PRESETS["default"], PRESETS["lung_gamma"], PRESETS["crop_clahe"]
+    # lung_gamma: the recipe shipped until round 25 with three changes (rounds 20, 24, 25)
+    assert gamma == dataclasses.replace(
+        resolve_config("crop_clahe", lung_gamma=0.45, epochs=24, start_from_epoch=-1), preset="lung_gamma"
     )
-    assert (c.preprocess.lung_gamma, c.epochs, c.start_from_epoch) == (0.45, 24, 23)
-    assert (d.preprocess.lung_gamma, d.epochs, d.start_from_epoch) == (0, 16, 0)
-    assert TrainConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ValueError, match="start_from_epoch must be in"):  # the preset's 23 checked against --epochs
-        resolve_config("lung_gamma", epochs=16)
-    assert resolve_config("lung_gamma", epochs=8, start_from_epoch=7).start_from_epoch == 7
+    # default: lung_gamma, 32 epochs, seed 17 (round 26's draw, the shipped model)
+    assert default == dataclasses.replace(resolve_config("lung_gamma", epochs=32, seed=17), preset="default")
+    d = default
+    assert (d.preprocess.lung_gamma, d.epochs, d.first_watched_epoch, d.seed) == (0.45, 32, 31, 17)
+    assert (gamma.epochs, gamma.first_watched_epoch, gamma.seed) == (24, 23, 1)
+    assert (crop.preprocess.lung_gamma, crop.epochs, crop.first_watched_epoch, crop.seed) == (0, 16, 0, 1)
+    for c in (default, gamma, crop):
+        assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize(("epochs", "start", "first"), [(8, None, 7), (1, None, 0), (8, 3, 3), (8, -8, 0), (8, 0, 0)])
+def test_a_negative_start_epoch_counts_from_the_end(epochs, start, first):
+    # the default keeps the final weights (-1) whatever --epochs says
+    assert resolve_config("default", epochs=epochs, start_from_epoch=start).first_watched_epoch == first
+
+
+@pytest.mark.parametrize("start", [8, 20, -9])
+def test_a_start_epoch_outside_the_run_is_refused(start):
+    with pytest.raises(ValueError, match=r"start_from_epoch must be in \[-epochs, epochs\) = \[-8, 8\), got"):
+        resolve_config("default", epochs=8, start_from_epoch=start)
 
 
 def test_overrides_reach_nested_configs_and_round_trip():
@@ -78,7 +93,7 @@ def test_recipe_flags_reach_the_config():
     arch = architecture_of(cfg)
     net = create_model(arch["name"], **arch["kwargs"])
     assert net.fc.in_features == 24 and net.drop.p == 0.5  # the architecture arguments reach the network
-    assert cfg.seed == 1 and cfg.augment.rotation == 10.0  # untouched fields keep the preset's values
+    assert cfg.seed == 17 and cfg.augment.rotation == 10.0  # untouched fields keep the preset's values
 
 
 @pytest.mark.parametrize("name, kind", [("rmsprop", "RMSprop"), ("adamw", "AdamW"), ("sgd", "SGD")])

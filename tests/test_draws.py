@@ -80,7 +80,7 @@ def test_command_line(tmp_path):
 def test_external_rate_measured_once_on_real_films(tmp_path):
     source = SHARED / "lung_masks"
     # the shipped model calls the first two normal films and the TB film pneumonia, not the third
-    ids = ["CHNCXR_0007_0", "CHNCXR_0126_0", "CHNCXR_0001_0", "CHNCXR_0333_1"]
+    ids = ["CHNCXR_0178_0", "CHNCXR_0228_0", "CHNCXR_0001_0", "CHNCXR_0378_1"]
     folder = tmp_path / "external"
     (folder / "images").mkdir(parents=True)
     for i in ids:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import real_images, train_cli
+from pneumolens.checkpoint import load_model
 from pneumolens.config import resolve_config
 from pneumolens.training import group_dro
 from pneumolens.training.module import Classifier
@@ -132,3 +133,5 @@ def test_a_real_training_logs_weights_that_favour_no_absent_group(tiny_data, tmp
     assert q["NORMAL/unnamed"] == q["PNEUMONIA/unnamed"] == 0.0  # every Kaggle film's name says its group
     assert min(q["NORMAL/IM"], q["NORMAL/NORMAL2"], q["PNEUMONIA/bacteria"], q["PNEUMONIA/virus"]) > 0
     assert len(set(q.values())) > 2  # the step moved them apart from uniform
+    # the default preset's start epoch -1 kept the last of the two epochs, whatever its validation loss
+    assert load_model(out).meta["training"]["best_epoch"] == 1

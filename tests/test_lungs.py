@@ -156,10 +156,10 @@ def test_lung_gamma_evens_out_the_lungs_of_real_films(seg):
         assert np.allclose(preprocess(gray, normed, small), preprocess(gray**g, base, small), atol=1e-6)
     assert np.ptp(medians) > 0.03 and np.allclose(after, 0.45, atol=0.02)
     with pytest.raises(ValueError, match="lung_gamma reads the lung mask"):
-        resolve_config("default", lung_gamma=0.45, lungs="none")
+        resolve_config("crop_clahe", lung_gamma=0.45, lungs="none")
     with pytest.raises(ValueError, match="lung_gamma must be in"):
-        resolve_config("default", lung_gamma=1.5)
-    assert resolve_config("default", lung_gamma=0.45).preprocess.lung_gamma == 0.45
+        resolve_config("crop_clahe", lung_gamma=1.5)
+    assert resolve_config("crop_clahe", lung_gamma=0.45).preprocess.lung_gamma == 0.45
     assert cache_key(["x"], base) != cache_key(["x"], normed)  # normalised films are cached apart
 
 

@@ -60,7 +60,7 @@ def test_load_backbone_copies_features_keeps_the_head_and_names_a_wrong_file(tmp
     with pytest.raises(ValueError, match=f"{BACKBONE_FILENAME}: pretrained with architecture"):
         load_backbone(create_model("resnet_small", **architecture_of(other)["kwargs"]), path, other)
     with pytest.raises(ValueError, match="pretrained with preprocessing"):
-        load_backbone(fresh, path, resolve_config("default", image_size=32, lungs="none"))
+        load_backbone(fresh, path, resolve_config("crop_clahe", image_size=32, lungs="none"))
     with pytest.raises(FileNotFoundError, match="no pretrained backbone"):
         load_backbone(fresh, tmp_path / "missing.safetensors", cfg)
     tensors = load_file(str(path))

@@ -17,7 +17,7 @@ from pneumolens.training.module import Classifier, known_bce, pairwise_rank_loss
 
 def test_a_model_that_did_not_learn_is_called_out():
     # runs/v3/ema998 of the README: EMA decay 0.998 over 7 epochs, validation ROC-AUC 0.369
-    default = resolve_config("default")
+    default = resolve_config("crop_clahe")  # the recipe of those runs
     problem = unlearned({"roc_auc": 0.369}, default)
     assert problem and "0.369" in problem and "--ema-decay 0.99" in problem
     assert "ema" not in (unlearned({"roc_auc": 0.5}, resolve_config("seed")) or "").lower()
@@ -33,14 +33,14 @@ def test_a_model_that_did_not_learn_is_called_out():
     assert unlearned({"roc_auc": 0.98}, default, best_epoch=0, epochs_run=16) is None  # ran to the end
     assert unlearned({"roc_auc": 0.98}, default, best_epoch=3, epochs_run=9) is None  # stopped after learning
     with pytest.raises(ValueError, match="start_from_epoch"):
-        resolve_config("default", start_from_epoch=20)  # more than the 16 epochs
-    assert resolve_config("default", start_from_epoch=20, epochs=24).start_from_epoch == 20
+        resolve_config("crop_clahe", start_from_epoch=20)  # more than the 16 epochs
+    assert resolve_config("crop_clahe", start_from_epoch=20, epochs=24).start_from_epoch == 20
 
 
 @pytest.mark.parametrize(
     ("n_train", "overrides", "warns"),
     [
-        (4470, {}, False),  # the default recipe: 140 steps per epoch, every run learnt
+        (4470, {}, False),  # the crop_clahe recipe: 140 steps per epoch, every run learnt
         (4470, {"batch_size": 64}, True),  # 70 steps: runs/v4/bs64 kept its epoch-0 weights
         (2554, {}, True),  # 80 steps: a label_issues.py fold without warm-up did the same
         (2554, {"ema_warmup": True}, False),  # the remedy
@@ -50,7 +50,7 @@ def test_a_model_that_did_not_learn_is_called_out():
     ],
 )
 def test_a_lagging_weight_average_is_announced_before_training(n_train, overrides, warns):
-    cfg = resolve_config("default", **overrides)
+    cfg = resolve_config("crop_clahe", **overrides)
     msg = average_may_lag(cfg, n_train)
     assert (msg is not None) == warns
     if warns:
@@ -123,7 +123,9 @@ def test_training_with_the_subtype_head_ships_the_plain_model(tiny_data, tmp_pat
     from pneumolens.checkpoint import load_model
     from pneumolens.training.fit import read_history
 
-    assert train_cli(tiny_data, tmp_path / "run", "--subtype-weight", "0.5", "--lungs", "none", preset="default") == 0
+    assert (
+        train_cli(tiny_data, tmp_path / "run", "--subtype-weight", "0.5", "--lungs", "none", preset="crop_clahe") == 0
+    )
     history = read_history(tmp_path / "run" / "logs")
     assert history and math.isfinite(history[0]["train_subtype_loss"]) and history[0]["train_subtype_loss"] > 0
     loaded = load_model(tmp_path / "run")  # the head is training-only: the model file is the plain network

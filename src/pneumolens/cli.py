@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed for seed); fix it to train models that share one validation split",
     )
     t.add_argument("--patience", type=int, help="early stopping: epochs without a lower validation loss")
-    t.add_argument("--start-from-epoch", type=int, help="early stopping watches the validation loss from this epoch on")
+    t.add_argument(
+        "--start-from-epoch",
+        type=int,
+        help="early stopping watches the validation loss from this epoch on; negative counts from the end "
+        "(-1: keep the final weights)",
+    )
     t.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up (cosine schedule)")
     t.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights (e.g. 0.998)")
     t.add_argument(

@@ -137,7 +137,7 @@ def average_may_lag(cfg: TrainConfig, n_train: int) -> str | None:
     initial weights when early stopping first looks, or None."""
     ranks = (cfg.devices if isinstance(cfg.devices, int) else 1) * cfg.num_nodes  # each rank steps on its share
     steps = math.ceil(n_train / (cfg.batch_size * ranks))
-    if cfg.ema_decay <= 0 or cfg.ema_warmup or cfg.start_from_epoch > 0 or steps >= EMA_MIN_STEPS_PER_EPOCH:
+    if cfg.ema_decay <= 0 or cfg.ema_warmup or cfg.first_watched_epoch > 0 or steps >= EMA_MIN_STEPS_PER_EPOCH:
         return None
     return (
         f"{steps} steps per epoch ({n_train} films, batch {cfg.batch_size}): the weight average (decay "
@@ -285,7 +285,7 @@ def fit(
         load_backbone(module.model, backbone, cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # supervised training draws as without it
     datamodule = XrayDataModule(cfg, split.train, split.val, lung_masks, cache)
-    start = cfg.start_from_epoch
+    start = cfg.first_watched_epoch
     ckpt_cb = BestCheckpointFrom(start, dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min")
     # Lightning's own save_last only follows improvements; this one is written after every epoch.
     last_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1)
