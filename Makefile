@@ -47,7 +47,7 @@ format: setup  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-bench: setup  ## performance table: train both presets from scratch, inference, explanations, cache (~10 min)
+bench: setup  ## performance table: train both presets from scratch, inference, explanations, cache (~17 min)
 	$(PY) benchmarks/run.py --data $(DATA)
 
 lungs: setup  ## retrain the lung segmenter from scratch (<= 15 min) and ship it in src/pneumolens/assets
