@@ -1,4 +1,4 @@
-"""The seed's proposal, tested: lung cropping / masking and contrast equalisation, each on and off.
+"""The seed's proposal, tested: lung cropping / masking, contrast equalisation and the lung gamma, each on and off.
 
     python benchmarks/ablation.py [--data ../shared/data/chest_xray] [--preset crop_clahe] [--variants ...]
 

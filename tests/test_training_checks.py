@@ -17,21 +17,21 @@ from pneumolens.training.module import Classifier, known_bce, pairwise_rank_loss
 
 def test_a_model_that_did_not_learn_is_called_out():
     # runs/v3/ema998 of the README: EMA decay 0.998 over 7 epochs, validation ROC-AUC 0.369
-    default = resolve_config("crop_clahe")  # the recipe of those runs
-    problem = unlearned({"roc_auc": 0.369}, default)
+    recipe = resolve_config("crop_clahe")  # the recipe of those runs
+    problem = unlearned({"roc_auc": 0.369}, recipe)
     assert problem and "0.369" in problem and "--ema-decay 0.99" in problem
     assert "ema" not in (unlearned({"roc_auc": 0.5}, resolve_config("seed")) or "").lower()
     assert unlearned({"roc_auc": 0.5}, resolve_config("seed")) is not None
-    assert unlearned({"roc_auc": 0.99}, default) is None
-    assert unlearned({"roc_auc": None}, default) is None  # one class only: no AUC to judge by
+    assert unlearned({"roc_auc": 0.99}, recipe) is None
+    assert unlearned({"roc_auc": None}, recipe) is None  # one class only: no AUC to judge by
     # runs/v4/bs64 of the README: batch 64, early stopping after 6 of 16 epochs, best epoch 0, AUC 0.754
-    early = unlearned({"roc_auc": 0.754}, default, best_epoch=0, epochs_run=6)
+    early = unlearned({"roc_auc": 0.754}, recipe, best_epoch=0, epochs_run=6)
     assert early and "after 6 of 16 epochs" in early
     assert "--start-from-epoch 8" in early and "--patience (now 5)" in early and "--ema-warmup" in early
     seed_early = unlearned({"roc_auc": 0.9}, resolve_config("seed"), best_epoch=0, epochs_run=4)
     assert seed_early and "--ema-warmup" not in seed_early  # the seed recipe has no weight average
-    assert unlearned({"roc_auc": 0.98}, default, best_epoch=0, epochs_run=16) is None  # ran to the end
-    assert unlearned({"roc_auc": 0.98}, default, best_epoch=3, epochs_run=9) is None  # stopped after learning
+    assert unlearned({"roc_auc": 0.98}, recipe, best_epoch=0, epochs_run=16) is None  # ran to the end
+    assert unlearned({"roc_auc": 0.98}, recipe, best_epoch=3, epochs_run=9) is None  # stopped after learning
     with pytest.raises(ValueError, match="start_from_epoch"):
         resolve_config("crop_clahe", start_from_epoch=20)  # more than the 16 epochs
     assert resolve_config("crop_clahe", start_from_epoch=20, epochs=24).start_from_epoch == 20
