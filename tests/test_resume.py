@@ -77,6 +77,27 @@ def test_signal_keeps_last_epoch_and_resume_matches_uninterrupted(data, uninterr
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]  # both parts of the log merged
 
 
+def test_an_interrupted_refit_resumes_its_twin_then_refits(data, tmp_path):
+    refit = (*RECIPE, "--refit", "--start-from-epoch", "-1")
+    full = tmp_path / "full"
+    proc = _cli("train", "--data", str(data), "--out", str(full), *refit, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", HARNESS, "SIGINT", "train", "--data", str(data), "--out", str(out), *refit]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(os.environ))
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    # the held-out twin was cut in its epoch 2; the hint resumes the refit, not the twin alone
+    assert f"pneumolens train --resume {out}" in proc.stderr
+    assert (out / "holdout" / "checkpoints" / "last.ckpt").is_file() and not list(out.rglob("*.safetensors"))
+
+    proc = _cli("train", "--resume", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("holdout/model.safetensors", "model.safetensors"):  # both as if never interrupted
+        resumed, whole = load_file(str(out / name)), load_file(str(full / name))
+        assert resumed.keys() == whole.keys()
+        assert all(torch.equal(resumed[k], whole[k]) for k in resumed), name
+
+
 def test_resume_refusals(tmp_path, data, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a resumable run directory" in capsys.readouterr().err

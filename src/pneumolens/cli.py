@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--val-fraction", type=float)
     t.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after the run with its validation split held out (kept in OUT/holdout), train the same recipe again on "
+        "every training film, validation too, and give that model the held-out run's temperature and threshold",
+    )
+    t.add_argument(
         "--threshold-policy",
         help="operating point chosen on validation: fixed:T, sensitivity:S, specificity:S or youden",
     )
@@ -447,7 +454,7 @@ RECIPE_FLAGS = (
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin lung_gamma equalize clahe_clip "
     "rotation shift zoom gamma contrast mixup hflip erase blur bias_field label_smoothing teacher distill_weight "
     "rank_weight group_dro sam_rho subtype_weight series_adversary class_weights balanced_sampler patient_weighting "
-    "ssl_epochs ssl_lr init exclude val_fraction threshold_policy calibrate precision"
+    "ssl_epochs ssl_lr init exclude val_fraction refit threshold_policy calibrate precision"
 ).split()
 
 

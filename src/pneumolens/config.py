@@ -100,6 +100,9 @@ class TrainConfig:
     threshold: float = 0.5  # used during training (accuracy logs); the stored one follows the policy
     threshold_policy: str = "fixed:0.5"  # fixed:T | sensitivity:S | specificity:S | youden, on validation
     calibrate: bool = False  # temperature scaling fitted on validation, folded into the last layer
+    # then train again on every training film, validation films too, and give that model the held-out
+    # run's temperature and threshold (the held-out run is kept in OUT/holdout; round 27 of the log)
+    refit: bool = False
 
     @property
     def patient_split_seed(self) -> int:
@@ -259,6 +262,15 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(
             f"start_from_epoch must be in [-epochs, epochs) = [{-epochs}, {epochs}), got {start} (--start-from-epoch)"
         )
+    if overrides.get("refit", cfg.refit) and start not in (-1, epochs - 1):
+        raise ValueError(
+            f"refit trains on the validation films, so no epoch can be chosen on them: keep the final weights "
+            f"with --start-from-epoch -1 (got {start})"
+        )
+    if overrides.get("refit", cfg.refit) and (
+        str(overrides.get("devices", 1)) != "1" or overrides.get("num_nodes", 1) != 1
+    ):
+        raise ValueError("refit loads its held-out twin between two trainings: train it on one device (--devices 1)")
     if overrides.get("patience", 0) < 0:
         raise ValueError(f"patience must be >= 0, got {overrides['patience']}")
     if not 0 <= overrides.get("label_smoothing", 0.0) < 1:

@@ -65,7 +65,10 @@ class Engine:
             "versions",
         )
         card = {k: meta[k] for k in keys if k in meta}
-        card["validation_metrics"] = meta.get("metrics", {}).get("val")
+        metrics = meta.get("metrics", {})
+        card["validation_metrics"] = metrics.get("val")
+        if "holdout_val" in metrics:  # a refit trained on its validation films: its held-out twin's figures
+            card["holdout_twin_validation_metrics"] = metrics["holdout_val"]
         card["backend"] = self.backend
         card["sha256"] = self.loaded.sha256
         return card

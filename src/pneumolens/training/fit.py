@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from pneumolens.checkpoint import MODEL_FILENAME, atomic_write, save_model
+from pneumolens.checkpoint import MODEL_FILENAME, LoadedModel, atomic_write, load_model, save_model
 from pneumolens.config import CLASS_NAMES, TrainConfig
 from pneumolens.data.cache import cached_images
 from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for, patient_weights
@@ -211,7 +212,8 @@ def fit(
     t0 = time.time()
     out = Path(out)
     last_ckpt = out / "checkpoints" / "last.ckpt"
-    if resume and not last_ckpt.is_file():
+    twin_started = cfg.refit and (out / HOLDOUT_DIR / "checkpoints" / "last.ckpt").is_file()
+    if resume and not (last_ckpt.is_file() or twin_started):
         raise FileNotFoundError(f"{out}: nothing to resume, no checkpoints/last.ckpt")
     arch = architecture_of(cfg)
     trial = create_model(arch["name"], **arch["kwargs"])  # a wrong architecture argument fails here, before any data
@@ -226,9 +228,21 @@ def fit(
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
     out.mkdir(parents=True, exist_ok=True)
+    twin = None
+    if cfg.refit:
+        if not resume:  # written first, so that an interrupted twin resumes as part of the refit
+            _write_json(out / "config.json", cfg.to_dict())
+            _write_json(out / "run.json", {"data": str(data)})
+        twin = holdout_twin(data, cfg, out, cache_dir, callbacks, resume)
+        resume = resume and last_ckpt.is_file()  # the twin may have been all there was to resume
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
     split, bad = training_split(data, cfg)
+    if cfg.refit:
+        split = replace(split, train=split.train + split.val)
+        log.info(
+            "refit: training on all %d films; the validation figures below are on films it trains on", len(split.train)
+        )
     train_labels = [s.label for s in split.train]
     weights = class_weights(train_labels, cfg.class_weights)
     counts = {
@@ -251,6 +265,7 @@ def fit(
             "duplicates": split.duplicates,
             "unreadable": [{"path": p, "reason": r} for p, r in bad],
             "excluded": split.excluded,
+            "refit": cfg.refit,  # true: the validation films are in ``train`` too
         },
     )
 
@@ -342,13 +357,17 @@ def fit(
     val_samples = [s for s in split.val if s.path in logits]
     y = np.array([s.label for s in val_samples])
     z = np.array([logits[s.path] for s in val_samples])
-    calibration = operating_point(model, y, z, cfg)
+    calibration = operating_point(model, y, z, cfg) if twin is None else carried_operating_point(model, twin)
     val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
     history = read_history(out / "logs")
     watched = [h for h in history if h["epoch"] >= start]
     best_epoch = min(watched, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if watched else None
-    if problem := unlearned(val_metrics, cfg, best_epoch=best_epoch, epochs_run=trainer.current_epoch):
-        log.warning("%s: %s", out, problem)
+    if twin is not None:  # figures on films it trained on: kept, but not as validation
+        metrics = {"trained_on_val": val_metrics, "holdout_val": twin.meta["metrics"]["val"]}
+    else:
+        metrics = {"val": val_metrics}
+        if problem := unlearned(val_metrics, cfg, best_epoch=best_epoch, epochs_run=trainer.current_epoch):
+            log.warning("%s: %s", out, problem)
     meta = {
         "name": f"pneumolens-{cfg.preset}",
         "architecture": architecture_of(cfg),
@@ -356,7 +375,7 @@ def fit(
         "threshold": calibration["threshold"],
         "calibration": calibration,
         "config": cfg.to_dict(),
-        "metrics": {"val": val_metrics},
+        "metrics": metrics,
         "history": history,
         "training": {
             "counts": counts,
@@ -376,5 +395,50 @@ def fit(
 
         meta["lung_segmenter_sha256"] = LungSegmenter.shipped().sha256
     path = save_model(out / MODEL_FILENAME, model, meta)
-    _write_json(out / "val_metrics.json", val_metrics)
+    if twin is None:
+        _write_json(out / "val_metrics.json", val_metrics)
     return path
+
+
+HOLDOUT_DIR = "holdout"  # a refit's held-out twin, inside the refit's run directory
+
+
+def holdout_twin(
+    data: str | os.PathLike[str],
+    cfg: TrainConfig,
+    out: Path,
+    cache_dir: str | os.PathLike[str] | None,
+    callbacks: list[L.Callback] | None,
+    resume: bool,
+) -> LoadedModel:
+    """The run of ``cfg`` with its validation split held out, in ``out/holdout``: trained (or resumed)
+    unless a resumed refit finds it finished. A refit takes its temperature and threshold."""
+    twin_cfg = replace(cfg, refit=False)
+    twin = out / HOLDOUT_DIR
+    if resume and (twin / MODEL_FILENAME).is_file():
+        if json.loads((twin / "config.json").read_text()) != json.loads(twin_cfg.to_json()):
+            raise ValueError(f"{twin} was trained with another config than this refit's; refit into a new --out")
+        log.info("refit: the held-out run in %s is finished, resuming the refit", twin)
+    else:
+        try:
+            fit(
+                data,
+                twin_cfg,
+                twin,
+                cache_dir,
+                callbacks,
+                resume=resume and (twin / "checkpoints" / "last.ckpt").is_file(),
+            )
+        except TrainingInterrupted as e:  # resuming the refit resumes the twin first
+            raise TrainingInterrupted(out, e.signal_name, e.last) from e
+    return load_model(twin / MODEL_FILENAME)
+
+
+def carried_operating_point(model: torch.nn.Module, twin: LoadedModel) -> dict[str, Any]:
+    """The held-out ``twin``'s temperature (folded into ``model``) and threshold: a refit has no films
+    of its own left to choose them on."""
+    calibration = {k: v for k, v in twin.meta["calibration"].items() if k != "folded_into"}
+    if calibration["temperature"] != 1.0:
+        calibration["folded_into"] = fold_temperature(model, calibration["temperature"])
+    calibration["carried_from"] = {"run": HOLDOUT_DIR, "weights_sha256": twin.sha256}
+    return calibration
