@@ -204,6 +204,9 @@ def fit(
     Extra Lightning ``callbacks`` (e.g. a benchmark's timers) join the built-in ones. With ``resume``,
     training continues from ``out/checkpoints/last.ckpt`` (the end of the last complete epoch), with
     the optimiser, schedule, early-stopping state and random generators it had there.
+    With ``cfg.refit``, the run with validation held out is trained first into ``out/holdout`` (its
+    twin), then the recipe again on every training film, validation films too; the refit takes the
+    twin's temperature and threshold (a resumed refit resumes, or reuses, the twin first).
     Returns the path of the best model file (``out/model.safetensors``).
 
     Raises:
