@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +52,18 @@ def test_refit_trains_on_every_film_and_carries_the_twins_operating_point(tiny_d
     # another model: other weights, but the same network
     a, b = twin.model.state_dict(), refit.model.state_dict()
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_refit_leaves_listed_validation_films_out_too(tiny_data, tmp_path):
+    from pneumolens.training.fit import training_split
+
+    plain, _ = training_split(tiny_data, resolve_config("lung_gamma"))
+    listed = [plain.val[0].path, plain.train[0].path]
+    (tmp_path / "list.txt").write_text("\n".join(Path(p).name for p in listed) + "\n")  # bare names
+    kept, _ = training_split(tiny_data, resolve_config("lung_gamma", exclude=str(tmp_path / "list.txt")))
+    assert listed[0] in {s.path for s in kept.val} and listed[1] not in {s.path for s in kept.train}
+
+    refit, _ = training_split(tiny_data, resolve_config("lung_gamma", refit=True, exclude=str(tmp_path / "list.txt")))
+    trained = {s.path for s in refit.train}
+    assert trained == {s.path for s in plain.train + plain.val} - set(listed)
+    assert sorted(refit.excluded) == sorted(listed)

@@ -176,13 +176,16 @@ def unlearned(
 
 def training_split(data: str | os.PathLike[str], cfg: TrainConfig) -> tuple[Split, list[tuple[str, str]]]:
     """``data``'s training images split by patient as ``cfg`` says (``cfg.exclude``'s films left out
-    of the training part), and the unreadable ones left out."""
+    of the training part, which for a refit holds the validation films too), and the unreadable ones
+    left out."""
     pool, bad = check_headers(find_split(data, "train"))
     if bad:
         log.warning("skipping %d file(s) that are not readable images, e.g. %s (%s)", len(bad), *bad[0])
     if cfg.limit:
         pool = stratified_subset(pool, cfg.limit, cfg.patient_split_seed)
     split = patient_split(pool, cfg.val_fraction, cfg.patient_split_seed)
+    if cfg.refit:  # before the exclusions: a listed validation film stays out of the refit too
+        split = replace(split, train=split.train + split.val)
     if cfg.exclude:
         split = exclude_from_training(split, read_exclusions(cfg.exclude), cfg.exclude)
         log.info("left %d listed file(s) out of training (%s)", len(split.excluded), cfg.exclude)
@@ -242,7 +245,6 @@ def fit(
 
     split, bad = training_split(data, cfg)
     if cfg.refit:
-        split = replace(split, train=split.train + split.val)
         log.info(
             "refit: training on all %d films; the validation figures below are on films it trains on", len(split.train)
         )
