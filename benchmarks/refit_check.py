@@ -2,7 +2,7 @@
 of docs/results.md).
 
     python benchmarks/refit_check.py holdout --split runs/v26/e32_s17/split.json --out runs/v27/holdout.txt
-    python benchmarks/refit_check.py score --data ../shared/data/chest_xray --holdout runs/v27/holdout.txt \
+    python benchmarks/refit_check.py score --holdout runs/v27/holdout.txt \
         --pair runs/v27/a_s17 runs/v26/e32_s17 [--pair A B ...]
 
 ``holdout`` carves a patient-held-out 15% (``--fraction``) of a run's training part, as the
@@ -24,7 +24,7 @@ import numpy as np
 
 from pneumolens.checkpoint import load_model
 from pneumolens.config import CLASS_NAMES
-from pneumolens.data.sources import Sample, patient_id
+from pneumolens.data.sources import Sample, kaggle_samples
 from pneumolens.data.split import patient_split, read_exclusions
 from pneumolens.evaluation.calibration import expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
@@ -34,13 +34,8 @@ from pneumolens.inference import predict_samples
 POLICY = "sensitivity:0.97"
 
 
-def samples_of(paths: list[str]) -> list[Sample]:
-    label = {p: next(i for i, c in enumerate(CLASS_NAMES) if f"/{c}/" in p) for p in paths}
-    return [Sample(p, label[p], patient_id(p)) for p in paths]
-
-
 def holdout(args: argparse.Namespace) -> None:
-    train = samples_of(json.loads(args.split.read_text())["train"])
+    train = kaggle_samples(json.loads(args.split.read_text())["train"])
     held = patient_split(train, args.fraction, args.seed).val
     header = f"# refit check: {len(held)} of {len(train)} training films held out (patients, seed {args.seed})\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,9 +70,9 @@ def score(args: argparse.Namespace) -> None:
     print("| run | temperature | threshold | val ROC-AUC | val acc | val sens | val spec | val ECE |")
     print("|---|---|---|---|---|---|---|---|")
     for a, b in args.pair:
-        val = samples_of(json.loads((b / "split.json").read_text())["val"])
+        val = kaggle_samples(json.loads((b / "split.json").read_text())["val"])
         a_split = json.loads((a / "split.json").read_text())
-        e = samples_of([p for p in a_split["excluded"] if p in held])
+        e = kaggle_samples([p for p in a_split["excluded"] if p in held])
         if len(e) != len(held):
             raise ValueError(f"{a}: excluded {len(e)} of the {len(held)} held-out films; train it with --exclude")
         y_e, z_e = raw_logits(a, e)
@@ -97,7 +92,6 @@ def main() -> None:
     h.add_argument("--fraction", type=float, default=0.15)
     h.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("score")
-    s.add_argument("--data", required=True)
     s.add_argument("--holdout", type=Path, required=True)
     s.add_argument("--pair", type=Path, nargs=2, action="append", required=True, metavar=("A", "B"))
     args = ap.parse_args()

@@ -262,14 +262,13 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(
             f"start_from_epoch must be in [-epochs, epochs) = [{-epochs}, {epochs}), got {start} (--start-from-epoch)"
         )
-    if overrides.get("refit", cfg.refit) and start not in (-1, epochs - 1):
+    refit = overrides.get("refit", cfg.refit)
+    if refit and start not in (-1, epochs - 1):
         raise ValueError(
             f"refit trains on the validation films, so no epoch can be chosen on them: keep the final weights "
             f"with --start-from-epoch -1 (got {start})"
         )
-    if overrides.get("refit", cfg.refit) and (
-        str(overrides.get("devices", 1)) != "1" or overrides.get("num_nodes", 1) != 1
-    ):
+    if refit and (str(overrides.get("devices", 1)) != "1" or overrides.get("num_nodes", 1) != 1):
         raise ValueError("refit loads its held-out twin between two trainings: train it on one device (--devices 1)")
     if overrides.get("patience", 0) < 0:
         raise ValueError(f"patience must be >= 0, got {overrides['patience']}")

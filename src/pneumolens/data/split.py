@@ -121,8 +121,7 @@ def exclude_from_training(split: Split, entries: list[str], source: str = "the e
         ValueError: an entry matches no file of the pool, a bare name matches several, or the list
             leaves a class without training images.
     """
-    in_train = {s.path for s in split.train}  # a refit's training part holds the validation films too
-    pool = split.train + [s for s in split.val if s.path not in in_train]
+    pool = split.train + split.val
     by_name: dict[str, list[Sample]] = {}
     by_path: dict[Path, Sample] = {}
     for s in pool:
@@ -148,7 +147,7 @@ def exclude_from_training(split: Split, entries: list[str], source: str = "the e
         )
     if ambiguous:
         raise ValueError(f"{source}: the file name {ambiguous[0]!r} names several images; give its path instead")
-    in_val = [s.path for s in split.val if s.path in chosen and s.path not in in_train]
+    in_val = [s.path for s in split.val if s.path in chosen]
     if in_val:
         log.warning("%s: %d listed file(s) are in validation and stay there, e.g. %s", source, len(in_val), in_val[0])
     train = [s for s in split.train if s.path not in chosen]

@@ -184,11 +184,15 @@ def training_split(data: str | os.PathLike[str], cfg: TrainConfig) -> tuple[Spli
     if cfg.limit:
         pool = stratified_subset(pool, cfg.limit, cfg.patient_split_seed)
     split = patient_split(pool, cfg.val_fraction, cfg.patient_split_seed)
-    if cfg.refit:  # before the exclusions: a listed validation film stays out of the refit too
-        split = replace(split, train=split.train + split.val)
+    held_out = split.val
+    if cfg.refit:  # one pool, so that a listed validation film stays out of the refit too
+        split = replace(split, train=split.train + split.val, val=[])
     if cfg.exclude:
         split = exclude_from_training(split, read_exclusions(cfg.exclude), cfg.exclude)
         log.info("left %d listed file(s) out of training (%s)", len(split.excluded), cfg.exclude)
+    if cfg.refit:
+        split = replace(split, val=held_out)
+        log.info("refit: training on all %d films; validation below is on films it trains on", len(split.train))
     return split, bad
 
 
@@ -234,20 +238,20 @@ def fit(
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
     out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        recorded = json.loads((out / "config.json").read_text())
+        if recorded != json.loads(cfg.to_json()):
+            raise ValueError(f"{out}/config.json differs from the config given; resume with the run's own config")
+    else:  # written first: a refit's interrupted twin resumes as part of the refit
+        _write_json(out / "config.json", cfg.to_dict())
+    _write_json(out / "run.json", {"data": str(data)})
     twin = None
     if cfg.refit:
-        if not resume:  # written first, so that an interrupted twin resumes as part of the refit
-            _write_json(out / "config.json", cfg.to_dict())
-            _write_json(out / "run.json", {"data": str(data)})
         twin = holdout_twin(data, cfg, out, cache_dir, callbacks, resume)
         resume = resume and last_ckpt.is_file()  # the twin may have been all there was to resume
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the trial build: its init draws do not count
 
     split, bad = training_split(data, cfg)
-    if cfg.refit:
-        log.info(
-            "refit: training on all %d films; the validation figures below are on films it trains on", len(split.train)
-        )
     train_labels = [s.label for s in split.train]
     weights = class_weights(train_labels, cfg.class_weights)
     counts = {
@@ -255,13 +259,6 @@ def fit(
         for part, samples in (("train", split.train), ("val", split.val))
     }
     log.info("train %s, val %s, class weights %s", counts["train"], counts["val"], weights.tolist())
-    if resume:
-        recorded = json.loads((out / "config.json").read_text())
-        if recorded != json.loads(cfg.to_json()):
-            raise ValueError(f"{out}/config.json differs from the config given; resume with the run's own config")
-    else:
-        _write_json(out / "config.json", cfg.to_dict())
-    _write_json(out / "run.json", {"data": str(data)})
     _write_json(
         out / "split.json",
         {
