@@ -42,6 +42,7 @@ from pneumolens.training.pretrain import BACKBONE_FILENAME, load_backbone, pretr
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger(__name__)
+HOLDOUT_DIR = "holdout"  # a refit's held-out twin, inside the refit's run directory
 
 
 def read_history(logs: Path) -> list[dict[str, float]]:
@@ -400,9 +401,6 @@ def fit(
     if twin is None:
         _write_json(out / "val_metrics.json", val_metrics)
     return path
-
-
-HOLDOUT_DIR = "holdout"  # a refit's held-out twin, inside the refit's run directory
 
 
 def holdout_twin(
