@@ -33,17 +33,21 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def external_fpr(run_dir: Path, folder: str | None) -> str:
-    """Share of the external set's normal films (tb_label 0) the model calls pneumonia."""
-    if not folder:
-        return "-"
+def external_normals(folder: str | Path) -> list[str]:
+    """The external set's normal films (lung_masks manifest, tb_label 0)."""
     import csv
 
+    rows = csv.DictReader(open(Path(folder) / "manifest.csv"))
+    return [str(Path(folder) / "images" / f"{r['id']}.png") for r in rows if r["tb_label"] == "0"]
+
+
+def external_fpr(run_dir: Path, folder: str | None) -> str:
+    """Share of the external set's normal films the model calls pneumonia."""
+    if not folder:
+        return "-"
     from pneumolens.inference import Predictor
 
-    rows = csv.DictReader(open(Path(folder) / "manifest.csv"))
-    paths = [str(Path(folder) / "images" / f"{r['id']}.png") for r in rows if r["tb_label"] == "0"]
-    preds = Predictor.from_checkpoint(run_dir).predict_paths(paths)
+    preds = Predictor.from_checkpoint(run_dir).predict_paths(external_normals(folder))
     return f"{100 * sum(p.label == 'PNEUMONIA' for p in preds) / len(preds):.1f}"
 
 

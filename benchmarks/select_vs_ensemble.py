@@ -8,7 +8,10 @@ Here the validation patients are halved at random many times: in each halving th
 that is best on half A is scored on half B, as is every fixed ensemble (mean logit) and the pool's
 members on average. Specificity on B is taken at the threshold chosen on A for 97% sensitivity. All runs
 must share one validation split (``split.json``); ``default`` is the shipped model, validated on
-the split of the ``default`` preset. Only validation is read. Not part of the test suite.
+the split of the ``default`` preset. With ``--external`` (the lung_masks folder), each ensemble also
+gets its own 97%-sensitivity threshold on all of validation and the share of the external normal
+films it calls pneumonia there: the rest of the shipped model's bar. Only validation (and the
+external films) are read. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from ablation import external_normals  # same folder
 from sklearn.metrics import roc_auc_score
 
 from pneumolens.checkpoint import load_model
@@ -25,6 +29,8 @@ from pneumolens.data.sources import Sample, patient_id
 from pneumolens.evaluation.calibration import choose_threshold
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import predict_samples
+
+POLICY = "sensitivity:0.97"
 
 
 def val_logits(run: str, samples: list[Sample]) -> np.ndarray:
@@ -37,7 +43,7 @@ def val_logits(run: str, samples: list[Sample]) -> np.ndarray:
 
 def spec_on_b(z: np.ndarray, y: np.ndarray, a: np.ndarray) -> float:
     p = 1 / (1 + np.exp(-z))
-    return binary_metrics(y[~a], p[~a], choose_threshold(y[a], p[a], "sensitivity:0.97"))["specificity"]
+    return binary_metrics(y[~a], p[~a], choose_threshold(y[a], p[a], POLICY))["specificity"]
 
 
 def main() -> None:
@@ -46,6 +52,7 @@ def main() -> None:
     ap.add_argument("--ensemble", nargs="+", action="append", required=True, help="members of one fixed ensemble")
     ap.add_argument("--halvings", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--external", help="lung_masks folder: each ensemble's external normals called pneumonia")
     args = ap.parse_args()
     runs = list(dict.fromkeys(args.pool + [r for e in args.ensemble for r in e]))
     folders = [r for r in runs if r != "default"]
@@ -90,6 +97,26 @@ def main() -> None:
         above = f"{100 * np.mean(v > sel):.1f}%" if k in ens else "-"
         print(f"| {k} | {full} | {v.mean():.4f} ({v.std():.4f}) | {s} | {above} |")
     print("chosen on A: " + ", ".join(f"{Path(r).name} {n}" for r, n in chosen.items()))
+    if args.external:
+        external_table(args.ensemble, ens, y, args.external)
+
+
+def external_table(ensembles: list[list[str]], ens: dict[str, np.ndarray], y: np.ndarray, folder: str) -> None:
+    """Each ensemble at its own operating point (mean logit, uncalibrated, chosen on all of validation):
+    validation sensitivity and specificity, and the external normal films it calls pneumonia."""
+    normals = [Sample(p, 0, p) for p in external_normals(folder)]
+    print(f"\n| ensemble | threshold | val sens | val spec | external normals called pneumonia (of {len(normals)}) |")
+    print("|---|---|---|---|---|")
+    for members, (name, z) in zip(ensembles, ens.items(), strict=True):
+        p = 1 / (1 + np.exp(-z))
+        t = choose_threshold(y, p, POLICY)
+        m = binary_metrics(y, p, t)
+        pe = 1 / (1 + np.exp(-np.mean([val_logits(r, normals) for r in members], 0)))
+        flagged = int((pe >= t).sum())
+        print(
+            f"| {name} | {t:.3f} | {100 * m['sensitivity']:.1f}% | {100 * m['specificity']:.1f}% "
+            f"| {flagged} ({100 * flagged / len(normals):.1f}%) |"
+        )
 
 
 if __name__ == "__main__":
