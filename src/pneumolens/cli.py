@@ -302,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     sv.add_argument("--backend", choices=["torch", "onnx"], default=None)
 
+    en = sub.add_parser("ensemble", help="average trained models (mean logit) into one model file")
+    en.add_argument("members", nargs="+", help="model files or run directories (at least 2, one validation split)")
+    _data_arg(en)
+    en.add_argument("--out", required=True, help="run directory for model.safetensors and val_metrics.json")
+
     ex = sub.add_parser("export", help="export a model to ONNX")
     ex.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     ex.add_argument("--format", choices=["onnx"], default="onnx")
@@ -712,6 +717,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from pneumolens.training.ensemble import build_ensemble
+
+    print(build_ensemble(args.members, args.data, args.out))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumolens.checkpoint import load_model
     from pneumolens.export import export_onnx
@@ -739,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         "explain": cmd_explain,
         "serve": cmd_serve,
         "export": cmd_export,
+        "ensemble": cmd_ensemble,
         "evaluate": cmd_evaluate,
         "calibrate": cmd_calibrate,
         "predict": cmd_predict,

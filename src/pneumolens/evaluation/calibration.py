@@ -106,8 +106,12 @@ def fit_temperature(y: Sequence[int], logits: Sequence[float]) -> float:
 def fold_temperature(model: torch.nn.Module, temperature: float) -> str:
     """Divide the final single-logit layer by ``temperature`` (exact: the logit is linear in it).
 
-    The model file then gives calibrated probabilities to every caller with no extra step.
+    The model file then gives calibrated probabilities to every caller with no extra step. An
+    ensemble (mean logit) gets it folded into every member: mean(z_i / T) = mean(z_i) / T.
     """
+    if isinstance(members := getattr(model, "members", None), torch.nn.ModuleList):
+        names = {fold_temperature(m, temperature) for m in members}
+        return "members.*." + "|".join(sorted(names))
     name, last = next((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, torch.nn.Linear))
     if last.out_features != 1:
         raise ValueError(f"cannot fold a temperature into {name} with {last.out_features} outputs")

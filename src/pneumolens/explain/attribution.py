@@ -64,14 +64,23 @@ class _Signed(nn.Module):
 def gradcam(model: nn.Module, x: torch.Tensor, target_sign: float = 1.0, layer: str | None = None) -> np.ndarray:
     """Grad-CAM on ``layer`` (default: the model's ``feature_layer``), upsampled to the input size.
 
-    Captum registers its hooks for the call only and removes them afterwards.
+    An ensemble (mean logit) without an explicit ``layer`` gets the mean of its members' maps, each
+    taken before Grad-CAM's ReLU: with global-average pooling and a linear head a member's map is its
+    logit spread over the film, so the mean is the ensemble's. Captum registers its hooks for the
+    call only and removes them afterwards.
     """
+    if layer is None and getattr(model, "feature_layers", None):
+        maps = [_cam(m, x, target_sign, None, relu=False) for m in model.members]
+        return _normalise(torch.stack(maps).mean(0)[0, 0].clamp_min(0))
+    return _normalise(_cam(model, x, target_sign, layer, relu=True)[0, 0].clamp_min(0))
+
+
+def _cam(model: nn.Module, x: torch.Tensor, target_sign: float, layer: str | None, relu: bool) -> torch.Tensor:
     _, module = resolve_layer(model, layer)
     cam = LayerGradCam(_Signed(model, target_sign), module)
     with torch.enable_grad():
-        a = cam.attribute(x, relu_attributions=True)  # (1, 1, h, w)
-    a = LayerAttribution.interpolate(a, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-    return _normalise(a[0, 0].clamp_min(0))
+        a = cam.attribute(x, relu_attributions=relu)  # (1, 1, h, w)
+    return LayerAttribution.interpolate(a, tuple(x.shape[-2:]), interpolate_mode="bilinear")
 
 
 def blurred(x: torch.Tensor, sigma_fraction: float = 1 / 16) -> torch.Tensor:

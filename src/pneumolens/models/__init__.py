@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from pneumolens.models.ensemble import Ensemble
 from pneumolens.models.lung_unet import LungUNet
 from pneumolens.models.resnet_small import ResNetSmall
 from pneumolens.models.seed_cnn import SeedCNN
@@ -15,6 +16,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "seed_cnn": SeedCNN,
     "resnet_small": ResNetSmall,
     "lung_unet": LungUNet,
+    "ensemble": Ensemble,  # members=[{"name": ..., "kwargs": ...}, ...]: their mean logit
 }
 
 

@@ -60,6 +60,7 @@ class Engine:
             "preprocessing",
             "threshold",
             "calibration",
+            "members",  # an ensemble's: each member's name, weights hash, seed and metrics
             "site_calibrations",
             "class_names",
             "versions",

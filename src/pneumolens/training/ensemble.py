@@ -1,0 +1,125 @@
+"""``build_ensemble``: several trained model files into one that averages their logits.
+
+The members must have been validated on the same patient split and read the same input; none may
+have trained on its validation films (a refit). The ensemble's temperature and threshold are fitted
+on that validation split like a trained model's (the members' own policy), so its file is used like
+any other: predict, evaluate, explain, serve, export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumolens.checkpoint import MODEL_FILENAME, LoadedModel, ModelFileError, atomic_write, load_model, save_model
+from pneumolens.config import TrainConfig
+from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.inference import default_workers, predict_samples
+from pneumolens.models import create_model
+from pneumolens.training.distill import SPLIT_FIELDS
+from pneumolens.training.fit import operating_point, training_split
+
+log = logging.getLogger(__name__)
+
+
+def member_config(loaded: LoadedModel) -> TrainConfig:
+    """The training config a member file records; raises ModelFileError (naming it) if it cannot join."""
+    if loaded.meta.get("architecture", {}).get("name") == "ensemble":
+        raise ModelFileError(f"{loaded.path}: already an ensemble; give its members instead")
+    if "config" not in loaded.meta:
+        raise ModelFileError(f"{loaded.path}: records no training config, so its validation split is unknown")
+    cfg = TrainConfig.from_dict(loaded.meta["config"])
+    if cfg.refit:
+        raise ModelFileError(
+            f"{loaded.path}: a refit, trained on its validation films; an ensemble's threshold needs held-out films"
+        )
+    return cfg
+
+
+def check_compatible(members: Sequence[LoadedModel], configs: Sequence[TrainConfig]) -> None:
+    """Same split, same input, same lung segmenter, no file twice; raises ValueError naming the odd one."""
+    first, cfg0 = members[0], configs[0]
+    seen: dict[str, Path] = {}
+    for loaded, cfg in zip(members, configs, strict=True):
+        if loaded.sha256 in seen:
+            raise ValueError(f"{loaded.path}: the same weights as {seen[loaded.sha256]}; give each member once")
+        seen[loaded.sha256] = loaded.path
+        for name in SPLIT_FIELDS:
+            if getattr(cfg, name) != getattr(cfg0, name):
+                raise ValueError(
+                    f"{loaded.path}: validated with {name}={getattr(cfg, name)!r}, {first.path} with "
+                    f"{getattr(cfg0, name)!r}; members must share one validation split"
+                )
+        if loaded.meta["preprocessing"] != first.meta["preprocessing"]:
+            differ = {k: v for k, v in loaded.meta["preprocessing"].items() if first.meta["preprocessing"].get(k) != v}
+            raise ValueError(f"{loaded.path}: reads other input than {first.path}: {differ}")
+        if loaded.meta.get("lung_segmenter_sha256") != first.meta.get("lung_segmenter_sha256"):
+            raise ValueError(f"{loaded.path}: trained with another lung segmenter than {first.path}")
+
+
+def build_ensemble(
+    members: Sequence[str | os.PathLike[str]],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+) -> Path:
+    """Write ``out/model.safetensors`` (and ``out/val_metrics.json``): the members' mean logit, with
+    temperature and threshold fitted on their validation split of ``data``.
+
+    Raises:
+        ModelFileError: a member file is unusable or cannot join (the message names it).
+        ValueError: fewer than two members, or members from different splits or inputs.
+    """
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 model files, got {len(members)}")
+    loaded = [load_model(m) for m in members]
+    configs = [member_config(m) for m in loaded]
+    check_compatible(loaded, configs)
+    cfg = configs[0]
+    model = create_model("ensemble", members=[m.meta["architecture"] for m in loaded])
+    for net, m in zip(model.members, loaded, strict=True):
+        net.load_state_dict(m.model.state_dict())
+    model.eval()
+    split, _ = training_split(data, cfg)
+    logits, errors = predict_samples(
+        model, split.val, loaded[0].preprocess, num_workers=default_workers(len(split.val)), logits=True
+    )
+    for path, reason in errors.items():
+        log.warning("validation film skipped, %s: %s", path, reason)
+    val = [s for s in split.val if s.path in logits]
+    if len({s.label for s in val}) < 2:
+        raise ValueError(f"{data}: the validation split needs films of both classes, got {len(val)} readable")
+    y = np.array([s.label for s in val])
+    z = np.array([logits[s.path] for s in val])
+    calibration = operating_point(model, y, z, cfg)
+    val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
+    meta: dict[str, Any] = {
+        "name": f"{loaded[0].meta.get('name', 'pneumolens')}-ensemble{len(loaded)}",
+        "architecture": {"name": "ensemble", "kwargs": {"members": [m.meta["architecture"] for m in loaded]}},
+        "preprocessing": loaded[0].meta["preprocessing"],
+        "threshold": calibration["threshold"],
+        "calibration": calibration,
+        "config": loaded[0].meta["config"],  # the first member's; all share split and input
+        "members": [
+            {"name": m.meta.get("name"), "sha256": m.sha256, "seed": c.seed, "metrics": m.meta.get("metrics", {})}
+            for m, c in zip(loaded, configs, strict=True)
+        ],
+        "metrics": {"val": val_metrics},
+    }
+    if "lung_segmenter_sha256" in loaded[0].meta:
+        meta["lung_segmenter_sha256"] = loaded[0].meta["lung_segmenter_sha256"]
+    out = Path(out)
+    path = save_model(out / MODEL_FILENAME, model, meta)
+    atomic_write(out / "val_metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(val_metrics, indent=2)))
+    log.info(
+        "ensemble of %d: validation ROC-AUC %.5f, threshold %.3f",
+        len(loaded),
+        val_metrics["roc_auc"],
+        meta["threshold"],
+    )
+    return path
