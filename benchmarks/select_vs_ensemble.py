@@ -2,16 +2,19 @@
 the winner's bias (quality issue, item 3).
 
     python benchmarks/select_vs_ensemble.py --pool default runs/v13/s8 ... --ensemble runs/v13/s8 runs/v13/s9
+    python benchmarks/select_vs_ensemble.py --pool default runs/v28/s18 ... --top 3
 
 Choosing the draw with the best validation ROC-AUC and then quoting that ROC-AUC flatters the choice.
 Here the validation patients are halved at random many times: in each halving the pool member
 that is best on half A is scored on half B, as is every fixed ensemble (mean logit) and the pool's
-members on average. Specificity on B is taken at the threshold chosen on A for 97% sensitivity. All runs
-must share one validation split (``split.json``); ``default`` is the shipped model, validated on
-the split of the ``default`` preset. With ``--external`` (the lung_masks folder), each ensemble also
-gets its own 97%-sensitivity threshold on all of validation and the share of the external normal
-films it calls pneumonia there: the rest of the shipped model's bar. Only validation (and the
-external films) are read. Not part of the test suite.
+members on average; ``--top K`` adds the ensemble of the K pool members best on half A, so that
+choosing the members is judged as well. Specificity on B is taken at the threshold chosen on A for
+97% sensitivity. All runs must share one validation split (``split.json``); ``default`` is the
+shipped model, validated on the split of the ``default`` preset. With ``--external`` (the
+lung_masks folder), each ensemble (a ``--top K`` one: the K best on all of validation) also gets
+its own 97%-sensitivity threshold on all of validation and the share of the external normal films
+it calls pneumonia there: the rest of the shipped model's bar. Only validation (and the external
+films) are read. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -49,11 +52,16 @@ def spec_on_b(z: np.ndarray, y: np.ndarray, a: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", nargs="+", required=True, help="run folders (or 'default') to choose from")
-    ap.add_argument("--ensemble", nargs="+", action="append", required=True, help="members of one fixed ensemble")
+    ap.add_argument("--ensemble", nargs="+", action="append", default=[], help="members of one fixed ensemble")
+    ap.add_argument("--top", type=int, action="append", default=[], help="the K pool members best on half A")
     ap.add_argument("--halvings", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--external", help="lung_masks folder: each ensemble's external normals called pneumonia")
     args = ap.parse_args()
+    if not args.ensemble and not args.top:
+        ap.error("give at least one --ensemble or --top")
+    if bad := [k for k in args.top if not 2 <= k <= len(args.pool)]:
+        ap.error(f"--top {bad[0]}: needs 2 to {len(args.pool)} (the pool's size)")
     runs = list(dict.fromkeys(args.pool + [r for e in args.ensemble for r in e]))
     folders = [r for r in runs if r != "default"]
     if not folders:
@@ -65,13 +73,20 @@ def main() -> None:
     y = np.array([int("/PNEUMONIA/" in p) for p in paths])
     samples = [Sample(p, int(label), patient_id(p)) for p, label in zip(paths, y, strict=True)]
     z = {r: val_logits(r, samples) for r in runs}
+
+    def ranked(mask: np.ndarray, k: int) -> list[str]:  # the k pool members best on these films
+        return sorted(args.pool, key=lambda r: -roc_auc_score(y[mask], z[r][mask]))[:k]
+
+    everything = np.ones(len(y), bool)
+    args.ensemble += [ranked(everything, k) for k in args.top]  # chosen on all of validation (external table)
     ens = {" + ".join(Path(m).name for m in e): np.mean([z[m] for m in e], 0) for e in args.ensemble}
     pat = np.array([patient_id(p) for p in paths])
     patients = np.unique(pat)
     rng = np.random.default_rng(args.seed)
     chosen: dict[str, int] = dict.fromkeys(args.pool, 0)
-    auc: dict[str, list[float]] = {k: [] for k in ["best of pool on A", "mean pool member", *ens]}
-    spec: dict[str, list[float]] = {k: [] for k in ["best of pool on A", *ens]}
+    tops = [f"top {k} of pool on A" for k in args.top]
+    auc: dict[str, list[float]] = {k: [] for k in ["best of pool on A", "mean pool member", *ens, *tops]}
+    spec: dict[str, list[float]] = {k: [] for k in ["best of pool on A", *ens, *tops]}
     while len(auc["mean pool member"]) < args.halvings:
         a = np.isin(pat, rng.choice(patients, len(patients) // 2, replace=False))
         if len(set(y[a])) < 2 or len(set(y[~a])) < 2:
@@ -79,6 +94,7 @@ def main() -> None:
         best = max(args.pool, key=lambda r: roc_auc_score(y[a], z[r][a]))
         chosen[best] += 1
         scored = {"best of pool on A": z[best], **ens}
+        scored |= {name: np.mean([z[r] for r in ranked(a, k)], 0) for name, k in zip(tops, args.top, strict=True)}
         for k, zk in scored.items():
             auc[k].append(roc_auc_score(y[~a], zk[~a]))
             spec[k].append(spec_on_b(zk, y, a))
@@ -94,7 +110,7 @@ def main() -> None:
         v = np.array(v)
         full = f"{roc_auc_score(y, ens[k]):.4f}" if k in ens else "-"
         s = f"{100 * np.mean(spec[k]):.1f}%" if k in spec else "-"
-        above = f"{100 * np.mean(v > sel):.1f}%" if k in ens else "-"
+        above = f"{100 * np.mean(v > sel):.1f}%" if k in ens or k in tops else "-"
         print(f"| {k} | {full} | {v.mean():.4f} ({v.std():.4f}) | {s} | {above} |")
     print("chosen on A: " + ", ".join(f"{Path(r).name} {n}" for r, n in chosen.items()))
     if args.external:

@@ -113,7 +113,10 @@ def test_ensemble_command_fits_its_operating_point_on_the_members_validation_spl
     films = [s.path for s in find_split(tiny_data, "test")[:4]]
     got = Predictor(ens).predict_paths(films)
     assert all(g.label in CLASS_NAMES and 0 <= g.probability <= 1 for g in got)
-    assert main(["evaluate", "--model", str(out), "--data", str(tiny_data), "--json", str(tmp_path / "m.json")]) == 0
+    report = tmp_path / "report"
+    args = ["evaluate", "--model", str(out), "--data", str(tiny_data), "--json", str(tmp_path / "m.json")]
+    assert main([*args, "--report", str(report), "--explain", "gradcam"]) == 0
+    assert (report / "index.html").is_file()
     scored = json.loads((tmp_path / "m.json").read_text())
     assert scored["n"] == 24 and scored["threshold"] == pytest.approx(ens.threshold)
 
