@@ -183,3 +183,21 @@ def test_an_ensemble_cannot_be_a_member(tiny_data, trained_run, tmp_path):
     path = save_model(tmp_path / "ens.safetensors", model, {**loaded.meta, "architecture": arch})
     with pytest.raises(ModelFileError, match=r"ens\.safetensors: already an ensemble"):
         build_ensemble([str(trained_run), path], tiny_data, tmp_path / "out")
+
+
+def test_an_ensemble_file_can_be_recalibrated_and_teach(tiny_data, trained_run, second_run, tmp_path):
+    import dataclasses
+
+    from pneumolens.evaluation.recalibrate import recalibrate
+    from pneumolens.training.distill import load_teacher
+
+    ens = load_model(build_ensemble([trained_run, second_run], tiny_data, tmp_path / "ens"))
+    # a site's refit: its new temperature divides the logit of the whole ensemble, member by member
+    r = recalibrate(ens, tiny_data / "test", policy="sensitivity:0.9", min_per_class=12, n_boot=10)
+    x = torch.rand(2, *[ens.preprocess.channels] + [ens.preprocess.image_size] * 2)
+    with torch.no_grad():
+        assert torch.allclose(r.model(x), ens.model(x) / r.report["temperature"], atol=1e-5)
+    # a teacher for distillation: the members' shared split and input pass its checks
+    cfg = TrainConfig.from_dict(ens.meta["config"])
+    teacher = load_teacher(dataclasses.replace(cfg, teacher=str(tmp_path / "ens"), distill_weight=1.0))
+    assert len(teacher.members) == 2 and not any(p.requires_grad for p in teacher.parameters())
