@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import train_cli
+from conftest import link_dataset, train_cli
 from pneumolens.checkpoint import ModelFileError, load_model, save_model
 from pneumolens.cli import main
 from pneumolens.config import CLASS_NAMES, TrainConfig
@@ -155,7 +155,7 @@ def _variant(loaded, path, config=None, preprocessing=None, nudge=True):
     return save_model(path, model, meta)
 
 
-def test_members_that_cannot_join_are_refused_by_name(tiny_data, trained_run, tmp_path, capsys):
+def test_members_that_cannot_join_are_refused_by_name(tiny_data, trained_run, second_run, tmp_path, capsys):
     run = str(trained_run)
     other_split = _variant(load_model(trained_run), tmp_path / "split.safetensors", config={"split_seed": 99})
     with pytest.raises(ValueError, match=r"split\.safetensors: validated with patient_split_seed=99"):
@@ -166,6 +166,9 @@ def test_members_that_cannot_join_are_refused_by_name(tiny_data, trained_run, tm
     refit = _variant(load_model(trained_run), tmp_path / "refit.safetensors", config={"refit": True})
     with pytest.raises(ModelFileError, match=r"refit\.safetensors: a refit"):
         build_ensemble([run, refit], tiny_data, tmp_path / "c")
+    other_data = link_dataset(tmp_path / "other", {"train": dict.fromkeys(CLASS_NAMES, 30)})
+    with pytest.raises(ValueError, match=r"validated on \d+ films .* gives \d+ .*the data it was trained on"):
+        build_ensemble([run, str(second_run)], other_data, tmp_path / "g")
     with pytest.raises(ValueError, match="the same weights"):
         build_ensemble([run, run], tiny_data, tmp_path / "d")
     with pytest.raises(ValueError, match="at least 2"):

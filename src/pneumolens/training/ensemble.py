@@ -95,6 +95,13 @@ def build_ensemble(
     if len({s.label for s in val}) < 2:
         raise ValueError(f"{data}: the validation split needs films of both classes, got {len(val)} readable")
     y = np.array([s.label for s in val])
+    for m in loaded:  # another dataset root would give another "validation" split, maybe trained-on films
+        rec = m.meta.get("metrics", {}).get("val", {})
+        if rec and (rec.get("n"), rec.get("n_positive")) != (len(y), int(y.sum())):
+            raise ValueError(
+                f"{m.path}: validated on {rec.get('n')} films ({rec.get('n_positive')} pneumonia), but {data} "
+                f"gives {len(y)} ({int(y.sum())}); give the data it was trained on"
+            )
     z = np.array([logits[s.path] for s in val])
     calibration = operating_point(model, y, z, cfg)
     val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
