@@ -1,6 +1,7 @@
 """The performance table of issue 7: train, data, inference and explanation speed for each preset.
 
     python benchmarks/run.py --data ../shared/data/chest_xray [--presets seed default] [--out runs/bench]
+    python benchmarks/run.py --models src/pneumolens/assets/default.safetensors runs/v29/top3  # inference only
 
 For each preset, in separate processes (so each peak RSS is its own):
 
@@ -14,7 +15,8 @@ For each preset, in separate processes (so each peak RSS is its own):
 * ``data`` (once): decode+preprocess throughput against cached reads, on full-resolution JPEGs
   and on the 224-px set.
 
-Prints one markdown table with the machine. Not part of the test suite.
+With ``--models``, only ``infer`` runs, on existing model files or run directories (an ensemble
+file too), one column each. Prints one markdown table with the machine. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -304,10 +306,12 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.87, help="test accuracy for 'time to quality'")
     ap.add_argument("--single", type=int, default=100, help="images for single-image latency")
     ap.add_argument("--explain", type=int, default=5, help="images for Grad-CAM / LIME timing")
+    ap.add_argument("--models", nargs="+", help="inference only: model files or run directories, one column each")
     ap.add_argument("--_train", help=argparse.SUPPRESS)
     ap.add_argument("--_infer", help=argparse.SUPPRESS)
     ap.add_argument("--_data", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args._train:
@@ -315,7 +319,7 @@ def main() -> None:
         Path(args._train).write_text(json.dumps(r))
         return
     if args._infer:
-        r = bench_infer(args.data, Path(args.out) / args.preset, args.single, args.explain)
+        r = bench_infer(args.data, Path(args.model or Path(args.out) / args.preset), args.single, args.explain)
         Path(args._infer).write_text(json.dumps(r))
         return
     if args._data:
@@ -323,6 +327,9 @@ def main() -> None:
         return
 
     common = ("--data", args.data, "--out", args.out, "--target", str(args.target))
+    if args.models:
+        infer_only(args.models, common, args.single, args.explain)
+        return
     rows = {}
     for preset in args.presets:
         tr = _sub("train", *common, "--preset", preset)
@@ -376,6 +383,27 @@ def main() -> None:
         if f"{name}_n" in d
     ]
     print("\nData (default preprocessing, 2 workers decoding vs cached reads): " + "; ".join(data))
+
+
+INFER_LINES = [  # (label, key, format) of the inference measures
+    ("single image p50 / p99, torch", ("torch_p50_ms", "torch_p99_ms"), "{:.1f} / {:.1f} ms"),
+    ("single image p50 / p99, ONNX", ("onnx_p50_ms", "onnx_p99_ms"), "{:.1f} / {:.1f} ms"),
+    ("batch 64, torch / ONNX (model)", ("torch_batch_img_s", "onnx_batch_img_s"), "{:.0f} / {:.0f} img/s"),
+    ("predict a folder (624 files, end to end)", ("folder_img_s",), "{:.0f} img/s"),
+    ("Grad-CAM per image", ("gradcam_s",), "{:.3f} s"),
+    ("LIME (1000 samples) per image", ("lime_s",), "{:.2f} s"),
+    ("peak RSS, inference process", ("peak_rss_mib",), "{:.0f} MiB"),
+]
+
+
+def infer_only(models: list[str], common: tuple[str, ...], single: int, explain: int) -> None:
+    """One inference column per model file, each measured in its own process."""
+    cols = {m: _sub("infer", *common, "--model", m, "--single", str(single), "--explain", str(explain)) for m in models}
+    print(f"\nmachine: {machine()}\n")
+    print("| measure | " + " | ".join(f"`{m}`" for m in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for label, keys, fmt in INFER_LINES:
+        print(f"| {label} | " + " | ".join(fmt.format(*(c[k] for k in keys)) for c in cols.values()) + " |")
 
 
 def _gpu_batch512(i: dict) -> str:
