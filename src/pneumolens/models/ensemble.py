@@ -3,8 +3,9 @@ et al. 2017).
 
 Members are built from their own architecture records (``{"name": ..., "kwargs": ...}``) and must
 read the same input; their weights live under ``members.<i>.`` in one state dict, so one model file
-holds them all. Each member keeps its ``feature_layer``; :attr:`Ensemble.feature_layers` names them
-from the ensemble's root, for Grad-CAM per member.
+holds them all. Each member keeps its ``feature_layer`` (Grad-CAM's default averages the members'
+maps on them); :attr:`Ensemble.feature_layers` names those layers from the ensemble's root, so that
+one of them can be asked for explicitly.
 """
 
 from __future__ import annotations
