@@ -40,6 +40,17 @@ KERAS = {  # the faithful Keras replica of the seed, measured on this machine (i
     "p50 ms": "~10 (model call)",
 }
 
+INFER_ROWS = [  # (label, figure from an ``infer`` result, the Keras replica's figure): both tables' inference rows
+    ("single image p50 / p99, torch", lambda i: f"{i['torch_p50_ms']:.1f} / {i['torch_p99_ms']:.1f} ms", ""),
+    ("single image p50 / p99, ONNX", lambda i: f"{i['onnx_p50_ms']:.1f} / {i['onnx_p99_ms']:.1f} ms", ""),
+    ("batch 64, torch (model)", lambda i: f"{i['torch_batch_img_s']:.0f} img/s", KERAS["batch img/s"]),
+    ("batch 64, ONNX (model)", lambda i: f"{i['onnx_batch_img_s']:.0f} img/s", ""),
+    ("predict a folder (624 files, end to end)", lambda i: f"{i['folder_img_s']:.0f} img/s", ""),
+    ("Grad-CAM per image", lambda i: f"{1000 * i['gradcam_s']:.0f} ms", ""),
+    ("LIME (1000 samples) per image", lambda i: f"{i['lime_s']:.2f} s", "1.4-1.9 s (lime package)"),
+    ("peak RSS, inference process", lambda i: f"{i['peak_rss_mib']:.0f} MiB", ""),
+]
+
 
 def _peak_rss_mib() -> float:
     import resource
@@ -358,15 +369,8 @@ def main() -> None:
         ("training wall, whole recipe", lambda t, i: fmt_t(t["wall_s"]), ""),
         ("cache build (train/, cold)", lambda t, i: f"{t['cache_build_s']:.0f} s", ""),
         ("peak RSS, training", lambda t, i: f"{t['peak_rss_mib']:.0f} MiB", ""),
-        ("single image p50 / p99, torch", lambda t, i: f"{i['torch_p50_ms']:.1f} / {i['torch_p99_ms']:.1f} ms", ""),
-        ("single image p50 / p99, ONNX", lambda t, i: f"{i['onnx_p50_ms']:.1f} / {i['onnx_p99_ms']:.1f} ms", ""),
-        ("batch 64, torch (model)", lambda t, i: f"{i['torch_batch_img_s']:.0f} img/s", KERAS["batch img/s"]),
-        ("batch 64, ONNX (model)", lambda t, i: f"{i['onnx_batch_img_s']:.0f} img/s", ""),
-        ("predict a folder (624 files, end to end)", lambda t, i: f"{i['folder_img_s']:.0f} img/s", ""),
-        ("Grad-CAM per image", lambda t, i: f"{1000 * i['gradcam_s']:.0f} ms", ""),
-        ("LIME (1000 samples) per image", lambda t, i: f"{i['lime_s']:.2f} s", "1.4-1.9 s (lime package)"),
-        ("peak RSS, inference process", lambda t, i: f"{i['peak_rss_mib']:.0f} MiB", ""),
     ]
+    lines += [(label, lambda t, i, f=f: f(i), keras) for label, f, keras in INFER_ROWS]
     if "gpu_p50_ms" in rows[names[0]][1]:  # a GPU machine: training, folder prediction and explanations ran on it
         lines[-4:-1] = [(f"{label} (GPU)", f, keras) for label, f, keras in lines[-4:-1]]
         lines[10:10] = [
@@ -385,25 +389,14 @@ def main() -> None:
     print("\nData (default preprocessing, 2 workers decoding vs cached reads): " + "; ".join(data))
 
 
-INFER_LINES = [  # (label, key, format) of the inference measures
-    ("single image p50 / p99, torch", ("torch_p50_ms", "torch_p99_ms"), "{:.1f} / {:.1f} ms"),
-    ("single image p50 / p99, ONNX", ("onnx_p50_ms", "onnx_p99_ms"), "{:.1f} / {:.1f} ms"),
-    ("batch 64, torch / ONNX (model)", ("torch_batch_img_s", "onnx_batch_img_s"), "{:.0f} / {:.0f} img/s"),
-    ("predict a folder (624 files, end to end)", ("folder_img_s",), "{:.0f} img/s"),
-    ("Grad-CAM per image", ("gradcam_s",), "{:.3f} s"),
-    ("LIME (1000 samples) per image", ("lime_s",), "{:.2f} s"),
-    ("peak RSS, inference process", ("peak_rss_mib",), "{:.0f} MiB"),
-]
-
-
 def infer_only(models: list[str], common: tuple[str, ...], single: int, explain: int) -> None:
     """One inference column per model file, each measured in its own process."""
     cols = {m: _sub("infer", *common, "--model", m, "--single", str(single), "--explain", str(explain)) for m in models}
     print(f"\nmachine: {machine()}\n")
     print("| measure | " + " | ".join(f"`{m}`" for m in cols) + " |")
     print("|---|" + "---|" * len(cols))
-    for label, keys, fmt in INFER_LINES:
-        print(f"| {label} | " + " | ".join(fmt.format(*(c[k] for k in keys)) for c in cols.values()) + " |")
+    for label, f, _ in INFER_ROWS:
+        print(f"| {label} | " + " | ".join(f(c) for c in cols.values()) + " |")
 
 
 def _gpu_batch512(i: dict) -> str:

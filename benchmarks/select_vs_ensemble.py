@@ -91,10 +91,10 @@ def main() -> None:
         a = np.isin(pat, rng.choice(patients, len(patients) // 2, replace=False))
         if len(set(y[a])) < 2 or len(set(y[~a])) < 2:
             continue
-        best = max(args.pool, key=lambda r: roc_auc_score(y[a], z[r][a]))
-        chosen[best] += 1
-        scored = {"best of pool on A": z[best], **ens}
-        scored |= {name: np.mean([z[r] for r in ranked(a, k)], 0) for name, k in zip(tops, args.top, strict=True)}
+        order = ranked(a, len(args.pool))  # the pool, best on half A first
+        chosen[order[0]] += 1
+        scored = {"best of pool on A": z[order[0]], **ens}
+        scored |= {name: np.mean([z[r] for r in order[:k]], 0) for name, k in zip(tops, args.top, strict=True)}
         for k, zk in scored.items():
             auc[k].append(roc_auc_score(y[~a], zk[~a]))
             spec[k].append(spec_on_b(zk, y, a))

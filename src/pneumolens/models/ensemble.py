@@ -28,8 +28,6 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(create_model(m["name"], **m.get("kwargs", {})) for m in members)
         own = [getattr(m, "feature_layer", None) for m in self.members]
         self.feature_layers = [f"members.{i}.{name}" for i, name in enumerate(own)] if all(own) else []
-        if self.feature_layers:
-            self.feature_layer = self.feature_layers[0]  # an explicit single layer; Grad-CAM uses all by default
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(0)
