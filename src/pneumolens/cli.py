@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--init",
         help="start the network's features from a backbone file (RUN/pretrain/backbone.safetensors of a --ssl-epochs "
-        "run, or benchmarks/ssl_pretrain.py); its last layer starts fresh",
+        "run, or benchmarks/ssl_pretrain.py; the last layer starts fresh), or fine-tune a trained model (a model "
+        "file or run directory of the same split, input and architecture; every weight, temperature unfolded)",
     )
     t.add_argument(
         "--exclude",

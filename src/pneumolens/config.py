@@ -84,7 +84,7 @@ class TrainConfig:
     ssl_epochs: int = 0  # > 0: self-supervised pretraining (SimSiam) on the training films first
     ssl_batch_size: int = 128
     ssl_lr: float = 0.05  # SGD, per 256 films (scaled to the batch)
-    init: str | None = None  # a backbone file (pretrained features) to start the network from
+    init: str | None = None  # a backbone file (features) or a trained model (every weight) to start from
     exclude: str | None = None  # a list of training files to leave out (names or paths; validation stays whole)
     val_fraction: float = 0.15
     seed: int = 42

@@ -40,6 +40,7 @@ from pneumolens.training.distill import load_teacher
 from pneumolens.training.module import Classifier, architecture_of
 from pneumolens.training.pretrain import BACKBONE_FILENAME, load_backbone, pretrain
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
+from pneumolens.training.warm_start import load_init
 
 log = logging.getLogger(__name__)
 HOLDOUT_DIR = "holdout"  # a refit's held-out twin, inside the refit's run directory
@@ -229,7 +230,7 @@ def fit(
     arch = architecture_of(cfg)
     trial = create_model(arch["name"], **arch["kwargs"])  # a wrong architecture argument fails here, before any data
     if cfg.init:
-        load_backbone(trial, cfg.init, cfg)  # so does a missing or mismatched backbone file
+        load_init(trial, cfg.init, cfg)  # so does a missing or mismatched starting file
     if cfg.ssl_epochs and (str(cfg.devices) != "1" or cfg.num_nodes != 1 or not cfg.cache):
         raise ValueError("--ssl-epochs pretrains on one device from the preprocessing cache: use --devices 1, --cache")
     if cfg.exclude:
@@ -293,8 +294,7 @@ def fit(
         t_masks = time.time()
         lung_masks = lung_masks_for(split.train + split.val, cfg.num_workers)
         log.info("lung masks for %d images in %.0f s", len(lung_masks), time.time() - t_masks)
-    if cfg.init:
-        load_backbone(module.model, cfg.init, cfg)
+    init_sha256 = load_init(module.model, cfg.init, cfg) if cfg.init else None
     if cfg.ssl_epochs:
         assert cache is not None  # checked above
         backbone = out / "pretrain" / BACKBONE_FILENAME
@@ -393,6 +393,8 @@ def fit(
             "unreadable_files": len(bad) + len(module.skipped),
         },
     }
+    if init_sha256:  # fine-tuned from a trained model: weight averages need a shared start
+        meta["training"]["init_sha256"] = init_sha256
     if cfg.preprocess.lungs != "none":
         from pneumolens.lungs.segment import LungSegmenter
 
