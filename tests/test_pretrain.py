@@ -119,6 +119,7 @@ def test_pretraining_refuses_what_it_cannot_do(tiny_data, tmp_path):
 
 def test_init_starts_the_network_from_a_backbone_file(tiny_data, tmp_path, monkeypatch):
     import pneumolens.training.fit as fit_module
+    import pneumolens.training.warm_start as warm_start
 
     cfg = resolve_config("default", image_size=32)
     arch = architecture_of(cfg)
@@ -130,7 +131,7 @@ def test_init_starts_the_network_from_a_backbone_file(tiny_data, tmp_path, monke
         load_backbone(model, p, c)
         started.append({k: v.clone() for k, v in backbone_state(model).items()})
 
-    monkeypatch.setattr(fit_module, "load_backbone", recording_load)
+    monkeypatch.setattr(warm_start, "load_backbone", recording_load)
     out = tmp_path / "run"
     assert train_cli(tiny_data, out, "--init", str(path), preset="default", epochs=1) == 0
     # twice: the trial network checks the file before any data is read, then the trained network starts from it

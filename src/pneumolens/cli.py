@@ -303,9 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     sv.add_argument("--backend", choices=["torch", "onnx"], default=None)
 
-    en = sub.add_parser("ensemble", help="average trained models (mean logit) into one model file")
+    en = sub.add_parser("ensemble", help="average trained models (mean logit, or mean weights) into one model file")
     en.add_argument("members", nargs="+", help="model files or run directories (at least 2, one validation split)")
     _data_arg(en)
+    en.add_argument(
+        "--average-weights",
+        action="store_true",
+        help="one network whose weights are the members' mean (a model soup): members fine-tuned from one start "
+        "(train --init MODEL); it costs one network at inference",
+    )
     en.add_argument("--out", required=True, help="run directory for model.safetensors and val_metrics.json")
 
     ex = sub.add_parser("export", help="export a model to ONNX")
@@ -721,7 +727,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from pneumolens.training.ensemble import build_ensemble
 
-    print(build_ensemble(args.members, args.data, args.out))
+    print(build_ensemble(args.members, args.data, args.out, average_weights=args.average_weights))
     return 0
 
 

@@ -121,6 +121,19 @@ def fold_temperature(model: torch.nn.Module, temperature: float) -> str:
     return name
 
 
+def unfold_temperature(model: torch.nn.Module, calibration: dict[str, Any]) -> None:
+    """Undo :func:`fold_temperature` as a model file's ``calibration`` records it (a no-op if nothing
+    was folded): ``model`` gives its raw logits again, as it was trained."""
+    if not (name := calibration.get("folded_into")):
+        return
+    if name.startswith("members."):
+        raise ValueError("an ensemble's temperature is folded into every member; unfold the members")
+    layer = model.get_submodule(name)
+    with torch.no_grad():
+        layer.weight *= calibration["temperature"]
+        layer.bias *= calibration["temperature"]
+
+
 def expected_calibration_error(y: Sequence[int], p: Sequence[float], bins: int = 15) -> float:
     """ECE: the bin-weighted gap between mean confidence and accuracy of the predicted class."""
     y, p = np.asarray(y, int), np.asarray(p, float)

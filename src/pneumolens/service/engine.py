@@ -61,6 +61,7 @@ class Engine:
             "threshold",
             "calibration",
             "members",  # an ensemble's: each member's name, weights hash, seed and metrics
+            "averaged_weights_of",  # a weight average's, the same for the fine-tunes it averages
             "site_calibrations",
             "class_names",
             "versions",

@@ -1,9 +1,12 @@
-"""``build_ensemble``: several trained model files into one that averages their logits.
+"""``build_ensemble``: several trained model files into one that averages their logits, or (with
+``average_weights``) into one network whose weights are the members' mean.
 
 The members must have been validated on the same patient split and read the same input; none may
-have trained on its validation films (a refit). The ensemble's temperature and threshold are fitted
-on that validation split like a trained model's (the members' own policy), so its file is used like
-any other: predict, evaluate, explain, serve, export.
+have trained on its validation films (a refit). A weight average ("model soup", Wortsman et al.
+2022) needs members fine-tuned from one start (``train --init MODEL``), which stay in its basin:
+independently trained networks do not average. Either way the result's temperature and threshold are
+fitted on that validation split like a trained model's (the members' own policy), so its file is
+used like any other: predict, evaluate, explain, serve, export.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from pneumolens.checkpoint import MODEL_FILENAME, LoadedModel, ModelFileError, atomic_write, load_model, save_model
 from pneumolens.config import TrainConfig
+from pneumolens.evaluation.calibration import unfold_temperature
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import default_workers, predict_samples
 from pneumolens.models import create_model
@@ -63,17 +69,57 @@ def check_compatible(members: Sequence[LoadedModel], configs: Sequence[TrainConf
             raise ValueError(f"{loaded.path}: trained with another lung segmenter than {first.path}")
 
 
+def averaged_network(members: Sequence[LoadedModel]) -> nn.Module:
+    """One network whose every weight (batch-norm statistics too) is the members' mean, each member's
+    folded temperature taken out first; raises ValueError naming a member that is not a fine-tune of
+    the first one's start (one start: one architecture, checked when each fine-tune began)."""
+    first = members[0]
+    start = first.meta.get("training", {}).get("init_sha256")
+    for m in members:
+        theirs = m.meta.get("training", {}).get("init_sha256")
+        if theirs is None:
+            raise ValueError(
+                f"{m.path}: not fine-tuned from a trained model (train --init MODEL); the weights of networks "
+                "trained apart do not average"
+            )
+        if theirs != start:
+            raise ValueError(f"{m.path}: fine-tuned from weights {theirs[:12]}, {first.path} from {start[:12]}")
+    states = []
+    for m in members:
+        unfold_temperature(m.model, m.meta.get("calibration", {}))
+        states.append(m.model.state_dict())
+    mean = {
+        k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v.clone()
+        for k, v in states[0].items()
+    }
+    arch = first.meta["architecture"]
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(arch["name"], **arch.get("kwargs", {}))
+    model.load_state_dict(mean)
+    return model.to(memory_format=torch.channels_last)
+
+
+def mean_logit_network(members: Sequence[LoadedModel]) -> nn.Module:
+    model = create_model("ensemble", members=[m.meta["architecture"] for m in members])
+    for net, m in zip(model.members, members, strict=True):
+        net.load_state_dict(m.model.state_dict())
+    return model
+
+
 def build_ensemble(
     members: Sequence[str | os.PathLike[str]],
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
+    average_weights: bool = False,
 ) -> Path:
-    """Write ``out/model.safetensors`` (and ``out/val_metrics.json``): the members' mean logit, with
-    temperature and threshold fitted on their validation split of ``data``.
+    """Write ``out/model.safetensors`` (and ``out/val_metrics.json``): the members' mean logit, or
+    with ``average_weights`` one network of their mean weights, with temperature and threshold
+    fitted on their validation split of ``data``.
 
     Raises:
         ModelFileError: a member file is unusable or cannot join (the message names it).
-        ValueError: fewer than two members, or members from different splits or inputs.
+        ValueError: fewer than two members, members from different splits or inputs, or (averaging
+            weights) members that are not fine-tunes of one start.
     """
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 model files, got {len(members)}")
@@ -81,10 +127,7 @@ def build_ensemble(
     configs = [member_config(m) for m in loaded]
     check_compatible(loaded, configs)
     cfg = configs[0]
-    model = create_model("ensemble", members=[m.meta["architecture"] for m in loaded])
-    for net, m in zip(model.members, loaded, strict=True):
-        net.load_state_dict(m.model.state_dict())
-    model.eval()
+    model = (averaged_network if average_weights else mean_logit_network)(loaded).eval()
     split, _ = training_split(data, cfg)
     logits, errors = predict_samples(
         model, split.val, loaded[0].preprocess, num_workers=default_workers(len(split.val)), logits=True
@@ -105,9 +148,11 @@ def build_ensemble(
     z = np.array([logits[s.path] for s in val])
     calibration = operating_point(model, y, z, cfg)
     val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
+    kind = "soup" if average_weights else "ensemble"
+    arch = {"name": "ensemble", "kwargs": {"members": [m.meta["architecture"] for m in loaded]}}
     meta: dict[str, Any] = {
-        "name": f"{loaded[0].meta.get('name', 'pneumolens')}-ensemble{len(loaded)}",
-        "architecture": {"name": "ensemble", "kwargs": {"members": [m.meta["architecture"] for m in loaded]}},
+        "name": f"{loaded[0].meta.get('name', 'pneumolens')}-{kind}{len(loaded)}",
+        "architecture": loaded[0].meta["architecture"] if average_weights else arch,
         "preprocessing": loaded[0].meta["preprocessing"],
         "threshold": calibration["threshold"],
         "calibration": calibration,
@@ -118,13 +163,17 @@ def build_ensemble(
         ],
         "metrics": {"val": val_metrics},
     }
+    if average_weights:
+        meta["averaged_weights_of"] = meta["members"]  # one network: "members" would read as a mean logit
+        del meta["members"]
     if "lung_segmenter_sha256" in loaded[0].meta:
         meta["lung_segmenter_sha256"] = loaded[0].meta["lung_segmenter_sha256"]
     out = Path(out)
     path = save_model(out / MODEL_FILENAME, model, meta)
     atomic_write(out / "val_metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(val_metrics, indent=2)))
     log.info(
-        "ensemble of %d: validation ROC-AUC %.5f, threshold %.3f",
+        "%s of %d: validation ROC-AUC %.5f, threshold %.3f",
+        kind,
         len(loaded),
         val_metrics["roc_auc"],
         meta["threshold"],

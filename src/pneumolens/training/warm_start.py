@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from pneumolens.checkpoint import FORMAT, LoadedModel, _read_header, load_model, resolve_model_path
 from pneumolens.config import TrainConfig
+from pneumolens.evaluation.calibration import unfold_temperature
 from pneumolens.training.distill import SPLIT_FIELDS
 from pneumolens.training.module import architecture_of
 from pneumolens.training.pretrain import load_backbone
@@ -61,18 +61,15 @@ def starting_model(path: str | os.PathLike[str], cfg: TrainConfig) -> LoadedMode
         raise ValueError(
             f"{loaded.path}: architecture {loaded.meta['architecture']}, this run builds {architecture_of(cfg)}"
         )
-    calibration = loaded.meta.get("calibration", {})
-    if calibration.get("folded_into"):
-        layer = loaded.model.get_submodule(calibration["folded_into"])
-        with torch.no_grad():
-            layer.weight *= calibration["temperature"]
-            layer.bias *= calibration["temperature"]
+    unfold_temperature(loaded.model, loaded.meta.get("calibration", {}))
     return loaded
 
 
 def load_init(model: nn.Module, path: str | os.PathLike[str], cfg: TrainConfig) -> str | None:
     """Copy ``path``'s weights into ``model``: every weight of a trained model (returns its weights'
     SHA-256), or the features of a pretrained backbone (returns None)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file or run directory (--init takes a trained model or a backbone)")
     if not is_model_file(path):
         load_backbone(model, path, cfg)
         return None
