@@ -150,6 +150,10 @@ def build_ensemble(
     val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
     kind = "soup" if average_weights else "ensemble"
     arch = {"name": "ensemble", "kwargs": {"members": [m.meta["architecture"] for m in loaded]}}
+    listing = [
+        {"name": m.meta.get("name"), "sha256": m.sha256, "seed": c.seed, "metrics": m.meta.get("metrics", {})}
+        for m, c in zip(loaded, configs, strict=True)
+    ]
     meta: dict[str, Any] = {
         "name": f"{loaded[0].meta.get('name', 'pneumolens')}-{kind}{len(loaded)}",
         "architecture": loaded[0].meta["architecture"] if average_weights else arch,
@@ -157,15 +161,10 @@ def build_ensemble(
         "threshold": calibration["threshold"],
         "calibration": calibration,
         "config": loaded[0].meta["config"],  # the first member's; all share split and input
-        "members": [
-            {"name": m.meta.get("name"), "sha256": m.sha256, "seed": c.seed, "metrics": m.meta.get("metrics", {})}
-            for m, c in zip(loaded, configs, strict=True)
-        ],
+        # one network records what it averages; "members" would read as a mean logit
+        "averaged_weights_of" if average_weights else "members": listing,
         "metrics": {"val": val_metrics},
     }
-    if average_weights:
-        meta["averaged_weights_of"] = meta["members"]  # one network: "members" would read as a mean logit
-        del meta["members"]
     if "lung_segmenter_sha256" in loaded[0].meta:
         meta["lung_segmenter_sha256"] = loaded[0].meta["lung_segmenter_sha256"]
     out = Path(out)
