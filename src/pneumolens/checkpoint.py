@@ -137,7 +137,8 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, A
     return path
 
 
-def _read_header(path: Path) -> dict[str, str]:
+def read_header(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata (for a pneumolens model: format, version, weights hash, meta)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -149,7 +150,7 @@ def load_model(path: str | os.PathLike[str] | None = None) -> LoadedModel:
     version and weights hash."""
     p = resolve_model_path(path)
     try:
-        header = _read_header(p)
+        header = read_header(p)
         tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{p}: not a readable safetensors model file ({e})") from None

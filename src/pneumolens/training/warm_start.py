@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from pneumolens.checkpoint import FORMAT, LoadedModel, _read_header, load_model, resolve_model_path
+from pneumolens.checkpoint import FORMAT, LoadedModel, load_model, read_header, resolve_model_path
 from pneumolens.config import TrainConfig
 from pneumolens.evaluation.calibration import unfold_temperature
 from pneumolens.training.distill import SPLIT_FIELDS
@@ -29,7 +29,7 @@ def is_model_file(path: str | os.PathLike[str]) -> bool:
     if p.is_dir():
         return True
     try:
-        return p.is_file() and _read_header(p).get("format") == FORMAT
+        return p.is_file() and read_header(p).get("format") == FORMAT
     except Exception:  # not safetensors at all: the loaders below name the problem
         return False
 
