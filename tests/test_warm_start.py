@@ -84,8 +84,8 @@ def test_a_model_that_cannot_be_a_start_is_refused_by_name(tiny_data, start, tmp
 
     trained = load_model(start)
     cases = [
-        (str(start), {"split_seed": 9}, r"base/model\.safetensors: trained with patient_split_seed=42"),
-        (str(start), {"image_size": 48}, r"base/model\.safetensors: reads other input.*image_size"),
+        (str(start), {"split_seed": 9}, r"base/model\.safetensors: the start was trained with patient_split_seed=42"),
+        (str(start), {"image_size": 48}, r"base/model\.safetensors: the start reads other input.*image_size"),
         (str(start), {"model_kwargs": {"dropout": 0.5}}, r"base/model\.safetensors: architecture"),
         (_copy(trained, tmp_path / "refit.safetensors", {"refit": True}), {}, r"refit\.safetensors: a refit"),
     ]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pneumolens.checkpoint import load_model
+from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import TrainConfig
 
 # What the teacher's training must share with the student's: the films it learnt from and their input.
@@ -30,20 +30,26 @@ def load_teacher(cfg: TrainConfig) -> nn.Module:
     """
     assert cfg.teacher is not None
     loaded = load_model(cfg.teacher)
-    theirs = TrainConfig.from_dict(loaded.meta["config"])
-    for name in SPLIT_FIELDS:
-        if getattr(theirs, name) != getattr(cfg, name):
-            raise ValueError(
-                f"{cfg.teacher}: the teacher was trained with {name}={getattr(theirs, name)!r}, this run uses "
-                f"{getattr(cfg, name)!r}; it would have seen other films, possibly this run's validation films"
-            )
-    ours, theirs_pre = cfg.to_dict()["preprocess"], dataclasses.asdict(loaded.preprocess)  # older files: defaults
-    if differ := {k: (theirs_pre[k], ours[k]) for k in ours if theirs_pre[k] != ours[k]}:
-        raise ValueError(f"{cfg.teacher}: the teacher reads other input, (teacher, this run): {differ}")
+    check_same_films_and_input(loaded, cfg, "teacher")
     teacher = loaded.model.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def check_same_films_and_input(loaded: LoadedModel, cfg: TrainConfig, role: str) -> None:
+    """``loaded`` (a run's teacher, or its start) learnt from the films of ``cfg``'s split and reads its
+    input; raises ValueError naming the file, its ``role`` and the field that differs."""
+    theirs = TrainConfig.from_dict(loaded.meta["config"])
+    for name in SPLIT_FIELDS:
+        if getattr(theirs, name) != getattr(cfg, name):
+            raise ValueError(
+                f"{loaded.path}: the {role} was trained with {name}={getattr(theirs, name)!r}, this run uses "
+                f"{getattr(cfg, name)!r}; it would have seen other films, possibly this run's validation films"
+            )
+    ours, theirs_pre = cfg.to_dict()["preprocess"], dataclasses.asdict(loaded.preprocess)  # older files: defaults
+    if differ := {k: (theirs_pre[k], ours[k]) for k in ours if theirs_pre[k] != ours[k]}:
+        raise ValueError(f"{loaded.path}: the {role} reads other input, ({role}, this run): {differ}")
 
 
 def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 from pneumolens.checkpoint import FORMAT, LoadedModel, load_model, read_header, resolve_model_path
 from pneumolens.config import TrainConfig
 from pneumolens.evaluation.calibration import unfold_temperature
-from pneumolens.training.distill import SPLIT_FIELDS
+from pneumolens.training.distill import check_same_films_and_input
 from pneumolens.training.module import architecture_of
 from pneumolens.training.pretrain import load_backbone
 
@@ -44,19 +44,9 @@ def starting_model(path: str | os.PathLike[str], cfg: TrainConfig) -> LoadedMode
     loaded = load_model(resolve_model_path(path))
     if "config" not in loaded.meta:
         raise ValueError(f"{loaded.path}: records no training config, so the films it learnt from are unknown")
-    theirs = TrainConfig.from_dict(loaded.meta["config"])
-    if theirs.refit:
+    if TrainConfig.from_dict(loaded.meta["config"]).refit:
         raise ValueError(f"{loaded.path}: a refit, trained on the validation films; start from its held-out twin")
-    for name in SPLIT_FIELDS:
-        if getattr(theirs, name) != getattr(cfg, name):
-            raise ValueError(
-                f"{loaded.path}: trained with {name}={getattr(theirs, name)!r}, this run uses {getattr(cfg, name)!r}; "
-                "it would have seen other films, possibly this run's validation films"
-            )
-    if loaded.meta["preprocessing"] != cfg.to_dict()["preprocess"]:
-        ours = cfg.to_dict()["preprocess"]
-        differ = {k: (v, ours.get(k)) for k, v in loaded.meta["preprocessing"].items() if ours.get(k) != v}
-        raise ValueError(f"{loaded.path}: reads other input, (that model, this run): {differ}")
+    check_same_films_and_input(loaded, cfg, "start")
     if loaded.meta["architecture"] != architecture_of(cfg):
         raise ValueError(
             f"{loaded.path}: architecture {loaded.meta['architecture']}, this run builds {architecture_of(cfg)}"
