@@ -6,7 +6,7 @@ DATA   ?= ../shared/data/chest_xray
 PRESET ?= default
 RUN    ?= runs/$(PRESET)
 
-.PHONY: help setup browser run test lint format bench lungs clean
+.PHONY: help setup browser run recipe test lint format bench lungs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ setup: $(VENV)/.installed  ## create .venv and install pneumolens with its dev t
 run: setup  ## main job: train PRESET on DATA/train, evaluate once on DATA/test, write the HTML report
 	$(VENV)/bin/pneumolens train --data $(DATA) --preset $(PRESET) --out $(RUN)
 	$(VENV)/bin/pneumolens evaluate --model $(RUN) --data $(DATA) --json $(RUN)/test_metrics.json --report $(RUN)/report
+
+recipe: setup  ## rebuild the shipped model's whole recipe from scratch, evaluate once, print its table (~50 min)
+	$(PY) benchmarks/default_recipe.py --data $(DATA) --out runs/recipe
 
 browser:  ## install Debian's headless Chromium for the browser test, if missing (needs root)
 	@if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
