@@ -20,7 +20,7 @@ def test_the_presets_of_the_shipped_models():
     assert gamma == dataclasses.replace(
         resolve_config("crop_clahe", lung_gamma=0.45, epochs=24, start_from_epoch=-1), preset="lung_gamma"
     )
-    # default: lung_gamma, 32 epochs, seed 17 (round 26's draw, the shipped model)
+    # default: lung_gamma, 32 epochs, seed 17 (round 26's draw, the shipped model's start)
     assert default == dataclasses.replace(resolve_config("lung_gamma", epochs=32, seed=17), preset="default")
     d = default
     assert (d.preprocess.lung_gamma, d.epochs, d.first_watched_epoch, d.seed) == (0.45, 32, 31, 17)

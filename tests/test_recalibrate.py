@@ -81,7 +81,7 @@ def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, 
     # served, it says where its operating point came from, and decides at the new threshold
     with TestClient(create_app(Settings(model=str(out)))) as client:
         card = client.get("/api/v1/model").json()
-        assert card["name"] == "pneumolens-default-recalibrated" and card["threshold"] == new.threshold
+        assert card["name"] == new.meta["name"] and card["threshold"] == new.threshold
         assert card["site_calibrations"][0]["parent"]["sha256"] == shipped.sha256
         film = samples[0].path
         r = client.post("/api/v1/predict", files={"file": (Path(film).name, Path(film).read_bytes())}).json()

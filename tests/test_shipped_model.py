@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import pytest
 
 from conftest import CHEST
 from pneumolens.checkpoint import load_model, shipped_model_path
+from pneumolens.cli import build_parser, train_config
 from pneumolens.config import PRESETS, TrainConfig
 from pneumolens.evaluation.evaluate import evaluate
+from pneumolens.training.recipe import FINETUNE_SEEDS, shipped_recipe
 
 RECORD = Path(shipped_model_path()).with_name("default_test_metrics.json")
 
@@ -20,12 +23,19 @@ def test_shipped_model_is_small_and_self_describing():
     assert path.stat().st_size < 20 * 1024 * 1024
     loaded = load_model()  # no path: the shipped model
     meta = loaded.meta
-    assert meta["name"] == "pneumolens-default"
+    assert meta["name"] == "pneumolens-default-soup3"
     assert 0 < meta["threshold"] < 1 and meta["calibration"]["threshold_policy"].startswith("sensitivity:")
     assert meta["metrics"]["val"]["n"] > 500  # chosen on the patient-held-out validation split
-    # `pneumolens train --preset default` is exactly the recipe that made it (fields added since
-    # then read as their defaults, which are the behaviour it was trained with)
-    assert TrainConfig.from_dict(meta["config"]) == PRESETS["default"]
+    # the last step of training.recipe: one network, the weight average of the fine-tunes at its seeds,
+    # each exactly the recipe's fine-tune command (its start and teacher were the round-34 files; fields
+    # added since then read as their defaults, which are the behaviour it was trained with)
+    assert meta["architecture"]["name"] == PRESETS["default"].model
+    assert tuple(m["seed"] for m in meta["averaged_weights_of"]) == FINETUNE_SEEDS
+    fine_tune = shipped_recipe("DATA", "runs/recipe")[3]
+    recipe = train_config(build_parser().parse_args(list(fine_tune.argv)))
+    cfg = TrainConfig.from_dict(meta["config"])  # the first fine-tune's
+    assert cfg == dataclasses.replace(recipe, init=cfg.init, teacher=cfg.teacher)
+    assert cfg.init and cfg.teacher
 
 
 def test_shipped_model_reproduces_its_recorded_test_accuracy():
