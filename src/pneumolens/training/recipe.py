@@ -10,10 +10,10 @@ ensemble of two such draws (distillation):
    rate, no warm-up, seeds 1-3;
 4. ``soup``: ``ensemble finetune1 finetune2 finetune3 --average-weights``: one network, the model.
 
-About 47 minutes on the 2-core Intel development VM (``benchmarks/default_recipe.py`` runs it and prints
-each step's wall time). Seeds 17 and 22 are the two best validated draws of rounds 26-28; a rerun
-on another CPU, or on other films, gives other draws, so expect the recipe's figures, not the
-shipped file's weights.
+47-50 minutes on the 2-core Intel development VM (``benchmarks/default_recipe.py`` runs it and prints
+each step's wall time). Seeds 17 and 22 are the two best validated draws of rounds 26-28. Training is
+deterministic on one kind of CPU only: the shipped seed-17 draw came from an AMD EPYC VM, so a rebuild
+elsewhere (or on other films) gives another soup; expect the recipe's figures, not the shipped weights.
 """
 
 from __future__ import annotations
