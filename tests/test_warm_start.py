@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +99,37 @@ def test_a_model_that_cannot_be_a_start_is_refused_by_name(tiny_data, start, tmp
         assert not (tmp_path / f"out{i}").exists()  # refused before anything was read or written
     with pytest.raises(FileNotFoundError, match=r"nothing: no such file or run directory"):
         fit(tiny_data, resolve_config("default", image_size=32, init=str(tmp_path / "nothing")), tmp_path / "x")
+
+
+def test_a_start_or_teacher_may_have_left_out_more_films_than_the_run_never_fewer(tiny_data, start, tmp_path):
+    from pneumolens.training.fit import fit
+
+    whole, _ = training_split(tiny_data, _cfg(start))  # the start trained on whole.train, no list
+    (tmp_path / "val.txt").write_text(whole.val[0].path + "\n")
+    (tmp_path / "train.txt").write_text(whole.train[0].path + "\n")
+
+    # a refit on every validation film but one: the start saw none of them, and nothing the run leaves out
+    out = tmp_path / "partial_refit"
+    flags = ("--init", str(start), "--seed", "5", "--refit", "--exclude", str(tmp_path / "val.txt"))
+    assert train_cli(tiny_data, out, *flags, preset="default") == 0
+    trained = json.loads((out / "split.json").read_text())["train"]
+    assert sorted(trained) == sorted(s.path for s in whole.train + whole.val[1:])
+    assert load_model(out).meta["training"]["init_sha256"] == load_model(start).sha256
+
+    # a run that leaves out a film the start trained on is refused, naming the film, before anything is written
+    cfg = resolve_config("default", image_size=32, init=str(start), exclude=str(tmp_path / "train.txt"))
+    name = Path(whole.train[0].path).name
+    with pytest.raises(ValueError, match=rf"the start trained on 1 film\(s\) that this run does not train on.*{name}"):
+        fit(tiny_data, cfg, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+    # as is a teacher that trained on this run's validation films (a refit), which shares its split fields
+    refit_teacher = _copy(load_model(start), tmp_path / "refit_teacher.safetensors", {"refit": True})
+    cfg = resolve_config("default", image_size=32, teacher=str(refit_teacher), distill_weight=1.0)
+    message = rf"the teacher trained on {len(whole.val)} film\(s\) that this run does not train on.*refit=True"
+    with pytest.raises(ValueError, match=message):
+        fit(tiny_data, cfg, tmp_path / "refused_teacher")
+    assert not (tmp_path / "refused_teacher").exists()
 
 
 def test_average_weights_gives_one_network_of_the_fine_tunes_mean_weights(tiny_data, fine_tunes, tmp_path):

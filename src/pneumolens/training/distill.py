@@ -2,8 +2,9 @@
 
 The student learns the labels and, weighted by ``distill_weight``, the teacher's calibrated
 probabilities on the same augmented batch. The teacher must have been trained on the same patient
-split as the student (or its knowledge of the validation films would leak into model selection) and
-read the same preprocessed input.
+split as the student (or its knowledge of the validation films would leak into model selection),
+on no film the student leaves out (checked film by film once the split is known:
+:func:`pneumolens.training.fit.check_learnt_within`), and read the same preprocessed input.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from torch import nn
 from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import TrainConfig
 
-# What the teacher's training must share with the student's: the films it learnt from and their input.
-SPLIT_FIELDS = ("patient_split_seed", "val_fraction", "limit", "exclude")
+# What decides a run's validation films: a teacher or start must share them exactly.
+VALIDATION_FIELDS = ("patient_split_seed", "val_fraction", "limit")
+# ... and its training films (an ensemble's members share both; a teacher or start may have left out
+# more films than the run does, which is checked film by film).
+SPLIT_FIELDS = (*VALIDATION_FIELDS, "exclude")
 
 
 def load_teacher(cfg: TrainConfig) -> nn.Module:
@@ -38,14 +42,15 @@ def load_teacher(cfg: TrainConfig) -> nn.Module:
 
 
 def check_same_films_and_input(loaded: LoadedModel, cfg: TrainConfig, role: str) -> None:
-    """``loaded`` (a run's teacher, or its start) learnt from the films of ``cfg``'s split and reads its
-    input; raises ValueError naming the file, its ``role`` and the field that differs."""
+    """``loaded`` (a run's teacher, or its start) was trained on ``cfg``'s patient split (the same
+    validation films) and reads its input; raises ValueError naming the file, its ``role`` and the
+    field that differs."""
     theirs = TrainConfig.from_dict(loaded.meta["config"])
-    for name in SPLIT_FIELDS:
+    for name in VALIDATION_FIELDS:
         if getattr(theirs, name) != getattr(cfg, name):
             raise ValueError(
                 f"{loaded.path}: the {role} was trained with {name}={getattr(theirs, name)!r}, this run uses "
-                f"{getattr(cfg, name)!r}; it would have seen other films, possibly this run's validation films"
+                f"{getattr(cfg, name)!r}; another split, so it may have trained on this run's validation films"
             )
     ours, theirs_pre = cfg.to_dict()["preprocess"], dataclasses.asdict(loaded.preprocess)  # older files: defaults
     if differ := {k: (theirs_pre[k], ours[k]) for k in ours if theirs_pre[k] != ours[k]}:

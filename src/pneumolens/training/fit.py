@@ -19,7 +19,14 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from pneumolens.checkpoint import MODEL_FILENAME, LoadedModel, atomic_write, load_model, save_model
+from pneumolens.checkpoint import (
+    MODEL_FILENAME,
+    LoadedModel,
+    atomic_write,
+    load_model,
+    resolve_model_path,
+    save_model,
+)
 from pneumolens.config import CLASS_NAMES, TrainConfig
 from pneumolens.data.cache import cached_images
 from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for, patient_weights
@@ -40,7 +47,7 @@ from pneumolens.training.distill import load_teacher
 from pneumolens.training.module import Classifier, architecture_of
 from pneumolens.training.pretrain import BACKBONE_FILENAME, load_backbone, pretrain
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
-from pneumolens.training.warm_start import load_init
+from pneumolens.training.warm_start import is_model_file, load_init
 
 log = logging.getLogger(__name__)
 HOLDOUT_DIR = "holdout"  # a refit's held-out twin, inside the refit's run directory
@@ -198,6 +205,34 @@ def training_split(data: str | os.PathLike[str], cfg: TrainConfig) -> tuple[Spli
     return split, bad
 
 
+def check_learnt_within(
+    path: str | os.PathLike[str], role: str, data: str | os.PathLike[str], cfg: TrainConfig
+) -> None:
+    """The ``role`` model at ``path`` (a run's start or teacher, already checked to share its patient
+    split) trained on no film that a run of ``cfg`` on ``data`` does not train on: none it leaves out,
+    none of its validation films. Where the two differ in ``exclude`` or ``refit``, the films are
+    compared one by one (so a start trained without a list may serve a run that leaves out only
+    validation films, e.g. a refit on part of them).
+
+    Raises:
+        ValueError: it trained on such a film, or its films cannot be listed (the message names both).
+    """
+    theirs = TrainConfig.from_dict(load_model(resolve_model_path(path)).meta["config"])
+    if (theirs.exclude, theirs.refit) == (cfg.exclude, cfg.refit):
+        return  # the same split fields: the same training films
+    try:
+        their_train = training_split(data, theirs)[0].train
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot list the films the {role} trained on ({e})") from None
+    ours = {s.path for s in training_split(data, cfg)[0].train}
+    if extra := [s.path for s in their_train if s.path not in ours]:
+        raise ValueError(
+            f"{path}: the {role} trained on {len(extra)} film(s) that this run does not train on, e.g. {extra[0]} "
+            f"(the {role}: exclude={theirs.exclude!r}, refit={theirs.refit}; this run: exclude={cfg.exclude!r}, "
+            f"refit={cfg.refit})"
+        )
+
+
 def fit(
     data: str | os.PathLike[str],
     cfg: TrainConfig,
@@ -236,6 +271,9 @@ def fit(
     if cfg.exclude:
         read_exclusions(cfg.exclude)  # an unreadable list fails here, before any data is read
     teacher = load_teacher(cfg) if cfg.teacher else None  # so does an unusable or mismatched teacher
+    for role, path in (("start", cfg.init), ("teacher", cfg.teacher)):
+        if path and is_model_file(path):  # not a pretrained backbone: those learnt no labels
+            check_learnt_within(path, role, data, cfg)  # and one that learnt from films this run leaves out
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
