@@ -1,8 +1,10 @@
 """Does test-time augmentation or a small ensemble pay off on *validation*? (quality issue, item 3)
 
     python benchmarks/tta.py runs/v2/default [runs/v2/ema ...]
+    python benchmarks/tta.py src/pneumolens/assets/default.safetensors --data ../shared/data/chest_xray
 
-For each run: the validation split it was trained with (``split.json``), scored plain and with TTA
+For each run: the validation split it was trained with (its ``split.json``; for a model file, the
+split its recorded config draws from ``--data``), scored plain and with TTA
 (the mean logit over a fixed set of small affine views, the kind training augments with). With
 several runs that share a validation split, also their ensemble (mean logit; each model with
 its own preprocessing). Prints ROC-AUC
@@ -23,8 +25,10 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from pneumolens.checkpoint import load_model
+from pneumolens.config import TrainConfig
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.evaluation.calibration import choose_threshold
+from pneumolens.training.fit import training_split
 
 # (rotation degrees, zoom, shift x, shift y): identity plus six mild views
 VIEWS = [
@@ -64,6 +68,15 @@ def logits(run: Path, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(plain).numpy(), torch.cat(tta).numpy()
 
 
+def val_paths(run: Path, data: str) -> list[str]:
+    """The validation films ``run`` was trained with: its ``split.json``, or for a bare model file the
+    patient split its recorded training config draws from ``data``."""
+    if (run / "split.json").is_file():
+        return json.loads((run / "split.json").read_text())["val"]
+    cfg = TrainConfig.from_dict(load_model(run).meta["config"])
+    return [s.path for s in training_split(data, cfg)[0].val]
+
+
 def row(name: str, y: np.ndarray, z: np.ndarray) -> str:
     p = 1 / (1 + np.exp(-z))
     t = choose_threshold(y, p, "sensitivity:0.97")
@@ -77,15 +90,15 @@ def row(name: str, y: np.ndarray, z: np.ndarray) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--data", default="../shared/data/chest_xray", help="for model files without a split.json")
     args = ap.parse_args()
-    split = json.loads((args.runs[0] / "split.json").read_text())
-    paths = split["val"]
+    paths = val_paths(args.runs[0], args.data)
     y = np.array([int("/PNEUMONIA/" in p) for p in paths])
     print(f"| validation (n={len(y)}) | ROC-AUC | acc | sens | spec (threshold for 97% sens) |")
     print("|---|---|---|---|---|")
     ens_plain, ens_tta = [], []
     for run in args.runs:
-        if json.loads((run / "split.json").read_text())["val"] != paths:
+        if val_paths(run, args.data) != paths:
             raise SystemExit(f"{run} was validated on another split")
         zp, zt = logits(run, paths)
         ens_plain.append(zp)
