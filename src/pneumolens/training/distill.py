@@ -3,8 +3,8 @@
 The student learns the labels and, weighted by ``distill_weight``, the teacher's calibrated
 probabilities on the same augmented batch. The teacher must have been trained on the same patient
 split as the student (or its knowledge of the validation films would leak into model selection),
-on no film the student leaves out (checked film by film once the split is known:
-:func:`pneumolens.training.fit.check_learnt_within`), and read the same preprocessed input.
+on no film the student leaves out (compared film by film where their ``exclude`` or ``refit``
+differ: :func:`pneumolens.training.fit.check_learnt_within`), and read the same preprocessed input.
 """
 
 from __future__ import annotations
