@@ -1,12 +1,14 @@
-"""Validation-only benchmark helpers: benchmarks/half_refit.py's table row, benchmarks/tta.py's split."""
+"""Validation-only benchmark helpers: half_refit.py's table row, tta.py's split, val_difference.py."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 
 from conftest import load_benchmark
+from pneumolens.checkpoint import load_model, save_model
 
 
 def test_half_refit_row_by_hand():
@@ -28,3 +30,21 @@ def test_tta_reads_a_model_files_split_from_its_config(trained_run, tiny_data, t
     bare.write_bytes((trained_run / "model.safetensors").read_bytes())
     assert tta.val_paths(bare, str(tiny_data)) == recorded
     assert recorded
+
+
+def test_val_difference_pairs_a_model_with_itself_and_refuses_another_split(
+    trained_run, tiny_data, tmp_path, capsys, monkeypatch
+):
+    script = load_benchmark("val_difference")
+    args = ["val_difference.py", str(trained_run), str(trained_run), "--data", str(tiny_data), "--n-boot", "50"]
+    monkeypatch.setattr("sys.argv", args)
+    script.main()
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "| +0.00000 | [+0.00000, +0.00000] |" in row  # the same scores: no difference, no spread
+
+    loaded = load_model(trained_run)
+    meta = {**loaded.meta, "config": {**loaded.meta["config"], "split_seed": 9}}
+    other = save_model(tmp_path / "other.safetensors", loaded.model, meta)
+    monkeypatch.setattr("sys.argv", ["val_difference.py", str(trained_run), str(other), "--data", str(tiny_data)])
+    with pytest.raises(SystemExit, match="other.safetensors: not validated on the reference's split"):
+        script.main()
