@@ -36,9 +36,11 @@ def main() -> None:
 
     models = [load_model(m) for m in (args.reference, *args.new)]
     configs = [TrainConfig.from_dict(m.meta["config"]) for m in models]
-    for m, cfg in zip(models[1:], configs[1:], strict=True):
-        if any(getattr(cfg, f) != getattr(configs[0], f) for f in VALIDATION_FIELDS) or cfg.refit:
-            raise SystemExit(f"{m.path}: not validated on the reference's split (or a refit, trained on it)")
+    for m, cfg in zip(models, configs, strict=True):
+        if cfg.refit:
+            raise SystemExit(f"{m.path}: a refit, trained on the validation films")
+        if any(getattr(cfg, f) != getattr(configs[0], f) for f in VALIDATION_FIELDS):
+            raise SystemExit(f"{m.path}: not validated on the reference's split")
     val = training_split(args.data, configs[0])[0].val
     y = np.array([s.label for s in val])
     patients = [patient_id(s.path) for s in val]

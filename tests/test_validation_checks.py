@@ -48,3 +48,11 @@ def test_val_difference_pairs_a_model_with_itself_and_refuses_another_split(
     monkeypatch.setattr("sys.argv", ["val_difference.py", str(trained_run), str(other), "--data", str(tiny_data)])
     with pytest.raises(SystemExit, match="other.safetensors: not validated on the reference's split"):
         script.main()
+    refit = save_model(
+        tmp_path / "refit.safetensors",
+        loaded.model,
+        {**loaded.meta, "config": {**loaded.meta["config"], "refit": True}},
+    )
+    monkeypatch.setattr("sys.argv", ["val_difference.py", str(refit), str(trained_run), "--data", str(tiny_data)])
+    with pytest.raises(SystemExit, match="refit.safetensors: a refit, trained on the validation films"):
+        script.main()  # a refit's validation films are films it trained on, as reference too
