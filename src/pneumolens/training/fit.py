@@ -24,6 +24,7 @@ from pneumolens.checkpoint import (
     LoadedModel,
     atomic_write,
     load_model,
+    read_header,
     resolve_model_path,
     save_model,
 )
@@ -217,7 +218,8 @@ def check_learnt_within(
     Raises:
         ValueError: it trained on such a film, or its films cannot be listed (the message names both).
     """
-    theirs = TrainConfig.from_dict(load_model(resolve_model_path(path)).meta["config"])
+    # its config from the file's header alone: the file was loaded and checked whole a moment before
+    theirs = TrainConfig.from_dict(json.loads(read_header(resolve_model_path(path))["meta"])["config"])
     if (theirs.exclude, theirs.refit) == (cfg.exclude, cfg.refit):
         return  # the same split fields: the same training films
     try:
