@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="within each class, weight a patient's films 1/(films of that patient): patients count equally",
     )
     t.add_argument(
+        "--exposure-balance",
+        type=float,
+        metavar="STRENGTH",
+        help="weight the films so that the lungs' exposure (median grey) does not predict the label: 1 gives each "
+        "class the pooled distribution of lung medians, 0 is off (training.exposure)",
+    )
+    t.add_argument(
         "--ssl-epochs",
         type=int,
         help="self-supervised pretraining (SimSiam) on the training films for N epochs first (default 0: none)",
@@ -466,7 +473,7 @@ RECIPE_FLAGS = (
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin lung_gamma equalize clahe_clip "
     "rotation shift zoom gamma contrast mixup hflip erase blur bias_field label_smoothing teacher distill_weight "
     "rank_weight group_dro sam_rho subtype_weight series_adversary class_weights balanced_sampler patient_weighting "
-    "ssl_epochs ssl_lr init exclude val_fraction refit threshold_policy calibrate precision"
+    "exposure_balance ssl_epochs ssl_lr init exclude val_fraction refit threshold_policy calibrate precision"
 ).split()
 
 

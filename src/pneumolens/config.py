@@ -81,6 +81,7 @@ class TrainConfig:
     series_adversary: float = 0.0  # > 0: weight of an adversary against the normal series (training.adversary)
     balanced_sampler: bool = False
     patient_weighting: bool = False  # within each class, a patient's films share one patient's weight
+    exposure_balance: float = 0.0  # > 0: weight films so lung exposure does not predict the label (training.exposure)
     ssl_epochs: int = 0  # > 0: self-supervised pretraining (SimSiam) on the training films first
     ssl_batch_size: int = 128
     ssl_lr: float = 0.05  # SGD, per 256 films (scaled to the batch)
@@ -305,6 +306,10 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
             raise ValueError("group_dro and patient_weighting both weight the films: pick one")
         if cfg.augment.mixup > 0:
             raise ValueError("group_dro needs each film's group and mixup blends two films: pick one")
+    if not 0 <= overrides.get("exposure_balance", 0.0) <= 1:
+        raise ValueError(f"exposure_balance must be in [0, 1], got {overrides['exposure_balance']}")
+    if overrides.get("exposure_balance", cfg.exposure_balance) > 0 and overrides.get("group_dro", cfg.group_dro) > 0:
+        raise ValueError("group_dro and exposure_balance both weight the films: pick one")
     if overrides.get("subtype_weight", 0.0) < 0:
         raise ValueError(f"subtype_weight must be >= 0, got {overrides['subtype_weight']}")
     if overrides.get("subtype_weight", cfg.subtype_weight) > 0 and cfg.augment.mixup > 0:

@@ -45,6 +45,7 @@ from pneumolens.models import create_model
 from pneumolens.training import group_dro
 from pneumolens.training.callbacks import BestCheckpointFrom, EarlyStoppingFrom, weight_average
 from pneumolens.training.distill import load_teacher
+from pneumolens.training.exposure import exposure_weights, lung_medians
 from pneumolens.training.module import Classifier, architecture_of
 from pneumolens.training.pretrain import BACKBONE_FILENAME, load_backbone, pretrain
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
@@ -320,6 +321,15 @@ def fit(
         module.set_teacher(teacher)
     if cfg.patient_weighting:
         module.film_weights = patient_weights(split.train)
+    if cfg.exposure_balance > 0:
+        balance = exposure_weights(split.train, lung_medians(split.train, cfg.num_workers), cfg.exposure_balance)
+        module.film_weights = {p: module.film_weights.get(p, 1.0) * w for p, w in balance.items()}
+        log.info(
+            "exposure balance %s: film weights %.2f to %.2f",
+            cfg.exposure_balance,
+            min(balance.values()),
+            max(balance.values()),
+        )
     if cfg.group_dro > 0:  # a resumed run takes the weights its checkpoint holds instead
         module.group_weights = group_dro.initial_weights([s.path for s in split.train], [s.label for s in split.train])
     lung_masks, cache = None, None
