@@ -517,12 +517,18 @@ def test_secondary_capture_caption_and_pixels(trained_run):
 
     caption = caption_for({"probability": 0.93, "threshold": 0.4, "flags": []})
     assert caption == "AI first read: probability 0.93, above operating point; not a diagnosis"
+    both = caption_for({"probability": 0.93, "threshold": 0.4, "flags": ["lungs_cut_off", "grey_lungs"]})
+    assert both == caption + " | check image: lungs_cut_off | caution: grey lungs, where false positives concentrate"
     from PIL import Image
 
     rgb = burn_in(Image.new("RGB", (224, 224), "gray"), caption, "pneumolens-default")
     assert rgb.shape[1] == 512 and rgb.shape[0] > 512 and rgb.dtype == np.uint8
     band = rgb[512:]
     assert (band[..., 0] > 200).any() and (band[..., 2] < 50).any()  # yellow text on black
+    longer = burn_in(Image.new("RGB", (224, 224), "gray"), both, "pneumolens-default")
+    assert longer.shape[0] >= rgb.shape[0] + 2 * (14 + 8)  # a line at least per " | " part
+    for picture in (rgb, longer):
+        assert not (picture[512:, -6:, 0] > 200).any()  # no yellow text reaches the right edge: nothing cut off
 
 
 # ------------------------------------------------------------------------------------------ wheel

@@ -84,3 +84,27 @@ def test_flags(make, expected):
     flags = plausibility_flags(make())
     assert flags == expected
     assert (describe(flags) is None) == (not expected)
+
+
+@pytest.mark.parametrize(
+    "inside, outside, expected",
+    [
+        (0.6, 0.9, ["grey_lungs"]),  # grey lungs
+        (0.5, 0.9, []),  # on the bound: not above it
+        (0.3, 0.9, []),  # dark lungs in a bright film: only the lungs count
+        (0.3, 0.1, []),
+    ],
+)
+def test_grey_lungs_caution_reads_the_median_inside_the_lungs(inside, outside, expected):
+    lungs = two_lungs()  # 100 x 100, as the segmenter's low-resolution mask
+    gray = np.where(np.kron(lungs, np.ones((3, 3), bool)), inside, outside)  # the image at 300 x 300
+    gray[:3, :3] = 1.0 - inside  # a few outliers do not move a median
+    flags = plausibility_flags(lungs, gray)
+    assert flags == expected
+    assert plausibility_flags(lungs) == []  # without the image: no caution
+    if expected:
+        assert "weigh a pneumonia call with care" in describe(flags)
+
+
+def test_no_lungs_found_says_nothing_of_their_exposure():
+    assert plausibility_flags(np.zeros((100, 100), bool), np.full((100, 100), 0.9)) == ["no_lungs_found"]

@@ -20,7 +20,7 @@ from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.sources import Sample
 from pneumolens.lungs.flags import plausibility_flags
 from pneumolens.lungs.masks import dice
-from pneumolens.lungs.preprocess import lung_gamma
+from pneumolens.lungs.preprocess import lung_gamma, lung_median
 from pneumolens.lungs.segment import LungSegmenter
 from pneumolens.lungs.train import load_pair, read_rows
 
@@ -68,7 +68,9 @@ def test_segment_command_on_fullres_and_non_xrays(tmp_path, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in records] == [str(full), str(blank), str(noise)]
     xray = records[0]
-    assert xray["flags"] == [] and 0.1 < xray["lung_fraction"] < 0.5
+    gray = read_image(full)
+    grey = lung_median(gray, LungSegmenter.shipped().mask(gray, full_size=False)) > 0.5  # a pneumonia film's may be
+    assert xray["flags"] == (["grey_lungs"] if grey else []) and 0.1 < xray["lung_fraction"] < 0.5
     with Image.open(full) as src, Image.open(out / f"{full.stem}_mask.png") as mask:
         assert mask.size == src.size  # at the input's resolution
         assert set(np.unique(np.asarray(mask))) == {0, 255}
@@ -85,6 +87,28 @@ def test_predict_passes_flags_through(trained_run, tmp_path, capsys):
     good, bad = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert good["flags"] == [] and "warning" not in good
     assert bad["flags"] == ["no_lungs_found"] and "does not look like a frontal chest X-ray" in bad["warning"]
+
+
+def test_grey_lungs_caution_on_a_real_film_reaches_every_caller(trained_run, tmp_path, capsys):
+    """The same film with its lungs made grey (gamma 0.5 lifts the darks) is cautioned by predict,
+    the Python API and the server's engine alike; the film itself (lung median below 0.5) is not."""
+    from pneumolens import load
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    film = real_images("test", "NORMAL", 1)[0]
+    gray = read_image(film)
+    assert lung_median(gray, LungSegmenter.shipped().mask(gray, full_size=False)) < 0.5
+    grey = _png(tmp_path / "grey.png", np.round(255 * gray**0.5))
+    rc = main(["predict", str(film), str(grey), "--model", str(trained_run), "--json"])
+    assert rc == 0
+    dark, greyed = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert dark["flags"] == [] and greyed["flags"] == ["grey_lungs"]
+    assert "most frequent false positives" in greyed["warning"]
+    assert load(trained_run).predict(str(grey)).flags == ["grey_lungs"]
+    engine = Engine(Settings(model=str(trained_run)))
+    assert engine.analyse(read_image(grey), explain=False)["flags"] == ["grey_lungs"]
+    assert engine.analyse(gray, explain=False)["flags"] == []
 
 
 @pytest.mark.parametrize("mode", ["none", "crop", "mask", "soft", "crop_soft"])

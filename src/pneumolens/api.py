@@ -101,7 +101,7 @@ class Model:
         t = self.loaded.threshold
         results = []
         for g, (low, full), p in zip(grays, masks, probs, strict=True):
-            r = Result(float(p), CLASS_NAMES[int(p >= t)], t, plausibility_flags(low))
+            r = Result(float(p), CLASS_NAMES[int(p >= t)], t, plausibility_flags(low, g))
             if explain:
                 from pneumolens.explain import explain_image
 

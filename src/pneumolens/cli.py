@@ -436,7 +436,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         mask_png, overlay_png = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
         mask_image(full).save(mask_png)
         overlay_image(gray, full).save(overlay_png)
-        flags = plausibility_flags(low)
+        flags = plausibility_flags(low, gray)
         record = {
             "path": path,
             "lung_fraction": round(lung_fraction(full), 4),

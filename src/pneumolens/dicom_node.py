@@ -93,25 +93,41 @@ PATIENT_AND_STUDY = (
 def caption_for(result: dict) -> str:
     side = "above" if result["probability"] >= result["threshold"] else "below"
     text = f"AI first read: probability {result['probability']:.2f}, {side} operating point; not a diagnosis"
-    if result.get("flags"):
-        text += f" | check image: {', '.join(result['flags'])}"
+    checks = [f for f in result.get("flags", []) if f != "grey_lungs"]
+    if checks:
+        text += f" | check image: {', '.join(checks)}"
+    if "grey_lungs" in result.get("flags", []):
+        text += " | caution: grey lungs, where false positives concentrate"
     return text
 
 
 def burn_in(picture: Image.Image, caption: str, model: str) -> np.ndarray:
-    """The overlay picture with a black band below carrying the caption (RGB uint8)."""
+    """The overlay picture with a black band below carrying the caption (RGB uint8). Each " | " part
+    of the caption starts a line, and a line too long for the picture wraps between words, so no
+    flag runs off the edge."""
     picture = picture.convert("RGB")
     w = max(512, picture.width)
     if picture.width != w:
         picture = picture.resize((w, round(picture.height * w / picture.width)), Image.Resampling.BILINEAR)
     font = ImageFont.load_default(size=max(14, w // 48))
-    band = 3 * (font.size + 6)
-    canvas = Image.new("RGB", (w, picture.height + band), "black")
+    lines: list[str] = []
+    for part in caption.split(" | "):
+        line = ""
+        for word in part.split(" "):
+            if line and font.getlength(f"{line} {word}") > w - 16:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    step = font.size + 8
+    canvas = Image.new("RGB", (w, picture.height + (len(lines) + 1) * step + 10), "black")
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    draw.text((8, picture.height + 4), caption, fill="yellow", font=font)
+    for i, line in enumerate(lines):
+        draw.text((8, picture.height + 4 + i * step), line, fill="yellow", font=font)
     footer = f"{model} (pneumolens) - decision support only"
-    draw.text((8, picture.height + 4 + font.size + 8), footer, fill="white", font=font)
+    draw.text((8, picture.height + 4 + len(lines) * step), footer, fill="white", font=font)
     return np.asarray(canvas)
 
 

@@ -28,7 +28,7 @@ class Prediction:
     probability: float | None  # of PNEUMONIA; None when the file could not be read
     label: str | None
     error: str | None = None
-    flags: list[str] = field(default_factory=list)  # lung plausibility (pneumolens.lungs.flags)
+    flags: list[str] = field(default_factory=list)  # lung plausibility and the grey-lungs caution (lungs.flags)
 
     @property
     def warning(self) -> str | None:

@@ -59,7 +59,7 @@ class XrayDataset(Dataset):
             from pneumolens.lungs.segment import LungSegmenter
 
             lung_mask = LungSegmenter.shipped().mask(gray, full_size=False)
-            item["flags"] = plausibility_flags(lung_mask)
+            item["flags"] = plausibility_flags(lung_mask, gray)
         item["image"] = torch.from_numpy(preprocess(gray, self.cfg, lung_mask=lung_mask))
         return item
 

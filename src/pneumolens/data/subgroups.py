@@ -19,6 +19,7 @@ from pathlib import Path, PurePath
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.dicom import is_dicom
 from pneumolens.data.sources import Sample
+from pneumolens.lungs.flags import GREY_LUNGS
 
 # DICOM attributes of the device and the acquisition that ``evaluate --group-by`` may split by.
 # Nothing that identifies a patient (name, ID, birth date, accession number...) is on the list.
@@ -38,7 +39,6 @@ DEVICE_ATTRIBUTES = (
 # the lung mask, grayscale in [0, 1]) above GREY_LUNGS? Greyer lungs than most pneumonia films: the
 # shipped model's false alarms concentrate there (docs/results.md, round 19).
 LUNG_EXPOSURE = "lung-exposure"
-GREY_LUNGS = 0.5
 
 # The Kaggle subgroups, in a fixed order (group DRO keeps one weight per entry).
 KAGGLE_SUBGROUPS = (

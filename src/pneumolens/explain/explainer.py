@@ -123,7 +123,7 @@ def explain_image(
         image=gray,
         lung_mask=full,
         lung_fraction=attribution_lung_fraction(heatmap, full),
-        flags=plausibility_flags(low),
+        flags=plausibility_flags(low, gray),
         segments=segments,
         segment_weights=weights,
         path=path,

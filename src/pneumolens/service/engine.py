@@ -116,7 +116,7 @@ class Engine:
                 )
         t = self.loaded.threshold
         label = CLASS_NAMES[int(p >= t)]
-        flags = plausibility_flags(low)
+        flags = plausibility_flags(low, gray)
         return {
             **result,
             "probability": p,

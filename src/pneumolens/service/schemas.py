@@ -18,7 +18,10 @@ class Prediction(BaseModel):
     label: str = Field(description="NORMAL or PNEUMONIA at the operating point")
     threshold: float
     decision: str
-    flags: list[str] = Field(description="lung plausibility flags; empty when the image looks like a chest X-ray")
+    flags: list[str] = Field(
+        description="lung plausibility flags, and the caution grey_lungs (a less reliable pneumonia call); "
+        "empty when the image looks like a chest X-ray whose lungs are not grey overall"
+    )
     warning: str | None = None
     model: ModelInfo
     method: str | None = None
