@@ -127,3 +127,51 @@ def test_evaluate_groups_films_by_their_lung_exposure(tmp_path, capsys):
     assert {k: v["n"] for k, v in sub.items()} == expected
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--group-by", "Exposure"]) == 2
     assert "lung-exposure" in capsys.readouterr().err  # the refusal lists it among the valid choices
+
+
+def test_caution_metrics_by_hand():
+    from pneumolens.evaluation.evaluate import caution_metrics
+
+    # cautioned: normal 0.7 (false positive), 0.2; pneumonia 0.9, 0.6 -> 3 calls, 2 right
+    # the others: normal 0.1; pneumonia 0.8, 0.3 (a miss) -> 1 call, right
+    y = [0, 0, 1, 1, 0, 1, 1]
+    p = [0.7, 0.2, 0.9, 0.6, 0.1, 0.8, 0.3]
+    cautioned = [True, True, True, True, False, False, False]
+    m = caution_metrics(cautioned, y, p, 0.5, [f"p{i}" for i in range(7)], n_boot=200)
+    grey, other = m["grey_lungs"], m["without grey_lungs"]
+    assert (grey["n"], grey["n_normal"], grey["pneumonia_calls"]) == (4, 2, 3)
+    assert grey["precision"] == pytest.approx(2 / 3) and grey["specificity"] == pytest.approx(1 / 2)
+    assert grey["precision_ci"][0] <= 2 / 3 <= grey["precision_ci"][1]
+    assert (other["n"], other["pneumonia_calls"], other["precision"], other["specificity"]) == (3, 1, 1.0, 1.0)
+    assert list(caution_metrics([False] * 7, y, p, 0.5, ["a"] * 7)) == ["without grey_lungs"]  # no empty entry
+
+
+def test_evaluate_reports_the_caution_as_predict_flags_it(tmp_path, capsys):
+    from pneumolens.checkpoint import load_model
+    from pneumolens.cli import main
+    from pneumolens.data.images import read_image
+    from pneumolens.evaluation.evaluate import evaluate
+    from pneumolens.lungs.flags import plausibility_flags
+    from pneumolens.lungs.segment import LungSegmenter
+
+    films = real_images("test", "PNEUMONIA", 16) + real_images("test", "NORMAL", 8)
+    for f in films:
+        (tmp_path / f.parent.name).mkdir(exist_ok=True)
+        (tmp_path / f.parent.name / f.name).symlink_to(f)
+    ev = evaluate(load_model(None), tmp_path, n_boot=100)  # the shipped model
+    seg = LungSegmenter.shipped()
+    grey = {
+        s.path: "grey_lungs" in plausibility_flags(seg.mask(read_image(s.path), full_size=False), read_image(s.path))
+        for s in ev.samples
+    }
+    assert any(grey.values()) and not all(grey.values())  # both kinds among these real films
+    t = ev.metrics["threshold"]
+    for name, want in (("grey_lungs", True), ("without grey_lungs", False)):
+        calls = [
+            (s.label, q) for s, q in zip(ev.samples, ev.probabilities, strict=True) if grey[s.path] == want and q >= t
+        ]
+        got = ev.metrics["caution"][name]
+        assert got["n"] == sum(g == want for g in grey.values()) and got["pneumonia_calls"] == len(calls)
+        assert got["precision"] == pytest.approx(sum(label for label, _ in calls) / len(calls))
+    assert main(["evaluate", "--data", str(tmp_path)]) == 0
+    assert f"grey_lungs ({ev.metrics['caution']['grey_lungs']['n']})" in capsys.readouterr().out

@@ -74,6 +74,42 @@ def subgroup_metrics(
     return out
 
 
+CAUTION = "grey_lungs"  # pneumolens.lungs.flags: the result is less reliable, not the input wrong
+
+
+def caution_metrics(
+    cautioned: Sequence[bool],
+    y: Sequence[int],
+    p: Sequence[float],
+    threshold: float,
+    patients: Sequence[str],
+    **boot: Any,
+) -> dict[str, dict[str, Any]]:
+    """How right the pneumonia calls are with and without the ``grey_lungs`` caution: for the films
+    that carry it and for the others, their count, the pneumonia calls among them, the share of
+    those calls that are right (precision, PPV) with a 95% bootstrap interval over the patients, and
+    the specificity on their normal films (``boot``: ``bootstrap_ci``'s options). A site can check
+    here whether the caution holds on its films."""
+    y_arr, p_arr, pats = np.asarray(y, int), np.asarray(p, float), np.asarray(patients, str)
+    flag = np.asarray(cautioned, bool)
+    out: dict[str, dict[str, Any]] = {}
+    for name, inside in ((CAUTION, flag), (f"without {CAUTION}", ~flag)):
+        if not inside.any():
+            continue
+        m = binary_metrics(y_arr[inside], p_arr[inside], threshold)
+        ci = bootstrap_ci(y_arr[inside], p_arr[inside], threshold, groups=pats[inside], **boot)
+        (_, fp), (_, tp) = m["confusion_matrix"]
+        out[name] = {
+            "n": int(inside.sum()),
+            "n_normal": int((y_arr[inside] == 0).sum()),
+            "pneumonia_calls": int(tp + fp),
+            "precision": m["precision"],
+            "precision_ci": ci["precision"],
+            "specificity": m["specificity"],
+        }
+    return out
+
+
 def evaluate(
     loaded: LoadedModel,
     data: str | os.PathLike[str],
@@ -88,7 +124,10 @@ def evaluate(
     if group_by:
         listed = grouped_by(listed, group_by)
     samples, bad = check_headers(listed)
-    probs, errors = predict_samples(loaded.model, samples, loaded.preprocess, num_workers=default_workers(len(samples)))
+    flags: dict[str, list[str]] = {}  # the lung mask the flags need is the one lung-aware preprocessing uses
+    probs, errors = predict_samples(
+        loaded.model, samples, loaded.preprocess, num_workers=default_workers(len(samples)), flags=flags
+    )
     skipped = bad + sorted(errors.items())
     scored = [s for s in samples if s.path in probs]
     if not scored:
@@ -101,6 +140,7 @@ def evaluate(
     metrics["subgroups"] = subgroup_metrics(
         y, p, t, patients, [subgroup(s.path, s.label, s.group) for s in scored], n_boot
     )
+    metrics["caution"] = caution_metrics([CAUTION in flags[s.path] for s in scored], y, p, t, patients, n_boot=n_boot)
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
@@ -136,6 +176,14 @@ def format_table(m: dict[str, Any]) -> str:
                 f"  {name} ({g['n']})",
                 f"{g['rate']} {pct(g['value'], lo_hi=g['ci'])}"
                 + ("" if auc is None else f", ROC-AUC vs the other class {auc:.4f}"),
+            )
+        )
+    for name, c in m.get("caution", {}).items():
+        calls = f"{c['pneumonia_calls']} pneumonia call{'s' if c['pneumonia_calls'] != 1 else ''}"
+        rows.append(
+            (
+                f"  {name} ({c['n']})",
+                f"{calls}, right {pct(c['precision'], lo_hi=c['precision_ci'])}" if c["pneumonia_calls"] else calls,
             )
         )
     if m.get("n_skipped"):
