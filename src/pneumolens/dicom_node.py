@@ -46,6 +46,7 @@ from pydicom.uid import (
 from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.images import ImageReadError, read_image
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,10 @@ PATIENT_AND_STUDY = (
 def caption_for(result: dict) -> str:
     side = "above" if result["probability"] >= result["threshold"] else "below"
     text = f"AI first read: probability {result['probability']:.2f}, {side} operating point; not a diagnosis"
-    checks = [f for f in result.get("flags", []) if f != "grey_lungs"]
+    checks = [f for f in result.get("flags", []) if f != GREY_LUNGS_FLAG]
     if checks:
         text += f" | check image: {', '.join(checks)}"
-    if "grey_lungs" in result.get("flags", []):
+    if GREY_LUNGS_FLAG in result.get("flags", []):
         text += " | caution: grey lungs, where false positives concentrate"
     return text
 

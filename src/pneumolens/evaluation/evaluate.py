@@ -17,6 +17,7 @@ from pneumolens.data.subgroups import grouped_by, subgroup
 from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import default_workers, predict_samples
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG
 
 
 @dataclass
@@ -74,7 +75,7 @@ def subgroup_metrics(
     return out
 
 
-CAUTION = "grey_lungs"  # pneumolens.lungs.flags: the result is less reliable, not the input wrong
+CAUTION = GREY_LUNGS_FLAG  # the result is less reliable, not the input wrong
 
 
 def caution_metrics(

@@ -20,12 +20,13 @@ MIN_LUNG_AREA = 0.01  # below this, nothing lung-like was found
 AREA_RANGE = (0.06, 0.55)  # half the smallest and 1.25x the largest manual mask's share
 MAX_EDGE_CONTACT = 0.04  # share of the image perimeter the lungs may touch
 GREY_LUNGS = 0.5  # a lung median (grayscale in [0, 1]) above this: greyer lungs than most pneumonia films
+GREY_LUNGS_FLAG = "grey_lungs"  # the caution: a less reliable result, not a wrong input
 
 MESSAGES = {
     "no_lungs_found": "no lung fields found: this does not look like a frontal chest X-ray",
     "lungs_cut_off": "the lung fields touch the image border: the film may be cropped or rotated",
     "unusual_lung_area": "the lung fields cover an unusual share of the image: check the view and framing",
-    "grey_lungs": "the lungs look grey overall: normal films like this are the model's most frequent false "
+    GREY_LUNGS_FLAG: "the lungs look grey overall: normal films like this are the model's most frequent false "
     "positives, so weigh a pneumonia call with care",
 }
 
@@ -52,7 +53,7 @@ def plausibility_flags(mask: np.ndarray, gray: np.ndarray | None = None) -> list
 
         median = lung_median(gray, m)
         if median is not None and median > GREY_LUNGS:
-            flags.append("grey_lungs")
+            flags.append(GREY_LUNGS_FLAG)
     return flags
 
 
