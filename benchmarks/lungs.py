@@ -18,7 +18,7 @@ import numpy as np
 
 from pneumolens.config import PreprocessConfig
 from pneumolens.data.images import preprocess, read_image
-from pneumolens.lungs.flags import lung_fraction, plausibility_flags
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG, lung_fraction, plausibility_flags
 from pneumolens.lungs.segment import LungSegmenter, shipped_path
 
 
@@ -90,11 +90,12 @@ def main() -> None:
         for p in paths:
             gray = read_image(p)
             mask = seg.mask(gray, full_size=False)
-            flags = plausibility_flags(mask)  # the image's plausibility, without the exposure caution
+            flags = plausibility_flags(mask, gray)
+            grey += GREY_LUNGS_FLAG in flags
+            flags = [f for f in flags if f != GREY_LUNGS_FLAG]  # the image's plausibility, without the caution
             counts.update(flags)
             flagged += bool(flags)
             fracs.append(lung_fraction(mask))
-            grey += "grey_lungs" in plausibility_flags(mask, gray)
         flag_text = ", ".join(f"{k} {v}" for k, v in counts.most_common()) or "-"
         print(
             f"| {name} | {len(paths)} | {flagged} ({100 * flagged / len(paths):.1f}%) | {flag_text} "

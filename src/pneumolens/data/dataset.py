@@ -7,7 +7,7 @@ that fails to decode is dropped from its batch and reported, so a bad file never
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -120,28 +120,38 @@ def patient_weights(samples: Sequence[Sample]) -> dict[str, float]:
     return {s.path: n[s.label] / p[s.label] / films[(s.label, s.patient)] for s in samples}
 
 
-class _LungMaskSet(Dataset):
-    def __init__(self, samples: Sequence[Sample]) -> None:
-        self.samples = list(samples)
+class _PerFilm(Dataset):
+    def __init__(self, samples: Sequence[Sample], fn: Callable[[np.ndarray], Any]) -> None:
+        self.samples, self.fn = list(samples), fn
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[str, np.ndarray | None]:
-        from pneumolens.lungs.segment import LungSegmenter
-
+    def __getitem__(self, i: int) -> tuple[str, Any]:
         path = self.samples[i].path
         try:
-            return path, LungSegmenter.shipped().mask(read_image(path), full_size=False)
+            return path, self.fn(read_image(path))
         except ImageReadError:
             return path, None
+
+
+def per_film(samples: Sequence[Sample], fn: Callable[[np.ndarray], Any], num_workers: int = 2) -> dict[str, Any]:
+    """``fn`` of each sample's grayscale image, by path, computed once in parallel (``fn`` must be a
+    module-level function); unreadable films and those where ``fn`` gives None are left out."""
+    loader = DataLoader(_PerFilm(samples, fn), batch_size=32, num_workers=num_workers, collate_fn=lambda b: b)
+    return {path: value for batch in loader for path, value in batch if value is not None}
+
+
+def _lung_mask(gray: np.ndarray) -> np.ndarray:
+    from pneumolens.lungs.segment import LungSegmenter
+
+    return LungSegmenter.shipped().mask(gray, full_size=False)
 
 
 def lung_masks_for(samples: Sequence[Sample], num_workers: int = 2) -> dict[str, np.ndarray]:
     """Low-resolution lung masks for every readable sample, computed once (in parallel) so that
     lung-aware training does not segment each image again every epoch."""
-    loader = DataLoader(_LungMaskSet(samples), batch_size=32, num_workers=num_workers, collate_fn=lambda b: b)
-    return {path: m for batch in loader for path, m in batch if m is not None}
+    return per_film(samples, _lung_mask, num_workers)
 
 
 class XrayDataModule(L.LightningDataModule):

@@ -21,37 +21,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
 
-from pneumolens.data.images import ImageReadError, read_image
+from pneumolens.data.dataset import per_film
 from pneumolens.data.sources import Sample
 
 MAX_FACTOR = 20.0  # a bin with very few films of a class must not hand one film the whole class's weight
 
 
-class _MedianSet(Dataset):
-    def __init__(self, samples: Sequence[Sample]) -> None:
-        self.samples = list(samples)
+def _lung_median(gray: np.ndarray) -> float | None:
+    from pneumolens.lungs.preprocess import lung_median
+    from pneumolens.lungs.segment import LungSegmenter
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[str, float | None]:
-        from pneumolens.lungs.preprocess import lung_median
-        from pneumolens.lungs.segment import LungSegmenter
-
-        path = self.samples[i].path
-        try:
-            gray = read_image(path)
-        except ImageReadError:
-            return path, None
-        return path, lung_median(gray, LungSegmenter.shipped().mask(gray, full_size=False))
+    return lung_median(gray, LungSegmenter.shipped().mask(gray, full_size=False))
 
 
 def lung_medians(samples: Sequence[Sample], num_workers: int = 2) -> dict[str, float]:
     """The lung median of every readable film with a lung mask, by path (read and segmented in parallel)."""
-    loader = DataLoader(_MedianSet(samples), batch_size=32, num_workers=num_workers, collate_fn=lambda b: b)
-    return {path: m for batch in loader for path, m in batch if m is not None}
+    return per_film(samples, _lung_median, num_workers)
 
 
 def exposure_weights(
@@ -70,14 +56,12 @@ def exposure_weights(
     values = np.array([medians[s.path] for s in known])
     edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
     which = np.searchsorted(edges, values, side="right")
-    labels = np.array([s.label for s in known])
+    labels, paths = np.array([s.label for s in known]), np.array([s.path for s in known])
     pooled = np.bincount(which, minlength=bins) / len(known)
     for c in np.unique(labels):
         in_class = labels == c
         p_class = np.bincount(which[in_class], minlength=bins) / in_class.sum()
         ratio = np.divide(pooled, p_class, out=np.ones(bins), where=p_class > 0)
         factor = np.minimum(ratio[which[in_class]] ** strength, MAX_FACTOR)
-        factor = factor / factor.mean()
-        for s, f in zip((s for s, keep in zip(known, in_class, strict=True) if keep), factor, strict=True):
-            weights[s.path] = float(f)
+        weights.update(zip(paths[in_class].tolist(), (factor / factor.mean()).tolist(), strict=True))
     return weights
