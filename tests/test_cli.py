@@ -240,3 +240,55 @@ def test_deploy_units_run_real_commands(unit):
     assert args.command == unit.split("-")[1].split(".")[0]
     if args.command == "listen":
         assert args.tls_cert and args.tls_key and args.tls_ca and args.allow_aet
+
+
+DOCS = ("README.md", "docs/results.md", "src/pneumolens/assets/DEFAULT_MODEL_CARD.md")
+
+
+def documented_flags(text: str) -> list[tuple[str, str]]:
+    """(subcommand, flag) for every ``--flag`` written after ``pneumolens SUB`` in a code span or in the
+    lines of a command synopsis (a line continuing one that starts with ``pneumolens``)."""
+    import re
+
+    pairs = []
+    for span in re.findall(r"`(?:\.venv/bin/)?pneumolens ([a-z-]+)([^`]*)`", text.replace("\n", " ")):
+        pairs += [(span[0], f) for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span[1])]
+    sub = None
+    for line in text.splitlines():  # the synopsis block: continuation lines are indented
+        if m := re.match(r"pneumolens ([a-z-]+)", line):
+            sub = m.group(1)
+        elif not line.startswith(" "):
+            sub = None
+        if sub:
+            pairs += [(sub, f) for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line)]
+    return pairs
+
+
+def test_every_documented_flag_is_one_the_command_accepts():
+    """The README, the results log and the model card name no flag that their subcommand lacks."""
+    import argparse
+    from pathlib import Path
+
+    from pneumolens.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    root = Path(__file__).parents[1]
+    checked, unknown = 0, []
+    for name in DOCS:
+        for sub, flag in documented_flags((root / name).read_text()):
+            assert sub in subs, f"{name}: `pneumolens {sub}` is not a subcommand"
+            checked += 1
+            if flag not in {o for a in subs[sub]._actions for o in a.option_strings}:
+                unknown.append(f"{name}: pneumolens {sub} {flag}")
+    assert checked > 100 and not unknown, unknown
+
+
+def test_documented_flags_finds_a_flag_the_parser_lacks():
+    text = "Run `pneumolens train --data D --no-such-flag 3` or\npneumolens predict IMAGE [--json]\n    [--csv F]\n--x"
+    assert documented_flags(text) == [
+        ("train", "--data"),
+        ("train", "--no-such-flag"),
+        ("predict", "--json"),
+        ("predict", "--csv"),
+    ]
