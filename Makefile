@@ -6,7 +6,7 @@ DATA   ?= ../shared/data/chest_xray
 PRESET ?= default
 RUN    ?= runs/$(PRESET)
 
-.PHONY: help setup browser run recipe test lint format bench lungs clean
+.PHONY: help setup browser run recipe test lint format bench lungs orientation clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -56,6 +56,11 @@ bench: setup  ## performance table: train both presets from scratch, inference, 
 lungs: setup  ## retrain the lung segmenter from scratch (<= 15 min) and ship it in src/pneumolens/assets
 	$(VENV)/bin/pneumolens train-lungs --data $(dir $(DATA))lung_masks --out runs/lungs
 	cp runs/lungs/lungs.safetensors src/pneumolens/assets/lungs.safetensors
+
+orientation: setup  ## retrain the mirrored- and inverted-film checks from scratch (~3.5 min) and ship them in src/pneumolens/assets
+	$(VENV)/bin/pneumolens train-orientation --transform mirror --data $(DATA) --lung-masks $(dir $(DATA))lung_masks --out runs/orientation
+	$(VENV)/bin/pneumolens train-orientation --transform invert --image-size 48 --data $(DATA) --lung-masks $(dir $(DATA))lung_masks --out runs/orientation
+	cp runs/orientation/mirrored.safetensors runs/orientation/inverted.safetensors src/pneumolens/assets/
 
 clean:  ## remove runs and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -1,5 +1,5 @@
 """Command line: ``pneumolens train | evaluate | calibrate | predict | explain | segment | serve | export | listen |
-watch | audit | train-lungs``."""
+watch | audit | train-lungs | train-orientation``."""
 
 from __future__ import annotations
 
@@ -376,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--image-size", type=_positive_int)
     tl.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     tl.add_argument("--seed", type=int)
+    to = sub.add_parser(
+        "train-orientation",
+        help="train a mirrored- or inverted-film check from scratch (no labels: films shown both ways)",
+    )
+    to.add_argument("--transform", choices=["mirror", "invert"], default="mirror", help="what the check learns to see")
+    to.add_argument("--data", default="../shared/data/chest_xray", help="the Kaggle folder (its train/ is read)")
+    to.add_argument("--lung-masks", default="../shared/data/lung_masks", help="the NLM folder (manifest.csv, images/)")
+    to.add_argument("--out", default="runs/orientation")
+    to.add_argument("--epochs", type=_positive_int)
+    to.add_argument("--image-size", type=_positive_int, help="input side in pixels (96 by default)")
+    to.add_argument("--limit", type=_positive_int, help="at most N Kaggle films (smoke runs)")
+    to.add_argument("--seed", type=int)
     return parser
 
 
@@ -452,18 +464,25 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_train_lungs(args: argparse.Namespace) -> int:
+def _given(cfg, args: argparse.Namespace, *names: str):
+    """``cfg`` (a frozen dataclass) with the options in ``names`` that were given on the command line."""
     import dataclasses
 
+    return dataclasses.replace(cfg, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+
+
+def cmd_train_orientation(args: argparse.Namespace) -> int:
+    from pneumolens.lungs.train_orientation import OrientationConfig, fit_orientation
+
+    cfg = _given(OrientationConfig(), args, "transform", "epochs", "image_size", "limit", "seed")
+    print(fit_orientation(args.data, args.lung_masks, args.out, cfg))
+    return 0
+
+
+def cmd_train_lungs(args: argparse.Namespace) -> int:
     from pneumolens.lungs.train import LungTrainConfig, fit_lungs
 
-    overrides = {
-        "epochs": args.epochs,
-        "image_size": args.image_size,
-        "max_minutes": args.max_minutes,
-        "seed": args.seed,
-    }
-    cfg = dataclasses.replace(LungTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    cfg = _given(LungTrainConfig(), args, "epochs", "image_size", "max_minutes", "seed")
     print(fit_lungs(args.data, args.out, cfg))
     return 0
 
@@ -761,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "train": cmd_train,
         "train-lungs": cmd_train_lungs,
+        "train-orientation": cmd_train_orientation,
         "segment": cmd_segment,
         "explain": cmd_explain,
         "serve": cmd_serve,

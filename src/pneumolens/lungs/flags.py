@@ -10,6 +10,11 @@ The caution, ``grey_lungs``, needs the image too: the median pixel inside the lu
 false positives: the shipped model calls 16 of the 33 such normal films of the Kaggle test split
 pneumonia (12 of the 201 others), and a pneumonia call on a grey-lung test film is right 86% of the
 time against 96% on the others (docs/results.md, rounds 19 and 36).
+
+``inverted`` and ``mirrored`` need the image too: the orientation checks (``pneumolens.lungs.orientation``)
+find the film inverted (bone dark, air bright) or mirrored left to right, which the mask-based flags
+mostly miss and which turn the model's calls (``benchmarks/robustness.py``). A film found inverted
+is not also judged for mirroring: the mirror check learnt on films the right way up.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ AREA_RANGE = (0.06, 0.55)  # half the smallest and 1.25x the largest manual mask
 MAX_EDGE_CONTACT = 0.04  # share of the image perimeter the lungs may touch
 GREY_LUNGS = 0.5  # a lung median (grayscale in [0, 1]) above this: greyer lungs than most pneumonia films
 GREY_LUNGS_FLAG = "grey_lungs"  # the caution: a less reliable result, not a wrong input
+MIRRORED_FLAG = "mirrored"
+INVERTED_FLAG = "inverted"
 
 MESSAGES = {
     "no_lungs_found": "no lung fields found: this does not look like a frontal chest X-ray",
@@ -28,6 +35,10 @@ MESSAGES = {
     "unusual_lung_area": "the lung fields cover an unusual share of the image: check the view and framing",
     GREY_LUNGS_FLAG: "the lungs look grey overall: normal films like this are the model's most frequent false "
     "positives, so weigh a pneumonia call with care",
+    INVERTED_FLAG: "the film looks inverted (bone dark, air bright), as a MONOCHROME1 image exported without its "
+    "inversion would: the model's reading of it means nothing; send the film as its modality shows it",
+    MIRRORED_FLAG: "the film looks mirrored left to right (the heart on the image's left): check the side marker; "
+    "the model reads films the standard way round and calls most mirrored normal films pneumonia",
 }
 
 
@@ -37,7 +48,8 @@ def lung_fraction(mask: np.ndarray) -> float:
 
 def plausibility_flags(mask: np.ndarray, gray: np.ndarray | None = None) -> list[str]:
     """Flags for a boolean lung mask of ``gray`` (any resolution); an empty list means the mask looks
-    like two normal lung fields and, when ``gray`` is given, the lungs are not grey overall."""
+    like two normal lung fields and, when ``gray`` is given, the lungs are not grey overall and the
+    film is the standard way round and way up."""
     m = np.asarray(mask, bool)
     area = m.mean()
     if area < MIN_LUNG_AREA:
@@ -54,6 +66,12 @@ def plausibility_flags(mask: np.ndarray, gray: np.ndarray | None = None) -> list
         median = lung_median(gray, m)
         if median is not None and median > GREY_LUNGS:
             flags.append(GREY_LUNGS_FLAG)
+        from pneumolens.lungs.orientation import OrientationCheck
+
+        if OrientationCheck.shipped("invert").flags(gray):
+            flags.append(INVERTED_FLAG)
+        elif OrientationCheck.shipped("mirror").flags(gray):
+            flags.append(MIRRORED_FLAG)
     return flags
 
 

@@ -145,15 +145,45 @@ class LungSegmentation(L.LightningModule):
         self._val_dice = []
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.cfg.epochs)}
+        return adamw_cosine(self, self.cfg)
+
+
+def best_epoch_trainer(out: Path, epochs: int, monitor: str, **kwargs: Any) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A deterministic one-device trainer writing under ``out``, and its checkpoint of the epoch with
+    the highest ``monitor``; ``kwargs`` go to ``L.Trainer``."""
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max")
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="auto",
+        devices=1,
+        deterministic=True,
+        logger=CSVLogger(out, name="logs", version=""),
+        callbacks=[ckpt],
+        num_sanity_val_steps=0,
+        default_root_dir=out,
+        **kwargs,
+    )
+    return trainer, ckpt
+
+
+def adamw_cosine(module: L.LightningModule, cfg: Any) -> dict[str, Any]:
+    """AdamW at ``cfg.lr`` / ``cfg.weight_decay``, the rate cosine-annealed over ``cfg.epochs`` (per epoch)."""
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)}
+
+
+def config_from_dict(cls: type, d: dict[str, Any], tuples: tuple[str, ...]) -> Any:
+    """A frozen training config back from its ``dataclasses.asdict`` (Lightning's saved hyperparameters):
+    the augmentation rebuilt, and the fields in ``tuples`` (lists after a round trip) tuples again."""
+    d = dict(d)
+    d["augment"] = AugmentConfig(**d.get("augment", {}))
+    for name in tuples:
+        d[name] = tuple(d.get(name, getattr(cls, name)))
+    return cls(**d)
 
 
 def _config_from_dict(d: dict[str, Any]) -> LungTrainConfig:
-    d = dict(d)
-    d["augment"] = AugmentConfig(**d.get("augment", {}))
-    d["channels"] = tuple(d.get("channels", LungTrainConfig.channels))
-    return LungTrainConfig(**d)
+    return config_from_dict(LungTrainConfig, d, ("channels",))
 
 
 def architecture_of(cfg: LungTrainConfig) -> dict[str, Any]:
@@ -179,18 +209,8 @@ def fit_lungs(data: str | os.PathLike[str], out: str | os.PathLike[str], cfg: Lu
     train_ds = TensorDataset(*_tensors(root, by_split["train"], cfg.image_size))
     val_ds = TensorDataset(*_tensors(root, by_split["val"], cfg.image_size))
     module = LungSegmentation(dataclasses.asdict(cfg))
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_dice", mode="max")
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        max_time={"minutes": cfg.max_minutes},
-        accelerator="auto",
-        devices=1,
-        deterministic=True,
-        logger=CSVLogger(out, name="logs", version=""),
-        callbacks=[ckpt],
-        num_sanity_val_steps=0,
-        log_every_n_steps=5,
-        default_root_dir=out,
+    trainer, ckpt = best_epoch_trainer(
+        out, cfg.epochs, "val_dice", max_time={"minutes": cfg.max_minutes}, log_every_n_steps=5
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     trainer.fit(
