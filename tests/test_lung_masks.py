@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumolens.lungs.flags import describe, plausibility_flags
+from pneumolens.lungs.flags import INVERTED_FLAG, MIRRORED_FLAG, describe, plausibility_flags
 from pneumolens.lungs.masks import (
     attribution_lung_fraction,
     bounding_box,
@@ -99,7 +99,9 @@ def test_grey_lungs_caution_reads_the_median_inside_the_lungs(inside, outside, e
     lungs = two_lungs()  # 100 x 100, as the segmenter's low-resolution mask
     gray = np.where(np.kron(lungs, np.ones((3, 3), bool)), inside, outside)  # the image at 300 x 300
     gray[:3, :3] = 1.0 - inside  # a few outliers do not move a median
-    flags = plausibility_flags(lungs, gray)
+    # a two-tone synthetic film: what the orientation checks make of it is not this test's business
+    # (lungs brighter than the body, the last case, do look inverted: tests/test_orientation.py)
+    flags = [f for f in plausibility_flags(lungs, gray) if f not in (INVERTED_FLAG, MIRRORED_FLAG)]
     assert flags == expected
     assert plausibility_flags(lungs) == []  # without the image: no caution
     if expected:
