@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pneumolens.config import TrainConfig
@@ -464,7 +464,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _given(cfg, args: argparse.Namespace, *names: str):
+def _given(cfg: Any, args: argparse.Namespace, *names: str) -> Any:
     """``cfg`` (a frozen dataclass) with the options in ``names`` that were given on the command line."""
     import dataclasses
 

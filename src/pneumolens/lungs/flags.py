@@ -68,9 +68,9 @@ def plausibility_flags(mask: np.ndarray, gray: np.ndarray | None = None) -> list
             flags.append(GREY_LUNGS_FLAG)
         from pneumolens.lungs.orientation import OrientationCheck
 
-        if OrientationCheck.shipped("invert").flags(gray):
+        if OrientationCheck.shipped("invert").finds(gray):
             flags.append(INVERTED_FLAG)
-        elif OrientationCheck.shipped("mirror").flags(gray):
+        elif OrientationCheck.shipped("mirror").finds(gray):
             flags.append(MIRRORED_FLAG)
     return flags
 

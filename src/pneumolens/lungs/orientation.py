@@ -60,8 +60,8 @@ class OrientationCheck:
         x = torch.from_numpy(np.stack([preprocess(g, self.loaded.preprocess) for g in grays]))  # (B, 1, S, S)
         return torch.sigmoid(self.loaded.model(x)).numpy().astype(float)
 
-    def flags(self, gray: np.ndarray) -> bool:
-        """Whether the film looks transformed (mirrored, or inverted)."""
+    def finds(self, gray: np.ndarray) -> bool:
+        """Whether the film looks transformed (mirrored, or inverted): at or above the threshold."""
         return bool(self.probabilities([gray])[0] >= self.threshold)
 
 

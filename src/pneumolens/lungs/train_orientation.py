@@ -4,17 +4,15 @@
         --lung-masks ../shared/data/lung_masks
 
 Every film is shown as stored or transformed (mirrored, or inverted), at random, and the network
-learns which. Films: the
-training part of the Kaggle set's patient split (the ``default`` preset's, so that the pneumonia
-model's validation films stay unseen here too) and the NLM adult films of the ``train`` rows;
-validation: the Kaggle validation films and the NLM ``val`` rows, each both ways round; the best
-epoch by validation accuracy. The NLM ``test`` rows are scored once at the end.
+learns which. Films: the training part of the Kaggle set's patient split (the ``default`` preset's,
+so that the pneumonia model's validation films stay unseen here too) and the NLM adult films of the
+``train`` rows; validation: the Kaggle validation films and the NLM ``val`` rows, each both ways;
+the best epoch by validation accuracy. The NLM ``test`` rows are scored once at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -34,13 +32,11 @@ from pneumolens.lungs.orientation import TASK, TRANSFORMS
 from pneumolens.lungs.train import adamw_cosine, best_epoch_trainer, config_from_dict, random_intensity, read_rows
 from pneumolens.models import create_model
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class OrientationConfig:
     transform: Literal["mirror", "invert"] = "mirror"  # what the check learns to see
-    image_size: int = 96  # the heart's side shows at any size; small keeps the check ~2 ms a film
+    image_size: int = 96  # the heart's side shows at small sizes, which keep the check near 1.5 ms a film
     widths: tuple[int, ...] = (16, 32, 64, 128)
     epochs: int = 20
     batch_size: int = 64
@@ -123,6 +119,8 @@ def fit_orientation(
     ``out/<transform>ed.safetensors`` (``mirrored`` or ``inverted``)."""
     from pneumolens.lungs.orientation import OrientationCheck
 
+    if cfg.transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {cfg.transform!r}; valid: {', '.join(TRANSFORMS)}")
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
