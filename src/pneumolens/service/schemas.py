@@ -19,8 +19,9 @@ class Prediction(BaseModel):
     threshold: float
     decision: str
     flags: list[str] = Field(
-        description="lung plausibility flags, and the caution grey_lungs (a less reliable pneumonia call); "
-        "empty when the image looks like a chest X-ray whose lungs are not grey overall"
+        description="lung plausibility flags (no_lungs_found, lungs_cut_off, unusual_lung_area), the orientation "
+        "flags (inverted, mirrored) and the caution grey_lungs (a less reliable pneumonia call); empty when the "
+        "image looks like a chest X-ray the standard way round whose lungs are not grey overall"
     )
     warning: str | None = None
     model: ModelInfo
