@@ -175,7 +175,7 @@ def test_slow_prediction_is_answered_504_and_the_server_goes_on(trained_run, mon
     from pneumolens.service.engine import Engine
 
     real = Engine.predict
-    calls = []
+    calls, finished = [], []
 
     def slow_once(self, *a, **k):
         calls.append(1)
@@ -183,10 +183,14 @@ def test_slow_prediction_is_answered_504_and_the_server_goes_on(trained_run, mon
             import time
 
             time.sleep(1.5)
-        return real(self, *a, **k)
+        result = real(self, *a, **k)
+        finished.append(1)
+        return result
 
     monkeypatch.setattr(Engine, "predict", slow_once)
     with TestClient(create_app(Settings(model=str(trained_run), request_timeout_s=0.5))) as c:
         r = post(c, jpeg_bytes(), explain="false")
         assert r.status_code == 504 and "longer than 0.5 s" in r.json()["detail"]
         assert post(c, jpeg_bytes(), explain="false").status_code == 200
+    # shutdown waited for the prediction answered 504: no thread is left inside the model at exit
+    assert len(finished) == 2

@@ -29,6 +29,19 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
 
 
+def _keep_until_done(running: set[asyncio.Future], work: asyncio.Future) -> None:
+    """Track a prediction answered 504 whose thread goes on (a thread cannot be cancelled), so that
+    shutdown waits for it; its late result or error is dropped, as the client already has its answer."""
+    running.add(work)
+
+    def done(f: asyncio.Future) -> None:
+        running.discard(f)
+        if not f.cancelled():
+            f.exception()  # retrieved, so asyncio does not log it as lost
+
+    work.add_done_callback(done)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     limit = int(settings.max_upload_mb * 1024 * 1024)
@@ -38,7 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = await run_in_threadpool(Engine, settings)
         app.state.waiting = asyncio.Semaphore(settings.max_concurrent)
         app.state.audit = AuditLog(settings.audit_url) if settings.audit else None
+        app.state.running = set()  # predictions answered 504 whose thread still runs
         yield
+        if app.state.running:  # the model must outlive them: a thread stopped mid-inference aborts the process
+            log.info("waiting for %d prediction(s) answered 504 to finish", len(app.state.running))
+            await asyncio.wait(app.state.running, timeout=settings.shutdown_grace_s)
 
     app = FastAPI(title="pneumolens", description=NOTICE, version="1", lifespan=lifespan)
 
@@ -123,9 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine: Engine = request.app.state.engine
         audit: AuditLog | None = request.app.state.audit
         async with waiting:
-            work = run_in_threadpool(engine.predict, data, name, explain, method)
+            work = asyncio.ensure_future(run_in_threadpool(engine.predict, data, name, explain, method))
             try:
-                result = await asyncio.wait_for(work, settings.request_timeout_s)
+                result = await asyncio.wait_for(asyncio.shield(work), settings.request_timeout_s)
             except ImageReadError as e:
                 if audit is not None:
                     await run_in_threadpool(
@@ -133,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     )
                 return _error(400, f"{name}: {e.reason}")
             except TimeoutError:
+                _keep_until_done(request.app.state.running, work)
                 log.warning("a prediction exceeded %.0f s and was answered 504", settings.request_timeout_s)
                 return _error(504, f"processing took longer than {settings.request_timeout_s:g} s; try method=gradcam")
         if audit is not None:

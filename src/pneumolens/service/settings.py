@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     default_method: Literal["gradcam", "lime", "occlusion"] = "gradcam"
     api_token: SecretStr | None = None  # set: every /api/* request needs "Authorization: Bearer <token>"
     request_timeout_s: float = 60.0  # a prediction taking longer is answered 504
+    shutdown_grace_s: float = 30.0  # on stop, how long to wait for predictions answered 504 still running
     cors_origins: list[str] = []  # browsers may call the API from these origins; none by default
     audit: bool = True  # record every prediction in the audit trail (pneumolens.audit)
     audit_url: str | None = None  # SQLAlchemy URL; None: $PNEUMOLENS_AUDIT_URL or the default SQLite file
