@@ -25,6 +25,7 @@ import io
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -159,10 +160,10 @@ def score(model: pneumolens.Model, films: list[np.ndarray], batch: int = 32) -> 
 
 def row(
     name: str, y: np.ndarray, p: np.ndarray, flagged: np.ndarray, threshold: float, clean: np.ndarray | None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The table's figures for one degradation (``clean``: the clean films' probabilities, to compare)."""
     call = p >= threshold
-    out: dict[str, object] = {
+    out: dict[str, Any] = {
         "degradation": name,
         "roc_auc": roc_auc_score(y, p),
         "sensitivity": call[y == 1].mean(),
@@ -180,21 +181,21 @@ def row(
     return out
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| degradation | ROC-AUC | sensitivity | specificity | calls changed | median abs. change of p "
         "| flagged | changed calls flagged | the same, mask flags only |\n|---|---|---|---|---|---|---|---|---|"
     )
 
-    def pct(v: object) -> str:
-        return "-" if v is None or v != v else f"{100 * float(v):.1f}%"  # type: ignore[arg-type]
+    def pct(v: float | None) -> str:
+        return "-" if v is None or v != v else f"{100 * v:.1f}%"
 
     lines = [head]
     for r in rows:
-        dp = r.get("median_dp")
+        dp = "-" if "median_dp" not in r else f"{r['median_dp']:.3f}"
         lines.append(
-            f"| {r['degradation']} | {float(r['roc_auc']):.4f} | {pct(r['sensitivity'])} | {pct(r['specificity'])} "  # type: ignore[arg-type]
-            f"| {pct(r.get('changed'))} | {'-' if dp is None else f'{float(dp):.3f}'} | {pct(r['flagged'])} "  # type: ignore[arg-type]
+            f"| {r['degradation']} | {r['roc_auc']:.4f} | {pct(r['sensitivity'])} | {pct(r['specificity'])} "
+            f"| {pct(r.get('changed'))} | {dp} | {pct(r['flagged'])} "
             f"| {pct(r.get('changed_flagged'))} | {pct(r.get('changed_flagged_masks'))} |"
         )
     return "\n".join(lines)
