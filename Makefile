@@ -57,7 +57,7 @@ lungs: setup  ## retrain the lung segmenter from scratch (<= 15 min) and ship it
 	$(VENV)/bin/pneumolens train-lungs --data $(dir $(DATA))lung_masks --out runs/lungs
 	cp runs/lungs/lungs.safetensors src/pneumolens/assets/lungs.safetensors
 
-orientation: setup  ## retrain the mirrored- and inverted-film checks from scratch (~3.5 min) and ship them in src/pneumolens/assets
+orientation: setup  ## retrain the mirrored- and inverted-film checks from scratch (~4 min) and ship them in src/pneumolens/assets
 	$(VENV)/bin/pneumolens train-orientation --transform mirror --data $(DATA) --lung-masks $(dir $(DATA))lung_masks --out runs/orientation
 	$(VENV)/bin/pneumolens train-orientation --transform invert --image-size 48 --data $(DATA) --lung-masks $(dir $(DATA))lung_masks --out runs/orientation
 	cp runs/orientation/mirrored.safetensors runs/orientation/inverted.safetensors src/pneumolens/assets/
