@@ -12,8 +12,10 @@ lung segmentation, preprocessing, the model, its threshold and flags), as a site
 Per degradation: ROC-AUC, sensitivity and specificity at the model's own threshold, the share of
 films whose call changed against the clean film, the median change of the probability, the share
 of films that get a flag asking to check the image (the ``grey_lungs`` caution left out: it is about
-the result, not the input), and the share of the changed calls that came with one, also without the
-orientation checks' ``mirrored`` and ``inverted`` flags (what the mask-based flags alone catch).
+the result, not the input), the share flagged ``noisy`` or ``low_detail`` (the image-quality
+measures), and the share of the changed calls that came with a flag, also with the mask-based flags
+alone (without ``mirrored``, ``inverted``, ``noisy`` and ``low_detail``, which are judged from the
+image).
 
 Only validation is read: this chooses nothing, and test is never touched. Not part of the test suite.
 """
@@ -35,7 +37,9 @@ from tta import val_paths
 import pneumolens
 from pneumolens.checkpoint import shipped_model_path
 from pneumolens.data.images import read_image
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG, INVERTED_FLAG, MIRRORED_FLAG
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG, INVERTED_FLAG, LOW_DETAIL_FLAG, MIRRORED_FLAG, NOISY_FLAG
+
+IMAGE_FLAGS = {MIRRORED_FLAG, INVERTED_FLAG, NOISY_FLAG, LOW_DETAIL_FLAG}  # judged from the image, not the lung mask
 
 Degrade = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -64,6 +68,16 @@ def downsample(factor: int) -> Degrade:
         h, w = x.shape
         small = _pil(x).resize((max(1, w // factor), max(1, h // factor)), Image.BOX)
         return _gray(small.resize((w, h), Image.BILINEAR))
+
+    return f
+
+
+def shrink(factor: int) -> Degrade:
+    """Sent at 1/factor of each side: a thumbnail or a small export, scaled up only by the model's own resize."""
+
+    def f(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = x.shape
+        return _gray(_pil(x).resize((max(1, w // factor), max(1, h // factor)), Image.BOX))
 
     return f
 
@@ -125,9 +139,13 @@ DEGRADATIONS: dict[str, Degrade] = {
     "JPEG quality 30": jpeg(30),
     "JPEG quality 10": jpeg(10),
     "resolution 1/2": downsample(2),
+    "resolution 1/3": downsample(3),
     "resolution 1/4": downsample(4),
+    "sent at 1/4 size": shrink(4),
     "noise sd 0.02": noise(0.02),
+    "noise sd 0.03": noise(0.03),
     "noise sd 0.05": noise(0.05),
+    "blur radius 1 px": blur(1.0),
     "blur radius 1.5 px": blur(1.5),
     "gamma 0.67 (lighter)": gamma(0.67),
     "gamma 1.5 (darker)": gamma(1.5),
@@ -147,15 +165,15 @@ def degraded(x: np.ndarray, name: str, seed: int) -> np.ndarray:
 
 
 def score(model: pneumolens.Model, films: list[np.ndarray], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities, and per film whether a check flag was raised: (N, 2), with and without the
-    orientation checks' flags."""
+    """Probabilities, and per film whether a check flag was raised: (N, 3), any check flag, the
+    mask-based ones only, and ``noisy`` or ``low_detail``."""
     probs, flagged = [], []
     for i in range(0, len(films), batch):
         for r in model.predict(films[i : i + batch]):
             checks = set(r.flags) - {GREY_LUNGS_FLAG}
             probs.append(r.probability)
-            flagged.append((bool(checks), bool(checks - {MIRRORED_FLAG, INVERTED_FLAG})))
-    return np.array(probs), np.array(flagged, dtype=bool).reshape(-1, 2)
+            flagged.append((bool(checks), bool(checks - IMAGE_FLAGS), bool(checks & {NOISY_FLAG, LOW_DETAIL_FLAG})))
+    return np.array(probs), np.array(flagged, dtype=bool).reshape(-1, 3)
 
 
 def row(
@@ -169,6 +187,7 @@ def row(
         "sensitivity": call[y == 1].mean(),
         "specificity": (~call[y == 0]).mean(),
         "flagged": flagged[:, 0].mean(),
+        "flagged_quality": flagged[:, 2].mean(),
     }
     if clean is not None:
         changed = call != (clean >= threshold)
@@ -184,7 +203,8 @@ def row(
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| degradation | ROC-AUC | sensitivity | specificity | calls changed | median abs. change of p "
-        "| flagged | changed calls flagged | the same, mask flags only |\n|---|---|---|---|---|---|---|---|---|"
+        "| flagged | `noisy` or `low_detail` | changed calls flagged | the same, mask flags only |"
+        "\n|---|---|---|---|---|---|---|---|---|---|"
     )
 
     def pct(v: float | None) -> str:
@@ -195,7 +215,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         dp = "-" if "median_dp" not in r else f"{r['median_dp']:.3f}"
         lines.append(
             f"| {r['degradation']} | {r['roc_auc']:.4f} | {pct(r['sensitivity'])} | {pct(r['specificity'])} "
-            f"| {pct(r.get('changed'))} | {dp} | {pct(r['flagged'])} "
+            f"| {pct(r.get('changed'))} | {dp} | {pct(r['flagged'])} | {pct(r['flagged_quality'])} "
             f"| {pct(r.get('changed_flagged'))} | {pct(r.get('changed_flagged_masks'))} |"
         )
     return "\n".join(lines)

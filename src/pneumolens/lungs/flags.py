@@ -15,6 +15,10 @@ time against 96% on the others (docs/results.md, rounds 19 and 36).
 find the film inverted (bone dark, air bright) or mirrored left to right, which the mask-based flags
 mostly miss and which turn the model's calls (``benchmarks/robustness.py``). A film found inverted
 is not also judged for mirroring: the mirror check learnt on films the right way up.
+
+``noisy`` and ``low_detail`` need the image too (``pneumolens.lungs.quality``): a film much noisier
+than the training films, or with less fine detail (a small or blurred image), on which the model
+calls more normal films pneumonia (``benchmarks/robustness.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ GREY_LUNGS = 0.5  # a lung median (grayscale in [0, 1]) above this: greyer lungs
 GREY_LUNGS_FLAG = "grey_lungs"  # the caution: a less reliable result, not a wrong input
 MIRRORED_FLAG = "mirrored"
 INVERTED_FLAG = "inverted"
+NOISY_FLAG = "noisy"
+LOW_DETAIL_FLAG = "low_detail"
 
 MESSAGES = {
     "no_lungs_found": "no lung fields found: this does not look like a frontal chest X-ray",
@@ -39,6 +45,10 @@ MESSAGES = {
     "inversion would: the model's reading of it means nothing; send the film as its modality shows it",
     MIRRORED_FLAG: "the film looks mirrored left to right (the heart on the image's left): check the side marker; "
     "the model reads films the standard way round and calls most mirrored normal films pneumonia",
+    NOISY_FLAG: "the film is much noisier than the films the model learnt from: it calls more normal films like this "
+    "pneumonia; send the film as the modality stored it, not re-processed",
+    LOW_DETAIL_FLAG: "the film holds little fine detail (a small, thumbnail or blurred image): the model calls more "
+    "normal films like this pneumonia; send it at the resolution the modality stored",
 }
 
 
@@ -48,8 +58,8 @@ def lung_fraction(mask: np.ndarray) -> float:
 
 def plausibility_flags(mask: np.ndarray, gray: np.ndarray | None = None) -> list[str]:
     """Flags for a boolean lung mask of ``gray`` (any resolution); an empty list means the mask looks
-    like two normal lung fields and, when ``gray`` is given, the lungs are not grey overall and the
-    film is the standard way round and way up."""
+    like two normal lung fields and, when ``gray`` is given, the lungs are not grey overall, the
+    film is the standard way round and way up, and it is neither noisy nor short of detail."""
     m = np.asarray(mask, bool)
     area = m.mean()
     if area < MIN_LUNG_AREA:
@@ -72,6 +82,9 @@ def plausibility_flags(mask: np.ndarray, gray: np.ndarray | None = None) -> list
             flags.append(INVERTED_FLAG)
         elif OrientationCheck.shipped("mirror").finds(gray):
             flags.append(MIRRORED_FLAG)
+        from pneumolens.lungs.quality import quality_flags
+
+        flags += quality_flags(gray)
     return flags
 
 
