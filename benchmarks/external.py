@@ -1,0 +1,92 @@
+"""How a model reads adult films from two other hospitals: the NLM Montgomery and Shenzhen sets.
+
+    python benchmarks/external.py --masks ../shared/data/lung_masks
+    python benchmarks/external.py --masks ../shared/data/lung_masks --model runs/x
+
+The sets (``lung_masks/manifest.csv``) hold normal and tuberculosis films of adults, none of them
+pneumonia by label and none used to train or to choose anything for the pneumonia model. Per source,
+through the Python API as a site would send them: the normal films called pneumonia (the external
+check of every quality round), the TB films called pneumonia, the ROC-AUC of the probability for
+TB against normal (how far the model's "pneumonia" reaches other lung disease), and the films that
+get a flag asking to check the image. Nothing here chooses anything. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+import pneumolens
+from pneumolens.data.images import read_image
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG
+
+
+def films(masks: str | Path) -> list[dict[str, str]]:
+    """The manifest's rows, each with its image path under ``path``."""
+    with open(Path(masks) / "manifest.csv", newline="") as f:
+        return [r | {"path": str(Path(masks) / "images" / f"{r['id']}.png")} for r in csv.DictReader(f)]
+
+
+def rates(tb: np.ndarray, called: np.ndarray, prob: np.ndarray, flagged: np.ndarray) -> dict[str, float | int]:
+    """Counts and shares for one group of films: ``tb`` (1 for a TB film), the pneumonia calls, the
+    probabilities and whether a check flag was raised."""
+    normal = tb == 0
+    out: dict[str, float | int] = {
+        "normal": int(normal.sum()),
+        "normal_called": int(called[normal].sum()),
+        "tb": int((~normal).sum()),
+        "tb_called": int(called[~normal].sum()),
+        "flagged": int(flagged.sum()),
+    }
+    out["auc"] = roc_auc_score(tb, prob) if 0 < out["tb"] < len(tb) else float("nan")
+    return out
+
+
+def row(name: str, r: dict[str, float | int]) -> str:
+    def share(k: int, n: int) -> str:
+        return f"{k} of {n} ({100 * k / n:.1f}%)" if n else "-"
+
+    auc = "-" if r["auc"] != r["auc"] else f"{r['auc']:.3f}"
+    n = int(r["normal"]) + int(r["tb"])
+    return (
+        f"| {name} | {share(int(r['normal_called']), int(r['normal']))} | {share(int(r['tb_called']), int(r['tb']))} "
+        f"| {auc} | {share(int(r['flagged']), n)} |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--masks", default="../shared/data/lung_masks", help="the NLM lung_masks folder (manifest.csv)")
+    ap.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    args = ap.parse_args()
+    t0 = time.time()
+    model = pneumolens.load(args.model)
+    rows = films(args.masks)
+    prob, flagged = [], []
+    for i in range(0, len(rows), 32):
+        for res in model.predict([read_image(r["path"]) for r in rows[i : i + 32]]):
+            prob.append(res.probability)
+            flagged.append(bool(set(res.flags) - {GREY_LUNGS_FLAG}))
+    p, f = np.array(prob), np.array(flagged)
+    tb = np.array([int(r["tb_label"]) for r in rows])
+    source = np.array([r["source"] for r in rows])
+    called = p >= model.loaded.threshold
+    print(f"model: {model.name}; threshold {model.loaded.threshold:.3f}; {len(rows)} films from {args.masks}")
+    print(
+        "| source | normal films called pneumonia | TB films called pneumonia | ROC-AUC, TB against normal "
+        "| flagged |\n|---|---|---|---|---|"
+    )
+    for name in sorted(set(source)):
+        k = source == name
+        print(row(name, rates(tb[k], called[k], p[k], f[k])))
+    print(row("both", rates(tb, called, p, f)))
+    print(f"({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
