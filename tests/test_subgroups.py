@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import real_images
@@ -175,3 +176,54 @@ def test_evaluate_reports_the_caution_as_predict_flags_it(tmp_path, capsys):
         assert got["precision"] == pytest.approx(sum(label for label, _ in calls) / len(calls))
     assert main(["evaluate", "--data", str(tmp_path)]) == 0
     assert f"grey_lungs ({ev.metrics['caution']['grey_lungs']['n']})" in capsys.readouterr().out
+
+
+def test_check_metrics_by_hand():
+    from pneumolens.evaluation.evaluate import CHECKED, UNCHECKED, check_metrics
+
+    # with a check flag: normal 0.7 (wrong), pneumonia 0.9 (right), normal 0.2 (right) -> 2 of 3
+    # without: normal 0.1, pneumonia 0.8 (right), pneumonia 0.3 (a miss) -> 2 of 3; grey_lungs is no check
+    y = [0, 1, 0, 0, 1, 1]
+    p = [0.7, 0.9, 0.2, 0.1, 0.8, 0.3]
+    flags = [["noisy"], ["lungs_cut_off", "noisy"], ["mirrored", "grey_lungs"], ["grey_lungs"], [], []]
+    m = check_metrics(flags, y, p, 0.5, [f"p{i}" for i in range(6)], n_boot=200)
+    assert m["counts"] == {"noisy": 2, "lungs_cut_off": 1, "mirrored": 1}  # the most frequent first
+    assert list(m["counts"]) == ["noisy", "lungs_cut_off", "mirrored"]
+    checked, other = m[CHECKED], m[UNCHECKED]
+    assert (checked["n"], checked["n_normal"], checked["accuracy"]) == (3, 2, pytest.approx(2 / 3))
+    assert (checked["sensitivity"], checked["specificity"]) == (1.0, 0.5)
+    assert checked["accuracy_ci"][0] <= 2 / 3 <= checked["accuracy_ci"][1]
+    assert (other["n"], other["accuracy"], other["sensitivity"], other["specificity"]) == (
+        3,
+        pytest.approx(2 / 3),
+        0.5,
+        1.0,
+    )
+    none = check_metrics([[], ["grey_lungs"]], [0, 1], [0.1, 0.9], 0.5, ["a", "b"], n_boot=50)
+    assert none["counts"] == {} and CHECKED not in none and none[UNCHECKED]["accuracy"] == 1.0
+
+
+def test_evaluate_counts_the_check_flags_on_a_site_folder(tmp_path, capsys):
+    """A noisy copy of a real normal film among real films: evaluate counts its `noisy` flag and
+    scores it apart, as the table shows."""
+    from PIL import Image
+
+    from pneumolens.checkpoint import load_model
+    from pneumolens.cli import main
+    from pneumolens.data.images import read_image
+    from pneumolens.evaluation.evaluate import CHECKED, UNCHECKED, evaluate
+
+    films = real_images("test", "PNEUMONIA", 6) + real_images("test", "NORMAL", 6)
+    for f in films:
+        (tmp_path / f.parent.name).mkdir(exist_ok=True)
+        (tmp_path / f.parent.name / f.name).symlink_to(f)
+    gray = read_image(films[-1])
+    noisy = np.clip(gray + np.random.default_rng(0).normal(0, 0.05, gray.shape), 0, 1)
+    Image.fromarray(np.round(255 * noisy).astype(np.uint8)).save(tmp_path / "NORMAL" / "noisy-copy.png")
+    ev = evaluate(load_model(None), tmp_path, n_boot=100)  # the shipped model
+    checks = ev.metrics["checks"]
+    assert checks["counts"].get("noisy") == 1 and checks[CHECKED]["n"] == sum(checks["counts"].values()) >= 1
+    assert checks[CHECKED]["n"] + checks[UNCHECKED]["n"] == ev.metrics["n"] == 13
+    assert main(["evaluate", "--data", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "check flags" in out and "noisy 1" in out and f"{CHECKED} ({checks[CHECKED]['n']})" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,44 @@ def caution_metrics(
     return out
 
 
+CHECKED, UNCHECKED = "with a check flag", "without a check flag"
+
+
+def check_metrics(
+    flags: Sequence[Sequence[str]],
+    y: Sequence[int],
+    p: Sequence[float],
+    threshold: float,
+    patients: Sequence[str],
+    **boot: Any,
+) -> dict[str, Any]:
+    """How often each flag that asks to check the image (every flag but the ``grey_lungs`` caution)
+    was raised on the scored films (``counts``), and how the model read the films with such a flag
+    and the others: their count, normal films, accuracy with a 95% bootstrap interval over the
+    patients (``boot``: ``bootstrap_ci``'s options), sensitivity and specificity (None without
+    films of that class). A site sees here how many of its films ask for a check and whether the
+    model reads them worse."""
+    y_arr, p_arr, pats = np.asarray(y, int), np.asarray(p, float), np.asarray(patients, str)
+    checks = [set(f) - {CAUTION} for f in flags]
+    counts = Counter(f for c in checks for f in c)
+    out: dict[str, Any] = {"counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))}
+    flagged = np.array([bool(c) for c in checks], bool)
+    for name, inside in ((CHECKED, flagged), (UNCHECKED, ~flagged)):
+        if not inside.any():
+            continue
+        m = binary_metrics(y_arr[inside], p_arr[inside], threshold)
+        ci = bootstrap_ci(y_arr[inside], p_arr[inside], threshold, groups=pats[inside], **boot)
+        out[name] = {
+            "n": int(inside.sum()),
+            "n_normal": int((y_arr[inside] == 0).sum()),
+            "accuracy": m["accuracy"],
+            "accuracy_ci": ci["accuracy"],
+            "sensitivity": m["sensitivity"],
+            "specificity": m["specificity"],
+        }
+    return out
+
+
 def evaluate(
     loaded: LoadedModel,
     data: str | os.PathLike[str],
@@ -142,6 +181,7 @@ def evaluate(
         y, p, t, patients, [subgroup(s.path, s.label, s.group) for s in scored], n_boot
     )
     metrics["caution"] = caution_metrics([CAUTION in flags[s.path] for s in scored], y, p, t, patients, n_boot=n_boot)
+    metrics["checks"] = check_metrics([flags[s.path] for s in scored], y, p, t, patients, n_boot=n_boot)
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
@@ -187,6 +227,14 @@ def format_table(m: dict[str, Any]) -> str:
                 f"{calls}, right {pct(c['precision'], lo_hi=c['precision_ci'])}" if c["pneumonia_calls"] else calls,
             )
         )
+    checks = m.get("checks", {})
+    if checks:
+        counts = ", ".join(f"{f} {n}" for f, n in checks["counts"].items()) or "none"
+        rows.append(("  check flags", counts))
+    for name in (CHECKED, UNCHECKED) if CHECKED in checks else ():  # no rows when no film asks for a check
+        if name in checks:
+            c = checks[name]
+            rows.append((f"  {name} ({c['n']})", f"accuracy {pct(c['accuracy'], lo_hi=c['accuracy_ci'])}"))
     if m.get("n_skipped"):
         rows.append(("skipped (unreadable)", str(m["n_skipped"])))
     if ci:
