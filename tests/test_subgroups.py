@@ -147,11 +147,13 @@ def test_caution_metrics_by_hand():
     assert list(caution_metrics([False] * 7, y, p, 0.5, ["a"] * 7)) == ["without grey_lungs"]  # no empty entry
 
 
-def test_evaluate_reports_the_caution_as_predict_flags_it(tmp_path, capsys):
+def test_evaluate_reports_the_caution_and_the_checks_as_predict_flags_them(tmp_path, capsys):
+    from PIL import Image
+
     from pneumolens.checkpoint import load_model
     from pneumolens.cli import main
     from pneumolens.data.images import read_image
-    from pneumolens.evaluation.evaluate import evaluate
+    from pneumolens.evaluation.evaluate import CHECKED, UNCHECKED, evaluate
     from pneumolens.lungs.flags import plausibility_flags
     from pneumolens.lungs.segment import LungSegmenter
 
@@ -159,6 +161,9 @@ def test_evaluate_reports_the_caution_as_predict_flags_it(tmp_path, capsys):
     for f in films:
         (tmp_path / f.parent.name).mkdir(exist_ok=True)
         (tmp_path / f.parent.name / f.name).symlink_to(f)
+    gray = read_image(films[-1])  # and a noisy copy of a normal film, for the check rows
+    noisy = np.clip(gray + np.random.default_rng(0).normal(0, 0.05, gray.shape), 0, 1)
+    Image.fromarray(np.round(255 * noisy).astype(np.uint8)).save(tmp_path / "NORMAL" / "noisy-copy.png")
     ev = evaluate(load_model(None), tmp_path, n_boot=100)  # the shipped model
     seg = LungSegmenter.shipped()
     grey = {
@@ -174,8 +179,13 @@ def test_evaluate_reports_the_caution_as_predict_flags_it(tmp_path, capsys):
         got = ev.metrics["caution"][name]
         assert got["n"] == sum(g == want for g in grey.values()) and got["pneumonia_calls"] == len(calls)
         assert got["precision"] == pytest.approx(sum(label for label, _ in calls) / len(calls))
+    checks = ev.metrics["checks"]  # the noisy copy is counted and scored apart
+    assert checks["counts"].get("noisy") == 1 and checks[CHECKED]["n"] >= 1
+    assert checks[CHECKED]["n"] + checks[UNCHECKED]["n"] == ev.metrics["n"] == 25
     assert main(["evaluate", "--data", str(tmp_path)]) == 0
-    assert f"grey_lungs ({ev.metrics['caution']['grey_lungs']['n']})" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"grey_lungs ({ev.metrics['caution']['grey_lungs']['n']})" in out
+    assert "noisy 1" in out and f"{CHECKED} ({checks[CHECKED]['n']})" in out
 
 
 def test_check_metrics_by_hand():
@@ -201,29 +211,3 @@ def test_check_metrics_by_hand():
     )
     none = check_metrics([[], ["grey_lungs"]], [0, 1], [0.1, 0.9], 0.5, ["a", "b"], n_boot=50)
     assert none["counts"] == {} and CHECKED not in none and none[UNCHECKED]["accuracy"] == 1.0
-
-
-def test_evaluate_counts_the_check_flags_on_a_site_folder(tmp_path, capsys):
-    """A noisy copy of a real normal film among real films: evaluate counts its `noisy` flag and
-    scores it apart, as the table shows."""
-    from PIL import Image
-
-    from pneumolens.checkpoint import load_model
-    from pneumolens.cli import main
-    from pneumolens.data.images import read_image
-    from pneumolens.evaluation.evaluate import CHECKED, UNCHECKED, evaluate
-
-    films = real_images("test", "PNEUMONIA", 6) + real_images("test", "NORMAL", 6)
-    for f in films:
-        (tmp_path / f.parent.name).mkdir(exist_ok=True)
-        (tmp_path / f.parent.name / f.name).symlink_to(f)
-    gray = read_image(films[-1])
-    noisy = np.clip(gray + np.random.default_rng(0).normal(0, 0.05, gray.shape), 0, 1)
-    Image.fromarray(np.round(255 * noisy).astype(np.uint8)).save(tmp_path / "NORMAL" / "noisy-copy.png")
-    ev = evaluate(load_model(None), tmp_path, n_boot=100)  # the shipped model
-    checks = ev.metrics["checks"]
-    assert checks["counts"].get("noisy") == 1 and checks[CHECKED]["n"] == sum(checks["counts"].values()) >= 1
-    assert checks[CHECKED]["n"] + checks[UNCHECKED]["n"] == ev.metrics["n"] == 13
-    assert main(["evaluate", "--data", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "check flags" in out and "noisy 1" in out and f"{CHECKED} ({checks[CHECKED]['n']})" in out
