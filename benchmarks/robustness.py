@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 from tta import val_paths
 
@@ -100,8 +101,16 @@ def contrast(c: float) -> Degrade:
 
 
 def rotate(degrees: float) -> Degrade:
-    """Turned about the centre, the corners filled black as a rotated film's would be."""
+    """Turned about the centre, the corners filled black as a film rotated digitally would be."""
     return lambda x, rng: _gray(_pil(x).rotate(degrees, resample=Image.BILINEAR, fillcolor=0))
+
+
+def tilt(degrees: float) -> Degrade:
+    """Turned about the centre with the corners filled from the nearest edge pixels, as a patient
+    tilted on the detector shows: no black corners."""
+    return lambda x, rng: np.clip(ndimage.rotate(x, degrees, reshape=False, order=1, mode="nearest"), 0, 1).astype(
+        np.float32
+    )
 
 
 def mirror(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -152,6 +161,7 @@ DEGRADATIONS: dict[str, Degrade] = {
     "contrast x0.6": contrast(0.6),
     "rotated 5 deg": rotate(5),
     "rotated 15 deg": rotate(15),
+    "rotated 15 deg, no black corners": tilt(15),
     "mirrored": mirror,
     "inverted (MONOCHROME1 misread)": invert,
     "cropped 10% a side": crop(0.10),

@@ -108,6 +108,9 @@ def test_robustness_degradations_on_a_real_film():
     h, w = x.shape
     assert rb.degraded(x, "cropped 10% a side", 0).shape == (h - 2 * round(h * 0.1), w - 2 * round(w * 0.1))
     assert rb.degraded(x, "black border 15% a side", 0).shape == (h + 2 * round(h * 0.15), w + 2 * round(w * 0.15))
+    black, tilted = rb.degraded(x, "rotated 15 deg", 0), rb.degraded(x, "rotated 15 deg, no black corners", 0)
+    assert black.shape == tilted.shape == x.shape and black[:8, :8].max() == 0 < tilted[:8, :8].min()
+    assert np.abs(tilted - black)[80:144, 80:144].max() < 0.1  # the same turn: the centres agree
     jpeg = rb.degraded(x, "JPEG quality 10", 0)
     assert 0 < np.abs(jpeg - x).mean() < 0.05  # changed, but the same film
     assert not np.array_equal(rb.degraded(x, "noise sd 0.05", 0), rb.degraded(x, "noise sd 0.05", 1))
