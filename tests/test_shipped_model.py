@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHEST
+from conftest import CHEST, FULLRES
 from pneumolens.checkpoint import load_model, shipped_model_path
 from pneumolens.cli import build_parser, train_config
 from pneumolens.config import PRESETS, TrainConfig
@@ -49,3 +49,22 @@ def test_shipped_model_reproduces_its_recorded_test_accuracy():
     for name, g in recorded["subgroups"].items():
         assert m["subgroups"][name]["n"] == g["n"], name
         assert m["subgroups"][name]["value"] == pytest.approx(g["value"], abs=0.01), name
+
+
+def test_shipped_model_reads_full_resolution_originals_as_their_224_px_copies():
+    """The 32 original-resolution films (950 x 540 to 2,600 x 2,600 px) against the 224 px copies of
+    the Kaggle set (the same films, resized by a third party): the same call for every film, and
+    probabilities that barely move, so resizing inside pneumolens is not a shift."""
+    import numpy as np
+
+    import pneumolens
+    from pneumolens.data.images import read_image
+
+    model = pneumolens.load()
+    originals = sorted(FULLRES.glob("*/*.jpeg"))
+    assert len(originals) == 32
+    full = model.predict([read_image(p) for p in originals])
+    small = model.predict([read_image(CHEST / "train" / p.parent.name / p.name) for p in originals])
+    moved = np.array([abs(a.probability - b.probability) for a, b in zip(full, small, strict=True)])
+    assert [a.label for a in full] == [b.label for b in small]
+    assert np.median(moved) < 0.01 and moved.max() < 0.3, moved
