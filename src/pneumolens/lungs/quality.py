@@ -5,9 +5,10 @@ preprocessing resizes), so a large film is judged by what survives at the scale 
 a small one by what an upscale to that scale can give it.
 
 ``noise_level``: Immerkaer's estimate of the standard deviation of white noise (grayscale in [0, 1]),
-from the film's response to a mask that cancels planes and ramps. ``detail``: the energy of the
-finest scale (the film minus its Gaussian blur at 1 px) over that of the next (blur at 1 px minus
-blur at 3 px); a thumbnail scaled up, or a blurred film, has lost the first and kept the second.
+from the film's response to a mask that cancels planes and ramps. ``detail``: the spread (standard
+deviation) of the finest scale (the film minus its Gaussian blur at 1 px) over that of the next
+(blur at 1 px minus blur at 3 px); a thumbnail scaled up, or a blurred film, has lost the first and
+kept the second.
 
 The bounds were chosen on the shipped model's validation films (746; ``benchmarks/robustness.py``),
 where the model's specificity starts to fall (94.8% as stored): ``noisy`` lies between the noise
@@ -33,7 +34,7 @@ DETAIL_MIN = 0.30  # validation films: 0.40-0.76 as stored, 0.26-0.42 at half re
 
 def standard(gray: np.ndarray) -> np.ndarray:
     """The film (H, W) in [0, 1] as float32 at SIZE x SIZE."""
-    img = Image.fromarray(np.asarray(gray, np.float32), mode="F")
+    img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F")
     return np.asarray(img.resize((SIZE, SIZE), Image.BILINEAR), np.float32)
 
 
@@ -45,8 +46,8 @@ def noise_level(x: np.ndarray) -> float:
 
 
 def detail(x: np.ndarray) -> float:
-    """Finest-scale over next-scale energy of ``x`` (a film at SIZE px: ``standard``): about 0.54 for a sharp
-    film, 0.25 for one a quarter of its size."""
+    """Finest-scale over next-scale standard deviation of ``x`` (a film at SIZE px: ``standard``): about
+    0.54 for a sharp film, 0.25 for one a quarter of its size."""
     fine_blur = ndimage.gaussian_filter(x, 1.0, truncate=3.0)
     coarse_blur = ndimage.gaussian_filter(x, 3.0, truncate=3.0)
     mid = float((fine_blur - coarse_blur).std())
