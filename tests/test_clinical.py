@@ -154,6 +154,64 @@ def test_audit_trail_from_an_older_pneumolens_is_upgraded(tmp_path):
     assert len(audit.rows()) == 5
 
 
+def _forge(audit: AuditLog, key: bytes) -> None:
+    """Edit row 2's probability and sign it again with ``key``, relinking every row after it."""
+    import hashlib
+    import hmac
+
+    from pneumolens.audit import HASHED
+
+    with audit.engine.begin() as conn:
+        rows = [dict(r) for r in conn.execute(sa.text("select * from predictions order by id")).mappings()]
+        rows[1]["probability"] = 0.99
+        prev = rows[0]["row_hash"]
+        for r in rows[1:]:
+            body = json.dumps({c: r.get(c) for c in HASHED}, sort_keys=True, separators=(",", ":"))
+            r["prev_hash"], r["row_hash"] = prev, hmac.new(key, (prev + body).encode(), hashlib.sha256).hexdigest()
+            conn.execute(
+                sa.text("update predictions set probability = :p, prev_hash = :a, row_hash = :h where id = :i"),
+                {"p": r["probability"], "a": r["prev_hash"], "h": r["row_hash"], "i": r["id"]},
+            )
+            prev = r["row_hash"]
+        conn.execute(sa.text("update audit_chain set head = :h"), {"h": prev})
+
+
+def test_audit_chain_is_keyed_apart_from_the_salt(tmp_path, monkeypatch):
+    """Whoever holds the salt (to match study hashes) cannot rewrite the chain; the key can. A trail
+    chained with its salt by an older pneumolens still verifies and goes on with it; the key may
+    come from the environment."""
+    monkeypatch.delenv("PNEUMOLENS_AUDIT_KEY", raising=False)
+    monkeypatch.delenv("PNEUMOLENS_AUDIT_SALT", raising=False)
+    db = f"sqlite:///{tmp_path / 'a' / 'audit.sqlite'}"
+    audit = AuditLog(db)
+    _rows(audit, 4)
+    audit.salt()  # made when the first study hash is
+    key_file, salt_file = tmp_path / "a" / "audit.key", tmp_path / "a" / "audit.salt"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and salt_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text() != salt_file.read_text() and not audit.keyed_with_salt
+    _forge(audit, salt_file.read_text().strip().encode())
+    assert audit.verify().problem == "row 2 was altered (its content does not match its hash)"
+    _forge(audit, key_file.read_text().strip().encode())
+    assert audit.verify().problem is None  # the key is what a forger needs: keep it apart from the database
+
+    old = f"sqlite:///{tmp_path / 'b' / 'audit.sqlite'}"  # chained with the salt, as before 2026-12-06
+    audit = AuditLog(old)
+    audit._key = audit.salt()
+    _rows(audit, 3)
+    (tmp_path / "b" / "audit.key").unlink()
+    audit = AuditLog(old)
+    assert audit.keyed_with_salt and not (tmp_path / "b" / "audit.key").exists()
+    _rows(audit, 2)
+    assert (audit.verify().problem, audit.verify().chained) == (None, 5)
+
+    monkeypatch.setenv("PNEUMOLENS_AUDIT_KEY", "a key from the environment")
+    env = f"sqlite:///{tmp_path / 'c' / 'audit.sqlite'}"
+    _rows(AuditLog(env), 3)
+    assert AuditLog(env).verify().problem is None and not (tmp_path / "c" / "audit.key").exists()
+    monkeypatch.setenv("PNEUMOLENS_AUDIT_KEY", "another key")
+    assert AuditLog(env).verify().problem == "row 1 was altered (its content does not match its hash)"
+
+
 def test_since_parsing():
     assert (time.time() - parse_since("2h").timestamp()) == pytest.approx(7200, abs=5)
     assert parse_since("2026-11-27").isoformat() == "2026-11-27T00:00:00+00:00"

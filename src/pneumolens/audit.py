@@ -11,7 +11,7 @@ The store is an embedded SQLite file by default; any SQLAlchemy URL can replace 
 (``$PNEUMOLENS_AUDIT_URL`` or ``--db``).
 
 The rows form a hash chain, so the trail is tamper-evident: each row stores the previous row's hash
-and an HMAC-SHA256 (keyed with the salt) of that hash and its own content, and a one-row table holds
+and an HMAC-SHA256 of that hash and its own content, and a one-row table holds
 the newest hash (the head) and the hash before the oldest row kept (the anchor). ``verify`` walks
 the chain: an altered row, a row removed from the middle or from the end, or a row inserted by hand
 breaks it, and the report names the row. Writers serialise on the head row (any database), so
@@ -19,6 +19,11 @@ several processes (``serve``, ``listen``, ``watch``) can share one trail. ``prun
 rows for a retention policy, moves the anchor, and leaves a chained row saying what it removed.
 Rows written before the chain existed (an older pneumolens) are kept and reported as unverifiable.
 A deleted head record is rebuilt from the rows with a chained row saying so, which ``verify`` reports.
+
+The HMAC key is not the salt: whoever may match study hashes (and so holds the salt) cannot also
+rewrite the chain. It is ``$PNEUMOLENS_AUDIT_KEY``, else a random key kept (mode 0600) in
+``audit.key`` beside a SQLite database. A trail chained before the two were kept apart (no
+``audit.key`` beside it, no key in the environment) goes on with its salt, so that it still verifies.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 
 AUDIT_URL_ENV = "PNEUMOLENS_AUDIT_URL"
 AUDIT_SALT_ENV = "PNEUMOLENS_AUDIT_SALT"
+AUDIT_KEY_ENV = "PNEUMOLENS_AUDIT_KEY"
 
 metadata = sa.MetaData()
 predictions = sa.Table(
@@ -64,7 +70,7 @@ predictions = sa.Table(
     sa.Column("error", sa.Text),  # why the input was refused; for the trail's own rows, what happened
     sa.Column("duration_ms", sa.Float),
     sa.Column("prev_hash", sa.String(64)),  # the previous row's row_hash (the anchor for the oldest row)
-    sa.Column("row_hash", sa.String(64)),  # HMAC-SHA256(salt, prev_hash + this row's content)
+    sa.Column("row_hash", sa.String(64)),  # HMAC-SHA256(key, prev_hash + this row's content)
 )
 COLUMNS = [c.name for c in predictions.columns]
 HASHED = [c for c in COLUMNS if c not in ("id", "prev_hash", "row_hash")]
@@ -120,6 +126,8 @@ class AuditLog:
         metadata.create_all(self.engine)
         self._add_chain_columns()
         self._salt: bytes | None = None
+        self.keyed_with_salt = False  # a trail chained before the key and the salt were kept apart
+        self._key = self._chain_key()
         self._lock = threading.Lock()
         try:
             with self.engine.begin() as conn:
@@ -139,21 +147,43 @@ class AuditLog:
                     if name not in {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}:
                         raise
 
+    def _secret_path(self, name: str) -> Path:
+        """Where a secret of this trail lives: beside a SQLite database, else in the default directory."""
+        here = Path(self.url.removeprefix("sqlite:///")).parent if self.url.startswith("sqlite:///") else None
+        return (here or default_dir()) / name
+
+    def _secret(self, env: str, name: str) -> bytes:
+        """``$env``, else the random secret in the file ``name`` (created with mode 0600 when missing)."""
+        if os.environ.get(env):
+            return os.environ[env].encode()
+        path = self._secret_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # made before, perhaps by another process a moment ago
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
     def salt(self) -> bytes:
         """``$PNEUMOLENS_AUDIT_SALT``, else a random salt kept (mode 0600) beside a SQLite database."""
         if self._salt is None:
-            if os.environ.get(AUDIT_SALT_ENV):
-                self._salt = os.environ[AUDIT_SALT_ENV].encode()
-            else:
-                here = Path(self.url.removeprefix("sqlite:///")).parent if self.url.startswith("sqlite:///") else None
-                path = (here or default_dir()) / "audit.salt"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if not path.exists():
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "w") as f:
-                        f.write(secrets.token_hex(32))
-                self._salt = path.read_text().strip().encode()
+            self._salt = self._secret(AUDIT_SALT_ENV, "audit.salt")
         return self._salt
+
+    def _chain_key(self) -> bytes:
+        """The chain's HMAC key: ``$PNEUMOLENS_AUDIT_KEY``, else ``audit.key`` (created for a trail with no
+        chained row yet); the salt for a trail chained before the two were kept apart."""
+        if not os.environ.get(AUDIT_KEY_ENV) and not self._secret_path("audit.key").exists():
+            with self.engine.connect() as conn:
+                chained = conn.execute(sa.select(predictions.c.id).where(predictions.c.row_hash.is_not(None)).limit(1))
+                if chained.first() is not None:
+                    self.keyed_with_salt = True
+                    log.info("audit trail %s: chained with its salt (made before pneumolens kept them apart)", self.url)
+                    return self.salt()
+        return self._secret(AUDIT_KEY_ENV, "audit.key")
 
     def study_hash(self, study_uid: str | None) -> str | None:
         if not study_uid:
@@ -228,7 +258,7 @@ class AuditLog:
 
     def _row_hash(self, prev: str, row: Mapping[str, Any]) -> str:
         body = json.dumps({c: row.get(c) for c in HASHED}, sort_keys=True, separators=(",", ":"))
-        return hmac.new(self.salt(), (prev + body).encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._key, (prev + body).encode(), hashlib.sha256).hexdigest()
 
     def _lock_head(self, conn: sa.Connection) -> str:
         """Take the write lock on the chain's head row (a no-op update: SQLite's write lock, a row lock
