@@ -157,14 +157,18 @@ class AuditLog:
         if os.environ.get(env):
             return os.environ[env].encode()
         path = self._secret_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # made before, perhaps by another process a moment ago
-            pass
-        else:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32))
+            try:  # written whole, then linked in place: a process starting at the same moment reads one secret
+                os.link(tmp, path)
+            except FileExistsError:  # that process linked its own first: both use it
+                pass
+            finally:
+                tmp.unlink()
         return path.read_text().strip().encode()
 
     def salt(self) -> bytes:
