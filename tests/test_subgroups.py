@@ -186,6 +186,8 @@ def test_evaluate_reports_the_caution_and_the_checks_as_predict_flags_them(tmp_p
     out = capsys.readouterr().out
     assert f"grey_lungs ({ev.metrics['caution']['grey_lungs']['n']})" in out
     assert "noisy 1" in out and f"{CHECKED} ({checks[CHECKED]['n']})" in out
+    # the copy's name gives no patient: it counts as its own, and the table says so; the Kaggle names do
+    assert ev.metrics["films_of_unknown_patient"] == 1 and "[1 film(s) of unknown patient" in out
 
 
 def test_check_metrics_by_hand():

@@ -182,6 +182,8 @@ def evaluate(
     )
     metrics["caution"] = caution_metrics([CAUTION in flags[s.path] for s in scored], y, p, t, patients, n_boot=n_boot)
     metrics["checks"] = check_metrics([flags[s.path] for s in scored], y, p, t, patients, n_boot=n_boot)
+    # films whose name, manifest or DICOM header gives no patient each count as their own patient
+    metrics["films_of_unknown_patient"] = sum(s.patient.startswith("file:") for s in scored)
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
@@ -240,6 +242,14 @@ def format_table(m: dict[str, Any]) -> str:
     if ci:
         unit = f"over {m['n_patients']} patients" if m.get("n_patients") else "over images"
         rows.append(("", f"[95% bootstrap interval {unit}]"))
+    if unknown := m.get("films_of_unknown_patient"):
+        rows.append(
+            (
+                "",
+                f"[{unknown} film(s) of unknown patient, each counted as its own: intervals too narrow if a patient "
+                "has several; a manifest's patient column says]",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
