@@ -62,17 +62,6 @@ def jpeg(quality: int) -> Degrade:
     return f
 
 
-def downsample(factor: int) -> Degrade:
-    """Down to 1/factor of each side and back: the detail a smaller detector or a thumbnail loses."""
-
-    def f(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        h, w = x.shape
-        small = _pil(x).resize((max(1, w // factor), max(1, h // factor)), Image.BOX)
-        return _gray(small.resize((w, h), Image.BILINEAR))
-
-    return f
-
-
 def shrink(factor: int) -> Degrade:
     """Sent at 1/factor of each side: a thumbnail or a small export, scaled up only by the model's own resize."""
 
@@ -81,6 +70,11 @@ def shrink(factor: int) -> Degrade:
         return _gray(_pil(x).resize((max(1, w // factor), max(1, h // factor)), Image.BOX))
 
     return f
+
+
+def downsample(factor: int) -> Degrade:
+    """Down to 1/factor of each side and back: the detail a smaller detector or a thumbnail loses."""
+    return lambda x, rng: _gray(_pil(shrink(factor)(x, rng)).resize(x.shape[::-1], Image.BILINEAR))
 
 
 def noise(sigma: float) -> Degrade:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
 
 import pneumolens
-from conftest import FULLRES, SHARED, real_images
+from conftest import FULLRES, SHARED, load_benchmark, real_images
 from pneumolens.data.images import read_image
 from pneumolens.lungs.flags import LOW_DETAIL_FLAG, NOISY_FLAG, describe, plausibility_flags
 from pneumolens.lungs.quality import DETAIL_MIN, NOISE_MAX, SIZE, detail, noise_level, quality_flags, standard
@@ -21,16 +20,7 @@ def films() -> list[np.ndarray]:
     return [read_image(p) for p in real_images("test", "NORMAL", 4) + real_images("test", "PNEUMONIA", 4) + nlm]
 
 
-def shrunk(x: np.ndarray, factor: int) -> np.ndarray:
-    """Sent at 1/factor of each side (a thumbnail)."""
-    img = Image.fromarray(np.round(x * 255).astype(np.uint8))
-    h, w = x.shape
-    return np.asarray(img.resize((w // factor, h // factor), Image.BOX), np.float32) / 255
-
-
-def blurred(x: np.ndarray, radius: float) -> np.ndarray:
-    img = Image.fromarray(np.round(x * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius))
-    return np.asarray(img, np.float32) / 255
+RB = load_benchmark("robustness")  # the degradations the bounds were set on
 
 
 def test_the_noise_estimate_reads_white_noise_on_a_smooth_film():
@@ -45,7 +35,7 @@ def test_the_noise_estimate_reads_white_noise_on_a_smooth_film():
 
 def test_the_detail_measure_falls_as_a_film_loses_its_finest_scale():
     x = standard(read_image(real_images("test", "NORMAL", 1)[0]))
-    sharp, half, quarter = detail(x), detail(standard(shrunk(x, 2))), detail(standard(shrunk(x, 4)))
+    sharp, half, quarter = detail(x), detail(standard(RB.shrink(2)(x, None))), detail(standard(RB.shrink(4)(x, None)))
     assert sharp > DETAIL_MIN + 0.08 and sharp > half > quarter and quarter < DETAIL_MIN
     assert detail(np.full((SIZE, SIZE), 0.5, np.float32)) == 0.0  # a flat image has no detail at all
 
@@ -58,32 +48,28 @@ def test_films_as_stored_and_at_full_resolution_are_not_flagged():
 
 
 @pytest.mark.parametrize(
-    ("name", "degrade", "flag"),
+    ("name", "flag"),
     [
-        ("noise sd 0.05", lambda x, rng: np.clip(x + rng.normal(0, 0.05, x.shape), 0, 1), NOISY_FLAG),
-        ("noise sd 0.03", lambda x, rng: np.clip(x + rng.normal(0, 0.03, x.shape), 0, 1), NOISY_FLAG),
-        ("sent at 1/4 size", lambda x, rng: shrunk(x, 4), LOW_DETAIL_FLAG),
-        ("blurred 1.5 px", lambda x, rng: blurred(x, 1.5), LOW_DETAIL_FLAG),
+        ("noise sd 0.05", NOISY_FLAG),
+        ("noise sd 0.03", NOISY_FLAG),
+        ("sent at 1/4 size", LOW_DETAIL_FLAG),
+        ("blur radius 1.5 px", LOW_DETAIL_FLAG),
     ],
 )
-def test_degraded_real_films_are_flagged(name, degrade, flag):
-    rng = np.random.default_rng(1)
-    for gray in map(standard, films()):  # degraded at the scale the measures read (the NLM films are 256 px)
-        assert quality_flags(degrade(gray, rng).astype(np.float32)) == [flag], name
+def test_degraded_real_films_are_flagged(name, flag):
+    for i, gray in enumerate(map(standard, films())):  # degraded at the scale the measures read (NLM films: 256 px)
+        assert quality_flags(RB.degraded(gray, name, i)) == [flag], name
 
 
 def test_mild_noise_is_not_flagged():
     """Noise of sd 0.02 does not move the model (README, Reliability), so it is not flagged either."""
-    rng = np.random.default_rng(2)
-    for gray in map(standard, films()):
-        assert NOISE_MAX > noise_level(np.clip(gray + rng.normal(0, 0.02, gray.shape), 0, 1)) > 0.015
+    for i, gray in enumerate(map(standard, films())):
+        assert NOISE_MAX > noise_level(RB.degraded(gray, "noise sd 0.02", i)) > 0.015
 
 
 def test_the_flags_reach_the_api_with_their_sentences():
     gray = read_image(real_images("test", "PNEUMONIA", 2)[1])
-    rng = np.random.default_rng(3)
-    noisy = np.clip(gray + rng.normal(0, 0.05, gray.shape), 0, 1).astype(np.float32)
-    small = shrunk(gray, 4)
+    noisy, small = RB.degraded(gray, "noise sd 0.05", 3), RB.degraded(gray, "sent at 1/4 size", 3)
     plain, loud, tiny = pneumolens.load().predict([gray, noisy, small])
     assert NOISY_FLAG not in plain.flags and LOW_DETAIL_FLAG not in plain.flags
     assert NOISY_FLAG in loud.flags and "much noisier" in loud.warning

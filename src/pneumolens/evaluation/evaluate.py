@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,24 @@ def subgroup_metrics(
 CAUTION = GREY_LUNGS_FLAG  # the result is less reliable, not the input wrong
 
 
+def _apart(
+    flagged: np.ndarray,
+    names: tuple[str, str],
+    y: Sequence[int],
+    p: Sequence[float],
+    threshold: float,
+    patients: Sequence[str],
+    **boot: Any,
+) -> Iterator[tuple[str, np.ndarray, dict[str, Any], dict[str, Any]]]:
+    """For the ``flagged`` films and the others (``names``, in that order), those that exist: the name,
+    which films, their metrics at ``threshold`` and 95% bootstrap intervals over their patients."""
+    y_arr, p_arr, pats = np.asarray(y, int), np.asarray(p, float), np.asarray(patients, str)
+    for name, inside in zip(names, (flagged, ~flagged), strict=True):
+        if inside.any():
+            m = binary_metrics(y_arr[inside], p_arr[inside], threshold)
+            yield name, inside, m, bootstrap_ci(y_arr[inside], p_arr[inside], threshold, groups=pats[inside], **boot)
+
+
 def caution_metrics(
     cautioned: Sequence[bool],
     y: Sequence[int],
@@ -92,18 +110,13 @@ def caution_metrics(
     those calls that are right (precision, PPV) with a 95% bootstrap interval over the patients, and
     the specificity on their normal films (``boot``: ``bootstrap_ci``'s options). A site can check
     here whether the caution holds on its films."""
-    y_arr, p_arr, pats = np.asarray(y, int), np.asarray(p, float), np.asarray(patients, str)
     flag = np.asarray(cautioned, bool)
     out: dict[str, dict[str, Any]] = {}
-    for name, inside in ((CAUTION, flag), (f"without {CAUTION}", ~flag)):
-        if not inside.any():
-            continue
-        m = binary_metrics(y_arr[inside], p_arr[inside], threshold)
-        ci = bootstrap_ci(y_arr[inside], p_arr[inside], threshold, groups=pats[inside], **boot)
+    for name, inside, m, ci in _apart(flag, (CAUTION, f"without {CAUTION}"), y, p, threshold, patients, **boot):
         (_, fp), (_, tp) = m["confusion_matrix"]
         out[name] = {
             "n": int(inside.sum()),
-            "n_normal": int((y_arr[inside] == 0).sum()),
+            "n_normal": m["n_negative"],
             "pneumonia_calls": int(tp + fp),
             "precision": m["precision"],
             "precision_ci": ci["precision"],
@@ -129,19 +142,14 @@ def check_metrics(
     patients (``boot``: ``bootstrap_ci``'s options), sensitivity and specificity (None without
     films of that class). A site sees here how many of its films ask for a check and whether the
     model reads them worse."""
-    y_arr, p_arr, pats = np.asarray(y, int), np.asarray(p, float), np.asarray(patients, str)
     checks = [set(f) - {CAUTION} for f in flags]
     counts = Counter(f for c in checks for f in c)
     out: dict[str, Any] = {"counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))}
     flagged = np.array([bool(c) for c in checks], bool)
-    for name, inside in ((CHECKED, flagged), (UNCHECKED, ~flagged)):
-        if not inside.any():
-            continue
-        m = binary_metrics(y_arr[inside], p_arr[inside], threshold)
-        ci = bootstrap_ci(y_arr[inside], p_arr[inside], threshold, groups=pats[inside], **boot)
+    for name, inside, m, ci in _apart(flagged, (CHECKED, UNCHECKED), y, p, threshold, patients, **boot):
         out[name] = {
             "n": int(inside.sum()),
-            "n_normal": int((y_arr[inside] == 0).sum()),
+            "n_normal": m["n_negative"],
             "accuracy": m["accuracy"],
             "accuracy_ci": ci["accuracy"],
             "sensitivity": m["sensitivity"],
@@ -234,8 +242,7 @@ def format_table(m: dict[str, Any]) -> str:
         counts = ", ".join(f"{f} {n}" for f, n in checks["counts"].items()) or "none"
         rows.append(("  check flags", counts))
     for name in (CHECKED, UNCHECKED) if CHECKED in checks else ():  # no rows when no film asks for a check
-        if name in checks:
-            c = checks[name]
+        if c := checks.get(name):
             rows.append((f"  {name} ({c['n']})", f"accuracy {pct(c['accuracy'], lo_hi=c['accuracy_ci'])}"))
     if m.get("n_skipped"):
         rows.append(("skipped (unreadable)", str(m["n_skipped"])))
