@@ -6,11 +6,15 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 import uvicorn
 
 from conftest import real_images
+from pneumolens.audit import AuditLog
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -18,14 +22,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
-@pytest.fixture(scope="module")
-def server(trained_run):
+@contextmanager
+def _serving(settings: Settings):
+    """The app under uvicorn on a free local port; yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(
-        uvicorn.Config(create_app(Settings(model=str(trained_run))), "127.0.0.1", port, log_level="warning")
-    )
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings), "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
@@ -37,10 +40,16 @@ def server(trained_run):
     thread.join(timeout=10)
 
 
-def test_upload_shows_probability_and_heatmap(server):
+@pytest.fixture(scope="module")
+def server(trained_run):
+    with _serving(Settings(model=str(trained_run))) as url:
+        yield url
+
+
+@contextmanager
+def _browser():
     from playwright.sync_api import sync_playwright
 
-    xray = real_images("test", "PNEUMONIA", 1)[0]
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -55,16 +64,52 @@ def test_upload_shows_probability_and_heatmap(server):
             ],
         )
         try:
-            page = browser.new_page()
-            page.goto(server + "/")
-            assert "does not replace" in page.inner_text(".notice")
-            page.set_input_files("#file", str(xray))
-            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
-            probability = float(page.inner_text("#probability"))
-            assert 0.0 <= probability <= 1.0
-            assert "operating point" in page.inner_text("#decision")
-            src = page.get_attribute("#heatmap", "src")
-            assert src.startswith("data:image/png;base64,")
-            page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=10_000)
+            yield browser
         finally:
             browser.close()
+
+
+def test_upload_shows_probability_and_heatmap(server):
+    xray = real_images("test", "PNEUMONIA", 1)[0]
+    with _browser() as browser:
+        page = browser.new_page()
+        page.goto(server + "/")
+        assert "does not replace" in page.inner_text(".notice")
+        page.set_input_files("#file", str(xray))
+        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        probability = float(page.inner_text("#probability"))
+        assert 0.0 <= probability <= 1.0
+        assert "operating point" in page.inner_text("#decision")
+        src = page.get_attribute("#heatmap", "src")
+        assert src.startswith("data:image/png;base64,")
+        page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=10_000)
+
+
+def test_recent_page_shows_drift(trained_run, tmp_path):
+    # A trail whose films of ten days ago were called pneumonia a quarter of the time, and of today
+    # every time: the page's drift panel says DRIFT and shows the measures. The old rows are written
+    # with their date by hand (the trail dates rows itself), so this trail's chain does not verify.
+    db = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    audit = AuditLog(db)
+    model = {"name": "m", "version": "0", "sha256": "ab" * 32, "preprocessing": {}}
+    for i in range(40):
+        label = "PNEUMONIA" if i % 4 == 0 else "NORMAL"
+        result = {"probability": 0.9 if label == "PNEUMONIA" else 0.1, "threshold": 0.5, "label": label, "flags": []}
+        audit.record("watch", f"{i:064x}", model, result)
+    old = (datetime.now(UTC) - timedelta(days=10)).isoformat(timespec="milliseconds")
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text("update predictions set time = :t"), {"t": old})
+    for i in range(40):
+        result = {"probability": 0.95, "threshold": 0.5, "label": "PNEUMONIA", "flags": []}
+        audit.record("watch", f"{i + 40:064x}", model, result)
+    with _serving(Settings(model=str(trained_run), audit_url=db)) as url, _browser() as browser:
+        page = browser.new_page()
+        page.goto(url + "/recent")
+        page.wait_for_selector("#measures:not([hidden])", timeout=30_000)
+        assert page.inner_text("#drift").startswith("DRIFT") and "40 films before, 40 in the last 7 days" in (
+            page.inner_text("#drift")
+        )
+        called = page.inner_text("#measures tbody tr:nth-child(2)")
+        assert called.startswith("called pneumonia") and "25.0% (10 of 40)" in called and called.endswith("DRIFT")
+        page.wait_for_selector("#rows:not([hidden])", timeout=30_000)
+        assert page.inner_text("#status") == "80 most recent predictions"

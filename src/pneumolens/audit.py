@@ -326,10 +326,19 @@ class AuditLog:
             self._append(conn, self._note("pruned", text, anchor))
         return removed
 
-    def rows(self, since: datetime | None = None, limit: int | None = None, newest_first: bool = False) -> list[dict]:
+    def rows(
+        self,
+        since: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        before: datetime | None = None,
+    ) -> list[dict]:
+        """Rows dated at or after ``since`` and before ``before`` (either may be None), oldest first."""
         q = sa.select(predictions)
         if since is not None:
             q = q.where(predictions.c.time >= since.astimezone(UTC).isoformat(timespec="milliseconds"))
+        if before is not None:
+            q = q.where(predictions.c.time < before.astimezone(UTC).isoformat(timespec="milliseconds"))
         q = q.order_by(predictions.c.id.desc() if newest_first else predictions.c.id)
         if limit:
             q = q.limit(limit)

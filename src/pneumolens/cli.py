@@ -368,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WHEN",
         help="retention: remove the rows older than WHEN (ISO date/time or an age such as 365d); the prune is recorded",
     )
+    act.add_argument(
+        "--drift",
+        metavar="WHEN",
+        help="compare the predictions since WHEN (ISO date/time or an age such as 7d) with those before it (from "
+        "--since on): call rate, probabilities, flags, refusals; exit status 1 on drift, 2 if too few to compare",
+    )
+    a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
 
     tl = sub.add_parser("train-lungs", help="train the lung segmenter from scratch on NLM lung masks")
     tl.add_argument("--data", default="../shared/data/lung_masks", help="folder with manifest.csv, images/, masks/")
@@ -741,7 +748,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         note = "; the removal is recorded in the trail" if removed else ""
         print(f"removed {removed} row(s) dated before {before.isoformat(timespec='seconds')}{note}")
         return 0
-    rows = audit.rows(since=parse_since(args.since) if args.since else None)
+    since = parse_since(args.since) if args.since else None
+    if args.drift:
+        from pneumolens.monitor import drift_in
+
+        report = drift_in(audit, parse_since(args.drift, "--drift"), since, args.alpha)  # too few films: exit 2
+        print(report)
+        return 1 if report.drift else 0
+    rows = audit.rows(since=since)
     if args.csv:
         write_csv(rows, sys.stdout)
     else:

@@ -14,9 +14,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pneumolens.audit import AuditLog, sha256_bytes
+from pneumolens.audit import AuditLog, parse_since, sha256_bytes
 from pneumolens.data.images import ImageReadError
 from pneumolens.explain.explainer import METHODS
+from pneumolens.monitor import TooFewFilms, drift_in
 from pneumolens.service.engine import Engine
 from pneumolens.service.schemas import NOTICE, Error, Prediction
 from pneumolens.service.settings import Settings
@@ -175,5 +176,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if audit is None:
             return _error(404, "the audit trail is switched off on this server (PNEUMOLENS_AUDIT=false)")
         return await run_in_threadpool(audit.rows, None, limit, True)
+
+    @app.get("/api/v1/drift", response_model=None)
+    async def drift(
+        request: Request,
+        recent: str = "7d",
+        since: str | None = None,
+        alpha: Annotated[float, Query(gt=0, lt=1)] = 0.01,
+    ) -> dict | JSONResponse:
+        """The predictions since ``recent`` (an age such as 7d, or an ISO date) against those before it (from
+        ``since`` on): refusals, calls, probabilities and flags, each tested (``pneumolens audit --drift``).
+        ``drift`` is null, with a ``reason``, when either window holds too few films to compare."""
+        audit: AuditLog | None = request.app.state.audit
+        if audit is None:
+            return _error(404, "the audit trail is switched off on this server (PNEUMOLENS_AUDIT=false)")
+        try:
+            cut = parse_since(recent, "recent")
+            start = parse_since(since, "since") if since else None
+            report = await run_in_threadpool(drift_in, audit, cut, start, alpha)
+        except TooFewFilms as e:
+            return {"drift": None, "reason": str(e)}
+        except ValueError as e:
+            return _error(422, str(e))
+        return report.as_dict()
 
     return app

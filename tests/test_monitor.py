@@ -1,0 +1,156 @@
+"""Drift between two windows of the audit trail (``pneumolens audit --drift``), on calls the shipped
+model made on real films through the watch folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import real_images
+from pneumolens.cli import main
+from pneumolens.data.images import read_image
+from pneumolens.monitor import CHECK, MIN_PREDICTIONS, PNEUMONIA, PROBABILITY, REFUSED, compare, window
+from pneumolens.service.app import create_app
+from pneumolens.service.settings import Settings
+
+NORMAL = real_images("test", "NORMAL", 40)
+SICK = real_images("test", "PNEUMONIA", 80)
+
+
+def _row(decision: str, p: float | None = None, flags: tuple[str, ...] = ()) -> dict:
+    return {"time": "2026-12-06T10:00:00.000+00:00", "decision": decision, "probability": p, "flags": json.dumps(flags)}
+
+
+def test_a_window_counts_films_refusals_and_check_flags_apart_from_the_caution():
+    w = window(
+        [
+            _row("PNEUMONIA", 0.9, ("grey_lungs",)),
+            _row("NORMAL", 0.1, ("mirrored", "grey_lungs")),
+            _row("NORMAL", 0.2),
+            _row("refused"),
+            _row("pruned"),  # the trail's own note: not an input
+        ]
+    )
+    assert (w.predictions, w.refused, w.inputs, w.called, w.checked) == (3, 1, 4, 1, 1)
+    assert w.flags == {"grey_lungs": 2, "mirrored": 1} and w.probabilities == [0.9, 0.1, 0.2]
+
+
+def test_compare_uses_fisher_and_bonferroni_as_computed_by_hand():
+    # 30 films all called pneumonia against 30 none: two-sided Fisher p = 2 / C(60, 30); probabilities
+    # that do not overlap: the exact KS p for two samples of 30 is 2 / C(60, 30) as well.
+    base = window([_row("PNEUMONIA", 0.9)] * 30)
+    recent = window([_row("NORMAL", 0.1)] * 30)
+    report = compare(base, recent)
+    called = next(t for t in report.tests if t.name == PNEUMONIA)
+    assert called.p == pytest.approx(2 / math.comb(60, 30), rel=1e-6)
+    assert called.p_adjusted == pytest.approx(called.p * len(report.tests)) and called.alert
+    probability = next(t for t in report.tests if t.name == PROBABILITY)
+    assert probability.p == pytest.approx(2 / math.comb(60, 30), rel=1e-6) and probability.alert
+    assert [t.name for t in report.tests if not t.alert] == [REFUSED, CHECK]  # no refusals, no flags on either side
+    assert report.drift and "DRIFT" in str(report)
+    with pytest.raises(ValueError, match=f"recent window holds 29 films read; at least {MIN_PREDICTIONS}"):
+        compare(base, window([_row("NORMAL", 0.1)] * 29))
+    with pytest.raises(ValueError, match="alpha"):
+        compare(base, recent, alpha=1.5)
+
+
+def _watch(files, folder, db) -> None:
+    """Score ``files`` through the watch folder (the shipped model) into the trail ``db``."""
+    folder.mkdir()
+    for i, f in enumerate(files):
+        if isinstance(f, np.ndarray):
+            Image.fromarray((f * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+        elif isinstance(f, bytes):
+            (folder / f"{i:03d}.jpeg").write_bytes(f)
+        else:
+            shutil.copyfile(f, folder / f"{i:03d}{f.suffix}")
+    assert main(["watch", str(folder), "--once", "--db", db]) == 0
+
+
+def _cut() -> str:
+    time.sleep(0.01)
+    cut = datetime.now(UTC).isoformat(timespec="milliseconds")
+    time.sleep(0.01)
+    return cut
+
+
+@pytest.fixture(scope="module")
+def trails(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """One baseline (20 normal, 20 pneumonia test films), copied into three trails, each then given
+    another recent window: the same mix of other films, pneumonia films only, and the same mix with
+    the normal films mirrored and a quarter of the inputs broken files. Name -> (database, cut)."""
+    tmp = tmp_path_factory.mktemp("trails")
+    base_dir = tmp / "trail"
+    base_dir.mkdir()
+    _watch(NORMAL[0::2] + SICK[0:20], tmp / "base", f"sqlite:///{base_dir / 'audit.sqlite'}")
+    recent = {
+        "same mix": NORMAL[1::2] + SICK[20:40],
+        "pneumonia only": SICK[40:80],
+        "mirrored, broken": [read_image(f)[:, ::-1] for f in NORMAL[1::2]] + SICK[20:40] + [b"\xff\xd8 cut"] * 13,
+    }
+    out = {}
+    for i, (name, files) in enumerate(recent.items()):
+        trail = tmp / f"trail{i}"
+        shutil.copytree(base_dir, trail)  # the database with its salt and key
+        db = f"sqlite:///{trail / 'audit.sqlite'}"
+        cut = _cut()
+        _watch(files, tmp / f"recent{i}", db)
+        out[name] = db, cut
+    return out
+
+
+def test_drift_is_found_where_the_films_changed_and_not_where_they_did_not(trails, capsys):
+    reports, codes = {}, {}
+    for name, (db, cut) in trails.items():
+        capsys.readouterr()
+        codes[name] = main(["audit", "--db", db, "--drift", cut])
+        reports[name] = capsys.readouterr().out
+    assert codes == {"same mix": 0, "pneumonia only": 1, "mirrored, broken": 1}, reports
+
+    def drifted(name: str) -> set[str]:
+        lines = [ln for ln in reports[name].splitlines() if ln.endswith("DRIFT")]
+        return {ln.split("  ")[0].strip() for ln in lines}
+
+    assert "baseline: 40 films read, 0 refused" in reports["same mix"] and "no drift found" in reports["same mix"]
+    assert drifted("same mix") == set()
+    assert {PNEUMONIA, PROBABILITY} <= drifted("pneumonia only") and CHECK not in drifted("pneumonia only")
+    assert {REFUSED, CHECK, "flag mirrored"} <= drifted("mirrored, broken")
+    assert "recent:   40 films read, 13 refused" in reports["mirrored, broken"]
+
+
+def test_the_server_reports_drift_and_says_when_it_cannot(trails):
+    db, cut = trails["pneumonia only"]
+    with TestClient(create_app(Settings(audit_url=db))) as client:
+        found = client.get("/api/v1/drift", params={"recent": cut})
+        too_few = client.get("/api/v1/drift", params={"recent": "2999-01-01"})
+        bad_date = client.get("/api/v1/drift", params={"recent": "last week"})
+        bad_order = client.get("/api/v1/drift", params={"recent": cut, "since": "2999-01-01"})
+        bad_alpha = client.get("/api/v1/drift", params={"recent": cut, "alpha": 2})
+    body = found.json()
+    assert found.status_code == 200 and body["drift"] is True
+    assert body["baseline"]["films_read"] == 40 and body["recent"]["films_read"] == 40
+    alerts = {m["name"] for m in body["measures"] if m["alert"]}
+    assert {PNEUMONIA, PROBABILITY} <= alerts and CHECK not in alerts
+    assert too_few.status_code == 200 and too_few.json()["drift"] is None
+    assert "recent window holds 0 films read" in too_few.json()["reason"]
+    assert bad_date.status_code == 422 and "recent 'last week'" in bad_date.json()["detail"]
+    assert bad_order.status_code == 422 and "must come before" in bad_order.json()["detail"]
+    assert bad_alpha.status_code == 422
+
+
+def test_drift_needs_enough_films_on_both_sides(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    _watch(SICK[:5], tmp_path / "few", db)
+    capsys.readouterr()
+    assert main(["audit", "--db", db, "--drift", "2999-01-01"]) == 2
+    assert "baseline window holds 5 films read" in capsys.readouterr().err
+    assert main(["audit", "--db", db, "--drift", "1d", "--since", "2999-01-01"]) == 2
+    assert "baseline's start (since) must come before" in capsys.readouterr().err
