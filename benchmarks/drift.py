@@ -6,11 +6,12 @@ change, in windows of simulated traffic drawn from real calls of the model.
 
 The model's validation films (its ``split.json``, or for a bare model file the split its recorded
 config draws from ``--data``) are scored through the public API (lung mask, preprocessing, model,
-threshold, flags), as they are stored and degraded four ways (``benchmarks/robustness.py``: half
-and a quarter of the resolution, mirrored, noise of sd 0.05). Each repetition draws a baseline
-window and a recent window of films with replacement from those calls, at a stated share of
-pneumonia films, and runs ``pneumolens.monitor.compare`` on them, as ``audit --drift`` does on a trail. Per scenario
-and size of the recent window: the share of repetitions with an alert (any measure), and the
+threshold, flags and the measures behind them), as they are stored and degraded five ways
+(``benchmarks/robustness.py``: half and a quarter of the resolution, lighter by a gamma of 0.67,
+mirrored, noise of sd 0.05). Each repetition draws a baseline window and a recent window of films
+with replacement from those calls, at a stated share of pneumonia films, and runs
+``pneumolens.monitor.compare`` on them, as ``audit --drift`` does on a trail. Per scenario and size
+of the recent window: the share of repetitions with an alert (any measure), and the
 measure that alerted most often. "No change" gives the false-alarm rate; the others, the detection
 rate. Drawing with replacement from 746 films repeats films within a window, which real traffic
 does not; the KS test is conservative with such ties.
@@ -35,7 +36,13 @@ from pneumolens.checkpoint import shipped_model_path
 from pneumolens.data.images import read_image
 from pneumolens.monitor import compare, window
 
-DEGRADED = {"half": "resolution 1/2", "low": "resolution 1/4", "mirrored": "mirrored", "noisy": "noise sd 0.05"}
+DEGRADED = {
+    "half": "resolution 1/2",
+    "low": "resolution 1/4",
+    "light": "gamma 0.67 (lighter)",
+    "mirrored": "mirrored",
+    "noisy": "noise sd 0.05",
+}
 # scenario: (share of pneumonia films in the recent window, {pool: share of the recent window's films from it})
 SCENARIOS = {
     "no change": (0.25, {}),
@@ -43,6 +50,7 @@ SCENARIOS = {
     "pneumonia 25% -> 50% of films": (0.50, {}),
     "10% of films at 1/4 resolution": (0.25, {"low": 0.10}),
     "20% of films at 1/2 resolution": (0.25, {"half": 0.20}),
+    "30% of films lighter (gamma 0.67)": (0.25, {"light": 0.30}),
     "5% of films mirrored": (0.25, {"mirrored": 0.05}),
     "10% of films noisy (sd 0.05)": (0.25, {"noisy": 0.10}),
 }
@@ -61,6 +69,7 @@ def calls(model: pneumolens.Model, films: list[np.ndarray], threshold: float, ba
                     "probability": r.probability,
                     "threshold": threshold,
                     "flags": json.dumps(r.flags),
+                    "measures": json.dumps(r.measures),
                 }
             )
     return rows

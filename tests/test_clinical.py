@@ -44,6 +44,9 @@ def test_serve_records_every_prediction_and_shows_recent(trained_run, db, capsys
     assert row["model_sha256"] == ok.json()["model"]["sha256"] and json.loads(row["preprocessing"])["image_size"] == 32
     assert row["input_sha256"] == __import__("hashlib").sha256(image).hexdigest() and row["duration_ms"] > 0
     assert recent[0]["error"].startswith("not a JPEG") and "Recent results" in page and "not a diagnosis" in page
+    measures = ok.json()["measures"]  # the film's measures behind the flags, kept in the trail too
+    assert set(measures) == {"lung_area", "lung_median", "noise", "detail"} and json.loads(row["measures"]) == measures
+    assert recent[0]["measures"] is None
 
     assert main(["audit", "--db", db, "--csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -154,19 +157,40 @@ def test_audit_trail_from_an_older_pneumolens_is_upgraded(tmp_path):
     assert len(audit.rows()) == 5
 
 
+def test_a_chain_from_before_the_measures_column_verifies_and_grows(tmp_path):
+    """Rows chained before the film's measures were kept still verify once the column is added; new rows
+    carry the measures under their hash, and an edit of them, or measures added to an old row, is caught."""
+    db = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    _rows(AuditLog(db), 3)
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("alter table predictions drop column measures"))  # as written before 2026-12-06
+    audit = AuditLog(db)
+    assert audit.verify().problem is None and audit.verify().chained == 3
+    model = {"name": "m", "version": "0.1", "sha256": "ab" * 32, "preprocessing": {"image_size": 128}}
+    result = {"probability": 0.7, "threshold": 0.4, "label": "PNEUMONIA", "flags": [], "measures": {"noise": 0.002}}
+    audit.record("serve", "f" * 64, model, result)
+    assert (audit.verify().problem, audit.verify().chained) == (None, 4)
+    assert json.loads(audit.rows()[-1]["measures"]) == {"noise": 0.002}
+    for row, text in ((4, '{"noise": 0.02}'), (2, '{"noise": 0.002}')):
+        with engine.begin() as conn:
+            conn.execute(sa.text("update predictions set measures = :m where id = :i"), {"m": text, "i": row})
+        assert audit.verify().problem == f"row {row} was altered (its content does not match its hash)"
+
+
 def _forge(audit: AuditLog, key: bytes) -> None:
     """Edit row 2's probability and sign it again with ``key``, relinking every row after it."""
     import hashlib
     import hmac
 
-    from pneumolens.audit import HASHED
+    from pneumolens.audit import hashed_content
 
     with audit.engine.begin() as conn:
         rows = [dict(r) for r in conn.execute(sa.text("select * from predictions order by id")).mappings()]
         rows[1]["probability"] = 0.99
         prev = rows[0]["row_hash"]
         for r in rows[1:]:
-            body = json.dumps({c: r.get(c) for c in HASHED}, sort_keys=True, separators=(",", ":"))
+            body = hashed_content(r)
             r["prev_hash"], r["row_hash"] = prev, hmac.new(key, (prev + body).encode(), hashlib.sha256).hexdigest()
             conn.execute(
                 sa.text("update predictions set probability = :p, prev_hash = :a, row_hash = :h where id = :i"),

@@ -77,6 +77,13 @@ def test_the_flags_reach_the_api_with_their_sentences():
     mask = LungSegmenter.shipped().mask(noisy, full_size=False)
     assert NOISY_FLAG not in plausibility_flags(mask)  # the mask alone cannot tell: the image is needed
     assert "resolution the modality stored" in describe([LOW_DETAIL_FLAG])
+    # the measures behind the flags come with each result: the ones the flags were judged from
+    for r, film in ((plain, gray), (loud, noisy), (tiny, small)):
+        assert r.measures["noise"] == pytest.approx(noise_level(standard(film)))
+        assert r.measures["detail"] == pytest.approx(detail(standard(film)))
+        assert (r.measures["noise"] > NOISE_MAX) == (NOISY_FLAG in r.flags)
+        assert (r.measures["detail"] < DETAIL_MIN) == (LOW_DETAIL_FLAG in r.flags)
+        assert 0.06 < r.measures["lung_area"] < 0.55 and 0 < r.measures["lung_median"] < 1
 
 
 def test_every_flag_has_a_sentence_and_is_named_in_the_api_schema():

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import real_images
+from conftest import load_benchmark, real_images
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
 from pneumolens.monitor import CHECK, MIN_PREDICTIONS, PNEUMONIA, PROBABILITY, REFUSED, compare, window
@@ -23,17 +23,19 @@ from pneumolens.service.settings import Settings
 
 NORMAL = real_images("test", "NORMAL", 40)
 SICK = real_images("test", "PNEUMONIA", 80)
+RB = load_benchmark("robustness")
 
 
-def _row(decision: str, p: float | None = None, flags: tuple[str, ...] = ()) -> dict:
-    return {"time": "2026-12-06T10:00:00.000+00:00", "decision": decision, "probability": p, "flags": json.dumps(flags)}
+def _row(decision: str, p: float | None = None, flags: tuple[str, ...] = (), measures: dict | None = None) -> dict:
+    row = {"time": "2026-12-06T10:00:00.000+00:00", "decision": decision, "probability": p, "flags": json.dumps(flags)}
+    return row | {"measures": json.dumps(measures) if measures else None}
 
 
 def test_a_window_counts_films_refusals_and_check_flags_apart_from_the_caution():
     w = window(
         [
-            _row("PNEUMONIA", 0.9, ("grey_lungs",)),
-            _row("NORMAL", 0.1, ("mirrored", "grey_lungs")),
+            _row("PNEUMONIA", 0.9, ("grey_lungs",), {"lung_median": 0.55, "noise": 0.002}),
+            _row("NORMAL", 0.1, ("mirrored", "grey_lungs"), {"lung_median": None, "noise": 0.003}),
             _row("NORMAL", 0.2),
             _row("refused"),
             _row("pruned"),  # the trail's own note: not an input
@@ -41,6 +43,7 @@ def test_a_window_counts_films_refusals_and_check_flags_apart_from_the_caution()
     )
     assert (w.predictions, w.refused, w.inputs, w.called, w.checked) == (3, 1, 4, 1, 1)
     assert w.flags == {"grey_lungs": 2, "mirrored": 1} and w.probabilities == [0.9, 0.1, 0.2]
+    assert w.measures == {"lung_median": [0.55], "noise": [0.002, 0.003]}  # a film without lungs has no median
 
 
 def test_compare_uses_fisher_and_bonferroni_as_computed_by_hand():
@@ -55,6 +58,12 @@ def test_compare_uses_fisher_and_bonferroni_as_computed_by_hand():
     probability = next(t for t in report.tests if t.name == PROBABILITY)
     assert probability.p == pytest.approx(2 / math.comb(60, 30), rel=1e-6) and probability.alert
     assert [t.name for t in report.tests if not t.alert] == [REFUSED, CHECK]  # no refusals, no flags on either side
+    # the measures are tested where both windows hold enough of them: here the detail of every film
+    base = window([_row("PNEUMONIA", 0.9, measures={"detail": 0.5 + i / 100}) for i in range(31)])
+    recent = window([_row("PNEUMONIA", 0.9, measures={"detail": 0.1 + i / 100}) for i in range(31)])
+    detail = {t.name: t for t in compare(base, recent).tests}["detail"]
+    assert detail.p == pytest.approx(2 / math.comb(62, 31), rel=1e-6) and detail.alert
+    assert (detail.baseline, detail.recent) == ("median 0.65", "median 0.25")
     assert report.drift and "DRIFT" in str(report)
     with pytest.raises(ValueError, match=f"recent window holds 29 films read; at least {MIN_PREDICTIONS}"):
         compare(base, window([_row("NORMAL", 0.1)] * 29))
@@ -95,6 +104,7 @@ def trails(tmp_path_factory) -> dict[str, tuple[str, str]]:
         "same mix": NORMAL[1::2] + SICK[20:40],
         "pneumonia only": SICK[40:80],
         "mirrored, broken": [read_image(f)[:, ::-1] for f in NORMAL[1::2]] + SICK[20:40] + [b"\xff\xd8 cut"] * 13,
+        "half resolution": [RB.degraded(read_image(f), "resolution 1/2", 0) for f in NORMAL[1::2] + SICK[20:40]],
     }
     out = {}
     for i, (name, files) in enumerate(recent.items()):
@@ -113,7 +123,7 @@ def test_drift_is_found_where_the_films_changed_and_not_where_they_did_not(trail
         capsys.readouterr()
         codes[name] = main(["audit", "--db", db, "--drift", cut])
         reports[name] = capsys.readouterr().out
-    assert codes == {"same mix": 0, "pneumonia only": 1, "mirrored, broken": 1}, reports
+    assert codes == {"same mix": 0, "pneumonia only": 1, "mirrored, broken": 1, "half resolution": 1}, reports
 
     def drifted(name: str) -> set[str]:
         lines = [ln for ln in reports[name].splitlines() if ln.endswith("DRIFT")]
@@ -124,6 +134,8 @@ def test_drift_is_found_where_the_films_changed_and_not_where_they_did_not(trail
     assert {PNEUMONIA, PROBABILITY} <= drifted("pneumonia only") and CHECK not in drifted("pneumonia only")
     assert {REFUSED, CHECK, "flag mirrored"} <= drifted("mirrored, broken")
     assert "recent:   40 films read, 13 refused" in reports["mirrored, broken"]
+    # half the resolution: the films lose fine detail before many cross the low_detail bound
+    assert "detail" in drifted("half resolution") and PNEUMONIA not in drifted("half resolution")
 
 
 def test_the_server_reports_drift_and_says_when_it_cannot(trails):

@@ -19,7 +19,7 @@ import torch
 from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import ImageReadError, preprocess, read_image
-from pneumolens.lungs.flags import describe, plausibility_flags
+from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.segment import LungSegmenter
 
 ImageLike = str | os.PathLike | np.ndarray | Any  # path, array, PIL image or pydicom Dataset
@@ -36,6 +36,7 @@ class Result:
     heatmap: np.ndarray | None = None
     method: str | None = None
     lung_fraction: float | None = None
+    measures: dict[str, float | None] = field(default_factory=dict)  # behind the flags: lung_area, lung_median, ...
 
     @property
     def warning(self) -> str | None:
@@ -101,7 +102,8 @@ class Model:
         t = self.loaded.threshold
         results = []
         for g, (low, full), p in zip(grays, masks, probs, strict=True):
-            r = Result(float(p), CLASS_NAMES[int(p >= t)], t, plausibility_flags(low, g))
+            flags, measures = flags_and_measures(low, g)
+            r = Result(float(p), CLASS_NAMES[int(p >= t)], t, flags, measures=measures)
             if explain:
                 from pneumolens.explain import explain_image
 

@@ -1,11 +1,11 @@
 """The audit trail: one row per prediction made by ``serve``, ``listen`` and ``watch``.
 
 Rows hold what is needed to reconstruct a decision (time, source, the input's SHA-256, model name,
-version and weight hash, preprocessing, probability, threshold, decision, flags, duration) and
-never a patient name or ID, nor a file name (hospital file names often contain one). Where a
-result must be linked to a study, a *salted* SHA-256 of the Study Instance UID is stored; the salt
-lives beside the default database (or in ``$PNEUMOLENS_AUDIT_SALT``), so the hash cannot be
-reversed by hashing known UIDs without it.
+version and weight hash, preprocessing, probability, threshold, decision, flags, duration, the
+film's measures behind the flags) and never a patient name or ID, nor a file name (hospital file
+names often contain one). Where a result must be linked to a study, a *salted* SHA-256 of the
+Study Instance UID is stored; the salt lives beside the default database (or in
+``$PNEUMOLENS_AUDIT_SALT``), so the hash cannot be reversed by hashing known UIDs without it.
 
 The store is an embedded SQLite file by default; any SQLAlchemy URL can replace it
 (``$PNEUMOLENS_AUDIT_URL`` or ``--db``).
@@ -69,11 +69,13 @@ predictions = sa.Table(
     sa.Column("flags", sa.Text),  # JSON list
     sa.Column("error", sa.Text),  # why the input was refused; for the trail's own rows, what happened
     sa.Column("duration_ms", sa.Float),
+    sa.Column("measures", sa.Text),  # JSON: the film's measures behind the flags (lung_median, noise, ...)
     sa.Column("prev_hash", sa.String(64)),  # the previous row's row_hash (the anchor for the oldest row)
     sa.Column("row_hash", sa.String(64)),  # HMAC-SHA256(key, prev_hash + this row's content)
 )
 COLUMNS = [c.name for c in predictions.columns]
 HASHED = [c for c in COLUMNS if c not in ("id", "prev_hash", "row_hash")]
+LATER = ("measures",)  # columns added after the chain existed: hashed only when set, so older rows still verify
 chain = sa.Table(
     "audit_chain",
     metadata,
@@ -111,6 +113,13 @@ def default_url() -> str:
     return os.environ.get(AUDIT_URL_ENV) or f"sqlite:///{default_dir() / 'audit.sqlite'}"
 
 
+def hashed_content(row: Mapping[str, Any]) -> str:
+    """The part of a row its hash covers, as canonical JSON: every column but the id and the two hashes
+    (a column of ``LATER`` only when set)."""
+    fields = {c: row.get(c) for c in HASHED if c not in LATER or row.get(c) is not None}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -136,13 +145,14 @@ class AuditLog:
             pass
 
     def _add_chain_columns(self) -> None:
-        """A trail made by an older pneumolens lacks the hash columns: add them (its rows stay unchained)."""
+        """A trail made by an older pneumolens lacks the hash columns or the measures: add them (its rows
+        stay unchained, or chained as they were)."""
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
-        for name in ("prev_hash", "row_hash"):
+        for name, kind in (("prev_hash", "VARCHAR(64)"), ("row_hash", "VARCHAR(64)"), ("measures", "TEXT")):
             if name not in have:
                 try:
                     with self.engine.begin() as conn:
-                        conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} VARCHAR(64)")
+                        conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
                 except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # added by another process meanwhile
                     if name not in {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}:
                         raise
@@ -224,6 +234,7 @@ class AuditLog:
             "flags": json.dumps(result.get("flags", [])),
             "error": error,
             "duration_ms": duration_ms,
+            "measures": json.dumps(result["measures"], sort_keys=True) if result.get("measures") else None,
         }
         if connection is not None:
             self._append(connection, row)
@@ -261,8 +272,7 @@ class AuditLog:
         }
 
     def _row_hash(self, prev: str, row: Mapping[str, Any]) -> str:
-        body = json.dumps({c: row.get(c) for c in HASHED}, sort_keys=True, separators=(",", ":"))
-        return hmac.new(self._key, (prev + body).encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._key, (prev + hashed_content(row)).encode(), hashlib.sha256).hexdigest()
 
     def _lock_head(self, conn: sa.Connection) -> str:
         """Take the write lock on the chain's head row (a no-op update: SQLite's write lock, a row lock

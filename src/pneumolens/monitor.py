@@ -2,10 +2,12 @@
 
 A deployed model meets no labels, but its trail holds every call: the share of inputs refused, of
 films called pneumonia, of films flagged for a check (each flag on its own, and any of them), of
-films with the ``grey_lungs`` caution, and the distribution of the probability. ``compare`` puts a
-recent window beside a baseline (the site's own earlier weeks) and tests each: Fisher's exact test
-for a share, the two-sample Kolmogorov-Smirnov test for the probabilities, Bonferroni-corrected over
-the tests made, so that a drift alert at ``alpha`` 0.01 is rare when nothing changed.
+films with the ``grey_lungs`` caution, the distribution of the probability, and the film's measures
+behind the flags (the lungs' share of the image and median grey, noise, detail), which move before
+a flag's bound is crossed. ``compare`` puts a recent window beside a baseline (the site's own
+earlier weeks) and tests each: Fisher's exact test for a share, the two-sample Kolmogorov-Smirnov
+test for the probabilities and each measure, Bonferroni-corrected over the tests made, so that a
+drift alert at ``alpha`` 0.01 is rare when nothing changed.
 
 An alert says the inputs or the calls have moved, not why: a new detector or protocol, another
 patient mix (a winter's pneumonia season raises the call rate on its own), a broken export, or a
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 CALLED, NOT_CALLED = "PNEUMONIA", "NORMAL"
 MIN_PREDICTIONS = 30  # fewer in a window and no comparison is made: the tests could find nothing
 REFUSED, PNEUMONIA, CHECK, PROBABILITY = "refused", "called pneumonia", "any check flag", "probability"
+MEASURES = ("lung_area", "lung_median", "noise", "detail")  # pneumolens.lungs.flags.flags_and_measures
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Window:
     called: int = 0
     flags: dict[str, int] = field(default_factory=dict)  # films carrying each flag
     checked: int = 0  # films with at least one flag other than the grey_lungs caution
+    measures: dict[str, list[float]] = field(default_factory=dict)  # lung_median, noise, ... (rows that have them)
     models: set[str] = field(default_factory=set)  # weight hashes
     thresholds: set[float] = field(default_factory=set)
     start: str | None = None
@@ -77,6 +81,9 @@ def window(rows: Iterable[Mapping[str, Any]]) -> Window:
         for f in flags:
             w.flags[f] = w.flags.get(f, 0) + 1
         w.checked += bool(flags - {GREY_LUNGS_FLAG})
+        for name, value in json.loads(r.get("measures") or "{}").items():
+            if value is not None:
+                w.measures.setdefault(name, []).append(float(value))
         if r.get("model_sha256"):
             w.models.add(r["model_sha256"])
         if r.get("threshold") is not None:
@@ -179,6 +186,11 @@ def compare(baseline: Window, recent: Window, alpha: float = 0.01) -> DriftRepor
     pb, pr = np.asarray(baseline.probabilities), np.asarray(recent.probabilities)
     ks = stats.ks_2samp(pb, pr)
     tests.append(Measure(PROBABILITY, f"median {np.median(pb):.3f}", f"median {np.median(pr):.3f}", float(ks.pvalue)))
+    for name in MEASURES:
+        vb, vr = baseline.measures.get(name, []), recent.measures.get(name, [])
+        if min(len(vb), len(vr)) >= MIN_PREDICTIONS:  # a trail from before the measures were kept has none
+            p = float(stats.ks_2samp(vb, vr).pvalue)
+            tests.append(Measure(name, f"median {np.median(vb):.3g}", f"median {np.median(vr):.3g}", p))
     tests.append(_fisher(CHECK, baseline.checked, nb, recent.checked, nr))
     for flag in [f for f in MESSAGES if f in baseline.flags or f in recent.flags]:
         tests.append(_fisher(f"flag {flag}", baseline.flags.get(flag, 0), nb, recent.flags.get(flag, 0), nr))

@@ -90,7 +90,8 @@ class Watcher:
         t0 = time.perf_counter()
         try:
             result = self.engine.analyse(read_image(path, data=data), self.explain)
-            record = {k: result[k] for k in ("probability", "label", "threshold", "decision", "flags", "warning")}
+            kept = ("probability", "label", "threshold", "decision", "flags", "warning", "measures")
+            record = {k: result[k] for k in kept}
             record.update(
                 model=result["model"], lung_fraction=result["lung_fraction"], heatmap_png=result["heatmap_png"]
             )

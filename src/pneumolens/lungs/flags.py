@@ -60,7 +60,12 @@ def plausibility_flags(mask: np.ndarray, gray: np.ndarray | None = None) -> list
     """Flags for a boolean lung mask of ``gray`` (any resolution); an empty list means the mask looks
     like two normal lung fields and, when ``gray`` is given, the lungs are not grey overall, the
     film is the standard way round and way up, and it is neither noisy nor short of detail."""
-    m = np.asarray(mask, bool)
+    if gray is None:
+        return _mask_flags(np.asarray(mask, bool))
+    return flags_and_measures(mask, gray)[0]
+
+
+def _mask_flags(m: np.ndarray) -> list[str]:
     area = m.mean()
     if area < MIN_LUNG_AREA:
         return ["no_lungs_found"]
@@ -70,22 +75,33 @@ def plausibility_flags(mask: np.ndarray, gray: np.ndarray | None = None) -> list
         flags.append("lungs_cut_off")
     if not AREA_RANGE[0] <= area <= AREA_RANGE[1]:
         flags.append("unusual_lung_area")
-    if gray is not None:
-        from pneumolens.lungs.preprocess import lung_median
-
-        median = lung_median(gray, m)
-        if median is not None and median > GREY_LUNGS:
-            flags.append(GREY_LUNGS_FLAG)
-        from pneumolens.lungs.orientation import OrientationCheck
-
-        if OrientationCheck.shipped("invert").finds(gray):
-            flags.append(INVERTED_FLAG)
-        elif OrientationCheck.shipped("mirror").finds(gray):
-            flags.append(MIRRORED_FLAG)
-        from pneumolens.lungs.quality import quality_flags
-
-        flags += quality_flags(gray)
     return flags
+
+
+def flags_and_measures(mask: np.ndarray, gray: np.ndarray) -> tuple[list[str], dict[str, float | None]]:
+    """``plausibility_flags`` of the film ``gray`` and its lung ``mask``, and the measures behind them:
+    ``lung_area`` (share of the mask), ``lung_median`` (None without lungs), ``noise`` and
+    ``detail`` (``pneumolens.lungs.quality``). The audit trail keeps the measures, so that a drift of
+    the inputs shows before it crosses a flag's bound (``pneumolens.monitor``)."""
+    from pneumolens.lungs.orientation import OrientationCheck
+    from pneumolens.lungs.preprocess import lung_median
+    from pneumolens.lungs.quality import quality_flags, quality_measures
+
+    m = np.asarray(mask, bool)
+    flags = _mask_flags(m)
+    quality = quality_measures(gray)
+    lungs = flags != ["no_lungs_found"]
+    median = lung_median(gray, m) if lungs else None
+    measures = {"lung_area": float(m.mean()), "lung_median": median, **quality}
+    if not lungs:
+        return flags, measures
+    if median is not None and median > GREY_LUNGS:
+        flags.append(GREY_LUNGS_FLAG)
+    if OrientationCheck.shipped("invert").finds(gray):
+        flags.append(INVERTED_FLAG)
+    elif OrientationCheck.shipped("mirror").finds(gray):
+        flags.append(MIRRORED_FLAG)
+    return flags + quality_flags(gray, quality), measures
 
 
 def describe(flags: list[str]) -> str | None:

@@ -54,12 +54,19 @@ def detail(x: np.ndarray) -> float:
     return float((x - fine_blur).std()) / mid if mid > 0 else 0.0
 
 
-def quality_flags(gray: np.ndarray) -> list[str]:
-    """``noisy`` and / or ``low_detail`` for a grayscale film (H, W) in [0, 1] at any resolution."""
+def quality_measures(gray: np.ndarray) -> dict[str, float]:
+    """``noise`` and ``detail`` of a grayscale film (H, W) in [0, 1] at any resolution."""
     x = standard(gray)
+    return {"noise": noise_level(x), "detail": detail(x)}
+
+
+def quality_flags(gray: np.ndarray, measures: dict[str, float] | None = None) -> list[str]:
+    """``noisy`` and / or ``low_detail`` for a grayscale film (H, W) in [0, 1] at any resolution
+    (``measures``: its ``quality_measures``, when already taken)."""
+    m = measures or quality_measures(gray)
     flags = []
-    if noise_level(x) > NOISE_MAX:
+    if m["noise"] > NOISE_MAX:
         flags.append(NOISY_FLAG)
-    if detail(x) < DETAIL_MIN:
+    if m["detail"] < DETAIL_MIN:
         flags.append(LOW_DETAIL_FLAG)
     return flags

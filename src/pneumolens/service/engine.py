@@ -17,7 +17,7 @@ import torch
 from pneumolens.checkpoint import load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
-from pneumolens.lungs.flags import describe, plausibility_flags
+from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.segment import LungSegmenter
 from pneumolens.service.settings import Settings
 
@@ -116,7 +116,7 @@ class Engine:
                 )
         t = self.loaded.threshold
         label = CLASS_NAMES[int(p >= t)]
-        flags = plausibility_flags(low, gray)
+        flags, measures = flags_and_measures(low, gray)
         return {
             **result,
             "probability": p,
@@ -125,6 +125,7 @@ class Engine:
             "decision": f"{'above' if p >= t else 'below'} the operating point ({t:.3f}): {label}",
             "flags": flags,
             "warning": describe(flags),
+            "measures": measures,
             "model": self.info,
             "seconds": time.perf_counter() - t0,
         }

@@ -25,6 +25,11 @@ class Prediction(BaseModel):
         "whose lungs are not grey overall"
     )
     warning: str | None = None
+    measures: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="the film's measures behind the flags: lung_area (share of the image), lung_median (grayscale "
+        "in [0, 1] inside the lungs; null without lungs), noise and detail (the image-quality measures)",
+    )
     model: ModelInfo
     method: str | None = None
     lung_fraction: float | None = Field(None, description="share of the explanation inside the lung fields")
