@@ -17,6 +17,13 @@ rate. Drawing with replacement from 746 films repeats films within a window, whi
 does not; the KS test is conservative with such ties.
 
 Only validation is read: this chooses nothing and test is never touched. Not part of the test suite.
+
+    python benchmarks/drift.py --data ../shared/data/chest_xray --against SITE_DIR
+
+instead puts the validation films (the baseline) beside every film of ``SITE_DIR`` (the recent
+window), all together and per class folder: what ``audit --drift`` would say if the model moved
+from its validation films to that site. This reads ``SITE_DIR`` (with the Kaggle test split as the
+site, it reads the test films, to compare their inputs; it chooses nothing).
 """
 
 from __future__ import annotations
@@ -88,6 +95,19 @@ def draw(pools: dict[str, list[dict]], y: np.ndarray, n: int, prevalence: float,
     return out
 
 
+def against(model: pneumolens.Model, paths: list, baseline: list[dict], folder: Path, alpha: float) -> None:
+    """The drift report of the films of ``folder`` against the validation calls: all films, then per
+    class folder (NORMAL, PNEUMONIA) where both sides have one."""
+    site = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpeg", ".jpg", ".png", ".dcm"})
+    recent = calls(model, [read_image(p) for p in site], model.loaded.threshold)
+    for name in (None, "NORMAL", "PNEUMONIA"):
+        b = [r for r, p in zip(baseline, paths, strict=True) if name is None or Path(p).parent.name.upper() == name]
+        s = [r for r, p in zip(recent, site, strict=True) if name is None or p.parent.name.upper() == name]
+        if b and s:
+            print(f"\n{name or 'all films'}: {len(b)} validation films against {len(s)} of {folder}")
+            print(compare(window(b), window(s), alpha))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
@@ -97,6 +117,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=500, help="repetitions per scenario and size")
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--against",
+        metavar="DIR",
+        help="instead: the validation films as the baseline against every film of DIR (and per class folder)",
+    )
     args = ap.parse_args()
     t0 = time.time()
     path = Path(args.model) if args.model else shipped_model_path()
@@ -105,6 +130,10 @@ def main() -> None:
     paths = val_paths(path, args.data)
     y = np.array([int("PNEUMONIA" in Path(p).parent.name.upper()) for p in paths])
     films = [read_image(p) for p in paths]
+    if args.against:
+        against(model, paths, calls(model, films, threshold), Path(args.against), args.alpha)
+        print(f"({time.time() - t0:.0f} s)")
+        return
     pools = {"clean": calls(model, films, threshold)}
     for key, name in DEGRADED.items():
         pools[key] = calls(model, [degraded(x, name, i) for i, x in enumerate(films)], threshold)

@@ -131,8 +131,8 @@ class DriftReport:
     def __str__(self) -> str:
         b, r = self.baseline, self.recent
         lines = [
-            f"baseline: {b.predictions} films read, {b.refused} refused ({b.start} to {b.end})",
-            f"recent:   {r.predictions} films read, {r.refused} refused ({r.start} to {r.end})",
+            f"baseline: {b.predictions} films read, {b.refused} refused{_span(b)}",
+            f"recent:   {r.predictions} films read, {r.refused} refused{_span(r)}",
             "",
             f"{'measure':<26} {'baseline':<22} {'recent':<22} {'p (Bonferroni)':<15} drift",
         ]
@@ -149,6 +149,10 @@ class DriftReport:
             else f"no drift found at alpha {self.alpha}"
         )
         return "\n".join([*lines, verdict])
+
+
+def _span(w: Window) -> str:
+    return f" ({w.start} to {w.end})" if w.start else ""
 
 
 def _p(p: float) -> str:
