@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_images import png_claiming
 
+import pneumolens
 from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
 from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
@@ -139,6 +140,11 @@ def test_batch_predict_to_csv(trained_run, tmp_path):
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["bad.png", "ok0.jpeg", "ok1.jpeg", "ok2.jpeg"]
     assert rows[0]["error"] and not rows[0]["probability"]
     assert all(0 <= float(r["probability"]) <= 1 and not r["error"] for r in rows[1:])
+    # the measures behind the flags, the same as the Python API's for the same film
+    api = pneumolens.load(trained_run).predict(str(folder / "ok1.jpeg"))
+    assert rows[0]["lung_median"] == "" and rows[0]["detail"] == ""
+    for name in ("lung_area", "lung_median", "noise", "detail"):
+        assert float(rows[2][name]) == pytest.approx(api.measures[name], rel=1e-4), name
 
 
 def test_api_token_guards_api_not_health(trained_run, monkeypatch):

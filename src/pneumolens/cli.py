@@ -619,6 +619,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
     from pneumolens.inference import Predictor
+    from pneumolens.lungs.flags import MEASURES
 
     predictor = Predictor.from_checkpoint(args.model)
     paths = _expand(args.images)
@@ -641,10 +642,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
             w = csv.writer(f)
-            w.writerow(["path", "probability", "label", "flags", "error"])
+            w.writerow(["path", "probability", "label", "flags", *MEASURES, "error"])
             for pred in preds:
                 prob = "" if pred.probability is None else f"{pred.probability:.6f}"
-                w.writerow([pred.path, prob, pred.label or "", " ".join(pred.flags), pred.error or ""])
+                values = [pred.measures.get(m) for m in MEASURES]
+                measured = ["" if v is None else f"{v:.6g}" for v in values]
+                w.writerow([pred.path, prob, pred.label or "", " ".join(pred.flags), *measured, pred.error or ""])
         print(f"{len(preds) - failed} predicted, {failed} failed: {args.csv}")
         return 0  # a bad file is a row, not a failed run
     if not args.json:

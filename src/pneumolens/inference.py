@@ -29,6 +29,7 @@ class Prediction:
     label: str | None
     error: str | None = None
     flags: list[str] = field(default_factory=list)  # lung plausibility and the grey-lungs caution (lungs.flags)
+    measures: dict[str, float | None] = field(default_factory=dict)  # behind the flags (lungs.flags_and_measures)
 
     @property
     def warning(self) -> str | None:
@@ -42,6 +43,7 @@ class Prediction:
             d["error"] = self.error
         else:
             d["flags"] = self.flags
+            d["measures"] = self.measures
             if self.warning:
                 d["warning"] = self.warning
         return d
@@ -65,10 +67,12 @@ def predict_samples(
     num_workers: int = 0,
     flags: dict[str, list[str]] | None = None,
     logits: bool = False,
+    measures: dict[str, dict] | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Probabilities (or raw logits) by path for every readable sample, and the reasons for the
-    unreadable ones. Pass a dict as ``flags`` to have it filled with each image's lung plausibility flags.
+    unreadable ones. Pass a dict as ``flags`` to have it filled with each image's lung plausibility flags,
+    and one as ``measures`` (with ``flags``) for the measures behind them.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -88,6 +92,8 @@ def predict_samples(
             probs.update(zip(batch["path"], p.astype(float).tolist(), strict=True))
             if flags is not None:
                 flags.update(zip(batch["path"], batch["flags"], strict=True))
+                if measures is not None:
+                    measures.update(zip(batch["path"], batch["measures"], strict=True))
     return probs, errors
 
 
@@ -128,14 +134,22 @@ class Predictor:
         samples = [Sample(str(p), 0, Path(p).name) for p in paths]
         workers = default_workers(len(samples), batch_size)
         flags: dict[str, list[str]] = {}
+        measures: dict[str, dict] = {}
         probs, errors = predict_samples(
-            self.loaded.model, samples, self.loaded.preprocess, batch_size, workers, flags=flags, progress=progress
+            self.loaded.model,
+            samples,
+            self.loaded.preprocess,
+            batch_size,
+            workers,
+            flags=flags,
+            progress=progress,
+            measures=measures,
         )
         out = []
         for s in samples:
             if s.path in probs:
                 p = probs[s.path]
-                out.append(Prediction(s.path, p, self.label_of(p), flags=flags[s.path]))
+                out.append(Prediction(s.path, p, self.label_of(p), flags=flags[s.path], measures=measures[s.path]))
             else:
                 out.append(Prediction(s.path, None, None, errors.get(s.path, "not processed")))
         return out

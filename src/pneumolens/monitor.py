@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG, MESSAGES
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG, MEASURES, MESSAGES
 
 if TYPE_CHECKING:
     from pneumolens.audit import AuditLog
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 CALLED, NOT_CALLED = "PNEUMONIA", "NORMAL"
 MIN_PREDICTIONS = 30  # fewer in a window and no comparison is made: the tests could find nothing
 REFUSED, PNEUMONIA, CHECK, PROBABILITY = "refused", "called pneumonia", "any check flag", "probability"
-MEASURES = ("lung_area", "lung_median", "noise", "detail")  # pneumolens.lungs.flags.flags_and_measures
 
 
 @dataclass

@@ -233,7 +233,7 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s, row = self.samples[i], self.rows[i]
-        item = {"image": None, "label": s.label, "path": s.path, "error": None, "flags": []}
+        item = {"image": None, "label": s.label, "path": s.path, "error": None, "flags": [], "measures": {}}
         if row < 0 or s.path in self.cache.errors:
             return {**item, "error": self.cache.errors.get(s.path, "not in the preprocessing cache")}
         return {**item, "image": torch.from_numpy(np.array(self.cache.array[row]))}

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 class XrayDataset(Dataset):
     """(input, label) pairs; a sample that fails to load comes back as ``None`` plus its error.
 
-    With ``with_flags``, each item also carries the lung plausibility flags; the lung mask is then
-    computed once and shared with lung-aware preprocessing.
+    With ``with_flags``, each item also carries the lung plausibility flags and the measures behind
+    them; the lung mask is then computed once and shared with lung-aware preprocessing.
     """
 
     def __init__(
@@ -48,18 +48,19 @@ class XrayDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
-        item: dict[str, Any] = {"image": None, "label": s.label, "path": s.path, "error": None, "flags": []}
+        item: dict[str, Any] = {"image": None, "label": s.label, "path": s.path, "error": None}
+        item |= {"flags": [], "measures": {}}
         try:
             gray = read_image(s.path)
         except ImageReadError as e:
             return {**item, "error": e.reason}
         lung_mask = self.lung_masks.get(s.path)
         if self.with_flags:
-            from pneumolens.lungs.flags import plausibility_flags
+            from pneumolens.lungs.flags import flags_and_measures
             from pneumolens.lungs.segment import LungSegmenter
 
             lung_mask = LungSegmenter.shipped().mask(gray, full_size=False)
-            item["flags"] = plausibility_flags(lung_mask, gray)
+            item["flags"], item["measures"] = flags_and_measures(lung_mask, gray)
         item["image"] = torch.from_numpy(preprocess(gray, self.cfg, lung_mask=lung_mask))
         return item
 
@@ -77,6 +78,7 @@ def collate_skipping_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.tensor([it["label"] for it in good], dtype=torch.float32),
         "path": [it["path"] for it in good],
         "flags": [it["flags"] for it in good],
+        "measures": [it["measures"] for it in good],
         "skipped": skipped,
     }
 

@@ -34,6 +34,7 @@ MIRRORED_FLAG = "mirrored"
 INVERTED_FLAG = "inverted"
 NOISY_FLAG = "noisy"
 LOW_DETAIL_FLAG = "low_detail"
+MEASURES = ("lung_area", "lung_median", "noise", "detail")  # what flags_and_measures measures
 
 MESSAGES = {
     "no_lungs_found": "no lung fields found: this does not look like a frontal chest X-ray",
