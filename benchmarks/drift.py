@@ -65,7 +65,7 @@ BASE_PREVALENCE = 0.25
 
 
 def calls(model: pneumolens.Model, films: list[np.ndarray], threshold: float, batch: int = 32) -> list[dict]:
-    """An audit-like row per film: decision, probability, threshold, flags."""
+    """An audit-like row per film: decision, probability, threshold, flags, measures."""
     rows = []
     for i in range(0, len(films), batch):
         for r in model.predict(films[i : i + batch]):

@@ -149,7 +149,7 @@ def test_the_server_reports_drift_and_says_when_it_cannot(trails):
     body = found.json()
     assert found.status_code == 200 and body["drift"] is True
     assert body["baseline"]["films_read"] == 40 and body["recent"]["films_read"] == 40
-    alerts = {m["name"] for m in body["measures"] if m["alert"]}
+    alerts = {m["name"] for m in body["tests"] if m["alert"]}
     assert {PNEUMONIA, PROBABILITY} <= alerts and CHECK not in alerts
     assert too_few.status_code == 200 and too_few.json()["drift"] is None
     assert "recent window holds 0 films read" in too_few.json()["reason"]

@@ -133,7 +133,7 @@ class AuditLog:
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(self.url)
         metadata.create_all(self.engine)
-        self._add_chain_columns()
+        self._add_missing_columns()
         self._salt: bytes | None = None
         self.keyed_with_salt = False  # a trail chained before the key and the salt were kept apart
         self._key = self._chain_key()
@@ -144,7 +144,7 @@ class AuditLog:
         except sa.exc.IntegrityError:  # another process created it at the same moment
             pass
 
-    def _add_chain_columns(self) -> None:
+    def _add_missing_columns(self) -> None:
         """A trail made by an older pneumolens lacks the hash columns or the measures: add them (its rows
         stay unchained, or chained as they were)."""
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}

@@ -372,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--drift",
         metavar="WHEN",
         help="compare the predictions since WHEN (ISO date/time or an age such as 7d) with those before it (from "
-        "--since on): call rate, probabilities, flags, refusals; exit status 1 on drift, 2 if too few to compare",
+        "--since on): refusals, calls, probabilities, flags and the films' measures; exit status 1 on drift, 2 if "
+        "too few to compare",
     )
     a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
 

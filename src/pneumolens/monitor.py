@@ -91,7 +91,9 @@ def window(rows: Iterable[Mapping[str, Any]]) -> Window:
 
 
 @dataclass
-class Measure:
+class Comparison:
+    """One measure of the two windows side by side, and its test."""
+
     name: str
     baseline: str  # the value in words, e.g. "24.0% (12 of 50)"
     recent: str
@@ -104,7 +106,7 @@ class Measure:
 class DriftReport:
     baseline: Window
     recent: Window
-    tests: list[Measure]
+    tests: list[Comparison]
     alpha: float
     notes: list[str]
 
@@ -121,7 +123,7 @@ class DriftReport:
         return {
             "baseline": counts(self.baseline),
             "recent": counts(self.recent),
-            "measures": [asdict(t) for t in self.tests],
+            "tests": [asdict(t) for t in self.tests],
             "alpha": self.alpha,
             "drift": self.drift,
             "notes": self.notes,
@@ -162,9 +164,14 @@ def _share(k: int, n: int) -> str:
     return f"{100 * k / n:.1f}% ({k} of {n})" if n else "-"
 
 
-def _fisher(name: str, k1: int, n1: int, k2: int, n2: int) -> Measure:
+def _fisher(name: str, k1: int, n1: int, k2: int, n2: int) -> Comparison:
     p = float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue) if n1 and n2 else 1.0
-    return Measure(name, _share(k1, n1), _share(k2, n2), p)
+    return Comparison(name, _share(k1, n1), _share(k2, n2), p)
+
+
+def _ks(name: str, a: list[float], b: list[float]) -> Comparison:
+    p = float(stats.ks_2samp(a, b).pvalue)
+    return Comparison(name, f"median {np.median(a):.3g}", f"median {np.median(b):.3g}", p)
 
 
 class TooFewFilms(ValueError):
@@ -186,14 +193,11 @@ def compare(baseline: Window, recent: Window, alpha: float = 0.01) -> DriftRepor
         _fisher(REFUSED, baseline.refused, baseline.inputs, recent.refused, recent.inputs),
         _fisher(PNEUMONIA, baseline.called, nb, recent.called, nr),
     ]
-    pb, pr = np.asarray(baseline.probabilities), np.asarray(recent.probabilities)
-    ks = stats.ks_2samp(pb, pr)
-    tests.append(Measure(PROBABILITY, f"median {np.median(pb):.3f}", f"median {np.median(pr):.3f}", float(ks.pvalue)))
+    tests.append(_ks(PROBABILITY, baseline.probabilities, recent.probabilities))
     for name in MEASURES:
         vb, vr = baseline.measures.get(name, []), recent.measures.get(name, [])
         if min(len(vb), len(vr)) >= MIN_PREDICTIONS:  # a trail from before the measures were kept has none
-            p = float(stats.ks_2samp(vb, vr).pvalue)
-            tests.append(Measure(name, f"median {np.median(vb):.3g}", f"median {np.median(vr):.3g}", p))
+            tests.append(_ks(name, vb, vr))
     tests.append(_fisher(CHECK, baseline.checked, nb, recent.checked, nr))
     for flag in [f for f in MESSAGES if f in baseline.flags or f in recent.flags]:
         tests.append(_fisher(f"flag {flag}", baseline.flags.get(flag, 0), nb, recent.flags.get(flag, 0), nr))

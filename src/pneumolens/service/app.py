@@ -24,6 +24,7 @@ from pneumolens.service.settings import Settings
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+AUDIT_OFF = "the audit trail is switched off on this server (PNEUMOLENS_AUDIT=false)"
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -174,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The newest rows of the audit trail (no patient identifiers are ever stored there)."""
         audit: AuditLog | None = request.app.state.audit
         if audit is None:
-            return _error(404, "the audit trail is switched off on this server (PNEUMOLENS_AUDIT=false)")
+            return _error(404, AUDIT_OFF)
         return await run_in_threadpool(audit.rows, None, limit, True)
 
     @app.get("/api/v1/drift", response_model=None)
@@ -185,11 +186,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         alpha: Annotated[float, Query(gt=0, lt=1)] = 0.01,
     ) -> dict | JSONResponse:
         """The predictions since ``recent`` (an age such as 7d, or an ISO date) against those before it (from
-        ``since`` on): refusals, calls, probabilities and flags, each tested (``pneumolens audit --drift``).
+        ``since`` on): refusals, calls, probabilities, flags and the films' measures, each tested
+        (``pneumolens audit --drift``).
         ``drift`` is null, with a ``reason``, when either window holds too few films to compare."""
         audit: AuditLog | None = request.app.state.audit
         if audit is None:
-            return _error(404, "the audit trail is switched off on this server (PNEUMOLENS_AUDIT=false)")
+            return _error(404, AUDIT_OFF)
         try:
             cut = parse_since(recent, "recent")
             start = parse_since(since, "since") if since else None
