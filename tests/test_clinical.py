@@ -335,9 +335,10 @@ def study(tmp_path):
     broken.PixelData = broken.PixelData[:1000]  # the header promises far more pixels
     broken.save_as(files[1])
     uid = pydicom.dcmread(files[0]).StudyInstanceUID
-    for f in files:  # one study
+    for f in files:  # one study, from one detector
         ds = pydicom.dcmread(f)
         ds.StudyInstanceUID = uid
+        ds.Manufacturer, ds.ManufacturerModelName = "ACME", "DX-1"
         ds.save_as(f)
     return files, uid
 
@@ -381,6 +382,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     rows = AuditLog(db).rows()
     assert [r["decision"] for r in rows].count("refused") == 1 and len(rows) == 3
     assert len({r["study_hash"] for r in rows}) == 1 and rows[0]["study_hash"] != study_uid
+    assert {r["device"] for r in rows} == {"ACME DX-1"}  # the refused file's too: a device's drift shows in both
     assert AuditLog(db).verify().chained == 3
     raw = Path(db.removeprefix("sqlite:///")).read_bytes()
     for secret in (PATIENT_NAME, PATIENT_ID, "Testperson", study_uid):

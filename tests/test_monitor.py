@@ -10,12 +10,15 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import load_benchmark, real_images
+from conftest import load_benchmark, make_dicom, real_images
+from pneumolens.audit import AuditLog
 from pneumolens.cli import main
+from pneumolens.data.dicom import device_of
 from pneumolens.data.images import read_image
 from pneumolens.monitor import CHECK, MIN_PREDICTIONS, PNEUMONIA, PROBABILITY, REFUSED, compare, window
 from pneumolens.service.app import create_app
@@ -166,3 +169,44 @@ def test_drift_needs_enough_films_on_both_sides(tmp_path, capsys):
     assert "baseline window holds 5 films read" in capsys.readouterr().err
     assert main(["audit", "--db", db, "--drift", "1d", "--since", "2999-01-01"]) == 2
     assert "baseline's start (since) must come before" in capsys.readouterr().err
+
+
+def test_a_new_device_is_a_drift_and_one_device_can_be_checked_alone(tmp_path, capsys):
+    # 40 films from device A before; then 30 from A and 30 from a new device B, read alike: the new
+    # device's share drifts, while A alone, or the calls, do not.
+    audit = AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    model = {"name": "m", "version": "0", "sha256": "ab" * 32, "preprocessing": {}}
+
+    def film(i: int, device: str) -> None:
+        label = "PNEUMONIA" if i % 2 else "NORMAL"
+        result = {"probability": 0.3 + 0.4 * (i % 2) + i / 1000, "threshold": 0.5, "label": label, "flags": []}
+        audit.record("listen", f"{device}{i:063x}"[:64], model, result, device=f"ACME {device}")
+
+    for i in range(40):
+        film(i, "A")
+    cut = _cut()
+    for i in range(30):
+        film(i, "A")
+        film(i, "B")
+    db = audit.url
+    assert main(["audit", "--db", db, "--drift", cut]) == 1
+    out = capsys.readouterr().out
+    drifted = {ln.split("  ")[0].strip() for ln in out.splitlines() if ln.endswith("DRIFT")}
+    assert drifted == {"device ACME B", "device ACME A"}, out  # A's share fell from 100% to 50%
+    assert main(["audit", "--db", db, "--drift", cut, "--device", "ACME A"]) == 0
+    assert "baseline: 40 films read" in (report := capsys.readouterr().out) and "recent:   30 films read" in report
+    assert main(["audit", "--db", db, "--drift", cut, "--device", "ACME B"]) == 2
+    assert "baseline window holds 0 films read" in capsys.readouterr().err
+    assert main(["audit", "--db", db, "--device", "ACME A"]) == 2 and "give --drift too" in capsys.readouterr().err
+
+
+def test_device_of_reads_make_and_model_from_the_header_only(tmp_path):
+    gray = (read_image(SICK[0]) * 255).round().astype(np.uint8)
+    path = make_dicom(tmp_path / "a.dcm", gray)
+    assert device_of(path.read_bytes()) is None  # no make or model in the header
+    ds = pydicom.dcmread(path)
+    ds.Manufacturer, ds.ManufacturerModelName = "ACME ", "DX-1"
+    ds.save_as(path)
+    assert device_of(path.read_bytes()) == "ACME DX-1"
+    assert device_of(path.read_bytes()[:-1000]) == "ACME DX-1"  # pixel data cut short: the header is enough
+    assert device_of(SICK[0].read_bytes()) is None and device_of(b"") is None

@@ -2,10 +2,11 @@
 
 Rows hold what is needed to reconstruct a decision (time, source, the input's SHA-256, model name,
 version and weight hash, preprocessing, probability, threshold, decision, flags, duration, the
-film's measures behind the flags) and never a patient name or ID, nor a file name (hospital file
-names often contain one). Where a result must be linked to a study, a *salted* SHA-256 of the
-Study Instance UID is stored; the salt lives beside the default database (or in
-``$PNEUMOLENS_AUDIT_SALT``), so the hash cannot be reversed by hashing known UIDs without it.
+film's measures behind the flags, a DICOM input's device make and model) and never a patient name
+or ID, nor a file name (hospital file names often contain one). Where a result must be linked to a
+study, a *salted* SHA-256 of the Study Instance UID is stored; the salt lives beside the default
+database (or in ``$PNEUMOLENS_AUDIT_SALT``), so the hash cannot be reversed by hashing known UIDs
+without it.
 
 The store is an embedded SQLite file by default; any SQLAlchemy URL can replace it
 (``$PNEUMOLENS_AUDIT_URL`` or ``--db``).
@@ -70,12 +71,13 @@ predictions = sa.Table(
     sa.Column("error", sa.Text),  # why the input was refused; for the trail's own rows, what happened
     sa.Column("duration_ms", sa.Float),
     sa.Column("measures", sa.Text),  # JSON: the film's measures behind the flags (lung_median, noise, ...)
+    sa.Column("device", sa.String(128)),  # a DICOM input's Manufacturer and ManufacturerModelName
     sa.Column("prev_hash", sa.String(64)),  # the previous row's row_hash (the anchor for the oldest row)
     sa.Column("row_hash", sa.String(64)),  # HMAC-SHA256(key, prev_hash + this row's content)
 )
 COLUMNS = [c.name for c in predictions.columns]
 HASHED = [c for c in COLUMNS if c not in ("id", "prev_hash", "row_hash")]
-LATER = ("measures",)  # columns added after the chain existed: hashed only when set, so older rows still verify
+LATER = ("measures", "device")  # added after the chain existed: hashed only when set, so older rows still verify
 chain = sa.Table(
     "audit_chain",
     metadata,
@@ -148,7 +150,8 @@ class AuditLog:
         """A trail made by an older pneumolens lacks the hash columns or the measures: add them (its rows
         stay unchained, or chained as they were)."""
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
-        for name, kind in (("prev_hash", "VARCHAR(64)"), ("row_hash", "VARCHAR(64)"), ("measures", "TEXT")):
+        added = {"prev_hash": "VARCHAR(64)", "row_hash": "VARCHAR(64)", "measures": "TEXT", "device": "VARCHAR(128)"}
+        for name, kind in added.items():
             if name not in have:
                 try:
                     with self.engine.begin() as conn:
@@ -214,9 +217,11 @@ class AuditLog:
         study_uid: str | None = None,
         duration_ms: float | None = None,
         connection: sa.Connection | None = None,
+        device: str | None = None,
     ) -> None:
         """One row. ``model``: name, version, sha256, preprocessing; ``result``: probability,
-        threshold, label, flags. Pass ``connection`` to write inside the caller's transaction."""
+        threshold, label, flags, measures; ``device``: a DICOM input's (``device_of``). Pass
+        ``connection`` to write inside the caller's transaction."""
         model = model or {}
         result = result or {}
         row = {
@@ -235,6 +240,7 @@ class AuditLog:
             "error": error,
             "duration_ms": duration_ms,
             "measures": json.dumps(result["measures"], sort_keys=True) if result.get("measures") else None,
+            "device": device,
         }
         if connection is not None:
             self._append(connection, row)

@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         "too few to compare",
     )
     a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
+    a.add_argument("--device", help="--drift: only the inputs from this DICOM device (make and model, as listed)")
 
     tl = sub.add_parser("train-lungs", help="train the lung segmenter from scratch on NLM lung masks")
     tl.add_argument("--data", default="../shared/data/lung_masks", help="folder with manifest.csv, images/, masks/")
@@ -753,10 +754,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"removed {removed} row(s) dated before {before.isoformat(timespec='seconds')}{note}")
         return 0
     since = parse_since(args.since) if args.since else None
+    if args.device and not args.drift:
+        raise ValueError("--device chooses the inputs of --drift; give --drift too")
     if args.drift:
         from pneumolens.monitor import drift_in
 
-        report = drift_in(audit, parse_since(args.drift, "--drift"), since, args.alpha)  # too few films: exit 2
+        report = drift_in(audit, parse_since(args.drift, "--drift"), since, args.alpha, args.device)  # too few: exit 2
         print(report)
         return 1 if report.drift else 0
     rows = audit.rows(since=since)

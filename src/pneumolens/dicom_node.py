@@ -45,6 +45,7 @@ from pydicom.uid import (
 
 from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
+from pneumolens.data.dicom import device_of
 from pneumolens.data.images import ImageReadError, read_image
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG
 
@@ -276,6 +277,7 @@ class Node:
                 result,
                 study_uid=study,
                 duration_ms=1000 * (time.perf_counter() - t0),
+                device=device_of(data),
             )
         self.stored += 1
         log.info("listen: result %s written (%s, p=%.3f)", path.name, result["label"], result["probability"])
@@ -285,7 +287,10 @@ class Node:
         if self.audit is not None:
             ms = 1000 * (time.perf_counter() - t0)
             model = self.engine.audit_model
-            self.audit.record("listen", sha256_bytes(data), model, error=reason, study_uid=study, duration_ms=ms)
+            device = device_of(data)
+            self.audit.record(
+                "listen", sha256_bytes(data), model, error=reason, study_uid=study, duration_ms=ms, device=device
+            )
 
     def _send(self, sc: Dataset) -> None:
         from pynetdicom import AE

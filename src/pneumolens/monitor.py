@@ -2,9 +2,10 @@
 
 A deployed model meets no labels, but its trail holds every call: the share of inputs refused, of
 films called pneumonia, of films flagged for a check (each flag on its own, and any of them), of
-films with the ``grey_lungs`` caution, the distribution of the probability, and the film's measures
-behind the flags (the lungs' share of the image and median grey, noise, detail), which move before
-a flag's bound is crossed. ``compare`` puts a recent window beside a baseline (the site's own
+films with the ``grey_lungs`` caution, of inputs from each DICOM device (a new detector, or one
+gone quiet), the distribution of the probability, and the film's measures behind the flags (the
+lungs' share of the image and median grey, noise, detail), which move before a flag's bound is
+crossed. ``compare`` puts a recent window beside a baseline (the site's own
 earlier weeks) and tests each: Fisher's exact test for a share, the two-sample Kolmogorov-Smirnov
 test for the probabilities and each measure, Bonferroni-corrected over the tests made, so that a
 drift alert at ``alpha`` 0.01 is rare when nothing changed.
@@ -48,6 +49,7 @@ class Window:
     flags: dict[str, int] = field(default_factory=dict)  # films carrying each flag
     checked: int = 0  # films with at least one flag other than the grey_lungs caution
     measures: dict[str, list[float]] = field(default_factory=dict)  # lung_median, noise, ... (rows that have them)
+    devices: dict[str, int] = field(default_factory=dict)  # inputs (read or refused) from each DICOM device
     models: set[str] = field(default_factory=set)  # weight hashes
     thresholds: set[float] = field(default_factory=set)
     start: str | None = None
@@ -71,6 +73,8 @@ def window(rows: Iterable[Mapping[str, Any]]) -> Window:
             continue  # the trail's own notes
         w.start = w.start or r["time"]
         w.end = r["time"]
+        if r.get("device"):
+            w.devices[r["device"]] = w.devices.get(r["device"], 0) + 1
         if decision == REFUSED:
             w.refused += 1
             continue
@@ -201,6 +205,9 @@ def compare(baseline: Window, recent: Window, alpha: float = 0.01) -> DriftRepor
     tests.append(_fisher(CHECK, baseline.checked, nb, recent.checked, nr))
     for flag in [f for f in MESSAGES if f in baseline.flags or f in recent.flags]:
         tests.append(_fisher(f"flag {flag}", baseline.flags.get(flag, 0), nb, recent.flags.get(flag, 0), nr))
+    for device in sorted(set(baseline.devices) | set(recent.devices)):  # a new or silent detector
+        kb, kr = baseline.devices.get(device, 0), recent.devices.get(device, 0)
+        tests.append(_fisher(f"device {device}", kb, baseline.inputs, kr, recent.inputs))
     for t in tests:
         t.p_adjusted = min(1.0, t.p * len(tests))
         t.alert = t.p_adjusted < alpha
@@ -220,9 +227,18 @@ def compare(baseline: Window, recent: Window, alpha: float = 0.01) -> DriftRepor
 
 
 def drift_in(
-    audit: AuditLog, recent_since: datetime, since: datetime | None = None, alpha: float = 0.01
+    audit: AuditLog,
+    recent_since: datetime,
+    since: datetime | None = None,
+    alpha: float = 0.01,
+    device: str | None = None,
 ) -> DriftReport:
-    """Compare the rows of ``audit`` dated from ``recent_since`` on with those before it (from ``since`` on)."""
+    """Compare the rows of ``audit`` dated from ``recent_since`` on with those before it (from ``since``
+    on); with ``device``, only the inputs from that DICOM device (its make and model, as the trail
+    keeps them)."""
     if since is not None and since >= recent_since:
         raise ValueError("the baseline's start (since) must come before the recent window's start")
-    return compare(window(audit.rows(since, before=recent_since)), window(audit.rows(recent_since)), alpha)
+    before, after = audit.rows(since, before=recent_since), audit.rows(recent_since)
+    if device is not None:
+        before, after = ([r for r in rows if r.get("device") == device] for rows in (before, after))
+    return compare(window(before), window(after), alpha)

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from pneumolens.audit import AuditLog, metadata, sha256_bytes
 from pneumolens.checkpoint import atomic_write
+from pneumolens.data.dicom import device_of
 from pneumolens.data.images import ImageReadError, read_image
 from pneumolens.data.sources import image_files
 
@@ -113,8 +114,9 @@ class Watcher:
                     outcome=outcome,
                 )
             )
+            model = self.engine.audit_model
             self.audit.record(
-                "watch", content, self.engine.audit_model, result, error=error, duration_ms=ms, connection=conn
+                "watch", content, model, result, error=error, duration_ms=ms, connection=conn, device=device_of(data)
             )
         self.processed += 1
         log.info("watch: file %s… -> %s (%.0f ms)", content[:12], outcome, ms)  # no file names in logs

@@ -47,6 +47,25 @@ def patient_identity(path: str | os.PathLike[str]) -> tuple[str, str] | None:
     return (issuer, pid) if pid else None
 
 
+def device_of(data: bytes) -> str | None:
+    """ "Manufacturer ManufacturerModelName" of a DICOM file's bytes, from the header only; None for
+    other files, a header without them or one that does not parse. It names the detector, not the
+    patient (so the audit trail may keep it, to tell which device's films drift)."""
+    import io
+
+    import pydicom
+
+    if not is_dicom(data[:132]):
+        return None
+    try:
+        tags = ["Manufacturer", "ManufacturerModelName"]
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=tags)
+        name = " ".join(str(ds.get(t, "") or "").strip() for t in tags).strip()
+    except Exception:  # noqa: BLE001 - a corrupt header raises almost any type; the image's own error is reported
+        return None
+    return name[:128] or None
+
+
 def dicom_to_gray(
     source: str | os.PathLike[str] | bytes | io.BufferedIOBase, max_pixels: int, min_side: int = 8
 ) -> np.ndarray:

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumolens.audit import AuditLog, parse_since, sha256_bytes
+from pneumolens.data.dicom import device_of
 from pneumolens.data.images import ImageReadError
 from pneumolens.explain.explainer import METHODS
 from pneumolens.monitor import TooFewFilms, drift_in
@@ -148,7 +149,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except ImageReadError as e:
                 if audit is not None:
                     await run_in_threadpool(
-                        audit.record, "serve", sha256_bytes(data), engine.audit_model, error=e.reason
+                        audit.record,
+                        "serve",
+                        sha256_bytes(data),
+                        engine.audit_model,
+                        error=e.reason,
+                        device=device_of(data),
                     )
                 return _error(400, f"{name}: {e.reason}")
             except TimeoutError:
@@ -163,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine.audit_model,
                 result,
                 duration_ms=1000 * result["seconds"],
+                device=device_of(data),
             )
         return result
 
@@ -184,10 +191,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recent: str = "7d",
         since: str | None = None,
         alpha: Annotated[float, Query(gt=0, lt=1)] = 0.01,
+        device: str | None = None,
     ) -> dict | JSONResponse:
         """The predictions since ``recent`` (an age such as 7d, or an ISO date) against those before it (from
         ``since`` on): refusals, calls, probabilities, flags and the films' measures, each tested
-        (``pneumolens audit --drift``).
+        (``pneumolens audit --drift``); ``device``: only the inputs from that DICOM device.
         ``drift`` is null, with a ``reason``, when either window holds too few films to compare."""
         audit: AuditLog | None = request.app.state.audit
         if audit is None:
@@ -195,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             cut = parse_since(recent, "recent")
             start = parse_since(since, "since") if since else None
-            report = await run_in_threadpool(drift_in, audit, cut, start, alpha)
+            report = await run_in_threadpool(drift_in, audit, cut, start, alpha, device)
         except TooFewFilms as e:
             return {"drift": None, "reason": str(e)}
         except ValueError as e:
