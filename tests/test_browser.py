@@ -101,7 +101,7 @@ def test_recent_page_shows_drift(trained_run, tmp_path):
         conn.execute(sa.text("update predictions set time = :t"), {"t": old})
     for i in range(40):
         result = {"probability": 0.95, "threshold": 0.5, "label": "PNEUMONIA", "flags": []}
-        audit.record("watch", f"{i + 40:064x}", model, result)
+        audit.record("watch", f"{i + 40:064x}", model, result, device="ACME DX-1")
     with _serving(Settings(model=str(trained_run), audit_url=db)) as url, _browser() as browser:
         page = browser.new_page()
         page.goto(url + "/recent")
@@ -113,3 +113,4 @@ def test_recent_page_shows_drift(trained_run, tmp_path):
         assert called.startswith("called pneumonia") and "25.0% (10 of 40)" in called and called.endswith("DRIFT")
         page.wait_for_selector("#rows:not([hidden])", timeout=30_000)
         assert page.inner_text("#status") == "80 most recent predictions"
+        assert "ACME DX-1" in page.inner_text("#rows tbody tr:first-child")  # the newest row, from a DICOM device
