@@ -147,8 +147,8 @@ class AuditLog:
             pass
 
     def _add_missing_columns(self) -> None:
-        """A trail made by an older pneumolens lacks the hash columns or the measures: add them (its rows
-        stay unchained, or chained as they were)."""
+        """A trail made by an older pneumolens lacks the hash columns, the measures or the device: add
+        them (its rows stay unchained, or chained as they were)."""
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
         added = {"prev_hash": "VARCHAR(64)", "row_hash": "VARCHAR(64)", "measures": "TEXT", "device": "VARCHAR(128)"}
         for name, kind in added.items():

@@ -48,8 +48,8 @@ def patient_identity(path: str | os.PathLike[str]) -> tuple[str, str] | None:
 
 
 def device_of(data: bytes) -> str | None:
-    """ "Manufacturer ManufacturerModelName" of a DICOM file's bytes, from the header only; None for
-    other files, a header without them or one that does not parse. It names the detector, not the
+    """The device's make and model (``Manufacturer ManufacturerModelName``) of a DICOM file's bytes,
+    from the header only; None for other files, a header without them or one that does not parse. It names the detector, not the
     patient (so the audit trail may keep it, to tell which device's films drift)."""
     import io
 
