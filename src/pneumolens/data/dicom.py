@@ -49,8 +49,9 @@ def patient_identity(path: str | os.PathLike[str]) -> tuple[str, str] | None:
 
 def device_of(data: bytes) -> str | None:
     """The device's make and model (``Manufacturer ManufacturerModelName``) of a DICOM file's bytes,
-    from the header only; None for other files, a header without them or one that does not parse. It names the detector, not the
-    patient (so the audit trail may keep it, to tell which device's films drift)."""
+    from the header only; None for other files, a header without them or one that does not parse.
+    It names the detector, not the patient (so the audit trail may keep it, to tell which device's
+    films drift)."""
     import io
 
     import pydicom
