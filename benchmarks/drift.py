@@ -41,6 +41,7 @@ from tta import val_paths
 import pneumolens
 from pneumolens.checkpoint import shipped_model_path
 from pneumolens.data.images import read_image
+from pneumolens.data.sources import image_files
 from pneumolens.monitor import compare, window
 
 DEGRADED = {
@@ -98,7 +99,7 @@ def draw(pools: dict[str, list[dict]], y: np.ndarray, n: int, prevalence: float,
 def against(model: pneumolens.Model, paths: list, baseline: list[dict], folder: Path, alpha: float) -> None:
     """The drift report of the films of ``folder`` against the validation calls: all films, then per
     class folder (NORMAL, PNEUMONIA) where both sides have one."""
-    site = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpeg", ".jpg", ".png", ".dcm"})
+    site = image_files(folder)
     recent = calls(model, [read_image(p) for p in site], model.loaded.threshold)
     for name in (None, "NORMAL", "PNEUMONIA"):
         b = [r for r, p in zip(baseline, paths, strict=True) if name is None or Path(p).parent.name.upper() == name]

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 
 import pneumolens
 from pneumolens.data.images import read_image
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG
+from pneumolens.lungs.flags import check_flags
 
 
 def films(masks: str | Path) -> list[dict[str, str]]:
@@ -71,7 +71,7 @@ def main() -> None:
     for i in range(0, len(rows), 32):
         for res in model.predict([read_image(r["path"]) for r in rows[i : i + 32]]):
             prob.append(res.probability)
-            flagged.append(bool(set(res.flags) - {GREY_LUNGS_FLAG}))
+            flagged.append(bool(check_flags(res.flags)))
     p, f = np.array(prob), np.array(flagged)
     tb = np.array([int(r["tb_label"]) for r in rows])
     source = np.array([r["source"] for r in rows])

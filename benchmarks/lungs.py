@@ -18,7 +18,7 @@ import numpy as np
 
 from pneumolens.config import PreprocessConfig
 from pneumolens.data.images import preprocess, read_image
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG, lung_fraction, plausibility_flags
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags, lung_fraction, plausibility_flags
 from pneumolens.lungs.segment import LungSegmenter, shipped_path
 
 
@@ -92,7 +92,7 @@ def main() -> None:
             mask = seg.mask(gray, full_size=False)
             flags = plausibility_flags(mask, gray)
             grey += GREY_LUNGS_FLAG in flags
-            flags = [f for f in flags if f != GREY_LUNGS_FLAG]  # the image's plausibility, without the caution
+            flags = check_flags(flags)  # the image's plausibility, without the caution
             counts.update(flags)
             flagged += bool(flags)
             fracs.append(lung_fraction(mask))

@@ -38,7 +38,7 @@ from tta import val_paths
 import pneumolens
 from pneumolens.checkpoint import shipped_model_path
 from pneumolens.data.images import read_image
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG, INVERTED_FLAG, LOW_DETAIL_FLAG, MIRRORED_FLAG, NOISY_FLAG
+from pneumolens.lungs.flags import INVERTED_FLAG, LOW_DETAIL_FLAG, MIRRORED_FLAG, NOISY_FLAG, check_flags
 
 IMAGE_FLAGS = {MIRRORED_FLAG, INVERTED_FLAG, NOISY_FLAG, LOW_DETAIL_FLAG}  # judged from the image, not the lung mask
 
@@ -174,7 +174,7 @@ def score(model: pneumolens.Model, films: list[np.ndarray], batch: int = 32) -> 
     probs, flagged = [], []
     for i in range(0, len(films), batch):
         for r in model.predict(films[i : i + batch]):
-            checks = set(r.flags) - {GREY_LUNGS_FLAG}
+            checks = set(check_flags(r.flags))
             probs.append(r.probability)
             flagged.append((bool(checks), bool(checks - IMAGE_FLAGS), bool(checks & {NOISY_FLAG, LOW_DETAIL_FLAG})))
     return np.array(probs), np.array(flagged, dtype=bool).reshape(-1, 3)

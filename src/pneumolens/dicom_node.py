@@ -47,7 +47,7 @@ from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of
 from pneumolens.data.images import ImageReadError, read_image
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ PATIENT_AND_STUDY = (
 def caption_for(result: dict) -> str:
     side = "above" if result["probability"] >= result["threshold"] else "below"
     text = f"AI first read: probability {result['probability']:.2f}, {side} operating point; not a diagnosis"
-    checks = [f for f in result.get("flags", []) if f != GREY_LUNGS_FLAG]
+    checks = check_flags(result.get("flags", []))
     if checks:
         text += f" | check image: {', '.join(checks)}"
     if GREY_LUNGS_FLAG in result.get("flags", []):

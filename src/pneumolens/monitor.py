@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG, MEASURES, MESSAGES
+from pneumolens.lungs.flags import MEASURES, MESSAGES, check_flags
 
 if TYPE_CHECKING:
     from pneumolens.audit import AuditLog
@@ -83,7 +83,7 @@ def window(rows: Iterable[Mapping[str, Any]]) -> Window:
         flags = set(json.loads(r.get("flags") or "[]"))
         for f in flags:
             w.flags[f] = w.flags.get(f, 0) + 1
-        w.checked += bool(flags - {GREY_LUNGS_FLAG})
+        w.checked += bool(check_flags(flags))
         for name, value in json.loads(r.get("measures") or "{}").items():
             if value is not None:
                 w.measures.setdefault(name, []).append(float(value))

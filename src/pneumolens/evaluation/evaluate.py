@@ -18,7 +18,7 @@ from pneumolens.data.subgroups import grouped_by, subgroup
 from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import default_workers, predict_samples
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 
 
 @dataclass
@@ -142,7 +142,7 @@ def check_metrics(
     patients (``boot``: ``bootstrap_ci``'s options), sensitivity and specificity (None without
     films of that class). A site sees here how many of its films ask for a check and whether the
     model reads them worse."""
-    checks = [set(f) - {CAUTION} for f in flags]
+    checks = [check_flags(f) for f in flags]
     counts = Counter(f for c in checks for f in c)
     out: dict[str, Any] = {"counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))}
     flagged = np.array([bool(c) for c in checks], bool)

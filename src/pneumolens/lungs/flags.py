@@ -23,6 +23,8 @@ calls more normal films pneumonia (``benchmarks/robustness.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 MIN_LUNG_AREA = 0.01  # below this, nothing lung-like was found
@@ -103,6 +105,12 @@ def flags_and_measures(mask: np.ndarray, gray: np.ndarray) -> tuple[list[str], d
     elif OrientationCheck.shipped("mirror").finds(gray):
         flags.append(MIRRORED_FLAG)
     return flags + quality_flags(gray, quality), measures
+
+
+def check_flags(flags: Iterable[str]) -> list[str]:
+    """The flags that ask to check the image, in order: all but the ``grey_lungs`` caution, which is
+    about the result, not the input."""
+    return [f for f in flags if f != GREY_LUNGS_FLAG]
 
 
 def describe(flags: list[str]) -> str | None:
