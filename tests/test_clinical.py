@@ -21,6 +21,7 @@ from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
 from pneumolens.audit import AuditLog, parse_since
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
+from pneumolens.dicom_report import read_structured_report
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -319,10 +320,14 @@ def _pynetdicom(app: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pynetdicom", app, *args], capture_output=True, text=True, timeout=120)
 
 
+BAD_BIRTH_DATE = "19X01231"
+
+
 @pytest.fixture
 def study(tmp_path):
     """Three DX files of one study (8-bit MONOCHROME2, corrupt, 16-bit MONOCHROME1 in lossless JPEG, the
-    compression CR and DX modalities use) made from real images, with a patient name and id that must not leak."""
+    compression CR and DX modalities use) made from real images, with a patient name and id that must not leak,
+    and a malformed birth date, which pydicom would quote in its log."""
     d = tmp_path / "sent"
     d.mkdir()
     a, b = (read_image(p) for p in real_images("test", "PNEUMONIA", 2))
@@ -339,6 +344,7 @@ def study(tmp_path):
         ds = pydicom.dcmread(f)
         ds.StudyInstanceUID = uid
         ds.Manufacturer, ds.ManufacturerModelName = "ACME", "DX-1"
+        ds.PatientBirthDate = BAD_BIRTH_DATE
         ds.save_as(f)
     return files, uid
 
@@ -346,7 +352,7 @@ def study(tmp_path):
 def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     files, study_uid = study
     port, out = _free_port(), tmp_path / "results"
-    cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db]
+    cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db, "--sr"]
     node = subprocess.Popen([*cmd, "--model", str(trained_run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for(
@@ -355,7 +361,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         # -cx: propose each file's own transfer syntax, as a modality does (the third is lossless JPEG)
         sent = _pynetdicom("storescu", "127.0.0.1", str(port), *map(str, files), "-aec", "PNEUMOLENS", "-v", "-cx")
         assert "0xC000" in sent.stderr + sent.stdout  # the corrupt one was refused...
-        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 2, 60, node)  # ...and the node went on
+        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 4, 60, node)  # ...and the node went on: 2 pictures, 2 reports
         assert node.poll() is None
         again = _pynetdicom("echoscu", "127.0.0.1", str(port), "-aec", "PNEUMOLENS")
         assert again.returncode == 0
@@ -365,11 +371,15 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     log = node.stderr.read().decode()
     assert node.returncode == 0 and "stored 2 result(s), refused 1 image(s), rejected 0" in log  # a counted stop
     assert "listening as PNEUMOLENS" in log and "refused" in log  # the node logs what it does...
-    assert PATIENT_NAME not in log and PATIENT_ID not in log and "Testperson" not in log  # ...never who
+    for secret in (PATIENT_NAME, PATIENT_ID, "Testperson", BAD_BIRTH_DATE, study_uid):  # ...never who
+        assert secret not in log
     originals = {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    written = [pydicom.dcmread(f) for f in out.glob("*.dcm")]
+    reports = [ds for ds in written if ds.Modality == "SR"]
+    captions = {}
     series = set()
-    for f in out.glob("*.dcm"):
-        sc = pydicom.dcmread(f)
+    for sc in (ds for ds in written if ds.Modality != "SR"):
+        captions[sc.SourceImageSequence[0].ReferencedSOPInstanceUID] = sc.DerivationDescription
         assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.Modality == "OT"
         assert sc.StudyInstanceUID == study_uid and sc.SourceImageSequence[0].ReferencedSOPInstanceUID in originals
         assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3 and sc.BurnedInAnnotation == "YES"
@@ -378,6 +388,18 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         )  # filed with its patient
         series.add(sc.SeriesInstanceUID)
     assert len(series) == 1 and not series & {pydicom.dcmread(f).SeriesInstanceUID for f in files}
+    # the structured reports: one per picture, about the same image, saying what its caption says
+    assert len(reports) == 2 and len({sr.SeriesInstanceUID for sr in reports}) == 1
+    assert not {sr.SeriesInstanceUID for sr in reports} & series
+    for sr in reports:
+        said = read_structured_report(sr)
+        assert sr.StudyInstanceUID == study_uid and str(sr.PatientID) == PATIENT_ID
+        assert sr.PatientBirthDate == ""  # left out, malformed, rather than failing the report
+        assert said["verification"] == "UNVERIFIED" and "not a diagnosis" in sr.SeriesDescription
+        (source,) = said["evidence"]
+        assert f"probability {said['probability']:.2f}," in captions[source]
+        side = "above" if said["pneumonia"] == "Present" else "below"
+        assert f"{side} operating point" in captions[source]
 
     rows = AuditLog(db).rows()
     assert [r["decision"] for r in rows].count("refused") == 1 and len(rows) == 3
@@ -559,6 +581,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     from pynetdicom import AE, evt
 
     from pneumolens.dicom_node import SECONDARY_CAPTURE, Destination, Node, tls_context
+    from pneumolens.dicom_report import COMPREHENSIVE_SR
     from pneumolens.service.engine import Engine
 
     received = []
@@ -569,6 +592,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
 
     archive = AE(ae_title="ARCHIVE")
     archive.add_supported_context(SECONDARY_CAPTURE)
+    archive.add_supported_context(COMPREHENSIVE_SR)
     port_archive, port_node = _free_port(), _free_port()
     destination = Destination.parse(f"ARCHIVE@127.0.0.1:{port_archive}")
     archive_tls = None
@@ -582,16 +606,17 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
         ssl_context=archive_tls,
     )
-    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", forward=destination)
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", forward=destination, sr=True)
     node_server = node.server("127.0.0.1", port_node)
     try:
         sent = _pynetdicom("storescu", "127.0.0.1", str(port_node), str(study[0][0]), "-aec", "PNEUMOLENS")
         assert sent.returncode == 0, sent.stderr
-        _wait_for(lambda: len(received) == 1, 30)
+        _wait_for(lambda: len(received) == 2, 30)
     finally:
         node_server.shutdown()
         archive_server.shutdown()
-    assert received[0].StudyInstanceUID == study[1] and received[0].SOPClassUID == SECONDARY_CAPTURE
+    assert {ds.StudyInstanceUID for ds in received} == {study[1]}  # the picture and the report, in one association
+    assert [ds.SOPClassUID for ds in received] == [SECONDARY_CAPTURE, COMPREHENSIVE_SR]
     with pytest.raises(ValueError, match="AE_TITLE@host:port"):
         Destination.parse("nowhere")
 
@@ -613,6 +638,60 @@ def test_secondary_capture_caption_and_pixels(trained_run):
     assert longer.shape[0] >= rgb.shape[0] + 2 * (14 + 8)  # a line at least per " | " part
     for picture in (rgb, longer):
         assert not (picture[512:, -6:, 0] > 200).any()  # no yellow text reaches the right edge: nothing cut off
+
+
+def test_a_report_that_cannot_be_built_does_not_cost_the_picture(trained_run, tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    import pneumolens.dicom_report
+    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.service.engine import Engine
+
+    def broken(*args, **kwargs):
+        raise ValueError("a header highdicom will not take")
+
+    monkeypatch.setattr(pneumolens.dicom_report, "structured_report", broken)
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    ds = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", sr=True)
+    node.out.mkdir()
+    assert node.handle_store(SimpleNamespace(dataset=ds, file_meta=ds.file_meta)) == SUCCESS
+    (written,) = (pydicom.dcmread(f) for f in node.out.glob("*.dcm"))
+    assert written.Modality == "OT" and node.stored == 1
+    assert "no structured report for this image (ValueError)" in caplog.text
+
+
+def test_structured_report_says_what_the_model_said(tmp_path):
+    """The report's content, read back from the file: the call at the operating point (a probability
+    equal to it is a pneumonia call, as everywhere in pneumolens), the probability, the check flags
+    and the caution, the algorithm and its operating point, the original as evidence; unverified."""
+    import highdicom as hd
+
+    from pneumolens.dicom_report import COMPREHENSIVE_SR, structured_report
+
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    original = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))  # no birth date, sex or study date
+    model = {"name": "pneumolens-default", "version": "9.9", "sha256": "0123456789abcdef" * 4}
+    cases = [(0.4, [], "Present", []), (0.39999, ["lungs_cut_off", "grey_lungs"], "Absent", ["lungs_cut_off"])]
+    for probability, flags, call, checks in cases:
+        result = {"probability": probability, "threshold": 0.4, "flags": flags, "model": model}
+        path = tmp_path / f"{call}.dcm"
+        structured_report(original, result, pydicom.uid.generate_uid()).save_as(path, enforce_file_format=True)
+        sr = pydicom.dcmread(path)
+        said = read_structured_report(sr)
+        assert sr.SOPClassUID == COMPREHENSIVE_SR and sr.StudyInstanceUID == original.StudyInstanceUID
+        assert said["pneumonia"] == call and said["probability"] == pytest.approx(probability, abs=1e-6)
+        assert said["flags"] == checks + (["grey_lungs"] if "grey_lungs" in flags else [])
+        assert said["algorithm"] == {
+            "name": "pneumolens-default",
+            "version": "9.9 sha256:0123456789ab",
+            "parameters": ["operating point 0.4000"],
+        }
+        assert said["evidence"] == [original.SOPInstanceUID]
+        assert (said["verification"], said["completion"]) == ("UNVERIFIED", "PARTIAL")
+        parsed = hd.sr.srread(path)  # a TID 1500 report highdicom itself can read back
+        (group,) = parsed.content.get_image_measurement_groups()
+        assert group.finding_type.value == "233604007"
 
 
 # ------------------------------------------------------------------------------------------ wheel

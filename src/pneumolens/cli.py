@@ -336,8 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--ae-title", default="PNEUMOLENS")
     ln.add_argument("--port", type=int, default=11112)
     ln.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    ln.add_argument("--out", default="dicom-results", help="where the Secondary Capture results are written")
+    ln.add_argument("--out", default="dicom-results", help="where the results (DICOM files) are written")
     ln.add_argument("--forward", help="also send each result to AE_TITLE@host:port (C-STORE)")
+    ln.add_argument(
+        "--sr", action="store_true", help="also write (and forward) a DICOM Structured Report (TID 1500) per image"
+    )
     ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     ln.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
     ln.add_argument(
@@ -695,7 +698,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
     if any(not 0 < len(a.strip()) <= 16 for a in allowed):
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
     engine = _engine(args.model)
-    node = Node(engine, AuditLog(args.db), Path(args.out), args.ae_title, forward, allowed_aets=allowed, tls=tls)
+    node = Node(
+        engine, AuditLog(args.db), Path(args.out), args.ae_title, forward, allowed_aets=allowed, tls=tls, sr=args.sr
+    )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
 

@@ -4,11 +4,13 @@ It accepts C-STORE of CR and DX images (and C-ECHO), scores each with the lung p
 and writes a **Secondary Capture** per image: the X-ray with the Grad-CAM overlay and a burned-in
 caption ("AI first read: probability 0.93, above operating point; not a diagnosis"), in the same
 study (Study Instance UID) and a new series, so a PACS viewer files it beside the original. It can
-forward each result to another node (C-STORE SCU). A dataset that cannot be read gets a failure
-status; the node keeps serving. Every result and refusal goes to the audit trail with a salted hash
-of the Study Instance UID; patient identifiers are copied into the result object (the PACS needs
-them to file it) but never into logs or the audit trail. Optionally only listed calling AE titles
-are let in, and the node speaks TLS (mutual with a CA). It stops in bounded time (``Node.run``).
+forward each result to another node (C-STORE SCU). With ``sr=True`` (``--sr``) it also writes a
+DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS or RIS to read. A
+dataset that cannot be read gets a failure status; the node keeps serving. Every result and refusal
+goes to the audit trail with a salted hash of the Study Instance UID; patient identifiers are
+copied into the result objects (the PACS needs them to file them) but never into logs or the audit
+trail. Optionally only listed calling AE titles are let in, and the node speaks TLS (mutual with a
+CA). It stops in bounded time (``Node.run``).
 """
 
 from __future__ import annotations
@@ -222,17 +224,20 @@ class Node:
     out: Path
     ae_title: str = "PNEUMOLENS"
     forward: Destination | None = None
-    _series: dict[str, str] = field(default_factory=dict)  # study UID -> this node's result series UID
+    _series: dict[tuple[str, str], str] = field(default_factory=dict)  # (study UID, modality) -> series UID
     _lock: threading.Lock = field(default_factory=threading.Lock)
     allowed_aets: tuple[str, ...] = ()  # calling AE titles let in; empty: any
     tls: ssl.SSLContext | None = None  # server-side TLS; None: plain TCP
     stored: int = 0
     refused: int = 0
     rejected: int = 0  # associations turned away (calling AE title not allowed)
+    sr: bool = False  # also write (and forward) a Structured Report of each result
 
-    def series_for(self, study_uid: str) -> str:
+    def series_for(self, study_uid: str, modality: str = "OT") -> str:
+        """This node's result series in the study: one for the pictures, one for the reports (a series
+        holds one modality)."""
         with self._lock:
-            return self._series.setdefault(study_uid, generate_uid())
+            return self._series.setdefault((study_uid, modality), generate_uid())
 
     def handle_store(self, event) -> int:
         """C-STORE: score, write the Secondary Capture, forward, audit. Never raises."""
@@ -261,11 +266,21 @@ class Node:
             from pneumolens.explain.render import explanation_image
 
             rgb = burn_in(explanation_image(result["explanation"]), caption, result["model"]["name"])
-            sc = secondary_capture(ds, rgb, self.series_for(study or generate_uid()), caption)
-            path = self.out / f"{sc.SOPInstanceUID}.dcm"
-            atomic_write(path, lambda tmp: sc.save_as(tmp, enforce_file_format=True))
+            filed_in = study or generate_uid()
+            results = [secondary_capture(ds, rgb, self.series_for(filed_in), caption)]
+            if self.sr:
+                from pneumolens.dicom_report import structured_report
+
+                try:
+                    results.append(structured_report(ds, result, self.series_for(filed_in, "SR")))
+                except Exception as e:  # noqa: BLE001 - the picture still goes out; the type says what failed
+                    why = type(e).__name__
+                    log.warning("listen: no structured report for this image (%s); the picture is written", why)
+            for made in results:
+                path = self.out / f"{made.SOPInstanceUID}.dcm"
+                atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))
             if self.forward is not None:
-                self._send(sc)
+                self._send(results)
         except Exception:  # noqa: BLE001 - the node must keep serving; the reason is logged
             log.exception("listen: could not write or forward the result")
             return OUT_OF_RESOURCES
@@ -280,7 +295,8 @@ class Node:
                 device=device_of(data),
             )
         self.stored += 1
-        log.info("listen: result %s written (%s, p=%.3f)", path.name, result["label"], result["probability"])
+        names = ", ".join(f"{made.SOPInstanceUID}.dcm" for made in results)
+        log.info("listen: result %s written (%s, p=%.3f)", names, result["label"], result["probability"])
         return SUCCESS
 
     def _audit_refusal(self, data: bytes, reason: str, study: str | None, t0: float) -> None:
@@ -292,11 +308,12 @@ class Node:
                 "listen", sha256_bytes(data), model, error=reason, study_uid=study, duration_ms=ms, device=device
             )
 
-    def _send(self, sc: Dataset) -> None:
+    def _send(self, results: list[Dataset]) -> None:
         from pynetdicom import AE
 
         ae = AE(ae_title=self.ae_title)
-        ae.add_requested_context(SECONDARY_CAPTURE, ExplicitVRLittleEndian)
+        for sop_class in dict.fromkeys(made.SOPClassUID for made in results):
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         dest = self.forward
         tls_args = (dest.tls, dest.host) if dest.tls is not None else None
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
@@ -305,9 +322,10 @@ class Node:
                 f"forward destination {dest.ae_title}@{dest.host}:{dest.port} refused the association"
             )
         try:
-            status = assoc.send_c_store(sc)
-            if not status or status.Status != SUCCESS:
-                raise ConnectionError(f"forward destination answered status {getattr(status, 'Status', None)}")
+            for made in results:
+                status = assoc.send_c_store(made)
+                if not status or status.Status != SUCCESS:
+                    raise ConnectionError(f"forward destination answered status {getattr(status, 'Status', None)}")
         finally:
             assoc.release()
 

@@ -14,12 +14,27 @@ one patient; :func:`patient_identity` hands it to the caller, which keeps only a
 from __future__ import annotations
 
 import io
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+
+
+def _keep_header_values_out_of_logs() -> None:
+    """pydicom's and highdicom's logs and warnings quote header values ("Invalid value for VR DA:
+    '19X01231'", a person name "unlikely to represent the intended name", the UID of the image a
+    report is about): a malformed birth date or a name would reach pneumolens' log. They are
+    silenced; pneumolens says in its own words what went wrong."""
+    for name in ("pydicom", "highdicom"):  # the level holds for their child loggers too
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module=r"(pydicom|highdicom)(\.|$)")
+
+
+_keep_header_values_out_of_logs()
 
 
 class DicomRefused(ValueError):

@@ -1,0 +1,188 @@
+"""The first read as a DICOM Structured Report, for a PACS, RIS or worklist to read rather than show.
+
+``pneumolens listen --sr`` writes one per image beside the Secondary Capture: a Comprehensive SR
+holding a TID 1500 Measurement Report (highdicom builds and checks the template), in the original's
+study and a series of its own, with the original as evidence. Its one measurement group says:
+
+- finding: pneumonia (SNOMED CT 233604007), site: lung;
+- qualitative evaluation "Pneumonia": Present when the probability is at or above the model's
+  operating point, Absent below it (the model's call, which a clinician confirms or rejects);
+- measurement "Probability" (DCM 122157, no units), the model's calibrated probability;
+- the algorithm (TID 4019): model name, its pneumolens version and weight hash, and the operating
+  point as a parameter;
+- one qualitative evaluation "Image check" per check flag, and "Caution" for ``grey_lungs``, coded in
+  the private scheme ``99PNEUMOLENS`` with the flag as code value and its sentence as meaning.
+
+The report is marked UNVERIFIED and PARTIAL: no person has signed it, and it is a first read that
+informs the radiologist, not a diagnosis. The device observer (TID 1004) is pneumolens, with a UID
+derived from the model's weight hash, so one model always reports as one device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from pneumolens.dicom_node import PATIENT_AND_STUDY
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG, MESSAGES, check_flags
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SERIES_DESCRIPTION = "pneumolens AI first read (structured) - not a diagnosis"
+PRIVATE_SCHEME = "99PNEUMOLENS"  # "99" marks a private coding scheme (PS3.16 8.1)
+
+
+def _code(value: str, scheme: str, meaning: str):
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning[:64])
+
+
+def structured_report(original: Dataset, result: dict[str, Any], series_uid: str) -> Dataset:
+    """A Comprehensive SR (TID 1500) of ``result`` (``Engine.analyse``) for the DICOM image ``original``,
+    in its study and the series ``series_uid``. Patient and study attributes come from ``original``."""
+    import highdicom as hd
+
+    model = result["model"]
+    pneumonia = _code("233604007", "SCT", "Pneumonia")
+    called = result["probability"] >= result["threshold"]
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=str(model["name"])[:64],
+        version=f"{model['version']} sha256:{str(model['sha256'])[:12]}"[:64],
+        parameters=[f"operating point {result['threshold']:.4f}"],
+        manufacturer="pneumolens",
+    )
+    evaluations = [hd.sr.QualitativeEvaluation(pneumonia, codes.SCT.Present if called else codes.SCT.Absent)]
+    check = _code("image-check", PRIVATE_SCHEME, "Image check")
+    caution = _code("caution", PRIVATE_SCHEME, "Caution")
+    flags = list(result.get("flags", []))
+    for flag in check_flags(flags):
+        evaluations.append(hd.sr.QualitativeEvaluation(check, _code(flag, PRIVATE_SCHEME, MESSAGES.get(flag, flag))))
+    if GREY_LUNGS_FLAG in flags:
+        evaluations.append(hd.sr.QualitativeEvaluation(caution, _code(GREY_LUNGS_FLAG, PRIVATE_SCHEME, "grey lungs")))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia first read"),
+        finding_type=pneumonia,
+        finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.DCM.Probability,
+                value=round(float(result["probability"]), 6),
+                unit=codes.UCUM.NoUnits,
+            )
+        ],
+        qualitative_evaluations=evaluations,
+        source_images=[hd.sr.SourceImageForMeasurementGroup(original.SOPClassUID, original.SOPInstanceUID)],
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=["pneumolens", str(model["sha256"])]),
+            name="pneumolens",
+            manufacturer_name="pneumolens",
+            model_name=str(model["name"])[:64],
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_code("399208008", "SCT", "Plain chest X-ray"),
+        imaging_measurements=[group],
+    )
+    with warnings.catch_warnings():  # highdicom and pydicom quote odd names and IDs in warnings: never log them
+        warnings.simplefilter("ignore")
+        return _document(original, report, series_uid)
+
+
+def _document(original: Dataset, report, series_uid: str) -> Dataset:
+    import highdicom as hd
+
+    from pneumolens import __version__
+
+    return hd.sr.ComprehensiveSR(
+        evidence=[_evidence(original)],
+        content=report[0],
+        series_instance_uid=series_uid,
+        series_number=9902,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="pneumolens",
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        series_description=SERIES_DESCRIPTION,
+        software_versions=__version__,
+    )
+
+
+# The original's header fields the report copies besides its patient and study: its identity.
+IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SpecificCharacterSet")
+
+
+def _evidence(original: Dataset) -> Dataset:
+    """The original's header without its pixels, with the patient and study attributes a modality may
+    leave out (or send malformed) present but empty (they are type 2 in the SR), and UIDs made up for
+    a missing study or series (the report must name both)."""
+    ds = Dataset()
+    for keyword in IDENTITY + PATIENT_AND_STUDY:
+        value = original.get(keyword)
+        setattr(ds, keyword, value if value not in (None, "") and _valid(keyword, value) else None)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not ds.get(keyword):
+            setattr(ds, keyword, generate_uid())
+    if not ds.get("SpecificCharacterSet"):
+        del ds.SpecificCharacterSet
+    return ds
+
+
+def _valid(keyword: str, value: Any) -> bool:
+    """Whether pydicom accepts ``value`` for the attribute (a malformed date from a modality is left
+    out of the report rather than failing it)."""
+    from pydicom import config
+    from pydicom.datadict import dictionary_VR
+    from pydicom.valuerep import validate_value
+
+    try:
+        validate_value(dictionary_VR(keyword), value, config.RAISE)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def read_structured_report(ds: Dataset) -> dict[str, Any]:
+    """What :func:`structured_report` wrote, read back from the dataset: ``probability``, ``pneumonia``
+    ("Present" or "Absent"), ``flags``, ``algorithm`` (name, version, parameters), the evidence's SOP
+    Instance UIDs, and the verification and completion flags."""
+    out: dict[str, Any] = {"probability": None, "pneumonia": None, "flags": [], "algorithm": {}}
+    for item in _walk(ds.ContentSequence):
+        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+        if item.ValueType == "NUM" and name == "Probability":
+            out["probability"] = float(item.MeasuredValueSequence[0].NumericValue)
+        elif item.ValueType == "CODE" and name == "Pneumonia":
+            out["pneumonia"] = item.ConceptCodeSequence[0].CodeMeaning
+        elif item.ValueType == "CODE" and name in ("Image check", "Caution"):
+            out["flags"].append(item.ConceptCodeSequence[0].CodeValue)
+        elif item.ValueType == "TEXT" and name in ("Algorithm Name", "Algorithm Version", "Algorithm Parameters"):
+            key = name.removeprefix("Algorithm ").lower()
+            if key == "parameters":
+                out["algorithm"].setdefault(key, []).append(item.TextValue)
+            else:
+                out["algorithm"].setdefault(key, item.TextValue)
+    out["evidence"] = [
+        image.ReferencedSOPInstanceUID
+        for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.ReferencedSeriesSequence
+        for image in series.ReferencedSOPSequence
+    ]
+    out["verification"], out["completion"] = ds.VerificationFlag, ds.CompletionFlag
+    return out
+
+
+def _walk(items):
+    for item in items:
+        yield item
+        if "ContentSequence" in item:
+            yield from _walk(item.ContentSequence)
