@@ -1,6 +1,6 @@
 """Load on the web service over loopback: requests/s and latency, with and without the heatmap.
 
-    python benchmarks/load.py [--model runs/default] [--requests 64] [--concurrency 1 32]
+    python benchmarks/load.py [--model runs/default] [--requests 64] [--concurrency 1 32] [--method gradcam]
 
 Starts `pneumolens serve` on a free 127.0.0.1 port, sends a bounded number of requests (real Kaggle
 test images) from C concurrent clients, checks every answer, and prints a markdown table with the
@@ -58,7 +58,9 @@ def serving(model: str | None = None, env: dict[str, str] | None = None, wait_s:
         server.wait(timeout=30)
 
 
-async def run_load(url: str, files: list[bytes], n: int, c: int, explain: bool) -> dict[str, float]:
+async def run_load(
+    url: str, files: list[bytes], n: int, c: int, explain: bool, method: str = "gradcam"
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -75,7 +77,7 @@ async def run_load(url: str, files: list[bytes], n: int, c: int, explain: bool) 
             t0 = time.perf_counter()
             r = await http.post(
                 f"{url}/api/v1/predict",
-                params={"explain": str(explain).lower()},
+                params={"explain": str(explain).lower(), "method": method},
                 files={"file": (f"{i}.jpeg", files[i % len(files)])},
             )
             latencies.append(time.perf_counter() - t0)
@@ -102,10 +104,11 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/chest_xray")
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--method", default="gradcam", help="the heatmap rows' map (the server's default: occlusion)")
     args = ap.parse_args()
     files = [p.read_bytes() for p in sorted((Path(args.data) / "test" / "PNEUMONIA").iterdir())[:16]]
     with serving(args.model) as (server, url):
-        asyncio.run(run_load(url, files, 4, 1, True))  # warm-up
+        asyncio.run(run_load(url, files, 4, 1, True, args.method))  # warm-up
         start_rss = rss_mib(server.pid)
         print(
             f"\nserver RSS after warm-up: {start_rss:.0f} MiB; {args.requests} requests a row; {os.cpu_count()} cores\n"
@@ -114,9 +117,9 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for c in args.concurrency:
             for explain in (False, True):
-                r = asyncio.run(run_load(url, files, args.requests, c, explain))
+                r = asyncio.run(run_load(url, files, args.requests, c, explain, args.method))
                 print(
-                    f"| {c} | {'Grad-CAM' if explain else 'none'} | {r['rps']:.1f} | {r['p50']:.0f} ms "
+                    f"| {c} | {args.method if explain else 'none'} | {r['rps']:.1f} | {r['p50']:.0f} ms "
                     f"| {r['p99']:.0f} ms | {r['errors']} |",
                     flush=True,
                 )

@@ -89,8 +89,8 @@ def test_evaluate_json_and_report(trained_run, tiny_data, tmp_path, capsys):
     for png in ("class_counts.png", "samples.png", "training_curves.png", "confusion_matrix.png", "roc_curve.png"):
         assert (report / png).stat().st_size > 1000 and png in html
     assert "does not make a diagnosis" in html and "PNEUMONIA/virus" in html
-    # the errors, explained with Grad-CAM, and the share of attribution on the lungs
-    assert "Explanations of the errors (gradcam)" in html and (report / "errors_explained.png").stat().st_size > 1000
+    # the errors, explained by occlusion (the default map), and the share of attribution on the lungs
+    assert "Explanations of the errors (occlusion)" in html and (report / "errors_explained.png").stat().st_size > 1000
     lf = m["explanations"]["lung_fraction"]
     assert set(lf) == {"correct", "wrong", "tp", "tn", "fp", "fn"}
     assert sum(m["explanations"]["n"].values()) == 24

@@ -140,7 +140,11 @@ def test_explain_refuses_what_predict_refuses(trained_run, tmp_path, capsys):
     path = str(real_images("test", "NORMAL", 1)[0])
     assert main(["explain", path, "--model", str(trained_run), "--method", "shap"]) == 2
     assert "valid: gradcam, lime, occlusion" in capsys.readouterr().err
-    assert main(["explain", path, "--model", str(trained_run), "--layer", "nope"]) == 2
+    assert main(["explain", path, "--model", str(trained_run), "--layer", "features.11"]) == 2  # occlusion's
+    assert "--layer applies to --method gradcam only, not occlusion" in capsys.readouterr().err
+    assert main(["explain", path, "--model", str(trained_run), "--method", "lime", "--stride", "2"]) == 2
+    assert "--stride applies to --method occlusion only, not lime" in capsys.readouterr().err
+    assert main(["explain", path, "--model", str(trained_run), "--method", "gradcam", "--layer", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown layer 'nope'; valid: features" in err and "features.11" in err and "head" not in err
 

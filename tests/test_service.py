@@ -63,7 +63,7 @@ def test_predict_with_heatmap(client):
     assert d["model"]["name"] == "pneumolens-seed" and d["threshold"] == pytest.approx(0.5)
     png = Image.open(io.BytesIO(base64.b64decode(d["heatmap_png"])))
     assert png.format == "PNG" and png.width >= 224
-    assert d["method"] == "gradcam" and "not a diagnosis" in d["notice"]
+    assert d["method"] == "occlusion" and "not a diagnosis" in d["notice"]  # the faithful map by default
     lime = post(client, jpeg_bytes(), method="lime").json()
     assert lime["method"] == "lime" and lime["probability"] == pytest.approx(d["probability"], abs=1e-6)
     plain = post(client, jpeg_bytes(), explain="false").json()

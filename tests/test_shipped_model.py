@@ -68,3 +68,25 @@ def test_shipped_model_reads_full_resolution_originals_as_their_224_px_copies():
     moved = np.array([abs(a.probability - b.probability) for a, b in zip(full, small, strict=True)])
     assert [a.label for a in full] == [b.label for b in small]
     assert np.median(moved) < 0.01 and moved.max() < 0.3, moved
+
+
+def test_the_default_map_is_the_faithful_one_for_the_shipped_model():
+    """The clinical outputs show ``DEFAULT_METHOD`` (occlusion) because, for the shipped model, its
+    deletion and insertion curves beat Grad-CAM's (benchmarks/explain_faithfulness.py, 60 validation
+    films). Checked here on six real films: a new model where this no longer holds fails."""
+    import numpy as np
+
+    from conftest import real_images
+    from pneumolens.explain import DEFAULT_METHOD, explain_image
+    from pneumolens.explain.faithfulness import deletion_insertion
+
+    loaded = load_model()
+    films = [*real_images("test", "NORMAL", 3), *real_images("test", "PNEUMONIA", 3)]
+    auc = {m: [] for m in (DEFAULT_METHOD, "gradcam")}
+    for path in films:
+        for method, aucs in auc.items():
+            e = explain_image(loaded, path, method)
+            curves = deletion_insertion(loaded.model, e.model_input, e.model_map, e.target_sign)
+            aucs.append((curves.deletion_auc, curves.insertion_auc))
+    (deletion, insertion), (cam_deletion, cam_insertion) = (np.mean(auc[m], axis=0) for m in auc)
+    assert DEFAULT_METHOD == "occlusion" and deletion < cam_deletion - 0.1 and insertion > cam_insertion + 0.05

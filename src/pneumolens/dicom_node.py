@@ -105,10 +105,10 @@ def caption_for(result: dict) -> str:
     return text
 
 
-def burn_in(picture: Image.Image, caption: str, model: str) -> np.ndarray:
+def burn_in(picture: Image.Image, caption: str, model: str, method: str | None = None) -> np.ndarray:
     """The overlay picture with a black band below carrying the caption (RGB uint8). Each " | " part
     of the caption starts a line, and a line too long for the picture wraps between words, so no
-    flag runs off the edge."""
+    flag runs off the edge. The last line names the model and the map (``method``)."""
     picture = picture.convert("RGB")
     w = max(512, picture.width)
     if picture.width != w:
@@ -130,7 +130,7 @@ def burn_in(picture: Image.Image, caption: str, model: str) -> np.ndarray:
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
         draw.text((8, picture.height + 4 + i * step), line, fill="yellow", font=font)
-    footer = f"{model} (pneumolens) - decision support only"
+    footer = f"{model} (pneumolens){f', {method} map' if method else ''} - decision support only"
     draw.text((8, picture.height + 4 + len(lines) * step), footer, fill="white", font=font)
     return np.asarray(canvas)
 
@@ -265,7 +265,8 @@ class Node:
             caption = caption_for(result)
             from pneumolens.explain.render import explanation_image
 
-            rgb = burn_in(explanation_image(result["explanation"]), caption, result["model"]["name"])
+            picture = explanation_image(result["explanation"])
+            rgb = burn_in(picture, caption, result["model"]["name"], result["method"])
             filed_in = study or generate_uid()
             results = [secondary_capture(ds, rgb, self.series_for(filed_in), caption)]
             if self.sr:

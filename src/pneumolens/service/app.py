@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request: Request,
         file: Annotated[UploadFile | None, File(description="JPEG, PNG or DICOM")] = None,
         explain: Annotated[bool, Query(description="add a heatmap_png")] = True,
-        method: Annotated[str, Query(description="gradcam, lime or occlusion")] = settings.default_method,
+        method: Annotated[str, Query(description="occlusion, gradcam or lime")] = settings.default_method,
     ):
         if file is None:
             return _error(422, "send the image as multipart/form-data field 'file'")

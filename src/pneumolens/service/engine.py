@@ -17,6 +17,7 @@ import torch
 from pneumolens.checkpoint import load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
+from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.segment import LungSegmenter
 from pneumolens.service.settings import Settings
@@ -90,7 +91,7 @@ class Engine:
         result.pop("explanation", None)
         return {**result, "seconds": time.perf_counter() - t0}
 
-    def analyse(self, gray: np.ndarray, explain: bool, method: str = "gradcam") -> dict[str, Any]:
+    def analyse(self, gray: np.ndarray, explain: bool, method: str = DEFAULT_METHOD) -> dict[str, Any]:
         """Score (and explain) a decoded image. With ``explain``, ``explanation`` holds the
         :class:`~pneumolens.explain.explainer.Explanation` and ``heatmap_png`` its picture."""
         t0 = time.perf_counter()

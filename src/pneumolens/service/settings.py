@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     onnx_path: str | None = None  # with backend "onnx": an exported file (default: exported at start-up)
     max_upload_mb: float = 50.0
     max_concurrent: int = 64  # requests waiting for the model beyond this get 503, never lost silently
-    default_method: Literal["gradcam", "lime", "occlusion"] = "gradcam"
+    default_method: Literal["gradcam", "lime", "occlusion"] = "occlusion"  # the faithful map (explain.DEFAULT_METHOD)
     api_token: SecretStr | None = None  # set: every /api/* request needs "Authorization: Bearer <token>"
     request_timeout_s: float = 60.0  # a prediction taking longer is answered 504
     shutdown_grace_s: float = 30.0  # on stop, how long to wait for predictions answered 504 still running
