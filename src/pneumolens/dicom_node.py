@@ -1,9 +1,10 @@
 """``pneumolens listen``: a DICOM node (pynetdicom) that gives every incoming chest X-ray a first read.
 
 It accepts C-STORE of CR and DX images (and C-ECHO), scores each with the lung plausibility flags,
-and writes a **Secondary Capture** per image: the X-ray with the Grad-CAM overlay and a burned-in
-caption ("AI first read: probability 0.93, above operating point; not a diagnosis"), in the same
-study (Study Instance UID) and a new series, so a PACS viewer files it beside the original. It can
+and writes a **Secondary Capture** per image: the X-ray with the explanation map (occlusion, the
+default of ``pneumolens.explain``) over it and a burned-in caption ("AI first read: probability
+0.93, above operating point; not a diagnosis"), in the same study (Study Instance UID) and a new
+series, so a PACS viewer files it beside the original. It can
 forward each result to another node (C-STORE SCU). With ``sr=True`` (``--sr``) it also writes a
 DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS or RIS to read. A
 dataset that cannot be read gets a failure status; the node keeps serving. Every result and refusal
@@ -130,7 +131,8 @@ def burn_in(picture: Image.Image, caption: str, model: str, method: str | None =
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
         draw.text((8, picture.height + 4 + i * step), line, fill="yellow", font=font)
-    footer = f"{model} (pneumolens){f', {method} map' if method else ''} - decision support only"
+    maker = f"{model} (pneumolens), {method} map" if method else f"{model} (pneumolens)"
+    footer = f"{maker} - decision support only"
     draw.text((8, picture.height + 4 + len(lines) * step), footer, fill="white", font=font)
     return np.asarray(canvas)
 
@@ -240,7 +242,8 @@ class Node:
             return self._series.setdefault((study_uid, modality), generate_uid())
 
     def handle_store(self, event) -> int:
-        """C-STORE: score, write the Secondary Capture, forward, audit. Never raises."""
+        """C-STORE: score, write the Secondary Capture (and the Structured Report), forward, audit.
+        Never raises."""
         t0 = time.perf_counter()
         study = None
         try:

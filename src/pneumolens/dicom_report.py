@@ -33,6 +33,8 @@ from pneumolens.lungs.flags import GREY_LUNGS_FLAG, MESSAGES, check_flags
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SERIES_DESCRIPTION = "pneumolens AI first read (structured) - not a diagnosis"
 PRIVATE_SCHEME = "99PNEUMOLENS"  # "99" marks a private coding scheme (PS3.16 8.1)
+# The original's header fields the report copies besides its patient and study: its identity.
+IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SpecificCharacterSet")
 
 
 def _code(value: str, scheme: str, meaning: str):
@@ -116,10 +118,6 @@ def _document(original: Dataset, report, series_uid: str) -> Dataset:
         series_description=SERIES_DESCRIPTION,
         software_versions=__version__,
     )
-
-
-# The original's header fields the report copies besides its patient and study: its identity.
-IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SpecificCharacterSet")
 
 
 def _evidence(original: Dataset) -> Dataset:
