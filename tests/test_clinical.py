@@ -661,6 +661,27 @@ def test_a_report_that_cannot_be_built_does_not_cost_the_picture(trained_run, tm
     assert "no structured report for this image (ValueError)" in caplog.text
 
 
+def test_a_failed_result_is_logged_without_the_header_value_it_quotes(trained_run, tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    import pneumolens.dicom_node
+    from pneumolens.dicom_node import OUT_OF_RESOURCES, Node
+    from pneumolens.service.engine import Engine
+
+    def choking(*args, **kwargs):
+        raise ValueError(f"Invalid value for VR DA: '{BAD_BIRTH_DATE}'")  # as pydicom words it
+
+    monkeypatch.setattr(pneumolens.dicom_node, "secondary_capture", choking)
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    ds = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out")
+    node.out.mkdir()
+    with caplog.at_level("INFO"):
+        assert node.handle_store(SimpleNamespace(dataset=ds, file_meta=ds.file_meta)) == OUT_OF_RESOURCES
+    assert "could not write or forward the result (ValueError" in caplog.text and BAD_BIRTH_DATE not in caplog.text
+    assert not list(node.out.iterdir()) and node.stored == 0
+
+
 def test_structured_report_says_what_the_model_said(tmp_path):
     """The report's content, read back from the file: the call at the operating point (a probability
     equal to it is a pneumonia call, as everywhere in pneumolens), the probability, the check flags

@@ -285,8 +285,14 @@ class Node:
                 atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))
             if self.forward is not None:
                 self._send(results)
-        except Exception:  # noqa: BLE001 - the node must keep serving; the reason is logged
-            log.exception("listen: could not write or forward the result")
+        except (ConnectionError, OSError) as e:  # pneumolens' own words, or the file system's: no header values
+            log.error("listen: could not write or forward the result: %s", e)
+            return OUT_OF_RESOURCES
+        except Exception as e:  # noqa: BLE001 - the node must keep serving
+            # pydicom's messages can quote the header value they choke on (a birth date, a name): the
+            # type goes to the log, the whole traceback only at debug level (-v)
+            log.error("listen: could not write or forward the result (%s; -v for the traceback)", type(e).__name__)
+            log.debug("listen: the failure in full", exc_info=True)
             return OUT_OF_RESOURCES
         if self.audit is not None:
             self.audit.record(
