@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.evaluation.metrics import binary_metrics, net_benefit
 
 
 @pytest.mark.parametrize("seed, threshold", [(0, 0.5), (1, 0.3), (2, 0.8)])
@@ -41,3 +41,17 @@ def test_undefined_ratios_are_none():
     assert m["specificity"] is None and m["roc_auc"] is None
     with pytest.raises(ValueError, match="no samples"):
         binary_metrics([], [])
+
+
+def test_net_benefit_by_hand():
+    """Five films, two with pneumonia. At pt 0.5 the model calls 0.9, 0.6 (both pneumonia) and 0.55 (normal):
+    2/5 - 1/5 * 1 = 0.2; at pt 0.2 it also calls 0.3 (normal): 2/5 - 2/5 * 0.25 = 0.3. Calling every film:
+    2/5 - 3/5 * odds."""
+    y, p = [1, 1, 0, 0, 0], [0.9, 0.6, 0.55, 0.3, 0.1]
+    assert net_benefit(y, p, [0.5, 0.2]) == pytest.approx([0.2, 0.3])
+    assert net_benefit(y, [1.0] * 5, [0.5, 0.2]) == pytest.approx([0.4 - 0.6, 0.4 - 0.6 * 0.25])
+    assert net_benefit(y, [0.0] * 5, [0.5]) == pytest.approx([0.0])  # calling none
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        net_benefit(y, p, [1.0])
+    with pytest.raises(ValueError, match="alike in shape"):
+        net_benefit(y, p[:4], [0.5])

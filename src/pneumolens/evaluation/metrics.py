@@ -44,3 +44,21 @@ def binary_metrics(y_true: Sequence[int], prob: Sequence[float], threshold: floa
         "roc_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else None,
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
+
+
+def net_benefit(y_true: Sequence[int], prob: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
+    """Decision-curve net benefit (Vickers and Elkin, 2006) of calling PNEUMONIA at each threshold
+    probability pt: TP/n - FP/n * pt / (1 - pt), the true positives per film less the false positives
+    weighted by the odds at which a clinician would act. "Treat all" is the same with every film
+    called; "treat none" is 0. Thresholds must lie in (0, 1)."""
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(prob, dtype=float)
+    pt = np.asarray(thresholds, dtype=float)
+    if y.size == 0 or y.shape != p.shape:
+        raise ValueError(f"y_true and prob must be non-empty and alike in shape: {y.shape} vs {p.shape}")
+    if ((pt <= 0) | (pt >= 1)).any():
+        raise ValueError("decision-curve thresholds must lie strictly between 0 and 1")
+    called = p[None, :] >= pt[:, None]  # (T, n)
+    tp = (called & (y[None, :] == 1)).sum(axis=1)
+    fp = (called & (y[None, :] == 0)).sum(axis=1)
+    return tp / y.size - fp / y.size * pt / (1 - pt)

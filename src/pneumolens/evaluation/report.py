@@ -1,4 +1,5 @@
-"""One HTML page with PNG figures: counts, samples, training curves, confusion matrix, ROC."""
+"""One HTML page with PNG figures: counts, samples, training curves, confusion matrix, ROC,
+calibration (reliability diagram) and decision curve."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.calibration import CalibrationDisplay  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, classification_report  # noqa: E402
 
 from pneumolens.config import CLASS_NAMES  # noqa: E402
 from pneumolens.data.images import ImageReadError, read_image  # noqa: E402
 from pneumolens.evaluation.evaluate import Evaluation, format_table  # noqa: E402
+from pneumolens.evaluation.metrics import net_benefit  # noqa: E402
 
 NOTICE = (
     "pneumolens supports a clinician's reading of a chest X-ray; it does not make a diagnosis. "
@@ -102,6 +105,41 @@ def plot_roc(y: list[int], p: list[float], path: Path) -> str | None:
     return _save(fig, path)
 
 
+def plot_calibration(y: list[int], p: list[float], path: Path, ece: float | None = None) -> str | None:
+    """Reliability diagram: the share of pneumonia films against the mean probability, in ten bins of
+    equal count (sklearn's ``CalibrationDisplay``)."""
+    if len(set(y)) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(4, 4))
+    CalibrationDisplay.from_predictions(y, p, n_bins=10, strategy="quantile", ax=ax, name="model")
+    ax.set_xlabel("mean probability of pneumonia (10 bins of equal count)")
+    ax.set_ylabel("share of pneumonia films")
+    ax.set_title("Calibration" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    return _save(fig, path)
+
+
+def plot_decision_curve(y: list[int], p: list[float], threshold: float, path: Path) -> str | None:
+    """Net benefit of the model, of calling every film pneumonia and of calling none, over threshold
+    probabilities 0.01-0.99, with the model's operating point marked."""
+    if len(set(y)) < 2:
+        return None
+    pt = np.linspace(0.01, 0.99, 99)
+    model = net_benefit(y, p, pt)
+    everyone = net_benefit(y, [1.0] * len(y), pt)
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.plot(pt, model, label="model")
+    ax.plot(pt, everyone, "k:", lw=1, label="call every film pneumonia")
+    ax.axhline(0, color="grey", lw=1, label="call none")
+    ax.axvline(threshold, color="tab:red", lw=0.8, ls="--", label=f"operating point {threshold:.3f}")
+    prevalence = float(np.mean(y))
+    ax.set_ylim(-0.05 * max(prevalence, 0.01), max(prevalence, 0.01) * 1.1)
+    ax.set_xlabel("threshold probability")
+    ax.set_ylabel("net benefit (true positives per film)")
+    ax.set_title("Decision curve")
+    ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
 def _explanations_html(x: dict[str, Any] | None) -> str:
     if not x:
         return ""
@@ -151,6 +189,8 @@ def write_report(
         ("Training curves", plot_curves(meta.get("history", []), out / "training_curves.png")),
         ("Confusion matrix", plot_confusion(m["confusion_matrix"], out / "confusion_matrix.png")),
         ("ROC curve", plot_roc(y, ev.probabilities, out / "roc_curve.png")),
+        ("Calibration", plot_calibration(y, ev.probabilities, out / "calibration.png", m.get("ece"))),
+        ("Decision curve", plot_decision_curve(y, ev.probabilities, m["threshold"], out / "decision_curve.png")),
     ]
     pred = [int(p >= m["threshold"]) for p in ev.probabilities]
     cls_report = classification_report(
