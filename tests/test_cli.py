@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,6 +98,35 @@ def test_evaluate_json_and_report(trained_run, tiny_data, tmp_path, capsys):
     lf = m["explanations"]["lung_fraction"]
     assert set(lf) == {"correct", "wrong", "tp", "tn", "fp", "fn"}
     assert sum(m["explanations"]["n"].values()) == 24
+
+
+def test_evaluate_csv_has_a_row_per_film_and_names_copies(trained_run, tiny_data, tmp_path, capsys):
+    """``--csv``: the outcomes add up to the table's confusion matrix, the flags are the films' own,
+    and a film stored twice under two names points at its first copy."""
+    data = tmp_path / "site"
+    for f in (tiny_data / "test").rglob("*.jpeg"):
+        (data / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, data / f.parent.name / f.name)
+    first = sorted((data / "NORMAL").iterdir())[0]
+    shutil.copy(first, data / "NORMAL" / "zz-the-same-film.jpeg")
+    out, rows_csv = tmp_path / "m.json", tmp_path / "films" / "films.csv"
+    assert (
+        main(["evaluate", "--model", str(trained_run), "--data", str(data), "--json", str(out), "--csv", str(rows_csv)])
+        == 0
+    )
+    m = json.loads(out.read_text())
+    rows = list(csv.DictReader(rows_csv.open()))
+    assert len(rows) == m["n"] == 25
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    assert [sum(r["outcome"] == o for r in rows) for o in ("TN", "FP", "FN", "TP")] == [tn, fp, fn, tp]
+    for r in rows:
+        called = float(r["probability"]) >= m["threshold"]
+        assert r["call"] == ("PNEUMONIA" if called else "NORMAL") and r["label"] == Path(r["path"]).parent.name
+    assert sum("grey_lungs" in r["flags"].split() for r in rows) == sum(
+        c["n"] for k, c in m["caution"].items() if "without" not in k
+    )
+    copies = {Path(r["path"]).name: Path(r["copy_of"]).name for r in rows if r["copy_of"]}
+    assert copies == {"zz-the-same-film.jpeg": first.name}
 
 
 def test_evaluate_threshold_override(trained_run, tiny_data, tmp_path):
@@ -229,7 +261,6 @@ def test_evaluate_lists_unreadable_files(trained_run, tmp_path, capsys):
 def test_deploy_units_run_real_commands(unit):
     """The systemd units in deploy/ start pneumolens with flags its parser accepts."""
     import shlex
-    from pathlib import Path
 
     from pneumolens.cli import build_parser
 

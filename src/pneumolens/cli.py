@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(e)
     e.add_argument("--json", dest="json_out", help="write the metrics as JSON to this file")
     e.add_argument("--report", help="write an HTML report with figures into this directory")
+    e.add_argument("--csv", help="write one row per film (label, call, probability, outcome, flags, copy_of) here")
     e.add_argument("--threshold", type=_probability, help="override the model's operating point")
     e.add_argument(
         "--group-by",
@@ -590,6 +591,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(ev.metrics, indent=2))
+    if args.csv:
+        from pneumolens.evaluation.films import write_films_csv
+
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        write_films_csv(ev, args.csv)
     return 0
 
 

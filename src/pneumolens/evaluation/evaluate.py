@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ class Evaluation:
     samples: list[Sample]  # the scored ones, in order
     probabilities: list[float]
     skipped: list[tuple[str, str]]  # (path, reason)
+    flags: dict[str, list[str]] = field(default_factory=dict)  # path -> its flags (the caution included)
 
 
 def scored_metrics(
@@ -195,7 +196,7 @@ def evaluate(
     metrics["model"] = loaded.meta.get("name")
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
-    return Evaluation(metrics, scored, p, skipped)
+    return Evaluation(metrics, scored, p, skipped, {s.path: flags[s.path] for s in scored})
 
 
 def format_table(m: dict[str, Any]) -> str:
