@@ -69,9 +69,12 @@ def test_another_model_file_or_transform_is_refused_by_name():
         OrientationCheck.from_file(shipped_model_path())
     with pytest.raises(ValueError, match="unknown transform 'rotate'"):
         OrientationCheck.shipped("rotate")
+    with pytest.raises(ValueError, match="not shipped 'turn'"):
+        OrientationCheck.shipped("turn")
 
 
-def test_train_orientation_writes_a_check_that_loads(tiny_data, tmp_path, capsys):
+@pytest.mark.parametrize("transform, extra", [("invert", []), ("turn", ["--borders", "0.3"])])
+def test_train_orientation_writes_a_check_that_loads(tiny_data, tmp_path, capsys, transform, extra):
     nlm = tmp_path / "nlm"
     (nlm / "images").mkdir(parents=True)
     with open(MASKS / "manifest.csv", newline="") as f:
@@ -84,16 +87,38 @@ def test_train_orientation_writes_a_check_that_loads(tiny_data, tmp_path, capsys
     for r in keep:
         (nlm / "images" / f"{r['id']}.png").symlink_to(MASKS / "images" / f"{r['id']}.png")
     out = tmp_path / "orientation"
-    argv = ["train-orientation", "--transform", "invert", "--data", str(tiny_data), "--lung-masks", str(nlm)]
-    assert main([*argv, "--out", str(out), "--epochs", "1"]) == 0
+    argv = ["train-orientation", "--transform", transform, "--data", str(tiny_data), "--lung-masks", str(nlm)]
+    assert main([*argv, *extra, "--out", str(out), "--epochs", "1"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
-    assert path.endswith("inverted.safetensors")
+    assert path.endswith(f"{transform}ed.safetensors")
     check = OrientationCheck.from_file(path)
     meta = check.loaded.meta
-    assert check.transform == "invert" and meta["config"]["transform"] == "invert"
+    assert check.transform == transform and meta["config"]["transform"] == transform
+    assert meta["config"]["borders"] == (0.3 if extra else 0.0)
     assert meta["training"]["films"]["test"] == 6 and meta["training"]["films"]["train"] > 6
     assert meta["metrics"]["test"]["n"] == 6 and 0 <= meta["metrics"]["val"]["caught_transformed"] <= 1
     assert check.probabilities([read_image(real_images("test", "NORMAL", 1)[0])]).shape == (1,)
+
+
+def test_a_digital_turn_blackens_the_corners_and_black_bands_stay_at_the_edges():
+    """What the (unshipped) turn check learns from: ``turn`` rotates 5-25 degrees about the centre with
+    black corners, any shape; ``black_borders`` blackens bands at the sides only."""
+    import torch
+
+    from pneumolens.lungs.orientation import turn
+    from pneumolens.lungs.train_orientation import black_borders
+
+    torch.manual_seed(0)
+    x = 0.5 + 0.5 * torch.rand(16, 1, 96, 96)  # no black pixel anywhere
+    turned = turn(x)
+    assert turned.shape == x.shape and (turned[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]] == 0).all()
+    assert (turned[:, 0, 40:56, 40:56] > 0.45).all()  # the middle is the film's, turned
+    film = torch.from_numpy(read_image(real_images("test", "NORMAL", 1)[0]))  # (H, W), not square
+    assert turn(film).shape == film.shape and turn(film)[0, 0] == 0
+    banded = black_borders(torch.ones(8, 1, 96, 96), p=1.0)
+    assert (banded[:, 0, 48, 0] == 0).all() and (banded[:, 0, 0, 48] == 0).all()  # every side, when p = 1
+    assert (banded[:, 0, 20:76, 20:76] == 1).all()  # at most 10% in, slanted 3 degrees: the middle untouched
+    assert torch.equal(black_borders(x, p=0.0), x)
 
 
 def test_robustness_degradations_on_a_real_film():

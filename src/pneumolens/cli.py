@@ -391,15 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--seed", type=int)
     to = sub.add_parser(
         "train-orientation",
-        help="train a mirrored- or inverted-film check from scratch (no labels: films shown both ways)",
+        help="train a mirrored-, inverted- or turned-film check from scratch (no labels: films shown both ways)",
     )
-    to.add_argument("--transform", choices=["mirror", "invert"], default="mirror", help="what the check learns to see")
+    to.add_argument(
+        "--transform", choices=["mirror", "invert", "turn"], default="mirror", help="what the check learns to see"
+    )
     to.add_argument("--data", default="../shared/data/chest_xray", help="the Kaggle folder (its train/ is read)")
     to.add_argument("--lung-masks", default="../shared/data/lung_masks", help="the NLM folder (manifest.csv, images/)")
     to.add_argument("--out", default="runs/orientation")
     to.add_argument("--epochs", type=_positive_int)
     to.add_argument("--image-size", type=_positive_int, help="input side in pixels (96 by default)")
     to.add_argument("--limit", type=_positive_int, help="at most N Kaggle films (smoke runs)")
+    to.add_argument(
+        "--borders", type=_probability, help="black bands on each side of training films with this probability"
+    )
     to.add_argument("--seed", type=int)
     return parser
 
@@ -495,7 +500,7 @@ def _given(cfg: Any, args: argparse.Namespace, *names: str) -> Any:
 def cmd_train_orientation(args: argparse.Namespace) -> int:
     from pneumolens.lungs.train_orientation import OrientationConfig, fit_orientation
 
-    cfg = _given(OrientationConfig(), args, "transform", "epochs", "image_size", "limit", "seed")
+    cfg = _given(OrientationConfig(), args, "transform", "epochs", "image_size", "limit", "seed", "borders")
     print(fit_orientation(args.data, args.lung_masks, args.out, cfg))
     return 0
 
