@@ -713,6 +713,23 @@ def test_structured_report_says_what_the_model_said(tmp_path):
         parsed = hd.sr.srread(path)  # a TID 1500 report highdicom itself can read back
         (group,) = parsed.content.get_image_measurement_groups()
         assert group.finding_type.value == "233604007"
+        for code in _codes(sr.ContentSequence):  # the integrators' page lists every code the report uses
+            assert f"({code[0]}, {code[1]}" in INTEGRATORS_PAGE, code
+
+
+INTEGRATORS_PAGE = (Path(__file__).parents[1] / "docs" / "structured-report.md").read_text()
+
+
+def _codes(items):
+    for item in items:
+        for seq in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+            if seq in item:
+                yield item[seq][0].CodeValue, item[seq][0].CodingSchemeDesignator
+        if "MeasuredValueSequence" in item:
+            unit = item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+            yield unit.CodeValue, unit.CodingSchemeDesignator
+        if "ContentSequence" in item:
+            yield from _codes(item.ContentSequence)
 
 
 # ------------------------------------------------------------------------------------------ wheel

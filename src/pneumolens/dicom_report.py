@@ -11,7 +11,7 @@ study and a series of its own, with the original as evidence. Its one measuremen
 - the algorithm (TID 4019): model name, its pneumolens version and weight hash, and the operating
   point as a parameter;
 - one qualitative evaluation "Image check" per check flag, and "Caution" for ``grey_lungs``, coded in
-  the private scheme ``99PNEUMOLENS`` with the flag as code value and its sentence as meaning.
+  the private scheme ``99PNEUMOLENS`` with the flag as code value and its name in words as meaning.
 
 The report is marked UNVERIFIED and PARTIAL: no person has signed it, and it is a first read that
 informs the radiologist, not a diagnosis. The device observer (TID 1004) is pneumolens, with a UID
@@ -28,7 +28,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from pneumolens.dicom_node import PATIENT_AND_STUDY
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG, MESSAGES, check_flags
+from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SERIES_DESCRIPTION = "pneumolens AI first read (structured) - not a diagnosis"
@@ -41,6 +41,12 @@ def _code(value: str, scheme: str, meaning: str):
     import highdicom as hd
 
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning[:64])
+
+
+def _flag_code(flag: str):
+    """A flag as a private code, its meaning the name in words ("lungs cut off"): the sentence a
+    person reads (``pneumolens.lungs.flags.MESSAGES``) is too long for a code meaning (64 characters)."""
+    return _code(flag, PRIVATE_SCHEME, flag.replace("_", " "))
 
 
 def structured_report(original: Dataset, result: dict[str, Any], series_uid: str) -> Dataset:
@@ -62,9 +68,9 @@ def structured_report(original: Dataset, result: dict[str, Any], series_uid: str
     caution = _code("caution", PRIVATE_SCHEME, "Caution")
     flags = list(result.get("flags", []))
     for flag in check_flags(flags):
-        evaluations.append(hd.sr.QualitativeEvaluation(check, _code(flag, PRIVATE_SCHEME, MESSAGES.get(flag, flag))))
+        evaluations.append(hd.sr.QualitativeEvaluation(check, _flag_code(flag)))
     if GREY_LUNGS_FLAG in flags:
-        evaluations.append(hd.sr.QualitativeEvaluation(caution, _code(GREY_LUNGS_FLAG, PRIVATE_SCHEME, "grey lungs")))
+        evaluations.append(hd.sr.QualitativeEvaluation(caution, _flag_code(GREY_LUNGS_FLAG)))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia first read"),
         finding_type=pneumonia,
