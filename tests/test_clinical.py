@@ -682,6 +682,33 @@ def test_a_failed_result_is_logged_without_the_header_value_it_quotes(trained_ru
     assert not list(node.out.iterdir()) and node.stored == 0
 
 
+@pytest.mark.parametrize(
+    "charset, name",
+    [("ISO_IR 100", "Müller^Jürgen"), ("ISO_IR 192", "Ωμέγα^Άλφα"), (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎")],
+)
+def test_results_keep_a_patient_name_in_any_character_set(tmp_path, charset, name):
+    """The picture and the report are filed by the patient's name as the modality wrote it: the
+    character set travels (the picture kept the name's bytes but not their set until 2026-12-06, so a
+    Greek or Japanese name came out as question marks); the report writes names as UTF-8."""
+    from pneumolens.dicom_node import secondary_capture
+    from pneumolens.dicom_report import structured_report
+
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    path = make_dicom(tmp_path / "x.dcm", pixels)
+    ds = pydicom.dcmread(path)
+    ds.SpecificCharacterSet, ds.PatientName = charset, name
+    ds.save_as(path)
+    original = pydicom.dcmread(path)
+    result = {"probability": 0.7, "threshold": 0.4, "flags": [], "model": {"name": "m", "version": "1", "sha256": "ab"}}
+    made = {
+        "picture": secondary_capture(original, np.zeros((8, 8, 3), np.uint8), pydicom.uid.generate_uid(), "x"),
+        "report": structured_report(original, result, pydicom.uid.generate_uid()),
+    }
+    for kind, ds in made.items():
+        ds.save_as(tmp_path / f"{kind}.dcm", enforce_file_format=True)
+        assert str(pydicom.dcmread(tmp_path / f"{kind}.dcm").PatientName) == name, kind
+
+
 def test_structured_report_says_what_the_model_said(tmp_path):
     """The report's content, read back from the file: the call at the operating point (a probability
     equal to it is a pneumonia call, as everywhere in pneumolens), the probability, the check flags

@@ -82,6 +82,8 @@ SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA700
 
 # Copied from the original so the result is filed with its patient and study (never logged).
 PATIENT_AND_STUDY = (
+    "SpecificCharacterSet",  # first: the character set the names below are written in (else a Greek or
+    # Japanese name would be written as question marks)
     "PatientName",
     "PatientID",
     "PatientBirthDate",

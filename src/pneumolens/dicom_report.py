@@ -34,7 +34,7 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SERIES_DESCRIPTION = "pneumolens AI first read (structured) - not a diagnosis"
 PRIVATE_SCHEME = "99PNEUMOLENS"  # "99" marks a private coding scheme (PS3.16 8.1)
 # The original's header fields the report copies besides its patient and study: its identity.
-IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SpecificCharacterSet")
+IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")
 
 
 def _code(value: str, scheme: str, meaning: str):
@@ -133,12 +133,14 @@ def _evidence(original: Dataset) -> Dataset:
     ds = Dataset()
     for keyword in IDENTITY + PATIENT_AND_STUDY:
         value = original.get(keyword)
+        if keyword == "SpecificCharacterSet":
+            if value:  # the names are decoded text by now: written again as UTF-8, which holds any name
+                ds.SpecificCharacterSet = "ISO_IR 192"  # (highdicom refuses e.g. ["", "ISO 2022 IR 87"])
+            continue
         setattr(ds, keyword, value if value not in (None, "") and _valid(keyword, value) else None)
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not ds.get(keyword):
             setattr(ds, keyword, generate_uid())
-    if not ds.get("SpecificCharacterSet"):
-        del ds.SpecificCharacterSet
     return ds
 
 
