@@ -661,6 +661,25 @@ def test_a_report_that_cannot_be_built_does_not_cost_the_picture(trained_run, tm
     assert "no structured report for this image (ValueError)" in caplog.text
 
 
+def test_an_image_without_a_study_gets_results_in_one_new_study(trained_run, tmp_path):
+    from types import SimpleNamespace
+
+    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.dicom_report import read_structured_report
+    from pneumolens.service.engine import Engine
+
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    ds = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    del ds.StudyInstanceUID  # type 1, yet a sender may leave it out
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", sr=True)
+    node.out.mkdir()
+    assert node.handle_store(SimpleNamespace(dataset=ds, file_meta=ds.file_meta)) == SUCCESS
+    picture, report = sorted((pydicom.dcmread(f) for f in node.out.glob("*.dcm")), key=lambda d: d.Modality)
+    assert (picture.Modality, report.Modality) == ("OT", "SR")
+    assert picture.StudyInstanceUID == report.StudyInstanceUID  # one study for both, named in each
+    assert read_structured_report(report)["evidence"] == [ds.SOPInstanceUID]
+
+
 def test_a_failed_result_is_logged_without_the_header_value_it_quotes(trained_run, tmp_path, monkeypatch, caplog):
     from types import SimpleNamespace
 

@@ -272,7 +272,9 @@ class Node:
 
             picture = explanation_image(result["explanation"])
             rgb = burn_in(picture, caption, result["model"]["name"], result["method"])
-            filed_in = study or generate_uid()
+            if study is None:  # an image without a study (invalid, but sent): its results share a new one
+                ds.StudyInstanceUID = generate_uid()
+            filed_in = str(ds.StudyInstanceUID)
             results = [secondary_capture(ds, rgb, self.series_for(filed_in), caption)]
             if self.sr:
                 from pneumolens.dicom_report import structured_report
