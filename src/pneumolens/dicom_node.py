@@ -80,10 +80,11 @@ TRANSFER_SYNTAXES = (
 # Status codes of PS3.4 C-STORE: success, and "cannot understand" for a dataset we cannot read
 SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA700
 
-# Copied from the original so the result is filed with its patient and study (never logged).
+# Copied from the original so the result is filed with its patient and study (never logged); first
+# the character set the names are written in, without which a Greek or Japanese name is written as
+# question marks.
 PATIENT_AND_STUDY = (
-    "SpecificCharacterSet",  # first: the character set the names below are written in (else a Greek or
-    # Japanese name would be written as question marks)
+    "SpecificCharacterSet",
     "PatientName",
     "PatientID",
     "PatientBirthDate",

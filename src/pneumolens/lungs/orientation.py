@@ -18,12 +18,14 @@ digital turn (``turn``), can be learnt the same way; that check is not shipped (
 from __future__ import annotations
 
 import functools
+import math
 import os
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.data.images import preprocess
@@ -36,10 +38,6 @@ def turn(x: torch.Tensor) -> torch.Tensor:
     """Each image of ``x`` (..., H, W) turned about its centre by a random angle of ``TURN_DEGREES``
     either way, the corners filled black, as a film rotated in software and saved is: the black
     wedges, not the tilt, are what lowers the pneumonia model's specificity (README, Reliability)."""
-    import math
-
-    import torch.nn.functional as F
-
     shape = x.shape
     images = x.reshape(-1, 1, *shape[-2:]).float()
     n, _, h, w = images.shape
