@@ -23,9 +23,8 @@ import numpy as np
 from tta import val_paths
 
 from pneumolens.checkpoint import load_model
-from pneumolens.explain import explain_image
 from pneumolens.explain.attribution import resolve_layer
-from pneumolens.explain.faithfulness import deletion_insertion
+from pneumolens.explain.evaluate import film_curves
 
 
 def stage_layers(model) -> list[str]:
@@ -58,21 +57,10 @@ def main() -> None:
     loaded = load_model(args.model)
     films = pick(val_paths(args.model, args.data), args.n, args.seed)
     default_layer = resolve_layer(loaded.model, None)[0]
-    variants = [(f"Grad-CAM, {layer}", "gradcam", {"layer": layer}) for layer in stage_layers(loaded.model)]
-    variants += [("occlusion", "occlusion", {}), ("LIME (1000 samples)", "lime", {})]
-    scores = {name: {"del": [], "ins": [], "sec": []} for name, _, _ in variants}
-    scores["random map"] = {"del": [], "ins": [], "sec": []}
-    rng = np.random.default_rng(args.seed)
-    for path in films:
-        for name, method, options in variants:
-            e = explain_image(loaded, path, method, seed=0, **options)
-            curves = deletion_insertion(loaded.model, e.model_input, e.model_map, e.target_sign)
-            scores[name]["del"].append(curves.deletion_auc)
-            scores[name]["ins"].append(curves.insertion_auc)
-            scores[name]["sec"].append(e.seconds)
-        curves = deletion_insertion(loaded.model, e.model_input, rng.random(e.model_map.shape), e.target_sign)
-        scores["random map"]["del"].append(curves.deletion_auc)
-        scores["random map"]["ins"].append(curves.insertion_auc)
+    variants = {f"Grad-CAM, {layer}": ("gradcam", {"layer": layer}) for layer in stage_layers(loaded.model)}
+    variants |= {"occlusion": ("occlusion", {}), "LIME (1000 samples)": ("lime", {})}
+    scores = film_curves(loaded, films, variants, seed=0, rng=np.random.default_rng(args.seed))
+    scores["random map"] = scores.pop("random")
     half = args.n // 2
     reference = scores[f"Grad-CAM, {default_layer}"]
     print(

@@ -19,6 +19,42 @@ from pneumolens.explain.faithfulness import deletion_insertion
 log = logging.getLogger(__name__)
 
 
+def film_curves(
+    loaded: LoadedModel,
+    paths: list[str],
+    variants: dict[str, tuple[str, dict[str, Any]]],
+    seed: int = 0,
+    rng: np.random.Generator | None = None,
+) -> dict[str, dict[str, list[float]]]:
+    """Per film, for each variant (name: (method, ``explain_image`` options)) and for a random map on
+    the same input (``"random"``, drawn from ``rng``, by default seeded with ``seed``): deletion and
+    insertion AUC (``del``, ``ins``), seconds (``sec``) and lung fraction (``lung``, where known). A
+    film that cannot be read is skipped (logged) for every variant."""
+    rng = rng or np.random.default_rng(seed)
+    rows: dict[str, dict[str, list[float]]] = {v: {"del": [], "ins": [], "sec": [], "lung": []} for v in variants}
+    rows["random"] = {"del": [], "ins": [], "sec": [], "lung": []}
+    for path in paths:
+        for name, (method, options) in variants.items():
+            try:
+                e = explain_image(loaded, path, method, seed=seed, **options)
+            except ImageReadError as err:
+                log.warning("skipped %s", err)
+                break
+            c = deletion_insertion(loaded.model, e.model_input, e.model_map, e.target_sign)
+            r = rows[name]
+            r["del"].append(c.deletion_auc)
+            r["ins"].append(c.insertion_auc)
+            r["sec"].append(e.seconds)
+            if e.lung_fraction is not None:
+                r["lung"].append(e.lung_fraction)
+        else:
+            rand = rng.random(e.model_map.shape)
+            c = deletion_insertion(loaded.model, e.model_input, rand, e.target_sign)
+            rows["random"]["del"].append(c.deletion_auc)
+            rows["random"]["ins"].append(c.insertion_auc)
+    return rows
+
+
 def evaluate_methods(
     loaded: LoadedModel,
     data: str | os.PathLike[str],
@@ -30,28 +66,7 @@ def evaluate_methods(
     """Mean deletion / insertion AUC, seconds per image and lung fraction for each method, on ``n``
     test images (stratified). A random map on the same images is the reference row."""
     samples = stratified_subset(find_split(data, "test"), n, seed)
-    rng = np.random.default_rng(seed)
-    rows: dict[str, dict[str, list[float]]] = {m: {"del": [], "ins": [], "sec": [], "lung": []} for m in methods}
-    rows["random"] = {"del": [], "ins": [], "sec": [], "lung": []}
-    for s in samples:
-        for method in methods:
-            try:
-                e = explain_image(loaded, s.path, method, seed=seed, **options)
-            except ImageReadError as err:
-                log.warning("skipped %s", err)
-                break
-            c = deletion_insertion(loaded.model, e.model_input, e.model_map, e.target_sign)
-            r = rows[method]
-            r["del"].append(c.deletion_auc)
-            r["ins"].append(c.insertion_auc)
-            r["sec"].append(e.seconds)
-            if e.lung_fraction is not None:
-                r["lung"].append(e.lung_fraction)
-        else:
-            rand = rng.random(e.model_map.shape)
-            c = deletion_insertion(loaded.model, e.model_input, rand, e.target_sign)
-            rows["random"]["del"].append(c.deletion_auc)
-            rows["random"]["ins"].append(c.insertion_auc)
+    rows = film_curves(loaded, [s.path for s in samples], {m: (m, options) for m in methods}, seed)
 
     def mean(v: list[float]) -> float | None:
         return float(np.mean(v)) if v else None
