@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -21,6 +22,7 @@ from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
 from pneumolens.audit import AuditLog, parse_since
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
+from pneumolens.dicom_presentation import read_presentation_state
 from pneumolens.dicom_report import read_structured_report
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
@@ -352,7 +354,8 @@ def study(tmp_path):
 def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     files, study_uid = study
     port, out = _free_port(), tmp_path / "results"
-    cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db, "--sr"]
+    cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db]
+    cmd += ["--sr", "--gsps"]
     node = subprocess.Popen([*cmd, "--model", str(trained_run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for(
@@ -361,7 +364,8 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         # -cx: propose each file's own transfer syntax, as a modality does (the third is lossless JPEG)
         sent = _pynetdicom("storescu", "127.0.0.1", str(port), *map(str, files), "-aec", "PNEUMOLENS", "-v", "-cx")
         assert "0xC000" in sent.stderr + sent.stdout  # the corrupt one was refused...
-        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 4, 60, node)  # ...and the node went on: 2 pictures, 2 reports
+        # ...and the node went on: 2 pictures, 2 reports, 2 presentation states
+        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 6, 60, node)
         assert node.poll() is None
         again = _pynetdicom("echoscu", "127.0.0.1", str(port), "-aec", "PNEUMOLENS")
         assert again.returncode == 0
@@ -378,7 +382,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     reports = [ds for ds in written if ds.Modality == "SR"]
     captions = {}
     series = set()
-    for sc in (ds for ds in written if ds.Modality != "SR"):
+    for sc in (ds for ds in written if ds.Modality == "OT"):
         captions[sc.SourceImageSequence[0].ReferencedSOPInstanceUID] = sc.DerivationDescription
         assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.Modality == "OT"
         assert sc.StudyInstanceUID == study_uid and sc.SourceImageSequence[0].ReferencedSOPInstanceUID in originals
@@ -400,6 +404,25 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         assert f"probability {said['probability']:.2f}," in captions[source]
         side = "above" if said["pneumonia"] == "Present" else "below"
         assert f"{side} operating point" in captions[source]
+    # the presentation states: one per picture, on its original as that is shown, drawing the picture's
+    # caption and the report's regions
+    states = [ds for ds in written if ds.Modality == "PR"]
+    assert len(states) == 2 and len({pr.SeriesInstanceUID for pr in states}) == 1
+    assert not {pr.SeriesInstanceUID for pr in states} & (series | {sr.SeriesInstanceUID for sr in reports})
+    sent = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files)}
+    regions = {read_structured_report(sr)["evidence"][0]: read_structured_report(sr)["regions"] for sr in reports}
+    for pr in states:
+        drawn = read_presentation_state(pr)
+        original = sent[drawn["image"]]
+        assert pr.StudyInstanceUID == study_uid and str(pr.PatientID) == PATIENT_ID and pr.PatientBirthDate == ""
+        assert drawn["texts"] == [captions[drawn["image"]]] and drawn["layers"] == ["AI MAP", "AI CALL"]
+        inverse = original.PhotometricInterpretation == "MONOCHROME1"
+        assert drawn["presentation_lut"] == ("INVERSE" if inverse else "IDENTITY")
+        assert 1 <= len(drawn["outlines"]) <= 3 and len(drawn["outlines"]) == len(regions[drawn["image"]])
+        for outline, region in zip(drawn["outlines"], regions[drawn["image"]], strict=True):
+            np.testing.assert_allclose(outline, region["points"], atol=1e-3)  # the same regions in both
+            assert (outline[0] == outline[-1]).all() and (outline >= 0).all()  # closed, on the image
+            assert (outline[:, 0] <= original.Columns).all() and (outline[:, 1] <= original.Rows).all()
 
     rows = AuditLog(db).rows()
     assert [r["decision"] for r in rows].count("refused") == 1 and len(rows) == 3
@@ -581,6 +604,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     from pynetdicom import AE, evt
 
     from pneumolens.dicom_node import SECONDARY_CAPTURE, Destination, Node, tls_context
+    from pneumolens.dicom_presentation import GSPS
     from pneumolens.dicom_report import COMPREHENSIVE_SR
     from pneumolens.service.engine import Engine
 
@@ -593,6 +617,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     archive = AE(ae_title="ARCHIVE")
     archive.add_supported_context(SECONDARY_CAPTURE)
     archive.add_supported_context(COMPREHENSIVE_SR)
+    archive.add_supported_context(GSPS)
     port_archive, port_node = _free_port(), _free_port()
     destination = Destination.parse(f"ARCHIVE@127.0.0.1:{port_archive}")
     archive_tls = None
@@ -606,17 +631,19 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
         ssl_context=archive_tls,
     )
-    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", forward=destination, sr=True)
+    engine = Engine(Settings(model=str(trained_run)))
+    node = Node(engine, None, tmp_path / "out", forward=destination, sr=True, gsps=True)
     node_server = node.server("127.0.0.1", port_node)
     try:
         sent = _pynetdicom("storescu", "127.0.0.1", str(port_node), str(study[0][0]), "-aec", "PNEUMOLENS")
         assert sent.returncode == 0, sent.stderr
-        _wait_for(lambda: len(received) == 2, 30)
+        _wait_for(lambda: len(received) == 3, 30)
     finally:
         node_server.shutdown()
         archive_server.shutdown()
-    assert {ds.StudyInstanceUID for ds in received} == {study[1]}  # the picture and the report, in one association
-    assert [ds.SOPClassUID for ds in received] == [SECONDARY_CAPTURE, COMPREHENSIVE_SR]
+    # the picture, the report and the presentation state, in one association
+    assert {ds.StudyInstanceUID for ds in received} == {study[1]}
+    assert [ds.SOPClassUID for ds in received] == [SECONDARY_CAPTURE, COMPREHENSIVE_SR, GSPS]
     with pytest.raises(ValueError, match="AE_TITLE@host:port"):
         Destination.parse("nowhere")
 
@@ -640,30 +667,36 @@ def test_secondary_capture_caption_and_pixels(trained_run):
         assert not (picture[512:, -6:, 0] > 200).any()  # no yellow text reaches the right edge: nothing cut off
 
 
-def test_a_report_that_cannot_be_built_does_not_cost_the_picture(trained_run, tmp_path, monkeypatch, caplog):
-    from types import SimpleNamespace
+@pytest.mark.parametrize(
+    "module, function, flag, what",
+    [
+        ("dicom_report", "structured_report", "sr", "structured report"),
+        ("dicom_presentation", "presentation_state", "gsps", "presentation state"),
+    ],
+)
+def test_a_report_that_cannot_be_built_does_not_cost_the_picture(
+    trained_run, tmp_path, monkeypatch, caplog, module, function, flag, what
+):
+    import importlib
 
-    import pneumolens.dicom_report
     from pneumolens.dicom_node import SUCCESS, Node
     from pneumolens.service.engine import Engine
 
     def broken(*args, **kwargs):
         raise ValueError("a header highdicom will not take")
 
-    monkeypatch.setattr(pneumolens.dicom_report, "structured_report", broken)
+    monkeypatch.setattr(importlib.import_module(f"pneumolens.{module}"), function, broken)
     pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
     ds = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
-    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", sr=True)
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", **{flag: True})
     node.out.mkdir()
     assert node.handle_store(SimpleNamespace(dataset=ds, file_meta=ds.file_meta)) == SUCCESS
     (written,) = (pydicom.dcmread(f) for f in node.out.glob("*.dcm"))
     assert written.Modality == "OT" and node.stored == 1
-    assert "no structured report for this image (ValueError)" in caplog.text
+    assert f"no {what} for this image (ValueError)" in caplog.text
 
 
 def test_an_image_without_a_study_gets_results_in_one_new_study(trained_run, tmp_path):
-    from types import SimpleNamespace
-
     from pneumolens.dicom_node import SUCCESS, Node
     from pneumolens.dicom_report import read_structured_report
     from pneumolens.service.engine import Engine
@@ -681,8 +714,6 @@ def test_an_image_without_a_study_gets_results_in_one_new_study(trained_run, tmp
 
 
 def test_a_failed_result_is_logged_without_the_header_value_it_quotes(trained_run, tmp_path, monkeypatch, caplog):
-    from types import SimpleNamespace
-
     import pneumolens.dicom_node
     from pneumolens.dicom_node import OUT_OF_RESOURCES, Node
     from pneumolens.service.engine import Engine
@@ -740,8 +771,12 @@ def test_structured_report_says_what_the_model_said(tmp_path):
     original = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))  # no birth date, sex or study date
     model = {"name": "pneumolens-default", "version": "9.9", "sha256": "0123456789abcdef" * 4}
     cases = [(0.4, [], "Present", []), (0.39999, ["lungs_cut_off", "grey_lungs"], "Absent", ["lungs_cut_off"])]
+    heatmap = np.full(pixels.shape, -0.1, np.float32)
+    heatmap[40:80, 100:160] = 1.0  # one region the map marks
     for probability, flags, call, checks in cases:
         result = {"probability": probability, "threshold": 0.4, "flags": flags, "model": model}
+        if call == "Present":
+            result.update(method="occlusion", explanation=SimpleNamespace(heatmap=heatmap))
         path = tmp_path / f"{call}.dcm"
         structured_report(original, result, pydicom.uid.generate_uid()).save_as(path, enforce_file_format=True)
         sr = pydicom.dcmread(path)
@@ -759,11 +794,88 @@ def test_structured_report_says_what_the_model_said(tmp_path):
         parsed = hd.sr.srread(path)  # a TID 1500 report highdicom itself can read back
         (group,) = parsed.content.get_image_measurement_groups()
         assert group.finding_type.value == "233604007"
+        if call == "Present":  # the map's region, as an outline on the original (column, row)
+            ((region,),) = [said["regions"]]
+            assert region["share"] == pytest.approx(1.0)
+            assert region["points"].min(axis=0) == pytest.approx([100, 40], abs=1)
+            assert region["points"].max(axis=0) == pytest.approx([160, 80], abs=1)
+            (roi,) = parsed.content.get_planar_roi_measurement_groups()
+            assert roi.finding_type.meaning == "AI map region" and roi.reference_type.value == "111030"
+        else:
+            assert said["regions"] == []
         for code in _codes(sr.ContentSequence):  # the integrators' page lists every code the report uses
             assert f"({code[0]}, {code[1]}" in INTEGRATORS_PAGE, code
 
 
 INTEGRATORS_PAGE = (Path(__file__).parents[1] / "docs" / "structured-report.md").read_text()
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (2400, 1800)])  # traced as it is, and on the map scaled down 5x
+def test_map_outlines_go_round_the_strongest_regions(shape):
+    from pneumolens.dicom_presentation import map_outlines
+
+    h, w = shape
+    heatmap = np.full(shape, -0.2, np.float32)  # against the call everywhere, but for:
+    boxes = {  # (top, bottom, left, right) as shares of the side: value
+        (0.2, 0.4, 0.5, 0.8): 1.0,  # the strongest region
+        (0.6, 0.7, 0.1, 0.2): 0.7,
+        (0.8, 0.9, 0.6, 0.7): 0.6,
+        (0.05, 0.08, 0.05, 0.08): 0.55,  # above the level too, but the fourth: left out
+        (0.5, 0.9, 0.3, 0.5): 0.3,  # support below half the peak: no outline
+    }
+    for (t, b, left, r), value in boxes.items():
+        heatmap[round(t * h) : round(b * h), round(left * w) : round(r * w)] = value
+    outlines = map_outlines(heatmap)
+    assert len(outlines) == 3
+    total = float(np.clip(heatmap, 0, None).sum())
+    tol = 1 + int(np.ceil(max(shape) / 512))  # a pixel, and the step of the scaled-down map
+    for outline, ((t, b, left, r), value) in zip(outlines, list(boxes.items())[:3], strict=True):
+        assert (outline.points[0] == outline.points[-1]).all()  # closed
+        assert outline.points.min(axis=0) == pytest.approx([left * w, t * h], abs=tol)  # (column, row)
+        assert outline.points.max(axis=0) == pytest.approx([r * w, b * h], abs=tol)
+        expected = value * round((b - t) * h) * round((r - left) * w) / total
+        assert outline.share == pytest.approx(expected, rel=0.05)
+    assert map_outlines(np.full(shape, -0.5, np.float32)) == [] and map_outlines(np.zeros(shape)) == []
+
+
+@pytest.mark.parametrize(
+    "photometric, dtype, window, lut",
+    [
+        ("MONOCHROME2", np.uint8, None, "IDENTITY"),  # 8-bit display values: shown as they are
+        ("MONOCHROME1", np.uint16, None, "INVERSE"),  # no window: the stored range; high values dark
+        ("MONOCHROME2", np.uint16, (1800.0, 900.0), "IDENTITY"),  # the modality's own window
+    ],
+)
+def test_presentation_state_shows_the_original_as_it_is(tmp_path, photometric, dtype, window, lut):
+    from pneumolens.dicom_presentation import GSPS, presentation_state
+
+    gray = read_image(real_images("test", "NORMAL", 1)[0])
+    pixels = np.round(gray * (255 if dtype == np.uint8 else 3000) + (0 if dtype == np.uint8 else 500)).astype(dtype)
+    path = make_dicom(tmp_path / "x.dcm", pixels, photometric, window=window)
+    original = pydicom.dcmread(path)
+    original.PatientBirthDate = BAD_BIRTH_DATE  # left out rather than failing the object
+    heatmap = np.full(pixels.shape, -0.1, np.float32)
+    heatmap[50:90, 30:70] = 0.8
+    model = {"name": "pneumolens-default", "version": "9.9", "sha256": "ab" * 32}
+    result = {"method": "occlusion", "explanation": SimpleNamespace(heatmap=heatmap), "model": model}
+    pr = presentation_state(original, result, pydicom.uid.generate_uid(), "AI first read: ...; not a diagnosis")
+    pr.save_as(tmp_path / "pr.dcm", enforce_file_format=True)
+    pr = pydicom.dcmread(tmp_path / "pr.dcm")
+    drawn = read_presentation_state(pr)
+    assert pr.SOPClassUID == GSPS and pr.Modality == "PR" and pr.StudyInstanceUID == original.StudyInstanceUID
+    assert drawn["image"] == original.SOPInstanceUID and pr.PatientBirthDate == ""
+    assert drawn["texts"] == ["AI first read: ...; not a diagnosis"] and drawn["presentation_lut"] == lut
+    (outline,) = drawn["outlines"]
+    assert outline.min(axis=0) == pytest.approx([30, 50], abs=1) and outline.max(axis=0) == pytest.approx(
+        [70, 90], abs=1
+    )
+    if window:
+        assert drawn["window"] == window
+    elif dtype == np.uint8:
+        assert drawn["window"] == (127.5, 255.0)
+    else:  # the stored range: what pneumolens reads the image through
+        lo, hi = float(pixels.min()), float(pixels.max())
+        assert drawn["window"] == pytest.approx(((lo + hi) / 2, hi - lo))
 
 
 def _codes(items):

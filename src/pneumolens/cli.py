@@ -342,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument(
         "--sr", action="store_true", help="also write (and forward) a DICOM Structured Report (TID 1500) per image"
     )
+    ln.add_argument(
+        "--gsps",
+        action="store_true",
+        help="also write (and forward) a Grayscale Softcopy Presentation State per image: the map's outline and "
+        "the call as an overlay a viewer draws on the original",
+    )
     ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     ln.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
     ln.add_argument(
@@ -718,7 +724,15 @@ def cmd_listen(args: argparse.Namespace) -> int:
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
     engine = _engine(args.model)
     node = Node(
-        engine, AuditLog(args.db), Path(args.out), args.ae_title, forward, allowed_aets=allowed, tls=tls, sr=args.sr
+        engine,
+        AuditLog(args.db),
+        Path(args.out),
+        args.ae_title,
+        forward,
+        allowed_aets=allowed,
+        tls=tls,
+        sr=args.sr,
+        gsps=args.gsps,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"

@@ -6,7 +6,9 @@ default of ``pneumolens.explain``) over it and a burned-in caption ("AI first re
 0.93, above operating point; not a diagnosis"), in the same study (Study Instance UID) and a new
 series, so a PACS viewer files it beside the original. It can
 forward each result to another node (C-STORE SCU). With ``sr=True`` (``--sr``) it also writes a
-DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS or RIS to read. A
+DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS or RIS to read, and
+with ``gsps=True`` (``--gsps``) a Grayscale Softcopy Presentation State that outlines the map on the
+original image (``pneumolens.dicom_presentation``). A
 dataset that cannot be read gets a failure status; the node keeps serving. Every result and refusal
 goes to the audit trail with a salted hash of the Study Instance UID; patient identifiers are
 copied into the result objects (the PACS needs them to file them) but never into logs or the audit
@@ -177,6 +179,16 @@ def _version() -> str:
     return __version__
 
 
+def _optional(what: str, make: Callable[[], Dataset]) -> list[Dataset]:
+    """``[make()]``, or nothing when it fails: the picture still goes out, and the log says which
+    object is missing and the exception's type (never its message, which can quote a header value)."""
+    try:
+        return [make()]
+    except Exception as e:  # noqa: BLE001
+        log.warning("listen: no %s for this image (%s); the picture is written", what, type(e).__name__)
+        return []
+
+
 @dataclass
 class Destination:
     host: str
@@ -237,6 +249,7 @@ class Node:
     refused: int = 0
     rejected: int = 0  # associations turned away (calling AE title not allowed)
     sr: bool = False  # also write (and forward) a Structured Report of each result
+    gsps: bool = False  # and a Grayscale Softcopy Presentation State: the map's outline over the original
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
@@ -245,7 +258,8 @@ class Node:
             return self._series.setdefault((study_uid, modality), generate_uid())
 
     def handle_store(self, event) -> int:
-        """C-STORE: score, write the Secondary Capture (and the Structured Report), forward, audit.
+        """C-STORE: score, write the Secondary Capture (and the report and presentation state), forward,
+        audit.
         Never raises."""
         t0 = time.perf_counter()
         study = None
@@ -280,11 +294,13 @@ class Node:
             if self.sr:
                 from pneumolens.dicom_report import structured_report
 
-                try:
-                    results.append(structured_report(ds, result, self.series_for(filed_in, "SR")))
-                except Exception as e:  # noqa: BLE001 - the picture still goes out; the type says what failed
-                    why = type(e).__name__
-                    log.warning("listen: no structured report for this image (%s); the picture is written", why)
+                series = self.series_for(filed_in, "SR")
+                results += _optional("structured report", lambda: structured_report(ds, result, series))
+            if self.gsps:
+                from pneumolens.dicom_presentation import presentation_state
+
+                series = self.series_for(filed_in, "PR")
+                results += _optional("presentation state", lambda: presentation_state(ds, result, series, caption))
             for made in results:
                 path = self.out / f"{made.SOPInstanceUID}.dcm"
                 atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))

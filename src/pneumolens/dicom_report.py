@@ -13,6 +13,11 @@ study and a series of its own, with the original as evidence. Its one measuremen
 - one qualitative evaluation "Image check" per check flag, and "Caution" for ``grey_lungs``, coded in
   the private scheme ``99PNEUMOLENS`` with the flag as code value and its name in words as meaning.
 
+When the result holds an explanation, up to three planar ROI groups (TID 1410) follow, one per
+outline of the map (``dicom_presentation.map_outlines``): a closed polyline on the original, the share
+of the map's support inside it, the map's method, and the private finding "AI map region" (where the
+map supports the call, not where a finding lies).
+
 The report is marked UNVERIFIED and PARTIAL: no person has signed it, and it is a first read that
 informs the radiologist, not a diagnosis. The device observer (TID 1004) is pneumolens, with a UID
 derived from the model's weight hash, so one model always reports as one device.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -35,6 +41,7 @@ SERIES_DESCRIPTION = "pneumolens AI first read (structured) - not a diagnosis"
 PRIVATE_SCHEME = "99PNEUMOLENS"  # "99" marks a private coding scheme (PS3.16 8.1)
 # The original's header fields the report copies besides its patient and study: its identity.
 IDENTITY = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")
+MAP_REGION_MEANING, MAP_SHARE_MEANING = "AI map region", "Share of the map's support"
 
 
 def _code(value: str, scheme: str, meaning: str):
@@ -47,6 +54,10 @@ def _flag_code(flag: str):
     """A flag as a private code, its meaning the name in words ("lungs cut off"): the sentence a
     person reads (``pneumolens.lungs.flags.MESSAGES``) is too long for a code meaning (64 characters)."""
     return _code(flag, PRIVATE_SCHEME, flag.replace("_", " "))
+
+
+MAP_REGION = _code("map-region", PRIVATE_SCHEME, MAP_REGION_MEANING)
+MAP_SHARE = _code("map-share", PRIVATE_SCHEME, MAP_SHARE_MEANING)
 
 
 def structured_report(original: Dataset, result: dict[str, Any], series_uid: str) -> Dataset:
@@ -86,6 +97,7 @@ def structured_report(original: Dataset, result: dict[str, Any], series_uid: str
         qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup(original.SOPClassUID, original.SOPInstanceUID)],
     )
+    regions = _map_regions(original, result, algorithm) if result.get("explanation") is not None else []
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -98,11 +110,38 @@ def structured_report(original: Dataset, result: dict[str, Any], series_uid: str
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_code("399208008", "SCT", "Plain chest X-ray"),
-        imaging_measurements=[group],
+        imaging_measurements=[group, *regions],
     )
     with warnings.catch_warnings():  # highdicom and pydicom quote odd names and IDs in warnings: never log them
         warnings.simplefilter("ignore")
         return _document(original, report, series_uid)
+
+
+def _map_regions(original: Dataset, result: dict[str, Any], algorithm) -> list:
+    """One planar ROI group (TID 1410) per outline of the map (``dicom_presentation.map_outlines``):
+    the region as a closed polyline on the original, the share of the map's support inside it, and the
+    map's method. The finding type is the private "AI map region": where the map supports the call,
+    not where a finding lies."""
+    import highdicom as hd
+
+    from pneumolens.dicom_presentation import map_outlines
+
+    source = hd.sr.SourceImageForRegion(original.SOPClassUID, original.SOPInstanceUID)
+    groups = []
+    for i, outline in enumerate(map_outlines(result["explanation"].heatmap), start=1):
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"AI map region {i}"),
+                referenced_region=hd.sr.ImageRegion("POLYLINE", outline.points, source_image=source),
+                finding_type=MAP_REGION,
+                method=_code(str(result["method"]), PRIVATE_SCHEME, f"{result['method']} map"),
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(name=MAP_SHARE, value=round(outline.share, 4), unit=codes.UCUM.NoUnits)
+                ],
+            )
+        )
+    return groups
 
 
 def _document(original: Dataset, report, series_uid: str) -> Dataset:
@@ -111,7 +150,7 @@ def _document(original: Dataset, report, series_uid: str) -> Dataset:
     from pneumolens import __version__
 
     return hd.sr.ComprehensiveSR(
-        evidence=[_evidence(original)],
+        evidence=[clean_header(original)],
         content=report[0],
         series_instance_uid=series_uid,
         series_number=9902,
@@ -126,7 +165,7 @@ def _document(original: Dataset, report, series_uid: str) -> Dataset:
     )
 
 
-def _evidence(original: Dataset) -> Dataset:
+def clean_header(original: Dataset) -> Dataset:
     """The original's header without its pixels, with the patient and study attributes a modality may
     leave out (or send malformed) present but empty (they are type 2 in the SR), and UIDs made up for
     a missing study or series (the report must name both)."""
@@ -162,8 +201,10 @@ def read_structured_report(ds: Dataset) -> dict[str, Any]:
     """What :func:`structured_report` wrote, read back from the dataset: ``probability``, ``pneumonia``
     ("Present" or "Absent"), ``flags``, ``algorithm`` (name, version, parameters), the evidence's SOP
     Instance UIDs, and the verification and completion flags."""
-    out: dict[str, Any] = {"probability": None, "pneumonia": None, "flags": [], "algorithm": {}}
-    for item in _walk(ds.ContentSequence):
+    out: dict[str, Any] = {"probability": None, "pneumonia": None, "flags": [], "algorithm": {}, "regions": []}
+    for item in _walk(ds.ContentSequence):  # the first read's group; the map regions' come whole:
+        if item.ValueType == "CONTAINER" and _is_map_region(item):
+            out["regions"].append(_region(item))
         name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
         if item.ValueType == "NUM" and name == "Probability":
             out["probability"] = float(item.MeasuredValueSequence[0].NumericValue)
@@ -187,8 +228,29 @@ def read_structured_report(ds: Dataset) -> dict[str, Any]:
     return out
 
 
+def _is_map_region(group: Dataset) -> bool:
+    return any(
+        child.ValueType == "CODE" and child.ConceptCodeSequence[0].CodeMeaning == MAP_REGION_MEANING
+        for child in group.get("ContentSequence", [])
+    )
+
+
+def _region(group: Dataset) -> dict[str, Any]:
+    """A map region's group: ``points`` ((n, 2) column, row) and ``share``."""
+    region: dict[str, Any] = {}
+    for child in group.ContentSequence:
+        name = child.ConceptNameCodeSequence[0].CodeMeaning
+        if child.ValueType == "SCOORD":
+            region["points"] = np.asarray(child.GraphicData, dtype=np.float64).reshape(-1, 2)
+        elif child.ValueType == "NUM" and name == MAP_SHARE_MEANING:
+            region["share"] = float(child.MeasuredValueSequence[0].NumericValue)
+    return region
+
+
 def _walk(items):
+    """Every content item, depth first, but not inside a map region's group (its algorithm repeats the
+    first read's)."""
     for item in items:
         yield item
-        if "ContentSequence" in item:
+        if "ContentSequence" in item and not (item.ValueType == "CONTAINER" and _is_map_region(item)):
             yield from _walk(item.ContentSequence)

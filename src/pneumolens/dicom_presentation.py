@@ -1,0 +1,180 @@
+"""The map as a switchable overlay on the original image: a Grayscale Softcopy Presentation State.
+
+The Secondary Capture (``pneumolens.dicom_node``) burns the map into a copy of the X-ray; a viewer
+shows it as another image. ``pneumolens listen --gsps`` also writes, per image, a **GSPS** that
+references the original: opened with it, a PACS viewer draws on the radiologist's own image, at its
+full resolution and with its own window, and the overlay can be switched off.
+
+- layer ``AI MAP``: the outlines of the map's strongest regions (:func:`map_outlines`: where it is
+  at least half its peak in support of the call, at most three, largest share of the support
+  first), as closed polylines in image pixels;
+- layer ``AI CALL``: one line of text at the top left, the Secondary Capture's caption: the
+  probability, which side of the operating point it falls, the flags, "not a diagnosis".
+
+The display follows the original: its window (or, without one, the stretch of the stored range that
+pneumolens reads it with) and, for MONOCHROME1 images, an inverse presentation LUT, so the image
+looks as it does without the overlay. The same outlines go into the Structured Report (``--sr``) as
+image regions (``pneumolens.dicom_report``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+SERIES_DESCRIPTION = "pneumolens AI first read (overlay) - not a diagnosis"
+MAP_LAYER, CALL_LAYER = "AI MAP", "AI CALL"
+LEVEL = 0.5  # an outline goes round the map where it is at least this share of its peak
+MAX_REGIONS = 3
+MAX_SIDE = 512  # outlines are traced on the map scaled down to this, then scaled back: smooth and fast
+# The original's attributes the presentation state reads: identity, size and how its pixels are shown.
+DISPLAY = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "WindowCenterWidthExplanation",
+    "VOILUTFunction",
+    "VOILUTSequence",
+)
+
+
+@dataclass
+class Outline:
+    points: np.ndarray  # (n, 2) image pixel coordinates (column, row) of a closed polyline, first == last
+    share: float  # of the map's positive (supporting) attribution inside it
+
+
+def map_outlines(heatmap: np.ndarray, level: float = LEVEL, max_regions: int = MAX_REGIONS) -> list[Outline]:
+    """Closed outlines of the regions where ``heatmap`` (H, W; > 0 supports the call) is at least
+    ``level`` times its positive peak, the ``max_regions`` holding most of the support first. Points
+    are DICOM image coordinates: (column, row), the top left corner of the image at (0, 0), a pixel's
+    centre at +0.5. An empty list when nothing supports the call."""
+    from skimage.measure import approximate_polygon, find_contours, label, regionprops
+
+    positive = np.clip(np.asarray(heatmap, dtype=np.float32), 0, None)
+    peak = float(positive.max()) if positive.size else 0.0
+    if peak <= 0:
+        return []
+    step = max(1, int(np.ceil(max(positive.shape) / MAX_SIDE)))
+    small = positive[::step, ::step]
+    regions = label(small >= level * peak)
+    total = float(small.sum())
+    outlines = []
+    for region in regionprops(regions, intensity_image=small):
+        inside = np.pad(regions == region.label, 1)  # padded: a region on the border still closes
+        (contour, *_) = sorted(find_contours(inside.astype(np.float32), 0.5), key=len, reverse=True)
+        contour = approximate_polygon(contour, tolerance=0.75)
+        rows, cols = (contour[:, 0] - 1) * step, (contour[:, 1] - 1) * step  # back from the padding and the step
+        h, w = positive.shape
+        points = np.stack([np.clip(cols + 0.5, 0, w), np.clip(rows + 0.5, 0, h)], axis=1)
+        share = float(region.image_intensity[region.image].sum()) / total
+        outlines.append(Outline(points=points.astype(np.float32), share=share))
+    return sorted(outlines, key=lambda o: o.share, reverse=True)[:max_regions]
+
+
+def presentation_state(original: Dataset, result: dict[str, Any], series_uid: str, caption: str) -> Dataset:
+    """A GSPS for the DICOM image ``original`` (with its pixels' attributes) drawing ``result``'s map
+    (``Engine.analyse(..., explain=True)``) and ``caption``, in its study and the series
+    ``series_uid``."""
+    import highdicom as hd
+
+    from pneumolens import __version__
+    from pneumolens.dicom_report import clean_header
+
+    reference = clean_header(original)  # identity, patient and study, malformed values left out
+    for keyword in DISPLAY:
+        if keyword in original and keyword not in reference:
+            reference[keyword] = original[keyword]
+    outlines = map_outlines(result["explanation"].heatmap)
+    map_layer = hd.pr.GraphicLayer(
+        MAP_LAYER, order=1, description=f"{result['method']} map: regions supporting the call"
+    )
+    call_layer = hd.pr.GraphicLayer(CALL_LAYER, order=2, description="the AI first read; not a diagnosis")
+    shapes = [hd.pr.GraphicObject("POLYLINE", o.points, units="PIXEL") for o in outlines]
+    rows, cols = int(original.Rows), int(original.Columns)
+    box = (0.02 * cols, 0.02 * rows, 0.98 * cols, 0.12 * rows)  # a band across the top: left, top, right, bottom
+    text = hd.pr.TextObject(caption[:1024], units="PIXEL", bounding_box=box, text_justification="LEFT")
+    annotations = [hd.pr.GraphicAnnotation([reference], call_layer, text_objects=[text])]
+    if shapes:
+        annotations.insert(0, hd.pr.GraphicAnnotation([reference], map_layer, graphic_objects=shapes))
+    inverse = str(original.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    shape = hd.PresentationLUTShapeValues.INVERSE if inverse else hd.PresentationLUTShapeValues.IDENTITY
+    with warnings.catch_warnings():  # highdicom and pydicom quote odd names and IDs in warnings: never log them
+        warnings.simplefilter("ignore")
+        return hd.pr.GrayscaleSoftcopyPresentationState(
+            referenced_images=[reference],
+            series_instance_uid=series_uid,
+            series_number=9903,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer="pneumolens",
+            manufacturer_model_name=str(result["model"]["name"])[:64],
+            software_versions=__version__,
+            device_serial_number=str(result["model"]["sha256"])[:16],
+            content_label="PNEUMOLENS_AI",
+            content_description="AI first read: map outline and call; not a diagnosis",
+            graphic_annotations=annotations,
+            graphic_layers=[map_layer, call_layer],
+            voi_lut_transformations=None if _windowed(original) else [_stretch(original)],
+            presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=shape),
+            series_description=SERIES_DESCRIPTION,
+        )
+
+
+def _windowed(ds: Dataset) -> bool:
+    return "WindowCenter" in ds or "VOILUTSequence" in ds
+
+
+def _stretch(ds: Dataset):
+    """The window pneumolens reads an image without one through (``data.dicom``): 8-bit display values
+    as they are, otherwise the stored range after the modality rescale."""
+    import highdicom as hd
+    from pydicom.pixels import apply_modality_lut
+
+    values = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
+    rescaled = float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0
+    if not rescaled and int(ds.get("BitsStored", 16) or 16) <= 8 and values.min() >= 0:
+        lo, hi = 0.0, 255.0
+    else:
+        lo, hi = float(values.min()), float(values.max())
+    return hd.pr.SoftcopyVOILUTTransformation(
+        window_center=(lo + hi) / 2, window_width=max(hi - lo, 1.0), window_explanation="pneumolens stretch"
+    )
+
+
+def read_presentation_state(ds: Dataset) -> dict[str, Any]:
+    """What :func:`presentation_state` wrote, read back: the referenced image's SOP Instance UID,
+    ``outlines`` (each an (n, 2) array), ``texts``, ``layers``, the window (centre, width) and the
+    presentation LUT shape."""
+    (series,) = ds.ReferencedSeriesSequence
+    (image,) = series.ReferencedImageSequence
+    out: dict[str, Any] = {"image": image.ReferencedSOPInstanceUID, "outlines": [], "texts": [], "window": None}
+    out["layers"] = [layer.GraphicLayer for layer in ds.GraphicLayerSequence]
+    for annotation in ds.get("GraphicAnnotationSequence", []):
+        for shape in annotation.get("GraphicObjectSequence", []):
+            out["outlines"].append(np.asarray(shape.GraphicData, dtype=np.float64).reshape(-1, 2))
+        out["texts"] += [text.UnformattedTextValue for text in annotation.get("TextObjectSequence", [])]
+    if "SoftcopyVOILUTSequence" in ds and "WindowCenter" in ds.SoftcopyVOILUTSequence[0]:
+        voi = ds.SoftcopyVOILUTSequence[0]
+        out["window"] = (float(voi.WindowCenter), float(voi.WindowWidth))
+    out["presentation_lut"] = ds.PresentationLUTShape
+    return out
