@@ -327,6 +327,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--out", required=True, help="output file, e.g. model.onnx")
 
+    pl = sub.add_parser(
+        "pull",
+        help="ask a PACS (C-FIND) for the CR/DX studies of some dates and have it send them (C-MOVE) to the node",
+    )
+    pl.add_argument("--pacs", required=True, help="the PACS's Query/Retrieve SCP: AE_TITLE@host:port")
+    pl.add_argument(
+        "--to",
+        default="PNEUMOLENS",
+        help="move destination: the AE title of a running `pneumolens listen` (the PACS must know its address)",
+    )
+    pl.add_argument("--since", help="first study date, YYYY-MM-DD")
+    pl.add_argument("--until", help="last study date, YYYY-MM-DD (inclusive)")
+    pl.add_argument("--study", action="append", metavar="UID", help="a Study Instance UID (repeatable)")
+    pl.add_argument(
+        "--modality", action="append", metavar="M", help="series modality to move (repeatable; default CR and DX)"
+    )
+    pl.add_argument("--limit", type=int, default=200, help="refuse, moving nothing, when more studies match")
+    pl.add_argument("--dry-run", action="store_true", help="say what would be moved; move nothing")
+    pl.add_argument("--ae-title", default="PNEUMOLENS", help="our calling AE title (the PACS may allow only some)")
+    pl.add_argument("--tls-cert", help="TLS to the PACS: our PEM certificate (with --tls-key and --tls-ca)")
+    pl.add_argument("--tls-key", help="TLS: our PEM private key")
+    pl.add_argument("--tls-ca", help="TLS: the CA that signed the PACS's certificate")
+
     s = sub.add_parser("segment", help="lung masks, overlays and plausibility flags for each image")
     s.add_argument("images", nargs="+", help="JPEG or PNG files")
     s.add_argument("--out-dir", default="segmentations", help="where <stem>_mask.png and <stem>_overlay.png go")
@@ -824,6 +847,66 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from pneumolens.dicom_node import Destination, tls_context
+    from pneumolens.dicom_pull import MODALITIES, Moved, Pacs, date_range
+
+    pacs = Destination.parse(args.pacs, "--pacs")
+    dates = date_range(args.since, args.until)
+    if not dates and not args.study:
+        raise ValueError("say which studies: --since, --until or --study (pull never asks a PACS for all it holds)")
+    if args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be at least 1")
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise ValueError("TLS to the PACS needs --tls-cert, --tls-key and --tls-ca together")
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca, server=False) if args.tls_cert else None
+    modalities = tuple(dict.fromkeys(m.upper() for m in (args.modality or MODALITIES)))
+    kinds = " or ".join(modalities)
+    with Pacs(pacs, args.ae_title, tls) as q:
+        studies = sorted(q.studies(dates, args.study or ()), key=lambda study: study.date)
+        if len(studies) > args.limit:
+            raise ValueError(
+                f"{len(studies)} studies match, more than --limit {args.limit}: nothing was moved; "
+                "narrow the dates or raise the limit"
+            )
+        doing = "dry run, nothing is moved" if args.dry_run else f"moving their {kinds} series to {args.to}"
+        print(f"{len(studies)} studies match at {pacs.ae_title}; {doing}")
+        total, moved_series, problems = Moved(), 0, 0
+        for i, study in enumerate(studies, 1):
+            day = f"{study.date[:4]}-{study.date[4:6]}-{study.date[6:]}" if len(study.date) == 8 else "no date"
+            series = q.series(study, modalities)
+            if not series:
+                print(f"  {i}. {day}: no {kinds} series")
+                continue
+            if args.dry_run:
+                counts = [s.images for s in series if s.images is not None]  # when the PACS says
+                images = f" ({_count(sum(counts), 'image')})" if len(counts) == len(series) else ""
+                print(f"  {i}. {day}: would move {len(series)} series{images}")
+                continue
+            done = Moved()
+            for one in series:
+                m = q.move(one, args.to)
+                done.completed, done.failed = done.completed + m.completed, done.failed + m.failed
+                done.warning += m.warning
+                done.problem = m.problem or done.problem
+            line = f"  {i}. {day}: {len(series)} series, {_count(done.completed, 'image')} moved"
+            line += f", {done.failed} failed" if done.failed else ""
+            line += f", {done.warning} with warnings" if done.warning else ""
+            if done.problem:
+                line, problems = f"{line} ({done.problem})", problems + 1
+            print(line)
+            moved_series += len(series)
+            total.completed, total.failed = total.completed + done.completed, total.failed + done.failed
+        if not args.dry_run:
+            print(f"{moved_series} series: {_count(total.completed, 'image')} moved, {total.failed} failed")
+    return 1 if problems else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from pneumolens.checkpoint import ModelFileError
     from pneumolens.data.images import ImageReadError
@@ -849,12 +932,13 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate": cmd_calibrate,
         "predict": cmd_predict,
         "listen": cmd_listen,
+        "pull": cmd_pull,
         "watch": cmd_watch,
         "audit": cmd_audit,
     }
     try:
         return commands[args.command](args)
-    except (DataLayoutError, ModelFileError, ImageReadError, ValueError, FileNotFoundError) as e:
+    except (DataLayoutError, ModelFileError, ImageReadError, ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"pneumolens {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -197,14 +197,14 @@ class Destination:
     tls: ssl.SSLContext | None = None  # client-side TLS to the destination; None: plain TCP
 
     @classmethod
-    def parse(cls, text: str) -> Destination:
-        """``AET@host:port``."""
+    def parse(cls, text: str, flag: str = "--forward") -> Destination:
+        """``AET@host:port``; an error names ``flag``."""
         try:
             aet, rest = text.split("@", 1)
             host, port = rest.rsplit(":", 1)
             return cls(host, int(port), aet)
         except ValueError:
-            raise ValueError(f"--forward {text!r}: expected AE_TITLE@host:port") from None
+            raise ValueError(f"{flag} {text!r}: expected AE_TITLE@host:port") from None
 
 
 def tls_context(cert: str, key: str, ca: str | None = None, server: bool = True) -> ssl.SSLContext:
