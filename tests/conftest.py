@@ -116,8 +116,9 @@ def make_dicom(
     """Write a DX DICOM file holding ``pixels`` (uint8 or uint16, (H, W) or (frames, H, W)), with a
     patient name and id that must never show up in pneumolens' output.
 
-    ``syntax``: "explicit" (little endian, uncompressed), "deflated", "rle", or one of imagecodecs'
-    lossless encodings, "jpeg-lossless" (process 14, selection value 1), "jpeg-ls" and "jpeg2000"."""
+    ``syntax``: "explicit" (little endian, uncompressed), "big-endian" (explicit), "deflated", "rle", or
+    one of imagecodecs' lossless encodings, "jpeg-lossless" (process 14, selection value 1), "jpeg-ls"
+    and "jpeg2000"."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -143,6 +144,14 @@ def make_dicom(
         ds.NumberOfFrames = frames
     if with_pixels:
         ds.PixelData = arr.tobytes()
+    if syntax == "big-endian":  # retired, and still sent by old modalities
+        from pydicom.uid import ExplicitVRBigEndian
+
+        meta.TransferSyntaxUID = ExplicitVRBigEndian
+        if with_pixels:
+            ds.PixelData = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        return path
     if syntax == "deflated":
         from pydicom.uid import DeflatedExplicitVRLittleEndian
 

@@ -440,6 +440,27 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     assert PATIENT_ID not in text and PATIENT_NAME not in text
 
 
+def test_node_takes_the_big_endian_files_of_old_modalities(trained_run, tmp_path):
+    """Explicit VR Big Endian is retired, and old modalities still send it: the node accepts it and
+    reads the image as it reads the same pixels in little endian."""
+    from pneumolens.dicom_node import Node, caption_for
+    from pneumolens.service.engine import Engine
+
+    pixels = np.round(read_image(real_images("test", "PNEUMONIA", 1)[0]) * 4095).astype(np.uint16)
+    big = make_dicom(tmp_path / "big.dcm", pixels, syntax="big-endian")
+    port = _free_port()
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out")
+    server = node.server("127.0.0.1", port)
+    try:  # -cx: propose the file's own transfer syntax only, as the old modality would
+        sent = _pynetdicom("storescu", "127.0.0.1", str(port), str(big), "-aec", "PNEUMOLENS", "-cx")
+        assert sent.returncode == 0 and node.stored == 1, sent.stderr
+    finally:
+        server.shutdown()
+    (picture,) = (pydicom.dcmread(f) for f in node.out.glob("*.dcm"))
+    little = read_image(make_dicom(tmp_path / "little.dcm", pixels))
+    assert picture.DerivationDescription == caption_for(node.engine.analyse(little, explain=False))
+
+
 def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):
     import threading
 

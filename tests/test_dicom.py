@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
@@ -69,13 +70,15 @@ def test_predict_a_dicom_without_leaking_identifiers(trained_run, tmp_path, xray
     assert PATIENT_NAME not in everything and PATIENT_ID not in everything
 
 
-@pytest.mark.parametrize("syntax", ["deflated", "rle", "jpeg-lossless", "jpeg-ls", "jpeg2000"])
+@pytest.mark.parametrize("syntax", ["deflated", "rle", "jpeg-lossless", "jpeg-ls", "jpeg2000", "big-endian"])
 @pytest.mark.parametrize("bits", [8, 16])
 def test_compressed_transfer_syntaxes_decode_to_the_same_pixels(tmp_path, xray, syntax, bits):
     stored = np.round(xray * 255).astype(np.uint8) if bits == 8 else np.round(xray * 4095).astype(np.uint16)
     plain = read_image(make_dicom(tmp_path / "plain.dcm", stored))
     packed = make_dicom(tmp_path / f"{syntax}.dcm", stored, syntax=syntax)
-    assert packed.stat().st_size < (tmp_path / "plain.dcm").stat().st_size or syntax == "rle"
+    assert packed.stat().st_size < (tmp_path / "plain.dcm").stat().st_size or syntax in ("rle", "big-endian")
+    if syntax == "big-endian":
+        assert pydicom.dcmread(packed).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRBigEndian
     assert np.array_equal(read_image(packed), plain)  # lossless: the very same image
 
 

@@ -35,6 +35,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -62,13 +63,15 @@ DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 VERIFICATION = "1.2.840.10008.1.1"
 ACCEPTED = (CR, DX_PRESENTATION, DX_PROCESSING)
-# Transfer syntaxes the node accepts for them: uncompressed and deflated (pydicom), RLE (pydicom), JPEG
-# baseline and JPEG 2000 (Pillow), JPEG extended and lossless, and JPEG-LS (pylibjpeg-libjpeg). Lossless
-# JPEG (process 14, selection value 1) is what most CR and DX modalities send when they compress.
+# Transfer syntaxes the node accepts for them: uncompressed and deflated (pydicom; big endian is retired
+# but old modalities send it), RLE (pydicom), JPEG baseline and JPEG 2000 (Pillow), JPEG extended and
+# lossless, and JPEG-LS (pylibjpeg-libjpeg). Lossless JPEG (process 14, selection value 1) is what most CR
+# and DX modalities send when they compress.
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     RLELossless,
     JPEGLosslessSV1,
     JPEGLossless,
