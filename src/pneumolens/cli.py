@@ -350,6 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--tls-key", help="TLS: our PEM private key")
     pl.add_argument("--tls-ca", help="TLS: the CA that signed the PACS's certificate")
 
+    cp = sub.add_parser(
+        "compare", help="is model B better than model A on these films? paired differences with patient intervals"
+    )
+    cp.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="A and B (model files or run directories); B alone: A is the shipped model",
+    )
+    cp.add_argument("--data", required=True, help="a dataset root (its test split), class folders, or a CSV manifest")
+    cp.add_argument("--threshold-a", type=float, help="A's operating point (default: the one stored in A)")
+    cp.add_argument("--threshold-b", type=float, help="B's operating point (default: the one stored in B)")
+    cp.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    cp.add_argument("--json", dest="json_out", help="also write the comparison as JSON")
+
     s = sub.add_parser("segment", help="lung masks, overlays and plausibility flags for each image")
     s.add_argument("images", nargs="+", help="JPEG or PNG files")
     s.add_argument("--out-dir", default="segmentations", help="where <stem>_mask.png and <stem>_overlay.png go")
@@ -630,6 +645,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         write_films_csv(ev, args.csv)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model
+    from pneumolens.evaluation.compare import compare, format_comparison
+
+    if len(args.models) > 2:
+        raise ValueError(f"compare takes one or two models, got {len(args.models)}: A B, or B against the shipped A")
+    for flag, t in (("--threshold-a", args.threshold_a), ("--threshold-b", args.threshold_b)):
+        if t is not None and not 0 < t < 1:
+            raise ValueError(f"{flag} {t}: an operating point lies between 0 and 1")
+    if args.n_boot < 100:
+        raise ValueError(f"--n-boot {args.n_boot}: at least 100 resamples")
+    a, b = (load_model(None), load_model(args.models[0])) if len(args.models) == 1 else map(load_model, args.models)
+    c = compare(a, b, args.data, (args.threshold_a, args.threshold_b), n_boot=args.n_boot)
+    print(format_comparison(c))
+    for skipped in c["skipped"]:
+        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(c, indent=2))
     return 0
 
 
@@ -930,6 +967,7 @@ def main(argv: list[str] | None = None) -> int:
         "ensemble": cmd_ensemble,
         "evaluate": cmd_evaluate,
         "calibrate": cmd_calibrate,
+        "compare": cmd_compare,
         "predict": cmd_predict,
         "listen": cmd_listen,
         "pull": cmd_pull,
