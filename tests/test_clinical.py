@@ -17,6 +17,7 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
 from pneumolens.audit import AuditLog, parse_since
@@ -459,6 +460,25 @@ def test_node_takes_the_big_endian_files_of_old_modalities(trained_run, tmp_path
     (picture,) = (pydicom.dcmread(f) for f in node.out.glob("*.dcm"))
     little = read_image(make_dicom(tmp_path / "little.dcm", pixels))
     assert picture.DerivationDescription == caption_for(node.engine.analyse(little, explain=False))
+
+
+def test_node_benchmark_sends_real_films_and_counts_what_the_node_wrote(trained_run, tmp_path, monkeypatch, capsys):
+    """benchmarks/node.py on two real films: its DICOM files hold the JPEGs' grey levels (12 bits), and
+    its table has a row per output set, each timing both films."""
+    from conftest import load_benchmark
+
+    script = load_benchmark("node")
+    films = tmp_path / "films"
+    films.mkdir()
+    for f in real_images("test", "NORMAL", 2):
+        (films / f.name).symlink_to(f)
+    ds = script.as_dicom(sorted(films.iterdir())[0])
+    expected = np.asarray(Image.open(sorted(films.iterdir())[0]).convert("L"), dtype=np.float64) / 255
+    assert ds.BitsStored == 12 and np.abs(ds.pixel_array / 4095 - expected).max() <= 0.5 / 4095
+    monkeypatch.setattr("sys.argv", ["node.py", "--images", str(films), "--model", str(trained_run)])
+    script.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| picture")]
+    assert len(rows) == 3 and all(row.split(" | ")[1] == "2" for row in rows)
 
 
 def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):

@@ -1,0 +1,125 @@
+"""How long a modality waits for the DICOM node: seconds per image from C-STORE request to answer.
+
+    python benchmarks/node.py [--images ../shared/data/fullres_samples] [--n 32] [--model runs/x]
+
+Each original-resolution sample (JPEG) becomes a 12-bit MONOCHROME2 DX file (explicit VR little
+endian) in a temporary folder. A node (``pneumolens.dicom_node.Node``, the shipped model unless
+``--model``) listens on a free loopback port, and a client in the same process sends every file
+through one association, timing each C-STORE until its answer: the node answers once the picture
+(and the report and presentation state, when asked) is written, so the time covers decoding,
+the lung mask, the model, the occlusion map, the DICOM objects and the disk. Run once per output
+set: the Secondary Capture alone, with ``--sr``, with ``--sr --gsps``. Prints a markdown table.
+Only loopback is contacted; nothing is written outside the temporary folder. Not part of the test
+suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pneumolens.dicom_node import DX_PRESENTATION, SUCCESS, Node
+from pneumolens.service.engine import Engine
+from pneumolens.service.settings import Settings
+
+OUTPUTS = {
+    "picture (Secondary Capture)": {},
+    "picture + report (`--sr`)": {"sr": True},
+    "picture + report + overlay (`--sr --gsps`)": {"sr": True, "gsps": True},
+}
+
+
+def as_dicom(jpeg: Path) -> Dataset:
+    """The JPEG's grey levels as a 12-bit DX image of a made-up patient and study."""
+    gray = np.asarray(Image.open(jpeg).convert("L"), dtype=np.float32) / 255
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = DX_PRESENTATION, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = DX_PRESENTATION, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "DX"
+    ds.PatientName, ds.PatientID = "Benchmark^Node", "BENCH-1"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = gray.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.round(gray * 4095).astype(np.uint16).tobytes()
+    return ds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def time_stores(engine: Engine, datasets: list[Dataset], out: Path, **outputs: bool) -> list[float]:
+    """Seconds per C-STORE, each answered with success, through one association to a fresh node."""
+    from pynetdicom import AE
+
+    port = _free_port()
+    node = Node(engine, None, out, **outputs)
+    server = node.server("127.0.0.1", port)
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
+    ae.dimse_timeout = ae.network_timeout = 300
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOLENS")
+    seconds = []
+    try:
+        if not assoc.is_established:
+            raise SystemExit("the node refused the benchmark's association")
+        for ds in datasets:
+            t0 = time.perf_counter()
+            status = assoc.send_c_store(ds)
+            seconds.append(time.perf_counter() - t0)
+            if not status or status.Status != SUCCESS:
+                raise SystemExit(f"the node answered status {getattr(status, 'Status', None)}")
+    finally:
+        assoc.release()
+        server.shutdown()
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", default="../shared/data/fullres_samples")
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+    jpegs = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[: args.n]
+    if not jpegs:
+        raise SystemExit(f"--images {args.images}: no JPEG or PNG files")
+    datasets = [as_dicom(p) for p in jpegs]
+    sides = sorted(max(ds.Rows, ds.Columns) for ds in datasets)
+    engine = Engine(Settings(model=args.model))
+    engine.analyse(np.zeros((256, 256), np.float32), explain=True)  # warm: the first call pays for lazy imports
+    print(
+        f"{len(datasets)} images, longest side {sides[0]}-{sides[-1]} px (median {sides[len(sides) // 2]}); "
+        f"{os.cpu_count()} CPUs, torch threads {__import__('torch').get_num_threads()}"
+    )
+    print("| node writes | images | median s per image | 90th percentile | max | images per minute |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, outputs in OUTPUTS.items():
+            out = Path(tmp) / str(len(outputs))
+            s = time_stores(engine, datasets, out, **outputs)
+            written = len(list(out.glob("*.dcm")))
+            if written != len(datasets) * (1 + len(outputs)):
+                raise SystemExit(f"{name}: {written} files written for {len(datasets)} images")
+            q90 = float(np.quantile(s, 0.9))
+            rate = 60 * len(s) / sum(s)
+            print(f"| {name} | {len(s)} | {statistics.median(s):.2f} | {q90:.2f} | {max(s):.2f} | {rate:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
