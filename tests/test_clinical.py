@@ -851,34 +851,6 @@ def test_structured_report_says_what_the_model_said(tmp_path):
 INTEGRATORS_PAGE = (Path(__file__).parents[1] / "docs" / "structured-report.md").read_text()
 
 
-@pytest.mark.parametrize("shape", [(300, 200), (2400, 1800)])  # traced as it is, and on the map scaled down 5x
-def test_map_outlines_go_round_the_strongest_regions(shape):
-    from pneumolens.dicom_presentation import map_outlines
-
-    h, w = shape
-    heatmap = np.full(shape, -0.2, np.float32)  # against the call everywhere, but for:
-    boxes = {  # (top, bottom, left, right) as shares of the side: value
-        (0.2, 0.4, 0.5, 0.8): 1.0,  # the strongest region
-        (0.6, 0.7, 0.1, 0.2): 0.7,
-        (0.8, 0.9, 0.6, 0.7): 0.6,
-        (0.05, 0.08, 0.05, 0.08): 0.55,  # above the level too, but the fourth: left out
-        (0.5, 0.9, 0.3, 0.5): 0.3,  # support below half the peak: no outline
-    }
-    for (t, b, left, r), value in boxes.items():
-        heatmap[round(t * h) : round(b * h), round(left * w) : round(r * w)] = value
-    outlines = map_outlines(heatmap)
-    assert len(outlines) == 3
-    total = float(np.clip(heatmap, 0, None).sum())
-    tol = 1 + int(np.ceil(max(shape) / 512))  # a pixel, and the step of the scaled-down map
-    for outline, ((t, b, left, r), value) in zip(outlines, list(boxes.items())[:3], strict=True):
-        assert (outline.points[0] == outline.points[-1]).all()  # closed
-        assert outline.points.min(axis=0) == pytest.approx([left * w, t * h], abs=tol)  # (column, row)
-        assert outline.points.max(axis=0) == pytest.approx([r * w, b * h], abs=tol)
-        expected = value * round((b - t) * h) * round((r - left) * w) / total
-        assert outline.share == pytest.approx(expected, rel=0.05)
-    assert map_outlines(np.full(shape, -0.5, np.float32)) == [] and map_outlines(np.zeros(shape)) == []
-
-
 @pytest.mark.parametrize(
     "photometric, dtype, window, lut",
     [

@@ -128,6 +128,7 @@ def test_explain_cli_writes_png_and_json(trained_run, tmp_path, capsys):
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert d["method"] == "lime" and d["out"] == str(out) and out.stat().st_size > 10_000
+    assert d["regions"] and all(0 < r["share"] <= 1 and r["points"][0] == r["points"][-1] for r in d["regions"])
 
 
 def test_explain_refuses_what_predict_refuses(trained_run, tmp_path, capsys):
@@ -170,3 +171,31 @@ def test_explain_evaluate_table(trained_run, tiny_data, capsys):
     assert set(results) == {"gradcam", "lime", "occlusion", "random"}
     for r in results.values():
         assert r["n"] == 4 and 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (2400, 1800)])  # traced as it is, and on the map scaled down 5x
+def test_map_outlines_go_round_the_strongest_regions(shape):
+    from pneumolens.explain.outlines import map_outlines
+
+    h, w = shape
+    heatmap = np.full(shape, -0.2, np.float32)  # against the call everywhere, but for:
+    boxes = {  # (top, bottom, left, right) as shares of the side: value
+        (0.2, 0.4, 0.5, 0.8): 1.0,  # the strongest region
+        (0.6, 0.7, 0.1, 0.2): 0.7,
+        (0.8, 0.9, 0.6, 0.7): 0.6,
+        (0.05, 0.08, 0.05, 0.08): 0.55,  # above the level too, but the fourth: left out
+        (0.5, 0.9, 0.3, 0.5): 0.3,  # support below half the peak: no outline
+    }
+    for (t, b, left, r), value in boxes.items():
+        heatmap[round(t * h) : round(b * h), round(left * w) : round(r * w)] = value
+    outlines = map_outlines(heatmap)
+    assert len(outlines) == 3
+    total = float(np.clip(heatmap, 0, None).sum())
+    tol = 1 + int(np.ceil(max(shape) / 512))  # a pixel, and the step of the scaled-down map
+    for outline, ((t, b, left, r), value) in zip(outlines, list(boxes.items())[:3], strict=True):
+        assert (outline.points[0] == outline.points[-1]).all()  # closed
+        assert outline.points.min(axis=0) == pytest.approx([left * w, t * h], abs=tol)  # (column, row)
+        assert outline.points.max(axis=0) == pytest.approx([r * w, b * h], abs=tol)
+        expected = value * round((b - t) * h) * round((r - left) * w) / total
+        assert outline.share == pytest.approx(expected, rel=0.05)
+    assert map_outlines(np.full(shape, -0.5, np.float32)) == [] and map_outlines(np.zeros(shape)) == []

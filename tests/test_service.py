@@ -68,6 +68,13 @@ def test_predict_with_heatmap(client):
     assert lime["method"] == "lime" and lime["probability"] == pytest.approx(d["probability"], abs=1e-6)
     plain = post(client, jpeg_bytes(), explain="false").json()
     assert plain["heatmap_png"] is None and plain["probability"] == pytest.approx(d["probability"], abs=1e-6)
+    assert plain["regions"] == [] and 1 <= len(d["regions"]) <= 3  # the map's outlines, with a map only
+    side = Image.open(io.BytesIO(jpeg_bytes())).size
+    for region in d["regions"]:
+        points = np.array(region["points"])
+        assert (points[0] == points[-1]).all() and 0 < region["share"] <= 1  # closed, on the uploaded image
+        assert (points >= 0).all() and (points <= side).all()
+    assert [r["share"] for r in d["regions"]] == sorted((r["share"] for r in d["regions"]), reverse=True)
 
 
 def test_predict_dicom_upload_leaks_no_identifier(client, tmp_path, caplog):

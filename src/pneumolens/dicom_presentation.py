@@ -5,7 +5,7 @@ shows it as another image. ``pneumolens listen --gsps`` also writes, per image, 
 references the original: opened with it, a PACS viewer draws on the radiologist's own image, at its
 full resolution and with its own window, and the overlay can be switched off.
 
-- layer ``AI MAP``: the outlines of the map's strongest regions (:func:`map_outlines`: where it is
+- layer ``AI MAP``: the outlines of the map's strongest regions (``explain.outlines.map_outlines``: where it is
   at least half its peak in support of the call, at most three, largest share of the support
   first), as closed polylines in image pixels;
 - layer ``AI CALL``: one line of text at the top left, the Secondary Capture's caption: the
@@ -20,19 +20,17 @@ image regions (``pneumolens.dicom_report``).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from pneumolens.explain.outlines import map_outlines
+
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
 SERIES_DESCRIPTION = "pneumolens AI first read (overlay) - not a diagnosis"
 MAP_LAYER, CALL_LAYER = "AI MAP", "AI CALL"
-LEVEL = 0.5  # an outline goes round the map where it is at least this share of its peak
-MAX_REGIONS = 3
-MAX_SIDE = 512  # outlines are traced on the map scaled down to this, then scaled back: smooth and fast
 # The original's attributes the presentation state reads: identity, size and how its pixels are shown.
 DISPLAY = (
     "SOPClassUID",
@@ -55,40 +53,6 @@ DISPLAY = (
     "VOILUTFunction",
     "VOILUTSequence",
 )
-
-
-@dataclass
-class Outline:
-    points: np.ndarray  # (n, 2) image pixel coordinates (column, row) of a closed polyline, first == last
-    share: float  # of the map's positive (supporting) attribution inside it
-
-
-def map_outlines(heatmap: np.ndarray, level: float = LEVEL, max_regions: int = MAX_REGIONS) -> list[Outline]:
-    """Closed outlines of the regions where ``heatmap`` (H, W; > 0 supports the call) is at least
-    ``level`` times its positive peak, the ``max_regions`` holding most of the support first. Points
-    are DICOM image coordinates: (column, row), the top left corner of the image at (0, 0), a pixel's
-    centre at +0.5. An empty list when nothing supports the call."""
-    from skimage.measure import approximate_polygon, find_contours, label, regionprops
-
-    positive = np.clip(np.asarray(heatmap, dtype=np.float32), 0, None)
-    peak = float(positive.max()) if positive.size else 0.0
-    if peak <= 0:
-        return []
-    step = max(1, int(np.ceil(max(positive.shape) / MAX_SIDE)))
-    small = positive[::step, ::step]
-    regions = label(small >= level * peak)
-    total = float(small.sum())
-    outlines = []
-    for region in regionprops(regions, intensity_image=small):
-        inside = np.pad(regions == region.label, 1)  # padded: a region on the border still closes
-        (contour, *_) = sorted(find_contours(inside.astype(np.float32), 0.5), key=len, reverse=True)
-        contour = approximate_polygon(contour, tolerance=0.75)
-        rows, cols = (contour[:, 0] - 1) * step, (contour[:, 1] - 1) * step  # back from the padding and the step
-        h, w = positive.shape
-        points = np.stack([np.clip(cols + 0.5, 0, w), np.clip(rows + 0.5, 0, h)], axis=1)
-        share = float(region.image_intensity[region.image].sum()) / total
-        outlines.append(Outline(points=points.astype(np.float32), share=share))
-    return sorted(outlines, key=lambda o: o.share, reverse=True)[:max_regions]
 
 
 def presentation_state(original: Dataset, result: dict[str, Any], series_uid: str, caption: str) -> Dataset:

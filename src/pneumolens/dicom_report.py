@@ -14,7 +14,7 @@ study and a series of its own, with the original as evidence. Its one measuremen
   the private scheme ``99PNEUMOLENS`` with the flag as code value and its name in words as meaning.
 
 When the result holds an explanation, up to three planar ROI groups (TID 1410) follow, one per
-outline of the map (``dicom_presentation.map_outlines``): a closed polyline on the original, the share
+outline of the map (``explain.outlines.map_outlines``): a closed polyline on the original, the share
 of the map's support inside it, the map's method, and the private finding "AI map region" (where the
 map supports the call, not where a finding lies).
 
@@ -118,13 +118,13 @@ def structured_report(original: Dataset, result: dict[str, Any], series_uid: str
 
 
 def _map_regions(original: Dataset, result: dict[str, Any], algorithm) -> list:
-    """One planar ROI group (TID 1410) per outline of the map (``dicom_presentation.map_outlines``):
+    """One planar ROI group (TID 1410) per outline of the map (``explain.outlines.map_outlines``):
     the region as a closed polyline on the original, the share of the map's support inside it, and the
     map's method. The finding type is the private "AI map region": where the map supports the call,
     not where a finding lies."""
     import highdicom as hd
 
-    from pneumolens.dicom_presentation import map_outlines
+    from pneumolens.explain.outlines import map_outlines
 
     source = hd.sr.SourceImageForRegion(original.SOPClassUID, original.SOPInstanceUID)
     groups = []

@@ -48,6 +48,15 @@ class Explanation:
     def target_sign(self) -> float:
         return 1.0 if self.label == CLASS_NAMES[1] else -1.0
 
+    def regions(self) -> list[dict[str, Any]]:
+        """The map's strongest regions as outlines on the input image (``explain.outlines.map_outlines``):
+        ``points`` ([column, row] pixels, closed) and ``share`` of the map's support inside each."""
+        from pneumolens.explain.outlines import map_outlines
+
+        return [
+            {"points": np.round(o.points, 1).tolist(), "share": round(o.share, 4)} for o in map_outlines(self.heatmap)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
@@ -57,6 +66,7 @@ class Explanation:
             "seconds": round(self.seconds, 4),
             "lung_fraction": None if self.lung_fraction is None else round(self.lung_fraction, 4),
             "flags": self.flags,
+            "regions": self.regions(),
         }
 
 

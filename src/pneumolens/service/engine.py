@@ -95,7 +95,13 @@ class Engine:
         """Score (and explain) a decoded image. With ``explain``, ``explanation`` holds the
         :class:`~pneumolens.explain.explainer.Explanation` and ``heatmap_png`` its picture."""
         t0 = time.perf_counter()
-        result: dict[str, Any] = {"method": None, "lung_fraction": None, "heatmap_png": None, "explanation": None}
+        result: dict[str, Any] = {
+            "method": None,
+            "lung_fraction": None,
+            "heatmap_png": None,
+            "regions": [],
+            "explanation": None,
+        }
         with self.lock:
             # one segmentation serves the flags, lung-aware preprocessing and the explanation
             low, full = self.segmenter.masks(gray) if explain else (self.segmenter.mask(gray, full_size=False), None)
@@ -113,6 +119,7 @@ class Engine:
                     method=method,
                     lung_fraction=e.lung_fraction,
                     heatmap_png=base64.b64encode(buf.getvalue()).decode("ascii"),
+                    regions=e.regions(),
                     explanation=e,
                 )
         t = self.loaded.threshold

@@ -13,6 +13,14 @@ class ModelInfo(BaseModel):
     sha256: str = Field(description="SHA-256 of the weights")
 
 
+class MapRegion(BaseModel):
+    points: list[list[float]] = Field(
+        description="a closed outline (the first point repeated last) in image pixels, [column, row], the image's "
+        "top left corner at [0, 0]"
+    )
+    share: float = Field(description="share of the map's support (its positive attribution) inside the outline")
+
+
 class Prediction(BaseModel):
     probability: float = Field(description="probability of pneumonia, calibrated on validation")
     label: str = Field(description="NORMAL or PNEUMONIA at the operating point")
@@ -34,6 +42,11 @@ class Prediction(BaseModel):
     method: str | None = None
     lung_fraction: float | None = Field(None, description="share of the explanation inside the lung fields")
     heatmap_png: str | None = Field(None, description="base64 PNG of the explanation over the image")
+    regions: list[MapRegion] = Field(
+        default_factory=list,
+        description="up to three outlines of where the map is at least half its peak in support of the call, the "
+        "largest share first (the DICOM node's report and presentation state carry the same); empty without a map",
+    )
     seconds: float
     notice: str = NOTICE
 
