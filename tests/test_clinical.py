@@ -754,6 +754,36 @@ def test_an_image_without_a_study_gets_results_in_one_new_study(trained_run, tmp
     assert read_structured_report(report)["evidence"] == [ds.SOPInstanceUID]
 
 
+def test_kept_originals_make_a_site_s_own_test_set(trained_run, tmp_path, capsys):
+    """listen --keep stores each image it reads as received, named by its SOP Instance UID; with a
+    manifest of the radiologists' labels they are a test set ``evaluate`` reads (docs/site-validation.md)."""
+    from pneumolens.dicom_node import SUCCESS, Node, _file_name
+    from pneumolens.service.engine import Engine
+
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", keep=tmp_path / "originals")
+    node.out.mkdir()
+    node.keep.mkdir()
+    rows = ["path,label"]
+    for label in ("NORMAL", "PNEUMONIA"):
+        for i, f in enumerate(real_images("test", label, 2)):
+            pixels = np.round(read_image(f) * 4095).astype(np.uint16)
+            sent = pydicom.dcmread(make_dicom(tmp_path / f"{label}{i}.dcm", pixels, patient_id=f"P-{label}-{i}"))
+            assert node.handle_store(SimpleNamespace(dataset=sent, file_meta=sent.file_meta)) == SUCCESS
+            kept = pydicom.dcmread(node.keep / f"{sent.SOPInstanceUID}.dcm")
+            assert kept.SOPInstanceUID == sent.SOPInstanceUID and np.array_equal(kept.pixel_array, pixels)
+            rows.append(f"originals/{sent.SOPInstanceUID}.dcm,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "site.json"
+    assert (
+        main(["evaluate", "--model", str(trained_run), "--data", str(tmp_path / "labels.csv"), "--json", str(out)]) == 0
+    )
+    m = json.loads(out.read_text())
+    assert m["n"] == 4 and m["n_patients"] == 4 and m["films_of_unknown_patient"] == 0  # patients from the headers
+    assert _file_name("1.2.840.10008.1") == "1.2.840.10008.1"
+    for odd in ("../../etc/passwd", ".", "1.2/3", "x" * 80):  # a sender's malformed UID never names a path
+        assert _file_name(odd).startswith("uid-") and "/" not in _file_name(odd)
+
+
 def test_a_failed_result_is_logged_without_the_header_value_it_quotes(trained_run, tmp_path, monkeypatch, caplog):
     import pneumolens.dicom_node
     from pneumolens.dicom_node import OUT_OF_RESOURCES, Node

@@ -381,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sr", action="store_true", help="also write (and forward) a DICOM Structured Report (TID 1500) per image"
     )
     ln.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="also store each image read, as received, in DIR (SOP_INSTANCE_UID.dcm): for a site's own evaluation; "
+        "the files hold patient data",
+    )
+    ln.add_argument(
         "--gsps",
         action="store_true",
         help="also write (and forward) a Grayscale Softcopy Presentation State per image: the map's outline and "
@@ -793,6 +799,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         tls=tls,
         sr=args.sr,
         gsps=args.gsps,
+        keep=Path(args.keep) if args.keep else None,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"

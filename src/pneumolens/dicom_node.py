@@ -18,8 +18,10 @@ CA). It stops in bounded time (``Node.run``).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import re
 import ssl
 import threading
 import time
@@ -182,6 +184,15 @@ def _version() -> str:
     return __version__
 
 
+def _file_name(uid: object) -> str:
+    """A SOP Instance UID as a file name: digits and dots only (a malformed UID from a sender must not
+    name a path elsewhere), else a hash of it."""
+    text = str(uid)
+    if re.fullmatch(r"[0-9.]{1,64}", text) and not text.startswith("."):
+        return text
+    return "uid-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def _optional(what: str, make: Callable[[], Dataset]) -> list[Dataset]:
     """``[make()]``, or nothing when it fails: the picture still goes out, and the log says which
     object is missing and the exception's type (never its message, which can quote a header value)."""
@@ -253,6 +264,7 @@ class Node:
     rejected: int = 0  # associations turned away (calling AE title not allowed)
     sr: bool = False  # also write (and forward) a Structured Report of each result
     gsps: bool = False  # and a Grayscale Softcopy Presentation State: the map's outline over the original
+    keep: Path | None = None  # also store each image read, as received, here (for a site's own evaluation)
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
@@ -304,6 +316,10 @@ class Node:
 
                 series = self.series_for(filed_in, "PR")
                 results += _optional("presentation state", lambda: presentation_state(ds, result, series, caption))
+            if self.keep is not None:  # the original first: a result always has its image beside it
+                atomic_write(
+                    self.keep / f"{_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data)
+                )
             for made in results:
                 path = self.out / f"{made.SOPInstanceUID}.dcm"
                 atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))
@@ -373,6 +389,8 @@ class Node:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION)
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.keep is not None:
+            self.keep.mkdir(parents=True, exist_ok=True)
         if self.allowed_aets:
             ae.require_calling_aet = list(self.allowed_aets)
         handlers = [
