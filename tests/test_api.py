@@ -22,6 +22,7 @@ def test_three_lines_to_an_explained_prediction(model):
     result = model.predict(str(path), explain="gradcam")
     assert 0 <= result.probability <= 1 and result.label in ("NORMAL", "PNEUMONIA")
     assert result.heatmap.shape == (224, 224) and result.flags == [] and result.warning is None
+    assert 1 <= len(result.regions) <= 3 and all(r["points"][0] == r["points"][-1] for r in result.regions)
 
 
 def test_every_input_kind_gives_the_same_probability(model, tmp_path):
@@ -31,7 +32,7 @@ def test_every_input_kind_gives_the_same_probability(model, tmp_path):
     ds = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", u8))
     results = model.predict([str(path), gray, u8, Image.open(path), ds])  # one batch
     probs = [r.probability for r in results]
-    assert len(results) == 5 and all(r.heatmap is None for r in results)
+    assert len(results) == 5 and all(r.heatmap is None and r.regions == [] for r in results)
     assert np.allclose(probs, probs[0], atol=1e-3), probs
 
 

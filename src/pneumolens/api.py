@@ -37,6 +37,7 @@ class Result:
     method: str | None = None
     lung_fraction: float | None = None
     measures: dict[str, float | None] = field(default_factory=dict)  # behind the flags: lung_area, lung_median, ...
+    regions: list[dict[str, Any]] = field(default_factory=list)  # the map's outlines ([column, row] points, share)
 
     @property
     def warning(self) -> str | None:
@@ -108,7 +109,7 @@ class Model:
                 from pneumolens.explain import explain_image
 
                 e = explain_image(self.loaded, g, explain, lung_masks=(low, full))
-                r.heatmap, r.method, r.lung_fraction = e.heatmap, explain, e.lung_fraction
+                r.heatmap, r.method, r.lung_fraction, r.regions = e.heatmap, explain, e.lung_fraction, e.regions()
             results.append(r)
         return results if many else results[0]
 
