@@ -41,9 +41,11 @@ def map_outlines(heatmap: np.ndarray, level: float = LEVEL, max_regions: int = M
         inside = np.pad(regions == region.label, 1)  # padded: a region on the border still closes
         (contour, *_) = sorted(find_contours(inside.astype(np.float32), 0.5), key=len, reverse=True)
         contour = approximate_polygon(contour, tolerance=0.75)
-        rows, cols = (contour[:, 0] - 1) * step, (contour[:, 1] - 1) * step  # back from the padding and the step
+        # back from the padding, then from the scaled-down grid, whose pixel i stands for the image's
+        # pixels i * step to (i + 1) * step: a contour at c (pixel centres at integers) lies at c * step + step / 2
+        rows, cols = (contour[:, 0] - 1) * step + step / 2, (contour[:, 1] - 1) * step + step / 2
         h, w = positive.shape
-        points = np.stack([np.clip(cols + 0.5, 0, w), np.clip(rows + 0.5, 0, h)], axis=1)
+        points = np.stack([np.clip(cols, 0, w), np.clip(rows, 0, h)], axis=1)
         share = float(region.image_intensity[region.image].sum()) / total
         outlines.append(Outline(points=points.astype(np.float32), share=share))
     return sorted(outlines, key=lambda o: o.share, reverse=True)[:max_regions]
