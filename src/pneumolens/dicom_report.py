@@ -56,10 +56,6 @@ def _flag_code(flag: str):
     return _code(flag, PRIVATE_SCHEME, flag.replace("_", " "))
 
 
-MAP_REGION = _code("map-region", PRIVATE_SCHEME, MAP_REGION_MEANING)
-MAP_SHARE = _code("map-share", PRIVATE_SCHEME, MAP_SHARE_MEANING)
-
-
 def structured_report(original: Dataset, result: dict[str, Any], series_uid: str) -> Dataset:
     """A Comprehensive SR (TID 1500) of ``result`` (``Engine.analyse``) for the DICOM image ``original``,
     in its study and the series ``series_uid``. Patient and study attributes come from ``original``."""
@@ -133,11 +129,15 @@ def _map_regions(original: Dataset, result: dict[str, Any], algorithm) -> list:
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"AI map region {i}"),
                 referenced_region=hd.sr.ImageRegion("POLYLINE", outline.points, source_image=source),
-                finding_type=MAP_REGION,
+                finding_type=_code("map-region", PRIVATE_SCHEME, MAP_REGION_MEANING),
                 method=_code(str(result["method"]), PRIVATE_SCHEME, f"{result['method']} map"),
                 algorithm_id=algorithm,
                 measurements=[
-                    hd.sr.Measurement(name=MAP_SHARE, value=round(outline.share, 4), unit=codes.UCUM.NoUnits)
+                    hd.sr.Measurement(
+                        name=_code("map-share", PRIVATE_SCHEME, MAP_SHARE_MEANING),
+                        value=round(outline.share, 4),
+                        unit=codes.UCUM.NoUnits,
+                    )
                 ],
             )
         )
