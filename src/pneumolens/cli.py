@@ -893,7 +893,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from pneumolens.dicom_node import Destination, tls_context
-    from pneumolens.dicom_pull import MODALITIES, Moved, Pacs, date_range
+    from pneumolens.dicom_pull import MODALITIES, Pacs, date_range, pull_studies
 
     pacs = Destination.parse(args.pacs, "--pacs")
     dates = date_range(args.since, args.until)
@@ -906,7 +906,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
             raise ValueError("TLS to the PACS needs --tls-cert, --tls-key and --tls-ca together")
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca, server=False) if args.tls_cert else None
     modalities = tuple(dict.fromkeys(m.upper() for m in (args.modality or MODALITIES)))
-    kinds = " or ".join(modalities)
     with Pacs(pacs, args.ae_title, tls) as q:
         studies = sorted(q.studies(dates, args.study or ()), key=lambda study: study.date)
         if len(studies) > args.limit:
@@ -914,41 +913,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 f"{len(studies)} studies match, more than --limit {args.limit}: nothing was moved; "
                 "narrow the dates or raise the limit"
             )
-        doing = "dry run, nothing is moved" if args.dry_run else f"moving their {kinds} series to {args.to}"
+        doing = (
+            "dry run, nothing is moved"
+            if args.dry_run
+            else f"moving their {' or '.join(modalities)} series to {args.to}"
+        )
         print(f"{len(studies)} studies match at {pacs.ae_title}; {doing}")
-        total, moved_series, problems = Moved(), 0, 0
-        for i, study in enumerate(studies, 1):
-            day = f"{study.date[:4]}-{study.date[4:6]}-{study.date[6:]}" if len(study.date) == 8 else "no date"
-            series = q.series(study, modalities)
-            if not series:
-                print(f"  {i}. {day}: no {kinds} series")
-                continue
-            if args.dry_run:
-                counts = [s.images for s in series if s.images is not None]  # when the PACS says
-                images = f" ({_count(sum(counts), 'image')})" if len(counts) == len(series) else ""
-                print(f"  {i}. {day}: would move {len(series)} series{images}")
-                continue
-            done = Moved()
-            for one in series:
-                m = q.move(one, args.to)
-                done.completed, done.failed = done.completed + m.completed, done.failed + m.failed
-                done.warning += m.warning
-                done.problem = m.problem or done.problem
-            line = f"  {i}. {day}: {len(series)} series, {_count(done.completed, 'image')} moved"
-            line += f", {done.failed} failed" if done.failed else ""
-            line += f", {done.warning} with warnings" if done.warning else ""
-            if done.problem:
-                line, problems = f"{line} ({done.problem})", problems + 1
-            print(line)
-            moved_series += len(series)
-            total.completed, total.failed = total.completed + done.completed, total.failed + done.failed
-        if not args.dry_run:
-            print(f"{moved_series} series: {_count(total.completed, 'image')} moved, {total.failed} failed")
+        problems = pull_studies(q, studies, modalities, None if args.dry_run else args.to, print)
     return 1 if problems else 0
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 
@@ -199,3 +199,47 @@ def _words(code: int) -> str:
     if code in MOVE_STATUS:
         return MOVE_STATUS[code]
     return MOVE_STATUS[0xC000] if 0xC000 <= code <= 0xCFFF else "failed"
+
+
+def pull_studies(
+    pacs: Pacs, studies: list[Study], modalities: tuple[str, ...], destination: str | None, say: Callable[[str], None]
+) -> int:
+    """Move each study's series of ``modalities`` to ``destination`` (``None``: a dry run, nothing
+    moves), saying a line per study and a total; returns how many studies had a problem."""
+    kinds = " or ".join(modalities)
+    total, moved_series, problems = Moved(), 0, 0
+    for i, study in enumerate(studies, 1):
+        day = f"{study.date[:4]}-{study.date[4:6]}-{study.date[6:]}" if len(study.date) == 8 else "no date"
+        series = pacs.series(study, modalities)
+        if not series:
+            say(f"  {i}. {day}: no {kinds} series")
+            continue
+        if destination is None:
+            counts = [s.images for s in series if s.images is not None]  # when the PACS says
+            images = f" ({_count(sum(counts), 'image')})" if len(counts) == len(series) else ""
+            say(f"  {i}. {day}: would move {len(series)} series{images}")
+            continue
+        done = Moved()
+        for one in series:
+            m = pacs.move(one, destination)
+            done.completed, done.failed, done.warning = (
+                done.completed + m.completed,
+                done.failed + m.failed,
+                done.warning + m.warning,
+            )
+            done.problem = m.problem or done.problem
+        line = f"  {i}. {day}: {len(series)} series, {_count(done.completed, 'image')} moved"
+        line += f", {done.failed} failed" if done.failed else ""
+        line += f", {done.warning} with warnings" if done.warning else ""
+        if done.problem:
+            line, problems = f"{line} ({done.problem})", problems + 1
+        say(line)
+        moved_series += len(series)
+        total.completed, total.failed = total.completed + done.completed, total.failed + done.failed
+    if destination is not None:
+        say(f"{moved_series} series: {_count(total.completed, 'image')} moved, {total.failed} failed")
+    return problems
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
