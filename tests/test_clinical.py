@@ -757,7 +757,7 @@ def test_an_image_without_a_study_gets_results_in_one_new_study(trained_run, tmp
 def test_kept_originals_make_a_site_s_own_test_set(trained_run, tmp_path, capsys):
     """listen --keep stores each image it reads as received, named by its SOP Instance UID; with a
     manifest of the radiologists' labels they are a test set ``evaluate`` reads (docs/site-validation.md)."""
-    from pneumolens.dicom_node import SUCCESS, Node, _file_name
+    from pneumolens.dicom_node import SUCCESS, Node, uid_file_name
     from pneumolens.service.engine import Engine
 
     node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", keep=tmp_path / "originals")
@@ -779,9 +779,9 @@ def test_kept_originals_make_a_site_s_own_test_set(trained_run, tmp_path, capsys
     )
     m = json.loads(out.read_text())
     assert m["n"] == 4 and m["n_patients"] == 4 and m["films_of_unknown_patient"] == 0  # patients from the headers
-    assert _file_name("1.2.840.10008.1") == "1.2.840.10008.1"
+    assert uid_file_name("1.2.840.10008.1") == "1.2.840.10008.1"
     for odd in ("../../etc/passwd", ".", "1.2/3", "x" * 80):  # a sender's malformed UID never names a path
-        assert _file_name(odd).startswith("uid-") and "/" not in _file_name(odd)
+        assert uid_file_name(odd).startswith("uid-") and "/" not in uid_file_name(odd)
 
 
 def test_a_failed_result_is_logged_without_the_header_value_it_quotes(trained_run, tmp_path, monkeypatch, caplog):

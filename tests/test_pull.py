@@ -121,6 +121,25 @@ def test_pull_moves_the_x_rays_of_the_dates_to_the_node(pacs, node, capsys, capl
     assert "2026-10-15: 1 series, 1 image moved" in capsys.readouterr().out
 
 
+def test_pull_gets_the_x_rays_into_a_folder_without_a_node(pacs, tmp_path, capsys, caplog):
+    """--get DIR: the images come back over pull's own association (C-GET), no move destination."""
+    caplog.set_level("INFO")
+    port, _, uids = pacs
+    args = ["pull", "--pacs", f"QRSCP@127.0.0.1:{port}", "--since", "2026-11-01", "--until", "2026-11-30"]
+    assert main([*args, "--get", str(tmp_path / "got"), "--dry-run"]) == 0
+    assert not (tmp_path / "got").exists() and "would move 1 series" in capsys.readouterr().out
+    assert main([*args, "--get", str(tmp_path / "got")]) == 0
+    out = capsys.readouterr().out
+    assert "getting their CR or DX series into" in out and "2026-11-02: 1 series, 2 images retrieved" in out
+    files = sorted((tmp_path / "got").iterdir())
+    got = [pydicom.dcmread(f) for f in files]
+    assert len(got) == 2 and {ds.StudyInstanceUID for ds in got} == {uids["inside"]}
+    assert all(f.name == f"{ds.SOPInstanceUID}.dcm" for f, ds in zip(files, got, strict=True))
+    assert all(ds.pixel_array.shape == (ds.Rows, ds.Columns) for ds in got)  # whole images, readable
+    for secret in (PATIENT_NAME, PATIENT_ID, *uids.values()):
+        assert secret not in out and secret not in caplog.text
+
+
 def test_pull_names_what_went_wrong(pacs, node, capsys):
     port, node_port, _ = pacs
     where = ["--pacs", f"QRSCP@127.0.0.1:{port}"]

@@ -337,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="PNEUMOLENS",
         help="move destination: the AE title of a running `pneumolens listen` (the PACS must know its address)",
     )
+    pl.add_argument(
+        "--get",
+        metavar="DIR",
+        help="instead of a move, get the images over our own association (C-GET) into DIR, each as received "
+        "(SOP_INSTANCE_UID.dcm; they hold patient data): no move destination needed",
+    )
     pl.add_argument("--since", help="first study date, YYYY-MM-DD")
     pl.add_argument("--until", help="last study date, YYYY-MM-DD (inclusive)")
     pl.add_argument("--study", action="append", metavar="UID", help="a Study Instance UID (repeatable)")
@@ -906,20 +912,25 @@ def cmd_pull(args: argparse.Namespace) -> int:
             raise ValueError("TLS to the PACS needs --tls-cert, --tls-key and --tls-ca together")
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca, server=False) if args.tls_cert else None
     modalities = tuple(dict.fromkeys(m.upper() for m in (args.modality or MODALITIES)))
-    with Pacs(pacs, args.ae_title, tls) as q:
+    get_into = Path(args.get) if args.get else None
+    if get_into is not None and not args.dry_run:
+        get_into.mkdir(parents=True, exist_ok=True)
+    with Pacs(pacs, args.ae_title, tls, get_into=get_into) as q:
         studies = sorted(q.studies(dates, args.study or ()), key=lambda study: study.date)
         if len(studies) > args.limit:
             raise ValueError(
                 f"{len(studies)} studies match, more than --limit {args.limit}: nothing was moved; "
                 "narrow the dates or raise the limit"
             )
-        doing = (
-            "dry run, nothing is moved"
-            if args.dry_run
-            else f"moving their {' or '.join(modalities)} series to {args.to}"
-        )
+        kinds = " or ".join(modalities)
+        if args.dry_run:
+            doing = "dry run, nothing is moved"
+        elif args.get:
+            doing = f"getting their {kinds} series into {args.get}"
+        else:
+            doing = f"moving their {kinds} series to {args.to}"
         print(f"{len(studies)} studies match at {pacs.ae_title}; {doing}")
-        problems = pull_studies(q, studies, modalities, None if args.dry_run else args.to, print)
+        problems = pull_studies(q, studies, modalities, print, destination=args.to, dry_run=args.dry_run)
     return 1 if problems else 0
 
 

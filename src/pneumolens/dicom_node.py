@@ -184,7 +184,7 @@ def _version() -> str:
     return __version__
 
 
-def _file_name(uid: object) -> str:
+def uid_file_name(uid: object) -> str:
     """A SOP Instance UID as a file name: digits and dots only (a malformed UID from a sender must not
     name a path elsewhere), else a hash of it."""
     text = str(uid)
@@ -318,7 +318,7 @@ class Node:
                 results += _optional("presentation state", lambda: presentation_state(ds, result, series, caption))
             if self.keep is not None:  # the original first: a result always has its image beside it
                 atomic_write(
-                    self.keep / f"{_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data)
+                    self.keep / f"{uid_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data)
                 )
             for made in results:
                 path = self.out / f"{made.SOPInstanceUID}.dcm"

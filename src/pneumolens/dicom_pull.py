@@ -22,17 +22,28 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from pneumolens.dicom_node import Destination
+from pneumolens.checkpoint import atomic_write
+from pneumolens.dicom_node import (
+    ACCEPTED,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    TRANSFER_SYNTAXES,
+    Destination,
+    uid_file_name,
+)
 
 # pynetdicom logs each C-FIND answer's identifier at INFO (UIDs, and names if a PACS sends them): pull
 # says in its own words what it found, and pynetdicom only what went wrong.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
 MOVE = "1.2.840.10008.5.1.4.1.2.2.2"  # ... - MOVE
+GET = "1.2.840.10008.5.1.4.1.2.2.3"  # ... - GET
 MODALITIES = ("CR", "DX")  # the modalities of the images the node accepts (``dicom_node.ACCEPTED``)
 PENDING = (0xFF00, 0xFF01)
 MOVE_STATUS = {  # PS3.4 C.4.2.1.5: what a PACS answers a C-MOVE with, in words
@@ -95,18 +106,36 @@ def _status(status: Dataset) -> int:
 
 
 class Pacs:
-    """An association with the PACS (Study Root FIND and MOVE), as a context manager."""
+    """An association with the PACS (Study Root FIND, and MOVE or, with ``get_into``, GET), as a
+    context manager. With ``get_into`` the images come back over the same association and are
+    written there, each as received, named by its SOP Instance UID."""
 
-    def __init__(self, pacs: Destination, ae_title: str = "PNEUMOLENS", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        pacs: Destination,
+        ae_title: str = "PNEUMOLENS",
+        tls: ssl.SSLContext | None = None,
+        get_into: Path | None = None,
+    ) -> None:
         from pynetdicom import AE
 
         self.pacs, self.ae = pacs, AE(ae_title=ae_title)
         self.ae.add_requested_context(FIND)
-        self.ae.add_requested_context(MOVE)
-        self.tls = tls
+        self.retrieve = GET if get_into is not None else MOVE
+        self.ae.add_requested_context(self.retrieve)
+        self.roles = []
+        if get_into is not None:  # the PACS sends over our association: we take the storage SCP role
+            from pynetdicom import build_role
+
+            for uid in ACCEPTED:
+                self.ae.add_requested_context(uid, list(TRANSFER_SYNTAXES))
+                self.roles.append(build_role(uid, scp_role=True))
+        self.tls, self.get_into, self.stored_failed = tls, get_into, 0
         self.assoc = None
 
     def __enter__(self) -> Pacs:
+        from pynetdicom import evt
+
         p = self.pacs
         try:  # pynetdicom reports a peer it cannot reach as an aborted association: ask the network first
             socket.create_connection((p.host, p.port), timeout=10).close()
@@ -115,7 +144,10 @@ class Pacs:
                 f"--pacs {p.ae_title}@{p.host}:{p.port}: could not be reached ({e.strerror or e})"
             ) from None
         tls_args = (self.tls, p.host) if self.tls is not None else None
-        self.assoc = self.ae.associate(p.host, p.port, ae_title=p.ae_title, tls_args=tls_args)
+        handlers = [] if self.get_into is None else [(evt.EVT_C_STORE, self._store)]
+        self.assoc = self.ae.associate(
+            p.host, p.port, ae_title=p.ae_title, tls_args=tls_args, ext_neg=self.roles, evt_handlers=handlers
+        )
         if not self.assoc.is_established:
             if self.assoc.is_rejected:
                 why = "rejected the association (is our --ae-title one it knows?)"
@@ -125,7 +157,8 @@ class Pacs:
                 why = "did not answer"
             raise ConnectionError(f"--pacs {p.ae_title}@{p.host}:{p.port}: {why}")
         offered = {cx.abstract_syntax for cx in self.assoc.accepted_contexts}
-        for uid, what in ((FIND, "queries (C-FIND)"), (MOVE, "retrieves (C-MOVE)")):
+        retrieves = "retrieves (C-GET)" if self.retrieve == GET else "retrieves (C-MOVE)"
+        for uid, what in ((FIND, "queries (C-FIND)"), (self.retrieve, retrieves)):
             if uid not in offered:
                 self.assoc.release()
                 raise ConnectionError(f"--pacs {p.ae_title}: does not take Study Root {what} from us")
@@ -171,14 +204,33 @@ class Pacs:
                 found[uid] = Series(study.uid, uid, modality, int(count) if count else None)
         return list(found.values())
 
-    def move(self, series: Series, destination: str) -> Moved:
-        """C-MOVE one series to ``destination``; the PACS's counts and its last problem, if any."""
+    def _store(self, event) -> int:
+        """C-STORE over our C-GET: the image as received, atomically, named by its UID."""
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            name = uid_file_name(ds.SOPInstanceUID)
+            assert self.get_into is not None
+            atomic_write(self.get_into / f"{name}.dcm", lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+        except Exception as e:  # noqa: BLE001 - the PACS gets a failure status; the type says what failed
+            self.stored_failed += 1
+            log.warning("pull: an image could not be written (%s)", type(e).__name__)
+            return OUT_OF_RESOURCES
+        return SUCCESS
+
+    def move(self, series: Series, destination: str | None) -> Moved:
+        """C-MOVE one series to ``destination`` (or, with ``get_into``, C-GET it: ``destination`` is
+        not used); the PACS's counts and its last problem, if any."""
         assert self.assoc is not None
         ds = Dataset()
         ds.QueryRetrieveLevel = "SERIES"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = series.study, series.series
         moved = Moved()
-        for status, _ in self.assoc.send_c_move(ds, destination, MOVE):
+        if self.retrieve == GET:
+            answers = self.assoc.send_c_get(ds, GET)
+        else:
+            answers = self.assoc.send_c_move(ds, str(destination), MOVE)
+        for status, _ in answers:
             code = _status(status)
             if code == -1:
                 moved.problem = "no answer from the PACS (timed out or the association was aborted)"
@@ -202,11 +254,18 @@ def _words(code: int) -> str:
 
 
 def pull_studies(
-    pacs: Pacs, studies: list[Study], modalities: tuple[str, ...], destination: str | None, say: Callable[[str], None]
+    pacs: Pacs,
+    studies: list[Study],
+    modalities: tuple[str, ...],
+    say: Callable[[str], None],
+    destination: str | None = None,
+    dry_run: bool = False,
 ) -> int:
-    """Move each study's series of ``modalities`` to ``destination`` (``None``: a dry run, nothing
-    moves), saying a line per study and a total; returns how many studies had a problem."""
+    """Move each study's series of ``modalities`` to ``destination`` (or get them, when ``pacs`` was
+    opened with ``get_into``), saying a line per study and a total; with ``dry_run`` nothing moves.
+    Returns how many studies had a problem."""
     kinds = " or ".join(modalities)
+    verb = "retrieved" if pacs.retrieve == GET else "moved"
     total, moved_series, problems = Moved(), 0, 0
     for i, study in enumerate(studies, 1):
         day = f"{study.date[:4]}-{study.date[4:6]}-{study.date[6:]}" if len(study.date) == 8 else "no date"
@@ -214,7 +273,7 @@ def pull_studies(
         if not series:
             say(f"  {i}. {day}: no {kinds} series")
             continue
-        if destination is None:
+        if dry_run:
             counts = [s.images for s in series if s.images is not None]  # when the PACS says
             images = f" ({_count(sum(counts), 'image')})" if len(counts) == len(series) else ""
             say(f"  {i}. {day}: would move {len(series)} series{images}")
@@ -228,7 +287,7 @@ def pull_studies(
                 done.warning + m.warning,
             )
             done.problem = m.problem or done.problem
-        line = f"  {i}. {day}: {len(series)} series, {_count(done.completed, 'image')} moved"
+        line = f"  {i}. {day}: {len(series)} series, {_count(done.completed, 'image')} {verb}"
         line += f", {done.failed} failed" if done.failed else ""
         line += f", {done.warning} with warnings" if done.warning else ""
         if done.problem:
@@ -236,8 +295,8 @@ def pull_studies(
         say(line)
         moved_series += len(series)
         total.completed, total.failed = total.completed + done.completed, total.failed + done.failed
-    if destination is not None:
-        say(f"{moved_series} series: {_count(total.completed, 'image')} moved, {total.failed} failed")
+    if not dry_run:
+        say(f"{moved_series} series: {_count(total.completed, 'image')} {verb}, {total.failed} failed")
     return problems
 
 
