@@ -5,7 +5,8 @@ C-FIND for the studies of the dates asked (or the Study Instance UIDs given), a 
 its series, and a C-MOVE of each CR or DX series to a move destination, normally the AE title of a
 running ``pneumolens listen``, which reads them as if the modality had sent them (pictures, reports,
 audit). The PACS must know that AE title as a move destination (its address and port); pull cannot
-tell it.
+tell it. With ``--get DIR`` the series come back over pull's own association instead (C-GET, pull
+taking the storage role), each image written to ``DIR`` as received: no destination, no node.
 
 What it prints names no patient and no UID: a study's date, its series and images counted, and
 what the PACS said about the move. Bad input stops it before any association with a message naming
