@@ -25,6 +25,8 @@ def test_hand_computed_case():
     # each model at its own operating point: A at 0.85 calls only film 0 pneumonia
     c = compare_scores(y, a, b, (0.85, 0.5), ["p1", "p2", "p3", "p4"], n_boot=200)
     assert c["a"]["confusion_matrix"] == [[2, 0], [1, 1]] and c["difference"]["specificity"]["value"] == 0
+    with pytest.raises(ValueError, match="needs both classes"):  # rather than resampling for ever
+        compare_scores(y[:2], a[:2], b[:2], (0.5, 0.5), ["p1", "p2"])
 
 
 def test_intervals_are_paired_hold_the_point_and_narrow_with_patients():

@@ -70,10 +70,13 @@ def compare_scores(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The comparison of two models' probabilities ``p_a`` and ``p_b`` on the same films (labels
-    ``y``, one patient key per film), each called at its threshold."""
+    ``y``, one patient key per film), each called at its threshold. Raises ``ValueError`` when the
+    films hold one class only."""
     from scipy.stats import binomtest
 
     y, p = np.asarray(y, int), {"a": np.asarray(p_a, float), "b": np.asarray(p_b, float)}
+    if y.size == 0 or y.min() == y.max():
+        raise ValueError(f"{y.size} films of one class at most: a comparison needs both classes")
     t = dict(zip("ab", thresholds, strict=True))
     keys = np.asarray(patients, str)
     right = {key: (p[key] >= t[key]).astype(int) == y for key in p}
