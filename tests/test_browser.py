@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from PIL import Image
 
 from conftest import real_images
 from pneumolens.audit import AuditLog
@@ -83,6 +84,16 @@ def test_upload_shows_probability_and_heatmap(server):
         src = page.get_attribute("#heatmap", "src")
         assert src.startswith("data:image/png;base64,")
         page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=10_000)
+        # the map's outlines over the uploaded image, in its own pixels, and a switch for them
+        page.wait_for_function("document.querySelectorAll('#outlines polyline').length > 0", timeout=10_000)
+        width, height = Image.open(xray).size
+        assert page.get_attribute("#outlines", "viewBox") == f"0 0 {width} {height}"
+        n = page.locator("#outlines polyline").count()
+        assert 1 <= n <= 3 and f"({n} region" in page.inner_text("#outline-count")
+        first = [tuple(map(float, p.split(","))) for p in page.get_attribute("#outlines polyline", "points").split()]
+        assert first[0] == first[-1] and all(0 <= x <= width and 0 <= y <= height for x, y in first)
+        page.uncheck("#show-outlines")
+        assert not page.is_visible("#outlines")
 
 
 def test_recent_page_shows_drift(trained_run, tmp_path):
