@@ -3,9 +3,12 @@ model made on real films through the watch folder."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import shutil
+import socket
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -159,6 +162,63 @@ def test_the_server_reports_drift_and_says_when_it_cannot(trails):
     assert bad_date.status_code == 422 and "recent 'last week'" in bad_date.json()["detail"]
     assert bad_order.status_code == 422 and "must come before" in bad_order.json()["detail"]
     assert bad_alpha.status_code == 422
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+    status = 200
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        length = int(self.headers["Content-Length"])
+        _Hook.bodies.append({"type": self.headers["Content-Type"], **json.loads(self.rfile.read(length))})
+        self.send_response(_Hook.status)
+        self.end_headers()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture
+def hook():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.bodies, _Hook.status = [], 200
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/SECRET-TOKEN"
+    server.shutdown()
+
+
+def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, hook, capsys):
+    db, cut = trails["pneumonia only"]
+    assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
+    out = capsys.readouterr()
+    (sent,) = _Hook.bodies
+    assert sent["type"] == "application/json" and sent["source"] == "pneumolens"
+    assert "drift alert" in sent["text"] and PNEUMONIA in sent["text"] and "40 films read" in sent["text"]
+    assert sent["report"]["drift"] is True and sent["report"]["recent"]["films_read"] == 40
+    assert "alert sent to http://127.0.0.1:" in out.out and "SECRET-TOKEN" not in out.out + out.err
+    db, cut = trails["same mix"]
+    assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 0 and len(_Hook.bodies) == 1
+    # an alert that cannot be delivered is said, and the drift still sets the exit status
+    _Hook.status = 500
+    db, cut = trails["pneumonia only"]
+    assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
+    err = capsys.readouterr().err
+    assert "the alert was refused (HTTP 500)" in err and "SECRET-TOKEN" not in err
+    closed = f"http://127.0.0.1:{_free_port()}/hook"
+    assert main(["audit", "--db", db, "--drift", cut, "--notify", closed]) == 1
+    assert "the alert could not be delivered" in capsys.readouterr().err
+    for args, message in (
+        (["--drift", cut, "--notify", "ftp://x/y"], "--notify: expected an http:// or https:// URL"),
+        (["--notify", hook], "--notify sends --drift's alert; give --drift too"),
+    ):
+        assert main(["audit", "--db", db, *args]) == 2
+        assert message in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_drift_needs_enough_films_on_both_sides(tmp_path, capsys):

@@ -437,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
     a.add_argument("--device", help="--drift: only the inputs from this DICOM device (make and model, as listed)")
+    a.add_argument(
+        "--notify",
+        metavar="URL",
+        help="--drift: on drift, also POST the alert as JSON to this webhook (a one-line 'text', the whole 'report')",
+    )
 
     tl = sub.add_parser("train-lungs", help="train the lung segmenter from scratch on NLM lung masks")
     tl.add_argument("--data", default="../shared/data/lung_masks", help="folder with manifest.csv, images/, masks/")
@@ -867,11 +872,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     if args.device and not args.drift:
         raise ValueError("--device chooses the inputs of --drift; give --drift too")
+    if args.notify and not args.drift:
+        raise ValueError("--notify sends --drift's alert; give --drift too")
     if args.drift:
+        from pneumolens.alert import check_url, notify, where
         from pneumolens.monitor import drift_in
 
+        if args.notify:
+            check_url(args.notify)
         report = drift_in(audit, parse_since(args.drift, "--drift"), since, args.alpha, args.device)  # too few: exit 2
         print(report)
+        if report.drift and args.notify:
+            try:
+                notify(args.notify, report, args.device)
+                print(f"alert sent to {where(args.notify)}")
+            except ConnectionError as e:  # the drift still sets the exit status
+                print(f"pneumolens audit: {e}", file=sys.stderr)
         return 1 if report.drift else 0
     rows = audit.rows(since=since)
     if args.csv:
