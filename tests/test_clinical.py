@@ -754,6 +754,28 @@ def test_an_image_without_a_study_gets_results_in_one_new_study(trained_run, tmp
     assert read_structured_report(report)["evidence"] == [ds.SOPInstanceUID]
 
 
+def test_explain_writes_the_node_s_objects_for_a_dicom_file(trained_run, tmp_path, capsys):
+    """explain IMAGE.dcm --dicom-out DIR: the picture, the report and the presentation state the node
+    would send back, without a node; a JPEG is refused by name."""
+    pixels = np.round((1 - read_image(real_images("test", "PNEUMONIA", 1)[0])) * 4095).astype(np.uint16)
+    path = make_dicom(tmp_path / "x.dcm", pixels, "MONOCHROME1")
+    model = ["--model", str(trained_run)]
+    assert main(["explain", str(path), *model, "--dicom-out", str(tmp_path / "out")]) == 0
+    written = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    made = {ds.Modality: ds for ds in map(pydicom.dcmread, written)}
+    original = pydicom.dcmread(path)
+    assert set(made) == {"OT", "SR", "PR"} and len(written) == 3
+    assert {ds.StudyInstanceUID for ds in made.values()} == {original.StudyInstanceUID}
+    said, drawn = read_structured_report(made["SR"]), read_presentation_state(made["PR"])
+    assert said["evidence"] == [original.SOPInstanceUID] and drawn["image"] == original.SOPInstanceUID
+    assert drawn["texts"] == [made["OT"].DerivationDescription] and drawn["presentation_lut"] == "INVERSE"
+    for outline, region in zip(drawn["outlines"], said["regions"], strict=True):
+        np.testing.assert_allclose(outline, region["points"], atol=1e-3)
+    jpeg = str(real_images("test", "NORMAL", 1)[0])
+    assert main(["explain", jpeg, *model, "--dicom-out", str(tmp_path / "o2")]) == 2
+    assert "--dicom-out needs a DICOM file" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
 def test_kept_originals_make_a_site_s_own_test_set(trained_run, tmp_path, capsys):
     """listen --keep stores each image it reads as received, named by its SOP Instance UID; with a
     manifest of the radiologists' labels they are a test set ``evaluate`` reads (docs/site-validation.md)."""

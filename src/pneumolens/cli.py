@@ -296,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--method", default="occlusion", help="occlusion (default: the faithful one), gradcam or lime")
     x.add_argument("--out", help="write the picture here (PNG)")
     x.add_argument("--json", action="store_true", help="print a JSON object")
+    x.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="for a DICOM IMAGE: write into DIR what `listen --sr --gsps` would send back (the picture, the "
+        "Structured Report, the presentation state), to import or view without a node",
+    )
     x.add_argument("--layer", help="Grad-CAM layer (default: the model's last feature block)")
     x.add_argument("--samples", type=_positive_int, default=1000, help="LIME perturbation samples")
     x.add_argument("--window", type=_positive_int, help="occlusion window, model-input pixels")
@@ -494,6 +500,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for flag, value, method in own:
         if value is not None and args.method != method:  # said, rather than ignored
             raise ValueError(f"{flag} applies to --method {method} only, not {args.method}")
+    if args.dicom_out:
+        return _dicom_objects(args)
     e = explain_image(loaded, args.image, args.method, seed=args.seed, **options)
     if args.out:
         from pneumolens.explain.render import explanation_image
@@ -760,6 +768,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.json:
         print(NOTICE, file=sys.stderr)
     return 1 if failed else 0
+
+
+def _dicom_objects(args: argparse.Namespace) -> int:
+    """``explain IMAGE.dcm --dicom-out DIR``: the node's objects for one DICOM file on disk."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from pneumolens.checkpoint import atomic_write
+    from pneumolens.data.dicom import is_dicom
+    from pneumolens.data.images import read_image
+    from pneumolens.dicom_node import result_objects
+
+    path = Path(args.image)
+    if not path.is_file():
+        raise FileNotFoundError(f"{args.image}: no such file")
+    with path.open("rb") as f:
+        if not is_dicom(f.read(132), path.name):
+            raise ValueError(f"--dicom-out needs a DICOM file; {args.image} is not one")
+    for flag, value in (("--layer", args.layer), ("--window", args.window), ("--stride", args.stride)):
+        if value is not None:
+            raise ValueError(f"--dicom-out writes what the node writes, with its map settings: drop {flag}")
+    result = _engine(args.model).analyse(read_image(path), explain=True, method=args.method)
+    series: dict[str, str] = {}
+    made = result_objects(
+        pydicom.dcmread(path),
+        result,
+        lambda study, modality="OT": series.setdefault(modality, generate_uid()),
+        sr=True,
+        gsps=True,
+    )
+    out = Path(args.dicom_out)
+    out.mkdir(parents=True, exist_ok=True)
+    for ds in made:
+        target = out / f"{ds.SOPInstanceUID}.dcm"
+        atomic_write(target, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
+        print(f"{target}\t{ds.Modality}")
+    print(NOTICE, file=sys.stderr)
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -184,6 +184,36 @@ def _version() -> str:
     return __version__
 
 
+def result_objects(
+    ds: Dataset, result: dict, series_for: Callable[..., str], sr: bool = False, gsps: bool = False
+) -> list[Dataset]:
+    """The DICOM objects for one image read with its map (``Engine.analyse(..., explain=True)``): the
+    Secondary Capture, then with ``sr`` the Structured Report and with ``gsps`` the presentation
+    state (each of those two left out, with a warning, when it cannot be built). ``series_for(study
+    UID, modality)`` gives each object's series. An image without a study (invalid, but sent) gets
+    one new study, named in ``ds`` and shared by its objects."""
+    from pneumolens.explain.render import explanation_image
+
+    caption = caption_for(result)
+    picture = explanation_image(result["explanation"])
+    rgb = burn_in(picture, caption, result["model"]["name"], result["method"])
+    if not str(getattr(ds, "StudyInstanceUID", "") or ""):
+        ds.StudyInstanceUID = generate_uid()
+    filed_in = str(ds.StudyInstanceUID)
+    results = [secondary_capture(ds, rgb, series_for(filed_in, "OT"), caption)]
+    if sr:
+        from pneumolens.dicom_report import structured_report
+
+        series = series_for(filed_in, "SR")
+        results += _optional("structured report", lambda: structured_report(ds, result, series))
+    if gsps:
+        from pneumolens.dicom_presentation import presentation_state
+
+        series = series_for(filed_in, "PR")
+        results += _optional("presentation state", lambda: presentation_state(ds, result, series, caption))
+    return results
+
+
 def uid_file_name(uid: object) -> str:
     """A SOP Instance UID as a file name: digits and dots only (a malformed UID from a sender must not
     name a path elsewhere), else a hash of it."""
@@ -297,25 +327,7 @@ class Node:
             self._audit_refusal(data, e.reason, study, t0)
             return CANNOT_UNDERSTAND
         try:
-            caption = caption_for(result)
-            from pneumolens.explain.render import explanation_image
-
-            picture = explanation_image(result["explanation"])
-            rgb = burn_in(picture, caption, result["model"]["name"], result["method"])
-            if study is None:  # an image without a study (invalid, but sent): its results share a new one
-                ds.StudyInstanceUID = generate_uid()
-            filed_in = str(ds.StudyInstanceUID)
-            results = [secondary_capture(ds, rgb, self.series_for(filed_in), caption)]
-            if self.sr:
-                from pneumolens.dicom_report import structured_report
-
-                series = self.series_for(filed_in, "SR")
-                results += _optional("structured report", lambda: structured_report(ds, result, series))
-            if self.gsps:
-                from pneumolens.dicom_presentation import presentation_state
-
-                series = self.series_for(filed_in, "PR")
-                results += _optional("presentation state", lambda: presentation_state(ds, result, series, caption))
+            results = result_objects(ds, result, self.series_for, sr=self.sr, gsps=self.gsps)
             if self.keep is not None:  # the original first: a result always has its image beside it
                 atomic_write(
                     self.keep / f"{uid_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data)
