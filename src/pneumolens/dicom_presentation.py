@@ -109,17 +109,13 @@ def _windowed(ds: Dataset) -> bool:
 
 
 def _stretch(ds: Dataset):
-    """The window pneumolens reads an image without one through (``data.dicom``): 8-bit display values
-    as they are, otherwise the stored range after the modality rescale."""
+    """The window pneumolens reads an image without one through (``data.dicom.stretch``)."""
     import highdicom as hd
     from pydicom.pixels import apply_modality_lut
 
-    values = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
-    rescaled = float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0
-    if not rescaled and int(ds.get("BitsStored", 16) or 16) <= 8 and values.min() >= 0:
-        lo, hi = 0.0, 255.0
-    else:
-        lo, hi = float(values.min()), float(values.max())
+    from pneumolens.data.dicom import stretch
+
+    lo, hi = stretch(ds, np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64))
     return hd.pr.SoftcopyVOILUTTransformation(
         window_center=(lo + hi) / 2, window_width=max(hi - lo, 1.0), window_explanation="pneumolens stretch"
     )

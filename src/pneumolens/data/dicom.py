@@ -107,6 +107,16 @@ def dicom_to_gray(
         raise ValueError(f"not a readable DICOM file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
+def stretch(ds, values: np.ndarray) -> tuple[float, float]:
+    """The grey range an image without a display window is read through, from its pixel ``values``
+    after the modality rescale: 8-bit display values as they are (as in a JPEG of the same image),
+    otherwise the stored range, as a viewer's auto-window does."""
+    rescaled = float(getattr(ds, "RescaleSlope", 1) or 1) != 1 or float(getattr(ds, "RescaleIntercept", 0) or 0) != 0
+    if not rescaled and int(getattr(ds, "BitsStored", 16) or 16) <= 8 and values.min() >= 0:
+        return 0.0, 255.0
+    return float(values.min()), float(values.max())
+
+
 def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -133,17 +143,13 @@ def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
     if arr.ndim != 2 or min(arr.shape) < min_side:
         raise DicomRefused(f"DICOM pixel data is not one grayscale frame of at least {min_side} px (shape {arr.shape})")
     windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
-    rescaled = float(getattr(ds, "RescaleSlope", 1) or 1) != 1 or float(getattr(ds, "RescaleIntercept", 0) or 0) != 0
     arr = apply_modality_lut(arr, ds)
     if windowed:
         arr = apply_voi_lut(arr, ds)
     arr = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise DicomRefused("DICOM pixel data contains non-finite values")
-    if not windowed and not rescaled and int(getattr(ds, "BitsStored", 16) or 16) <= 8 and arr.min() >= 0:
-        lo, hi = 0.0, 255.0  # 8-bit pixels are display values already, as in a JPEG of the same image
-    else:  # no display window to follow: stretch the stored range, as a viewer's auto-window does
-        lo, hi = float(arr.min()), float(arr.max())
+    lo, hi = (float(arr.min()), float(arr.max())) if windowed else stretch(ds, arr)
     gray = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         gray = 1.0 - gray  # MONOCHROME1: high values are dark
