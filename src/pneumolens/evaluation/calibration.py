@@ -150,6 +150,19 @@ def expected_calibration_error(y: Sequence[int], p: Sequence[float], bins: int =
     return float(ece)
 
 
+def patient_groups(groups: Sequence[str]) -> list[np.ndarray]:
+    """The indices of each group's films (one array per group, groups in sorted key order, films in
+    their order): what a patient bootstrap draws whole."""
+    _, codes = np.unique(np.asarray(groups, str), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+
+
+def draw_groups(members: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """The film indices of one bootstrap resample: as many groups as there are, drawn with replacement."""
+    return np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+
+
 CI_METRICS = ("accuracy", "sensitivity", "specificity", "false_positive_rate", "precision", "f1", "roc_auc")
 
 
@@ -175,13 +188,11 @@ def bootstrap_ci(
     if groups is not None:
         if len(groups) != y.size:
             raise ValueError(f"groups has {len(groups)} keys for {y.size} images")
-        _, codes = np.unique(np.asarray(groups, str), return_inverse=True)
-        order = np.argsort(codes, kind="stable")
-        members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+        members = patient_groups(groups)
     draws: dict[str, list[float]] = {k: [] for k in CI_METRICS}
     for _ in range(n_boot):
         if members:
-            i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+            i = draw_groups(members, rng)
         else:
             i = rng.integers(0, y.size, y.size)
         m = metric_fn(y[i], p[i], threshold)

@@ -19,6 +19,7 @@ import numpy as np
 
 from pneumolens.checkpoint import LoadedModel
 from pneumolens.data.sources import check_headers, find_split
+from pneumolens.evaluation.calibration import draw_groups, patient_groups
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.inference import default_workers, predict_samples
 
@@ -108,14 +109,12 @@ def _paired_intervals(
 ) -> dict[str, dict[str, Any]]:
     """B minus A for each of ``DIFFERENCES``, with the percentile interval of the same quantity over
     ``n_boot`` resamples of whole patients (a resample holding one class only is drawn again)."""
-    _, codes = np.unique(patients, return_inverse=True)
-    order = np.argsort(codes, kind="stable")
-    members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    members = patient_groups(patients)
     rng = np.random.default_rng(seed)
     point = {k: binary_metrics(y, p["b"], t["b"])[k] - binary_metrics(y, p["a"], t["a"])[k] for k in DIFFERENCES}
     draws: dict[str, list[float]] = {k: [] for k in DIFFERENCES}
     while len(draws["roc_auc"]) < n_boot:
-        i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        i = draw_groups(members, rng)
         if not 0 < y[i].sum() < i.size:
             continue
         ma, mb = binary_metrics(y[i], p["a"][i], t["a"]), binary_metrics(y[i], p["b"][i], t["b"])

@@ -151,13 +151,14 @@ def paired_auc_difference(
     of the reference to see that."""
     from sklearn.metrics import roc_auc_score
 
+    from pneumolens.evaluation.calibration import draw_groups, patient_groups
+
     y, p_ref, p_new = np.asarray(y), np.asarray(p_ref, float), np.asarray(p_new, float)
-    _, g = np.unique(np.asarray(groups), return_inverse=True)
-    members = np.split(np.argsort(g, kind="stable"), np.cumsum(np.bincount(g))[:-1])
+    members = patient_groups(groups)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(n_boot):
-        i = np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])
+        i = draw_groups(members, rng)
         if 0 < y[i].sum() < i.size:
             diffs.append(roc_auc_score(y[i], p_new[i]) - roc_auc_score(y[i], p_ref[i]))
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
