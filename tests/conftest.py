@@ -53,6 +53,15 @@ def _private_state(tmp_path_factory):
             os.environ[k] = v
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def real_images(split: str, label: str, n: int) -> list[Path]:
     """The first n files of a class, spread over patients (every k-th file)."""
     files = sorted((CHEST / split / label).iterdir())

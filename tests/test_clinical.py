@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
+from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
 from pneumolens.audit import AuditLog, parse_since
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
@@ -313,12 +313,6 @@ def test_watch_once_refuses_bad_files_and_skips_done_ones(trained_run, tmp_path,
 # ------------------------------------------------------------------------------------------ listen
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pynetdicom(app: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pynetdicom", app, *args], capture_output=True, text=True, timeout=120)
 
@@ -354,7 +348,7 @@ def study(tmp_path):
 
 def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     files, study_uid = study
-    port, out = _free_port(), tmp_path / "results"
+    port, out = free_port(), tmp_path / "results"
     cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db]
     cmd += ["--sr", "--gsps"]
     node = subprocess.Popen([*cmd, "--model", str(trained_run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -449,7 +443,7 @@ def test_node_takes_the_big_endian_files_of_old_modalities(trained_run, tmp_path
 
     pixels = np.round(read_image(real_images("test", "PNEUMONIA", 1)[0]) * 4095).astype(np.uint16)
     big = make_dicom(tmp_path / "big.dcm", pixels, syntax="big-endian")
-    port = _free_port()
+    port = free_port()
     node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out")
     server = node.server("127.0.0.1", port)
     try:  # -cx: propose the file's own transfer syntax only, as the old modality would
@@ -488,7 +482,7 @@ def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):
 
     from pneumolens.dicom_node import VERIFICATION, Node
 
-    node, stop, port = Node(None, None, tmp_path / "out"), threading.Event(), _free_port()
+    node, stop, port = Node(None, None, tmp_path / "out"), threading.Event(), free_port()
     runner = threading.Thread(target=node.run, args=("127.0.0.1", port, stop, 1.0))
     runner.start()
     scu = AE(ae_title="IDLE")
@@ -574,7 +568,7 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
     node, stop, port = (
         Node(None, None, tmp_path / "out", allowed_aets=("MODALITY",), tls=tls),
         threading.Event(),
-        _free_port(),
+        free_port(),
     )
     runner = threading.Thread(target=node.run, args=("127.0.0.1", port, stop, 1.0))
     runner.start()
@@ -622,7 +616,7 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
 def test_listen_refuses_bad_tls_and_allow_list_flags(tmp_path, capsys, flags, message):
     pem = _certificates(tmp_path)
     names = {"SERVER": pem["server"], "SERVER_KEY": pem["server_key"], "CLIENT_KEY": pem["client_key"]}
-    argv = ["listen", "--port", str(_free_port()), "--out", str(tmp_path / "out"), *[names.get(f, f) for f in flags]]
+    argv = ["listen", "--port", str(free_port()), "--out", str(tmp_path / "out"), *[names.get(f, f) for f in flags]]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
@@ -659,7 +653,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     archive.add_supported_context(SECONDARY_CAPTURE)
     archive.add_supported_context(COMPREHENSIVE_SR)
     archive.add_supported_context(GSPS)
-    port_archive, port_node = _free_port(), _free_port()
+    port_archive, port_node = free_port(), free_port()
     destination = Destination.parse(f"ARCHIVE@127.0.0.1:{port_archive}")
     archive_tls = None
     if tls:  # the archive demands a client certificate from our CA; the node checks the archive's

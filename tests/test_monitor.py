@@ -7,7 +7,6 @@ import http.server
 import json
 import math
 import shutil
-import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import load_benchmark, make_dicom, real_images
+from conftest import free_port, load_benchmark, make_dicom, real_images
 from pneumolens.audit import AuditLog
 from pneumolens.cli import main
 from pneumolens.data.dicom import device_of
@@ -204,7 +203,7 @@ def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, 
     assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
     err = capsys.readouterr().err
     assert "the alert was refused (HTTP 500)" in err and "SECRET-TOKEN" not in err
-    closed = f"http://127.0.0.1:{_free_port()}/hook"
+    closed = f"http://127.0.0.1:{free_port()}/hook"
     assert main(["audit", "--db", db, "--drift", cut, "--notify", closed]) == 1
     assert "the alert could not be delivered" in capsys.readouterr().err
     for args, message in (
@@ -213,12 +212,6 @@ def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, 
     ):
         assert main(["audit", "--db", db, *args]) == 2
         assert message in capsys.readouterr().err
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_drift_needs_enough_films_on_both_sides(tmp_path, capsys):

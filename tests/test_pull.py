@@ -3,7 +3,6 @@ images landing on a running node."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,17 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
+from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
 from pneumolens.service.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # study: (date, modality, images)
 STUDIES = {"inside": ("20261102", "DX", 2), "before": ("20261015", "DX", 1), "other": ("20261105", "CT", 1)}
@@ -32,7 +24,7 @@ STUDIES = {"inside": ("20261102", "DX", 2), "before": ("20261015", "DX", 1), "ot
 def pacs(tmp_path):
     """A qrscp archive holding three studies (two in November, one of them not an X-ray), which knows
     the node's AE title, PNEUMOLENS, as a move destination. Yields (its port, the node's port, UIDs)."""
-    port, node_port = _free_port(), _free_port()
+    port, node_port = free_port(), free_port()
     config = tmp_path / "qrscp.ini"
     config.write_text(
         f"[DEFAULT]\n  ae_title: QRSCP\n  port: {port}\n  max_pdu: 16382\n  acse_timeout: 30\n"
@@ -153,7 +145,7 @@ def test_pull_names_what_went_wrong(pacs, node, capsys):
         ([*where, "--since", "2026-13-01"], "--since '2026-13-01': expected a date"),
         ([*where, "--since", "2026-11-30", "--until", "2026-11-01"], "--since 2026-11-30 is after --until"),
         (["--pacs", "QRSCP", "--since", "2026-11-01"], "expected AE_TITLE@host:port"),
-        (["--pacs", f"QRSCP@127.0.0.1:{_free_port()}", "--since", "2026-11-01"], "could not be reached"),
+        (["--pacs", f"QRSCP@127.0.0.1:{free_port()}", "--since", "2026-11-01"], "could not be reached"),
         (["--pacs", f"PNEUMOLENS@127.0.0.1:{node_port}", "--since", "2026-11-01"], "may not take Study Root queries"),
         ([*where, "--since", "2026-11-01", "--tls-cert", "a.pem"], "needs --tls-cert, --tls-key and --tls-ca together"),
     ]
