@@ -25,6 +25,7 @@ from pneumolens.cli import main
 from pneumolens.data.images import read_image
 from pneumolens.dicom_presentation import read_presentation_state
 from pneumolens.dicom_report import read_structured_report
+from pneumolens.explain.outlines import map_outlines
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -863,7 +864,7 @@ def test_structured_report_says_what_the_model_said(tmp_path):
     for probability, flags, call, checks in cases:
         result = {"probability": probability, "threshold": 0.4, "flags": flags, "model": model}
         if call == "Present":
-            result.update(method="occlusion", explanation=SimpleNamespace(heatmap=heatmap))
+            result.update(method="occlusion", explanation=SimpleNamespace(outlines=map_outlines(heatmap)))
         path = tmp_path / f"{call}.dcm"
         structured_report(original, result, pydicom.uid.generate_uid()).save_as(path, enforce_file_format=True)
         sr = pydicom.dcmread(path)
@@ -916,7 +917,8 @@ def test_presentation_state_shows_the_original_as_it_is(tmp_path, photometric, d
     heatmap = np.full(pixels.shape, -0.1, np.float32)
     heatmap[50:90, 30:70] = 0.8
     model = {"name": "pneumolens-default", "version": "9.9", "sha256": "ab" * 32}
-    result = {"method": "occlusion", "explanation": SimpleNamespace(heatmap=heatmap), "model": model}
+    explanation = SimpleNamespace(outlines=map_outlines(heatmap))
+    result = {"method": "occlusion", "explanation": explanation, "model": model}
     pr = presentation_state(original, result, pydicom.uid.generate_uid(), "AI first read: ...; not a diagnosis")
     pr.save_as(tmp_path / "pr.dcm", enforce_file_format=True)
     pr = pydicom.dcmread(tmp_path / "pr.dcm")

@@ -26,8 +26,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from pneumolens.explain.outlines import map_outlines
-
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
 SERIES_DESCRIPTION = "pneumolens AI first read (overlay) - not a diagnosis"
 MAP_LAYER, CALL_LAYER = "AI MAP", "AI CALL"
@@ -68,7 +66,7 @@ def presentation_state(original: Dataset, result: dict[str, Any], series_uid: st
     for keyword in DISPLAY:
         if keyword in original and keyword not in reference:
             reference[keyword] = original[keyword]
-    outlines = map_outlines(result["explanation"].heatmap)
+    outlines = result["explanation"].outlines
     map_layer = hd.pr.GraphicLayer(
         MAP_LAYER, order=1, description=f"{result['method']} map: regions supporting the call"
     )

@@ -120,11 +120,9 @@ def _map_regions(original: Dataset, result: dict[str, Any], algorithm) -> list:
     not where a finding lies."""
     import highdicom as hd
 
-    from pneumolens.explain.outlines import map_outlines
-
     source = hd.sr.SourceImageForRegion(original.SOPClassUID, original.SOPInstanceUID)
     groups = []
-    for i, outline in enumerate(map_outlines(result["explanation"].heatmap), start=1):
+    for i, outline in enumerate(result["explanation"].outlines, start=1):
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"AI map region {i}"),

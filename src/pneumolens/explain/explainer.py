@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from pneumolens.checkpoint import LoadedModel
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.explain import attribution as attr
+from pneumolens.explain.outlines import Outline, map_outlines
 from pneumolens.lungs.flags import plausibility_flags
 from pneumolens.lungs.masks import attribution_lung_fraction
 from pneumolens.lungs.preprocess import crop_box
@@ -48,14 +50,16 @@ class Explanation:
     def target_sign(self) -> float:
         return 1.0 if self.label == CLASS_NAMES[1] else -1.0
 
-    def regions(self) -> list[dict[str, Any]]:
-        """The map's strongest regions as outlines on the input image (``explain.outlines.map_outlines``):
-        ``points`` ([column, row] pixels, closed) and ``share`` of the map's support inside each."""
-        from pneumolens.explain.outlines import map_outlines
+    @cached_property
+    def outlines(self) -> list[Outline]:
+        """The map's strongest regions as outlines on the input image (``explain.outlines.map_outlines``),
+        traced once for every output that shows them (API, report, presentation state)."""
+        return map_outlines(self.heatmap)
 
-        return [
-            {"points": np.round(o.points, 1).tolist(), "share": round(o.share, 4)} for o in map_outlines(self.heatmap)
-        ]
+    def regions(self) -> list[dict[str, Any]]:
+        """The outlines for JSON: ``points`` ([column, row] pixels, closed) and ``share`` of the map's
+        support inside each."""
+        return [{"points": np.round(o.points, 1).tolist(), "share": round(o.share, 4)} for o in self.outlines]
 
     def to_dict(self) -> dict[str, Any]:
         return {
