@@ -480,14 +480,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pneumolens.checkpoint import load_model
     from pneumolens.explain import explain_image
 
-    loaded = load_model(args.model)
     options = {"layer": args.layer, "n_samples": args.samples, "window": args.window, "stride": args.stride}
     if args.evaluate:
         from pneumolens.explain.evaluate import evaluate_methods, format_table
 
         if not args.data:
             raise ValueError("--evaluate needs --data")
-        results = evaluate_methods(loaded, args.data, n=args.n, seed=args.seed, **options)
+        results = evaluate_methods(load_model(args.model), args.data, n=args.n, seed=args.seed, **options)
         print(json.dumps(results, indent=2) if args.json else format_table(results))
         return 0
     if not args.image:
@@ -500,9 +499,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for flag, value, method in own:
         if value is not None and args.method != method:  # said, rather than ignored
             raise ValueError(f"{flag} applies to --method {method} only, not {args.method}")
-    if args.dicom_out:
+    if args.dicom_out:  # the node's engine loads the model itself
         return _dicom_objects(args)
-    e = explain_image(loaded, args.image, args.method, seed=args.seed, **options)
+    e = explain_image(load_model(args.model), args.image, args.method, seed=args.seed, **options)
     if args.out:
         from pneumolens.explain.render import explanation_image
 
