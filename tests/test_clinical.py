@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
+from scipy import ndimage
 
 from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
 from pneumolens.audit import AuditLog, parse_since
@@ -25,6 +26,7 @@ from pneumolens.cli import main
 from pneumolens.data.images import read_image
 from pneumolens.dicom_presentation import read_presentation_state
 from pneumolens.dicom_report import read_structured_report
+from pneumolens.dicom_segmentation import read_segmentation
 from pneumolens.explain.outlines import map_outlines
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
@@ -351,7 +353,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     files, study_uid = study
     port, out = free_port(), tmp_path / "results"
     cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db]
-    cmd += ["--sr", "--gsps"]
+    cmd += ["--sr", "--gsps", "--seg"]
     node = subprocess.Popen([*cmd, "--model", str(trained_run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for(
@@ -360,8 +362,8 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         # -cx: propose each file's own transfer syntax, as a modality does (the third is lossless JPEG)
         sent = _pynetdicom("storescu", "127.0.0.1", str(port), *map(str, files), "-aec", "PNEUMOLENS", "-v", "-cx")
         assert "0xC000" in sent.stderr + sent.stdout  # the corrupt one was refused...
-        # ...and the node went on: 2 pictures, 2 reports, 2 presentation states
-        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 6, 60, node)
+        # ...and the node went on: 2 pictures, 2 reports, 2 presentation states, 2 segmentations
+        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 8, 60, node)
         assert node.poll() is None
         again = _pynetdicom("echoscu", "127.0.0.1", str(port), "-aec", "PNEUMOLENS")
         assert again.returncode == 0
@@ -419,6 +421,15 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
             np.testing.assert_allclose(outline, region["points"], atol=1e-3)  # the same regions in both
             assert (outline[0] == outline[-1]).all() and (outline >= 0).all()  # closed, on the image
             assert (outline[:, 0] <= original.Columns).all() and (outline[:, 1] <= original.Rows).all()
+    # the segmentations: one per picture, in a series of their own, graded where the outlines go round
+    segs = [ds for ds in written if ds.Modality == "SEG"]
+    assert len(segs) == 2 and len({seg.SeriesInstanceUID for seg in segs}) == 1
+    assert not {seg.SeriesInstanceUID for seg in segs} & (series | {ds.SeriesInstanceUID for ds in reports + states})
+    for seg in segs:
+        read = read_segmentation(seg)
+        assert seg.StudyInstanceUID == study_uid and str(seg.PatientID) == PATIENT_ID
+        assert read["map"].shape == sent[read["image"]].pixel_array.shape and read["map"].max() == 1.0
+        _assert_outline_is_half_peak(read["map"], regions[read["image"]][0]["points"])
 
     rows = AuditLog(db).rows()
     assert [r["decision"] for r in rows].count("refused") == 1 and len(rows) == 3
@@ -459,7 +470,7 @@ def test_node_takes_the_big_endian_files_of_old_modalities(trained_run, tmp_path
 
 def test_node_benchmark_sends_real_films_and_counts_what_the_node_wrote(trained_run, tmp_path, monkeypatch, capsys):
     """benchmarks/node.py on two real films: its DICOM files hold the JPEGs' grey levels (12 bits), and
-    its table has a row per output set, each timing both films."""
+    its table has a row per output set, each timing both films and counting what was written."""
     from conftest import load_benchmark
 
     script = load_benchmark("node")
@@ -473,7 +484,9 @@ def test_node_benchmark_sends_real_films_and_counts_what_the_node_wrote(trained_
     monkeypatch.setattr("sys.argv", ["node.py", "--images", str(films), "--model", str(trained_run)])
     script.main()
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| picture")]
-    assert len(rows) == 3 and all(row.split(" | ")[1] == "2" for row in rows)
+    assert len(rows) == 4 and all(row.split(" | ")[1] == "2" for row in rows)
+    kb = [float(row.strip(" |").split(" | ")[-1]) for row in rows]  # each output set writes more than the last
+    assert kb[0] > 0 and kb[1] > kb[0] and kb[3] >= kb[2] >= kb[1]
 
 
 def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):
@@ -642,6 +655,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     from pneumolens.dicom_node import SECONDARY_CAPTURE, Destination, Node, tls_context
     from pneumolens.dicom_presentation import GSPS
     from pneumolens.dicom_report import COMPREHENSIVE_SR
+    from pneumolens.dicom_segmentation import SEGMENTATION
     from pneumolens.service.engine import Engine
 
     received = []
@@ -654,6 +668,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     archive.add_supported_context(SECONDARY_CAPTURE)
     archive.add_supported_context(COMPREHENSIVE_SR)
     archive.add_supported_context(GSPS)
+    archive.add_supported_context(SEGMENTATION)  # uncompressed only: the node's RLE must be unpacked for it
     port_archive, port_node = free_port(), free_port()
     destination = Destination.parse(f"ARCHIVE@127.0.0.1:{port_archive}")
     archive_tls = None
@@ -668,18 +683,23 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
         ssl_context=archive_tls,
     )
     engine = Engine(Settings(model=str(trained_run)))
-    node = Node(engine, None, tmp_path / "out", forward=destination, sr=True, gsps=True)
+    node = Node(engine, None, tmp_path / "out", forward=destination, sr=True, gsps=True, seg=True)
     node_server = node.server("127.0.0.1", port_node)
     try:
         sent = _pynetdicom("storescu", "127.0.0.1", str(port_node), str(study[0][0]), "-aec", "PNEUMOLENS")
         assert sent.returncode == 0, sent.stderr
-        _wait_for(lambda: len(received) == 3, 30)
+        _wait_for(lambda: len(received) == 4, 30)
     finally:
         node_server.shutdown()
         archive_server.shutdown()
-    # the picture, the report and the presentation state, in one association
+    # the picture, the report, the presentation state and the segmentation, in one association
     assert {ds.StudyInstanceUID for ds in received} == {study[1]}
-    assert [ds.SOPClassUID for ds in received] == [SECONDARY_CAPTURE, COMPREHENSIVE_SR, GSPS]
+    assert [ds.SOPClassUID for ds in received] == [SECONDARY_CAPTURE, COMPREHENSIVE_SR, GSPS, SEGMENTATION]
+    (written,) = (pydicom.dcmread(f) for f in (tmp_path / "out").glob("*.dcm") if pydicom.dcmread(f).Modality == "SEG")
+    assert written.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    received[3].file_meta = pydicom.dataset.FileMetaDataset()
+    received[3].file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian  # as the archive took it
+    np.testing.assert_array_equal(read_segmentation(received[3])["map"], read_segmentation(written)["map"])
     with pytest.raises(ValueError, match="AE_TITLE@host:port"):
         Destination.parse("nowhere")
 
@@ -708,6 +728,7 @@ def test_secondary_capture_caption_and_pixels(trained_run):
     [
         ("dicom_report", "structured_report", "sr", "structured report"),
         ("dicom_presentation", "presentation_state", "gsps", "presentation state"),
+        ("dicom_segmentation", "segmentation", "seg", "segmentation"),
     ],
 )
 def test_a_report_that_cannot_be_built_does_not_cost_the_picture(
@@ -749,9 +770,20 @@ def test_an_image_without_a_study_gets_results_in_one_new_study(trained_run, tmp
     assert read_structured_report(report)["evidence"] == [ds.SOPInstanceUID]
 
 
+def _assert_outline_is_half_peak(graded: np.ndarray, outline: np.ndarray) -> None:
+    """The segmentation's values reach half its peak inside the outline the report and presentation
+    state draw, and fall below it outside: the outline is its 0.5 contour."""
+    from skimage.draw import polygon2mask
+
+    inside = polygon2mask(graded.shape, outline[:, ::-1])  # (row, column)
+    ring = ndimage.binary_dilation(inside, iterations=4) & ~ndimage.binary_dilation(inside, iterations=2)
+    core = ndimage.binary_erosion(inside, iterations=2)
+    assert core.any() and graded[core].mean() >= 0.5 and np.mean(graded[ring] < 0.5) > 0.9
+
+
 def test_explain_writes_the_node_s_objects_for_a_dicom_file(trained_run, tmp_path, capsys):
-    """explain IMAGE.dcm --dicom-out DIR: the picture, the report and the presentation state the node
-    would send back, without a node; a JPEG is refused by name."""
+    """explain IMAGE.dcm --dicom-out DIR: the picture, the report, the presentation state and the
+    segmentation the node would send back, without a node; a JPEG is refused by name."""
     pixels = np.round((1 - read_image(real_images("test", "PNEUMONIA", 1)[0])) * 4095).astype(np.uint16)
     path = make_dicom(tmp_path / "x.dcm", pixels, "MONOCHROME1")
     model = ["--model", str(trained_run)]
@@ -759,13 +791,16 @@ def test_explain_writes_the_node_s_objects_for_a_dicom_file(trained_run, tmp_pat
     written = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
     made = {ds.Modality: ds for ds in map(pydicom.dcmread, written)}
     original = pydicom.dcmread(path)
-    assert set(made) == {"OT", "SR", "PR"} and len(written) == 3
+    assert set(made) == {"OT", "SR", "PR", "SEG"} and len(written) == 4
     assert {ds.StudyInstanceUID for ds in made.values()} == {original.StudyInstanceUID}
     said, drawn = read_structured_report(made["SR"]), read_presentation_state(made["PR"])
     assert said["evidence"] == [original.SOPInstanceUID] and drawn["image"] == original.SOPInstanceUID
     assert drawn["texts"] == [made["OT"].DerivationDescription] and drawn["presentation_lut"] == "INVERSE"
     for outline, region in zip(drawn["outlines"], said["regions"], strict=True):
         np.testing.assert_allclose(outline, region["points"], atol=1e-3)
+    graded = read_segmentation(made["SEG"])
+    assert graded["image"] == original.SOPInstanceUID and graded["map"].shape == pixels.shape
+    _assert_outline_is_half_peak(graded["map"], said["regions"][0]["points"])
     jpeg = str(real_images("test", "NORMAL", 1)[0])
     assert main(["explain", jpeg, *model, "--dicom-out", str(tmp_path / "o2")]) == 2
     assert "--dicom-out needs a DICOM file" in capsys.readouterr().err and not (tmp_path / "o2").exists()
@@ -937,6 +972,48 @@ def test_presentation_state_shows_the_original_as_it_is(tmp_path, photometric, d
     else:  # the stored range: what pneumolens reads the image through
         lo, hi = float(pixels.min()), float(pixels.max())
         assert drawn["window"] == pytest.approx(((lo + hi) / 2, hi - lo))
+
+
+def test_segmentation_holds_the_map_s_graded_support(tmp_path):
+    """The map's support relative to its peak, on the original's grid, read back from the file: the
+    peak 1, half of it 0.5 (the outline's level), against the call 0; private codes listed on the
+    integrators' page; nothing when nothing supports the call; another grid refused."""
+    import highdicom as hd
+
+    from pneumolens.dicom_segmentation import SEGMENTATION, segmentation
+
+    gray = read_image(real_images("test", "NORMAL", 1)[0])
+    pixels = np.round((1 - gray) * 3000 + 500).astype(np.uint16)[:, :200]  # not square: rows and columns apart
+    original = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels, "MONOCHROME1"))
+    original.PatientBirthDate = BAD_BIRTH_DATE  # left out rather than failing the object
+    heatmap = np.full(pixels.shape, -0.3, np.float32)  # against the call everywhere...
+    heatmap[50:90, 30:70] = 0.8  # ...but for one region, half of it at half the peak
+    heatmap[50:90, 30:50] = 0.4
+    model = {"name": "pneumolens-default", "version": "9.9", "sha256": "ab" * 32}
+    result = {"method": "occlusion", "explanation": SimpleNamespace(heatmap=heatmap), "model": model}
+    segmentation(original, result, pydicom.uid.generate_uid()).save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    read = read_segmentation(seg)
+    assert (
+        seg.SOPClassUID == SEGMENTATION and seg.Modality == "SEG" and seg.StudyInstanceUID == original.StudyInstanceUID
+    )
+    assert (
+        str(seg.PatientID) == PATIENT_ID and seg.PatientBirthDate == "" and "not a diagnosis" in seg.SeriesDescription
+    )
+    assert seg.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    assert read["image"] == original.SOPInstanceUID and read["label"] == "AI map (occlusion)"
+    assert read["map"].shape == pixels.shape
+    expected = np.zeros(pixels.shape, np.float32)
+    expected[50:90, 30:70], expected[50:90, 30:50] = 1.0, 0.5
+    np.testing.assert_allclose(read["map"], expected, atol=0.5 / 255 + 1e-6)
+    (segment,) = hd.seg.segread(tmp_path / "seg.dcm").SegmentSequence  # highdicom reads it back
+    for code in (segment.SegmentedPropertyCategoryCodeSequence[0], segment.SegmentedPropertyTypeCodeSequence[0]):
+        assert f"({code.CodeValue}, {code.CodingSchemeDesignator}" in INTEGRATORS_PAGE
+    nothing = {**result, "explanation": SimpleNamespace(heatmap=np.full(pixels.shape, -0.3, np.float32))}
+    assert segmentation(original, nothing, pydicom.uid.generate_uid()) is None
+    other = {**result, "explanation": SimpleNamespace(heatmap=heatmap[:, :100])}
+    with pytest.raises(ValueError, match="not the same grid"):
+        segmentation(original, other, pydicom.uid.generate_uid())
 
 
 def _codes(items):

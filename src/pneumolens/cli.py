@@ -299,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument(
         "--dicom-out",
         metavar="DIR",
-        help="for a DICOM IMAGE: write into DIR what `listen --sr --gsps` would send back (the picture, the "
-        "Structured Report, the presentation state), to import or view without a node",
+        help="for a DICOM IMAGE: write into DIR what `listen --sr --gsps --seg` would send back (the picture, the "
+        "Structured Report, the presentation state, the map as a segmentation), to import or view without a node",
     )
     x.add_argument("--layer", help="Grad-CAM layer (default: the model's last feature block)")
     x.add_argument("--samples", type=_positive_int, default=1000, help="LIME perturbation samples")
@@ -403,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write (and forward) a Grayscale Softcopy Presentation State per image: the map's outline and "
         "the call as an overlay a viewer draws on the original",
+    )
+    ln.add_argument(
+        "--seg",
+        action="store_true",
+        help="also write (and forward) the map as a DICOM Segmentation (fractional) per image: its graded values "
+        "on the original's pixels",
     )
     ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     ln.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
@@ -796,6 +802,7 @@ def _dicom_objects(args: argparse.Namespace) -> int:
         lambda study, modality="OT": series.setdefault(modality, generate_uid()),
         sr=True,
         gsps=True,
+        seg=True,
     )
     out = Path(args.dicom_out)
     out.mkdir(parents=True, exist_ok=True)
@@ -855,6 +862,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         tls=tls,
         sr=args.sr,
         gsps=args.gsps,
+        seg=args.seg,
         keep=Path(args.keep) if args.keep else None,
     )
     print(NOTICE, file=sys.stderr)

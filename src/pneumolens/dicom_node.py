@@ -8,7 +8,8 @@ series, so a PACS viewer files it beside the original. It can
 forward each result to another node (C-STORE SCU). With ``sr=True`` (``--sr``) it also writes a
 DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS or RIS to read, and
 with ``gsps=True`` (``--gsps``) a Grayscale Softcopy Presentation State that outlines the map on the
-original image (``pneumolens.dicom_presentation``). A
+original image (``pneumolens.dicom_presentation``), and with ``seg=True`` (``--seg``) the map's graded
+values as a fractional Segmentation (``pneumolens.dicom_segmentation``). A
 dataset that cannot be read gets a failure status; the node keeps serving. Every result and refusal
 goes to the audit trail with a salted hash of the Study Instance UID; patient identifiers are
 copied into the result objects (the PACS needs them to file them) but never into logs or the audit
@@ -18,6 +19,7 @@ CA). It stops in bounded time (``Node.run``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
@@ -185,11 +187,17 @@ def _version() -> str:
 
 
 def result_objects(
-    ds: Dataset, result: dict, series_for: Callable[..., str], sr: bool = False, gsps: bool = False
+    ds: Dataset,
+    result: dict,
+    series_for: Callable[..., str],
+    sr: bool = False,
+    gsps: bool = False,
+    seg: bool = False,
 ) -> list[Dataset]:
     """The DICOM objects for one image read with its map (``Engine.analyse(..., explain=True)``): the
-    Secondary Capture, then with ``sr`` the Structured Report and with ``gsps`` the presentation
-    state (each of those two left out, with a warning, when it cannot be built). ``series_for(study
+    Secondary Capture, then with ``sr`` the Structured Report, with ``gsps`` the presentation state and
+    with ``seg`` the map as a fractional segmentation (each of those three left out, with a warning,
+    when it cannot be built; the segmentation also when the map supports nothing). ``series_for(study
     UID, modality)`` gives each object's series. An image without a study (invalid, but sent) gets
     one new study, named in ``ds`` and shared by its objects."""
     from pneumolens.explain.render import explanation_image
@@ -211,7 +219,24 @@ def result_objects(
 
         series = series_for(filed_in, "PR")
         results += _optional("presentation state", lambda: presentation_state(ds, result, series, caption))
+    if seg:
+        from pneumolens.dicom_segmentation import segmentation
+
+        series = series_for(filed_in, "SEG")
+        results += _optional("segmentation", lambda: segmentation(ds, result, series))
     return results
+
+
+def _as_accepted(made: Dataset, assoc) -> Dataset:
+    """``made`` in a transfer syntax the destination accepted for its class: a compressed object
+    (the segmentation's RLE) goes uncompressed to a destination that takes only that."""
+    syntax = str(made.file_meta.TransferSyntaxUID)
+    accepted = {str(c.transfer_syntax[0]) for c in assoc.accepted_contexts if c.abstract_syntax == made.SOPClassUID}
+    if syntax in accepted or not made.file_meta.TransferSyntaxUID.is_compressed:
+        return made
+    plain = copy.deepcopy(made)
+    plain.decompress()  # RLE: pydicom decodes it itself
+    return plain
 
 
 def uid_file_name(uid: object) -> str:
@@ -223,11 +248,13 @@ def uid_file_name(uid: object) -> str:
     return "uid-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _optional(what: str, make: Callable[[], Dataset]) -> list[Dataset]:
-    """``[make()]``, or nothing when it fails: the picture still goes out, and the log says which
-    object is missing and the exception's type (never its message, which can quote a header value)."""
+def _optional(what: str, make: Callable[[], Dataset | None]) -> list[Dataset]:
+    """``[make()]``, or nothing when it fails (or makes nothing): the picture still goes out, and the
+    log says which object is missing and the exception's type (never its message, which can quote a
+    header value)."""
     try:
-        return [make()]
+        made = make()
+        return [] if made is None else [made]
     except Exception as e:  # noqa: BLE001
         log.warning("listen: no %s for this image (%s); the picture is written", what, type(e).__name__)
         return []
@@ -294,6 +321,7 @@ class Node:
     rejected: int = 0  # associations turned away (calling AE title not allowed)
     sr: bool = False  # also write (and forward) a Structured Report of each result
     gsps: bool = False  # and a Grayscale Softcopy Presentation State: the map's outline over the original
+    seg: bool = False  # and the map as a fractional Segmentation of the original (graded values)
     keep: Path | None = None  # also store each image read, as received, here (for a site's own evaluation)
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
@@ -327,7 +355,7 @@ class Node:
             self._audit_refusal(data, e.reason, study, t0)
             return CANNOT_UNDERSTAND
         try:
-            results = result_objects(ds, result, self.series_for, sr=self.sr, gsps=self.gsps)
+            results = result_objects(ds, result, self.series_for, sr=self.sr, gsps=self.gsps, seg=self.seg)
             if self.keep is not None:  # the original first: a result always has its image beside it
                 atomic_write(
                     self.keep / f"{uid_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data)
@@ -375,7 +403,8 @@ class Node:
 
         ae = AE(ae_title=self.ae_title)
         for sop_class in dict.fromkeys(made.SOPClassUID for made in results):
-            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+            syntaxes = {str(made.file_meta.TransferSyntaxUID) for made in results if made.SOPClassUID == sop_class}
+            ae.add_requested_context(sop_class, sorted(syntaxes - {ExplicitVRLittleEndian}) + [ExplicitVRLittleEndian])
         dest = self.forward
         tls_args = (dest.tls, dest.host) if dest.tls is not None else None
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
@@ -385,7 +414,7 @@ class Node:
             )
         try:
             for made in results:
-                status = assoc.send_c_store(made)
+                status = assoc.send_c_store(_as_accepted(made, assoc))
                 if not status or status.Status != SUCCESS:
                     raise ConnectionError(f"forward destination answered status {getattr(status, 'Status', None)}")
         finally:

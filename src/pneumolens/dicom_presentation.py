@@ -59,8 +59,7 @@ def presentation_state(original: Dataset, result: dict[str, Any], series_uid: st
     ``series_uid``."""
     import highdicom as hd
 
-    from pneumolens import __version__
-    from pneumolens.dicom_report import clean_header
+    from pneumolens.dicom_report import clean_header, equipment
 
     reference = clean_header(original)  # identity, patient and study, malformed values left out
     for keyword in DISPLAY:
@@ -88,10 +87,7 @@ def presentation_state(original: Dataset, result: dict[str, Any], series_uid: st
             series_number=9903,
             sop_instance_uid=generate_uid(),
             instance_number=1,
-            manufacturer="pneumolens",
-            manufacturer_model_name=str(result["model"]["name"])[:64],
-            software_versions=__version__,
-            device_serial_number=str(result["model"]["sha256"])[:16],
+            **equipment(result["model"]),
             content_label="PNEUMOLENS_AI",
             content_description="AI first read: map outline and call; not a diagnosis",
             graphic_annotations=annotations,

@@ -50,6 +50,12 @@ def _code(value: str, scheme: str, meaning: str):
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning[:64])
 
 
+def map_region_code():
+    """The private code of "where the map supports the call" (not where a finding lies): the SR's
+    image regions and the segmentation's segment (``pneumolens.dicom_segmentation``)."""
+    return _code("map-region", PRIVATE_SCHEME, MAP_REGION_MEANING)
+
+
 def _flag_code(flag: str):
     """A flag as a private code, its meaning the name in words ("lungs cut off"): the sentence a
     person reads (``pneumolens.lungs.flags.MESSAGES``) is too long for a code meaning (64 characters)."""
@@ -127,7 +133,7 @@ def _map_regions(original: Dataset, result: dict[str, Any], algorithm) -> list:
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"AI map region {i}"),
                 referenced_region=hd.sr.ImageRegion("POLYLINE", outline.points, source_image=source),
-                finding_type=_code("map-region", PRIVATE_SCHEME, MAP_REGION_MEANING),
+                finding_type=map_region_code(),
                 method=_code(str(result["method"]), PRIVATE_SCHEME, f"{result['method']} map"),
                 algorithm_id=algorithm,
                 measurements=[
@@ -161,6 +167,19 @@ def _document(original: Dataset, report, series_uid: str) -> Dataset:
         series_description=SERIES_DESCRIPTION,
         software_versions=__version__,
     )
+
+
+def equipment(model: dict[str, Any]) -> dict[str, str]:
+    """pneumolens as the equipment that made an object (highdicom's keyword arguments): the model's
+    name, the package version and the start of the weights' hash as the device's serial number."""
+    from pneumolens import __version__
+
+    return {
+        "manufacturer": "pneumolens",
+        "manufacturer_model_name": str(model["name"])[:64],
+        "software_versions": __version__,
+        "device_serial_number": str(model["sha256"])[:16],
+    }
 
 
 def clean_header(original: Dataset) -> Dataset:
