@@ -836,6 +836,60 @@ def test_kept_originals_make_a_site_s_own_test_set(trained_run, tmp_path, capsys
         assert uid_file_name(odd).startswith("uid-") and "/" not in uid_file_name(odd)
 
 
+def test_retention_deletes_the_node_s_old_files_and_nothing_else(trained_run, tmp_path, monkeypatch, caplog):
+    """listen --retain-days: at start, results and kept originals older than the limit go; newer
+    ones, files the node did not name, and a result written while it runs stay; the log counts, and
+    names nothing. A retention pass that fails costs a warning, not the node."""
+    import os
+    import threading
+
+    import pneumolens.dicom_node
+    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.service.engine import Engine
+
+    out, keep = tmp_path / "out", tmp_path / "originals"
+    old, recent = time.time() - 8 * 86400, time.time() - 6 * 86400
+    names = {
+        out: ["1.2.826.0.1.11.dcm", "1.2.826.0.1.12.dcm", "notes.txt", "scan.dcm", ".1.2.3.dcm.x1.tmp"],
+        keep: ["1.2.826.0.1.13.dcm", "uid-" + "0f" * 16 + ".dcm", "PATIENT.dcm"],
+    }
+    for folder, files in names.items():
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_bytes(b"x")
+            os.utime(folder / name, (old, old))
+    os.utime(out / "1.2.826.0.1.12.dcm", (recent, recent))  # within the limit
+    (out / "9.9.dcm").mkdir()  # a folder, however named, is not the node's file
+    os.utime(out / "9.9.dcm", (old, old))
+    node = Node(Engine(Settings(model=str(trained_run))), None, out, keep=keep, retain_days=7)
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    stop = threading.Event()
+
+    def store_then_stop() -> None:
+        assert node.handle_store(SimpleNamespace(dataset=sent, file_meta=sent.file_meta)) == SUCCESS
+        stop.set()
+
+    with caplog.at_level("INFO"):
+        node.run("127.0.0.1", free_port(), stop, on_ready=store_then_stop)
+    left = {folder: sorted(p.name for p in folder.iterdir()) for folder in (out, keep)}
+    written = next(p.name for p in out.iterdir() if p.name not in names[out] + ["9.9.dcm"])
+    assert left[out] == sorted([".1.2.3.dcm.x1.tmp", "1.2.826.0.1.12.dcm", "9.9.dcm", "notes.txt", "scan.dcm", written])
+    assert left[keep] == sorted(["PATIENT.dcm", f"{sent.SOPInstanceUID}.dcm"])
+    assert "retention: deleted 3 file(s) older than 7 day(s)" in caplog.text and "1.2.826.0.1.11" not in caplog.text
+
+    def failing(folder, before):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(pneumolens.dicom_node, "prune_node_files", failing)
+    stop.clear()
+    with caplog.at_level("INFO"):
+        node.run("127.0.0.1", free_port(), stop, on_ready=stop.set)  # serves, and stops when told
+    assert "retention pass failed (Permission denied)" in caplog.text and str(out) not in caplog.text
+    with pytest.raises(SystemExit):
+        main(["listen", "--retain-days", "0"])
+
+
 def test_a_failed_result_is_logged_without_the_header_value_it_quotes(trained_run, tmp_path, monkeypatch, caplog):
     import pneumolens.dicom_node
     from pneumolens.dicom_node import OUT_OF_RESOURCES, Node

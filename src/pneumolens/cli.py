@@ -399,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the files hold patient data",
     )
     ln.add_argument(
+        "--retain-days",
+        type=_positive_int,
+        metavar="DAYS",
+        help="delete the node's results (--out) and kept originals (--keep) older than DAYS, at start and hourly "
+        "(only files the node names by UID); default: keep everything",
+    )
+    ln.add_argument(
         "--gsps",
         action="store_true",
         help="also write (and forward) a Grayscale Softcopy Presentation State per image: the map's outline and "
@@ -864,6 +871,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         gsps=args.gsps,
         seg=args.seg,
         keep=Path(args.keep) if args.keep else None,
+        retain_days=args.retain_days,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"

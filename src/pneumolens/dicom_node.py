@@ -14,7 +14,8 @@ dataset that cannot be read gets a failure status; the node keeps serving. Every
 goes to the audit trail with a salted hash of the Study Instance UID; patient identifiers are
 copied into the result objects (the PACS needs them to file them) but never into logs or the audit
 trail. Optionally only listed calling AE titles are let in, and the node speaks TLS (mutual with a
-CA). It stops in bounded time (``Node.run``).
+CA). With ``retain_days`` (``--retain-days``) it deletes its results and kept originals older than
+that, at start and hourly. It stops in bounded time (``Node.run``).
 """
 
 from __future__ import annotations
@@ -239,6 +240,26 @@ def _as_accepted(made: Dataset, assoc) -> Dataset:
     return plain
 
 
+# The names the node gives its files (``uid_file_name`` and generated UIDs): retention deletes only these.
+NODE_FILE = re.compile(r"(?:[0-9.]{1,64}|uid-[0-9a-f]{32})\.dcm")
+PRUNE_EVERY = 3600.0  # seconds between retention passes while the node runs
+
+
+def prune_node_files(folder: Path, before: float) -> int:
+    """Delete the node's own files in ``folder`` (named by a UID, ``NODE_FILE``) last modified before
+    ``before`` (seconds since the epoch); any other file is left alone, so a folder given by mistake
+    loses nothing else. Returns how many were deleted."""
+    deleted = 0
+    for path in folder.iterdir() if folder.is_dir() else ():
+        try:
+            if NODE_FILE.fullmatch(path.name) and path.is_file() and path.stat().st_mtime < before:
+                path.unlink()
+                deleted += 1
+        except FileNotFoundError:  # gone meanwhile
+            continue
+    return deleted
+
+
 def uid_file_name(uid: object) -> str:
     """A SOP Instance UID as a file name: digits and dots only (a malformed UID from a sender must not
     name a path elsewhere), else a hash of it."""
@@ -323,6 +344,7 @@ class Node:
     gsps: bool = False  # and a Grayscale Softcopy Presentation State: the map's outline over the original
     seg: bool = False  # and the map as a fractional Segmentation of the original (graded values)
     keep: Path | None = None  # also store each image read, as received, here (for a site's own evaluation)
+    retain_days: float | None = None  # delete results and kept originals older than this; None: keep all
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
@@ -420,6 +442,24 @@ class Node:
         finally:
             assoc.release()
 
+    def prune(self) -> int:
+        """Delete the results and kept originals older than ``retain_days`` (nothing without it); logs
+        the count, never a name. Returns the count."""
+        if self.retain_days is None:
+            return 0
+        before = time.time() - 86400 * self.retain_days
+        folders = [self.out] + ([self.keep] if self.keep is not None else [])
+        deleted = sum(prune_node_files(folder, before) for folder in folders)
+        if deleted:
+            log.info("listen: retention: deleted %d file(s) older than %g day(s)", deleted, self.retain_days)
+        return deleted
+
+    def _prune_and_go_on(self) -> None:
+        try:
+            self.prune()
+        except OSError as e:  # the node keeps serving; the next pass tries again
+            log.warning("listen: retention pass failed (%s)", e.strerror or type(e).__name__)
+
     def server(self, host: str, port: int):
         """Start the SCP in the background and return the running server (``.shutdown()`` stops it;
         ``run`` serves until told to stop)."""
@@ -462,14 +502,19 @@ class Node:
         New associations are refused at once; those in progress get ``drain_seconds`` to finish (a
         result being written is not cut off), then are aborted. pynetdicom's blocking server leaves
         its associations running when interrupted, and their non-daemon socket threads can hold the
-        process open; this path ends them.
+        process open; this path ends them. With ``retain_days`` a retention pass (``prune``) runs at
+        start and hourly.
         """
         server = self.server(host, port)
         try:
+            self._prune_and_go_on()
+            pruned = time.monotonic()
             if on_ready is not None:
                 on_ready()
             while not stop.wait(0.5):  # a timed wait: signal handlers run between waits
-                pass
+                if time.monotonic() - pruned >= PRUNE_EVERY:
+                    self._prune_and_go_on()
+                    pruned = time.monotonic()
         finally:
             log.info("listen: stopping; no new associations")
             server.shutdown()  # stops accepting, closes the listening socket
