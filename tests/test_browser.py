@@ -94,6 +94,18 @@ def test_upload_shows_probability_and_heatmap(server):
         assert first[0] == first[-1] and all(0 <= x <= width and 0 <= y <= height for x, y in first)
         page.uncheck("#show-outlines")
         assert not page.is_visible("#outlines")
+        # the reader's own read, recorded beside the prediction; the Recent results page pairs them
+        call = "PNEUMONIA" if "PNEUMONIA" in page.inner_text("#decision") else "NORMAL"
+        page.click("#review button[data-label=PNEUMONIA]")
+        page.wait_for_function("document.getElementById('review-status').textContent.startsWith('Recorded')")
+        verdict = "agrees with" if call == "PNEUMONIA" else "differs from"
+        assert page.inner_text("#review-status") == f"Recorded: PNEUMONIA ({verdict} the model's call, {call})."
+        page.goto(server + "/recent")
+        page.wait_for_selector("#reads:not([hidden])", timeout=30_000)
+        cells = page.inner_text("#reads tbody tr:first-child").split("\t")
+        assert int(cells[1]) >= 1 and int(cells[2]) >= 1  # reviewed films, reads of pneumonia
+        assert "not a validation study" in page.inner_text("#agreement")
+        assert "read PNEUMONIA" in page.inner_text("#rows tbody tr:first-child")  # the newest row: the read
 
 
 def test_recent_page_shows_drift(trained_run, tmp_path):
@@ -123,5 +135,6 @@ def test_recent_page_shows_drift(trained_run, tmp_path):
         called = page.inner_text("#measures tbody tr:nth-child(2)")
         assert called.startswith("called pneumonia") and "25.0% (10 of 40)" in called and called.endswith("DRIFT")
         page.wait_for_selector("#rows:not([hidden])", timeout=30_000)
-        assert page.inner_text("#status") == "80 most recent predictions"
+        assert page.inner_text("#status") == "80 most recent rows (predictions, refusals and reviews)"
+        assert page.inner_text("#agreement") == "No reads recorded yet."
         assert "ACME DX-1" in page.inner_text("#rows tbody tr:first-child")  # the newest row, from a DICOM device

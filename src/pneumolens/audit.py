@@ -8,6 +8,10 @@ study, a *salted* SHA-256 of the Study Instance UID is stored; the salt lives be
 database (or in ``$PNEUMOLENS_AUDIT_SALT``), so the hash cannot be reversed by hashing known UIDs
 without it.
 
+A clinician's read of an image or study (``review``) is a row too (source ``review``, decision
+``reviewed``, the read in ``reader_label``), chained like the rest; ``pneumolens.agreement`` pairs
+the reads with the calls.
+
 The store is an embedded SQLite file by default; any SQLAlchemy URL can replace it
 (``$PNEUMOLENS_AUDIT_URL`` or ``--db``).
 
@@ -57,7 +61,7 @@ predictions = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("time", sa.String(32), nullable=False, index=True),  # ISO 8601, UTC
-    sa.Column("source", sa.String(16), nullable=False),  # serve | listen | watch | audit (a prune)
+    sa.Column("source", sa.String(16), nullable=False),  # serve | listen | watch | review | audit (a prune)
     sa.Column("input_sha256", sa.String(64), nullable=False),
     sa.Column("study_hash", sa.String(64)),  # salted SHA-256 of the Study Instance UID, when there is one
     sa.Column("model_name", sa.String(128)),
@@ -66,18 +70,20 @@ predictions = sa.Table(
     sa.Column("preprocessing", sa.Text),  # JSON
     sa.Column("probability", sa.Float),
     sa.Column("threshold", sa.Float),
-    sa.Column("decision", sa.String(16)),  # NORMAL | PNEUMONIA | refused | pruned | rebuilt
+    sa.Column("decision", sa.String(16)),  # NORMAL | PNEUMONIA | refused | reviewed | pruned | rebuilt
     sa.Column("flags", sa.Text),  # JSON list
     sa.Column("error", sa.Text),  # why the input was refused; for the trail's own rows, what happened
     sa.Column("duration_ms", sa.Float),
     sa.Column("measures", sa.Text),  # JSON: the film's measures behind the flags (lung_median, noise, ...)
     sa.Column("device", sa.String(128)),  # a DICOM input's Manufacturer and ManufacturerModelName
+    sa.Column("reader_label", sa.String(16)),  # a review row's: the clinician's read, NORMAL | PNEUMONIA
     sa.Column("prev_hash", sa.String(64)),  # the previous row's row_hash (the anchor for the oldest row)
     sa.Column("row_hash", sa.String(64)),  # HMAC-SHA256(key, prev_hash + this row's content)
 )
 COLUMNS = [c.name for c in predictions.columns]
 HASHED = [c for c in COLUMNS if c not in ("id", "prev_hash", "row_hash")]
-LATER = ("measures", "device")  # added after the chain existed: hashed only when set, so older rows still verify
+# added after the chain existed: hashed only when set, so older rows still verify
+LATER = ("measures", "device", "reader_label")
 chain = sa.Table(
     "audit_chain",
     metadata,
@@ -86,6 +92,7 @@ chain = sa.Table(
     sa.Column("anchor", sa.String(64), nullable=False),  # prev_hash of the oldest chained row kept
 )
 GENESIS = "0" * 64
+READS = ("NORMAL", "PNEUMONIA")  # a prediction's call, and a clinician's read in a review
 REBUILT = (
     "the chain's head record had been deleted and was rebuilt here (rows removed from the end before it would not show)"
 )
@@ -147,10 +154,17 @@ class AuditLog:
             pass
 
     def _add_missing_columns(self) -> None:
-        """A trail made by an older pneumolens lacks the hash columns, the measures or the device: add
+        """A trail made by an older pneumolens lacks the hash columns, the measures, the device or the
+        reader's label: add
         them (its rows stay unchained, or chained as they were)."""
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
-        added = {"prev_hash": "VARCHAR(64)", "row_hash": "VARCHAR(64)", "measures": "TEXT", "device": "VARCHAR(128)"}
+        added = {
+            "prev_hash": "VARCHAR(64)",
+            "row_hash": "VARCHAR(64)",
+            "measures": "TEXT",
+            "device": "VARCHAR(128)",
+            "reader_label": "VARCHAR(16)",
+        }
         for name, kind in added.items():
             if name not in have:
                 try:
@@ -247,6 +261,36 @@ class AuditLog:
             return
         with self._lock, self.engine.begin() as conn:
             self._append(conn, row)
+
+    def review(self, label: str, input_sha256: str | None = None, study_uid: str | None = None) -> dict[str, Any]:
+        """Record a clinician's read (``label``: NORMAL or PNEUMONIA) of an image (its SHA-256) or a
+        study (its Study Instance UID, stored salted and hashed) the trail holds a prediction for, as a
+        chained row (source ``review``). Returns the newest such prediction (the one read; for a
+        study, its newest image's). Raises ``ValueError`` for another label or neither key, and
+        ``LookupError`` when the trail holds no prediction for it."""
+        if label not in READS:
+            raise ValueError(f"label {label!r}: give one of {', '.join(READS)}")
+        if bool(input_sha256) == bool(study_uid):
+            raise ValueError("name the image (its SHA-256) or the study (its Study Instance UID), one of the two")
+        study = self.study_hash(study_uid)
+        key = predictions.c.input_sha256 == input_sha256 if input_sha256 else predictions.c.study_hash == study
+        with self._lock, self.engine.begin() as conn:
+            read = sa.select(predictions).where(key, predictions.c.decision.in_(READS))
+            found = conn.execute(read.order_by(predictions.c.id.desc()).limit(1)).mappings().first()
+            if found is None:
+                what = f"image {input_sha256[:16]}..." if input_sha256 else "study"
+                raise LookupError(f"the audit trail holds no prediction for this {what}: nothing to review")
+            row = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "source": "review",
+                "input_sha256": input_sha256 or "",
+                "study_hash": study,
+                "decision": "reviewed",
+                "flags": "[]",
+                "reader_label": label,
+            }
+            self._append(conn, row)
+        return dict(found)
 
     def _ensure_head(self, conn: sa.Connection) -> None:
         """Create the chain's head record for a new (or pre-chain) trail. If it is missing while chained

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -436,6 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--explain", action="store_true", help="add a Grad-CAM picture (base64 PNG) to each result")
     w.add_argument("--once", action="store_true", help="process what is there now and exit")
 
+    rv = sub.add_parser(
+        "review",
+        help="record a clinician's read of an image or study the audit trail holds a prediction for "
+        "(`audit --agreement` compares the model's calls with these reads)",
+    )
+    rv.add_argument("image", nargs="?", help="the image file that was read (identified by its SHA-256)")
+    rv.add_argument("--sha256", help="or the image's SHA-256, as `audit` lists it")
+    rv.add_argument("--study", help="or the Study Instance UID of a DICOM study (stored salted and hashed)")
+    rv.add_argument("--label", required=True, choices=("NORMAL", "PNEUMONIA"), help="the clinician's read")
+    rv.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+
     a = sub.add_parser("audit", help="list the audit trail of predictions (no patient identifiers are stored)")
     a.add_argument("--since", help="ISO date/time (UTC) or an age: 30m, 12h, 7d")
     a.add_argument("--csv", action="store_true", help="CSV on stdout")
@@ -453,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare the predictions since WHEN (ISO date/time or an age such as 7d) with those before it (from "
         "--since on): refusals, calls, probabilities, flags and the films' measures; exit status 1 on drift, 2 if "
         "too few to compare",
+    )
+    act.add_argument(
+        "--agreement",
+        action="store_true",
+        help="the model's calls against the clinicians' reads recorded with `pneumolens review` (reviews dated from "
+        "--since on)",
     )
     a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
     a.add_argument("--device", help="--drift: only the inputs from this DICOM device (make and model, as listed)")
@@ -935,6 +953,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise ValueError("--device chooses the inputs of --drift; give --drift too")
     if args.notify and not args.drift:
         raise ValueError("--notify sends --drift's alert; give --drift too")
+    if args.agreement:
+        from pneumolens.agreement import agreement_in
+
+        print(agreement_in(audit, since))
+        return 0
     if args.drift:
         from pneumolens.alert import check_url, notify, where
         from pneumolens.monitor import drift_in
@@ -956,6 +979,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
         print(f"{len(rows)} row(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from pneumolens.audit import AuditLog, sha256_bytes
+
+    if sum(x is not None for x in (args.image, args.sha256, args.study)) != 1:
+        raise ValueError("name what was read: an IMAGE file, --sha256 HEX or --study UID (one of them)")
+    digest = args.sha256
+    if args.image is not None:
+        path = Path(args.image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{args.image}: no such file")
+        digest = sha256_bytes(path.read_bytes())
+    if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"--sha256 {digest!r}: give the 64 hex digits the audit trail lists")
+    try:
+        found = AuditLog(args.db).review(args.label, input_sha256=digest, study_uid=args.study)
+    except LookupError as e:
+        print(f"pneumolens review: {e}", file=sys.stderr)
+        return 1
+    verdict = "agrees with" if found["decision"] == args.label else "differs from"
+    print(
+        f"recorded: the read {args.label} {verdict} the model's call {found['decision']} "
+        f"(p={found['probability']:.3f}, {found['time']}, model {str(found['model_sha256'])[:12]})"
+    )
     return 0
 
 
@@ -1040,6 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
         "pull": cmd_pull,
         "watch": cmd_watch,
         "audit": cmd_audit,
+        "review": cmd_review,
     }
     try:
         return commands[args.command](args)

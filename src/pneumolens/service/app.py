@@ -14,13 +14,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pneumolens.agreement import agreement_in
 from pneumolens.audit import AuditLog, parse_since, sha256_bytes
 from pneumolens.data.dicom import device_of
 from pneumolens.data.images import ImageReadError
 from pneumolens.explain.explainer import METHODS
 from pneumolens.monitor import TooFewFilms, drift_in
 from pneumolens.service.engine import Engine
-from pneumolens.service.schemas import NOTICE, Error, Prediction
+from pneumolens.service.schemas import NOTICE, Error, Prediction, Review, ReviewRequest
 from pneumolens.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 _keep_until_done(request.app.state.running, work)
                 log.warning("a prediction exceeded %.0f s and was answered 504", settings.request_timeout_s)
                 return _error(504, f"processing took longer than {settings.request_timeout_s:g} s; try method=gradcam")
+        result["input_sha256"] = sha256_bytes(data)
         if audit is not None:
             await run_in_threadpool(
                 audit.record,
                 "serve",
-                sha256_bytes(data),
+                result["input_sha256"],
                 engine.audit_model,
                 result,
                 duration_ms=1000 * result["seconds"],
@@ -184,6 +186,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if audit is None:
             return _error(404, AUDIT_OFF)
         return await run_in_threadpool(audit.rows, None, limit, True)
+
+    @app.post("/api/v1/review", response_model=Review, responses={404: {"model": Error}, 422: {"model": Error}})
+    async def review(request: Request, body: ReviewRequest):
+        """Record a clinician's read of an image (``input_sha256``, as a prediction returned it) or a DICOM
+        study (``study_instance_uid``) the audit trail holds a prediction for; ``GET /api/v1/agreement``
+        compares the calls with these reads."""
+        audit: AuditLog | None = request.app.state.audit
+        if audit is None:
+            return _error(404, AUDIT_OFF)
+        try:
+            found = await run_in_threadpool(audit.review, body.label, body.input_sha256, body.study_instance_uid)
+        except LookupError as e:
+            return _error(404, str(e))
+        except ValueError as e:
+            return _error(422, str(e))
+        call = found["decision"]
+        return {
+            "label": body.label,
+            "model_call": call,
+            "probability": found["probability"],
+            "agrees": call == body.label,
+        }
+
+    @app.get("/api/v1/agreement", response_model=None)
+    async def agreement(request: Request, since: str | None = None) -> dict | JSONResponse:
+        """The model's calls against the clinicians' reads recorded since ``since`` (an age such as 30d, or
+        an ISO date; all without it): per model, counts and rates with Wilson 95% intervals
+        (``pneumolens audit --agreement``)."""
+        audit: AuditLog | None = request.app.state.audit
+        if audit is None:
+            return _error(404, AUDIT_OFF)
+        try:
+            start = parse_since(since, "since") if since else None
+        except ValueError as e:
+            return _error(422, str(e))
+        found = await run_in_threadpool(agreement_in, audit, start)
+        return {"models": found.table(), "unmatched_reviews": found.unmatched, "notice": NOTICE}
 
     @app.get("/api/v1/drift", response_model=None)
     async def drift(

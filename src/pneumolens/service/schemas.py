@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 NOTICE = "Decision support only: this does not replace a clinician's reading and is not a diagnosis."
@@ -48,6 +50,30 @@ class Prediction(BaseModel):
         "largest share first (the DICOM node's report and presentation state carry the same); empty without a map",
     )
     seconds: float
+    input_sha256: str | None = Field(
+        None,
+        description="SHA-256 of the uploaded file: its audit row's key, and what a review names (POST /api/v1/review)",
+    )
+    notice: str = NOTICE
+
+
+class ReviewRequest(BaseModel):
+    """A clinician's read of an image or study this server's audit trail holds a prediction for."""
+
+    label: Literal["NORMAL", "PNEUMONIA"] = Field(description="the clinician's read")
+    input_sha256: str | None = Field(
+        None, pattern="^[0-9a-f]{64}$", description="the image's SHA-256 (a prediction's input_sha256)"
+    )
+    study_instance_uid: str | None = Field(
+        None, max_length=64, description="or a DICOM study's UID (stored salted and hashed, never as given)"
+    )
+
+
+class Review(BaseModel):
+    label: str = Field(description="the read recorded")
+    model_call: str = Field(description="the model's call it was paired with (the newest for the image or study)")
+    probability: float | None
+    agrees: bool
     notice: str = NOTICE
 
 

@@ -1,0 +1,153 @@
+"""How the model's calls agree with the clinicians' reads recorded in the audit trail.
+
+The drift check (``pneumolens.monitor``) watches the inputs and calls without labels; this watches
+the calls against the reads that clinicians record afterwards (``pneumolens review``, ``POST
+/api/v1/review``, the web page's buttons): with the read as the reference, the model's sensitivity,
+specificity, predictive values and agreement, each with a Wilson 95% interval, and Cohen's kappa,
+per model (weight hash) and over all. It is a site's running check on its own films, not a
+validation study: reviewed films are those somebody chose to review, and a read made after seeing
+the model's call is not blind to it.
+
+A review of an image pairs with the newest prediction for that image (its SHA-256) before the
+review; a review of a study pairs with the study's predictions before it, the study called
+PNEUMONIA when any of its images was (a study's views are read together). A later review of the
+same image or study replaces an earlier one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pneumolens.audit import READS, AuditLog
+
+NORMAL, PNEUMONIA = READS
+
+
+@dataclass
+class Pair:
+    model_call: str  # NORMAL | PNEUMONIA
+    reader: str  # NORMAL | PNEUMONIA
+    model_sha256: str
+
+
+@dataclass
+class Agreement:
+    """The paired calls and reads, and the reviews that found no prediction (pruned since)."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    unmatched: int = 0
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per model (weight hash, 12 hex digits), then one for all when there are several."""
+        models = sorted({p.model_sha256 for p in self.pairs})
+        groups = [(m[:12], [p for p in self.pairs if p.model_sha256 == m]) for m in models]
+        if len(groups) > 1:
+            groups.append(("all models", self.pairs))
+        return [summary(name, pairs) for name, pairs in groups]
+
+    def __str__(self) -> str:
+        if not self.pairs:
+            return "no reviewed predictions" + (f" ({self.unmatched} review(s) without one)" if self.unmatched else "")
+        head = ["model", "reviewed", "reads of pneumonia", "sensitivity", "specificity", "PPV", "NPV", "agreement"]
+        lines = ["| " + " | ".join([*head, "kappa"]) + " |", "|---" * (len(head) + 1) + "|"]
+        for row in self.table():
+            cells = [_rate(row[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "agreement")]
+            kappa = "" if row["kappa"] is None else f"{row['kappa']:.2f}"
+            lines.append(f"| {row['model']} | {row['n']} | {row['reads_pneumonia']} | {' | '.join(cells)} | {kappa} |")
+        lines.append(
+            "the clinicians' reads as the reference; Wilson 95% intervals; reviewed films are those somebody chose "
+            "to review, read after seeing the model's call: a site's running check, not a validation study"
+        )
+        if self.unmatched:
+            lines.append(f"{self.unmatched} review(s) found no prediction (pruned from the trail since): left out")
+        return "\n".join(lines)
+
+
+def agreement_in(audit: AuditLog, since: datetime | None = None) -> Agreement:
+    """The reviews in ``audit`` dated at or after ``since`` (all without it), paired with the
+    predictions they review (which may be older)."""
+    start = since.astimezone(UTC).isoformat(timespec="milliseconds") if since else None
+    return pair_reviews(audit.rows(), start)
+
+
+def pair_reviews(rows: Iterable[Mapping[str, Any]], since: str | None = None) -> Agreement:
+    """Pair each review row (``AuditLog.rows``, oldest first) dated at or after ``since`` (an ISO time,
+    as the trail writes it) with the prediction(s) it reviews."""
+    by_image: dict[str, Mapping[str, Any]] = {}
+    by_study: dict[str, list[Mapping[str, Any]]] = {}
+    reviewed: dict[tuple[str, str], Pair] = {}
+    out = Agreement()
+    for r in rows:
+        if r.get("source") != "review" and r.get("decision") in READS:
+            by_image[r["input_sha256"]] = r
+            if r.get("study_hash"):
+                by_study.setdefault(r["study_hash"], []).append(r)
+            continue
+        if r.get("source") != "review" or r.get("reader_label") not in READS or (since and r["time"] < since):
+            continue
+        image, study = r.get("input_sha256") or "", r.get("study_hash") or ""
+        if image:
+            key, found = ("image", image), [by_image[image]] if image in by_image else []
+        else:
+            key, found = ("study", study), by_study.get(study, [])
+        if not found:
+            out.unmatched += 1
+            continue
+        call = PNEUMONIA if any(p["decision"] == PNEUMONIA for p in found) else NORMAL
+        reviewed[key] = Pair(call, r["reader_label"], found[-1].get("model_sha256") or "unknown")
+    out.pairs = list(reviewed.values())
+    return out
+
+
+def summary(name: str, pairs: list[Pair]) -> dict[str, Any]:
+    """Counts, rates with Wilson 95% intervals, and Cohen's kappa of ``pairs``, the read as the reference."""
+    tp = sum(p.model_call == PNEUMONIA and p.reader == PNEUMONIA for p in pairs)
+    fn = sum(p.model_call == NORMAL and p.reader == PNEUMONIA for p in pairs)
+    tn = sum(p.model_call == NORMAL and p.reader == NORMAL for p in pairs)
+    fp = sum(p.model_call == PNEUMONIA and p.reader == NORMAL for p in pairs)
+    return {
+        "model": name,
+        "n": len(pairs),
+        "reads_pneumonia": tp + fn,
+        "confusion": [[tn, fp], [fn, tp]],
+        "sensitivity": wilson(tp, tp + fn),
+        "specificity": wilson(tn, tn + fp),
+        "ppv": wilson(tp, tp + fp),
+        "npv": wilson(tn, tn + fn),
+        "agreement": wilson(tp + tn, len(pairs)),
+        "kappa": _kappa(tn, fp, fn, tp),
+    }
+
+
+def wilson(k: int, n: int) -> dict[str, Any] | None:
+    """``k`` of ``n`` as a rate with its Wilson score 95% interval; None when ``n`` is 0."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return {"k": k, "n": n, "rate": k / n, "low": float(ci.low), "high": float(ci.high)}
+
+
+def _kappa(tn: int, fp: int, fn: int, tp: int) -> float | None:
+    """Cohen's kappa (scikit-learn's); None when it is undefined (every call and read the same class)."""
+    import math
+    import warnings
+
+    from sklearn.metrics import cohen_kappa_score
+
+    calls = [0] * (tn + fn) + [1] * (fp + tp)  # in the order tn, fn, fp, tp
+    reads = [0] * tn + [1] * fn + [0] * fp + [1] * tp
+    with warnings.catch_warnings():  # 0/0 when there is one class only: undefined, said as None
+        warnings.simplefilter("ignore")
+        kappa = float(cohen_kappa_score(reads, calls)) if calls else math.nan
+    return None if math.isnan(kappa) else kappa
+
+
+def _rate(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "-"
+    return f"{100 * cell['rate']:.1f}% [{100 * cell['low']:.1f}, {100 * cell['high']:.1f}] ({cell['k']}/{cell['n']})"

@@ -1,0 +1,169 @@
+"""Clinicians' reads in the audit trail, and the model's agreement with them (``pneumolens review``,
+``audit --agreement``, ``POST /api/v1/review``, ``GET /api/v1/agreement``)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pydicom
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from conftest import real_images
+from pneumolens.agreement import agreement_in, pair_reviews, wilson
+from pneumolens.audit import AuditLog
+from pneumolens.cli import main
+from pneumolens.monitor import window
+from pneumolens.service.app import create_app
+from pneumolens.service.settings import Settings
+
+MODEL = {"name": "m", "version": "0.1", "sha256": "ab" * 32, "preprocessing": {}}
+NEWER = {**MODEL, "sha256": "cd" * 32}
+
+
+def _predict(audit: AuditLog, digest: str, label: str, model=MODEL, study: str | None = None) -> None:
+    result = {"probability": 0.9 if label == "PNEUMONIA" else 0.1, "threshold": 0.5, "label": label, "flags": []}
+    audit.record("serve", digest, model, result, study_uid=study)
+
+
+def _h(i: int) -> str:
+    return f"{i:064x}"
+
+
+@pytest.fixture()
+def audit(tmp_path) -> AuditLog:
+    return AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+
+
+def test_wilson_interval_matches_the_formula():
+    # 8 of 10: centre (0.8 + z^2/20) / (1 + z^2/10), half-width z sqrt(0.016 + z^2/400) / (1 + z^2/10), z = 1.96
+    cell = wilson(8, 10)
+    assert cell["rate"] == 0.8 and cell["low"] == pytest.approx(0.4902, abs=1e-3)
+    assert cell["high"] == pytest.approx(0.9433, abs=1e-3)
+    assert wilson(0, 0) is None and wilson(0, 5)["low"] == 0.0
+
+
+def test_reads_pair_with_the_calls_they_review(audit):
+    """Ten films called by the model and read by a clinician: the table holds their hand-counted
+    confusion, rates and kappa; a second read of a film replaces the first; a review names a film
+    the trail knows, else nothing is written."""
+    calls = ["PNEUMONIA"] * 6 + ["NORMAL"] * 4
+    reads = ["PNEUMONIA"] * 5 + ["NORMAL"] + ["NORMAL"] * 3 + ["PNEUMONIA"]  # tp 5, fp 1, tn 3, fn 1
+    for i, call in enumerate(calls):
+        _predict(audit, _h(i), call)
+    for i, read in enumerate(reads):
+        audit.review("NORMAL" if read == "PNEUMONIA" else "PNEUMONIA", input_sha256=_h(i))  # a slip...
+        found = audit.review(read, input_sha256=_h(i))  # ...corrected: the later read counts
+        assert found["decision"] == calls[i] and found["input_sha256"] == _h(i)
+    (row,) = agreement_in(audit).table()
+    assert row["model"] == MODEL["sha256"][:12] and row["n"] == 10 and row["reads_pneumonia"] == 6
+    assert row["confusion"] == [[3, 1], [1, 5]]
+    assert (row["sensitivity"]["k"], row["sensitivity"]["n"]) == (5, 6)
+    assert (row["specificity"]["k"], row["specificity"]["n"]) == (3, 4)
+    assert (row["ppv"]["k"], row["ppv"]["n"], row["npv"]["k"], row["npv"]["n"]) == (5, 6, 3, 4)
+    assert row["agreement"]["rate"] == 0.8
+    po, pe = 0.8, 0.6 * 0.6 + 0.4 * 0.4  # observed agreement; by chance, both margins 6/10 pneumonia
+    assert row["kappa"] == pytest.approx((po - pe) / (1 - pe))
+    with pytest.raises(LookupError, match="no prediction"):
+        audit.review("NORMAL", input_sha256=_h(99))
+    for bad in ({"label": "normal", "input_sha256": _h(1)}, {"label": "NORMAL"}):
+        with pytest.raises(ValueError):
+            audit.review(**bad)
+    with pytest.raises(ValueError, match="one of the two"):
+        audit.review("NORMAL", input_sha256=_h(1), study_uid="1.2.3")
+    assert len([r for r in audit.rows() if r["source"] == "review"]) == 20
+
+
+def test_reviews_are_chained_and_drift_ignores_them(audit):
+    for i in range(3):
+        _predict(audit, _h(i), "NORMAL")
+    before = window(audit.rows())
+    audit.review("PNEUMONIA", input_sha256=_h(1))
+    after = window(audit.rows())  # a read is no prediction: the drift check's counts stay
+    assert (after.predictions, after.called) == (before.predictions, before.called) == (3, 0)
+    assert audit.verify().problem is None and audit.verify().chained == 4
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text("update predictions set reader_label = 'NORMAL' where source = 'review'"))
+    assert audit.verify().problem == "row 4 was altered (its content does not match its hash)"
+
+
+def test_a_study_is_called_pneumonia_when_any_of_its_images_is(audit, tmp_path):
+    """Two views of one study, one called pneumonia: a read of the study pairs with PNEUMONIA; the
+    study's UID is kept only salted and hashed. A review of an image newer models read pairs with the
+    newest call; reviews before ``since`` are left out, and a review whose prediction was pruned is
+    counted apart."""
+    uid = "1.2.826.0.1.3680043.8.498.4711"
+    _predict(audit, _h(1), "NORMAL", study=uid)
+    _predict(audit, _h(2), "PNEUMONIA", study=uid)
+    assert audit.review("NORMAL", study_uid=uid)["input_sha256"] == _h(2)  # the newest image of the study
+    _predict(audit, _h(3), "PNEUMONIA")
+    _predict(audit, _h(3), "NORMAL", model=NEWER)
+    audit.review("NORMAL", input_sha256=_h(3))
+    table = {row["model"]: row for row in agreement_in(audit).table()}
+    assert set(table) == {MODEL["sha256"][:12], NEWER["sha256"][:12], "all models"}
+    assert table[MODEL["sha256"][:12]]["confusion"] == [[0, 1], [0, 0]]  # the study: called, read normal
+    assert table[NEWER["sha256"][:12]]["confusion"] == [[1, 0], [0, 0]]
+    raw = (tmp_path / "audit.sqlite").read_bytes()
+    assert uid.encode() not in raw
+    rows = audit.rows()
+    last_review = next(r["time"] for r in reversed(rows) if r["source"] == "review")
+    assert len(pair_reviews(rows, since=last_review).pairs) == 1
+    orphan = pair_reviews([r for r in rows if r["input_sha256"] != _h(3) or r["source"] == "review"])  # pruned
+    assert orphan.unmatched == 1 and len(orphan.pairs) == 1
+
+
+def test_review_and_agreement_from_the_command_line(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    image = real_images("test", "NORMAL", 1)[0]
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    audit = AuditLog(db)
+    _predict(audit, digest, "PNEUMONIA")
+    assert main(["audit", "--agreement", "--db", db]) == 0
+    assert capsys.readouterr().out.strip() == "no reviewed predictions"
+    assert main(["review", str(image), "--label", "NORMAL", "--db", db]) == 0
+    said = capsys.readouterr().out
+    assert "the read NORMAL differs from the model's call PNEUMONIA (p=0.900" in said
+    assert main(["audit", "--agreement", "--db", db]) == 0
+    table = capsys.readouterr().out
+    assert "| abababababab | 1 | 0 | - | 0.0% [0.0, 79.3] (0/1) |" in table and "not a validation study" in table
+    other = real_images("test", "PNEUMONIA", 1)[0]
+    assert main(["review", str(other), "--label", "NORMAL", "--db", db]) == 1  # never predicted
+    assert "no prediction for this image" in capsys.readouterr().err
+    assert main(["review", "--sha256", "XYZ", "--label", "NORMAL", "--db", db]) == 2
+    assert "--sha256 'XYZ'" in capsys.readouterr().err
+    assert main(["review", "--label", "NORMAL", "--db", db]) == 2
+    assert "name what was read" in capsys.readouterr().err
+    assert main(["review", str(tmp_path / "none.png"), "--label", "NORMAL", "--db", db]) == 2
+
+
+def test_the_server_records_reads_and_reports_agreement(trained_run, tmp_path):
+    """The API: a prediction returns its input's SHA-256, a read of it is recorded and paired, the
+    agreement lists it; a read of an unknown image is 404, a malformed one 422, and a server without
+    an audit trail says so. A DICOM study can be named by its UID."""
+    db = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    image = real_images("test", "PNEUMONIA", 1)[0]
+    data = image.read_bytes()
+    with TestClient(create_app(Settings(model=str(trained_run), audit_url=db))) as client:
+        made = client.post("/api/v1/predict?explain=false", files={"file": ("x.jpeg", data)}).json()
+        assert made["input_sha256"] == hashlib.sha256(data).hexdigest()
+        r = client.post("/api/v1/review", json={"input_sha256": made["input_sha256"], "label": "PNEUMONIA"})
+        assert r.status_code == 200
+        assert r.json()["model_call"] == made["label"] and r.json()["agrees"] == (made["label"] == "PNEUMONIA")
+        unknown = client.post("/api/v1/review", json={"input_sha256": "0" * 64, "label": "NORMAL"})
+        assert unknown.status_code == 404 and "no prediction" in unknown.json()["detail"]
+        for bad in ({"input_sha256": "0" * 64, "label": "maybe"}, {"input_sha256": "x", "label": "NORMAL"}, {}):
+            assert client.post("/api/v1/review", json=bad).status_code == 422
+        assert client.post("/api/v1/review", json={"label": "NORMAL"}).status_code == 422  # names nothing
+        uid = pydicom.uid.generate_uid()  # a study the DICOM node read
+        AuditLog(db).record("listen", "e" * 64, MODEL, {"label": "NORMAL", "probability": 0.2}, study_uid=uid)
+        by_study = client.post("/api/v1/review", json={"study_instance_uid": uid, "label": "NORMAL"})
+        assert by_study.status_code == 200 and by_study.json()["agrees"] is True
+        found = client.get("/api/v1/agreement").json()
+        assert sum(m["n"] for m in found["models"] if m["model"] != "all models") == 2
+        assert found["unmatched_reviews"] == 0 and "not a diagnosis" in found["notice"]
+        assert client.get("/api/v1/agreement?since=nonsense").status_code == 422
+    with TestClient(create_app(Settings(model=str(trained_run), audit=False))) as client:
+        off = client.post("/api/v1/review", json={"input_sha256": "0" * 64, "label": "NORMAL"})
+        assert off.status_code == 404 and "switched off" in off.json()["detail"]
+        assert client.get("/api/v1/agreement").status_code == 404
