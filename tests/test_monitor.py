@@ -166,11 +166,12 @@ def test_the_server_reports_drift_and_says_when_it_cannot(trails):
 class _Hook(http.server.BaseHTTPRequestHandler):
     bodies: list[dict] = []
     status = 200
+    first: list[int] = []  # statuses answered before ``status``, one per request
 
     def do_POST(self):  # noqa: N802 - http.server's name
         length = int(self.headers["Content-Length"])
         _Hook.bodies.append({"type": self.headers["Content-Type"], **json.loads(self.rfile.read(length))})
-        self.send_response(_Hook.status)
+        self.send_response(_Hook.first.pop(0) if _Hook.first else _Hook.status)
         self.end_headers()
 
     def log_message(self, *args):  # quiet
@@ -181,12 +182,13 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 def hook():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Hook.bodies, _Hook.status = [], 200
+    _Hook.bodies, _Hook.status, _Hook.first = [], 200, []
     yield f"http://127.0.0.1:{server.server_address[1]}/hooks/SECRET-TOKEN"
     server.shutdown()
 
 
-def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, hook, capsys):
+def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, hook, capsys, monkeypatch):
+    monkeypatch.setattr("pneumolens.alert.RETRY_WAITS", (0.01, 0.01))
     db, cut = trails["pneumonia only"]
     assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
     out = capsys.readouterr()
@@ -197,12 +199,19 @@ def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, 
     assert "alert sent to http://127.0.0.1:" in out.out and "SECRET-TOKEN" not in out.out + out.err
     db, cut = trails["same mix"]
     assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 0 and len(_Hook.bodies) == 1
-    # an alert that cannot be delivered is said, and the drift still sets the exit status
-    _Hook.status = 500
+    # a webhook briefly down (503, then 429) gets the alert on the third attempt, and it is sent once
+    _Hook.bodies, _Hook.first = [], [503, 429]
     db, cut = trails["pneumonia only"]
     assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
-    err = capsys.readouterr().err
-    assert "the alert was refused (HTTP 500)" in err and "SECRET-TOKEN" not in err
+    assert len(_Hook.bodies) == 3 and "(attempt 3)" in capsys.readouterr().out
+    # an alert that cannot be delivered is said, and the drift still sets the exit status: three
+    # attempts for a server error, one for an answer that will not change (404)
+    for status, attempts in ((500, 3), (404, 1)):
+        _Hook.bodies, _Hook.status = [], status
+        assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
+        err = capsys.readouterr().err
+        assert f"the alert was refused (HTTP {status})" in err and "SECRET-TOKEN" not in err
+        assert len(_Hook.bodies) == attempts
     closed = f"http://127.0.0.1:{free_port()}/hook"
     assert main(["audit", "--db", db, "--drift", cut, "--notify", closed]) == 1
     assert "the alert could not be delivered" in capsys.readouterr().err

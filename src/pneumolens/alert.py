@@ -3,14 +3,16 @@
 The body carries a one-line ``text`` (what Slack, Mattermost, Microsoft Teams' incoming webhooks
 and most chat and paging bridges show as the message) and the whole report under ``report``
 (``DriftReport.as_dict``: both windows' counts, every measure and its p-value, the notes). Only
-aggregates leave the machine: the audit trail holds no patient identifiers. Standard library only
-(``urllib``): one POST needs no client library.
+aggregates leave the machine: the audit trail holds no patient identifiers. A webhook that does
+not answer, or answers 429 or 5xx, gets the alert again twice (after 5 and 30 seconds). Standard
+library only (``urllib``): one POST needs no client library.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from pneumolens.monitor import DriftReport
 
 TIMEOUT_S = 10.0
+RETRY_WAITS = (5.0, 30.0)  # seconds before the second and third attempt
 
 
 def where(url: str) -> str:
@@ -49,20 +52,37 @@ def alert_text(report: DriftReport, device: str | None = None) -> str:
     )
 
 
-def notify(url: str, report: DriftReport, device: str | None = None) -> None:
-    """POST the alert; ``ConnectionError`` naming the URL's host when it cannot be delivered (no
-    answer, or an answer other than 2xx)."""
+def notify(url: str, report: DriftReport, device: str | None = None) -> int:
+    """POST the alert, again after each of ``RETRY_WAITS`` when there is no answer or the answer says
+    to try later (HTTP 429 or 5xx): a webhook that is briefly down still gets it. Returns the
+    attempts made; ``ConnectionError`` naming the URL's host when it cannot be delivered (no answer
+    or a 429/5xx on the last attempt, or any other answer than 2xx at once)."""
     body = json.dumps({"text": alert_text(report, device), "source": "pneumolens", "report": report.as_dict()})
-    request = urllib.request.Request(
-        check_url(url), data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
+    check_url(url)
+    waits, attempt = list(RETRY_WAITS), 0
+    while True:
+        attempt += 1
+        try:
+            status = _post(url, body.encode())
+        except ConnectionError:
+            if not waits:
+                raise
+        else:
+            if 200 <= status < 300:
+                return attempt
+            if (status != 429 and status < 500) or not waits:
+                raise ConnectionError(f"--notify {where(url)}: the alert was refused (HTTP {status})")
+        time.sleep(waits.pop(0))
+
+
+def _post(url: str, data: bytes) -> int:
+    """One POST; the HTTP status, or ``ConnectionError`` when there is no answer."""
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:  # noqa: S310 - http(s) checked above
-            status = answer.status
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:  # noqa: S310 - http(s) checked
+            return answer.status
     except urllib.error.HTTPError as e:
-        status = e.code
+        return e.code
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ConnectionError(f"--notify {where(url)}: the alert could not be delivered ({reason})") from None
-    if not 200 <= status < 300:
-        raise ConnectionError(f"--notify {where(url)}: the alert was refused (HTTP {status})")
