@@ -624,7 +624,15 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
         (["--tls-cert", "SERVER", "--tls-key", "SERVER_KEY", "--tls-ca", "SERVER_KEY"], "--tls-ca"),
         (["--allow-aet", "A_TITLE_LONGER_THAN_16"], "--allow-aet"),
         (["--forward-tls", "--tls-cert", "SERVER", "--tls-key", "SERVER_KEY"], "--forward-tls needs --forward"),
-        (["--forward", "A@h:1", "--forward-tls", "--tls-cert", "SERVER", "--tls-key", "SERVER_KEY"], "needs --tls-ca"),
+        (["--forward", "A@h:1", "--forward-tls", "--tls-cert", "SERVER", "--tls-key", "SERVER_KEY"], "(or --tls-ca)"),
+        (["--forward", "A@h:1", "--forward-tls"], "--forward-tls needs a client certificate and key"),
+        (["--forward", "A@h:1", "--forward-tls-ca", "SERVER"], "--forward-tls-ca need --forward-tls"),
+        (["--forward", "A@h:1", "--forward-tls", "--forward-tls-cert", "SERVER"], "needs a client certificate"),
+        (
+            ["--forward", "A@h:1", "--forward-tls", "--forward-tls-cert", "SERVER", "--forward-tls-key", "CLIENT_KEY"]
+            + ["--forward-tls-ca", "SERVER"],
+            "--forward-tls-cert",  # the files named by the flags they came with
+        ),
     ],
 )
 def test_listen_refuses_bad_tls_and_allow_list_flags(tmp_path, capsys, flags, message):
@@ -646,6 +654,44 @@ def test_listen_on_a_taken_port_says_so(tmp_path, capsys):
         assert signal.getsignal(signal.SIGINT) is before  # the handlers it set are put back
     err = capsys.readouterr().err
     assert f"--port {port}: cannot listen there" in err and "listening as" not in err
+
+
+def test_forwarding_over_tls_with_the_destination_s_own_certificates(trained_run, tmp_path, study):
+    """A node listening on plain TCP inside the hospital forwards over mutual TLS to an archive of
+    another PKI, with the client certificate and CA given for the destination alone."""
+    from pynetdicom import AE, evt
+
+    from pneumolens.dicom_node import SECONDARY_CAPTURE, tls_context
+
+    (tmp_path / "other").mkdir()
+    pki = _certificates(tmp_path / "other")  # the archive's CA: the node's modalities know nothing of it
+    received = []
+    archive = AE(ae_title="ARCHIVE")
+    archive.add_supported_context(SECONDARY_CAPTURE)
+    port_archive, port_node = free_port(), free_port()
+    server = archive.start_server(
+        ("127.0.0.1", port_archive),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: received.append(event.dataset) or 0x0000)],
+        ssl_context=tls_context(pki["server"], pki["server_key"], ca=pki["ca"]),  # demands our client certificate
+    )
+    cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port_node), "--out", str(tmp_path / "out")]
+    cmd += ["--db", f"sqlite:///{tmp_path / 'a.db'}", "--model", str(trained_run)]
+    cmd += ["--forward", f"ARCHIVE@127.0.0.1:{port_archive}", "--forward-tls", "--forward-tls-cert", pki["client"]]
+    cmd += ["--forward-tls-key", pki["client_key"], "--forward-tls-ca", pki["ca"]]
+    node = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(
+            lambda: _pynetdicom("echoscu", "127.0.0.1", str(port_node), "-aec", "PNEUMOLENS").returncode == 0, 90, node
+        )
+        sent = _pynetdicom("storescu", "127.0.0.1", str(port_node), str(study[0][0]), "-aec", "PNEUMOLENS")
+        assert sent.returncode == 0, sent.stderr
+        _wait_for(lambda: len(received) == 1, 30, node)
+    finally:
+        node.send_signal(signal.SIGINT)
+        node.wait(30)
+        server.shutdown()
+    assert received[0].StudyInstanceUID == study[1] and node.returncode == 0
 
 
 @pytest.mark.parametrize("tls", [False, True])

@@ -57,6 +57,14 @@ def _data_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def _tls_flags(parser: argparse.ArgumentParser, prefix: str, cert: str, whose: str, ca: str | None = None) -> None:
+    """``PREFIX-cert``, ``PREFIX-key`` and ``PREFIX-ca``: a PEM certificate, its key, and the CA that
+    signed ``whose`` certificate (or the ``ca`` help given)."""
+    parser.add_argument(f"{prefix}-cert", help=cert)
+    parser.add_argument(f"{prefix}-key", help=f"TLS: the PEM private key of {prefix}-cert")
+    parser.add_argument(f"{prefix}-ca", help=f"TLS: {ca or f'the PEM CA that signed {whose} certificate'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pneumolens import __version__
     from pneumolens.config import PRESETS
@@ -359,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--limit", type=int, default=200, help="refuse, moving nothing, when more studies match")
     pl.add_argument("--dry-run", action="store_true", help="say what would be moved; move nothing")
     pl.add_argument("--ae-title", default="PNEUMOLENS", help="our calling AE title (the PACS may allow only some)")
-    pl.add_argument("--tls-cert", help="TLS to the PACS: our PEM certificate (with --tls-key and --tls-ca)")
-    pl.add_argument("--tls-key", help="TLS: our PEM private key")
-    pl.add_argument("--tls-ca", help="TLS: the CA that signed the PACS's certificate")
+    _tls_flags(pl, "--tls", "TLS to the PACS: our PEM certificate (with --tls-key and --tls-ca)", "the PACS's")
 
     cp = sub.add_parser(
         "compare", help="is model B better than model A on these films? paired differences with patient intervals"
@@ -423,10 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument(
         "--allow-aet", action="append", metavar="AET", help="accept associations only from this calling AE (repeatable)"
     )
-    ln.add_argument("--tls-cert", help="TLS: this node's PEM certificate (with --tls-key)")
-    ln.add_argument("--tls-key", help="TLS: the PEM private key of --tls-cert")
-    ln.add_argument("--tls-ca", help="TLS: require peer certificates signed by this PEM CA (mutual TLS)")
-    ln.add_argument("--forward-tls", action="store_true", help="forward over TLS (destination checked with --tls-ca)")
+    _tls_flags(
+        ln,
+        "--tls",
+        "TLS: this node's PEM certificate (with --tls-key)",
+        "",
+        "require peer certificates signed by this PEM CA (mutual TLS)",
+    )
+    ln.add_argument(
+        "--forward-tls",
+        action="store_true",
+        help="forward over TLS, as a client with --forward-tls-cert/--forward-tls-key (default: --tls-cert/--tls-key), "
+        "checking the destination with --forward-tls-ca (default: --tls-ca)",
+    )
+    _tls_flags(ln, "--forward-tls", "TLS to the destination: the node's PEM client certificate", "the destination's")
 
     w = sub.add_parser("watch", help="score each JPEG / PNG / DICOM file that appears in a folder, once")
     w.add_argument("folder")
@@ -866,13 +882,28 @@ def cmd_listen(args: argparse.Namespace) -> int:
     from pneumolens.dicom_node import Destination, Node, tls_context
 
     forward = Destination.parse(args.forward) if args.forward else None
-    if (args.tls_cert is None) != (args.tls_key is None) or ((args.tls_ca or args.forward_tls) and not args.tls_cert):
-        raise ValueError("TLS needs --tls-cert and --tls-key together (and both for --tls-ca and --forward-tls)")
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
+        raise ValueError("TLS needs --tls-cert and --tls-key together (and both for --tls-ca)")
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    own = (args.forward_tls_cert, args.forward_tls_key, args.forward_tls_ca)
+    if any(own) and not args.forward_tls:
+        raise ValueError("--forward-tls-cert, --forward-tls-key and --forward-tls-ca need --forward-tls")
     if args.forward_tls:
         if forward is None:
             raise ValueError("--forward-tls needs --forward AET@host:port")
-        forward.tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca, server=False)
+        # the destination's own certificates where given (another PKI than the modalities'), else the node's
+        mine = bool(own[0] or own[1])
+        cert, key = (own[0], own[1]) if mine else (args.tls_cert, args.tls_key)
+        if not (cert and key):
+            raise ValueError(
+                "--forward-tls needs a client certificate and key: --forward-tls-cert and --forward-tls-key together, "
+                "or the node's --tls-cert and --tls-key"
+            )
+        ca = own[2] or args.tls_ca
+        if ca is None:
+            raise ValueError("--forward-tls needs --forward-tls-ca (or --tls-ca): the CA that signed the destination")
+        names = ("--forward-tls-cert", "--forward-tls-key") if mine else ("--tls-cert", "--tls-key")
+        forward.tls = tls_context(cert, key, ca, False, (*names, "--forward-tls-ca" if own[2] else "--tls-ca"))
     allowed = tuple(args.allow_aet or ())
     if any(not 0 < len(a.strip()) <= 16 for a in allowed):
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
@@ -968,8 +999,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(report)
         if report.drift and args.notify:
             try:
-                notify(args.notify, report, args.device)
-                print(f"alert sent to {where(args.notify)}")
+                attempts = notify(args.notify, report, args.device)
+                print(f"alert sent to {where(args.notify)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
             except ConnectionError as e:  # the drift still sets the exit status
                 print(f"pneumolens audit: {e}", file=sys.stderr)
         return 1 if report.drift else 0
