@@ -108,6 +108,32 @@ def test_upload_shows_probability_and_heatmap(server):
         assert "read PNEUMONIA" in page.inner_text("#rows tbody tr:first-child")  # the newest row: the read
 
 
+def test_a_dicom_upload_is_shown_with_its_outlines(server, tmp_path):
+    """A browser cannot decode DICOM: the page shows the image the server read (image_png), scaled,
+    with the outlines in the file's own pixel grid (Columns x Rows)."""
+    import numpy as np
+
+    from conftest import make_dicom
+    from pneumolens.data.images import read_image
+
+    gray = read_image(real_images("test", "PNEUMONIA", 1)[0])
+    wide = np.repeat(gray, 2, axis=1)  # 448 x 224: not square, so a swapped width and height shows
+    path = make_dicom(tmp_path / "film.dcm", np.round((1 - wide) * 4095).astype(np.uint16), "MONOCHROME1")
+    with _browser() as browser:
+        page = browser.new_page()
+        page.goto(server + "/")
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        assert page.is_visible("#preview")
+        page.wait_for_function("document.getElementById('preview').naturalWidth > 0", timeout=10_000)
+        size = page.evaluate(
+            "[document.getElementById('preview').naturalWidth, document.getElementById('preview').naturalHeight]"
+        )
+        assert size == [448, 224]
+        assert page.get_attribute("#outlines", "viewBox") == "0 0 448 224"
+        assert page.locator("#outlines polyline").count() >= 1
+
+
 def test_recent_page_shows_drift(trained_run, tmp_path):
     # A trail whose films of ten days ago were called pneumonia a quarter of the time, and of today
     # every time: the page's drift panel says DRIFT and shows the measures. The old rows are written

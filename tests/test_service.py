@@ -87,6 +87,26 @@ def test_predict_dicom_upload_leaks_no_identifier(client, tmp_path, caplog):
     assert broken.status_code == 400
     for text in (r.text, broken.text, caplog.text):
         assert PATIENT_NAME not in text and PATIENT_ID not in text and "Testperson" not in text
+    # for a browser, which cannot decode DICOM: the image as read, light lungs dark (MONOCHROME1), and
+    # the grid the regions are drawn in
+    d = r.json()
+    assert d["image_size"] == [gray.shape[1], gray.shape[0]] and d["image_png"] is None
+    shown = post(client, p.read_bytes(), name="s.dcm", image="true").json()
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown["image_png"]))), dtype=np.float64) / 255
+    assert png.shape == gray.shape  # 224 px: under the 1,024-px cap, kept as it is
+    assert np.abs(png - read_image(p)).max() <= 0.5 / 255 + 1e-6  # what the model read, to 8 bits
+    assert np.corrcoef(png.ravel(), gray.ravel())[0, 1] > 0.99  # the film the right way up: not inverted
+    assert shown["probability"] == pytest.approx(d["probability"], abs=1e-6)
+
+
+def test_image_preview_is_capped_and_keeps_the_aspect_ratio():
+    from pneumolens.service.engine import PREVIEW_SIDE, preview_png
+
+    wide = np.tile(np.linspace(0, 1, 3000), (1200, 1))  # (1200, 3000)
+    png = Image.open(io.BytesIO(base64.b64decode(preview_png(wide))))
+    assert (png.mode, png.size) == ("L", (PREVIEW_SIDE, round(1200 * PREVIEW_SIDE / 3000)))
+    row = np.asarray(png, dtype=np.float64)[png.height // 2] / 255
+    assert row[0] < 0.01 and row[-1] > 0.99 and (np.diff(row) >= -1 / 255).all()  # the same ramp, scaled
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         file: Annotated[UploadFile | None, File(description="JPEG, PNG or DICOM")] = None,
         explain: Annotated[bool, Query(description="add a heatmap_png")] = True,
         method: Annotated[str, Query(description="occlusion, gradcam or lime")] = settings.default_method,
+        image: Annotated[bool, Query(description="add image_png: the image as read (for DICOM in a browser)")] = False,
     ):
         if file is None:
             return _error(422, "send the image as multipart/form-data field 'file'")
@@ -144,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine: Engine = request.app.state.engine
         audit: AuditLog | None = request.app.state.audit
         async with waiting:
-            work = asyncio.ensure_future(run_in_threadpool(engine.predict, data, name, explain, method))
+            work = asyncio.ensure_future(run_in_threadpool(engine.predict, data, name, explain, method, image))
             try:
                 result = await asyncio.wait_for(asyncio.shield(work), settings.request_timeout_s)
             except ImageReadError as e:

@@ -84,11 +84,15 @@ class Engine:
                 z = float(self.loaded.model(x)[0])
         return float(1.0 / (1.0 + np.exp(-z)))
 
-    def predict(self, data: bytes, filename: str, explain: bool, method: str) -> dict[str, Any]:
-        """Score (and explain) one upload. Raises ImageReadError for a file that cannot be used."""
+    def predict(self, data: bytes, filename: str, explain: bool, method: str, image: bool = False) -> dict[str, Any]:
+        """Score (and explain) one upload; with ``image``, ``image_png`` is the image as pneumolens read
+        it (for a client that cannot decode the upload: DICOM in a browser). Raises ImageReadError for
+        a file that cannot be used."""
         t0 = time.perf_counter()
-        result = self.analyse(read_image(filename, data=data), explain, method)
+        gray = read_image(filename, data=data)
+        result = self.analyse(gray, explain, method)
         result.pop("explanation", None)
+        result["image_png"] = preview_png(gray) if image else None
         return {**result, "seconds": time.perf_counter() - t0}
 
     def analyse(self, gray: np.ndarray, explain: bool, method: str = DEFAULT_METHOD) -> dict[str, Any]:
@@ -135,6 +139,7 @@ class Engine:
             "warning": describe(flags),
             "measures": measures,
             "model": self.info,
+            "image_size": [int(gray.shape[1]), int(gray.shape[0])],
             "seconds": time.perf_counter() - t0,
         }
 
@@ -142,3 +147,18 @@ class Engine:
     def audit_model(self) -> dict[str, Any]:
         """What the audit trail records of the model."""
         return {**self.info, "preprocessing": self.loaded.meta.get("preprocessing")}
+
+
+PREVIEW_SIDE = 1024  # the longest side of image_png: enough to see the film and the outlines, a few hundred kB
+
+
+def preview_png(gray: np.ndarray) -> str:
+    """``gray`` ((H, W) in [0, 1], as displayed) as a base64 8-bit PNG, its longest side at most
+    ``PREVIEW_SIDE`` pixels."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8))
+    picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)  # keeps the aspect ratio
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -49,6 +49,15 @@ class Prediction(BaseModel):
         description="up to three outlines of where the map is at least half its peak in support of the call, the "
         "largest share first (the DICOM node's report and presentation state carry the same); empty without a map",
     )
+    image_size: list[int] = Field(
+        description="[width, height] of the input in pixels: the coordinate system of regions (a DICOM file's "
+        "Columns and Rows)"
+    )
+    image_png: str | None = Field(
+        None,
+        description="with ?image=true: base64 PNG of the image as pneumolens read it (grayscale, windowed, "
+        "MONOCHROME1 inverted; its longer side at most 1,024 px), for a client that cannot decode the upload",
+    )
     seconds: float
     input_sha256: str | None = Field(
         None,
