@@ -167,3 +167,46 @@ def test_the_server_records_reads_and_reports_agreement(trained_run, tmp_path):
         off = client.post("/api/v1/review", json={"input_sha256": "0" * 64, "label": "NORMAL"})
         assert off.status_code == 404 and "switched off" in off.json()["detail"]
         assert client.get("/api/v1/agreement").status_code == 404
+
+
+def test_a_rate_credibly_below_its_floor_sets_the_exit_status_and_alerts(audit, capsys):
+    """--min-sensitivity: ten films the readers call pneumonia, the model only two of them. Against a
+    floor of 90% the Wilson interval [5.7%, 51.0%] lies below it: exit status 1, the line, and one
+    alert to the webhook; against 50% the interval reaches above it: nothing."""
+    import http.server
+    import json
+    import threading
+
+    posted = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    for i in range(10):
+        _predict(audit, _h(i), "PNEUMONIA" if i < 2 else "NORMAL")
+        audit.review("PNEUMONIA", input_sha256=_h(i))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hooks/SECRET"
+    try:
+        argv = ["audit", "--db", audit.url, "--agreement", "--notify", hook]
+        assert main([*argv, "--min-sensitivity", "0.9"]) == 1
+        out = capsys.readouterr().out
+        line = "BELOW FLOOR: sensitivity of model abababababab: 20.0% [5.7, 51.0] (2/10), below the floor of 90%"
+        assert line in out and "SECRET" not in out and "alert sent to http://127.0.0.1:" in out
+        (alert,) = posted
+        assert "agreement alert" in alert["text"] and alert["report"]["models"][0]["n"] == 10
+        assert main([*argv, "--min-sensitivity", "0.5", "--min-specificity", "0.5"]) == 0  # not credibly below
+        assert "BELOW FLOOR" not in capsys.readouterr().out and len(posted) == 1
+    finally:
+        server.shutdown()
+    assert main(["audit", "--db", audit.url, "--min-sensitivity", "0.9"]) == 2
+    assert "give --agreement too" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["audit", "--db", audit.url, "--agreement", "--min-specificity", "90"])  # a percentage, not a fraction

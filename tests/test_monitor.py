@@ -217,7 +217,7 @@ def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, 
     assert "the alert could not be delivered" in capsys.readouterr().err
     for args, message in (
         (["--drift", cut, "--notify", "ftp://x/y"], "--notify: expected an http:// or https:// URL"),
-        (["--notify", hook], "--notify sends --drift's alert; give --drift too"),
+        (["--notify", hook], "--notify sends the alert of --drift or --agreement; give one of them too"),
     ):
         assert main(["audit", "--db", db, *args]) == 2
         assert message in capsys.readouterr().err

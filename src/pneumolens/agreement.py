@@ -66,6 +66,22 @@ class Agreement:
         return "\n".join(lines)
 
 
+RATES = ("sensitivity", "specificity")  # the rates a floor can be set for (--min-sensitivity, --min-specificity)
+
+
+def below_floors(table: list[dict[str, Any]], floors: dict[str, float]) -> list[str]:
+    """The rates of ``table`` (``Agreement.table``) credibly below their floor: the upper end of the
+    Wilson 95% interval under it, so that a few unlucky reads of a small sample raise nothing. One
+    sentence each."""
+    found = []
+    for row in table:
+        for rate, floor in floors.items():
+            cell = row[rate]
+            if cell is not None and cell["high"] < floor:
+                found.append(f"{rate} of model {row['model']}: {_rate(cell)}, below the floor of {100 * floor:g}%")
+    return found
+
+
 def agreement_in(audit: AuditLog, since: datetime | None = None) -> Agreement:
     """The reviews in ``audit`` dated at or after ``since`` (all without it), paired with the
     predictions they review (which may be older)."""

@@ -1,4 +1,5 @@
-"""A drift alert sent where people look: an HTTP POST of JSON to a webhook (``audit --drift --notify URL``).
+"""An alert sent where people look: an HTTP POST of JSON to a webhook (``audit --drift --notify URL``,
+``audit --agreement --notify URL``).
 
 The body carries a one-line ``text`` (what Slack, Mattermost, Microsoft Teams' incoming webhooks
 and most chat and paging bridges show as the message) and the whole report under ``report``
@@ -15,7 +16,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -53,11 +54,17 @@ def alert_text(report: DriftReport, device: str | None = None) -> str:
 
 
 def notify(url: str, report: DriftReport, device: str | None = None) -> int:
-    """POST the alert, again after each of ``RETRY_WAITS`` when there is no answer or the answer says
-    to try later (HTTP 429 or 5xx): a webhook that is briefly down still gets it. Returns the
-    attempts made; ``ConnectionError`` naming the URL's host when it cannot be delivered (no answer
-    or a 429/5xx on the last attempt, or any other answer than 2xx at once)."""
-    body = json.dumps({"text": alert_text(report, device), "source": "pneumolens", "report": report.as_dict()})
+    """POST the drift alert (``send``)."""
+    return send(url, alert_text(report, device), report.as_dict())
+
+
+def send(url: str, text: str, report: dict[str, Any]) -> int:
+    """POST ``{"text": text, "source": "pneumolens", "report": report}``, again after each of
+    ``RETRY_WAITS`` when there is no answer or the answer says to try later (HTTP 429 or 5xx): a
+    webhook that is briefly down still gets it. Returns the attempts made; ``ConnectionError``
+    naming the URL's host when it cannot be delivered (no answer or a 429/5xx on the last attempt,
+    or any other answer than 2xx at once)."""
+    body = json.dumps({"text": text, "source": "pneumolens", "report": report})
     check_url(url)
     waits, attempt = list(RETRY_WAITS), 0
     while True:

@@ -26,6 +26,13 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _fraction(s: str) -> float:
+    v = float(s)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {s}")
+    return v
+
+
 def _json_object(s: str) -> dict:
     try:
         v = json.loads(s)
@@ -489,11 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--since on)",
     )
     a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
+    for rate in ("sensitivity", "specificity"):
+        a.add_argument(
+            f"--min-{rate}",
+            type=_fraction,
+            metavar="F",
+            help=f"--agreement: exit status 1 (and --notify's alert) when a model's {rate} against the reads is "
+            f"credibly below F (0-1): the upper end of its Wilson 95%% interval under it",
+        )
     a.add_argument("--device", help="--drift: only the inputs from this DICOM device (make and model, as listed)")
     a.add_argument(
         "--notify",
         metavar="URL",
-        help="--drift: on drift, also POST the alert as JSON to this webhook (a one-line 'text', the whole 'report')",
+        help="--drift, --agreement with a floor: on drift or a rate below its floor, also POST the alert as JSON to "
+        "this webhook (a one-line 'text', the whole 'report')",
     )
 
     tl = sub.add_parser("train-lungs", help="train the lung segmenter from scratch on NLM lung masks")
@@ -982,13 +998,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     if args.device and not args.drift:
         raise ValueError("--device chooses the inputs of --drift; give --drift too")
-    if args.notify and not args.drift:
-        raise ValueError("--notify sends --drift's alert; give --drift too")
+    if args.notify and not (args.drift or args.agreement):
+        raise ValueError("--notify sends the alert of --drift or --agreement; give one of them too")
+    floors = {k: v for k, v in (("sensitivity", args.min_sensitivity), ("specificity", args.min_specificity)) if v}
+    if floors and not args.agreement:
+        raise ValueError("--min-sensitivity and --min-specificity are floors for --agreement; give --agreement too")
     if args.agreement:
-        from pneumolens.agreement import agreement_in
-
-        print(agreement_in(audit, since))
-        return 0
+        return _agreement(audit, since, floors, args.notify)
     if args.drift:
         from pneumolens.alert import check_url, notify, where
         from pneumolens.monitor import drift_in
@@ -1011,6 +1027,36 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(format_table(rows))
         print(f"{len(rows)} row(s)", file=sys.stderr)
     return 0
+
+
+def _agreement(audit, since, floors: dict[str, float], url: str | None) -> int:
+    """``audit --agreement``: the table; with floors, exit status 1 (and the alert to ``url``) when a
+    rate is credibly below its floor."""
+    from pneumolens.agreement import agreement_in, below_floors
+
+    if url:
+        from pneumolens.alert import check_url
+
+        check_url(url)
+    found = agreement_in(audit, since)
+    print(found)
+    low = below_floors(found.table(), floors)
+    for line in low:
+        print(f"BELOW FLOOR: {line}")
+    if low and url:
+        import socket
+
+        from pneumolens.alert import send, where
+
+        text = (
+            f"pneumolens agreement alert on {socket.gethostname()}: " + "; ".join(low) + " (against the readers' reads)"
+        )
+        try:
+            attempts = send(url, text, {"models": found.table(), "below_floor": low, "unmatched": found.unmatched})
+            print(f"alert sent to {where(url)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
+        except ConnectionError as e:  # the shortfall still sets the exit status
+            print(f"pneumolens audit: {e}", file=sys.stderr)
+    return 1 if low else 0
 
 
 def cmd_review(args: argparse.Namespace) -> int:
