@@ -1,0 +1,50 @@
+"""Command line: ``pneumolens train | evaluate | calibrate | compare | predict | explain | segment | serve |
+export | ensemble | listen | pull | watch | audit | review | train-lungs | train-orientation``.
+
+The subcommands live in three modules by what they are for: ``training`` (making model files),
+``evaluation`` (reading films with one) and ``clinical`` (the model at work in a department).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pneumolens.cli.common import DEFAULT_DATA_ENV, NOTICE
+from pneumolens.cli.training import RECIPE_FLAGS, train_config
+
+__all__ = ["DEFAULT_DATA_ENV", "NOTICE", "RECIPE_FLAGS", "build_parser", "main", "train_config"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pneumolens import __version__
+    from pneumolens.cli import clinical, evaluation, training
+
+    about = "Train, evaluate, explain and serve a model that reads chest X-rays for pneumonia."
+    parser = argparse.ArgumentParser(prog="pneumolens", description=about, epilog=NOTICE)
+    parser.add_argument("--version", action="version", version=f"pneumolens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (training, evaluation, clinical):
+        group.add_parsers(sub)  # each subcommand's parser names its function: set_defaults(run=...)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pneumolens.checkpoint import ModelFileError
+    from pneumolens.data.images import ImageReadError
+    from pneumolens.data.sources import DataLayoutError
+
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not end the run
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.run(args)
+    except (DataLayoutError, ModelFileError, ImageReadError, ValueError, FileNotFoundError, ConnectionError) as e:
+        print(f"pneumolens {args.command}: error: {e}", file=sys.stderr)
+        return 2

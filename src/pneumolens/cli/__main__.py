@@ -1,0 +1,7 @@
+"""``python -m pneumolens.cli``, as ``pneumolens``."""
+
+import sys
+
+from pneumolens.cli import main
+
+sys.exit(main())

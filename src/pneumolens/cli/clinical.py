@@ -1,0 +1,412 @@
+"""``pneumolens serve | listen | pull | watch | audit | review``: the model at work in a department."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from pneumolens.cli.common import NOTICE, engine_for, fraction, positive_int, tls_flags
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    sv = sub.add_parser("serve", help="the decision-support web app and API (FastAPI)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    sv.add_argument("--backend", choices=["torch", "onnx"], default=None)
+    sv.set_defaults(run=cmd_serve)
+
+    ln = sub.add_parser("listen", help="DICOM node: give every incoming CR/DX image a first read (C-STORE SCP)")
+    ln.add_argument("--ae-title", default="PNEUMOLENS")
+    ln.add_argument("--port", type=int, default=11112)
+    ln.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ln.add_argument("--out", default="dicom-results", help="where the results (DICOM files) are written")
+    ln.add_argument("--forward", help="also send each result to AE_TITLE@host:port (C-STORE)")
+    ln.add_argument(
+        "--sr", action="store_true", help="also write (and forward) a DICOM Structured Report (TID 1500) per image"
+    )
+    ln.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="also store each image read, as received, in DIR (SOP_INSTANCE_UID.dcm): for a site's own evaluation; "
+        "the files hold patient data",
+    )
+    ln.add_argument(
+        "--retain-days",
+        type=positive_int,
+        metavar="DAYS",
+        help="delete the node's results (--out) and kept originals (--keep) older than DAYS, at start and hourly "
+        "(only files the node names by UID); default: keep everything",
+    )
+    ln.add_argument(
+        "--gsps",
+        action="store_true",
+        help="also write (and forward) a Grayscale Softcopy Presentation State per image: the map's outline and "
+        "the call as an overlay a viewer draws on the original",
+    )
+    ln.add_argument(
+        "--seg",
+        action="store_true",
+        help="also write (and forward) the map as a DICOM Segmentation (fractional) per image: its graded values "
+        "on the original's pixels",
+    )
+    ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    ln.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    ln.add_argument(
+        "--allow-aet", action="append", metavar="AET", help="accept associations only from this calling AE (repeatable)"
+    )
+    tls_flags(
+        ln,
+        "--tls",
+        "TLS: this node's PEM certificate (with --tls-key)",
+        "",
+        "require peer certificates signed by this PEM CA (mutual TLS)",
+    )
+    ln.add_argument(
+        "--forward-tls",
+        action="store_true",
+        help="forward over TLS, as a client with --forward-tls-cert/--forward-tls-key (default: --tls-cert/--tls-key), "
+        "checking the destination with --forward-tls-ca (default: --tls-ca)",
+    )
+    tls_flags(ln, "--forward-tls", "TLS to the destination: the node's PEM client certificate", "the destination's")
+    ln.set_defaults(run=cmd_listen)
+
+    pl = sub.add_parser(
+        "pull",
+        help="ask a PACS (C-FIND) for the CR/DX studies of some dates and have it send them (C-MOVE) to the node",
+    )
+    pl.add_argument("--pacs", required=True, help="the PACS's Query/Retrieve SCP: AE_TITLE@host:port")
+    pl.add_argument(
+        "--to",
+        default="PNEUMOLENS",
+        help="move destination: the AE title of a running `pneumolens listen` (the PACS must know its address)",
+    )
+    pl.add_argument(
+        "--get",
+        metavar="DIR",
+        help="instead of a move, get the images over our own association (C-GET) into DIR, each as received "
+        "(SOP_INSTANCE_UID.dcm; they hold patient data): no move destination needed",
+    )
+    pl.add_argument("--since", help="first study date, YYYY-MM-DD")
+    pl.add_argument("--until", help="last study date, YYYY-MM-DD (inclusive)")
+    pl.add_argument("--study", action="append", metavar="UID", help="a Study Instance UID (repeatable)")
+    pl.add_argument(
+        "--modality", action="append", metavar="M", help="series modality to move (repeatable; default CR and DX)"
+    )
+    pl.add_argument("--limit", type=int, default=200, help="refuse, moving nothing, when more studies match")
+    pl.add_argument("--dry-run", action="store_true", help="say what would be moved; move nothing")
+    pl.add_argument("--ae-title", default="PNEUMOLENS", help="our calling AE title (the PACS may allow only some)")
+    tls_flags(pl, "--tls", "TLS to the PACS: our PEM certificate (with --tls-key and --tls-ca)", "the PACS's")
+    pl.set_defaults(run=cmd_pull)
+
+    w = sub.add_parser("watch", help="score each JPEG / PNG / DICOM file that appears in a folder, once")
+    w.add_argument("folder")
+    w.add_argument("--out", help="where <file>.json results go (default: FOLDER/pneumolens-results)")
+    w.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    w.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    w.add_argument("--poll", type=float, default=1.0, help="seconds between scans of the folder")
+    w.add_argument("--explain", action="store_true", help="add a Grad-CAM picture (base64 PNG) to each result")
+    w.add_argument("--once", action="store_true", help="process what is there now and exit")
+    w.set_defaults(run=cmd_watch)
+
+    a = sub.add_parser("audit", help="list the audit trail of predictions (no patient identifiers are stored)")
+    a.add_argument("--since", help="ISO date/time (UTC) or an age: 30m, 12h, 7d")
+    a.add_argument("--csv", action="store_true", help="CSV on stdout")
+    a.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    act = a.add_mutually_exclusive_group()
+    act.add_argument("--verify", action="store_true", help="check the hash chain; exit status 1 if it is broken")
+    act.add_argument(
+        "--prune-before",
+        metavar="WHEN",
+        help="retention: remove the rows older than WHEN (ISO date/time or an age such as 365d); the prune is recorded",
+    )
+    act.add_argument(
+        "--drift",
+        metavar="WHEN",
+        help="compare the predictions since WHEN (ISO date/time or an age such as 7d) with those before it (from "
+        "--since on): refusals, calls, probabilities, flags and the films' measures; exit status 1 on drift, 2 if "
+        "too few to compare",
+    )
+    act.add_argument(
+        "--agreement",
+        action="store_true",
+        help="the model's calls against the clinicians' reads recorded with `pneumolens review` (reviews dated from "
+        "--since on)",
+    )
+    a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
+    for rate in ("sensitivity", "specificity"):
+        a.add_argument(
+            f"--min-{rate}",
+            type=fraction,
+            metavar="F",
+            help=f"--agreement: exit status 1 (and --notify's alert) when a model's {rate} against the reads is "
+            f"credibly below F (0-1): the upper end of its Wilson 95%% interval under it",
+        )
+    a.add_argument("--device", help="--drift: only the inputs from this DICOM device (make and model, as listed)")
+    a.add_argument(
+        "--notify",
+        metavar="URL",
+        help="--drift, --agreement with a floor: on drift or a rate below its floor, also POST the alert as JSON to "
+        "this webhook (a one-line 'text', the whole 'report')",
+    )
+    a.set_defaults(run=cmd_audit)
+
+    rv = sub.add_parser(
+        "review",
+        help="record a clinician's read of an image or study the audit trail holds a prediction for "
+        "(`audit --agreement` compares the model's calls with these reads)",
+    )
+    rv.add_argument("image", nargs="?", help="the image file that was read (identified by its SHA-256)")
+    rv.add_argument("--sha256", help="or the image's SHA-256, as `audit` lists it")
+    rv.add_argument("--study", help="or the Study Instance UID of a DICOM study (stored salted and hashed)")
+    rv.add_argument("--label", required=True, choices=("NORMAL", "PNEUMONIA"), help="the clinician's read")
+    rv.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    rv.set_defaults(run=cmd_review)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pneumolens.service.app import create_app
+    from pneumolens.service.settings import Settings
+
+    overrides = {k: v for k, v in {"model": args.model, "backend": args.backend}.items() if v is not None}
+    print(NOTICE, file=sys.stderr)
+    uvicorn.run(create_app(Settings(**overrides)), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from pneumolens.audit import AuditLog
+    from pneumolens.dicom_node import Destination, Node, tls_context
+
+    forward = Destination.parse(args.forward) if args.forward else None
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
+        raise ValueError("TLS needs --tls-cert and --tls-key together (and both for --tls-ca)")
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    own = (args.forward_tls_cert, args.forward_tls_key, args.forward_tls_ca)
+    if any(own) and not args.forward_tls:
+        raise ValueError("--forward-tls-cert, --forward-tls-key and --forward-tls-ca need --forward-tls")
+    if args.forward_tls:
+        if forward is None:
+            raise ValueError("--forward-tls needs --forward AET@host:port")
+        # the destination's own certificates where given (another PKI than the modalities'), else the node's
+        mine = bool(own[0] or own[1])
+        cert, key = (own[0], own[1]) if mine else (args.tls_cert, args.tls_key)
+        if not (cert and key):
+            raise ValueError(
+                "--forward-tls needs a client certificate and key: --forward-tls-cert and --forward-tls-key together, "
+                "or the node's --tls-cert and --tls-key"
+            )
+        ca = own[2] or args.tls_ca
+        if ca is None:
+            raise ValueError("--forward-tls needs --forward-tls-ca (or --tls-ca): the CA that signed the destination")
+        names = ("--forward-tls-cert", "--forward-tls-key") if mine else ("--tls-cert", "--tls-key")
+        forward.tls = tls_context(cert, key, ca, False, (*names, "--forward-tls-ca" if own[2] else "--tls-ca"))
+    allowed = tuple(args.allow_aet or ())
+    if any(not 0 < len(a.strip()) <= 16 for a in allowed):
+        raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
+    engine = engine_for(args.model)
+    node = Node(
+        engine,
+        AuditLog(args.db),
+        Path(args.out),
+        args.ae_title,
+        forward,
+        allowed_aets=allowed,
+        tls=tls,
+        sr=args.sr,
+        gsps=args.gsps,
+        seg=args.seg,
+        keep=Path(args.keep) if args.keep else None,
+        retain_days=args.retain_days,
+    )
+    print(NOTICE, file=sys.stderr)
+    who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
+
+    def ready() -> None:
+        transport = "TLS" if tls else "plain TCP"
+        where = f"{args.host}:{args.port} ({transport}, {who}); results in {args.out}"
+        print(f"listening as {args.ae_title} on {where}", file=sys.stderr)
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        node.run(args.host, args.port, stop, on_ready=ready)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise ValueError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(
+        f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from pneumolens.audit import AuditLog
+    from pneumolens.watch import Watcher
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    watcher = Watcher(
+        folder, Path(args.out or folder / "pneumolens-results"), engine_for(args.model), AuditLog(args.db)
+    )
+    watcher.explain = args.explain
+    print(NOTICE, file=sys.stderr)
+    if args.once:
+        n = watcher.poll_once(settle=False)
+        print(f"processed {n} new file(s)", file=sys.stderr)
+    else:
+        watcher.run(args.poll)
+        print(f"processed {watcher.processed} file(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pneumolens.audit import AuditLog, format_table, parse_since, write_csv
+
+    audit = AuditLog(args.db)
+    if args.verify:
+        report = audit.verify()
+        print(report)
+        return 0 if report.problem is None else 1
+    if args.prune_before:
+        before = parse_since(args.prune_before, "--prune-before")
+        removed = audit.prune(before)
+        note = "; the removal is recorded in the trail" if removed else ""
+        print(f"removed {removed} row(s) dated before {before.isoformat(timespec='seconds')}{note}")
+        return 0
+    since = parse_since(args.since) if args.since else None
+    if args.device and not args.drift:
+        raise ValueError("--device chooses the inputs of --drift; give --drift too")
+    if args.notify and not (args.drift or args.agreement):
+        raise ValueError("--notify sends the alert of --drift or --agreement; give one of them too")
+    floors = {k: v for k, v in (("sensitivity", args.min_sensitivity), ("specificity", args.min_specificity)) if v}
+    if floors and not args.agreement:
+        raise ValueError("--min-sensitivity and --min-specificity are floors for --agreement; give --agreement too")
+    if args.agreement:
+        return _agreement(audit, since, floors, args.notify)
+    if args.drift:
+        from pneumolens.alert import check_url, notify, where
+        from pneumolens.monitor import drift_in
+
+        if args.notify:
+            check_url(args.notify)
+        report = drift_in(audit, parse_since(args.drift, "--drift"), since, args.alpha, args.device)  # too few: exit 2
+        print(report)
+        if report.drift and args.notify:
+            try:
+                attempts = notify(args.notify, report, args.device)
+                print(f"alert sent to {where(args.notify)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
+            except ConnectionError as e:  # the drift still sets the exit status
+                print(f"pneumolens audit: {e}", file=sys.stderr)
+        return 1 if report.drift else 0
+    rows = audit.rows(since=since)
+    if args.csv:
+        write_csv(rows, sys.stdout)
+    else:
+        print(format_table(rows))
+        print(f"{len(rows)} row(s)", file=sys.stderr)
+    return 0
+
+
+def _agreement(audit, since, floors: dict[str, float], url: str | None) -> int:
+    """``audit --agreement``: the table; with floors, exit status 1 (and the alert to ``url``) when a
+    rate is credibly below its floor."""
+    from pneumolens.agreement import agreement_in, below_floors
+
+    if url:
+        from pneumolens.alert import check_url
+
+        check_url(url)
+    found = agreement_in(audit, since)
+    print(found)
+    low = below_floors(found.table(), floors)
+    for line in low:
+        print(f"BELOW FLOOR: {line}")
+    if low and url:
+        import socket
+
+        from pneumolens.alert import send, where
+
+        text = (
+            f"pneumolens agreement alert on {socket.gethostname()}: " + "; ".join(low) + " (against the readers' reads)"
+        )
+        try:
+            attempts = send(url, text, {"models": found.table(), "below_floor": low, "unmatched": found.unmatched})
+            print(f"alert sent to {where(url)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
+        except ConnectionError as e:  # the shortfall still sets the exit status
+            print(f"pneumolens audit: {e}", file=sys.stderr)
+    return 1 if low else 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from pneumolens.audit import AuditLog, sha256_bytes
+
+    if sum(x is not None for x in (args.image, args.sha256, args.study)) != 1:
+        raise ValueError("name what was read: an IMAGE file, --sha256 HEX or --study UID (one of them)")
+    digest = args.sha256
+    if args.image is not None:
+        path = Path(args.image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{args.image}: no such file")
+        digest = sha256_bytes(path.read_bytes())
+    if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"--sha256 {digest!r}: give the 64 hex digits the audit trail lists")
+    try:
+        found = AuditLog(args.db).review(args.label, input_sha256=digest, study_uid=args.study)
+    except LookupError as e:
+        print(f"pneumolens review: {e}", file=sys.stderr)
+        return 1
+    verdict = "agrees with" if found["decision"] == args.label else "differs from"
+    print(
+        f"recorded: the read {args.label} {verdict} the model's call {found['decision']} "
+        f"(p={found['probability']:.3f}, {found['time']}, model {str(found['model_sha256'])[:12]})"
+    )
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from pneumolens.dicom_node import Destination, tls_context
+    from pneumolens.dicom_pull import MODALITIES, Pacs, date_range, pull_studies
+
+    pacs = Destination.parse(args.pacs, "--pacs")
+    dates = date_range(args.since, args.until)
+    if not dates and not args.study:
+        raise ValueError("say which studies: --since, --until or --study (pull never asks a PACS for all it holds)")
+    if args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be at least 1")
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise ValueError("TLS to the PACS needs --tls-cert, --tls-key and --tls-ca together")
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca, server=False) if args.tls_cert else None
+    modalities = tuple(dict.fromkeys(m.upper() for m in (args.modality or MODALITIES)))
+    get_into = Path(args.get) if args.get else None
+    if get_into is not None and not args.dry_run:
+        get_into.mkdir(parents=True, exist_ok=True)
+    with Pacs(pacs, args.ae_title, tls, get_into=get_into) as q:
+        studies = sorted(q.studies(dates, args.study or ()), key=lambda study: study.date)
+        if len(studies) > args.limit:
+            raise ValueError(
+                f"{len(studies)} studies match, more than --limit {args.limit}: nothing was moved; "
+                "narrow the dates or raise the limit"
+            )
+        kinds = " or ".join(modalities)
+        if args.dry_run:
+            doing = "dry run, nothing is moved"
+        elif args.get:
+            doing = f"getting their {kinds} series into {args.get}"
+        else:
+            doing = f"moving their {kinds} series to {args.to}"
+        print(f"{len(studies)} studies match at {pacs.ae_title}; {doing}")
+        problems = pull_studies(q, studies, modalities, print, destination=args.to, dry_run=args.dry_run)
+    return 1 if problems else 0

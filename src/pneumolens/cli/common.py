@@ -1,0 +1,70 @@
+"""What the command groups share: argument types and flags, the notice, the service engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+DEFAULT_DATA_ENV = "PNEUMOLENS_DATA"
+NOTICE = "Decision support only: pneumolens does not make a diagnosis; a clinician reads the X-ray."
+
+
+def positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def fraction(s: str) -> float:
+    v = float(s)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {s}")
+    return v
+
+
+def json_object(s: str) -> dict:
+    try:
+        v = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f'must be a JSON object such as {{"dropout": 0.5}}, got {s}')
+    return v
+
+
+def probability(s: str) -> float:
+    v = float(s)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
+def devices(s: str) -> int | str:
+    return s if s == "auto" else positive_int(s)
+
+
+def data_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    env = os.environ.get(DEFAULT_DATA_ENV)
+    p.add_argument(
+        "--data",
+        default=env,
+        required=required and env is None,
+        help=f"dataset root, class-folder directory or CSV manifest (default: ${DEFAULT_DATA_ENV})",
+    )
+
+
+def tls_flags(parser: argparse.ArgumentParser, prefix: str, cert: str, whose: str, ca: str | None = None) -> None:
+    """``PREFIX-cert``, ``PREFIX-key`` and ``PREFIX-ca``: a PEM certificate, its key, and the CA that
+    signed ``whose`` certificate (or the ``ca`` help given)."""
+    parser.add_argument(f"{prefix}-cert", help=cert)
+    parser.add_argument(f"{prefix}-key", help=f"TLS: the PEM private key of {prefix}-cert")
+    parser.add_argument(f"{prefix}-ca", help=f"TLS: {ca or f'the PEM CA that signed {whose} certificate'}")
+
+
+def engine_for(model: str | None):
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    return Engine(Settings(**({"model": model} if model else {})))

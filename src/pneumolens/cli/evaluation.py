@@ -1,0 +1,365 @@
+"""``pneumolens evaluate | calibrate | compare | predict | explain | segment``: reading films with a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pneumolens.cli.common import NOTICE, data_arg, engine_for, positive_int, probability
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("evaluate", help="score a model on DATA/test (or a class-folder directory / CSV)")
+    e.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
+    data_arg(e)
+    e.add_argument("--json", dest="json_out", help="write the metrics as JSON to this file")
+    e.add_argument("--report", help="write an HTML report with figures into this directory")
+    e.add_argument("--csv", help="write one row per film (label, call, probability, outcome, flags, copy_of) here")
+    e.add_argument("--threshold", type=probability, help="override the model's operating point")
+    e.add_argument(
+        "--group-by",
+        metavar="ATTRIBUTE",
+        help="report subgroups by a DICOM device or acquisition attribute (e.g. Manufacturer, "
+        "ManufacturerModelName, InstitutionName, ViewPosition; never a patient's), or by lung-exposure: "
+        "whether the median inside the lung mask is above 0.5 (grey lungs)",
+    )
+    e.add_argument(
+        "--explain",
+        default="occlusion",
+        choices=["gradcam", "occlusion", "lime", "none"],
+        help="with --report: explain the errors with this method (occlusion: the faithful one; gradcam: fastest)",
+    )
+    e.set_defaults(run=cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="refit a model's operating point on a site's own labelled films")
+    c.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
+    c.add_argument("--data", required=True, help="the site's films: NORMAL/ and PNEUMONIA/ folders, or a CSV manifest")
+    c.add_argument("--out", required=True, help="the recalibrated model file to write (not the model itself)")
+    c.add_argument("--policy", help="threshold policy, e.g. sensitivity:0.97 (default: the model's own)")
+    c.add_argument(
+        "--temperature",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also refit the temperature (probabilities calibrated at the site)",
+    )
+    c.add_argument(
+        "--confidence",
+        type=probability,
+        help="meet the policy's rate with this confidence (e.g. 0.95: by its Clopper-Pearson lower bound)",
+    )
+    c.add_argument("--min-per-class", type=positive_int, default=30, help="fewest readable films per class")
+    c.add_argument("--json", dest="json_out", help="write the report (old and new operating point) as JSON")
+    c.set_defaults(run=cmd_calibrate)
+
+    cp = sub.add_parser(
+        "compare", help="is model B better than model A on these films? paired differences with patient intervals"
+    )
+    cp.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="A and B (model files or run directories); B alone: A is the shipped model",
+    )
+    cp.add_argument("--data", required=True, help="a dataset root (its test split), class folders, or a CSV manifest")
+    cp.add_argument("--threshold-a", type=float, help="A's operating point (default: the one stored in A)")
+    cp.add_argument("--threshold-b", type=float, help="B's operating point (default: the one stored in B)")
+    cp.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    cp.add_argument("--json", dest="json_out", help="also write the comparison as JSON")
+    cp.set_defaults(run=cmd_compare)
+
+    p = sub.add_parser("predict", help="probability of pneumonia for each image")
+    p.add_argument("images", nargs="+", help="JPEG, PNG or DICOM files, or folders (walked recursively)")
+    p.add_argument("--csv", help="write one row per file (path, probability, label, flags, error) here")
+    p.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    p.set_defaults(run=cmd_predict)
+
+    x = sub.add_parser("explain", help="explain a prediction (Grad-CAM, LIME or occlusion), or rate the methods")
+    x.add_argument("image", nargs="?", help="JPEG or PNG file (omit with --evaluate)")
+    x.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
+    x.add_argument("--method", default="occlusion", help="occlusion (default: the faithful one), gradcam or lime")
+    x.add_argument("--out", help="write the picture here (PNG)")
+    x.add_argument("--json", action="store_true", help="print a JSON object")
+    x.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="for a DICOM IMAGE: write into DIR what `listen --sr --gsps --seg` would send back (the picture, the "
+        "Structured Report, the presentation state, the map as a segmentation), to import or view without a node",
+    )
+    x.add_argument("--layer", help="Grad-CAM layer (default: the model's last feature block)")
+    x.add_argument("--samples", type=positive_int, default=1000, help="LIME perturbation samples")
+    x.add_argument("--window", type=positive_int, help="occlusion window, model-input pixels")
+    x.add_argument("--stride", type=positive_int, help="occlusion stride, model-input pixels")
+    x.add_argument("--seed", type=int, default=0, help="LIME's random seed")
+    x.add_argument("--evaluate", action="store_true", help="rate every method on --data's test images")
+    data_arg(x, required=False)
+    x.add_argument("--n", type=positive_int, default=20, help="images for --evaluate (stratified)")
+    x.set_defaults(run=cmd_explain)
+
+    s = sub.add_parser("segment", help="lung masks, overlays and plausibility flags for each image")
+    s.add_argument("images", nargs="+", help="JPEG or PNG files")
+    s.add_argument("--out-dir", default="segmentations", help="where <stem>_mask.png and <stem>_overlay.png go")
+    s.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    s.add_argument("--segmenter", help="a lung model file (default: the one shipped with pneumolens)")
+    s.set_defaults(run=cmd_segment)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model
+    from pneumolens.explain import explain_image
+
+    options = {"layer": args.layer, "n_samples": args.samples, "window": args.window, "stride": args.stride}
+    if args.evaluate:
+        from pneumolens.explain.evaluate import evaluate_methods, format_table
+
+        if not args.data:
+            raise ValueError("--evaluate needs --data")
+        results = evaluate_methods(load_model(args.model), args.data, n=args.n, seed=args.seed, **options)
+        print(json.dumps(results, indent=2) if args.json else format_table(results))
+        return 0
+    if not args.image:
+        raise ValueError("give an IMAGE to explain, or --evaluate with --data")
+    own = (
+        ("--layer", args.layer, "gradcam"),
+        ("--window", args.window, "occlusion"),
+        ("--stride", args.stride, "occlusion"),
+    )
+    for flag, value, method in own:
+        if value is not None and args.method != method:  # said, rather than ignored
+            raise ValueError(f"{flag} applies to --method {method} only, not {args.method}")
+    if args.dicom_out:  # the node's engine loads the model itself
+        return _dicom_objects(args)
+    e = explain_image(load_model(args.model), args.image, args.method, seed=args.seed, **options)
+    if args.out:
+        from pneumolens.explain.render import explanation_image
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        explanation_image(e).save(args.out)
+    record = e.to_dict()
+    if args.out:
+        record["out"] = args.out
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"{e.path}\t{e.method}\t{e.label}\tP(pneumonia)={e.probability:.4f}\t{e.seconds:.2f}s")
+        print(NOTICE, file=sys.stderr)
+    return 0
+
+
+def _dicom_objects(args: argparse.Namespace) -> int:
+    """``explain IMAGE.dcm --dicom-out DIR``: the node's objects for one DICOM file on disk."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from pneumolens.checkpoint import atomic_write
+    from pneumolens.data.dicom import is_dicom
+    from pneumolens.data.images import read_image
+    from pneumolens.dicom_node import result_objects
+
+    path = Path(args.image)
+    if not path.is_file():
+        raise FileNotFoundError(f"{args.image}: no such file")
+    with path.open("rb") as f:
+        if not is_dicom(f.read(132), path.name):
+            raise ValueError(f"--dicom-out needs a DICOM file; {args.image} is not one")
+    for flag, value in (("--layer", args.layer), ("--window", args.window), ("--stride", args.stride)):
+        if value is not None:
+            raise ValueError(f"--dicom-out writes what the node writes, with its map settings: drop {flag}")
+    result = engine_for(args.model).analyse(read_image(path), explain=True, method=args.method)
+    series: dict[str, str] = {}
+    made = result_objects(
+        pydicom.dcmread(path),
+        result,
+        lambda study, modality="OT": series.setdefault(modality, generate_uid()),
+        sr=True,
+        gsps=True,
+        seg=True,
+    )
+    out = Path(args.dicom_out)
+    out.mkdir(parents=True, exist_ok=True)
+    for ds in made:
+        target = out / f"{ds.SOPInstanceUID}.dcm"
+        atomic_write(target, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
+        print(f"{target}\t{ds.Modality}")
+    print(NOTICE, file=sys.stderr)
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from pneumolens.data.images import ImageReadError, read_image
+    from pneumolens.lungs.flags import describe, lung_fraction, plausibility_flags
+    from pneumolens.lungs.render import mask_image, overlay_image
+    from pneumolens.lungs.segment import LungSegmenter
+
+    seg = LungSegmenter.from_file(args.segmenter) if args.segmenter else LungSegmenter.shipped()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in args.images:
+        try:
+            gray = read_image(path)
+        except ImageReadError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"path": path, "error": e.reason}))
+            continue
+        low, full = seg.masks(gray)
+        stem = Path(path).stem
+        mask_png, overlay_png = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
+        mask_image(full).save(mask_png)
+        overlay_image(gray, full).save(overlay_png)
+        flags = plausibility_flags(low, gray)
+        record = {
+            "path": path,
+            "lung_fraction": round(lung_fraction(full), 4),
+            "flags": flags,
+            "mask": str(mask_png),
+            "overlay": str(overlay_png),
+        }
+        if args.json:
+            print(json.dumps(record))
+        else:
+            note = describe(flags) or "ok"
+            print(f"{path}\tlung_fraction={record['lung_fraction']:.3f}\t{note}")
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model
+    from pneumolens.evaluation.evaluate import evaluate, format_table
+
+    loaded = load_model(args.model)
+    ev = evaluate(loaded, args.data, args.threshold, group_by=args.group_by)
+    print(format_table(ev.metrics))
+    for path, reason in ev.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.report:
+        from pneumolens.evaluation.report import write_report
+
+        explanations = None
+        if args.explain != "none":
+            from pneumolens.evaluation.error_explanations import explain_errors
+
+            Path(args.report).mkdir(parents=True, exist_ok=True)
+            explanations = explain_errors(loaded, ev, args.explain, Path(args.report) / "errors_explained.png")
+            ev.metrics["explanations"] = explanations
+        title = f"pneumolens evaluation: {loaded.meta.get('name')}"
+        html = write_report(ev, loaded.meta, args.report, title=title, explanations=explanations)
+        print(f"report: {html}")
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(ev.metrics, indent=2))
+    if args.csv:
+        from pneumolens.evaluation.films import write_films_csv
+
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        write_films_csv(ev, args.csv)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model
+    from pneumolens.evaluation.compare import compare, format_comparison
+
+    if len(args.models) > 2:
+        raise ValueError(f"compare takes one or two models, got {len(args.models)}: A B, or B against the shipped A")
+    for flag, t in (("--threshold-a", args.threshold_a), ("--threshold-b", args.threshold_b)):
+        if t is not None and not 0 < t < 1:
+            raise ValueError(f"{flag} {t}: an operating point lies between 0 and 1")
+    if args.n_boot < 100:
+        raise ValueError(f"--n-boot {args.n_boot}: at least 100 resamples")
+    a, b = (load_model(None), load_model(args.models[0])) if len(args.models) == 1 else map(load_model, args.models)
+    c = compare(a, b, args.data, (args.threshold_a, args.threshold_b), n_boot=args.n_boot)
+    print(format_comparison(c))
+    for skipped in c["skipped"]:
+        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(c, indent=2))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import load_model, save_model
+    from pneumolens.evaluation.recalibrate import format_report, recalibrate
+
+    loaded = load_model(args.model)
+    out = Path(args.out)
+    if out.is_dir() or out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: give a new .safetensors file")
+    if out.resolve() == loaded.path.resolve():
+        raise ValueError(f"--out {out}: is the model being recalibrated; write the new one beside it")
+    r = recalibrate(loaded, args.data, args.policy, args.temperature, args.min_per_class, args.confidence)
+    for path, reason in r.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(format_report(r.report))
+    save_model(out, r.model, r.meta)
+    print(f"model: {out}")
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(r.report, indent=2))
+    return 0
+
+
+def _expand(paths: list[str]) -> list[str]:
+    """Files as given, folders walked recursively for JPEG / PNG / DICOM files (sorted)."""
+    from pneumolens.data.sources import image_files
+
+    out: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(str(f) for f in image_files(p))  # broken or looping links included: each gets its error
+        else:
+            out.append(str(p))
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from pneumolens.inference import Predictor
+    from pneumolens.lungs.flags import MEASURES
+
+    predictor = Predictor.from_checkpoint(args.model)
+    paths = _expand(args.images)
+    if not paths:
+        raise ValueError(f"no JPEG, PNG or DICOM files in {', '.join(args.images)}")
+    preds = predictor.predict_paths(paths, progress=bool(args.csv))
+    failed = 0
+    for pred in preds:
+        if pred.error:
+            failed += 1
+            print(f"error: {pred.path}: {pred.error}", file=sys.stderr)
+        if args.csv:
+            continue
+        if args.json:
+            print(json.dumps(pred.to_dict()))
+        elif not pred.error:
+            note = f"\tWARNING: {pred.warning}" if pred.warning else ""
+            print(f"{pred.path}\t{pred.probability:.4f}\t{pred.label}{note}")
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "probability", "label", "flags", *MEASURES, "error"])
+            for pred in preds:
+                prob = "" if pred.probability is None else f"{pred.probability:.6f}"
+                values = [pred.measures.get(m) for m in MEASURES]
+                measured = ["" if v is None else f"{v:.6g}" for v in values]
+                w.writerow([pred.path, prob, pred.label or "", " ".join(pred.flags), *measured, pred.error or ""])
+        print(f"{len(preds) - failed} predicted, {failed} failed: {args.csv}")
+        return 0  # a bad file is a row, not a failed run
+    if not args.json:
+        print(NOTICE, file=sys.stderr)
+    return 1 if failed else 0
