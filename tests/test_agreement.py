@@ -210,3 +210,43 @@ def test_a_rate_credibly_below_its_floor_sets_the_exit_status_and_alerts(audit, 
     assert "give --agreement too" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["audit", "--db", audit.url, "--agreement", "--min-specificity", "90"])  # a percentage, not a fraction
+
+
+def test_reads_from_a_ris_export(audit, tmp_path, capsys):
+    """review --csv: reads by hash, by image file and by study; a row naming nothing the trail holds
+    is listed by its row (exit status 1) and the others are recorded; a malformed row stops the
+    file before anything is recorded, named by row, its value not quoted."""
+    image = real_images("test", "PNEUMONIA", 1)[0]
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    uid = pydicom.uid.generate_uid()
+    _predict(audit, _h(1), "NORMAL")
+    _predict(audit, digest, "PNEUMONIA")
+    _predict(audit, _h(2), "PNEUMONIA", study=uid)
+    (tmp_path / "films").mkdir()
+    (tmp_path / "films" / "a.jpeg").write_bytes(image.read_bytes())
+    reads = tmp_path / "reads.csv"
+    reads.write_text(
+        f"sha256,path,study,label\n{_h(1)},,,normal\n,films/a.jpeg,,PNEUMONIA\n,,{uid},NORMAL\n{_h(7)},,,NORMAL\n"
+    )
+    db = ["--db", audit.url]
+    assert main(["review", "--csv", str(reads), *db]) == 1
+    out = capsys.readouterr()
+    assert "recorded 3 read(s)" in out.out and "1 row(s) name nothing the audit trail holds: rows 5" in out.err
+    (row,) = agreement_in(audit).table()
+    assert row["n"] == 3 and row["confusion"] == [[1, 1], [0, 1]]  # the study: called, read normal
+    before = len(audit.rows())
+    for text, says in (
+        (f"sha256,label\n{_h(1)},NORMAL\n{_h(1)},maybe\n", "row 3: label must be NORMAL or PNEUMONIA"),
+        (f"sha256,study,label\n{_h(1)},{uid},NORMAL\n", "row 2: give one of sha256, path, study (found 2)"),
+        ("sha256,label\nnot-a-hash,NORMAL\n", "row 2: sha256 is not 64 hex digits"),
+        ("path,label\nfilms/missing-Doe-John.jpeg,NORMAL\n", "row 2: the path names no file"),
+        ("image,label\nx,NORMAL\n", "expected a header with label and one of sha256, path, study"),
+    ):
+        reads.write_text(text)
+        assert main(["review", "--csv", str(reads), *db]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Doe" not in err and uid not in err
+    assert len(audit.rows()) == before  # nothing recorded from a file with a bad row
+    assert main(["review", "--csv", str(reads), "--label", "NORMAL", *db]) == 2
+    assert "--csv holds the reads" in capsys.readouterr().err
+    assert main(["review", "--sha256", _h(1), *db]) == 2 and "--label" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pneumolens.audit import READS, AuditLog
@@ -80,6 +81,68 @@ def below_floors(table: list[dict[str, Any]], floors: dict[str, float]) -> list[
             if cell is not None and cell["high"] < floor:
                 found.append(f"{rate} of model {row['model']}: {_rate(cell)}, below the floor of {100 * floor:g}%")
     return found
+
+
+@dataclass
+class Read:
+    """One row of a reads file: the clinician's ``label`` of an image (its SHA-256) or a study."""
+
+    row: int  # the file's line number, for messages that must not quote a path or UID
+    label: str
+    input_sha256: str | None = None
+    study_uid: str | None = None
+
+
+def read_reads(path: Path) -> list[Read]:
+    """A CSV of reads (a RIS export, say): a ``label`` column (NORMAL or PNEUMONIA) and, per row, one
+    of ``sha256`` (as ``audit`` lists it), ``path`` (an image file, relative to the CSV) or ``study``
+    (a Study Instance UID). Every row is checked before any is recorded; an error names the row and
+    column, never the value (a path or UID can identify a patient)."""
+    import csv
+    import re
+
+    from pneumolens.audit import sha256_bytes
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "label" not in rows[0] or not {"sha256", "path", "study"} & set(rows[0]):
+        raise ValueError(f"{path}: expected a header with label and one of sha256, path, study")
+    reads = []
+    for line, row in enumerate(rows, start=2):
+        keys = {k: (row.get(k) or "").strip() for k in ("sha256", "path", "study")}
+        given = [k for k, v in keys.items() if v]
+        label = (row.get("label") or "").strip().upper()
+        if label not in READS:
+            raise ValueError(f"{path}, row {line}: label must be NORMAL or PNEUMONIA")
+        if len(given) != 1:
+            raise ValueError(f"{path}, row {line}: give one of sha256, path, study (found {len(given)})")
+        digest, study = None, None
+        if given == ["sha256"]:
+            digest = keys["sha256"].lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"{path}, row {line}: sha256 is not 64 hex digits")
+        elif given == ["path"]:
+            image = path.parent / keys["path"]
+            if not image.is_file():
+                raise FileNotFoundError(f"{path}, row {line}: the path names no file")
+            digest = sha256_bytes(image.read_bytes())
+        else:
+            study = keys["study"]
+        reads.append(Read(line, label, digest, study))
+    return reads
+
+
+def record_reads(audit: AuditLog, reads: list[Read]) -> tuple[int, list[int]]:
+    """Record each read the trail holds a prediction for; the count recorded, and the rows of those it
+    does not (nothing to review)."""
+    recorded, missing = 0, []
+    for r in reads:
+        try:
+            audit.review(r.label, input_sha256=r.input_sha256, study_uid=r.study_uid)
+            recorded += 1
+        except LookupError:
+            missing.append(r.row)
+    return recorded, missing
 
 
 def agreement_in(audit: AuditLog, since: datetime | None = None) -> Agreement:

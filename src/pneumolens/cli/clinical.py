@@ -161,7 +161,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rv.add_argument("image", nargs="?", help="the image file that was read (identified by its SHA-256)")
     rv.add_argument("--sha256", help="or the image's SHA-256, as `audit` lists it")
     rv.add_argument("--study", help="or the Study Instance UID of a DICOM study (stored salted and hashed)")
-    rv.add_argument("--label", required=True, choices=("NORMAL", "PNEUMONIA"), help="the clinician's read")
+    rv.add_argument("--label", choices=("NORMAL", "PNEUMONIA"), help="the clinician's read")
+    rv.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="or many reads at once (a RIS export): columns label and one of sha256, path (relative to FILE), study",
+    )
     rv.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
     rv.set_defaults(run=cmd_review)
 
@@ -352,8 +357,12 @@ def _agreement(audit, since, floors: dict[str, float], url: str | None) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     from pneumolens.audit import AuditLog, sha256_bytes
 
+    if args.csv is not None:
+        return _review_file(args)
     if sum(x is not None for x in (args.image, args.sha256, args.study)) != 1:
-        raise ValueError("name what was read: an IMAGE file, --sha256 HEX or --study UID (one of them)")
+        raise ValueError("name what was read: an IMAGE file, --sha256 HEX or --study UID (one of them), or --csv")
+    if args.label is None:
+        raise ValueError("--label: give the read, NORMAL or PNEUMONIA")
     digest = args.sha256
     if args.image is not None:
         path = Path(args.image)
@@ -372,6 +381,28 @@ def cmd_review(args: argparse.Namespace) -> int:
         f"recorded: the read {args.label} {verdict} the model's call {found['decision']} "
         f"(p={found['probability']:.3f}, {found['time']}, model {str(found['model_sha256'])[:12]})"
     )
+    return 0
+
+
+def _review_file(args: argparse.Namespace) -> int:
+    """``review --csv FILE``: every row checked first, then each recorded; exit status 1 when some
+    name nothing the trail holds (listed by row)."""
+    from pneumolens.agreement import read_reads, record_reads
+    from pneumolens.audit import AuditLog
+
+    if any(x is not None for x in (args.image, args.sha256, args.study, args.label)):
+        raise ValueError("--csv holds the reads: drop IMAGE, --sha256, --study and --label")
+    path = Path(args.csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"--csv {args.csv}: no such file")
+    recorded, missing = record_reads(AuditLog(args.db), read_reads(path))
+    print(f"recorded {recorded} read(s)")
+    if missing:
+        rows = ", ".join(map(str, missing))
+        print(
+            f"pneumolens review: {len(missing)} row(s) name nothing the audit trail holds: rows {rows}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
