@@ -241,7 +241,7 @@ def _as_accepted(made: Dataset, assoc) -> Dataset:
 
 
 # The names the node gives its files (``uid_file_name`` and generated UIDs): retention deletes only these.
-NODE_FILE = re.compile(r"(?:[0-9.]{1,64}|uid-[0-9a-f]{32})\.dcm")
+NODE_FILE = re.compile(r"(?:[0-9.]{1,64}|uid-[0-9a-f]{32})\.(?:dcm|json)")
 PRUNE_EVERY = 3600.0  # seconds between retention passes while the node runs
 
 
@@ -354,6 +354,7 @@ class Node:
     seg: bool = False  # and the map as a fractional Segmentation of the original (graded values)
     keep: Path | None = None  # also store each image read, as received, here (for a site's own evaluation)
     retain_days: float | None = None  # delete results and kept originals older than this; None: keep all
+    fhir: Path | None = None  # also write each result as a FHIR Observation (JSON) here
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
@@ -394,6 +395,8 @@ class Node:
             for made in results:
                 path = self.out / f"{made.SOPInstanceUID}.dcm"
                 atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))
+            if self.fhir is not None:
+                self._write_observation(ds, result)
             if self.forward is not None:
                 self._send(results)
         except (ConnectionError, OSError) as e:  # pneumolens' own words, or the file system's: no header values
@@ -457,11 +460,22 @@ class Node:
         if self.retain_days is None:
             return 0
         before = time.time() - 86400 * self.retain_days
-        folders = [self.out] + ([self.keep] if self.keep is not None else [])
+        folders = [self.out] + [f for f in (self.keep, self.fhir) if f is not None]
         deleted = sum(prune_node_files(folder, before) for folder in folders)
         if deleted:
             log.info("listen: retention: deleted %d file(s) older than %g day(s)", deleted, self.retain_days)
         return deleted
+
+    def _write_observation(self, ds: Dataset, result: dict) -> None:
+        """The result as a FHIR Observation, ``SOP_INSTANCE_UID.json`` in ``fhir`` (no patient in it)."""
+        import json
+
+        from pneumolens.fhir import observation
+
+        study, sop = str(ds.get("StudyInstanceUID", "") or "") or None, str(ds.get("SOPInstanceUID", "") or "") or None
+        text = json.dumps(observation(result, study, sop), indent=1)
+        path = self.fhir / f"{uid_file_name(sop)}.json"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def _prune_and_go_on(self) -> None:
         try:
@@ -479,8 +493,9 @@ class Node:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION)
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.keep is not None:
-            self.keep.mkdir(parents=True, exist_ok=True)
+        for folder in (self.keep, self.fhir):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
         if self.allowed_aets:
             ae.require_calling_aet = list(self.allowed_aets)
         handlers = [

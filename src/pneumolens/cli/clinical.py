@@ -34,11 +34,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "the files hold patient data",
     )
     ln.add_argument(
+        "--fhir",
+        metavar="DIR",
+        help="also write each result as a FHIR R4 Observation (SOP_INSTANCE_UID.json, no patient in it) in DIR, "
+        "for an interface engine",
+    )
+    ln.add_argument(
         "--retain-days",
         type=positive_int,
         metavar="DAYS",
-        help="delete the node's results (--out) and kept originals (--keep) older than DAYS, at start and hourly "
-        "(only files the node names by UID); default: keep everything",
+        help="delete the node's results (--out, --fhir) and kept originals (--keep) older than DAYS, at start and "
+        "hourly (only files the node names by UID); default: keep everything",
     )
     ln.add_argument(
         "--gsps",
@@ -230,6 +236,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         seg=args.seg,
         keep=Path(args.keep) if args.keep else None,
         retain_days=args.retain_days,
+        fhir=Path(args.fhir) if args.fhir else None,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"

@@ -82,6 +82,24 @@ def device_of(data: bytes) -> str | None:
     return name[:128] or None
 
 
+def uids_of(data: bytes) -> tuple[str | None, str | None]:
+    """The Study and SOP Instance UIDs of a DICOM file's bytes, from the header only; (None, None) for
+    other files or a header that does not parse."""
+    import io
+
+    import pydicom
+
+    if not is_dicom(data[:132]):
+        return None, None
+    try:
+        tags = ["StudyInstanceUID", "SOPInstanceUID"]
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=tags)
+        study, sop = (str(ds.get(t, "") or "").strip() or None for t in tags)
+    except Exception:  # noqa: BLE001 - as device_of
+        return None, None
+    return study, sop
+
+
 def dicom_to_gray(
     source: str | os.PathLike[str] | bytes | io.BufferedIOBase, max_pixels: int, min_side: int = 8
 ) -> np.ndarray:

@@ -7,7 +7,7 @@ import hmac
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumolens.agreement import agreement_in
 from pneumolens.audit import AuditLog, parse_since, sha256_bytes
-from pneumolens.data.dicom import device_of
+from pneumolens.data.dicom import device_of, uids_of
 from pneumolens.data.images import ImageReadError
 from pneumolens.explain.explainer import METHODS
 from pneumolens.monitor import TooFewFilms, drift_in
@@ -128,6 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         explain: Annotated[bool, Query(description="add a heatmap_png")] = True,
         method: Annotated[str, Query(description="occlusion, gradcam or lime")] = settings.default_method,
         image: Annotated[bool, Query(description="add image_png: the image as read (for DICOM in a browser)")] = False,
+        fmt: Annotated[
+            Literal["json", "fhir"],
+            Query(alias="format", description="fhir: answer with a FHIR R4 Observation instead"),
+        ] = "json",
     ):
         if file is None:
             return _error(422, "send the image as multipart/form-data field 'file'")
@@ -174,6 +178,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 duration_ms=1000 * result["seconds"],
                 device=device_of(data),
             )
+        if fmt == "fhir":
+            from pneumolens.fhir import MEDIA_TYPE, observation
+
+            return JSONResponse(observation(result, *uids_of(data)), media_type=MEDIA_TYPE)
         return result
 
     @app.get("/recent", include_in_schema=False)

@@ -1,0 +1,74 @@
+"""The first read as a FHIR R4 Observation (``pneumolens.fhir``; ``POST /api/v1/predict?format=fhir``,
+``listen --fhir``), checked against the R4B models of fhir.resources."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.observation import Observation
+
+from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
+from pneumolens.data.images import read_image
+from pneumolens.fhir import MEDIA_TYPE, observation
+from pneumolens.service.app import create_app
+from pneumolens.service.settings import Settings
+
+MODEL = {"name": "pneumolens-default", "version": "9.9", "sha256": "ab" * 32}
+
+
+@pytest.mark.parametrize(
+    "probability, flags, code",
+    [(0.4, [], "POS"), (0.39999, ["lungs_cut_off", "grey_lungs"], "NEG")],  # at the operating point: a call
+)
+def test_an_observation_says_what_the_model_said(probability, flags, code):
+    result = {"probability": probability, "threshold": 0.4, "flags": flags, "model": MODEL}
+    obs = Observation.model_validate(observation(result, "1.2.3.4", "1.2.3.4.5"))  # a valid R4B resource
+    assert obs.status == "preliminary" and obs.code.coding[0].code == "233604007"
+    assert float(obs.valueQuantity.value) == pytest.approx(probability) and obs.valueQuantity.code == "1"
+    assert obs.interpretation[0].coding[0].code == code and float(obs.referenceRange[0].low.value) == 0.4
+    assert "sha256:abababababab" in obs.method.text and obs.subject is None  # no patient named
+    notes = " ".join(n.text for n in obs.note)
+    assert "not a diagnosis" in notes and all(f in notes for f in flags)
+    (study,) = obs.derivedFrom
+    assert study.type == "ImagingStudy" and study.identifier.value == "urn:oid:1.2.3.4"
+    assert "derivedFrom" not in observation(result)  # a JPEG: no DICOM study to point at
+
+
+def test_the_api_answers_with_an_observation(trained_run, tmp_path):
+    gray = read_image(real_images("test", "NORMAL", 1)[0])
+    path = make_dicom(tmp_path / "x.dcm", np.round((1 - gray) * 4095).astype(np.uint16), "MONOCHROME1")
+    data, uid = path.read_bytes(), pydicom.dcmread(path).StudyInstanceUID
+    with TestClient(create_app(Settings(model=str(trained_run), audit=False))) as client:
+        plain = client.post("/api/v1/predict?explain=false", files={"file": ("x.dcm", data)}).json()
+        r = client.post("/api/v1/predict?explain=false&format=fhir", files={"file": ("x.dcm", data)})
+        assert r.status_code == 200 and r.headers["content-type"].startswith(MEDIA_TYPE)
+        obs = Observation.model_validate(r.json())
+        assert float(obs.valueQuantity.value) == pytest.approx(plain["probability"], abs=1e-6)
+        assert obs.interpretation[0].coding[0].code == ("POS" if plain["label"] == "PNEUMONIA" else "NEG")
+        assert obs.derivedFrom[0].identifier.value == f"urn:oid:{uid}"
+        assert PATIENT_NAME not in r.text and PATIENT_ID not in r.text
+        assert client.post("/api/v1/predict?format=hl7", files={"file": ("x.dcm", data)}).status_code == 422
+
+
+def test_the_node_writes_an_observation_per_image(trained_run, tmp_path):
+    from types import SimpleNamespace
+
+    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.service.engine import Engine
+
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", fhir=tmp_path / "fhir")
+    node.out.mkdir()
+    node.fhir.mkdir()
+    pixels = np.round(read_image(real_images("test", "PNEUMONIA", 1)[0]) * 255).astype(np.uint8)
+    sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    assert node.handle_store(SimpleNamespace(dataset=sent, file_meta=sent.file_meta)) == SUCCESS
+    (written,) = node.fhir.iterdir()
+    assert written.name == f"{sent.SOPInstanceUID}.json"
+    text = written.read_text()
+    obs = Observation.model_validate(json.loads(text))
+    assert obs.derivedFrom[0].identifier.value == f"urn:oid:{sent.StudyInstanceUID}"
+    assert PATIENT_NAME not in text and PATIENT_ID not in text
