@@ -67,9 +67,6 @@ class Agreement:
         return "\n".join(lines)
 
 
-RATES = ("sensitivity", "specificity")  # the rates a floor can be set for (--min-sensitivity, --min-specificity)
-
-
 def below_floors(table: list[dict[str, Any]], floors: dict[str, float]) -> list[str]:
     """The rates of ``table`` (``Agreement.table``) credibly below their floor: the upper end of the
     Wilson 95% interval under it, so that a few unlucky reads of a small sample raise nothing. One

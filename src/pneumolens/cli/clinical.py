@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pneumolens.cli.common import NOTICE, engine_for, fraction, positive_int, tls_flags
 
+FLOOR_RATES = ("sensitivity", "specificity")  # audit --agreement --min-RATE
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     sv = sub.add_parser("serve", help="the decision-support web app and API (FastAPI)")
@@ -142,7 +144,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--since on)",
     )
     a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
-    for rate in ("sensitivity", "specificity"):
+    for rate in FLOOR_RATES:
         a.add_argument(
             f"--min-{rate}",
             type=fraction,
@@ -302,7 +304,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise ValueError("--device chooses the inputs of --drift; give --drift too")
     if args.notify and not (args.drift or args.agreement):
         raise ValueError("--notify sends the alert of --drift or --agreement; give one of them too")
-    floors = {k: v for k, v in (("sensitivity", args.min_sensitivity), ("specificity", args.min_specificity)) if v}
+    floors = {rate: getattr(args, f"min_{rate}") for rate in FLOOR_RATES if getattr(args, f"min_{rate}")}
     if floors and not args.agreement:
         raise ValueError("--min-sensitivity and --min-specificity are floors for --agreement; give --agreement too")
     if args.agreement:
