@@ -241,8 +241,9 @@ def test_reads_from_a_ris_export(audit, tmp_path, capsys):
         ("sha256,label\nnot-a-hash,NORMAL\n", "row 2: sha256 is not 64 hex digits"),
         ("path,label\nfilms/missing-Doe-John.jpeg,NORMAL\n", "row 2: the path names no file"),
         ("image,label\nx,NORMAL\n", "expected a header with label and one of sha256, path, study"),
+        (b"\xff\xd8\xff\xe0 a JPEG, not a CSV", "not a UTF-8 CSV file"),
     ):
-        reads.write_text(text)
+        reads.write_bytes(text if isinstance(text, bytes) else text.encode())
         assert main(["review", "--csv", str(reads), *db]) == 2
         err = capsys.readouterr().err
         assert says in err and "Doe" not in err and uid not in err

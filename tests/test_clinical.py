@@ -623,6 +623,8 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
         (["--tls-cert", "SERVER", "--tls-key", "CLIENT_KEY"], "not a matching PEM certificate and key"),
         (["--tls-cert", "SERVER", "--tls-key", "SERVER_KEY", "--tls-ca", "SERVER_KEY"], "--tls-ca"),
         (["--allow-aet", "A_TITLE_LONGER_THAN_16"], "--allow-aet"),
+        (["--fhir", "UNDER_A_FILE"], "cannot create the folder"),  # under a file: said before listening
+        (["--keep", "UNDER_A_FILE"], "--keep"),
         (["--forward-tls", "--tls-cert", "SERVER", "--tls-key", "SERVER_KEY"], "--forward-tls needs --forward"),
         (["--forward", "A@h:1", "--forward-tls", "--tls-cert", "SERVER", "--tls-key", "SERVER_KEY"], "(or --tls-ca)"),
         (["--forward", "A@h:1", "--forward-tls"], "--forward-tls needs a client certificate and key"),
@@ -638,6 +640,7 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
 def test_listen_refuses_bad_tls_and_allow_list_flags(tmp_path, capsys, flags, message):
     pem = _certificates(tmp_path)
     names = {"SERVER": pem["server"], "SERVER_KEY": pem["server_key"], "CLIENT_KEY": pem["client_key"]}
+    names["UNDER_A_FILE"] = pem["server"] + "/results"
     argv = ["listen", "--port", str(free_port()), "--out", str(tmp_path / "out"), *[names.get(f, f) for f in flags]]
     assert main(argv) == 2
     assert message in capsys.readouterr().err

@@ -100,8 +100,11 @@ def read_reads(path: Path) -> list[Read]:
 
     from pneumolens.audit import sha256_bytes
 
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error):
+        raise ValueError(f"{path}: not a UTF-8 CSV file") from None
     if not rows or "label" not in rows[0] or not {"sha256", "path", "study"} & set(rows[0]):
         raise ValueError(f"{path}: expected a header with label and one of sha256, path, study")
     reads = []

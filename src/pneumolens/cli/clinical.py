@@ -224,6 +224,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
     allowed = tuple(args.allow_aet or ())
     if any(not 0 < len(a.strip()) <= 16 for a in allowed):
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
+    for flag, folder in (("--out", args.out), ("--keep", args.keep), ("--fhir", args.fhir)):
+        if folder:  # before the model loads and the port opens: a folder the node cannot write is said at once
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"{flag} {folder}: cannot create the folder ({e.strerror or e})") from None
     engine = engine_for(args.model)
     node = Node(
         engine,
