@@ -251,3 +251,21 @@ def test_reads_from_a_ris_export(audit, tmp_path, capsys):
     assert main(["review", "--csv", str(reads), "--label", "NORMAL", *db]) == 2
     assert "--csv holds the reads" in capsys.readouterr().err
     assert main(["review", "--sha256", _h(1), *db]) == 2 and "--label" in capsys.readouterr().err
+
+
+def test_the_agreement_benchmark_degrades_the_calls_it_is_told_to():
+    """benchmarks/agreement.py's months: a model that calls every film right does not alert; one
+    simulated down to 80% sensitivity falls credibly below a floor of 90% over 1,000 reviewed films,
+    and one at 75% specificity below a floor of 85%."""
+    import numpy as np
+
+    from conftest import load_benchmark
+
+    bench = load_benchmark("agreement")
+    y = np.array([1] * 300 + [0] * 100)
+    floors = {"sensitivity": 0.9, "specificity": 0.85}
+    rng = np.random.default_rng(0)
+    alert, width = bench.simulate(y, y.astype(bool), 200, 0.25, None, None, floors, rng)
+    assert not alert and 0 < width < 0.2
+    assert bench.simulate(y, y.astype(bool), 1000, 0.25, 0.80, None, floors, rng)[0]
+    assert bench.simulate(y, y.astype(bool), 1000, 0.25, None, 0.75, floors, rng)[0]
