@@ -11,10 +11,11 @@ films, takes each film's label as the reader's read and the model's call as it i
 turned to simulate a model that lost sensitivity (a share of its pneumonia calls on pneumonia films
 turned NORMAL, so that its expected sensitivity is the scenario's) or specificity (normal calls on
 normal films turned PNEUMONIA); then pairs them (``pneumolens.agreement.summary``) and checks the
-floors as ``audit --agreement`` does (``below_floors``: the upper end of a Wilson 95% interval under
-its floor). Per scenario and number of reviewed films: the share of repetitions that alert, and the
-mean width of the sensitivity's interval. The reads are taken to be right, and drawing with
-replacement from 746 films repeats films; a real site's reads disagree with each other too.
+floors as ``audit --agreement`` does (``check_floors``: the upper end of a Wilson 95% interval
+under its floor, for a rate with at least 10 reads). Per scenario and number of reviewed films: the
+share of repetitions that alert, and the mean width of the sensitivity's interval. The reads are
+taken to be right, and drawing with replacement from 746 films repeats films; a real site's reads
+disagree with each other too.
 
 Only validation is read: this chooses nothing and test is never touched. Not part of the test suite.
 """
@@ -29,7 +30,7 @@ import numpy as np
 from tta import val_paths
 
 import pneumolens
-from pneumolens.agreement import Pair, below_floors, summary
+from pneumolens.agreement import Pair, check_floors, summary
 from pneumolens.checkpoint import shipped_model_path
 
 # scenario: (expected sensitivity, expected specificity); None keeps the model's own
@@ -58,7 +59,7 @@ def simulate(y, called, n, prevalence, sens, spec, floors, rng) -> tuple[bool, f
     pairs = [Pair(c, r, "m") for c, r in zip(word[call.astype(int)], word[ill.astype(int)], strict=True)]
     row = summary("m", pairs)
     width = row["sensitivity"]["high"] - row["sensitivity"]["low"] if row["sensitivity"] else float("nan")
-    return bool(below_floors([row], floors)), width
+    return bool(check_floors([row], floors)[0]), width
 
 
 def main() -> None:

@@ -172,7 +172,8 @@ def test_the_server_records_reads_and_reports_agreement(trained_run, tmp_path):
 def test_a_rate_credibly_below_its_floor_sets_the_exit_status_and_alerts(audit, capsys):
     """--min-sensitivity: ten films the readers call pneumonia, the model only two of them. Against a
     floor of 90% the Wilson interval [5.7%, 51.0%] lies below it: exit status 1, the line, and one
-    alert to the webhook; against 50% the interval reaches above it: nothing."""
+    alert to the webhook; against 50% the interval reaches above it: nothing. A floor with fewer
+    reads than --min-reads (10) is not tested: exit status 2, no alert."""
     import http.server
     import json
     import threading
@@ -202,8 +203,15 @@ def test_a_rate_credibly_below_its_floor_sets_the_exit_status_and_alerts(audit, 
         assert line in out and "SECRET" not in out and "alert sent to http://127.0.0.1:" in out
         (alert,) = posted
         assert "agreement alert" in alert["text"] and alert["report"]["models"][0]["n"] == 10
-        assert main([*argv, "--min-sensitivity", "0.5", "--min-specificity", "0.5"]) == 0  # not credibly below
+        assert main([*argv, "--min-sensitivity", "0.5"]) == 0  # not credibly below
         assert "BELOW FLOOR" not in capsys.readouterr().out and len(posted) == 1
+        # no normal film was read: its floor cannot be tested (exit status 2), and says so
+        assert main([*argv, "--min-sensitivity", "0.5", "--min-specificity", "0.5"]) == 2
+        out = capsys.readouterr().out
+        assert "too few reads: specificity of model abababababab: 0 read(s), 10 needed to test the floor" in out
+        # nor can a floor on fewer reads than --min-reads: 2 of 10 is below 90% only with 10 counted
+        assert main([*argv, "--min-sensitivity", "0.9", "--min-reads", "11"]) == 2 and len(posted) == 1
+        capsys.readouterr()
     finally:
         server.shutdown()
     assert main(["audit", "--db", audit.url, "--min-sensitivity", "0.9"]) == 2

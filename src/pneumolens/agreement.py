@@ -67,17 +67,26 @@ class Agreement:
         return "\n".join(lines)
 
 
-def below_floors(table: list[dict[str, Any]], floors: dict[str, float]) -> list[str]:
-    """The rates of ``table`` (``Agreement.table``) credibly below their floor: the upper end of the
-    Wilson 95% interval under it, so that a few unlucky reads of a small sample raise nothing. One
-    sentence each."""
-    found = []
+MIN_READS = 10  # reads a rate needs (its denominator) before its floor is tested
+
+
+def check_floors(
+    table: list[dict[str, Any]], floors: dict[str, float], min_reads: int = MIN_READS
+) -> tuple[list[str], list[str]]:
+    """The rates of ``table`` (``Agreement.table``) credibly below their floor (the upper end of the
+    Wilson 95% interval under it, so that a few unlucky reads raise nothing), and those with fewer
+    than ``min_reads`` reads to test (a single missed pneumonia would otherwise put a sensitivity of
+    0/1, [0, 79%], under a floor of 90%). One sentence each."""
+    below, untested = [], []
     for row in table:
         for rate, floor in floors.items():
             cell = row[rate]
-            if cell is not None and cell["high"] < floor:
-                found.append(f"{rate} of model {row['model']}: {_rate(cell)}, below the floor of {100 * floor:g}%")
-    return found
+            if cell is None or cell["n"] < min_reads:
+                n = 0 if cell is None else cell["n"]
+                untested.append(f"{rate} of model {row['model']}: {n} read(s), {min_reads} needed to test the floor")
+            elif cell["high"] < floor:
+                below.append(f"{rate} of model {row['model']}: {_rate(cell)}, below the floor of {100 * floor:g}%")
+    return below, untested
 
 
 @dataclass

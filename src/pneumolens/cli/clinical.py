@@ -144,6 +144,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--since on)",
     )
     a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
+    a.add_argument(
+        "--min-reads",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="--agreement: reads a rate needs before its floor is tested (fewer: exit status 2 unless another "
+        "rate is below its floor)",
+    )
     for rate in FLOOR_RATES:
         a.add_argument(
             f"--min-{rate}",
@@ -314,7 +322,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if floors and not args.agreement:
         raise ValueError("--min-sensitivity and --min-specificity are floors for --agreement; give --agreement too")
     if args.agreement:
-        return _agreement(audit, since, floors, args.notify)
+        return _agreement(audit, since, floors, args.notify, args.min_reads)
     if args.drift:
         from pneumolens.alert import check_url, notify, where
         from pneumolens.monitor import drift_in
@@ -339,10 +347,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agreement(audit, since, floors: dict[str, float], url: str | None) -> int:
+def _agreement(audit, since, floors: dict[str, float], url: str | None, min_reads: int) -> int:
     """``audit --agreement``: the table; with floors, exit status 1 (and the alert to ``url``) when a
-    rate is credibly below its floor."""
-    from pneumolens.agreement import agreement_in, below_floors
+    rate is credibly below its floor, else 2 when a floor has fewer than ``min_reads`` reads to test."""
+    from pneumolens.agreement import agreement_in, check_floors
 
     if url:
         from pneumolens.alert import check_url
@@ -350,9 +358,11 @@ def _agreement(audit, since, floors: dict[str, float], url: str | None) -> int:
         check_url(url)
     found = agreement_in(audit, since)
     print(found)
-    low = below_floors(found.table(), floors)
+    low, untested = check_floors(found.table(), floors, min_reads)
     for line in low:
         print(f"BELOW FLOOR: {line}")
+    for line in untested:
+        print(f"too few reads: {line}")
     if low and url:
         import socket
 
@@ -366,7 +376,7 @@ def _agreement(audit, since, floors: dict[str, float], url: str | None) -> int:
             print(f"alert sent to {where(url)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
         except ConnectionError as e:  # the shortfall still sets the exit status
             print(f"pneumolens audit: {e}", file=sys.stderr)
-    return 1 if low else 0
+    return 1 if low else (2 if untested else 0)
 
 
 def cmd_review(args: argparse.Namespace) -> int:
