@@ -9,13 +9,14 @@ forward each result to another node (C-STORE SCU). With ``sr=True`` (``--sr``) i
 DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS or RIS to read, and
 with ``gsps=True`` (``--gsps``) a Grayscale Softcopy Presentation State that outlines the map on the
 original image (``pneumolens.dicom_presentation``), and with ``seg=True`` (``--seg``) the map's graded
-values as a fractional Segmentation (``pneumolens.dicom_segmentation``). A
+values as a fractional Segmentation (``pneumolens.dicom_segmentation``); with ``fhir`` (``--fhir DIR``)
+each result is also a FHIR Observation in a folder (``pneumolens.fhir``). A
 dataset that cannot be read gets a failure status; the node keeps serving. Every result and refusal
 goes to the audit trail with a salted hash of the Study Instance UID; patient identifiers are
 copied into the result objects (the PACS needs them to file them) but never into logs or the audit
 trail. Optionally only listed calling AE titles are let in, and the node speaks TLS (mutual with a
-CA). With ``retain_days`` (``--retain-days``) it deletes its results and kept originals older than
-that, at start and hourly. It stops in bounded time (``Node.run``).
+CA). With ``retain_days`` (``--retain-days``) it deletes its results, observations and kept
+originals older than that, at start and hourly. It stops in bounded time (``Node.run``).
 """
 
 from __future__ import annotations
@@ -353,7 +354,7 @@ class Node:
     gsps: bool = False  # and a Grayscale Softcopy Presentation State: the map's outline over the original
     seg: bool = False  # and the map as a fractional Segmentation of the original (graded values)
     keep: Path | None = None  # also store each image read, as received, here (for a site's own evaluation)
-    retain_days: float | None = None  # delete results and kept originals older than this; None: keep all
+    retain_days: float | None = None  # delete what the node wrote and kept older than this; None: keep all
     fhir: Path | None = None  # also write each result as a FHIR Observation (JSON) here
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
@@ -455,8 +456,8 @@ class Node:
             assoc.release()
 
     def prune(self) -> int:
-        """Delete the results and kept originals older than ``retain_days`` (nothing without it); logs
-        the count, never a name. Returns the count."""
+        """Delete the results, observations and kept originals older than ``retain_days`` (nothing
+        without it); logs the count, never a name. Returns the count."""
         if self.retain_days is None:
             return 0
         before = time.time() - 86400 * self.retain_days
