@@ -57,7 +57,7 @@ def simulate(y, called, n, prevalence, sens, spec, floors, rng) -> tuple[bool, f
         call = call | (~ill & (rng.random(n) > spec / base_spec))
     word = np.array(["NORMAL", "PNEUMONIA"])
     pairs = [Pair(c, r, "m") for c, r in zip(word[call.astype(int)], word[ill.astype(int)], strict=True)]
-    row = summary("m", pairs)
+    row = {"model": "m", **summary(pairs)}
     width = row["sensitivity"]["high"] - row["sensitivity"]["low"] if row["sensitivity"] else float("nan")
     return bool(check_floors([row], floors)[0]), width
 

@@ -160,7 +160,10 @@ def test_the_server_records_reads_and_reports_agreement(trained_run, tmp_path):
         by_study = client.post("/api/v1/review", json={"study_instance_uid": uid, "label": "NORMAL"})
         assert by_study.status_code == 200 and by_study.json()["agrees"] is True
         found = client.get("/api/v1/agreement").json()
-        assert sum(m["n"] for m in found["models"] if m["model"] != "all models") == 2
+        assert sum(m["n"] for m in found["rows"] if m["model"] != "all models") == 2
+        by_device = client.get("/api/v1/agreement?by=device").json()
+        assert by_device["by"] == "device" and {r["device"] for r in by_device["rows"]} == {"not DICOM"}
+        assert client.get("/api/v1/agreement?by=ward").status_code == 422
         assert found["unmatched_reviews"] == 0 and "not a diagnosis" in found["notice"]
         assert client.get("/api/v1/agreement?since=nonsense").status_code == 422
     with TestClient(create_app(Settings(model=str(trained_run), audit=False))) as client:
@@ -202,7 +205,7 @@ def test_a_rate_credibly_below_its_floor_sets_the_exit_status_and_alerts(audit, 
         line = "BELOW FLOOR: sensitivity of model abababababab: 20.0% [5.7, 51.0] (2/10), below the floor of 90%"
         assert line in out and "SECRET" not in out and "alert sent to http://127.0.0.1:" in out
         (alert,) = posted
-        assert "agreement alert" in alert["text"] and alert["report"]["models"][0]["n"] == 10
+        assert "agreement alert" in alert["text"] and alert["report"]["rows"][0]["n"] == 10
         assert main([*argv, "--min-sensitivity", "0.5"]) == 0  # not credibly below
         assert "BELOW FLOOR" not in capsys.readouterr().out and len(posted) == 1
         # no normal film was read: its floor cannot be tested (exit status 2), and says so
@@ -277,3 +280,25 @@ def test_the_agreement_benchmark_degrades_the_calls_it_is_told_to():
     assert not alert and 0 < width < 0.2
     assert bench.simulate(y, y.astype(bool), 1000, 0.25, 0.80, None, floors, rng)[0]
     assert bench.simulate(y, y.astype(bool), 1000, 0.25, None, 0.75, floors, rng)[0]
+
+
+def test_agreement_per_device(audit, capsys):
+    """--by device: a row per DICOM device the reviewed films came from (and one for films that were
+    not DICOM), each with its own floor: the device whose pneumonias the model misses is named."""
+    for i in range(12):  # ACME's pneumonias: the model misses all of them
+        audit.record(
+            "listen", _h(i), MODEL, {"label": "NORMAL", "probability": 0.1, "threshold": 0.5}, device="ACME DX-1"
+        )
+        audit.review("PNEUMONIA", input_sha256=_h(i))
+    for i in range(12, 24):  # the other device's: all called
+        audit.record(
+            "listen", _h(i), MODEL, {"label": "PNEUMONIA", "probability": 0.9, "threshold": 0.5}, device="OTHER X"
+        )
+        audit.review("PNEUMONIA", input_sha256=_h(i))
+    rows = {r["device"]: r for r in agreement_in(audit).table(by="device")}
+    assert set(rows) == {"ACME DX-1", "OTHER X", "all devices"}
+    assert (rows["ACME DX-1"]["sensitivity"]["k"], rows["OTHER X"]["sensitivity"]["k"]) == (0, 12)
+    assert main(["audit", "--db", audit.url, "--agreement", "--by", "device", "--min-sensitivity", "0.9"]) == 1
+    out = capsys.readouterr().out
+    assert "| device | reviewed |" in out and "BELOW FLOOR: sensitivity of device ACME DX-1" in out
+    assert "device OTHER X" not in out.split("BELOW FLOOR", 1)[1]

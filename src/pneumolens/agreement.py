@@ -32,6 +32,7 @@ class Pair:
     model_call: str  # NORMAL | PNEUMONIA
     reader: str  # NORMAL | PNEUMONIA
     model_sha256: str
+    device: str = "not DICOM"  # the reviewed prediction's DICOM device (make and model), as the trail keeps it
 
 
 @dataclass
@@ -41,23 +42,30 @@ class Agreement:
     pairs: list[Pair] = field(default_factory=list)
     unmatched: int = 0
 
-    def table(self) -> list[dict[str, Any]]:
-        """One row per model (weight hash, 12 hex digits), then one for all when there are several."""
-        models = sorted({p.model_sha256 for p in self.pairs})
-        groups = [(m[:12], [p for p in self.pairs if p.model_sha256 == m]) for m in models]
+    def table(self, by: str = "model") -> list[dict[str, Any]]:
+        """One row per model (weight hash, 12 hex digits), or with ``by="device"`` per DICOM device, then
+        one for all when there are several."""
+        if by not in ("model", "device"):
+            raise ValueError(f"by {by!r}: model or device")
+        key = (lambda p: p.model_sha256[:12]) if by == "model" else (lambda p: p.device)
+        groups = [(k, [p for p in self.pairs if key(p) == k]) for k in sorted({key(p) for p in self.pairs})]
         if len(groups) > 1:
-            groups.append(("all models", self.pairs))
-        return [summary(name, pairs) for name, pairs in groups]
+            groups.append((f"all {by}s", self.pairs))
+        return [{by: name, **summary(pairs)} for name, pairs in groups]
 
     def __str__(self) -> str:
+        return self.render()
+
+    def render(self, by: str = "model") -> str:
+        """The table as markdown, one row per model or per device (``table``), and what it is not."""
         if not self.pairs:
             return "no reviewed predictions" + (f" ({self.unmatched} review(s) without one)" if self.unmatched else "")
-        head = ["model", "reviewed", "reads of pneumonia", "sensitivity", "specificity", "PPV", "NPV", "agreement"]
+        head = [by, "reviewed", "reads of pneumonia", "sensitivity", "specificity", "PPV", "NPV", "agreement"]
         lines = ["| " + " | ".join([*head, "kappa"]) + " |", "|---" * (len(head) + 1) + "|"]
-        for row in self.table():
+        for row in self.table(by):
             cells = [_rate(row[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "agreement")]
             kappa = "" if row["kappa"] is None else f"{row['kappa']:.2f}"
-            lines.append(f"| {row['model']} | {row['n']} | {row['reads_pneumonia']} | {' | '.join(cells)} | {kappa} |")
+            lines.append(f"| {row[by]} | {row['n']} | {row['reads_pneumonia']} | {' | '.join(cells)} | {kappa} |")
         lines.append(
             "the clinicians' reads as the reference; Wilson 95% intervals; reviewed films are those somebody chose "
             "to review, read after seeing the model's call: a site's running check, not a validation study"
@@ -79,13 +87,14 @@ def check_floors(
     0/1, [0, 79%], under a floor of 90%). One sentence each."""
     below, untested = [], []
     for row in table:
+        of = f"model {row['model']}" if "model" in row else f"device {row['device']}"
         for rate, floor in floors.items():
             cell = row[rate]
             if cell is None or cell["n"] < min_reads:
                 n = 0 if cell is None else cell["n"]
-                untested.append(f"{rate} of model {row['model']}: {n} read(s), {min_reads} needed to test the floor")
+                untested.append(f"{rate} of {of}: {n} read(s), {min_reads} needed to test the floor")
             elif cell["high"] < floor:
-                below.append(f"{rate} of model {row['model']}: {_rate(cell)}, below the floor of {100 * floor:g}%")
+                below.append(f"{rate} of {of}: {_rate(cell)}, below the floor of {100 * floor:g}%")
     return below, untested
 
 
@@ -185,19 +194,20 @@ def pair_reviews(rows: Iterable[Mapping[str, Any]], since: str | None = None) ->
             out.unmatched += 1
             continue
         call = PNEUMONIA if any(p["decision"] == PNEUMONIA for p in found) else NORMAL
-        reviewed[key] = Pair(call, r["reader_label"], found[-1].get("model_sha256") or "unknown")
+        newest = found[-1]
+        device = newest.get("device") or "not DICOM"
+        reviewed[key] = Pair(call, r["reader_label"], newest.get("model_sha256") or "unknown", device)
     out.pairs = list(reviewed.values())
     return out
 
 
-def summary(name: str, pairs: list[Pair]) -> dict[str, Any]:
+def summary(pairs: list[Pair]) -> dict[str, Any]:
     """Counts, rates with Wilson 95% intervals, and Cohen's kappa of ``pairs``, the read as the reference."""
     tp = sum(p.model_call == PNEUMONIA and p.reader == PNEUMONIA for p in pairs)
     fn = sum(p.model_call == NORMAL and p.reader == PNEUMONIA for p in pairs)
     tn = sum(p.model_call == NORMAL and p.reader == NORMAL for p in pairs)
     fp = sum(p.model_call == PNEUMONIA and p.reader == NORMAL for p in pairs)
     return {
-        "model": name,
         "n": len(pairs),
         "reads_pneumonia": tp + fn,
         "confusion": [[tn, fp], [fn, tp]],

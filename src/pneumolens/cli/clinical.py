@@ -145,6 +145,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
     a.add_argument(
+        "--by",
+        choices=("model", "device"),
+        default="model",
+        help="--agreement: a row per model (default) or per DICOM device (make and model), floors checked per row",
+    )
+    a.add_argument(
         "--min-reads",
         type=positive_int,
         default=10,
@@ -322,7 +328,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if floors and not args.agreement:
         raise ValueError("--min-sensitivity and --min-specificity are floors for --agreement; give --agreement too")
     if args.agreement:
-        return _agreement(audit, since, floors, args.notify, args.min_reads)
+        return _agreement(audit, since, floors, args.notify, args.min_reads, args.by)
     if args.drift:
         from pneumolens.alert import check_url, notify, where
         from pneumolens.monitor import drift_in
@@ -347,7 +353,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agreement(audit, since, floors: dict[str, float], url: str | None, min_reads: int) -> int:
+def _agreement(audit, since, floors: dict[str, float], url: str | None, min_reads: int, by: str) -> int:
     """``audit --agreement``: the table; with floors, exit status 1 (and the alert to ``url``) when a
     rate is credibly below its floor, else 2 when a floor has fewer than ``min_reads`` reads to test."""
     from pneumolens.agreement import agreement_in, check_floors
@@ -357,8 +363,8 @@ def _agreement(audit, since, floors: dict[str, float], url: str | None, min_read
 
         check_url(url)
     found = agreement_in(audit, since)
-    print(found)
-    low, untested = check_floors(found.table(), floors, min_reads)
+    print(found.render(by))
+    low, untested = check_floors(found.table(by), floors, min_reads)
     for line in low:
         print(f"BELOW FLOOR: {line}")
     for line in untested:
@@ -372,7 +378,7 @@ def _agreement(audit, since, floors: dict[str, float], url: str | None, min_read
             f"pneumolens agreement alert on {socket.gethostname()}: " + "; ".join(low) + " (against the readers' reads)"
         )
         try:
-            attempts = send(url, text, {"models": found.table(), "below_floor": low, "unmatched": found.unmatched})
+            attempts = send(url, text, {"rows": found.table(by), "below_floor": low, "unmatched": found.unmatched})
             print(f"alert sent to {where(url)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
         except ConnectionError as e:  # the shortfall still sets the exit status
             print(f"pneumolens audit: {e}", file=sys.stderr)

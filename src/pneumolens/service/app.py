@@ -219,10 +219,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     @app.get("/api/v1/agreement", response_model=None)
-    async def agreement(request: Request, since: str | None = None) -> dict | JSONResponse:
+    async def agreement(
+        request: Request, since: str | None = None, by: Literal["model", "device"] = "model"
+    ) -> dict | JSONResponse:
         """The model's calls against the clinicians' reads recorded since ``since`` (an age such as 30d, or
-        an ISO date; all without it): per model, counts and rates with Wilson 95% intervals
-        (``pneumolens audit --agreement``)."""
+        an ISO date; all without it): per model (or per DICOM device, ``by=device``), counts and rates
+        with Wilson 95% intervals (``pneumolens audit --agreement``)."""
         audit: AuditLog | None = request.app.state.audit
         if audit is None:
             return _error(404, AUDIT_OFF)
@@ -231,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ValueError as e:
             return _error(422, str(e))
         found = await run_in_threadpool(agreement_in, audit, start)
-        return {"models": found.table(), "unmatched_reviews": found.unmatched, "notice": NOTICE}
+        return {"rows": found.table(by), "by": by, "unmatched_reviews": found.unmatched, "notice": NOTICE}
 
     @app.get("/api/v1/drift", response_model=None)
     async def drift(
