@@ -62,42 +62,38 @@ def patient_identity(path: str | os.PathLike[str]) -> tuple[str, str] | None:
     return (issuer, pid) if pid else None
 
 
+def header_values(data: bytes, keywords: list[str]) -> list[str] | None:
+    """The text of ``keywords`` in a DICOM file's header ("" where absent), read without the pixels;
+    None for other files or a header that does not parse."""
+    import io
+
+    import pydicom
+
+    if not is_dicom(data[:132]):
+        return None
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=keywords)
+        return [str(ds.get(k, "") or "").strip() for k in keywords]
+    except Exception:  # noqa: BLE001 - a corrupt header raises almost any type; the image's own error is reported
+        return None
+
+
 def device_of(data: bytes) -> str | None:
     """The device's make and model (``Manufacturer ManufacturerModelName``) of a DICOM file's bytes,
     from the header only; None for other files, a header without them or one that does not parse.
     It names the detector, not the patient (so the audit trail may keep it, to tell which device's
     films drift)."""
-    import io
-
-    import pydicom
-
-    if not is_dicom(data[:132]):
+    values = header_values(data, ["Manufacturer", "ManufacturerModelName"])
+    if values is None:
         return None
-    try:
-        tags = ["Manufacturer", "ManufacturerModelName"]
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=tags)
-        name = " ".join(str(ds.get(t, "") or "").strip() for t in tags).strip()
-    except Exception:  # noqa: BLE001 - a corrupt header raises almost any type; the image's own error is reported
-        return None
-    return name[:128] or None
+    return " ".join(values).strip()[:128] or None
 
 
 def uids_of(data: bytes) -> tuple[str | None, str | None]:
     """The Study and SOP Instance UIDs of a DICOM file's bytes, from the header only; (None, None) for
     other files or a header that does not parse."""
-    import io
-
-    import pydicom
-
-    if not is_dicom(data[:132]):
-        return None, None
-    try:
-        tags = ["StudyInstanceUID", "SOPInstanceUID"]
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=tags)
-        study, sop = (str(ds.get(t, "") or "").strip() or None for t in tags)
-    except Exception:  # noqa: BLE001 - as device_of
-        return None, None
-    return study, sop
+    values = header_values(data, ["StudyInstanceUID", "SOPInstanceUID"])
+    return (values[0] or None, values[1] or None) if values else (None, None)
 
 
 def dicom_to_gray(
