@@ -12,6 +12,10 @@ from pneumolens.cli.common import NOTICE, engine_for, fraction, positive_int, tl
 FLOOR_RATES = ("sensitivity", "specificity")  # audit --agreement --min-RATE
 
 
+def _db_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     sv = sub.add_parser("serve", help="the decision-support web app and API (FastAPI)")
     sv.add_argument("--host", default="127.0.0.1")
@@ -61,7 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "on the original's pixels",
     )
     ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
-    ln.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    _db_arg(ln)
     ln.add_argument(
         "--allow-aet", action="append", metavar="AET", help="accept associations only from this calling AE (repeatable)"
     )
@@ -113,7 +117,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("folder")
     w.add_argument("--out", help="where <file>.json results go (default: FOLDER/pneumolens-results)")
     w.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
-    w.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    _db_arg(w)
     w.add_argument("--poll", type=float, default=1.0, help="seconds between scans of the folder")
     w.add_argument("--explain", action="store_true", help="add a Grad-CAM picture (base64 PNG) to each result")
     w.add_argument("--once", action="store_true", help="process what is there now and exit")
@@ -122,7 +126,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("audit", help="list the audit trail of predictions (no patient identifiers are stored)")
     a.add_argument("--since", help="ISO date/time (UTC) or an age: 30m, 12h, 7d")
     a.add_argument("--csv", action="store_true", help="CSV on stdout")
-    a.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    _db_arg(a)
     act = a.add_mutually_exclusive_group()
     act.add_argument("--verify", action="store_true", help="check the hash chain; exit status 1 if it is broken")
     act.add_argument(
@@ -189,7 +193,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="or many reads at once (a RIS export): columns label and one of sha256, path (relative to FILE), study",
     )
-    rv.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
+    _db_arg(rv)
     rv.set_defaults(run=cmd_review)
 
 
