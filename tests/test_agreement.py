@@ -83,6 +83,9 @@ def test_reviews_are_chained_and_drift_ignores_them(audit):
     after = window(audit.rows())  # a read is no prediction: the drift check's counts stay
     assert (after.predictions, after.called) == (before.predictions, before.called) == (3, 0)
     assert audit.verify().problem is None and audit.verify().chained == 4
+    # the agreement reads only the reviews and the rows of what they name, not the whole trail
+    assert [(r["source"], r["input_sha256"]) for r in audit.review_rows()] == [("serve", _h(1)), ("review", _h(1))]
+    assert agreement_in(audit).pairs == pair_reviews(audit.rows()).pairs
     with audit.engine.begin() as conn:
         conn.execute(sa.text("update predictions set reader_label = 'NORMAL' where source = 'review'"))
     assert audit.verify().problem == "row 4 was altered (its content does not match its hash)"
@@ -109,6 +112,9 @@ def test_a_study_is_called_pneumonia_when_any_of_its_images_is(audit, tmp_path):
     rows = audit.rows()
     last_review = next(r["time"] for r in reversed(rows) if r["source"] == "review")
     assert len(pair_reviews(rows, since=last_review).pairs) == 1
+    from datetime import datetime
+
+    assert agreement_in(audit, datetime.fromisoformat(last_review)).pairs == pair_reviews(rows, last_review).pairs
     orphan = pair_reviews([r for r in rows if r["input_sha256"] != _h(3) or r["source"] == "review"])  # pruned
     assert orphan.unmatched == 1 and len(orphan.pairs) == 1
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pneumolens.audit import READS, AuditLog
+from pneumolens.audit import READS, AuditLog, sha256_bytes
 
 NORMAL, PNEUMONIA = READS
 
@@ -116,8 +116,6 @@ def read_reads(path: Path) -> list[Read]:
     import csv
     import re
 
-    from pneumolens.audit import sha256_bytes
-
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -167,7 +165,7 @@ def agreement_in(audit: AuditLog, since: datetime | None = None) -> Agreement:
     """The reviews in ``audit`` dated at or after ``since`` (all without it), paired with the
     predictions they review (which may be older)."""
     start = since.astimezone(UTC).isoformat(timespec="milliseconds") if since else None
-    return pair_reviews(audit.rows(), start)
+    return pair_reviews(audit.review_rows(since), start)
 
 
 def pair_reviews(rows: Iterable[Mapping[str, Any]], since: str | None = None) -> Agreement:

@@ -386,6 +386,21 @@ class AuditLog:
             self._append(conn, self._note("pruned", text, anchor))
         return removed
 
+    def review_rows(self, since: datetime | None = None) -> list[dict]:
+        """The reviews dated at or after ``since`` (all without it) and, of any date, the rows of the
+        images and studies they name, oldest first: what ``pneumolens.agreement`` pairs, read without
+        the rest of the trail."""
+        c = predictions.c
+        recent = [c.source == "review"]
+        if since is not None:
+            recent.append(c.time >= since.astimezone(UTC).isoformat(timespec="milliseconds"))
+        images = sa.select(c.input_sha256).where(*recent, c.input_sha256 != "")
+        studies = sa.select(c.study_hash).where(*recent, c.input_sha256 == "", c.study_hash.is_not(None))
+        named = sa.or_(c.input_sha256.in_(images), c.study_hash.in_(studies))
+        q = sa.select(predictions).where(sa.or_(sa.and_(*recent), sa.and_(c.source != "review", named)))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q.order_by(c.id))]
+
     def rows(
         self,
         since: datetime | None = None,
