@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 import pydicom
 import pytest
@@ -112,8 +113,6 @@ def test_a_study_is_called_pneumonia_when_any_of_its_images_is(audit, tmp_path):
     rows = audit.rows()
     last_review = next(r["time"] for r in reversed(rows) if r["source"] == "review")
     assert len(pair_reviews(rows, since=last_review).pairs) == 1
-    from datetime import datetime
-
     assert agreement_in(audit, datetime.fromisoformat(last_review)).pairs == pair_reviews(rows, last_review).pairs
     orphan = pair_reviews([r for r in rows if r["input_sha256"] != _h(3) or r["source"] == "review"])  # pruned
     assert orphan.unmatched == 1 and len(orphan.pairs) == 1
