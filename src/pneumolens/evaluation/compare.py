@@ -83,13 +83,14 @@ def compare_scores(
     right = {key: (p[key] >= t[key]).astype(int) == y for key in p}
     only_a, only_b = int((right["a"] & ~right["b"]).sum()), int((right["b"] & ~right["a"]).sum())
     discordant = only_a + only_b
+    m = {key: binary_metrics(y, p[key], t[key]) for key in p}
     return {
         "n": int(y.size),
         "n_patients": len(set(keys.tolist())),
         "level": level,
-        "a": binary_metrics(y, p["a"], t["a"]),
-        "b": binary_metrics(y, p["b"], t["b"]),
-        "difference": _paired_intervals(y, p, t, keys, n_boot, level, seed),
+        "a": m["a"],
+        "b": m["b"],
+        "difference": _paired_intervals(y, p, t, keys, n_boot, level, seed, m),
         "calls": {
             "only_a_right": only_a,
             "only_b_right": only_b,
@@ -106,12 +107,14 @@ def _paired_intervals(
     n_boot: int,
     level: float,
     seed: int,
+    whole: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
-    """B minus A for each of ``DIFFERENCES``, with the percentile interval of the same quantity over
-    ``n_boot`` resamples of whole patients (a resample holding one class only is drawn again)."""
+    """B minus A for each of ``DIFFERENCES`` (from ``whole``, each model's metrics on all the films),
+    with the percentile interval of the same quantity over ``n_boot`` resamples of whole patients (a
+    resample holding one class only is drawn again)."""
     members = patient_groups(patients)
     rng = np.random.default_rng(seed)
-    point = {k: binary_metrics(y, p["b"], t["b"])[k] - binary_metrics(y, p["a"], t["a"])[k] for k in DIFFERENCES}
+    point = {k: whole["b"][k] - whole["a"][k] for k in DIFFERENCES}
     draws: dict[str, list[float]] = {k: [] for k in DIFFERENCES}
     while len(draws["roc_auc"]) < n_boot:
         i = draw_groups(members, rng)
