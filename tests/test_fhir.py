@@ -9,11 +9,12 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 
 from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
 from pneumolens.data.images import read_image
-from pneumolens.fhir import MEDIA_TYPE, observation
+from pneumolens.fhir import MEDIA_TYPE, observation, transaction
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -38,6 +39,31 @@ def test_an_observation_says_what_the_model_said(probability, flags, code):
     assert "derivedFrom" not in observation(result)  # a JPEG: no DICOM study to point at
 
 
+def test_a_report_carries_the_observation_and_says_the_call():
+    positive = {"probability": 0.9, "threshold": 0.4, "flags": ["grey_lungs"], "model": MODEL}
+    bundle = Bundle.model_validate(transaction(positive, "1.2.3.4.5", "1.2.3.4", "1.2.3.4.5"))  # valid R4B
+    (obs_entry, report_entry) = bundle.entry
+    obs, report = obs_entry.resource, report_entry.resource
+    assert report.status == "preliminary" and report.code.coding[0].code == "18748-4"
+    assert report.category[0].coding[0].code == "RAD" and report.subject is None  # no patient named
+    assert report.result[0].reference == obs_entry.fullUrl == obs.identifier[0].value
+    assert report.conclusionCode[0].coding[0].code == "233604007"
+    assert "pneumonia suspected" in report.conclusion and "not a diagnosis" in report.conclusion
+    assert "grey_lungs" in report.conclusion and report.imagingStudy[0].identifier.value == "urn:oid:1.2.3.4"
+    for entry in bundle.entry:  # a conditional create on the resource's own identifier
+        assert entry.request.method == "POST" and entry.request.ifNoneExist.endswith(entry.fullUrl)
+        assert entry.resource.identifier[0].value == entry.fullUrl
+
+    negative = transaction({**positive, "probability": 0.1}, "1.2.3.4.5")
+    report = negative["entry"][1]["resource"]
+    assert "conclusionCode" not in report and "imagingStudy" not in report and "no pneumonia" in report["conclusion"]
+    same = [e["fullUrl"] for e in negative["entry"]]  # the same image and weights: the same identifiers
+    assert same == [e.fullUrl for e in bundle.entry]
+    other_model = transaction({**positive, "model": {**MODEL, "sha256": "ef" * 32}}, "1.2.3.4.5")
+    other_image = transaction(positive, "1.2.3.4.6")
+    assert not {e["fullUrl"] for e in other_model["entry"] + other_image["entry"]} & set(same)
+
+
 def test_the_api_answers_with_an_observation(trained_run, tmp_path):
     gray = read_image(real_images("test", "NORMAL", 1)[0])
     path = make_dicom(tmp_path / "x.dcm", np.round((1 - gray) * 4095).astype(np.uint16), "MONOCHROME1")
@@ -52,6 +78,15 @@ def test_the_api_answers_with_an_observation(trained_run, tmp_path):
         assert obs.derivedFrom[0].identifier.value == f"urn:oid:{uid}"
         assert PATIENT_NAME not in r.text and PATIENT_ID not in r.text
         assert client.post("/api/v1/predict?format=hl7", files={"file": ("x.dcm", data)}).status_code == 422
+        r = client.post("/api/v1/predict?explain=false&format=fhir-bundle", files={"file": ("x.dcm", data)})
+        bundle = Bundle.model_validate(r.json())
+        assert r.headers["content-type"].startswith(MEDIA_TYPE) and bundle.type == "transaction"
+        report = bundle.entry[1].resource
+        assert report.imagingStudy[0].identifier.value == f"urn:oid:{uid}"
+        assert ("conclusionCode" in r.text) == (plain["label"] == "PNEUMONIA")
+        jpeg = real_images("test", "NORMAL", 1)[0].read_bytes()
+        r = client.post("/api/v1/predict?explain=false&format=fhir-bundle", files={"file": ("x.jpeg", jpeg)})
+        assert r.status_code == 200 and "imagingStudy" not in r.text  # no DICOM study behind a JPEG
 
 
 def test_the_node_writes_an_observation_per_image(trained_run, tmp_path):

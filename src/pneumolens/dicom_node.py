@@ -10,7 +10,9 @@ DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS
 with ``gsps=True`` (``--gsps``) a Grayscale Softcopy Presentation State that outlines the map on the
 original image (``pneumolens.dicom_presentation``), and with ``seg=True`` (``--seg``) the map's graded
 values as a fractional Segmentation (``pneumolens.dicom_segmentation``); with ``fhir`` (``--fhir DIR``)
-each result is also a FHIR Observation in a folder (``pneumolens.fhir``). A
+each result is also a FHIR Observation in a folder (``pneumolens.fhir``), and with ``outbox``
+(``--fhir-url``) the Observation and a DiagnosticReport go to a FHIR server, stored and forwarded
+(``pneumolens.fhir_outbox``). A
 dataset that cannot be read gets a failure status; the node keeps serving. Every result and refusal
 goes to the audit trail with a salted hash of the Study Instance UID; patient identifiers are
 copied into the result objects (the PACS needs them to file them) but never into logs or the audit
@@ -59,6 +61,7 @@ from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of
 from pneumolens.data.images import ImageReadError, read_image
+from pneumolens.fhir_outbox import Outbox
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 
 log = logging.getLogger(__name__)
@@ -356,6 +359,7 @@ class Node:
     keep: Path | None = None  # also store each image read, as received, here (for a site's own evaluation)
     retain_days: float | None = None  # delete what the node wrote and kept older than this; None: keep all
     fhir: Path | None = None  # also write each result as a FHIR Observation (JSON) here
+    outbox: Outbox | None = None  # and post it with its DiagnosticReport to a FHIR server (store and forward)
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
@@ -398,6 +402,8 @@ class Node:
                 atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))
             if self.fhir is not None:
                 self._write_observation(ds, result)
+            if self.outbox is not None:
+                self._queue_bundle(ds, result, data)
             if self.forward is not None:
                 self._send(results)
         except (ConnectionError, OSError) as e:  # pneumolens' own words, or the file system's: no header values
@@ -478,6 +484,14 @@ class Node:
         path = self.fhir / f"{uid_file_name(sop)}.json"
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
+    def _queue_bundle(self, ds: Dataset, result: dict, data: bytes) -> None:
+        """The Observation and its DiagnosticReport, queued in the outbox for the FHIR server."""
+        from pneumolens.fhir import transaction
+
+        study, sop = str(ds.get("StudyInstanceUID", "") or "") or None, str(ds.get("SOPInstanceUID", "") or "") or None
+        key = sop or sha256_bytes(data)
+        self.outbox.put(uid_file_name(key), transaction(result, key, study, sop))
+
     def _prune_and_go_on(self) -> None:
         try:
             self.prune()
@@ -531,6 +545,8 @@ class Node:
         start and hourly.
         """
         server = self.server(host, port)
+        sender_stop = threading.Event()
+        sender = self.outbox.start(sender_stop) if self.outbox is not None else None
         try:
             self._prune_and_go_on()
             pruned = time.monotonic()
@@ -551,3 +567,5 @@ class Node:
                 assoc.abort()
             for assoc in server.active_associations:
                 assoc.join(2.0)
+            if sender is not None:  # what the server has not taken stays in the outbox for the next start
+                self.outbox.stop(sender_stop, sender)

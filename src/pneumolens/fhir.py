@@ -18,10 +18,20 @@
 No patient is named: ``subject`` is left for the interface engine, which knows the patient from
 the study (FHIR allows an Observation without one). Built as a plain dictionary; the tests check it
 against the R4B models of ``fhir.resources``.
+
+``transaction`` wraps the Observation with a DiagnosticReport that cites it (``preliminary``,
+category RAD, LOINC 18748-4 "Diagnostic imaging study", the call as its ``conclusion``, SNOMED
+pneumonia as ``conclusionCode`` when the call is pneumonia, the ImagingStudy when there is one) in
+a transaction Bundle, what ``listen --fhir-url`` posts to a FHIR server (``pneumolens.fhir_outbox``)
+and ``?format=fhir-bundle`` answers. Both resources carry an identifier derived from the image (its
+SOP Instance UID, else the upload's SHA-256) and the model's weight hash, and each entry is a
+conditional create on it (``ifNoneExist``): a bundle sent again after a lost answer creates nothing
+twice.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +42,9 @@ INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpreta
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 DICOM_UID = "urn:dicom:uid"  # the identifier system FHIR's ImagingStudy uses for DICOM UIDs
 MEDIA_TYPE = "application/fhir+json"
+LOINC, V2_SECTION = "http://loinc.org", "http://terminology.hl7.org/CodeSystem/v2-0074"
+URI = "urn:ietf:rfc:3986"  # identifier system of a URN value (here urn:uuid:...)
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/pneumolens/pneumolens/fhir")
 
 
 def observation(result: dict[str, Any], study_uid: str | None = None, image_uid: str | None = None) -> dict[str, Any]:
@@ -79,11 +92,83 @@ def observation(result: dict[str, Any], study_uid: str | None = None, image_uid:
         "note": [{"text": text} for text in notes],
     }
     if study_uid:
-        study: dict[str, Any] = {
-            "type": "ImagingStudy",
-            "identifier": {"system": DICOM_UID, "value": f"urn:oid:{study_uid}"},
-        }
-        if image_uid:
-            study["display"] = f"image urn:oid:{image_uid}"
-        obs["derivedFrom"] = [study]
+        obs["derivedFrom"] = [_study(study_uid, image_uid)]
     return obs
+
+
+def _study(study_uid: str, image_uid: str | None) -> dict[str, Any]:
+    """A logical reference to the DICOM study (FHIR's ImagingStudy identifier), naming the image read."""
+    identifier = {"system": DICOM_UID, "value": f"urn:oid:{study_uid}"}
+    study: dict[str, Any] = {"type": "ImagingStudy", "identifier": identifier}
+    if image_uid:
+        study["display"] = f"image urn:oid:{image_uid}"
+    return study
+
+
+def resource_id(kind: str, image_key: str, model_sha256: str) -> str:
+    """``urn:uuid:...``, the same for the same image read by the same weights: the identifier that makes
+    a bundle sent twice create nothing twice."""
+    return f"urn:uuid:{uuid.uuid5(NAMESPACE, f'{kind}|{image_key}|{model_sha256}')}"
+
+
+def diagnostic_report(
+    result: dict[str, Any], observation_ref: str, study_uid: str | None = None, image_uid: str | None = None
+) -> dict[str, Any]:
+    """The report that carries the Observation at ``observation_ref``: the call in words as its
+    conclusion, coded as pneumonia when the model calls it (nothing is coded for a negative call)."""
+    probability, threshold = float(result["probability"]), float(result["threshold"])
+    called = probability >= threshold
+    flags = list(result.get("flags", []))
+    words = "pneumonia suspected" if called else "no pneumonia suspected"
+    conclusion = (
+        f"AI first read (decision support, not a diagnosis): {words}; probability {probability:.3f} against the "
+        f"model's operating point {threshold:.3f}."
+    )
+    if flags:
+        conclusion += f" {describe(flags)} (flags: {', '.join(flags)})"
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
+        "category": [{"coding": [{"system": V2_SECTION, "code": "RAD", "display": "Radiology"}]}],
+        "code": {
+            "coding": [{"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}],
+            "text": "AI first read of a chest X-ray (decision support, not a diagnosis)",
+        },
+        "effectiveDateTime": stamp,
+        "issued": stamp,
+        "performer": [{"display": f"pneumolens {result['model']['version']} ({result['model']['name']})"}],
+        "result": [{"reference": observation_ref}],
+        "conclusion": conclusion,
+    }
+    if called:
+        report["conclusionCode"] = [{"coding": [{"system": SNOMED, "code": "233604007", "display": "Pneumonia"}]}]
+    if study_uid:
+        report["imagingStudy"] = [_study(study_uid, image_uid)]
+    return report
+
+
+def transaction(
+    result: dict[str, Any], image_key: str, study_uid: str | None = None, image_uid: str | None = None
+) -> dict[str, Any]:
+    """The Observation and its DiagnosticReport as a FHIR transaction Bundle, each a conditional create
+    on its identifier. ``image_key``: what names the image (its SOP Instance UID, or the upload's
+    SHA-256)."""
+    sha = str(result["model"]["sha256"])
+    obs_id, report_id = resource_id("Observation", image_key, sha), resource_id("DiagnosticReport", image_key, sha)
+    obs = observation(result, study_uid, image_uid)
+    obs["identifier"] = [{"system": URI, "value": obs_id}]
+    report = diagnostic_report(result, obs_id, study_uid, image_uid)
+    report["identifier"] = [{"system": URI, "value": report_id}]
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": ident,
+                "resource": resource,
+                "request": {"method": "POST", "url": kind, "ifNoneExist": f"identifier={URI}|{ident}"},
+            }
+            for kind, ident, resource in (("Observation", obs_id, obs), ("DiagnosticReport", report_id, report))
+        ],
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import ssl
 import sys
 from pathlib import Path
 
@@ -45,6 +46,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="also write each result as a FHIR R4 Observation (SOP_INSTANCE_UID.json, no patient in it) in DIR, "
         "for an interface engine",
     )
+    ln.add_argument(
+        "--fhir-url",
+        metavar="URL",
+        help="also post each result (its Observation and a DiagnosticReport, a transaction Bundle) to the FHIR "
+        "server at this base URL; needs --fhir DIR, whose outbox/ keeps what the server has not yet taken",
+    )
+    ln.add_argument("--fhir-token-file", metavar="FILE", help="a bearer token for --fhir-url, read from FILE")
+    ln.add_argument("--fhir-ca", metavar="PEM", help="the CA that signed an https --fhir-url (default: the system's)")
     ln.add_argument(
         "--retain-days",
         type=positive_int,
@@ -248,6 +257,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 Path(folder).mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ValueError(f"{flag} {folder}: cannot create the folder ({e.strerror or e})") from None
+    outbox = _outbox(args)
     engine = engine_for(args.model)
     node = Node(
         engine,
@@ -263,6 +273,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         keep=Path(args.keep) if args.keep else None,
         retain_days=args.retain_days,
         fhir=Path(args.fhir) if args.fhir else None,
+        outbox=outbox,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
@@ -285,7 +296,48 @@ def cmd_listen(args: argparse.Namespace) -> int:
         f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
         file=sys.stderr,
     )
+    if outbox is not None:
+        waiting = len(outbox.waiting())
+        print(
+            f"FHIR: {outbox.delivered} bundle(s) delivered, {outbox.rejected} refused (kept in "
+            f"{outbox.folder / 'rejected'}), {waiting} waiting in {outbox.folder}",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _outbox(args: argparse.Namespace):
+    """``listen``'s FHIR outbox (``--fhir-url``), every flag checked before the model loads."""
+    from pneumolens.alert import check_url
+    from pneumolens.fhir_outbox import Outbox, read_token
+
+    if not args.fhir_url:
+        for flag, value in (("--fhir-token-file", args.fhir_token_file), ("--fhir-ca", args.fhir_ca)):
+            if value:
+                raise ValueError(f"{flag} is for --fhir-url, which was not given")
+        return None
+    if not args.fhir:
+        raise ValueError(
+            "--fhir-url needs --fhir DIR: the folder whose outbox/ keeps what the server has not yet taken"
+        )
+    try:
+        check_url(args.fhir_url)
+    except ValueError:
+        raise ValueError(
+            "--fhir-url: expected an http:// or https:// URL with a host (the server's base URL)"
+        ) from None
+    token = read_token(args.fhir_token_file) if args.fhir_token_file else None
+    if args.fhir_ca:
+        if not args.fhir_url.startswith("https:"):
+            raise ValueError("--fhir-ca is for an https:// --fhir-url")
+        try:
+            ssl.create_default_context(cafile=args.fhir_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"--fhir-ca {args.fhir_ca}: cannot use it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return Outbox(Path(args.fhir) / "outbox", args.fhir_url, token=token, ca=args.fhir_ca)
+    except OSError as e:
+        raise ValueError(f"--fhir {args.fhir}: cannot create its outbox/ ({e.strerror or e})") from None
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -129,8 +129,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         method: Annotated[str, Query(description="occlusion, gradcam or lime")] = settings.default_method,
         image: Annotated[bool, Query(description="add image_png: the image as read (for DICOM in a browser)")] = False,
         fmt: Annotated[
-            Literal["json", "fhir"],
-            Query(alias="format", description="fhir: answer with a FHIR R4 Observation instead"),
+            Literal["json", "fhir", "fhir-bundle"],
+            Query(
+                alias="format",
+                description="fhir: answer with a FHIR R4 Observation instead; fhir-bundle: with it and a "
+                "DiagnosticReport as a transaction Bundle, ready to post to a FHIR server",
+            ),
         ] = "json",
     ):
         if file is None:
@@ -182,6 +186,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from pneumolens.fhir import MEDIA_TYPE, observation
 
             return JSONResponse(observation(result, *uids_of(data)), media_type=MEDIA_TYPE)
+        if fmt == "fhir-bundle":
+            from pneumolens.fhir import MEDIA_TYPE, transaction
+
+            study_uid, image_uid = uids_of(data)
+            bundle = transaction(result, image_uid or result["input_sha256"], study_uid, image_uid)
+            return JSONResponse(bundle, media_type=MEDIA_TYPE)
         return result
 
     @app.get("/recent", include_in_schema=False)

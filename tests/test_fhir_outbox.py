@@ -1,0 +1,215 @@
+"""Store and forward to a FHIR server (``pneumolens.fhir_outbox``, ``listen --fhir-url``), against a
+stand-in server on this machine: what it receives, and that nothing is lost while it is away or
+refuses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
+from pneumolens.cli import main
+from pneumolens.data.images import read_image
+from pneumolens.fhir import transaction
+from pneumolens.fhir_outbox import Outbox, read_token
+
+MODEL = {"name": "pneumolens-default", "version": "9.9", "sha256": "cd" * 32}
+RESULT = {"probability": 0.8, "threshold": 0.4, "flags": [], "model": MODEL}
+
+
+class FhirServer:
+    """Answers each POST with the next of ``statuses`` (then 200), keeping what it received."""
+
+    def __init__(self, statuses=()):
+        self.statuses, self.received = list(statuses), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = server.statuses.pop(0) if server.statuses else 200
+                server.received.append((self.path, dict(self.headers), json.loads(body), status))
+                if status < 300:
+                    answer = {"resourceType": "Bundle", "type": "transaction-response", "entry": []}
+                else:
+                    answer = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/fhir"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def fhir_server():
+    servers = []
+
+    def make(statuses=()):
+        servers.append(FhirServer(statuses))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def test_a_bundle_is_delivered_once_and_leaves_the_outbox(fhir_server, tmp_path):
+    server = fhir_server()
+    outbox = Outbox(tmp_path / "outbox", server.url, token="s3cret")
+    outbox.put("1.2.3", transaction(RESULT, "1.2.3", "1.2", "1.2.3"))
+    assert [p.name for p in outbox.waiting()] == ["1.2.3.json"]
+    assert outbox.deliver() and outbox.waiting() == [] and outbox.delivered == 1
+    ((path, headers, body, _),) = server.received
+    assert path == "/fhir" and headers["Authorization"] == "Bearer s3cret"
+    assert headers["Content-Type"] == "application/fhir+json"
+    bundle = Bundle.model_validate(body)  # what the server got is a valid R4B transaction
+    assert bundle.type == "transaction" and [e.request.url for e in bundle.entry] == ["Observation", "DiagnosticReport"]
+    assert outbox.deliver() and len(server.received) == 1  # nothing left to send
+
+
+def test_the_outbox_keeps_bundles_while_the_server_is_away_and_sends_them_in_order(fhir_server, tmp_path, caplog):
+    server = fhir_server([503])
+    outbox = Outbox(tmp_path / "outbox", server.url)
+    for uid in ("1.1", "1.2"):
+        outbox.put(uid, transaction(RESULT, uid))
+    with caplog.at_level(logging.WARNING, logger="pneumolens.fhir"):
+        assert not outbox.deliver()  # 503: stop the pass, keep both
+    assert len(outbox.waiting()) == 2 and "HTTP 503" in caplog.text and "2 bundle(s) wait" in caplog.text
+    assert outbox.deliver() and outbox.waiting() == []
+    sent = [body["entry"][0]["resource"]["identifier"][0]["value"] for _, _, body, _ in server.received]
+    first, second = (transaction(RESULT, uid)["entry"][0]["fullUrl"] for uid in ("1.1", "1.2"))
+    assert sent == [first, first, second]  # the same bundle again, then the next, oldest first
+
+    closed = Outbox(tmp_path / "outbox2", "http://127.0.0.1:9/fhir?token=hidden")  # nothing listens on port 9
+    closed.put("2.1", transaction(RESULT, "2.1"))
+    with caplog.at_level(logging.WARNING, logger="pneumolens.fhir"):
+        assert not closed.deliver()
+    assert len(closed.waiting()) == 1 and "could not be reached" in caplog.text
+    assert "hidden" not in caplog.text  # a URL's query can hold a secret: only scheme, host and port are logged
+
+
+@pytest.mark.parametrize("status, kept", [(401, True), (429, True), (400, False), (422, False)])
+def test_a_refused_bundle_is_kept_aside_with_the_answer(fhir_server, tmp_path, status, kept):
+    server = fhir_server([status])
+    outbox = Outbox(tmp_path / "outbox", server.url)
+    outbox.put("3.1", transaction(RESULT, "3.1"))
+    outbox.put("3.2", transaction(RESULT, "3.2"))
+    if kept:  # the server may take it later (credentials fixed, load gone): it waits
+        assert not outbox.deliver() and len(outbox.waiting()) == 2
+        return
+    assert outbox.deliver() and outbox.waiting() == [] and outbox.rejected == 1 and outbox.delivered == 1
+    rejected = tmp_path / "outbox" / "rejected"
+    assert sorted(p.name for p in rejected.iterdir()) == ["3.1.answer.json", "3.1.json"]
+    assert json.loads((rejected / "3.1.answer.json").read_text())["resourceType"] == "OperationOutcome"
+
+
+def test_the_sender_thread_delivers_when_woken_and_stops(fhir_server, tmp_path):
+    server = fhir_server()
+    outbox = Outbox(tmp_path / "outbox", server.url, retry_every=30.0)
+    stop = threading.Event()
+    thread = outbox.start(stop)
+    outbox.put("4.1", transaction(RESULT, "4.1"))  # wakes the sender at once, long before 30 s
+    for _ in range(200):
+        if outbox.delivered:
+            break
+        threading.Event().wait(0.02)
+    outbox.stop(stop, thread)
+    assert outbox.delivered == 1 and not thread.is_alive()
+
+
+def test_the_node_queues_a_bundle_for_each_image(fhir_server, trained_run, tmp_path):
+    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    server = fhir_server()
+    outbox = Outbox(tmp_path / "fhir" / "outbox", server.url)
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", fhir=tmp_path / "fhir", outbox=outbox)
+    node.out.mkdir()
+    pixels = np.round(read_image(real_images("test", "PNEUMONIA", 1)[0]) * 255).astype(np.uint8)
+    sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    event = SimpleNamespace(dataset=sent, file_meta=sent.file_meta)
+    assert node.handle_store(event) == SUCCESS and node.handle_store(event) == SUCCESS  # sent twice
+    (queued,) = outbox.waiting()  # the same image: one bundle, named by its SOP Instance UID
+    assert queued.name == f"{sent.SOPInstanceUID}.json"
+    text = queued.read_text()
+    assert PATIENT_NAME not in text and PATIENT_ID not in text
+    assert outbox.deliver()
+    bundle = Bundle.model_validate(server.received[0][2])
+    report = bundle.entry[1].resource
+    assert report.imagingStudy[0].identifier.value == f"urn:oid:{sent.StudyInstanceUID}"
+    assert report.result[0].reference == bundle.entry[0].fullUrl
+
+
+def test_listen_checks_the_fhir_flags_before_loading_a_model(tmp_path, capsys):
+    token = tmp_path / "token"
+    token.write_text("abc def\n")
+    base = ["listen", "--out", str(tmp_path / "out")]
+    cases = [
+        (["--fhir-url", "http://ehr.example/fhir"], "--fhir-url needs --fhir DIR"),
+        (["--fhir", str(tmp_path / "f"), "--fhir-url", "ftp://ehr.example/fhir"], "--fhir-url: expected an http"),
+        (["--fhir-token-file", str(token)], "--fhir-token-file is for --fhir-url"),
+        (["--fhir", str(tmp_path / "f"), "--fhir-url", "http://h/fhir", "--fhir-token-file", str(token)], "one token"),
+        (["--fhir", str(tmp_path / "f"), "--fhir-url", "http://h/fhir", "--fhir-token-file", "nope"], "nope: cannot"),
+        (["--fhir", str(tmp_path / "f"), "--fhir-url", "http://h/fhir", "--fhir-ca", str(token)], "for an https://"),
+        (["--fhir", str(tmp_path / "f"), "--fhir-url", "https://h/fhir", "--fhir-ca", str(token)], "--fhir-ca"),
+    ]
+    for extra, message in cases:
+        assert main(base + extra + ["--model", str(tmp_path / "no-model")]) != 0
+        assert message in capsys.readouterr().err, extra
+
+
+def test_a_token_file_holds_one_token(tmp_path):
+    path = tmp_path / "t"
+    path.write_text("  tok-123\n")
+    assert read_token(str(path)) == "tok-123"
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="one token"):
+        read_token(str(path))
+
+
+def test_the_running_node_sends_what_an_earlier_run_left_and_what_it_reads(fhir_server, trained_run, tmp_path):
+    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    server = fhir_server()
+    outbox = Outbox(tmp_path / "fhir" / "outbox", server.url)
+    outbox.put("5.1", transaction(RESULT, "5.1"))  # left by a run whose server was away
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", fhir=tmp_path / "fhir", outbox=outbox)
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    stop = threading.Event()
+
+    def store_then_stop() -> None:
+        assert node.handle_store(SimpleNamespace(dataset=sent, file_meta=sent.file_meta)) == SUCCESS
+        for _ in range(250):
+            if outbox.delivered == 2:
+                break
+            threading.Event().wait(0.02)
+        stop.set()
+
+    node.run("127.0.0.1", free_port(), stop, on_ready=store_then_stop)
+    assert outbox.delivered == 2 and outbox.waiting() == []
+    firsts = [body["entry"][0]["fullUrl"] for _, _, body, _ in server.received]
+    assert firsts[0] == transaction(RESULT, "5.1")["entry"][0]["fullUrl"]  # the older one first
