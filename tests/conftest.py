@@ -185,3 +185,73 @@ def make_dicom(
         ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def make_certificates(folder: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 / localhost and a client certificate, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    files: dict[str, str] = {}
+
+    def issue(name: str, issuer_name: str | None, issuer_key, ca: bool, san: list | None = None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]) if issuer_name else subject
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pem_key = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        (folder / f"{name}.key").write_bytes(pem_key)
+        files[name], files[f"{name}_key"] = str(folder / f"{name}.pem"), str(folder / f"{name}.key")
+        return key
+
+    ca_key = issue("ca", None, None, ca=True)
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    issue("server", "ca", ca_key, ca=False, san=san)
+    issue("client", "ca", ca_key, ca=False)
+    return files
+
+
+def store_then_wait(node, dataset, done, seconds: float = 5.0) -> None:
+    """Run ``node`` (``Node.run`` on a free port), hand it ``dataset`` as a C-STORE once it listens,
+    and stop it once ``done()`` holds (or after ``seconds``)."""
+    import threading
+    from types import SimpleNamespace
+
+    from pneumolens.dicom_node import SUCCESS
+
+    stop = threading.Event()
+
+    def store() -> None:
+        assert node.handle_store(SimpleNamespace(dataset=dataset, file_meta=dataset.file_meta)) == SUCCESS
+        for _ in range(int(seconds / 0.02)):
+            if done():
+                break
+            threading.Event().wait(0.02)
+        stop.set()
+
+    node.run("127.0.0.1", free_port(), stop, on_ready=store)

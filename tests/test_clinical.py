@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from scipy import ndimage
 
-from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
+from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_certificates, make_dicom, real_images
 from pneumolens.audit import AuditLog, parse_since
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
@@ -520,55 +520,6 @@ def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):
     assert not refused.is_established
 
 
-def _certificates(folder: Path) -> dict[str, str]:
-    """A CA, a server certificate for 127.0.0.1 / localhost and a client certificate, as PEM files."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    files: dict[str, str] = {}
-
-    def issue(name: str, issuer_name: str | None, issuer_key, ca: bool, san: list | None = None):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]) if issuer_name else subject
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if ca:
-            builder = builder.add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        cert = builder.sign(issuer_key or key, hashes.SHA256())
-        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        pem_key = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        (folder / f"{name}.key").write_bytes(pem_key)
-        files[name], files[f"{name}_key"] = str(folder / f"{name}.pem"), str(folder / f"{name}.key")
-        return key
-
-    ca_key = issue("ca", None, None, ca=True)
-    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    issue("server", "ca", ca_key, ca=False, san=san)
-    issue("client", "ca", ca_key, ca=False)
-    return files
-
-
 def test_node_tls_and_calling_ae_allow_list(tmp_path):
     import ssl
     import threading
@@ -577,7 +528,7 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
 
     from pneumolens.dicom_node import VERIFICATION, Node, tls_context
 
-    pem = _certificates(tmp_path)
+    pem = make_certificates(tmp_path)
     tls = tls_context(pem["server"], pem["server_key"], ca=pem["ca"])  # mutual TLS
     node, stop, port = (
         Node(None, None, tmp_path / "out", allowed_aets=("MODALITY",), tls=tls),
@@ -638,7 +589,7 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
     ],
 )
 def test_listen_refuses_bad_tls_and_allow_list_flags(tmp_path, capsys, flags, message):
-    pem = _certificates(tmp_path)
+    pem = make_certificates(tmp_path)
     names = {"SERVER": pem["server"], "SERVER_KEY": pem["server_key"], "CLIENT_KEY": pem["client_key"]}
     names["UNDER_A_FILE"] = pem["server"] + "/results"
     argv = ["listen", "--port", str(free_port()), "--out", str(tmp_path / "out"), *[names.get(f, f) for f in flags]]
@@ -667,7 +618,7 @@ def test_forwarding_over_tls_with_the_destination_s_own_certificates(trained_run
     from pneumolens.dicom_node import SECONDARY_CAPTURE, tls_context
 
     (tmp_path / "other").mkdir()
-    pki = _certificates(tmp_path / "other")  # the archive's CA: the node's modalities know nothing of it
+    pki = make_certificates(tmp_path / "other")  # the archive's CA: the node's modalities know nothing of it
     received = []
     archive = AE(ae_title="ARCHIVE")
     archive.add_supported_context(SECONDARY_CAPTURE)
@@ -722,7 +673,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     destination = Destination.parse(f"ARCHIVE@127.0.0.1:{port_archive}")
     archive_tls = None
     if tls:  # the archive demands a client certificate from our CA; the node checks the archive's
-        pem = _certificates(tmp_path)
+        pem = make_certificates(tmp_path)
         archive_tls = tls_context(pem["server"], pem["server_key"], ca=pem["ca"])
         destination.tls = tls_context(pem["client"], pem["client_key"], ca=pem["ca"], server=False)
     archive_server = archive.start_server(

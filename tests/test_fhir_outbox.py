@@ -15,14 +15,19 @@ import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
+from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images, store_then_wait
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
 from pneumolens.fhir import transaction
-from pneumolens.fhir_outbox import Outbox, read_token
+from pneumolens.fhir_outbox import FhirSender, read_token
+from pneumolens.outbox import Outbox
 
 MODEL = {"name": "pneumolens-default", "version": "9.9", "sha256": "cd" * 32}
 RESULT = {"probability": 0.8, "threshold": 0.4, "flags": [], "model": MODEL}
+
+
+def _json(bundle: dict) -> bytes:
+    return json.dumps(bundle).encode()
 
 
 class FhirServer:
@@ -75,8 +80,8 @@ def fhir_server():
 
 def test_a_bundle_is_delivered_once_and_leaves_the_outbox(fhir_server, tmp_path):
     server = fhir_server()
-    outbox = Outbox(tmp_path / "outbox", server.url, token="s3cret")
-    outbox.put("1.2.3", transaction(RESULT, "1.2.3", "1.2", "1.2.3"))
+    outbox = Outbox(tmp_path / "outbox", FhirSender(server.url, "s3cret"))
+    outbox.put("1.2.3", _json(transaction(RESULT, "1.2.3", "1.2", "1.2.3")))
     assert [p.name for p in outbox.waiting()] == ["1.2.3.json"]
     assert outbox.deliver() and outbox.waiting() == [] and outbox.delivered == 1
     ((path, headers, body, _),) = server.received
@@ -89,20 +94,22 @@ def test_a_bundle_is_delivered_once_and_leaves_the_outbox(fhir_server, tmp_path)
 
 def test_the_outbox_keeps_bundles_while_the_server_is_away_and_sends_them_in_order(fhir_server, tmp_path, caplog):
     server = fhir_server([503])
-    outbox = Outbox(tmp_path / "outbox", server.url)
+    outbox = Outbox(tmp_path / "outbox", FhirSender(server.url))
     for uid in ("1.1", "1.2"):
-        outbox.put(uid, transaction(RESULT, uid))
-    with caplog.at_level(logging.WARNING, logger="pneumolens.fhir"):
+        outbox.put(uid, _json(transaction(RESULT, uid)))
+    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
         assert not outbox.deliver()  # 503: stop the pass, keep both
-    assert len(outbox.waiting()) == 2 and "HTTP 503" in caplog.text and "2 bundle(s) wait" in caplog.text
+    assert len(outbox.waiting()) == 2 and "HTTP 503" in caplog.text and "2 message(s) wait" in caplog.text
     assert outbox.deliver() and outbox.waiting() == []
     sent = [body["entry"][0]["resource"]["identifier"][0]["value"] for _, _, body, _ in server.received]
     first, second = (transaction(RESULT, uid)["entry"][0]["fullUrl"] for uid in ("1.1", "1.2"))
     assert sent == [first, first, second]  # the same bundle again, then the next, oldest first
 
-    closed = Outbox(tmp_path / "outbox2", "http://127.0.0.1:9/fhir?token=hidden")  # nothing listens on port 9
-    closed.put("2.1", transaction(RESULT, "2.1"))
-    with caplog.at_level(logging.WARNING, logger="pneumolens.fhir"):
+    closed = Outbox(
+        tmp_path / "outbox2", FhirSender("http://127.0.0.1:9/fhir?token=hidden")
+    )  # nothing listens on port 9
+    closed.put("2.1", _json(transaction(RESULT, "2.1")))
+    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
         assert not closed.deliver()
     assert len(closed.waiting()) == 1 and "could not be reached" in caplog.text
     assert "hidden" not in caplog.text  # a URL's query can hold a secret: only scheme, host and port are logged
@@ -111,24 +118,24 @@ def test_the_outbox_keeps_bundles_while_the_server_is_away_and_sends_them_in_ord
 @pytest.mark.parametrize("status, kept", [(401, True), (429, True), (400, False), (422, False)])
 def test_a_refused_bundle_is_kept_aside_with_the_answer(fhir_server, tmp_path, status, kept):
     server = fhir_server([status])
-    outbox = Outbox(tmp_path / "outbox", server.url)
-    outbox.put("3.1", transaction(RESULT, "3.1"))
-    outbox.put("3.2", transaction(RESULT, "3.2"))
+    outbox = Outbox(tmp_path / "outbox", FhirSender(server.url))
+    outbox.put("3.1", _json(transaction(RESULT, "3.1")))
+    outbox.put("3.2", _json(transaction(RESULT, "3.2")))
     if kept:  # the server may take it later (credentials fixed, load gone): it waits
         assert not outbox.deliver() and len(outbox.waiting()) == 2
         return
     assert outbox.deliver() and outbox.waiting() == [] and outbox.rejected == 1 and outbox.delivered == 1
     rejected = tmp_path / "outbox" / "rejected"
-    assert sorted(p.name for p in rejected.iterdir()) == ["3.1.answer.json", "3.1.json"]
-    assert json.loads((rejected / "3.1.answer.json").read_text())["resourceType"] == "OperationOutcome"
+    assert sorted(p.name for p in rejected.iterdir()) == ["3.1.answer", "3.1.json"]
+    assert json.loads((rejected / "3.1.answer").read_text())["resourceType"] == "OperationOutcome"
 
 
 def test_the_sender_thread_delivers_when_woken_and_stops(fhir_server, tmp_path):
     server = fhir_server()
-    outbox = Outbox(tmp_path / "outbox", server.url, retry_every=30.0)
+    outbox = Outbox(tmp_path / "outbox", FhirSender(server.url), retry_every=30.0)
     stop = threading.Event()
     thread = outbox.start(stop)
-    outbox.put("4.1", transaction(RESULT, "4.1"))  # wakes the sender at once, long before 30 s
+    outbox.put("4.1", _json(transaction(RESULT, "4.1")))  # wakes the sender at once, long before 30 s
     for _ in range(200):
         if outbox.delivered:
             break
@@ -143,8 +150,10 @@ def test_the_node_queues_a_bundle_for_each_image(fhir_server, trained_run, tmp_p
     from pneumolens.service.settings import Settings
 
     server = fhir_server()
-    outbox = Outbox(tmp_path / "fhir" / "outbox", server.url)
-    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", fhir=tmp_path / "fhir", outbox=outbox)
+    outbox = Outbox(tmp_path / "fhir" / "outbox", FhirSender(server.url))
+    node = Node(
+        Engine(Settings(model=str(trained_run))), None, tmp_path / "out", fhir=tmp_path / "fhir", fhir_outbox=outbox
+    )
     node.out.mkdir()
     pixels = np.round(read_image(real_images("test", "PNEUMONIA", 1)[0]) * 255).astype(np.uint8)
     sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
@@ -189,27 +198,19 @@ def test_a_token_file_holds_one_token(tmp_path):
 
 
 def test_the_running_node_sends_what_an_earlier_run_left_and_what_it_reads(fhir_server, trained_run, tmp_path):
-    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.dicom_node import Node
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
     server = fhir_server()
-    outbox = Outbox(tmp_path / "fhir" / "outbox", server.url)
-    outbox.put("5.1", transaction(RESULT, "5.1"))  # left by a run whose server was away
-    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", fhir=tmp_path / "fhir", outbox=outbox)
+    outbox = Outbox(tmp_path / "fhir" / "outbox", FhirSender(server.url))
+    outbox.put("5.1", _json(transaction(RESULT, "5.1")))  # left by a run whose server was away
+    node = Node(
+        Engine(Settings(model=str(trained_run))), None, tmp_path / "out", fhir=tmp_path / "fhir", fhir_outbox=outbox
+    )
     pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
     sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
-    stop = threading.Event()
-
-    def store_then_stop() -> None:
-        assert node.handle_store(SimpleNamespace(dataset=sent, file_meta=sent.file_meta)) == SUCCESS
-        for _ in range(250):
-            if outbox.delivered == 2:
-                break
-            threading.Event().wait(0.02)
-        stop.set()
-
-    node.run("127.0.0.1", free_port(), stop, on_ready=store_then_stop)
+    store_then_wait(node, sent, lambda: outbox.delivered == 2)
     assert outbox.delivered == 2 and outbox.waiting() == []
     firsts = [body["entry"][0]["fullUrl"] for _, _, body, _ in server.received]
     assert firsts[0] == transaction(RESULT, "5.1")["entry"][0]["fullUrl"]  # the older one first

@@ -11,8 +11,10 @@ with ``gsps=True`` (``--gsps``) a Grayscale Softcopy Presentation State that out
 original image (``pneumolens.dicom_presentation``), and with ``seg=True`` (``--seg``) the map's graded
 values as a fractional Segmentation (``pneumolens.dicom_segmentation``); with ``fhir`` (``--fhir DIR``)
 each result is also a FHIR Observation in a folder (``pneumolens.fhir``), and with ``outbox``
-(``--fhir-url``) the Observation and a DiagnosticReport go to a FHIR server, stored and forwarded
-(``pneumolens.fhir_outbox``). A
+(``--fhir-url``) the Observation and a DiagnosticReport go to a FHIR server; with ``hl7``
+(``--hl7 DIR``) each result is an HL7 v2 ORU^R01 message (``pneumolens.hl7v2``), and with
+``hl7_outbox`` (``--hl7-to``) it goes to a RIS over MLLP; both stored and forwarded
+(``pneumolens.outbox``). A
 dataset that cannot be read gets a failure status; the node keeps serving. Every result and refusal
 goes to the audit trail with a salted hash of the Study Instance UID; patient identifiers are
 copied into the result objects (the PACS needs them to file them) but never into logs or the audit
@@ -26,6 +28,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import logging
 import re
 import ssl
@@ -61,8 +64,8 @@ from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of
 from pneumolens.data.images import ImageReadError, read_image
-from pneumolens.fhir_outbox import Outbox
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
+from pneumolens.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +248,7 @@ def _as_accepted(made: Dataset, assoc) -> Dataset:
 
 
 # The names the node gives its files (``uid_file_name`` and generated UIDs): retention deletes only these.
-NODE_FILE = re.compile(r"(?:[0-9.]{1,64}|uid-[0-9a-f]{32})\.(?:dcm|json)")
+NODE_FILE = re.compile(r"(?:[0-9.]{1,64}|uid-[0-9a-f]{32})\.(?:dcm|json|hl7)")
 PRUNE_EVERY = 3600.0  # seconds between retention passes while the node runs
 
 
@@ -359,7 +362,10 @@ class Node:
     keep: Path | None = None  # also store each image read, as received, here (for a site's own evaluation)
     retain_days: float | None = None  # delete what the node wrote and kept older than this; None: keep all
     fhir: Path | None = None  # also write each result as a FHIR Observation (JSON) here
-    outbox: Outbox | None = None  # and post it with its DiagnosticReport to a FHIR server (store and forward)
+    fhir_outbox: Outbox | None = None  # and post it with its DiagnosticReport to a FHIR server (store and forward)
+    hl7: Path | None = None  # also write each result as an HL7 v2 ORU^R01 message here
+    hl7_outbox: Outbox | None = None  # and send it to a RIS over MLLP (store and forward)
+    hl7_receiver: str = ""  # MSH-5 and MSH-6 of those messages: APP or APP^FACILITY
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
@@ -402,8 +408,10 @@ class Node:
                 atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))
             if self.fhir is not None:
                 self._write_observation(ds, result)
-            if self.outbox is not None:
+            if self.fhir_outbox is not None:
                 self._queue_bundle(ds, result, data)
+            if self.hl7 is not None:
+                self._write_hl7(ds, result, data)
             if self.forward is not None:
                 self._send(results)
         except (ConnectionError, OSError) as e:  # pneumolens' own words, or the file system's: no header values
@@ -467,7 +475,7 @@ class Node:
         if self.retain_days is None:
             return 0
         before = time.time() - 86400 * self.retain_days
-        folders = [self.out] + [f for f in (self.keep, self.fhir) if f is not None]
+        folders = [self.out] + [f for f in (self.keep, self.fhir, self.hl7) if f is not None]
         deleted = sum(prune_node_files(folder, before) for folder in folders)
         if deleted:
             log.info("listen: retention: deleted %d file(s) older than %g day(s)", deleted, self.retain_days)
@@ -475,8 +483,6 @@ class Node:
 
     def _write_observation(self, ds: Dataset, result: dict) -> None:
         """The result as a FHIR Observation, ``SOP_INSTANCE_UID.json`` in ``fhir`` (no patient in it)."""
-        import json
-
         from pneumolens.fhir import observation
 
         study, sop = str(ds.get("StudyInstanceUID", "") or "") or None, str(ds.get("SOPInstanceUID", "") or "") or None
@@ -490,7 +496,18 @@ class Node:
 
         study, sop = str(ds.get("StudyInstanceUID", "") or "") or None, str(ds.get("SOPInstanceUID", "") or "") or None
         key = sop or sha256_bytes(data)
-        self.outbox.put(uid_file_name(key), transaction(result, key, study, sop))
+        self.fhir_outbox.put(uid_file_name(key), json.dumps(transaction(result, key, study, sop)).encode())
+
+    def _write_hl7(self, ds: Dataset, result: dict, data: bytes) -> None:
+        """The result as an ORU^R01 message, ``SOP_INSTANCE_UID.hl7`` in ``hl7`` (it holds the
+        patient's identifiers, as the RIS needs them), and queued for the RIS."""
+        from pneumolens.hl7v2 import oru_r01
+
+        name = uid_file_name(str(ds.get("SOPInstanceUID", "") or "") or sha256_bytes(data))
+        message = oru_r01(result, ds, self.hl7_receiver).encode("utf-8")
+        atomic_write(self.hl7 / f"{name}.hl7", lambda tmp: Path(tmp).write_bytes(message))
+        if self.hl7_outbox is not None:
+            self.hl7_outbox.put(name, message)
 
     def _prune_and_go_on(self) -> None:
         try:
@@ -508,7 +525,7 @@ class Node:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION)
         self.out.mkdir(parents=True, exist_ok=True)
-        for folder in (self.keep, self.fhir):
+        for folder in (self.keep, self.fhir, self.hl7):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         if self.allowed_aets:
@@ -546,7 +563,8 @@ class Node:
         """
         server = self.server(host, port)
         sender_stop = threading.Event()
-        sender = self.outbox.start(sender_stop) if self.outbox is not None else None
+        outboxes = [box for box in (self.fhir_outbox, self.hl7_outbox) if box is not None]
+        senders = [box.start(sender_stop) for box in outboxes]
         try:
             self._prune_and_go_on()
             pruned = time.monotonic()
@@ -567,5 +585,5 @@ class Node:
                 assoc.abort()
             for assoc in server.active_associations:
                 assoc.join(2.0)
-            if sender is not None:  # what the server has not taken stays in the outbox for the next start
-                self.outbox.stop(sender_stop, sender)
+            for box, sender in zip(outboxes, senders, strict=True):  # what is not taken stays for the next start
+                box.stop(sender_stop, sender)

@@ -55,11 +55,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ln.add_argument("--fhir-token-file", metavar="FILE", help="a bearer token for --fhir-url, read from FILE")
     ln.add_argument("--fhir-ca", metavar="PEM", help="the CA that signed an https --fhir-url (default: the system's)")
     ln.add_argument(
+        "--hl7",
+        metavar="DIR",
+        help="also write each result as an HL7 v2.5.1 ORU^R01 message (SOP_INSTANCE_UID.hl7) in DIR, for a RIS; "
+        "the files hold patient identifiers",
+    )
+    ln.add_argument(
+        "--hl7-to",
+        metavar="[APP[^FACILITY]@]HOST:PORT",
+        help="also send those messages to this MLLP listener (a RIS or interface engine; APP and FACILITY go in "
+        "MSH-5 and MSH-6); needs --hl7 DIR, whose outbox/ keeps what it has not yet acknowledged",
+    )
+    ln.add_argument(
+        "--hl7-tls",
+        action="store_true",
+        help="send to --hl7-to over TLS, checking its certificate with --hl7-tls-ca (default: the system's CAs) "
+        "and presenting --hl7-tls-cert/--hl7-tls-key when given",
+    )
+    tls_flags(ln, "--hl7-tls", "TLS to the RIS: the node's PEM client certificate", "the RIS's")
+    ln.add_argument(
         "--retain-days",
         type=positive_int,
         metavar="DAYS",
-        help="delete the node's results (--out, --fhir) and kept originals (--keep) older than DAYS, at start and "
-        "hourly (only files the node names by UID); default: keep everything",
+        help="delete the node's results (--out, --fhir, --hl7) and kept originals (--keep) older than DAYS, at start "
+        "and hourly (only files the node names by UID; never an outbox/); default: keep everything",
     )
     ln.add_argument(
         "--gsps",
@@ -251,13 +270,13 @@ def cmd_listen(args: argparse.Namespace) -> int:
     allowed = tuple(args.allow_aet or ())
     if any(not 0 < len(a.strip()) <= 16 for a in allowed):
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
-    for flag, folder in (("--out", args.out), ("--keep", args.keep), ("--fhir", args.fhir)):
+    for flag, folder in (("--out", args.out), ("--keep", args.keep), ("--fhir", args.fhir), ("--hl7", args.hl7)):
         if folder:  # before the model loads and the port opens: a folder the node cannot write is said at once
             try:
                 Path(folder).mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ValueError(f"{flag} {folder}: cannot create the folder ({e.strerror or e})") from None
-    outbox = _outbox(args)
+    fhir_outbox, (hl7_outbox, receiver) = _fhir_outbox(args), _hl7_outbox(args)
     engine = engine_for(args.model)
     node = Node(
         engine,
@@ -273,7 +292,10 @@ def cmd_listen(args: argparse.Namespace) -> int:
         keep=Path(args.keep) if args.keep else None,
         retain_days=args.retain_days,
         fhir=Path(args.fhir) if args.fhir else None,
-        outbox=outbox,
+        fhir_outbox=fhir_outbox,
+        hl7=Path(args.hl7) if args.hl7 else None,
+        hl7_outbox=hl7_outbox,
+        hl7_receiver=receiver,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
@@ -296,20 +318,21 @@ def cmd_listen(args: argparse.Namespace) -> int:
         f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
         file=sys.stderr,
     )
-    if outbox is not None:
-        waiting = len(outbox.waiting())
-        print(
-            f"FHIR: {outbox.delivered} bundle(s) delivered, {outbox.rejected} refused (kept in "
-            f"{outbox.folder / 'rejected'}), {waiting} waiting in {outbox.folder}",
-            file=sys.stderr,
-        )
+    for what, box in (("FHIR", fhir_outbox), ("HL7", hl7_outbox)):
+        if box is not None:
+            print(
+                f"{what}: {box.delivered} delivered, {box.rejected} refused (kept in {box.folder / 'rejected'}), "
+                f"{len(box.waiting())} waiting in {box.folder}",
+                file=sys.stderr,
+            )
     return 0
 
 
-def _outbox(args: argparse.Namespace):
+def _fhir_outbox(args: argparse.Namespace):
     """``listen``'s FHIR outbox (``--fhir-url``), every flag checked before the model loads."""
     from pneumolens.alert import check_url
-    from pneumolens.fhir_outbox import Outbox, read_token
+    from pneumolens.fhir_outbox import FhirSender, read_token
+    from pneumolens.outbox import Outbox
 
     if not args.fhir_url:
         for flag, value in (("--fhir-token-file", args.fhir_token_file), ("--fhir-ca", args.fhir_ca)):
@@ -335,9 +358,32 @@ def _outbox(args: argparse.Namespace):
         except (OSError, ssl.SSLError) as e:
             raise ValueError(f"--fhir-ca {args.fhir_ca}: cannot use it ({getattr(e, 'strerror', None) or e})") from None
     try:
-        return Outbox(Path(args.fhir) / "outbox", args.fhir_url, token=token, ca=args.fhir_ca)
+        return Outbox(Path(args.fhir) / "outbox", FhirSender(args.fhir_url, token, args.fhir_ca))
     except OSError as e:
         raise ValueError(f"--fhir {args.fhir}: cannot create its outbox/ ({e.strerror or e})") from None
+
+
+def _hl7_outbox(args: argparse.Namespace):
+    """``listen``'s HL7 outbox (``--hl7-to``) and the receiver for MSH-5/6, checked before the model
+    loads."""
+    from pneumolens.hl7_outbox import MllpSender
+    from pneumolens.outbox import Outbox
+
+    if not args.hl7_to:
+        if args.hl7_tls:
+            raise ValueError("--hl7-tls needs --hl7-to")
+        return None, ""
+    if not args.hl7:
+        raise ValueError("--hl7-to needs --hl7 DIR: the folder whose outbox/ keeps what the RIS has not yet taken")
+    tls = _hl7_tls(args)
+    receiver, _, address = args.hl7_to.rpartition("@")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in receiver for c in "|~\\&\r\n"):
+        raise ValueError(f"--hl7-to {args.hl7_to!r}: expected [APP[^FACILITY]@]HOST:PORT")
+    try:
+        return Outbox(Path(args.hl7) / "outbox", MllpSender(host, int(port), tls=tls), suffix=".hl7"), receiver
+    except OSError as e:
+        raise ValueError(f"--hl7 {args.hl7}: cannot create its outbox/ ({e.strerror or e})") from None
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -528,3 +574,17 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"{len(studies)} studies match at {pacs.ae_title}; {doing}")
         problems = pull_studies(q, studies, modalities, print, destination=args.to, dry_run=args.dry_run)
     return 1 if problems else 0
+
+
+def _hl7_tls(args: argparse.Namespace):
+    """The TLS context for ``--hl7-to`` (``--hl7-tls``), or None for plain TCP."""
+    from pneumolens.hl7_outbox import client_tls
+
+    own = (args.hl7_tls_ca, args.hl7_tls_cert, args.hl7_tls_key)
+    if not args.hl7_tls:
+        if any(own):
+            raise ValueError("--hl7-tls-ca, --hl7-tls-cert and --hl7-tls-key need --hl7-tls")
+        return None
+    if (args.hl7_tls_cert is None) != (args.hl7_tls_key is None):
+        raise ValueError("--hl7-tls-cert and --hl7-tls-key go together")
+    return client_tls(*own)
