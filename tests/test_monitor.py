@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -204,17 +205,31 @@ def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, 
     db, cut = trails["pneumonia only"]
     assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
     assert len(_Hook.bodies) == 3 and "(attempt 3)" in capsys.readouterr().out
-    # an alert that cannot be delivered is said, and the drift still sets the exit status: three
-    # attempts for a server error, one for an answer that will not change (404)
-    for status, attempts in ((500, 3), (404, 1)):
+    # an alert that cannot be delivered is said and kept beside the database, and the drift still
+    # sets the exit status: three attempts for a server error, one for an answer that will not change
+    kept = Path(db.removeprefix("sqlite:///")).parent / "alerts-outbox"
+    for status, attempts, waiting in ((500, 3, 1), (404, 2, 2)):  # 404: the kept one tried once, then the new one
         _Hook.bodies, _Hook.status = [], status
         assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
         err = capsys.readouterr().err
-        assert f"the alert was refused (HTTP {status})" in err and "SECRET-TOKEN" not in err
-        assert len(_Hook.bodies) == attempts
+        assert f"the alert was refused (HTTP {status})" in err and f"kept in {kept}" in err
+        assert "SECRET-TOKEN" not in err and len(_Hook.bodies) == attempts and len(list(kept.glob("*.json"))) == waiting
+    assert "1 earlier alert(s) still waiting" in err
     closed = f"http://127.0.0.1:{free_port()}/hook"
     assert main(["audit", "--db", db, "--drift", cut, "--notify", closed]) == 1
-    assert "the alert could not be delivered" in capsys.readouterr().err
+    assert "the alert could not be delivered" in capsys.readouterr().err and len(list(kept.glob("*.json"))) == 3
+    # the webhook is back: a quiet week sends the three kept alerts, oldest first, marked late, and nothing new
+    _Hook.bodies, _Hook.status = [], 200
+    quiet_db, quiet_cut = trails["same mix"]
+    same_place = Path(quiet_db.removeprefix("sqlite:///")).parent / "alerts-outbox"
+    same_place.mkdir()
+    for path in sorted(kept.glob("*.json")):
+        path.replace(same_place / path.name)
+    assert main(["audit", "--db", quiet_db, "--drift", quiet_cut, "--notify", hook]) == 0
+    assert "3 earlier alert(s) sent" in capsys.readouterr().out and not list(same_place.glob("*.json"))
+    assert len(_Hook.bodies) == 3 and all("undelivered then]" in body["text"] for body in _Hook.bodies)
+    stamps = [body["text"].split("[first tried ")[1] for body in _Hook.bodies]
+    assert stamps == sorted(stamps)  # oldest first
     for args, message in (
         (["--drift", cut, "--notify", "ftp://x/y"], "--notify: expected an http:// or https:// URL"),
         (["--notify", hook], "--notify sends the alert of --drift or --agreement; give one of them too"),

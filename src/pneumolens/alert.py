@@ -5,8 +5,10 @@ The body carries a one-line ``text`` (what Slack, Mattermost, Microsoft Teams' i
 and most chat and paging bridges show as the message) and the whole report under ``report``
 (``DriftReport.as_dict``: both windows' counts, every measure and its p-value, the notes). Only
 aggregates leave the machine: the audit trail holds no patient identifiers. A webhook that does
-not answer, or answers 429 or 5xx, gets the alert again twice (after 5 and 30 seconds). Standard
-library only (``urllib``): one POST needs no client library.
+not answer, or answers 429 or 5xx, gets the alert again twice (after 5 and 30 seconds). An alert
+still undelivered is kept in an outbox (``deliver``: beside a SQLite audit database, else in
+pneumolens' data folder) and sent, oldest first, by the next run with ``--notify``, marked with
+the time it was first tried. Standard library only (``urllib``): one POST needs no client library.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from pneumolens.outbox import Answer, Outbox
 
 if TYPE_CHECKING:
     from pneumolens.monitor import DriftReport
@@ -56,6 +63,61 @@ def alert_text(report: DriftReport, device: str | None = None) -> str:
 def notify(url: str, report: DriftReport, device: str | None = None) -> int:
     """POST the drift alert (``send``)."""
     return send(url, alert_text(report, device), report.as_dict())
+
+
+def outbox_for(db_url: str) -> Path:
+    """Where undelivered alerts wait: beside a SQLite audit database, else in pneumolens' data folder."""
+    from pneumolens.audit import default_dir
+
+    if db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
+        return Path(db_url.removeprefix("sqlite:///")).parent / "alerts-outbox"
+    return default_dir() / "alerts-outbox"
+
+
+@dataclass
+class WebhookSender:
+    """One POST of a kept alert (``pneumolens.outbox``): taken on 2xx, else kept for the next run."""
+
+    url: str
+    kind: str = "alert"
+
+    def __post_init__(self) -> None:
+        self.where = where(self.url)
+
+    def __call__(self, body: bytes) -> Answer:
+        try:
+            status = _post(self.url, body)
+        except ConnectionError:
+            return Answer("retry", "could not be reached")
+        return Answer("delivered") if 200 <= status < 300 else Answer("retry", f"answered HTTP {status}")
+
+
+def deliver(url: str, text: str | None, report: dict[str, Any], folder: Path) -> tuple[list[str], list[str]]:
+    """Send the alerts kept in ``folder`` (each tried once, oldest first), then this one (``text``;
+    None: none to send) with ``send``'s retries; keep it in ``folder`` when it cannot be delivered.
+    Returns what to tell the user and what went wrong, a line each; never the URL's path or query."""
+    said: list[str] = []
+    problems: list[str] = []
+    if folder.is_dir():
+        kept = Outbox(folder, WebhookSender(url))
+        if kept.waiting():
+            kept.deliver()
+            if kept.delivered:
+                said.append(f"{kept.delivered} earlier alert(s) sent to {where(url)}")
+            if still := len(kept.waiting()):
+                problems.append(f"{still} earlier alert(s) still waiting in {folder}")
+    if text is None:
+        return said, problems
+    try:
+        attempts = send(url, text, report)
+        said.append(f"alert sent to {where(url)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
+    except ConnectionError as e:
+        stamp = datetime.now(UTC)
+        late = f"{text} [first tried {stamp.isoformat(timespec='seconds')}; undelivered then]"
+        body = json.dumps({"text": late, "source": "pneumolens", "report": report}).encode()
+        Outbox(folder, WebhookSender(url)).put(stamp.strftime("%Y%m%dT%H%M%S%f"), body)
+        problems.append(f"{e}; kept in {folder}, to be sent by the next run with --notify")
+    return said, problems
 
 
 def send(url: str, text: str, report: dict[str, Any]) -> int:

@@ -432,19 +432,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.agreement:
         return _agreement(audit, since, floors, args.notify, args.min_reads, args.by)
     if args.drift:
-        from pneumolens.alert import check_url, notify, where
+        from pneumolens.alert import alert_text, check_url
         from pneumolens.monitor import drift_in
 
         if args.notify:
             check_url(args.notify)
         report = drift_in(audit, parse_since(args.drift, "--drift"), since, args.alpha, args.device)  # too few: exit 2
         print(report)
-        if report.drift and args.notify:
-            try:
-                attempts = notify(args.notify, report, args.device)
-                print(f"alert sent to {where(args.notify)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
-            except ConnectionError as e:  # the drift still sets the exit status
-                print(f"pneumolens audit: {e}", file=sys.stderr)
+        if args.notify:  # the drift sets the exit status whether or not its alert gets through
+            text = alert_text(report, args.device) if report.drift else None
+            _alert(audit, args.notify, text, report.as_dict())
         return 1 if report.drift else 0
     rows = audit.rows(since=since)
     if args.csv:
@@ -471,20 +468,30 @@ def _agreement(audit, since, floors: dict[str, float], url: str | None, min_read
         print(f"BELOW FLOOR: {line}")
     for line in untested:
         print(f"too few reads: {line}")
-    if low and url:
+    if url:  # the shortfall sets the exit status whether or not its alert gets through
         import socket
 
-        from pneumolens.alert import send, where
-
-        text = (
-            f"pneumolens agreement alert on {socket.gethostname()}: " + "; ".join(low) + " (against the readers' reads)"
+        host = socket.gethostname()
+        text = f"pneumolens agreement alert on {host}: " + "; ".join(low) + " (against the readers' reads)"
+        _alert(
+            audit,
+            url,
+            text if low else None,
+            {"rows": found.table(by), "below_floor": low, "unmatched": found.unmatched},
         )
-        try:
-            attempts = send(url, text, {"rows": found.table(by), "below_floor": low, "unmatched": found.unmatched})
-            print(f"alert sent to {where(url)}" + (f" (attempt {attempts})" if attempts > 1 else ""))
-        except ConnectionError as e:  # the shortfall still sets the exit status
-            print(f"pneumolens audit: {e}", file=sys.stderr)
     return 1 if low else (2 if untested else 0)
+
+
+def _alert(audit, url: str, text: str | None, report: dict) -> None:
+    """Send the alerts an earlier run could not deliver, then this one (``text``; None: none), keeping
+    it when it cannot be delivered (``pneumolens.alert.deliver``)."""
+    from pneumolens.alert import deliver, outbox_for
+
+    said, problems = deliver(url, text, report, outbox_for(audit.url))
+    for line in said:
+        print(line)
+    for line in problems:
+        print(f"pneumolens audit: {line}", file=sys.stderr)
 
 
 def cmd_review(args: argparse.Namespace) -> int:
