@@ -9,19 +9,25 @@ through one association, timing each C-STORE until its answer: the node answers 
 (and the report, presentation state and segmentation, when asked) is written, so the time covers
 decoding, the lung mask, the model, the occlusion map, the DICOM objects and the disk. Run once per
 output set: the Secondary Capture alone, with ``--sr``, with ``--sr --gsps``, with ``--sr --gsps
---seg``. Prints a markdown table, with the median size of what the node writes per image.
-Only loopback is contacted; nothing is written outside the temporary folder. Not part of the test
-suite.
+--seg``, and with the picture sent on as FHIR and HL7 v2 (``--fhir DIR --fhir-url``, ``--hl7 DIR
+--hl7-to``) to a stand-in FHIR server and MLLP listener in the same process; for that row it also
+gives the median time from the modality's request to the later of the two receivers' receipts
+(the outboxes send in the background: the modality's answer does not wait for them). Prints a
+markdown table, with the median size of what the node writes per image (all its files). Only
+loopback is contacted; nothing is written outside the temporary folder. Not part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import statistics
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumolens.dicom_node import DX_PRESENTATION, SUCCESS, Node
+from pneumolens.fhir_outbox import FhirSender
+from pneumolens.hl7_outbox import MllpSender
+from pneumolens.outbox import Outbox
 from pneumolens.service.engine import Engine
 from pneumolens.service.settings import Settings
 
@@ -38,7 +47,56 @@ OUTPUTS = {
     "picture + report (`--sr`)": {"sr": True},
     "picture + report + overlay (`--sr --gsps`)": {"sr": True, "gsps": True},
     "picture + report + overlay + graded map (`--sr --gsps --seg`)": {"sr": True, "gsps": True, "seg": True},
+    "picture, sent on as FHIR and HL7 v2 (`--fhir-url`, `--hl7-to`)": {"send_on": True},
 }
+
+
+class Receivers:
+    """A stand-in FHIR server and MLLP listener on loopback, noting when each message arrives."""
+
+    def __init__(self) -> None:
+        self.fhir: list[float] = []
+        self.hl7: list[float] = []
+        got = self.fhir
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers["Content-Length"]))
+                got.append(time.perf_counter())
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.fhir_url = f"http://127.0.0.1:{self.http.server_address[1]}/fhir"
+        from hl7.mllp import start_hl7_server
+
+        async def handle(reader, writer):
+            try:
+                while not reader.at_eof():
+                    message = await reader.readmessage()
+                    self.hl7.append(time.perf_counter())
+                    writer.writemessage(message.create_ack("AA"))
+                    await writer.drain()
+            except Exception:  # noqa: BLE001 - the sender hung up
+                pass
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        serving = asyncio.run_coroutine_threadsafe(start_hl7_server(handle, "127.0.0.1", 0), self.loop).result(10)
+        self.hl7_port = serving.sockets[0].getsockname()[1]
+
+    def outboxes(self, out: Path) -> dict:
+        return {
+            "fhir": out / "fhir",
+            "fhir_outbox": Outbox(out / "fhir" / "outbox", FhirSender(self.fhir_url)),
+            "hl7": out / "hl7",
+            "hl7_outbox": Outbox(out / "hl7" / "outbox", MllpSender("127.0.0.1", self.hl7_port), suffix=".hl7"),
+        }
 
 
 def as_dicom(jpeg: Path) -> Dataset:
@@ -65,12 +123,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def time_stores(engine: Engine, datasets: list[Dataset], out: Path, **outputs: bool) -> list[float]:
-    """Seconds per C-STORE, each answered with success, through one association to a fresh node."""
+def time_stores(
+    engine: Engine, datasets: list[Dataset], out: Path, started: list[float] | None = None, **outputs
+) -> list[float]:
+    """Seconds per C-STORE, each answered with success, through one association to a fresh node;
+    ``started`` gets the time of each request. Outboxes among ``outputs`` send in the background
+    until the last answer, and a little after (10 s at most) until they are empty."""
     from pynetdicom import AE
 
     port = _free_port()
     node = Node(engine, None, out, **outputs)
+    boxes = [box for box in (node.fhir_outbox, node.hl7_outbox) if box is not None]
+    stop = threading.Event()
+    senders = [box.start(stop) for box in boxes]
     server = node.server("127.0.0.1", port)
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
@@ -82,6 +147,8 @@ def time_stores(engine: Engine, datasets: list[Dataset], out: Path, **outputs: b
             raise SystemExit("the node refused the benchmark's association")
         for ds in datasets:
             t0 = time.perf_counter()
+            if started is not None:
+                started.append(t0)
             status = assoc.send_c_store(ds)
             seconds.append(time.perf_counter() - t0)
             if not status or status.Status != SUCCESS:
@@ -89,6 +156,11 @@ def time_stores(engine: Engine, datasets: list[Dataset], out: Path, **outputs: b
     finally:
         assoc.release()
         server.shutdown()
+        deadline = time.monotonic() + 10
+        while any(box.waiting() for box in boxes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for box, sender in zip(boxes, senders, strict=True):
+            box.stop(stop, sender)
     return seconds
 
 
@@ -112,20 +184,37 @@ def main() -> None:
     columns = ["node writes", "images", "median s per image", "90th percentile", "max", "images per minute"]
     print("| " + " | ".join([*columns, "kB written per image"]) + " |")
     print("|---|---|---|---|---|---|---|")
+    receivers = Receivers()
+    lags = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, outputs in OUTPUTS.items():
-            out = Path(tmp) / str(len(outputs))
-            s = time_stores(engine, datasets, out, **outputs)
+        for i, (name, outputs) in enumerate(OUTPUTS.items()):
+            out = Path(tmp) / str(i)
+            started: list[float] = []
+            send_on = outputs.get("send_on", False)
+            kwargs = receivers.outboxes(out) if send_on else outputs
+            s = time_stores(engine, datasets, out, started, **kwargs)
             written = len(list(out.glob("*.dcm")))
             # every object for every image, but a segmentation for a map that supports nothing
-            if written < len(datasets) * (1 + len(outputs) - outputs.get("seg", False)):
+            if written < len(datasets) * (1 + len(outputs) - send_on - outputs.get("seg", False)):
                 raise SystemExit(f"{name}: {written} files written for {len(datasets)} images")
+            if send_on:
+                if (len(receivers.fhir), len(receivers.hl7)) != (len(datasets), len(datasets)):
+                    raise SystemExit(f"{name}: {len(receivers.fhir)} bundles, {len(receivers.hl7)} messages received")
+                lags = [
+                    (max(f, h) - a) for a, f, h in zip(started, receivers.fhir, receivers.hl7, strict=True)
+                ]  # each in order: one sender thread per receiver
             q90 = float(np.quantile(s, 0.9))
             rate = 60 * len(s) / sum(s)
-            kb = sum(f.stat().st_size for f in out.glob("*.dcm")) / len(datasets) / 1000
+            files = [f for f in out.rglob("*") if f.is_file()]
+            kb = sum(f.stat().st_size for f in files) / len(datasets) / 1000
             print(
                 f"| {name} | {len(s)} | {statistics.median(s):.2f} | {q90:.2f} | {max(s):.2f} | {rate:.0f} | {kb:.0f} |"
             )
+    if lags:
+        print(
+            f"\nFHIR and HL7 v2: from the modality's request to both receivers having the result, median "
+            f"{statistics.median(lags):.2f} s, max {max(lags):.2f} s"
+        )
 
 
 if __name__ == "__main__":
