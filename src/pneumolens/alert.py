@@ -60,11 +60,6 @@ def alert_text(report: DriftReport, device: str | None = None) -> str:
     )
 
 
-def notify(url: str, report: DriftReport, device: str | None = None) -> int:
-    """POST the drift alert (``send``)."""
-    return send(url, alert_text(report, device), report.as_dict())
-
-
 def outbox_for(db_url: str) -> Path:
     """Where undelivered alerts wait: beside a SQLite audit database, else in pneumolens' data folder."""
     from pneumolens.audit import default_dir

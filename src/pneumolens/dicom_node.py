@@ -10,7 +10,7 @@ DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS
 with ``gsps=True`` (``--gsps``) a Grayscale Softcopy Presentation State that outlines the map on the
 original image (``pneumolens.dicom_presentation``), and with ``seg=True`` (``--seg``) the map's graded
 values as a fractional Segmentation (``pneumolens.dicom_segmentation``); with ``fhir`` (``--fhir DIR``)
-each result is also a FHIR Observation in a folder (``pneumolens.fhir``), and with ``outbox``
+each result is also a FHIR Observation in a folder (``pneumolens.fhir``), and with ``fhir_outbox``
 (``--fhir-url``) the Observation and a DiagnosticReport go to a FHIR server; with ``hl7``
 (``--hl7 DIR``) each result is an HL7 v2 ORU^R01 message (``pneumolens.hl7v2``), and with
 ``hl7_outbox`` (``--hl7-to``) it goes to a RIS over MLLP; both stored and forwarded
@@ -364,7 +364,7 @@ class Node:
     fhir: Path | None = None  # also write each result as a FHIR Observation (JSON) here
     fhir_outbox: Outbox | None = None  # and post it with its DiagnosticReport to a FHIR server (store and forward)
     hl7: Path | None = None  # also write each result as an HL7 v2 ORU^R01 message here
-    hl7_outbox: Outbox | None = None  # and send it to a RIS over MLLP (store and forward)
+    hl7_outbox: Outbox | None = None  # and send it to a RIS over MLLP (store and forward; needs ``hl7``)
     hl7_receiver: str = ""  # MSH-5 and MSH-6 of those messages: APP or APP^FACILITY
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:

@@ -1,10 +1,12 @@
-"""Store and forward: what the node sends to another system (a FHIR server, a RIS over HL7 v2)
-waits in a folder until that system has taken it, so none is lost while it is away.
+"""Store and forward: what pneumolens sends to another system (the node's results to a FHIR server
+or a RIS over HL7 v2, an audit alert to a webhook) waits in a folder until that system has taken
+it, so none is lost while it is away.
 
-Every message is first written to the outbox folder (atomically, named by the image's UID), then a
-background thread hands it to a ``Sender`` and deletes it once the receiver has taken it. A
-receiver that does not answer, or asks to wait: the message stays, and the whole outbox is tried
-again after ``retry_every`` seconds (and at the node's next start), oldest first. A receiver that
+Every message is first written to the outbox folder (atomically, named by its image's UID or its
+time), then a ``Sender`` is handed it (by a background thread in the node, by the next run for an
+alert) and it is deleted once the receiver has taken it. A receiver that does not answer, or asks
+to wait: the message stays, and the whole outbox is tried again after ``retry_every`` seconds (and
+at the node's next start), oldest first. A receiver that
 refuses the message as it is (it would refuse it again): it moves to ``rejected/`` beside the
 outbox, with the receiver's answer in ``NAME.answer``, and the log says so without quoting either.
 """
