@@ -55,6 +55,9 @@ def test_the_message_files_the_call_under_the_patient_and_the_order():
     assert [str(name(i)) for i in (1, 2, 5)] == ["Παπαδόπουλος", "Ελένη", "Dr"]  # UTF-8, prefix in XPN.5
     assert (str(pid(7)), str(pid(8))) == ("20190304", "F")
     assert msg.unescape(str(obr(3))) == "ACC&42" and str(obr(7)) == "20261206101502" and str(obr(25)) == "P"
+    orc = msg.segment("ORC")
+    assert str(orc(1)) == "RE" and msg.unescape(str(orc(3))) == "ACC&42"  # the order the results are for
+    assert [str(segment[0]) for segment in msg][:4] == ["MSH", "PID", "ORC", "OBR"]  # ORU^R01's order
     obx = {str(s(3)(1)(1)): s for s in msg.segments("OBX")}
     assert str(obx["PNLCALL"](5)) == "pneumonia suspected" and str(obx["PNLCALL"](8)) == "A"
     assert str(obx["PNLPROB"](5)) == "0.8123" and str(obx["PNLPROB"](7)) == "<0.3840" and str(obx["PNLPROB"](8)) == "A"

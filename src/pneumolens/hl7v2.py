@@ -2,10 +2,10 @@
 than DICOM or FHIR (``listen --hl7 DIR``, ``listen --hl7-to APP@host:port``).
 
 The message files under the study's order, as a RIS matches results: ``PID`` carries the patient's
-ID (with its issuer), name, birth date and sex from the image's header, and ``OBR`` the accession
-number as the filler order number, the study's date and time, and result status ``P``
-(preliminary: nobody has verified it). The observations (``OBX``, each status ``P``; local codes
-of the ``99PNL`` table unless said):
+ID (with its issuer), name, birth date and sex from the image's header, ``ORC`` (order control
+``RE``) and ``OBR`` the accession number as the filler order number, and ``OBR`` the study's date
+and time and result status ``P`` (preliminary: nobody has verified it). The observations (``OBX``,
+each status ``P``; local codes of the ``99PNL`` table unless said):
 
 1. ``PNLCALL`` (ST): "pneumonia suspected" or "no pneumonia suspected", abnormal flag ``A`` or ``N``;
 2. ``PNLPROB`` (NM): the calibrated probability, unit ``1`` (UCUM), the reference range below the
@@ -97,7 +97,9 @@ def oru_r01(
     sex = {"M": "M", "F": "F", "O": "O"}.get(_header(ds, "PatientSex").upper(), "U")
     pid = f"PID|1||{pid_3}||{_name(ds)}||{birth}|{sex}"
     when = _date(_header(ds, "StudyDate"), r"\d{8}") + _date(_header(ds, "StudyTime").split(".")[0], r"\d{4,6}")
-    obr = ["OBR", "1", "", _esc(_header(ds, "AccessionNumber")), "18748-4^Diagnostic imaging study^LN", "", ""]
+    accession = _esc(_header(ds, "AccessionNumber"))
+    orc = f"ORC|RE||{accession}"  # observations to follow, for the order the accession number names
+    obr = ["OBR", "1", "", accession, "18748-4^Diagnostic imaging study^LN", "", ""]
     obr += [when] + [""] * 14 + [now, "", "", "P"]  # OBR-7 observation time, OBR-22 status change, OBR-25 status
     notes = ["AI first read to inform a clinician's reading: decision support, not a diagnosis."]
     if flags:
@@ -120,4 +122,4 @@ def oru_r01(
         f"OBX|{i}|{kind}|{code}||{value}|{unit}|{ref}|{abnormal}|||P"
         for i, (kind, code, value, unit, ref, abnormal) in enumerate(observations, 1)
     ]
-    return "".join(f"{segment}\r" for segment in [msh, pid, "|".join(obr), *obx])  # each segment ends in CR
+    return "".join(f"{segment}\r" for segment in [msh, pid, orc, "|".join(obr), *obx])  # each segment ends in CR
