@@ -214,3 +214,21 @@ def test_the_running_node_sends_what_an_earlier_run_left_and_what_it_reads(fhir_
     assert outbox.delivered == 2 and outbox.waiting() == []
     firsts = [body["entry"][0]["fullUrl"] for _, _, body, _ in server.received]
     assert firsts[0] == transaction(RESULT, "5.1")["entry"][0]["fullUrl"]  # the older one first
+
+
+def test_the_outbox_command_counts_and_requeues_what_was_refused(fhir_server, tmp_path, capsys):
+    server = fhir_server([422])
+    outbox = Outbox(tmp_path / "fhir" / "outbox", FhirSender(server.url))
+    outbox.put("7.1", _json(transaction(RESULT, "7.1")))
+    assert outbox.deliver() and outbox.rejected == 1
+    outbox.put("7.2", _json(transaction(RESULT, "7.2")))  # and one not yet sent
+    assert main(["outbox", str(tmp_path / "fhir")]) == 1  # the --fhir folder names its outbox
+    out = capsys.readouterr().out
+    assert "1 message(s) waiting" in out and "1 refused" in out and "--requeue" in out
+    assert "7.1" not in out  # counts and times, no message
+    assert main(["outbox", str(outbox.folder), "--requeue"]) == 1
+    assert "1 refused message(s) back" in capsys.readouterr().out
+    assert not list((outbox.folder / "rejected").iterdir())  # the answer went with it
+    assert outbox.deliver() and outbox.delivered == 2  # the mended server takes both
+    assert main(["outbox", str(outbox.folder)]) == 0 and "0 message(s) waiting" in capsys.readouterr().out
+    assert main(["outbox", str(tmp_path)]) == 2 and "not an outbox" in capsys.readouterr().err

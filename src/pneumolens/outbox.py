@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -131,3 +132,50 @@ class Outbox:
         stop.set()
         self._wake.set()
         thread.join(wait)
+
+
+def find(folder: Path) -> Path:
+    """The outbox ``folder`` names: itself, or its ``outbox/`` (``--fhir DIR``, ``--hl7 DIR``).
+    ``FileNotFoundError`` naming it when it is neither."""
+    for candidate in (folder / "outbox", folder):
+        if candidate.is_dir() and (candidate.name in ("outbox", "alerts-outbox") or (candidate / "rejected").is_dir()):
+            return candidate
+    raise FileNotFoundError(f"{folder}: not an outbox (nor a folder holding outbox/)")
+
+
+def _messages(folder: Path) -> list[Path]:
+    """The message files in ``folder`` (not answers, not temporary files), oldest first."""
+    paths = [
+        p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".answer")
+    ]
+    return sorted(paths, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def summary(folder: Path) -> dict[str, object]:
+    """How many messages wait and how many were refused, with the oldest of each (file names are
+    UIDs or times, never a patient's), and nothing of their contents."""
+    waiting, refused = _messages(folder), _messages(folder / "rejected") if (folder / "rejected").is_dir() else []
+
+    def oldest(paths: list[Path]) -> str | None:
+        if not paths:
+            return None
+        return datetime.fromtimestamp(paths[0].stat().st_mtime, UTC).isoformat(timespec="seconds")
+
+    return {
+        "waiting": len(waiting),
+        "oldest_waiting": oldest(waiting),
+        "refused": len(refused),
+        "oldest_refused": oldest(refused),
+    }
+
+
+def requeue(folder: Path) -> int:
+    """Move every refused message back into the outbox (its answer deleted), for after the cause was
+    mended; the node's sender takes them at its next pass. Returns how many."""
+    rejected = folder / "rejected"
+    moved = 0
+    for path in _messages(rejected) if rejected.is_dir() else []:
+        path.replace(folder / path.name)
+        (rejected / f"{path.stem}.answer").unlink(missing_ok=True)
+        moved += 1
+    return moved

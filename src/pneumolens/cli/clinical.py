@@ -151,6 +151,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--once", action="store_true", help="process what is there now and exit")
     w.set_defaults(run=cmd_watch)
 
+    ob = sub.add_parser(
+        "outbox",
+        help="what waits in an outbox of listen --fhir-url / --hl7-to or of audit --notify, and what was refused",
+    )
+    ob.add_argument("folder", help="the outbox, or the --fhir / --hl7 folder that holds it")
+    ob.add_argument(
+        "--requeue",
+        action="store_true",
+        help="move the refused messages back to be sent again (once the cause is mended)",
+    )
+    ob.set_defaults(run=cmd_outbox)
+
     a = sub.add_parser("audit", help="list the audit trail of predictions (no patient identifiers are stored)")
     a.add_argument("--since", help="ISO date/time (UTC) or an age: 30m, 12h, 7d")
     a.add_argument("--csv", action="store_true", help="CSV on stdout")
@@ -326,6 +338,27 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from pneumolens.outbox import find, requeue, summary
+
+    folder = find(Path(args.folder))
+    if args.requeue:
+        moved = requeue(folder)
+        print(
+            f"{moved} refused message(s) back in {folder}: a running node sends them within a minute, else at its "
+            "start (alerts: the next audit --notify)"
+        )
+    found = summary(folder)
+    since = f" (oldest {found['oldest_waiting']})" if found["waiting"] else ""
+    print(f"{found['waiting']} message(s) waiting in {folder}{since}")
+    if found["refused"]:
+        print(
+            f"{found['refused']} refused (oldest {found['oldest_refused']}), each with the receiver's answer in "
+            f"{folder / 'rejected'}: mend the cause, then --requeue"
+        )
+    return 1 if found["waiting"] or found["refused"] else 0
 
 
 def _fhir_outbox(args: argparse.Namespace):
