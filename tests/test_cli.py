@@ -278,6 +278,7 @@ DOCS = (
     "README.md",
     "docs/results.md",
     "docs/deploy.md",
+    "docs/dicom-conformance.md",
     "docs/distributed.md",
     "docs/site-validation.md",
     "docs/structured-report.md",
