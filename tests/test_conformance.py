@@ -25,6 +25,7 @@ def test_the_conformance_statement_lists_what_the_code_speaks():
         *dicom_node.ACCEPTED,
         *map(str, dicom_node.TRANSFER_SYNTAXES),
         dicom_node.SECONDARY_CAPTURE,
+        *dicom_node.RESULT_CLASSES,  # served to C-GET and C-MOVE with --qr
         str(ComprehensiveSRStorage),  # what highdicom's ComprehensiveSR, GSPS and Segmentation write
         str(GrayscaleSoftcopyPresentationStateStorage),
         str(SegmentationStorage),

@@ -64,6 +64,10 @@ from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of
 from pneumolens.data.images import ImageReadError, read_image
+from pneumolens.dicom_qr import FIND as QR_FIND
+from pneumolens.dicom_qr import GET as QR_GET
+from pneumolens.dicom_qr import MOVE as QR_MOVE
+from pneumolens.dicom_qr import QueryRetrieve
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 from pneumolens.outbox import Outbox
 
@@ -74,6 +78,13 @@ DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 VERIFICATION = "1.2.840.10008.1.1"
+# What the node writes, for its query/retrieve service: picture, report, presentation state, segmentation
+RESULT_CLASSES = (
+    SECONDARY_CAPTURE,
+    "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.11.1",
+    "1.2.840.10008.5.1.4.1.1.66.4",
+)
 ACCEPTED = (CR, DX_PRESENTATION, DX_PROCESSING)
 # Transfer syntaxes the node accepts for them: uncompressed and deflated (pydicom; big endian is retired
 # but old modalities send it), RLE (pydicom), JPEG baseline and JPEG 2000 (Pillow), JPEG extended and
@@ -94,6 +105,7 @@ TRANSFER_SYNTAXES = (
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
 )
+RESULT_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless]
 # Status codes of PS3.4 C-STORE: success, and "cannot understand" for a dataset we cannot read
 SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA700
 
@@ -366,6 +378,7 @@ class Node:
     hl7: Path | None = None  # also write each result as an HL7 v2 ORU^R01 message here
     hl7_outbox: Outbox | None = None  # and send it to a RIS over MLLP (store and forward; needs ``hl7``)
     hl7_receiver: str = ""  # MSH-5 and MSH-6 of those messages: APP or APP^FACILITY
+    qr: QueryRetrieve | None = None  # serve the results in ``out`` to C-FIND, C-GET and C-MOVE (``--qr``)
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
@@ -524,17 +537,26 @@ class Node:
         for uid in ACCEPTED:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION)
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        if self.qr is not None:  # Study Root FIND, GET and MOVE of the node's own results
+            ae.add_supported_context(QR_FIND)
+            ae.add_supported_context(QR_GET)
+            ae.add_supported_context(QR_MOVE)
+            for uid in RESULT_CLASSES:  # C-GET sends them over the viewer's association (it is their SCP)
+                ae.add_supported_context(uid, RESULT_SYNTAXES, scp_role=True, scu_role=False)
+                ae.add_requested_context(uid, RESULT_SYNTAXES)  # C-MOVE sends them on a new one
+            handlers += [(evt.EVT_C_FIND, self.qr.on_find), (evt.EVT_C_GET, self.qr.on_get)]
+            handlers += [(evt.EVT_C_MOVE, self.qr.on_move)]
         self.out.mkdir(parents=True, exist_ok=True)
         for folder in (self.keep, self.fhir, self.hl7):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         if self.allowed_aets:
             ae.require_calling_aet = list(self.allowed_aets)
-        handlers = [
-            (evt.EVT_C_STORE, self.handle_store),
-            (evt.EVT_C_ECHO, lambda event: SUCCESS),
-            (evt.EVT_REJECTED, self._on_rejected),
-        ]
         return ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=self.tls)
 
     def _on_rejected(self, event) -> None:

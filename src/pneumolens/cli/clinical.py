@@ -92,6 +92,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="also write (and forward) the map as a DICOM Segmentation (fractional) per image: its graded values "
         "on the original's pixels",
     )
+    ln.add_argument(
+        "--qr",
+        action="store_true",
+        help="also answer Study Root C-FIND, C-GET and C-MOVE for the results in --out (a viewer asks the node "
+        "for them)",
+    )
+    ln.add_argument(
+        "--qr-dest",
+        action="append",
+        metavar="AE@HOST:PORT",
+        help="a C-MOVE destination the node may send results to (repeatable; needs --qr)",
+    )
     ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     _db_arg(ln)
     ln.add_argument(
@@ -289,6 +301,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise ValueError(f"{flag} {folder}: cannot create the folder ({e.strerror or e})") from None
     fhir_outbox, (hl7_outbox, receiver) = _fhir_outbox(args), _hl7_outbox(args)
+    qr = _query_retrieve(args)
     engine = engine_for(args.model)
     node = Node(
         engine,
@@ -308,6 +321,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         hl7=Path(args.hl7) if args.hl7 else None,
         hl7_outbox=hl7_outbox,
         hl7_receiver=receiver,
+        qr=qr,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
@@ -614,6 +628,24 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"{len(studies)} studies match at {pacs.ae_title}; {doing}")
         problems = pull_studies(q, studies, modalities, print, destination=args.to, dry_run=args.dry_run)
     return 1 if problems else 0
+
+
+def _query_retrieve(args: argparse.Namespace):
+    """``listen --qr``: the node's results served to C-FIND, C-GET and C-MOVE (``--qr-dest``)."""
+    from pneumolens.dicom_node import Destination
+    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+
+    if not args.qr:
+        if args.qr_dest:
+            raise ValueError("--qr-dest is a C-MOVE destination of --qr, which was not given")
+        return None
+    destinations = {}
+    for text in args.qr_dest or ():
+        dest = Destination.parse(text, "--qr-dest")
+        if not 0 < len(dest.ae_title.strip()) <= 16:
+            raise ValueError(f"--qr-dest {text!r}: an AE title has 1 to 16 characters")
+        destinations[dest.ae_title.strip()] = (dest.host, dest.port)
+    return QueryRetrieve(ResultStore(Path(args.out)), args.ae_title, destinations)
 
 
 def _hl7_tls(args: argparse.Namespace):

@@ -1,0 +1,188 @@
+"""The node's own query/retrieve service (``listen --qr``): a viewer or PACS asks the node which
+results it holds (Study Root C-FIND) and has them sent (C-GET over its own association, or C-MOVE
+to a destination the node knows, ``--qr-dest AE@host:port``).
+
+What is served is the node's ``--out`` folder: the pictures, reports, presentation states and
+segmentations it wrote, read by their headers (the pixels only when one is sent). Matching follows
+PS3.4 C.2.2.2 for the keys a viewer uses: single value, a list of UIDs, ``*`` and ``?`` wildcards,
+date and time ranges (``20261201-20261206``), and universal matching for an empty key; a key the
+node does not hold matches only when the query leaves it empty. A response holds the keys the query
+asked for, as the files have them, and ``QueryRetrieveLevel`` and ``RetrieveAETitle``. Levels:
+STUDY, SERIES, IMAGE. Patient Root and relational queries are not supported. Nothing of a query or
+a response is logged: they hold patient identifiers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+log = logging.getLogger(__name__)
+
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+GET = "1.2.840.10008.5.1.4.1.2.2.3"
+UNIQUE = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+LEVELS = tuple(UNIQUE)
+PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
+IDENTIFIER_DOES_NOT_MATCH = 0xA900  # the identifier's level or keys make no sense for Study Root
+MOVE_DESTINATION_UNKNOWN = 0xA801
+SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _matches_one(key: str, vr: str, wanted: object, have: object) -> bool:
+    """PS3.4 C.2.2.2 matching of one key; ``wanted`` is not empty."""
+    if have is None:
+        return False
+    if isinstance(wanted, (list, tuple, MultiValue)):  # several values (a list of UIDs): any of them
+        return any(_matches_one(key, vr, one, have) for one in wanted)
+    want, got = _text(wanted), _text(have)
+    if key.endswith("UID"):  # list of UID matching, also when given as one backslash-joined string
+        return got in want.split("\\")
+    if vr in ("DA", "TM", "DT") and "-" in want:  # range matching, either end open
+        low, _, high = want.partition("-")
+        return (not low or got >= low) and (not high or got[: len(high)] <= high)
+    if "*" in want or "?" in want:
+        return fnmatch.fnmatchcase(got, want.replace("[", "[[]"))
+    return got == want
+
+
+def matches(query: Dataset, header: Dataset) -> bool:
+    """Whether ``header`` (a file's) answers every non-empty key of ``query``."""
+    for element in query:
+        if element.keyword in SKIP or element.VR == "SQ" or element.value in (None, "", b""):
+            continue
+        have = header.get(element.keyword)
+        if not _matches_one(element.keyword, element.VR, element.value, have):
+            return False
+    return True
+
+
+@dataclass
+class ResultStore:
+    """The DICOM files the node wrote in ``folder``, indexed by their headers (re-read when a file
+    changes; a file that cannot be read is skipped)."""
+
+    folder: Path
+    _headers: dict[Path, tuple[float, Dataset]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def headers(self) -> list[tuple[Path, Dataset]]:
+        with self._lock:
+            seen = {}
+            for path in sorted(self.folder.glob("*.dcm")):
+                try:
+                    mtime = path.stat().st_mtime
+                    cached = self._headers.get(path)
+                    if cached is None or cached[0] != mtime:
+                        cached = (mtime, pydicom.dcmread(path, stop_before_pixels=True))
+                    seen[path] = cached
+                except (OSError, pydicom.errors.InvalidDicomError, ValueError):
+                    continue  # gone meanwhile, or being written
+            self._headers = seen
+            return [(path, header) for path, (_, header) in seen.items()]
+
+    def find(self, query: Dataset) -> list[tuple[Path, Dataset]]:
+        """The files whose headers match ``query`` (its level's and the levels above's keys)."""
+        return [(path, header) for path, header in self.headers() if matches(query, header)]
+
+
+def level_of(query: Dataset) -> str | None:
+    level = _text(query.get("QueryRetrieveLevel", "")).upper()
+    return level if level in LEVELS else None
+
+
+def responses(query: Dataset, store: ResultStore, ae_title: str) -> Iterator[Dataset]:
+    """One identifier per distinct entity of the query's level (a study, a series, an image) among
+    the matching files: the query's keys, filled from the first matching file."""
+    level = level_of(query)
+    assert level is not None
+    unique = UNIQUE[level]
+    done = set()
+    for _, header in store.find(query):
+        key = _text(header.get(unique))
+        if not key or key in done:
+            continue
+        done.add(key)
+        answer = Dataset()
+        if "SpecificCharacterSet" in header:
+            answer.SpecificCharacterSet = header.SpecificCharacterSet
+        answer.QueryRetrieveLevel = level
+        for element in query:
+            if element.keyword in SKIP or not element.keyword:
+                continue
+            value = header.get(element.keyword)
+            setattr(answer, element.keyword, value if value is not None else "")
+        answer.RetrieveAETitle = ae_title
+        yield answer
+
+
+@dataclass
+class QueryRetrieve:
+    """The C-FIND, C-GET and C-MOVE handlers over ``store``; ``destinations``: AE title -> (host,
+    port) for C-MOVE."""
+
+    store: ResultStore
+    ae_title: str
+    destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def on_find(self, event) -> Iterator[tuple[int, Dataset | None]]:
+        query = event.identifier
+        if level_of(query) is None:
+            log.warning("listen: C-FIND refused: no STUDY, SERIES or IMAGE level")
+            yield IDENTIFIER_DOES_NOT_MATCH, None
+            return
+        count = 0
+        for answer in responses(query, self.store, self.ae_title):
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            count += 1
+            yield PENDING, answer
+        log.info("listen: C-FIND at %s level: %d match(es)", level_of(query), count)
+
+    def on_get(self, event) -> Iterator[object]:
+        yield from self._retrieve(event, "GET")
+
+    def on_move(self, event) -> Iterator[object]:
+        where = self.destinations.get(_text(event.move_destination).strip())
+        if where is None:
+            log.warning("listen: C-MOVE to an AE title not on --qr-dest refused")
+            yield None, None  # pynetdicom answers: move destination unknown
+            return
+        yield where  # (host, port) of the new association (plain TCP)
+        yield from self._retrieve(event, "MOVE")
+
+    def _retrieve(self, event, how: str) -> Iterator[object]:
+        """The sub-operation count, then each matching object (pynetdicom's C-GET and C-MOVE protocol)."""
+        query = event.identifier
+        if level_of(query) is None:
+            yield 0
+            yield IDENTIFIER_DOES_NOT_MATCH, None
+            return
+        files = [path for path, _ in self.store.find(query)]
+        yield len(files)
+        sent = 0
+        for path in files:
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            try:
+                dataset = pydicom.dcmread(path)
+            except (OSError, pydicom.errors.InvalidDicomError):  # deleted by retention meanwhile
+                continue
+            sent += 1
+            yield PENDING, dataset
+        log.info("listen: %d result object(s) sent (C-%s)", sent, how)

@@ -1,0 +1,166 @@
+"""The node's own query/retrieve service (``pneumolens.dicom_qr``, ``listen --qr``): a viewer finds
+the results of a real film by study, series and image, and has them sent by C-GET and C-MOVE,
+against pynetdicom clients."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
+from pneumolens.data.images import read_image
+from pneumolens.dicom_qr import FIND, GET, MOVE, matches
+
+MODALITY_BY_SERIES = {9901: "OT", 9902: "SR", 9903: "PR"}
+
+
+def query(level: str, **keys) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_matching_follows_the_standard_s_rules():
+    header = Dataset()
+    header.PatientID, header.StudyDate, header.StudyInstanceUID, header.Modality = "AB-12", "20261203", "1.2.3", "SR"
+    assert matches(query("STUDY", PatientID="", StudyDate=""), header)  # universal
+    assert matches(query("STUDY", PatientID="AB*", StudyDate="20261201-20261206"), header)
+    assert matches(query("STUDY", PatientID="AB-1?", StudyDate="-20261203"), header)
+    assert matches(query("STUDY", StudyInstanceUID="9.9\\1.2.3"), header)  # a list of UIDs
+    assert not matches(query("STUDY", StudyInstanceUID="1.2"), header)  # no prefix matching for UIDs
+    assert not matches(query("STUDY", StudyDate="20261204-"), header)
+    assert not matches(query("STUDY", PatientID="ab*"), header)  # case-sensitive
+    assert not matches(query("STUDY", AccessionNumber="X"), header)  # a key the file lacks
+
+
+@pytest.fixture
+def node_with_results(trained_run, tmp_path):
+    """A running node with --qr and --sr --gsps, holding the results of one real film; yields
+    (port, the original film's dataset, the node); a second storage SCP is the move destination."""
+    from pynetdicom import AE, evt
+
+    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    received: list[Dataset] = []
+    archive = AE(ae_title="ARCHIVE")
+    for uid in ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.11.1"):
+        archive.add_supported_context(uid)
+
+    def stored(event):
+        received.append(event.dataset)
+        return SUCCESS
+
+    archive_port = free_port()
+    archive_server = archive.start_server(
+        ("127.0.0.1", archive_port), block=False, evt_handlers=[(evt.EVT_C_STORE, stored)]
+    )
+    out = tmp_path / "out"
+    qr = QueryRetrieve(ResultStore(out), "PNEUMOLENS", {"ARCHIVE": ("127.0.0.1", archive_port)})
+    node = Node(Engine(Settings(model=str(trained_run))), None, out, sr=True, gsps=True, qr=qr)
+    pixels = np.round(read_image(real_images("test", "PNEUMONIA", 1)[0]) * 255).astype(np.uint8)
+    sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    stop, port = threading.Event(), free_port()
+    ready = threading.Event()
+    runner = threading.Thread(target=node.run, args=("127.0.0.1", port, stop, 1.0), kwargs={"on_ready": ready.set})
+    runner.start()
+    assert ready.wait(30)
+    assert node.handle_store(SimpleNamespace(dataset=sent, file_meta=sent.file_meta)) == SUCCESS
+    yield SimpleNamespace(port=port, sent=sent, received=received)
+    stop.set()
+    runner.join(15)
+    archive_server.shutdown()
+
+
+def _find(port: int, identifier: Dataset) -> list[tuple[int, Dataset | None]]:
+    from pynetdicom import AE
+
+    viewer = AE(ae_title="VIEWER")
+    viewer.add_requested_context(FIND)
+    assoc = viewer.associate("127.0.0.1", port, ae_title="PNEUMOLENS")
+    assert assoc.is_established
+    try:
+        return [(int(status.Status), found) for status, found in assoc.send_c_find(identifier, FIND)]
+    finally:
+        assoc.release()
+
+
+def test_a_viewer_finds_the_results_by_study_series_and_image(node_with_results):
+    port, sent = node_with_results.port, node_with_results.sent
+    study = _find(port, query("STUDY", StudyInstanceUID="", PatientID=PATIENT_ID[:6] + "*", PatientName=""))
+    (status, found), (final, _) = study
+    assert (status, final) == (0xFF00, 0x0000) and found.StudyInstanceUID == sent.StudyInstanceUID
+    assert found.PatientName == PATIENT_NAME and found.RetrieveAETitle == "PNEUMOLENS"  # the keys asked for
+    series = _find(port, query("SERIES", StudyInstanceUID=sent.StudyInstanceUID, SeriesNumber="", Modality=""))
+    numbers = sorted(int(found.SeriesNumber) for status, found in series if status == 0xFF00)
+    assert numbers == [9901, 9902, 9903]  # the picture, the report, the presentation state
+    reports = _find(port, query("SERIES", StudyInstanceUID=sent.StudyInstanceUID, Modality="SR", SeriesInstanceUID=""))
+    assert [found.Modality for status, found in reports if status == 0xFF00] == ["SR"]
+    images = _find(port, query("IMAGE", StudyInstanceUID=sent.StudyInstanceUID, SOPInstanceUID="", SOPClassUID=""))
+    assert len([1 for status, _ in images if status == 0xFF00]) == 3
+    nothing = _find(port, query("STUDY", StudyInstanceUID="", PatientID="SOMEONE-ELSE"))
+    assert [status for status, _ in nothing] == [0x0000]
+    (bad,) = _find(port, query("PATIENT", PatientID=""))
+    assert bad[0] == 0xA900  # Study Root: no patient level
+
+
+def test_a_viewer_gets_and_moves_the_results(node_with_results):
+    from pynetdicom import AE, build_role, evt
+
+    port, sent = node_with_results.port, node_with_results.sent
+    got: list[Dataset] = []
+
+    def store(event):
+        got.append(event.dataset)
+        return 0x0000
+
+    viewer = AE(ae_title="VIEWER")
+    viewer.add_requested_context(GET)
+    roles = []
+    for uid in ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.11.1"):
+        viewer.add_requested_context(uid)
+        roles.append(build_role(uid, scp_role=True))
+    assoc = viewer.associate(
+        "127.0.0.1", port, ae_title="PNEUMOLENS", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, store)]
+    )
+    assert assoc.is_established
+    statuses = [int(s.Status) for s, _ in assoc.send_c_get(query("STUDY", StudyInstanceUID=sent.StudyInstanceUID), GET)]
+    assoc.release()
+    assert statuses[-1] == 0x0000 and len(got) == 3
+    assert {str(d.SOPClassUID) for d in got} == {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.88.33",
+        "1.2.840.10008.5.1.4.1.1.11.1",
+    }
+
+    mover = AE(ae_title="VIEWER")
+    mover.add_requested_context(MOVE)
+    assoc = mover.associate("127.0.0.1", port, ae_title="PNEUMOLENS")
+    series = query("SERIES", StudyInstanceUID=sent.StudyInstanceUID, Modality="SR")
+    moved = [int(s.Status) for s, _ in assoc.send_c_move(series, "ARCHIVE", MOVE)]
+    unknown = [int(s.Status) for s, _ in assoc.send_c_move(series, "NOBODY", MOVE)]
+    assoc.release()
+    assert moved[-1] == 0x0000 and [str(d.Modality) for d in node_with_results.received] == ["SR"]
+    assert unknown[-1] == 0xA801  # not on --qr-dest
+
+
+def test_listen_checks_the_qr_flags_before_loading_a_model(tmp_path, capsys):
+    from pneumolens.cli import main
+
+    base = ["listen", "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")]
+    for extra, message in (
+        (["--qr-dest", "ARCHIVE@h:104"], "--qr-dest is a C-MOVE destination of --qr"),
+        (["--qr", "--qr-dest", "ARCHIVE-h-104"], "expected AE_TITLE@host:port"),
+        (["--qr", "--qr-dest", "@h:104"], "1 to 16 characters"),
+    ):
+        assert main(base + extra) != 0
+        assert message in capsys.readouterr().err, extra
