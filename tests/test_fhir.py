@@ -77,7 +77,7 @@ def test_the_api_answers_with_an_observation(trained_run, tmp_path):
         assert obs.interpretation[0].coding[0].code == ("POS" if plain["label"] == "PNEUMONIA" else "NEG")
         assert obs.derivedFrom[0].identifier.value == f"urn:oid:{uid}"
         assert PATIENT_NAME not in r.text and PATIENT_ID not in r.text
-        assert client.post("/api/v1/predict?format=hl7", files={"file": ("x.dcm", data)}).status_code == 422
+        assert client.post("/api/v1/predict?format=xml", files={"file": ("x.dcm", data)}).status_code == 422
         r = client.post("/api/v1/predict?explain=false&format=fhir-bundle", files={"file": ("x.dcm", data)})
         bundle = Bundle.model_validate(r.json())
         assert r.headers["content-type"].startswith(MEDIA_TYPE) and bundle.type == "transaction"

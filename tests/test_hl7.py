@@ -248,3 +248,25 @@ def test_mllp_over_mutual_tls(ris, tmp_path, caplog):
         client_tls(pem["client_key"])  # a key is no CA
     with pytest.raises(ValueError, match="--hl7-tls-cert"):
         client_tls(pem["ca"], pem["client"], pem["server_key"])  # a key of another certificate
+
+
+def test_the_api_answers_with_an_oru_message(trained_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from pneumolens.service.app import create_app
+    from pneumolens.service.settings import Settings
+
+    gray = read_image(real_images("test", "NORMAL", 1)[0])
+    path = make_dicom(tmp_path / "x.dcm", np.round(gray * 255).astype(np.uint8))
+    data, jpeg = path.read_bytes(), real_images("test", "NORMAL", 1)[0].read_bytes()
+    with TestClient(create_app(Settings(model=str(trained_run), audit=False))) as client:
+        plain = client.post("/api/v1/predict?explain=false", files={"file": ("x.dcm", data)}).json()
+        r = client.post("/api/v1/predict?explain=false&format=hl7", files={"file": ("x.dcm", data)})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/hl7-v2")
+        msg = hl7.parse(r.text)
+        obx = {str(s(3)(1)(1)): s for s in msg.segments("OBX")}
+        assert float(str(obx["PNLPROB"](5))) == pytest.approx(plain["probability"], abs=1e-4)
+        assert str(obx["PNLCALL"](8)) == ("A" if plain["label"] == "PNEUMONIA" else "N")
+        assert str(msg.segment("PID")(3)) == PATIENT_ID  # the patient from the upload's own header
+        r = client.post("/api/v1/predict?explain=false&format=hl7", files={"file": ("x.jpeg", jpeg)})
+        assert r.status_code == 200 and str(hl7.parse(r.text).segment("PID")(3)) == ""  # a JPEG names nobody

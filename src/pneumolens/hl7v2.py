@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset
 from pneumolens.lungs.flags import describe
 
 VERSION = "2.5.1"
+MEDIA_TYPE = "application/hl7-v2; charset=utf-8"  # what HL7 v2 over HTTP commonly declares (ER7 encoding)
 # HL7 2.10.4: a separator inside a value is written as an escape sequence. python-hl7's ``escape``
 # also turns every non-ASCII character into a one-byte hex sequence (X..), which is wrong in a UTF-8
 # message (and for any character past U+00FF), so the map is applied here and text stays UTF-8.
@@ -123,3 +124,16 @@ def oru_r01(
         for i, (kind, code, value, unit, ref, abnormal) in enumerate(observations, 1)
     ]
     return "".join(f"{segment}\r" for segment in [msh, pid, orc, "|".join(obr), *obx])  # each segment ends in CR
+
+
+def header_of(data: bytes) -> Dataset | None:
+    """The DICOM header of an upload's bytes (no pixels), or None for another file or one pydicom
+    cannot parse: the message then names no patient or order."""
+    import io
+
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - not DICOM, or a header pydicom refuses
+        return None

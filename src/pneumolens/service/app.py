@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumolens.agreement import agreement_in
@@ -129,11 +129,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         method: Annotated[str, Query(description="occlusion, gradcam or lime")] = settings.default_method,
         image: Annotated[bool, Query(description="add image_png: the image as read (for DICOM in a browser)")] = False,
         fmt: Annotated[
-            Literal["json", "fhir", "fhir-bundle"],
+            Literal["json", "fhir", "fhir-bundle", "hl7"],
             Query(
                 alias="format",
                 description="fhir: answer with a FHIR R4 Observation instead; fhir-bundle: with it and a "
-                "DiagnosticReport as a transaction Bundle, ready to post to a FHIR server",
+                "DiagnosticReport as a transaction Bundle, ready to post to a FHIR server; hl7: with an HL7 v2.5.1 "
+                "ORU^R01 message (the patient and order from a DICOM upload's header)",
             ),
         ] = "json",
     ):
@@ -186,6 +187,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from pneumolens.fhir import MEDIA_TYPE, observation
 
             return JSONResponse(observation(result, *uids_of(data)), media_type=MEDIA_TYPE)
+        if fmt == "hl7":
+            from pneumolens.hl7v2 import MEDIA_TYPE as HL7_MEDIA_TYPE
+            from pneumolens.hl7v2 import header_of, oru_r01
+
+            return Response(oru_r01(result, header_of(data)), media_type=HL7_MEDIA_TYPE)
         if fmt == "fhir-bundle":
             from pneumolens.fhir import MEDIA_TYPE, transaction
 
