@@ -270,3 +270,28 @@ def test_the_api_answers_with_an_oru_message(trained_run, tmp_path):
         assert str(msg.segment("PID")(3)) == PATIENT_ID  # the patient from the upload's own header
         r = client.post("/api/v1/predict?explain=false&format=hl7", files={"file": ("x.jpeg", jpeg)})
         assert r.status_code == 200 and str(hl7.parse(r.text).segment("PID")(3)) == ""  # a JPEG names nobody
+
+
+def test_the_watch_folder_sends_a_dicom_file_s_result_on_and_not_a_jpeg_s(ris, trained_run, tmp_path, capsys):
+    from test_fhir_outbox import FhirServer
+
+    listener, server = ris(), FhirServer()
+    try:
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        gray = read_image(real_images("test", "PNEUMONIA", 1)[0])
+        sent = pydicom.dcmread(make_dicom(inbox / "x.dcm", np.round(gray * 255).astype(np.uint8)))
+        (inbox / "y.jpeg").write_bytes(real_images("test", "NORMAL", 1)[0].read_bytes())
+        args = ["watch", str(inbox), "--once", "--model", str(trained_run), "--db", f"sqlite:///{tmp_path / 'a.db'}"]
+        args += ["--hl7", str(tmp_path / "hl7"), "--hl7-to", f"RIS@127.0.0.1:{listener.port}"]
+        args += ["--fhir", str(tmp_path / "fhir"), "--fhir-url", server.url]
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert "processed 2 new file(s)" in err and "HL7: 1 delivered" in err and "FHIR: 1 delivered" in err
+        (message,) = listener.received  # the DICOM file's, not the JPEG's
+        assert str(message.segment("PID")(3)) == PATIENT_ID
+        assert [p.name for p in (tmp_path / "hl7").glob("*.hl7")] == [f"{sent.SOPInstanceUID}.hl7"]
+        assert [p.name for p in (tmp_path / "fhir").glob("*.json")] == [f"{sent.SOPInstanceUID}.json"]
+        assert main(args) == 0 and len(listener.received) == 1 and len(server.received) == 1  # done: not again
+    finally:
+        server.close()

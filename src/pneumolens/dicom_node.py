@@ -26,9 +26,7 @@ originals older than that, at start and hourly. It stops in bounded time (``Node
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
-import json
 import logging
 import re
 import ssl
@@ -62,7 +60,7 @@ from pydicom.uid import (
 
 from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
-from pneumolens.data.dicom import device_of
+from pneumolens.data.dicom import device_of, uid_file_name
 from pneumolens.data.images import ImageReadError, read_image
 from pneumolens.dicom_qr import FIND as QR_FIND
 from pneumolens.dicom_qr import GET as QR_GET
@@ -70,6 +68,7 @@ from pneumolens.dicom_qr import MOVE as QR_MOVE
 from pneumolens.dicom_qr import QueryRetrieve
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 from pneumolens.outbox import Outbox
+from pneumolens.send_on import SendOn
 
 log = logging.getLogger(__name__)
 
@@ -279,15 +278,6 @@ def prune_node_files(folder: Path, before: float) -> int:
     return deleted
 
 
-def uid_file_name(uid: object) -> str:
-    """A SOP Instance UID as a file name: digits and dots only (a malformed UID from a sender must not
-    name a path elsewhere), else a hash of it."""
-    text = str(uid)
-    if re.fullmatch(r"[0-9.]{1,64}", text) and not text.startswith("."):
-        return text
-    return "uid-" + hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
 def _optional(what: str, make: Callable[[], Dataset | None]) -> list[Dataset]:
     """``[make()]``, or nothing when it fails (or makes nothing): the picture still goes out, and the
     log says which object is missing and the exception's type (never its message, which can quote a
@@ -380,6 +370,9 @@ class Node:
     hl7_receiver: str = ""  # MSH-5 and MSH-6 of those messages: APP or APP^FACILITY
     qr: QueryRetrieve | None = None  # serve the results in ``out`` to C-FIND, C-GET and C-MOVE (``--qr``)
 
+    def __post_init__(self) -> None:
+        self.send_on = SendOn(self.fhir, self.fhir_outbox, self.hl7, self.hl7_outbox, self.hl7_receiver)
+
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
         holds one modality)."""
@@ -419,12 +412,7 @@ class Node:
             for made in results:
                 path = self.out / f"{made.SOPInstanceUID}.dcm"
                 atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))
-            if self.fhir is not None:
-                self._write_observation(ds, result)
-            if self.fhir_outbox is not None:
-                self._queue_bundle(ds, result, data)
-            if self.hl7 is not None:
-                self._write_hl7(ds, result, data)
+            self.send_on.send(result, ds, data)
             if self.forward is not None:
                 self._send(results)
         except (ConnectionError, OSError) as e:  # pneumolens' own words, or the file system's: no header values
@@ -488,39 +476,11 @@ class Node:
         if self.retain_days is None:
             return 0
         before = time.time() - 86400 * self.retain_days
-        folders = [self.out] + [f for f in (self.keep, self.fhir, self.hl7) if f is not None]
+        folders = [self.out, *([self.keep] if self.keep is not None else []), *self.send_on.folders()]
         deleted = sum(prune_node_files(folder, before) for folder in folders)
         if deleted:
             log.info("listen: retention: deleted %d file(s) older than %g day(s)", deleted, self.retain_days)
         return deleted
-
-    def _write_observation(self, ds: Dataset, result: dict) -> None:
-        """The result as a FHIR Observation, ``SOP_INSTANCE_UID.json`` in ``fhir`` (no patient in it)."""
-        from pneumolens.fhir import observation
-
-        study, sop = str(ds.get("StudyInstanceUID", "") or "") or None, str(ds.get("SOPInstanceUID", "") or "") or None
-        text = json.dumps(observation(result, study, sop), indent=1)
-        path = self.fhir / f"{uid_file_name(sop)}.json"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-    def _queue_bundle(self, ds: Dataset, result: dict, data: bytes) -> None:
-        """The Observation and its DiagnosticReport, queued in the outbox for the FHIR server."""
-        from pneumolens.fhir import transaction
-
-        study, sop = str(ds.get("StudyInstanceUID", "") or "") or None, str(ds.get("SOPInstanceUID", "") or "") or None
-        key = sop or sha256_bytes(data)
-        self.fhir_outbox.put(uid_file_name(key), json.dumps(transaction(result, key, study, sop)).encode())
-
-    def _write_hl7(self, ds: Dataset, result: dict, data: bytes) -> None:
-        """The result as an ORU^R01 message, ``SOP_INSTANCE_UID.hl7`` in ``hl7`` (it holds the
-        patient's identifiers, as the RIS needs them), and queued for the RIS."""
-        from pneumolens.hl7v2 import oru_r01
-
-        name = uid_file_name(str(ds.get("SOPInstanceUID", "") or "") or sha256_bytes(data))
-        message = oru_r01(result, ds, self.hl7_receiver).encode("utf-8")
-        atomic_write(self.hl7 / f"{name}.hl7", lambda tmp: Path(tmp).write_bytes(message))
-        if self.hl7_outbox is not None:
-            self.hl7_outbox.put(name, message)
 
     def _prune_and_go_on(self) -> None:
         try:
@@ -552,7 +512,7 @@ class Node:
             handlers += [(evt.EVT_C_FIND, self.qr.on_find), (evt.EVT_C_GET, self.qr.on_get)]
             handlers += [(evt.EVT_C_MOVE, self.qr.on_move)]
         self.out.mkdir(parents=True, exist_ok=True)
-        for folder in (self.keep, self.fhir, self.hl7):
+        for folder in [self.keep, *self.send_on.folders()]:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         if self.allowed_aets:
@@ -584,9 +544,7 @@ class Node:
         start and hourly.
         """
         server = self.server(host, port)
-        sender_stop = threading.Event()
-        outboxes = [box for box in (self.fhir_outbox, self.hl7_outbox) if box is not None]
-        senders = [box.start(sender_stop) for box in outboxes]
+        sender_stop, senders = self.send_on.start()
         try:
             self._prune_and_go_on()
             pruned = time.monotonic()
@@ -607,5 +565,4 @@ class Node:
                 assoc.abort()
             for assoc in server.active_associations:
                 assoc.join(2.0)
-            for box, sender in zip(outboxes, senders, strict=True):  # what is not taken stays for the next start
-                box.stop(sender_stop, sender)
+            self.send_on.stop(sender_stop, senders)  # what is not taken stays for the next start

@@ -124,16 +124,3 @@ def oru_r01(
         for i, (kind, code, value, unit, ref, abnormal) in enumerate(observations, 1)
     ]
     return "".join(f"{segment}\r" for segment in [msh, pid, orc, "|".join(obr), *obx])  # each segment ends in CR
-
-
-def header_of(data: bytes) -> Dataset | None:
-    """The DICOM header of an upload's bytes (no pixels), or None for another file or one pydicom
-    cannot parse: the message then names no patient or order."""
-    import io
-
-    import pydicom
-
-    try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception:  # noqa: BLE001 - not DICOM, or a header pydicom refuses
-        return None

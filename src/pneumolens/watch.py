@@ -5,8 +5,12 @@ Each file is processed when its size and modification time have stayed the same 
 ``OUT/<relative path>.json``; then, in **one database transaction**, the file is marked done and
 its audit row is written. A crash or kill at any point therefore leaves either both or neither: on
 restart the file is either skipped or processed again from scratch, never counted twice and never
-missed. Files are identified by a hash of their path and their content's SHA-256 (no file name is
-stored: hospital file names often contain patient names); a file replaced by new content is new.
+missed. With ``send_on`` (``--fhir``, ``--fhir-url``, ``--hl7``, ``--hl7-to``) a DICOM file's result
+is also sent on to the EHR and the RIS (``pneumolens.send_on``), queued before that transaction: a
+crash between the two sends it again on restart (the FHIR entries are conditional creates; an HL7
+receiver sees a second message for the image). Files are identified by a hash of their path and
+their content's SHA-256 (no file name is stored: hospital file names often contain patient names);
+a file replaced by new content is new.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import sqlalchemy as sa
 
 from pneumolens.audit import AuditLog, metadata, sha256_bytes
 from pneumolens.checkpoint import atomic_write
-from pneumolens.data.dicom import device_of
+from pneumolens.data.dicom import device_of, header_dataset
 from pneumolens.data.images import ImageReadError, read_image
 from pneumolens.data.sources import image_files
+from pneumolens.send_on import SendOn
 
 log = logging.getLogger(__name__)
 NOTICE = "Decision support only: a first read by a model, to inform a clinician; not a diagnosis."
@@ -48,6 +53,7 @@ class Watcher:
     engine: object  # pneumolens.service.engine.Engine
     audit: AuditLog
     explain: bool = False
+    send_on: SendOn = field(default_factory=SendOn)  # a DICOM file's result also to the EHR and the RIS
     processed: int = 0
     _sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -102,6 +108,8 @@ class Watcher:
         record.update(input_sha256=content, notice=NOTICE)
         target = self.out / rel.parent / (rel.name + ".json")
         atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+        if result is not None and self.send_on.active and (header := header_dataset(data)) is not None:
+            self.send_on.send(result, header, data)  # a JPEG or PNG names no study or patient: not sent on
         ms = 1000 * (time.perf_counter() - t0)
         with self.audit.engine.begin() as conn:  # done-mark and audit row: both or neither
             if self._done(conn, path_hash, content):
@@ -142,6 +150,10 @@ class Watcher:
             signal.signal(sig, handle)
         self.out.mkdir(parents=True, exist_ok=True)
         log.info("watching %s; results in %s", self.folder, self.out)
-        while not self.stop.is_set():
-            self.poll_once()
-            self.stop.wait(poll_seconds)
+        sender_stop, senders = self.send_on.start()
+        try:
+            while not self.stop.is_set():
+                self.poll_once()
+                self.stop.wait(poll_seconds)
+        finally:
+            self.send_on.stop(sender_stop, senders)  # what is not taken waits for the next start

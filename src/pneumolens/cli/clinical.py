@@ -17,6 +17,45 @@ def _db_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
 
 
+def _send_on_flags(parser: argparse.ArgumentParser) -> None:
+    """``--fhir``, ``--fhir-url``, ``--hl7``, ``--hl7-to`` and their TLS and token flags (``listen``, ``watch``)."""
+    parser.add_argument(
+        "--fhir",
+        metavar="DIR",
+        help="also write each result as a FHIR R4 Observation (SOP_INSTANCE_UID.json, no patient in it) in DIR, "
+        "for an interface engine",
+    )
+    parser.add_argument(
+        "--fhir-url",
+        metavar="URL",
+        help="also post each result (its Observation and a DiagnosticReport, a transaction Bundle) to the FHIR "
+        "server at this base URL; needs --fhir DIR, whose outbox/ keeps what the server has not yet taken",
+    )
+    parser.add_argument("--fhir-token-file", metavar="FILE", help="a bearer token for --fhir-url, read from FILE")
+    parser.add_argument(
+        "--fhir-ca", metavar="PEM", help="the CA that signed an https --fhir-url (default: the system's)"
+    )
+    parser.add_argument(
+        "--hl7",
+        metavar="DIR",
+        help="also write each result as an HL7 v2.5.1 ORU^R01 message (SOP_INSTANCE_UID.hl7) in DIR, for a RIS; "
+        "the files hold patient identifiers",
+    )
+    parser.add_argument(
+        "--hl7-to",
+        metavar="[APP[^FACILITY]@]HOST:PORT",
+        help="also send those messages to this MLLP listener (a RIS or interface engine; APP and FACILITY go in "
+        "MSH-5 and MSH-6); needs --hl7 DIR, whose outbox/ keeps what it has not yet acknowledged",
+    )
+    parser.add_argument(
+        "--hl7-tls",
+        action="store_true",
+        help="send to --hl7-to over TLS, checking its certificate with --hl7-tls-ca (default: the system's CAs) "
+        "and presenting --hl7-tls-cert/--hl7-tls-key when given",
+    )
+    tls_flags(parser, "--hl7-tls", "TLS to the RIS: our PEM client certificate", "the RIS's")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     sv = sub.add_parser("serve", help="the decision-support web app and API (FastAPI)")
     sv.add_argument("--host", default="127.0.0.1")
@@ -40,39 +79,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="also store each image read, as received, in DIR (SOP_INSTANCE_UID.dcm): for a site's own evaluation; "
         "the files hold patient data",
     )
-    ln.add_argument(
-        "--fhir",
-        metavar="DIR",
-        help="also write each result as a FHIR R4 Observation (SOP_INSTANCE_UID.json, no patient in it) in DIR, "
-        "for an interface engine",
-    )
-    ln.add_argument(
-        "--fhir-url",
-        metavar="URL",
-        help="also post each result (its Observation and a DiagnosticReport, a transaction Bundle) to the FHIR "
-        "server at this base URL; needs --fhir DIR, whose outbox/ keeps what the server has not yet taken",
-    )
-    ln.add_argument("--fhir-token-file", metavar="FILE", help="a bearer token for --fhir-url, read from FILE")
-    ln.add_argument("--fhir-ca", metavar="PEM", help="the CA that signed an https --fhir-url (default: the system's)")
-    ln.add_argument(
-        "--hl7",
-        metavar="DIR",
-        help="also write each result as an HL7 v2.5.1 ORU^R01 message (SOP_INSTANCE_UID.hl7) in DIR, for a RIS; "
-        "the files hold patient identifiers",
-    )
-    ln.add_argument(
-        "--hl7-to",
-        metavar="[APP[^FACILITY]@]HOST:PORT",
-        help="also send those messages to this MLLP listener (a RIS or interface engine; APP and FACILITY go in "
-        "MSH-5 and MSH-6); needs --hl7 DIR, whose outbox/ keeps what it has not yet acknowledged",
-    )
-    ln.add_argument(
-        "--hl7-tls",
-        action="store_true",
-        help="send to --hl7-to over TLS, checking its certificate with --hl7-tls-ca (default: the system's CAs) "
-        "and presenting --hl7-tls-cert/--hl7-tls-key when given",
-    )
-    tls_flags(ln, "--hl7-tls", "TLS to the RIS: the node's PEM client certificate", "the RIS's")
+    _send_on_flags(ln)
     ln.add_argument(
         "--retain-days",
         type=positive_int,
@@ -161,6 +168,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--poll", type=float, default=1.0, help="seconds between scans of the folder")
     w.add_argument("--explain", action="store_true", help="add a Grad-CAM picture (base64 PNG) to each result")
     w.add_argument("--once", action="store_true", help="process what is there now and exit")
+    _send_on_flags(w)
     w.set_defaults(run=cmd_watch)
 
     ob = sub.add_parser(
@@ -294,12 +302,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     allowed = tuple(args.allow_aet or ())
     if any(not 0 < len(a.strip()) <= 16 for a in allowed):
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
-    for flag, folder in (("--out", args.out), ("--keep", args.keep), ("--fhir", args.fhir), ("--hl7", args.hl7)):
-        if folder:  # before the model loads and the port opens: a folder the node cannot write is said at once
-            try:
-                Path(folder).mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise ValueError(f"{flag} {folder}: cannot create the folder ({e.strerror or e})") from None
+    _make_folders(args, ("--out", "--keep", "--fhir", "--hl7"))  # before the model loads and the port opens
     fhir_outbox, (hl7_outbox, receiver) = _fhir_outbox(args), _hl7_outbox(args)
     qr = _query_retrieve(args)
     engine = engine_for(args.model)
@@ -344,13 +347,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
         file=sys.stderr,
     )
-    for what, box in (("FHIR", fhir_outbox), ("HL7", hl7_outbox)):
-        if box is not None:
-            print(
-                f"{what}: {box.delivered} delivered, {box.rejected} refused (kept in {box.folder / 'rejected'}), "
-                f"{len(box.waiting())} waiting in {box.folder}",
-                file=sys.stderr,
-            )
+    _say_outboxes(fhir_outbox, hl7_outbox)
     return 0
 
 
@@ -435,23 +432,55 @@ def _hl7_outbox(args: argparse.Namespace):
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from pneumolens.audit import AuditLog
+    from pneumolens.send_on import SendOn
     from pneumolens.watch import Watcher
 
     folder = Path(args.folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
+    _make_folders(args, ("--fhir", "--hl7"))
+    fhir_outbox, (hl7_outbox, receiver) = _fhir_outbox(args), _hl7_outbox(args)
+    send_on = SendOn(_path(args.fhir), fhir_outbox, _path(args.hl7), hl7_outbox, receiver)
     watcher = Watcher(
         folder, Path(args.out or folder / "pneumolens-results"), engine_for(args.model), AuditLog(args.db)
     )
-    watcher.explain = args.explain
+    watcher.explain, watcher.send_on = args.explain, send_on
     print(NOTICE, file=sys.stderr)
     if args.once:
         n = watcher.poll_once(settle=False)
+        for box in send_on.outboxes():  # one pass now; what is not taken waits for the next run
+            box.deliver()
         print(f"processed {n} new file(s)", file=sys.stderr)
     else:
         watcher.run(args.poll)
         print(f"processed {watcher.processed} file(s)", file=sys.stderr)
+    _say_outboxes(fhir_outbox, hl7_outbox)
     return 0
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _make_folders(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
+    """Each folder flag's folder, made before the model loads: one that cannot be made is said at once."""
+    for flag in flags:
+        folder = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if folder:
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"{flag} {folder}: cannot create the folder ({e.strerror or e})") from None
+
+
+def _say_outboxes(fhir_outbox, hl7_outbox) -> None:
+    for what, box in (("FHIR", fhir_outbox), ("HL7", hl7_outbox)):
+        if box is not None:
+            print(
+                f"{what}: {box.delivered} delivered, {box.rejected} refused (kept in {box.folder / 'rejected'}), "
+                f"{len(box.waiting())} waiting in {box.folder}",
+                file=sys.stderr,
+            )
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -13,9 +13,11 @@ one patient; :func:`patient_identity` hands it to the caller, which keeps only a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -168,3 +170,23 @@ def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         gray = 1.0 - gray  # MONOCHROME1: high values are dark
     return gray.astype(np.float32)
+
+
+def uid_file_name(uid: object) -> str:
+    """A SOP Instance UID as a file name: digits and dots only (a malformed UID from a sender must not
+    name a path elsewhere), else a hash of it."""
+    text = str(uid)
+    if re.fullmatch(r"[0-9.]{1,64}", text) and not text.startswith("."):
+        return text
+    return "uid-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def header_dataset(data: bytes):
+    """The DICOM header of a file's bytes (no pixels, a pydicom Dataset), or None for another file or
+    one pydicom cannot parse."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - not DICOM, or a header pydicom refuses
+        return None

@@ -188,10 +188,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             return JSONResponse(observation(result, *uids_of(data)), media_type=MEDIA_TYPE)
         if fmt == "hl7":
+            from pneumolens.data.dicom import header_dataset
             from pneumolens.hl7v2 import MEDIA_TYPE as HL7_MEDIA_TYPE
-            from pneumolens.hl7v2 import header_of, oru_r01
+            from pneumolens.hl7v2 import oru_r01
 
-            return Response(oru_r01(result, header_of(data)), media_type=HL7_MEDIA_TYPE)
+            return Response(oru_r01(result, header_dataset(data)), media_type=HL7_MEDIA_TYPE)
         if fmt == "fhir-bundle":
             from pneumolens.fhir import MEDIA_TYPE, transaction
 
