@@ -1,8 +1,9 @@
 """Command line: ``pneumolens train | evaluate | calibrate | compare | predict | explain | segment | serve |
-export | ensemble | listen | pull | watch | audit | review | train-lungs | train-orientation``.
+export | ensemble | listen | pull | watch | audit | review | outbox | train-lungs | train-orientation``.
 
-The subcommands live in three modules by what they are for: ``training`` (making model files),
-``evaluation`` (reading films with one) and ``clinical`` (the model at work in a department).
+The subcommands live in modules by what they are for: ``training`` (making model files),
+``evaluation`` (reading films with one), ``clinical`` (the model at work in a department) and
+``sending`` (its results sent on to the EHR and the RIS, and the outboxes that hold them).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ __all__ = ["DEFAULT_DATA_ENV", "NOTICE", "RECIPE_FLAGS", "build_parser", "main",
 
 def build_parser() -> argparse.ArgumentParser:
     from pneumolens import __version__
-    from pneumolens.cli import clinical, evaluation, training
+    from pneumolens.cli import clinical, evaluation, sending, training
 
     about = "Train, evaluate, explain and serve a model that reads chest X-rays for pneumonia."
     parser = argparse.ArgumentParser(prog="pneumolens", description=about, epilog=NOTICE)
     parser.add_argument("--version", action="version", version=f"pneumolens {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (training, evaluation, clinical):
+    for group in (training, evaluation, clinical, sending):
         group.add_parsers(sub)  # each subcommand's parser names its function: set_defaults(run=...)
     return parser
 

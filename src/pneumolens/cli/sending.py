@@ -1,0 +1,171 @@
+"""``pneumolens outbox``, and the flags and outboxes with which ``listen`` and ``watch`` send each
+result on to the EHR (FHIR) and the RIS (HL7 v2)."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+from pathlib import Path
+
+from pneumolens.cli.common import tls_flags
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    ob = sub.add_parser(
+        "outbox",
+        help="what waits in an outbox of listen --fhir-url / --hl7-to or of audit --notify, and what was refused",
+    )
+    ob.add_argument("folder", help="the outbox, or the --fhir / --hl7 folder that holds it")
+    ob.add_argument(
+        "--requeue",
+        action="store_true",
+        help="move the refused messages back to be sent again (once the cause is mended)",
+    )
+    ob.set_defaults(run=cmd_outbox)
+
+
+def send_on_flags(parser: argparse.ArgumentParser) -> None:
+    """``--fhir``, ``--fhir-url``, ``--hl7``, ``--hl7-to`` and their TLS and token flags (``listen``, ``watch``)."""
+    parser.add_argument(
+        "--fhir",
+        metavar="DIR",
+        help="also write each result as a FHIR R4 Observation (SOP_INSTANCE_UID.json, no patient in it) in DIR, "
+        "for an interface engine",
+    )
+    parser.add_argument(
+        "--fhir-url",
+        metavar="URL",
+        help="also post each result (its Observation and a DiagnosticReport, a transaction Bundle) to the FHIR "
+        "server at this base URL; needs --fhir DIR, whose outbox/ keeps what the server has not yet taken",
+    )
+    parser.add_argument("--fhir-token-file", metavar="FILE", help="a bearer token for --fhir-url, read from FILE")
+    parser.add_argument(
+        "--fhir-ca", metavar="PEM", help="the CA that signed an https --fhir-url (default: the system's)"
+    )
+    parser.add_argument(
+        "--hl7",
+        metavar="DIR",
+        help="also write each result as an HL7 v2.5.1 ORU^R01 message (SOP_INSTANCE_UID.hl7) in DIR, for a RIS; "
+        "the files hold patient identifiers",
+    )
+    parser.add_argument(
+        "--hl7-to",
+        metavar="[APP[^FACILITY]@]HOST:PORT",
+        help="also send those messages to this MLLP listener (a RIS or interface engine; APP and FACILITY go in "
+        "MSH-5 and MSH-6); needs --hl7 DIR, whose outbox/ keeps what it has not yet acknowledged",
+    )
+    parser.add_argument(
+        "--hl7-tls",
+        action="store_true",
+        help="send to --hl7-to over TLS, checking its certificate with --hl7-tls-ca (default: the system's CAs) "
+        "and presenting --hl7-tls-cert/--hl7-tls-key when given",
+    )
+    tls_flags(parser, "--hl7-tls", "TLS to the RIS: our PEM client certificate", "the RIS's")
+
+
+def fhir_outbox_of(args: argparse.Namespace):
+    """The FHIR outbox of ``listen`` or ``watch`` (``--fhir-url``), every flag checked before the model loads."""
+    from pneumolens.alert import check_url
+    from pneumolens.fhir_outbox import FhirSender, read_token
+    from pneumolens.outbox import Outbox
+
+    if not args.fhir_url:
+        for flag, value in (("--fhir-token-file", args.fhir_token_file), ("--fhir-ca", args.fhir_ca)):
+            if value:
+                raise ValueError(f"{flag} is for --fhir-url, which was not given")
+        return None
+    if not args.fhir:
+        raise ValueError(
+            "--fhir-url needs --fhir DIR: the folder whose outbox/ keeps what the server has not yet taken"
+        )
+    try:
+        check_url(args.fhir_url)
+    except ValueError:
+        raise ValueError(
+            "--fhir-url: expected an http:// or https:// URL with a host (the server's base URL)"
+        ) from None
+    token = read_token(args.fhir_token_file) if args.fhir_token_file else None
+    if args.fhir_ca:
+        if not args.fhir_url.startswith("https:"):
+            raise ValueError("--fhir-ca is for an https:// --fhir-url")
+        try:
+            ssl.create_default_context(cafile=args.fhir_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"--fhir-ca {args.fhir_ca}: cannot use it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return Outbox(Path(args.fhir) / "outbox", FhirSender(args.fhir_url, token, args.fhir_ca))
+    except OSError as e:
+        raise ValueError(f"--fhir {args.fhir}: cannot create its outbox/ ({e.strerror or e})") from None
+
+
+def hl7_outbox_of(args: argparse.Namespace):
+    """The HL7 outbox of ``listen`` or ``watch`` (``--hl7-to``) and the receiver for MSH-5/6, checked
+    before the model loads."""
+    from pneumolens.hl7_outbox import MllpSender
+    from pneumolens.outbox import Outbox
+
+    if not args.hl7_to:
+        if args.hl7_tls:
+            raise ValueError("--hl7-tls needs --hl7-to")
+        return None, ""
+    if not args.hl7:
+        raise ValueError("--hl7-to needs --hl7 DIR: the folder whose outbox/ keeps what the RIS has not yet taken")
+    tls = _hl7_tls(args)
+    receiver, _, address = args.hl7_to.rpartition("@")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in receiver for c in "|~\\&\r\n"):
+        raise ValueError(f"--hl7-to {args.hl7_to!r}: expected [APP[^FACILITY]@]HOST:PORT")
+    try:
+        return Outbox(Path(args.hl7) / "outbox", MllpSender(host, int(port), tls=tls), suffix=".hl7"), receiver
+    except OSError as e:
+        raise ValueError(f"--hl7 {args.hl7}: cannot create its outbox/ ({e.strerror or e})") from None
+
+
+def _hl7_tls(args: argparse.Namespace):
+    """The TLS context for ``--hl7-to`` (``--hl7-tls``), or None for plain TCP."""
+    from pneumolens.hl7_outbox import client_tls
+
+    own = (args.hl7_tls_ca, args.hl7_tls_cert, args.hl7_tls_key)
+    if not args.hl7_tls:
+        if any(own):
+            raise ValueError("--hl7-tls-ca, --hl7-tls-cert and --hl7-tls-key need --hl7-tls")
+        return None
+    if (args.hl7_tls_cert is None) != (args.hl7_tls_key is None):
+        raise ValueError("--hl7-tls-cert and --hl7-tls-key go together")
+    return client_tls(*own)
+
+
+def say_outboxes(fhir_outbox, hl7_outbox) -> None:
+    for what, box in (("FHIR", fhir_outbox), ("HL7", hl7_outbox)):
+        if box is not None:
+            print(
+                f"{what}: {box.delivered} delivered, {box.rejected} refused (kept in {box.folder / 'rejected'}), "
+                f"{len(box.waiting())} waiting in {box.folder}",
+                file=sys.stderr,
+            )
+
+
+def path_or_none(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from pneumolens.outbox import find, requeue, summary
+
+    folder = find(Path(args.folder))
+    if args.requeue:
+        moved = requeue(folder)
+        print(
+            f"{moved} refused message(s) back in {folder}: a running node sends them within a minute, else at its "
+            "start (alerts: the next audit --notify)"
+        )
+    found = summary(folder)
+    since = f" (oldest {found['oldest_waiting']})" if found["waiting"] else ""
+    print(f"{found['waiting']} message(s) waiting in {folder}{since}")
+    if found["refused"]:
+        print(
+            f"{found['refused']} refused (oldest {found['oldest_refused']}), each with the receiver's answer in "
+            f"{folder / 'rejected'}: mend the cause, then --requeue"
+        )
+    return 1 if found["waiting"] or found["refused"] else 0
