@@ -43,9 +43,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
+    ComprehensiveSRStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -55,6 +57,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
+    SegmentationStorage,
     generate_uid,
 )
 
@@ -80,9 +83,9 @@ VERIFICATION = "1.2.840.10008.1.1"
 # What the node writes, for its query/retrieve service: picture, report, presentation state, segmentation
 RESULT_CLASSES = (
     SECONDARY_CAPTURE,
-    "1.2.840.10008.5.1.4.1.1.88.33",
-    "1.2.840.10008.5.1.4.1.1.11.1",
-    "1.2.840.10008.5.1.4.1.1.66.4",
+    ComprehensiveSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SegmentationStorage,
 )
 ACCEPTED = (CR, DX_PRESENTATION, DX_PROCESSING)
 # Transfer syntaxes the node accepts for them: uncompressed and deflated (pydicom; big endian is retired

@@ -36,15 +36,13 @@ from pneumolens.dicom_node import (
     Destination,
     uid_file_name,
 )
+from pneumolens.dicom_qr import FIND, GET, MOVE  # Study Root Query/Retrieve: the node serves them too
 
 # pynetdicom logs each C-FIND answer's identifier at INFO (UIDs, and names if a PACS sends them): pull
 # says in its own words what it found, and pynetdicom only what went wrong.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 log = logging.getLogger(__name__)
 
-FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
-MOVE = "1.2.840.10008.5.1.4.1.2.2.2"  # ... - MOVE
-GET = "1.2.840.10008.5.1.4.1.2.2.3"  # ... - GET
 MODALITIES = ("CR", "DX")  # the modalities of the images the node accepts (``dicom_node.ACCEPTED``)
 PENDING = (0xFF00, 0xFF01)
 MOVE_STATUS = {  # PS3.4 C.4.2.1.5: what a PACS answers a C-MOVE with, in words
