@@ -67,16 +67,12 @@ def patient_identity(path: str | os.PathLike[str]) -> tuple[str, str] | None:
 def header_values(data: bytes, keywords: list[str]) -> list[str] | None:
     """The text of ``keywords`` in a DICOM file's header ("" where absent), read without the pixels;
     None for other files or a header that does not parse."""
-    import io
-
-    import pydicom
-
-    if not is_dicom(data[:132]):
+    ds = header_dataset(data, keywords)
+    if ds is None:
         return None
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=keywords)
         return [str(ds.get(k, "") or "").strip() for k in keywords]
-    except Exception:  # noqa: BLE001 - a corrupt header raises almost any type; the image's own error is reported
+    except Exception:  # noqa: BLE001 - a malformed value raises almost any type; the image's own error is reported
         return None
 
 
@@ -181,12 +177,14 @@ def uid_file_name(uid: object) -> str:
     return "uid-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def header_dataset(data: bytes):
-    """The DICOM header of a file's bytes (no pixels, a pydicom Dataset), or None for another file or
-    one pydicom cannot parse."""
+def header_dataset(data: bytes, keywords: list[str] | None = None):
+    """The header of a DICOM file's bytes (a pydicom Dataset, no pixels; only ``keywords`` when
+    given), or None for other files or a header that does not parse."""
     import pydicom
 
+    if not is_dicom(data[:132]):
+        return None
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception:  # noqa: BLE001 - not DICOM, or a header pydicom refuses
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=keywords)
+    except Exception:  # noqa: BLE001 - a corrupt header raises almost any type; the image's own error is reported
         return None
