@@ -312,38 +312,37 @@ class Destination:
 
 
 def tls_context(
-    cert: str,
-    key: str,
+    cert: str | None,
+    key: str | None,
     ca: str | None = None,
     server: bool = True,
     flags: tuple[str, str, str] = ("--tls-cert", "--tls-key", "--tls-ca"),
 ) -> ssl.SSLContext:
-    """TLS for DICOM (the PS3.15 secure transport), at least TLS 1.2, with our certificate and key.
+    """TLS at least 1.2, for DICOM (the PS3.15 secure transport) and MLLP.
 
-    ``server=True``: for incoming associations; with ``ca``, peers must present a certificate signed
-    by it (mutual TLS). ``server=False``: for forwarding; the destination's certificate must be signed
-    by ``ca`` and name its host, and ours is presented to it. Errors name the file and its flag
-    (``flags``: those of the certificate, key and CA).
+    ``server=True``: for incoming associations, with our certificate and key; with ``ca``, peers must
+    present a certificate signed by it (mutual TLS). ``server=False``: for a connection we open
+    (forwarding, ``pull``, a RIS): the peer's certificate must be signed by ``ca`` (only it; the
+    system's CAs when None) and name its host, and ours is presented when given. Errors name the
+    file and its flag (``flags``: those of the certificate, key and CA).
     """
     for flag, path in zip(flags, (cert, key, ca), strict=True):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path}: no such file")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(cert, key)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH, cafile=ca)
     except ssl.SSLError as e:
-        raise ValueError(
-            f"{flags[0]} {cert} / {flags[1]} {key}: not a matching PEM certificate and key ({e})"
-        ) from None
-    if ca is not None:
+        raise ValueError(f"{flags[2]} {ca}: not a PEM CA certificate ({e})") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
         try:
-            ctx.load_verify_locations(cafile=ca)
+            ctx.load_cert_chain(cert, key)
         except ssl.SSLError as e:
-            raise ValueError(f"{flags[2]} {ca}: not a PEM CA certificate ({e})") from None
+            raise ValueError(
+                f"{flags[0]} {cert} / {flags[1]} {key}: not a matching PEM certificate and key ({e})"
+            ) from None
+    if server and ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
-    elif not server:
-        raise ValueError("--forward-tls needs --forward-tls-ca (or --tls-ca): the CA that signed the destination")
     return ctx
 
 

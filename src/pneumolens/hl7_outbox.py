@@ -19,7 +19,6 @@ import asyncio
 import re
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 import hl7
 from hl7.mllp import open_hl7_connection
@@ -88,21 +87,9 @@ class MllpSender:
 
 
 def client_tls(ca: str | None = None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
-    """TLS to the RIS: at least 1.2, its certificate checked against ``ca`` (default: the system's
-    CAs) and its host name, ``cert`` and ``key`` presented when given. Errors name the flag."""
-    for flag, path in (("--hl7-tls-ca", ca), ("--hl7-tls-cert", cert), ("--hl7-tls-key", key)):
-        if path is not None and not Path(path).is_file():
-            raise ValueError(f"{flag} {path}: no such file")
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-    except ssl.SSLError as e:
-        raise ValueError(f"--hl7-tls-ca {ca}: not a PEM CA certificate ({e.reason or e})") from None
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        try:
-            ctx.load_cert_chain(cert, key)
-        except ssl.SSLError as e:
-            raise ValueError(
-                f"--hl7-tls-cert {cert} / --hl7-tls-key {key}: not a matching PEM certificate and key ({e.reason or e})"
-            ) from None
-    return ctx
+    """TLS to the RIS (``pneumolens.dicom_node.tls_context`` as a client): its certificate checked
+    against ``ca`` (default: the system's CAs) and its host name, ``cert`` and ``key`` presented
+    when given. Errors name the ``--hl7-tls-*`` flag."""
+    from pneumolens.dicom_node import tls_context
+
+    return tls_context(cert, key, ca, server=False, flags=("--hl7-tls-cert", "--hl7-tls-key", "--hl7-tls-ca"))
