@@ -16,7 +16,6 @@ secret). Standard library only (``urllib``): a POST needs no client library.
 
 from __future__ import annotations
 
-import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -41,7 +40,11 @@ class FhirSender:
 
     def __post_init__(self) -> None:
         self.where = where(self.url)
-        self._tls = ssl.create_default_context(cafile=self.ca) if self.url.startswith("https:") else None
+        self._tls = None
+        if self.url.startswith("https:"):  # the server checked against ``ca`` only, else the system's CAs
+            from pneumolens.dicom_node import tls_context
+
+            self._tls = tls_context(None, None, self.ca, server=False, flags=("", "", "--fhir-ca"))
 
     def __call__(self, body: bytes) -> Answer:
         headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE}
