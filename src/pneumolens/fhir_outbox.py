@@ -8,10 +8,13 @@ Any other answer (400, 404, 409, 412, 422: the server will never take this bundl
 it for good; the server's answer (an OperationOutcome) is kept beside it. A bundle sent twice
 creates nothing twice: each entry is a conditional create on its identifier.
 
-Only a bearer token is supported for authorisation (``--fhir-token-file``: read from a file, never
-from the command line, where ``ps`` shows it), and https with the system's or a given CA
-(``--fhir-ca``). The log names the server by scheme, host and port (a URL's query can hold a
-secret). Standard library only (``urllib``): a POST needs no client library.
+Authorisation is a bearer token read from a file (``--fhir-token-file``; never from the command
+line, where ``ps`` shows it) or tokens got by SMART Backend Services (``--fhir-client-id`` and
+``--fhir-key``, ``pneumolens.smart_auth``), renewed once when the server answers 401; no token to
+be had (the authorisation server away or refusing the client) keeps the bundle waiting. https is
+checked with the system's or a given CA (``--fhir-ca``, also for the token endpoint). The log
+names the server by scheme, host and port (a URL's query can hold a secret). Standard library only
+(``urllib``): a POST needs no client library.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from pneumolens.alert import where
 from pneumolens.fhir import MEDIA_TYPE
 from pneumolens.outbox import Answer
+from pneumolens.smart_auth import AuthError, SmartAuth
 
 TIMEOUT_S = 30.0
 TRY_AGAIN = frozenset({401, 403, 408, 429})  # answers that may change without the bundle changing (or 5xx)
@@ -36,6 +40,7 @@ class FhirSender:
     url: str
     token: str | None = None
     ca: str | None = None  # a PEM CA bundle for https; None: the system's
+    smart: dict | None = None  # SmartAuth's arguments (client_id, key_path, token_url, scope) instead of a token
     kind: str = "fhir"
 
     def __post_init__(self) -> None:
@@ -45,17 +50,16 @@ class FhirSender:
             from pneumolens.dicom_node import tls_context
 
             self._tls = tls_context(None, None, self.ca, server=False, flags=("", "", "--fhir-ca"))
+        self.auth = SmartAuth(self.url, tls=self._tls, **self.smart) if self.smart is not None else None
 
     def __call__(self, body: bytes) -> Answer:
-        headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self._tls) as answer:  # noqa: S310
-                status, text = answer.status, answer.read()
-        except urllib.error.HTTPError as e:
-            status, text = e.code, e.read()
+            status, text = self._post(body)
+            if status == 401 and self.auth is not None:  # the kept token may have been revoked: one new one
+                self.auth.forget()
+                status, text = self._post(body)
+        except AuthError as e:
+            return Answer("retry", f"no access token: {e}")
         except (urllib.error.URLError, OSError) as e:
             return Answer("retry", f"could not be reached ({getattr(e, 'reason', e)})")
         if 200 <= status < 300:
@@ -63,6 +67,19 @@ class FhirSender:
         if status in TRY_AGAIN or status >= 500:
             return Answer("retry", f"answered HTTP {status}")
         return Answer("rejected", f"HTTP {status}", text)
+
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE}
+        if self.auth is not None:
+            headers["Authorization"] = self.auth.authorization()
+        elif self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self._tls) as answer:  # noqa: S310
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
 
 
 def read_token(path: str) -> str:

@@ -23,6 +23,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     ob.set_defaults(run=cmd_outbox)
 
+    fk = sub.add_parser(
+        "fhir-key",
+        help="the public key set (JWKS) to register with the EHR for listen --fhir-client-id --fhir-key KEY",
+    )
+    fk.add_argument("key", help="a PEM private key: RSA of 2048 bits or more, or EC P-384")
+    fk.add_argument(
+        "--create", action="store_true", help="first write a new EC P-384 key to KEY (readable by its owner only)"
+    )
+    fk.set_defaults(run=cmd_fhir_key)
+
 
 def send_on_flags(parser: argparse.ArgumentParser) -> None:
     """``--fhir``, ``--fhir-url``, ``--hl7``, ``--hl7-to`` and their TLS and token flags (``listen``, ``watch``)."""
@@ -40,7 +50,29 @@ def send_on_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fhir-token-file", metavar="FILE", help="a bearer token for --fhir-url, read from FILE")
     parser.add_argument(
-        "--fhir-ca", metavar="PEM", help="the CA that signed an https --fhir-url (default: the system's)"
+        "--fhir-ca",
+        metavar="PEM",
+        help="the CA that signed an https --fhir-url and its token endpoint (default: the system's)",
+    )
+    parser.add_argument(
+        "--fhir-client-id",
+        metavar="ID",
+        help="get tokens for --fhir-url by SMART Backend Services, as this registered client (with --fhir-key)",
+    )
+    parser.add_argument(
+        "--fhir-key",
+        metavar="PEM",
+        help="the private key that signs the client's assertions (its public half: pneumolens fhir-key PEM)",
+    )
+    parser.add_argument(
+        "--fhir-token-url",
+        metavar="URL",
+        help="the EHR's token endpoint (default: from --fhir-url's .well-known/smart-configuration)",
+    )
+    parser.add_argument(
+        "--fhir-scope",
+        metavar="SCOPES",
+        help="the scopes to ask for, space-separated (default: system/Observation.write system/DiagnosticReport.write)",
     )
     parser.add_argument(
         "--hl7",
@@ -63,6 +95,38 @@ def send_on_flags(parser: argparse.ArgumentParser) -> None:
     tls_flags(parser, "--hl7-tls", "TLS to the RIS: our PEM client certificate", "the RIS's")
 
 
+SMART_FLAGS = ("--fhir-client-id", "--fhir-key", "--fhir-token-url", "--fhir-scope")
+
+
+def _smart(args: argparse.Namespace) -> dict | None:
+    """SmartAuth's arguments from ``--fhir-client-id`` and the flags that go with it, or None."""
+    from pneumolens.alert import check_url
+    from pneumolens.smart_auth import DEFAULT_SCOPE, load_key
+
+    if not args.fhir_client_id:
+        for flag in SMART_FLAGS[1:]:
+            if getattr(args, flag[2:].replace("-", "_")):
+                raise ValueError(f"{flag} needs --fhir-client-id")
+        return None
+    if not args.fhir_key:
+        raise ValueError("--fhir-client-id needs --fhir-key PEM: the private key that signs its assertions")
+    load_key(args.fhir_key)  # readable and of a kind the EHR must accept, before the model loads
+    if args.fhir_token_url:
+        try:
+            check_url(args.fhir_token_url)
+        except ValueError:
+            raise ValueError("--fhir-token-url: expected an http:// or https:// URL with a host") from None
+    scope = args.fhir_scope if args.fhir_scope is not None else DEFAULT_SCOPE
+    if not scope.strip() or any(c in scope for c in '"\\\r\n'):
+        raise ValueError(f"--fhir-scope {scope!r}: expected scopes separated by spaces")
+    return {
+        "client_id": args.fhir_client_id,
+        "key_path": args.fhir_key,
+        "token_url": args.fhir_token_url,
+        "scope": " ".join(scope.split()),
+    }
+
+
 def fhir_outbox_of(args: argparse.Namespace):
     """The FHIR outbox of ``listen`` or ``watch`` (``--fhir-url``), every flag checked before the model loads."""
     from pneumolens.alert import check_url
@@ -70,8 +134,8 @@ def fhir_outbox_of(args: argparse.Namespace):
     from pneumolens.outbox import Outbox
 
     if not args.fhir_url:
-        for flag, value in (("--fhir-token-file", args.fhir_token_file), ("--fhir-ca", args.fhir_ca)):
-            if value:
+        for flag in ("--fhir-token-file", "--fhir-ca", *SMART_FLAGS):
+            if getattr(args, flag[2:].replace("-", "_")):
                 raise ValueError(f"{flag} is for --fhir-url, which was not given")
         return None
     if not args.fhir:
@@ -87,8 +151,11 @@ def fhir_outbox_of(args: argparse.Namespace):
     token = read_token(args.fhir_token_file) if args.fhir_token_file else None
     if args.fhir_ca and not args.fhir_url.startswith("https:"):
         raise ValueError("--fhir-ca is for an https:// --fhir-url")
+    smart = _smart(args)
+    if smart and token:
+        raise ValueError("--fhir-token-file or --fhir-client-id: one way to authorise, not both")
     try:
-        return Outbox(Path(args.fhir) / "outbox", FhirSender(args.fhir_url, token, args.fhir_ca))
+        return Outbox(Path(args.fhir) / "outbox", FhirSender(args.fhir_url, token, args.fhir_ca, smart))
     except OSError as e:
         raise ValueError(f"--fhir {args.fhir}: cannot create its outbox/ ({e.strerror or e})") from None
 
@@ -142,6 +209,18 @@ def say_outboxes(fhir_outbox, hl7_outbox) -> None:
 
 def path_or_none(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def cmd_fhir_key(args: argparse.Namespace) -> int:
+    import json
+
+    from pneumolens.smart_auth import jwks, load_key, new_key
+
+    key = new_key(args.key) if args.create else load_key(args.key, flag="")
+    print(json.dumps(jwks(key), indent=1))
+    if args.create:
+        print(f"wrote a new EC P-384 key to {args.key}; register the key set above with the EHR", file=sys.stderr)
+    return 0
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
