@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -17,9 +18,10 @@ from fhir.resources.R4B.bundle import Bundle
 
 from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images, store_then_wait
 from pneumolens.cli import main
+from pneumolens.credentials import TokenFile, read_token
 from pneumolens.data.images import read_image
 from pneumolens.fhir import transaction
-from pneumolens.fhir_outbox import FhirSender, read_token
+from pneumolens.fhir_outbox import FhirSender
 from pneumolens.outbox import Outbox
 
 MODEL = {"name": "pneumolens-default", "version": "9.9", "sha256": "cd" * 32}
@@ -195,6 +197,27 @@ def test_a_token_file_holds_one_token(tmp_path):
     path.write_text("\n")
     with pytest.raises(ValueError, match="one token"):
         read_token(str(path))
+
+
+def test_a_renewed_token_file_is_read_again_without_a_restart(fhir_server, tmp_path, caplog):
+    server = fhir_server()
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    outbox = Outbox(tmp_path / "outbox", FhirSender(server.url, TokenFile(str(path), "--fhir-token-file")))
+    outbox.put("6.1", _json(transaction(RESULT, "6.1")))
+    assert outbox.deliver()
+    path.write_text("second\n")
+    os.utime(path, (1, 1))  # a renewal within the file system's time resolution is still seen
+    outbox.put("6.2", _json(transaction(RESULT, "6.2")))
+    assert outbox.deliver()
+    path.write_text("")  # a renewal caught half-written: the last good token is kept, the log says so
+    os.utime(path, (2, 2))
+    outbox.put("6.3", _json(transaction(RESULT, "6.3")))
+    with caplog.at_level(logging.WARNING, logger="pneumolens.credentials"):
+        assert outbox.deliver()
+    tokens = [headers["Authorization"] for _, headers, _, _ in server.received]
+    assert tokens == ["Bearer first", "Bearer second", "Bearer second"]
+    assert "--fhir-token-file" in caplog.text and "one token" in caplog.text and "second" not in caplog.text
 
 
 def test_the_running_node_sends_what_an_earlier_run_left_and_what_it_reads(fhir_server, trained_run, tmp_path):

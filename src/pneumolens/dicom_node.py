@@ -371,9 +371,12 @@ class Node:
     hl7_outbox: Outbox | None = None  # and send it to a RIS over MLLP (store and forward; needs ``hl7``)
     hl7_receiver: str = ""  # MSH-5 and MSH-6 of those messages: APP or APP^FACILITY
     qr: QueryRetrieve | None = None  # serve the results in ``out`` to C-FIND, C-GET and C-MOVE (``--qr``)
+    stow_outbox: Outbox | None = None  # and store them in a PACS over DICOMweb (STOW-RS; store and forward)
 
     def __post_init__(self) -> None:
-        self.send_on = SendOn(self.fhir, self.fhir_outbox, self.hl7, self.hl7_outbox, self.hl7_receiver)
+        self.send_on = SendOn(
+            self.fhir, self.fhir_outbox, self.hl7, self.hl7_outbox, self.hl7_receiver, self.stow_outbox
+        )
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:
         """This node's result series in the study: one for the pictures, one for the reports (a series
@@ -412,8 +415,12 @@ class Node:
                     self.keep / f"{uid_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data)
                 )
             for made in results:
-                path = self.out / f"{made.SOPInstanceUID}.dcm"
-                atomic_write(path, lambda tmp, made=made: made.save_as(tmp, enforce_file_format=True))
+                encoded = io.BytesIO()
+                made.save_as(encoded, enforce_file_format=True)
+                atomic_write(
+                    self.out / f"{made.SOPInstanceUID}.dcm", lambda tmp, b=encoded: Path(tmp).write_bytes(b.getvalue())
+                )
+                self.send_on.store(made.SOPInstanceUID, encoded.getvalue())
             self.send_on.send(result, ds, data)
             if self.forward is not None:
                 self._send(results)

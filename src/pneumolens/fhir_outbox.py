@@ -22,9 +22,9 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 from pneumolens.alert import where
+from pneumolens.credentials import TokenFile
 from pneumolens.fhir import MEDIA_TYPE
 from pneumolens.outbox import Answer
 from pneumolens.smart_auth import AuthError, SmartAuth
@@ -38,7 +38,7 @@ class FhirSender:
     """POSTs a bundle to the FHIR server at ``url``."""
 
     url: str
-    token: str | None = None
+    token: str | TokenFile | None = None  # a bearer token, or the file that holds it (read again when it changes)
     ca: str | None = None  # a PEM CA bundle for https; None: the system's
     smart: dict | None = None  # SmartAuth's arguments (client_id, key_path, token_url, scope) instead of a token
     kind: str = "fhir"
@@ -73,21 +73,11 @@ class FhirSender:
         if self.auth is not None:
             headers["Authorization"] = self.auth.authorization()
         elif self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+            token = self.token.value() if isinstance(self.token, TokenFile) else self.token
+            headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self._tls) as answer:  # noqa: S310
                 return answer.status, answer.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
-
-
-def read_token(path: str) -> str:
-    """The bearer token in ``path`` (whitespace around it dropped), ``ValueError`` naming the flag."""
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"--fhir-token-file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
-    if not token or any(c.isspace() for c in token):
-        raise ValueError(f"--fhir-token-file {path}: expected one token on one line")
-    return token

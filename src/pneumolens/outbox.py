@@ -135,10 +135,11 @@ class Outbox:
 
 
 def find(folder: Path) -> Path:
-    """The outbox ``folder`` names: itself, or its ``outbox/`` (``--fhir DIR``, ``--hl7 DIR``).
-    ``FileNotFoundError`` naming it when it is neither."""
-    for candidate in (folder / "outbox", folder):
-        if candidate.is_dir() and (candidate.name in ("outbox", "alerts-outbox") or (candidate / "rejected").is_dir()):
+    """The outbox ``folder`` names: itself, its ``outbox/`` (``--fhir DIR``, ``--hl7 DIR``) or its
+    ``stow-outbox/`` (the node's ``--out DIR``). ``FileNotFoundError`` naming it when it is none."""
+    names = ("outbox", "alerts-outbox", "stow-outbox")
+    for candidate in (folder / "outbox", folder / "stow-outbox", folder):
+        if candidate.is_dir() and (candidate.name in names or (candidate / "rejected").is_dir()):
             return candidate
     raise FileNotFoundError(f"{folder}: not an outbox (nor a folder holding outbox/)")
 

@@ -1,7 +1,8 @@
 """A result sent on to the EHR and the RIS, from the DICOM node and from the watch folder alike:
 a FHIR Observation file (``--fhir DIR``) and its transaction Bundle for a FHIR server
 (``--fhir-url``), and an HL7 v2 ORU^R01 file (``--hl7 DIR``) and message for a RIS
-(``--hl7-to``), the last two through store-and-forward outboxes (``pneumolens.outbox``).
+(``--hl7-to``), the last two through store-and-forward outboxes (``pneumolens.outbox``); and, from
+the node, the DICOM objects it makes to a PACS over DICOMweb (``--stow-url``), through a third.
 
 Only a DICOM input is sent on: its header names the study (and, for HL7, the patient and the order)
 that the receiver files the result under; a JPEG or PNG names nothing and is skipped. Each file is
@@ -32,6 +33,7 @@ class SendOn:
     hl7: Path | None = None  # write each result as an HL7 v2 ORU^R01 message here
     hl7_outbox: Outbox | None = None  # and send it to a RIS over MLLP (needs ``hl7``)
     hl7_receiver: str = ""  # MSH-5 and MSH-6 of those messages: APP or APP^FACILITY
+    stow_outbox: Outbox | None = None  # the node's DICOM objects, to a PACS's STOW-RS service
 
     @property
     def active(self) -> bool:
@@ -63,8 +65,13 @@ class SendOn:
             if self.hl7_outbox is not None:
                 self.hl7_outbox.put(name, message)
 
+    def store(self, name: str, encoded: bytes) -> None:
+        """Queue one DICOM object the node made (a Part 10 file's bytes) for the PACS (``--stow-url``)."""
+        if self.stow_outbox is not None:
+            self.stow_outbox.put(name, encoded)
+
     def outboxes(self) -> list[Outbox]:
-        return [box for box in (self.fhir_outbox, self.hl7_outbox) if box is not None]
+        return [box for box in (self.fhir_outbox, self.hl7_outbox, self.stow_outbox) if box is not None]
 
     def start(self) -> tuple[threading.Event, list[threading.Thread]]:
         """The outboxes' sender threads; ``stop`` ends them."""

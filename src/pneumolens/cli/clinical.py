@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 from pneumolens.cli.common import NOTICE, engine_for, fraction, positive_int, tls_flags
-from pneumolens.cli.sending import fhir_outbox_of, hl7_outbox_of, path_or_none, say_outboxes, send_on_flags
+from pneumolens.cli.sending import (
+    fhir_outbox_of,
+    hl7_outbox_of,
+    path_or_none,
+    say_outboxes,
+    send_on_flags,
+    stow_flags,
+    stow_outbox_of,
+)
 
 FLOOR_RATES = ("sensitivity", "specificity")  # audit --agreement --min-RATE
 
@@ -41,6 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "the files hold patient data",
     )
     send_on_flags(ln)
+    stow_flags(ln)
     ln.add_argument(
         "--retain-days",
         type=positive_int,
@@ -253,6 +262,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
     _make_folders(args, ("--out", "--keep", "--fhir", "--hl7"))  # before the model loads and the port opens
     fhir_outbox, (hl7_outbox, receiver) = fhir_outbox_of(args), hl7_outbox_of(args)
+    stow_outbox = stow_outbox_of(args)
     qr = _query_retrieve(args)
     engine = engine_for(args.model)
     node = Node(
@@ -274,6 +284,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         hl7_outbox=hl7_outbox,
         hl7_receiver=receiver,
         qr=qr,
+        stow_outbox=stow_outbox,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
@@ -296,7 +307,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
         file=sys.stderr,
     )
-    say_outboxes(fhir_outbox, hl7_outbox)
+    say_outboxes(fhir_outbox, hl7_outbox, stow_outbox)
     return 0
 
 

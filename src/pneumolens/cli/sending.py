@@ -13,9 +13,10 @@ from pneumolens.cli.common import tls_flags
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     ob = sub.add_parser(
         "outbox",
-        help="what waits in an outbox of listen --fhir-url / --hl7-to or of audit --notify, and what was refused",
+        help="what waits in an outbox of listen --fhir-url / --hl7-to / --stow-url or of audit --notify, and what "
+        "was refused",
     )
-    ob.add_argument("folder", help="the outbox, or the --fhir / --hl7 folder that holds it")
+    ob.add_argument("folder", help="the outbox, or the --fhir / --hl7 / --out folder that holds it")
     ob.add_argument(
         "--requeue",
         action="store_true",
@@ -127,10 +128,58 @@ def _smart(args: argparse.Namespace) -> dict | None:
     }
 
 
+def stow_flags(parser: argparse.ArgumentParser) -> None:
+    """``--stow-url`` and its token and CA flags (``listen``)."""
+    parser.add_argument(
+        "--stow-url",
+        metavar="URL",
+        help="also store each DICOM object the node makes in the PACS whose DICOMweb service has this base URL "
+        "(STOW-RS to URL/studies); what it has not yet taken waits in OUT/stow-outbox/",
+    )
+    parser.add_argument(
+        "--stow-token-file",
+        metavar="FILE",
+        help="a bearer token for --stow-url, read from FILE (and again whenever the file changes)",
+    )
+    parser.add_argument(
+        "--stow-ca", metavar="PEM", help="the CA that signed an https --stow-url (default: the system's)"
+    )
+
+
+def stow_outbox_of(args: argparse.Namespace):
+    """The DICOMweb outbox of ``listen`` (``--stow-url``), every flag checked before the model loads."""
+    from pneumolens.alert import check_url
+    from pneumolens.credentials import TokenFile
+    from pneumolens.outbox import Outbox
+    from pneumolens.stow_outbox import StowSender
+
+    if not args.stow_url:
+        for flag, value in (("--stow-token-file", args.stow_token_file), ("--stow-ca", args.stow_ca)):
+            if value:
+                raise ValueError(f"{flag} is for --stow-url, which was not given")
+        return None
+    try:
+        check_url(args.stow_url)
+    except ValueError:
+        raise ValueError(
+            "--stow-url: expected an http:// or https:// URL with a host (the DICOMweb base URL)"
+        ) from None
+    if args.stow_ca and not args.stow_url.startswith("https:"):
+        raise ValueError("--stow-ca is for an https:// --stow-url")
+    if args.stow_ca and not Path(args.stow_ca).is_file():
+        raise ValueError(f"--stow-ca {args.stow_ca}: no such file")
+    token = TokenFile(args.stow_token_file, "--stow-token-file") if args.stow_token_file else None
+    try:
+        return Outbox(Path(args.out) / "stow-outbox", StowSender(args.stow_url, token, args.stow_ca), suffix=".dcm")
+    except OSError as e:
+        raise ValueError(f"--out {args.out}: cannot create its stow-outbox/ ({e.strerror or e})") from None
+
+
 def fhir_outbox_of(args: argparse.Namespace):
     """The FHIR outbox of ``listen`` or ``watch`` (``--fhir-url``), every flag checked before the model loads."""
     from pneumolens.alert import check_url
-    from pneumolens.fhir_outbox import FhirSender, read_token
+    from pneumolens.credentials import TokenFile
+    from pneumolens.fhir_outbox import FhirSender
     from pneumolens.outbox import Outbox
 
     if not args.fhir_url:
@@ -148,7 +197,7 @@ def fhir_outbox_of(args: argparse.Namespace):
         raise ValueError(
             "--fhir-url: expected an http:// or https:// URL with a host (the server's base URL)"
         ) from None
-    token = read_token(args.fhir_token_file) if args.fhir_token_file else None
+    token = TokenFile(args.fhir_token_file, "--fhir-token-file") if args.fhir_token_file else None
     if args.fhir_ca and not args.fhir_url.startswith("https:"):
         raise ValueError("--fhir-ca is for an https:// --fhir-url")
     smart = _smart(args)
@@ -197,8 +246,8 @@ def _hl7_tls(args: argparse.Namespace):
     return client_tls(*own)
 
 
-def say_outboxes(fhir_outbox, hl7_outbox) -> None:
-    for what, box in (("FHIR", fhir_outbox), ("HL7", hl7_outbox)):
+def say_outboxes(fhir_outbox, hl7_outbox, stow_outbox=None) -> None:
+    for what, box in (("FHIR", fhir_outbox), ("HL7", hl7_outbox), ("STOW-RS", stow_outbox)):
         if box is not None:
             print(
                 f"{what}: {box.delivered} delivered, {box.rejected} refused (kept in {box.folder / 'rejected'}), "
