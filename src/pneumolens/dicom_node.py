@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -72,6 +73,9 @@ from pneumolens.dicom_qr import QueryRetrieve
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 from pneumolens.outbox import Outbox
 from pneumolens.send_on import SendOn
+
+if TYPE_CHECKING:  # the DICOMweb service (FastAPI) is imported only by a node that serves it
+    from pneumolens.dicomweb_service import DicomwebService
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +376,7 @@ class Node:
     hl7_receiver: str = ""  # MSH-5 and MSH-6 of those messages: APP or APP^FACILITY
     qr: QueryRetrieve | None = None  # serve the results in ``out`` to C-FIND, C-GET and C-MOVE (``--qr``)
     stow_outbox: Outbox | None = None  # and store them in a PACS over DICOMweb (STOW-RS; store and forward)
+    web: DicomwebService | None = None  # also take images over DICOMweb (STOW-RS) on another port
 
     def __post_init__(self) -> None:
         self.send_on = SendOn(
@@ -401,13 +406,18 @@ class Node:
             log.warning("listen: unreadable dataset refused (%s)", type(e).__name__)
             self._audit_refusal(b"", f"unreadable dataset ({type(e).__name__})", study, t0)
             return CANNOT_UNDERSTAND
+        return self.store(ds, data, t0)
+
+    def store(self, ds: Dataset, data: bytes, t0: float) -> int:
+        """An image received (``ds``, as the file ``data``; by C-STORE or over DICOMweb): score it,
+        write the Secondary Capture (and the report, presentation state and segmentation), send
+        on, forward, audit; its DIMSE status. ``t0``: when it arrived (``time.perf_counter``).
+        Never raises."""
+        study = str(getattr(ds, "StudyInstanceUID", "") or "") or None
         try:
             result = self.engine.analyse(read_image("received.dcm", data=data), explain=True)
         except ImageReadError as e:
-            self.refused += 1
-            log.warning("listen: image refused: %s", e.reason)
-            self._audit_refusal(data, e.reason, study, t0)
-            return CANNOT_UNDERSTAND
+            return self.refuse(data, e.reason, study, t0)
         try:
             results = result_objects(ds, result, self.series_for, sr=self.sr, gsps=self.gsps, seg=self.seg)
             if self.keep is not None:  # the original first: a result always has its image beside it
@@ -447,6 +457,14 @@ class Node:
         names = ", ".join(f"{made.SOPInstanceUID}.dcm" for made in results)
         log.info("listen: result %s written (%s, p=%.3f)", names, result["label"], result["probability"])
         return SUCCESS
+
+    def refuse(self, data: bytes, reason: str, study: str | None, t0: float) -> int:
+        """An image the node cannot read as a radiograph: counted, logged (``reason`` is
+        pneumolens' own words, never a header value) and audited; CANNOT_UNDERSTAND."""
+        self.refused += 1
+        log.warning("listen: image refused: %s", reason)
+        self._audit_refusal(data, reason, study, t0)
+        return CANNOT_UNDERSTAND
 
     def _audit_refusal(self, data: bytes, reason: str, study: str | None, t0: float) -> None:
         if self.audit is not None:
@@ -544,7 +562,8 @@ class Node:
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         """Serve until ``stop`` is set, then shut down in bounded time. ``on_ready`` runs once the port
-        is bound (a port that cannot be bound raises ``OSError`` before it).
+        (and the DICOMweb port, with ``web``) is bound (a port that cannot be bound raises ``OSError``
+        before it).
 
         New associations are refused at once; those in progress get ``drain_seconds`` to finish (a
         result being written is not cut off), then are aborted. pynetdicom's blocking server leaves
@@ -555,6 +574,8 @@ class Node:
         server = self.server(host, port)
         sender_stop, senders = self.send_on.start()
         try:
+            if self.web is not None:  # inside the try: a DICOMweb port that cannot be had stops the DIMSE one too
+                self.web.start(self, host)
             self._prune_and_go_on()
             pruned = time.monotonic()
             if on_ready is not None:
@@ -566,6 +587,8 @@ class Node:
         finally:
             log.info("listen: stopping; no new associations")
             server.shutdown()  # stops accepting, closes the listening socket
+            if self.web is not None:  # lets the requests in progress finish
+                self.web.stop()
             deadline = time.monotonic() + drain_seconds
             while server.active_associations and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -51,6 +51,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     send_on_flags(ln)
     stow_flags(ln)
     ln.add_argument(
+        "--dicomweb-port",
+        type=int,
+        metavar="PORT",
+        help="also take images over DICOMweb (STOW-RS: POST /dicomweb/studies) on this port of --host, with the "
+        "node's TLS when given",
+    )
+    ln.add_argument(
+        "--dicomweb-token-file",
+        metavar="FILE",
+        help="a bearer token every DICOMweb request must carry, read from FILE (and again whenever it changes)",
+    )
+    ln.add_argument(
         "--retain-days",
         type=positive_int,
         metavar="DAYS",
@@ -263,6 +275,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     _make_folders(args, ("--out", "--keep", "--fhir", "--hl7"))  # before the model loads and the port opens
     fhir_outbox, (hl7_outbox, receiver) = fhir_outbox_of(args), hl7_outbox_of(args)
     stow_outbox = stow_outbox_of(args)
+    web = _dicomweb_service(args)
     qr = _query_retrieve(args)
     engine = engine_for(args.model)
     node = Node(
@@ -285,6 +298,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         hl7_receiver=receiver,
         qr=qr,
         stow_outbox=stow_outbox,
+        web=web,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
@@ -293,6 +307,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
         transport = "TLS" if tls else "plain TCP"
         where = f"{args.host}:{args.port} ({transport}, {who}); results in {args.out}"
         print(f"listening as {args.ae_title} on {where}", file=sys.stderr)
+        if web is not None:
+            scheme = "https" if tls else "http"
+            print(f"and for DICOMweb STOW-RS on {scheme}://{args.host}:{web.port}/dicomweb/studies", file=sys.stderr)
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -309,6 +326,22 @@ def cmd_listen(args: argparse.Namespace) -> int:
     )
     say_outboxes(fhir_outbox, hl7_outbox, stow_outbox)
     return 0
+
+
+def _dicomweb_service(args: argparse.Namespace):
+    """``--dicomweb-port``'s service, its flags checked before the model loads (None without it)."""
+    from pneumolens.credentials import TokenFile
+    from pneumolens.dicomweb_service import DicomwebService
+
+    if args.dicomweb_port is None:
+        if args.dicomweb_token_file:
+            raise ValueError("--dicomweb-token-file is for --dicomweb-port, which was not given")
+        return None
+    if not 0 < args.dicomweb_port < 65536 or args.dicomweb_port == args.port:
+        raise ValueError(f"--dicomweb-port {args.dicomweb_port}: expected a free port other than the DIMSE port --port")
+    token = TokenFile(args.dicomweb_token_file, "--dicomweb-token-file") if args.dicomweb_token_file else None
+    tls = (args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    return DicomwebService(args.dicomweb_port, token, tls)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

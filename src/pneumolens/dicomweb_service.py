@@ -1,0 +1,173 @@
+"""The node's own STOW-RS service: ``listen --dicomweb-port PORT`` also takes images over DICOMweb
+(PS3.18 10.5, ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}``), for a PACS or
+router that sends by HTTP rather than by C-STORE. Each instance of the request goes the way a
+C-STORE does (``Node.store``: read, scored, results written and sent on, audited); the answer says
+per instance what became of it, in DICOM JSON:
+
+200 every instance read; 202 some read and some not; 409 none. An instance the node cannot read
+as a radiograph fails with C000H (cannot understand), one whose result could not be written or
+sent on with A700H (out of resources: the sender may try again), one whose study is not the
+request's target study with A901H (as Microsoft's DICOM server answers). A request that is not
+``multipart/related; type="application/dicom"`` is answered 415, a malformed one 400, a missing
+or wrong bearer token (with ``--dicomweb-token-file``) 401, one larger than the limit 413; none
+with 500. The node's TLS (``--tls-cert``, ``--tls-key``, ``--tls-ca``) guards this port too.
+The answer names instances by UID only; the log names none.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hmac
+import io
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydicom.dataset import Dataset
+
+from pneumolens.credentials import TokenFile
+
+log = logging.getLogger("pneumolens.dicomweb_service")
+MEDIA_TYPE = "application/dicom+json"
+CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_MISMATCH = 0xC000, 0xA700, 0xA901
+MAX_REQUEST_MB = 512
+
+
+def instances(content_type: str, body: bytes) -> list[bytes]:
+    """The parts of a STOW-RS request body; ``ValueError`` when it is not multipart/related of
+    application/dicom (``TypeError``: not that media type at all, for a 415)."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if message.get_content_type() != "multipart/related" or message.get_param("type") != "application/dicom":
+        raise TypeError('expected multipart/related; type="application/dicom"')
+    if not message.is_multipart() or message.defects:
+        raise ValueError("a malformed multipart body")
+    parts = [part.get_payload(decode=True) or b"" for part in message.iter_parts()]
+    if not parts:
+        raise ValueError("no instance in the request")
+    return parts
+
+
+def _item(ds: Dataset | None, reason: int | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    for tag, keyword in (("00081150", "SOPClassUID"), ("00081155", "SOPInstanceUID")):
+        value = str(getattr(ds, keyword, "") or "") if ds is not None else ""
+        item[tag] = {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+    if reason is not None:
+        item["00081197"] = {"vr": "US", "Value": [reason]}
+    return item
+
+
+def store_answer(outcomes: list[tuple[Dataset | None, int | None]]) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the DICOM JSON answer for ``outcomes`` ((dataset, failure reason or None))."""
+    stored = [_item(ds) for ds, reason in outcomes if reason is None]
+    failed = [_item(ds, reason) for ds, reason in outcomes if reason is not None]
+    answer: dict[str, Any] = {}
+    if stored:
+        answer["00081199"] = {"vr": "SQ", "Value": stored}
+    if failed:
+        answer["00081198"] = {"vr": "SQ", "Value": failed}
+    status = 200 if not failed else 409 if not stored else 202
+    return status, answer
+
+
+def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_REQUEST_MB) -> FastAPI:
+    """The STOW-RS routes over ``node`` (a ``pneumolens.dicom_node.Node``)."""
+    app = FastAPI(title="pneumolens DICOMweb (STOW-RS)", openapi_url=None, docs_url=None, redoc_url=None)
+    limit = int(max_mb * 1024 * 1024)
+
+    def refused(status: int, detail: str, **headers: str) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"detail": detail}, headers=headers or None)
+
+    async def store(request: Request, study: str | None = None) -> JSONResponse:
+        if token is not None:
+            expected = f"Bearer {token.value() if isinstance(token, TokenFile) else token}"
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return refused(401, "a bearer token is needed", **{"WWW-Authenticate": "Bearer"})
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limit:
+            return refused(413, f"the request is larger than {max_mb:g} MB")
+        body = await request.body()
+        if len(body) > limit:
+            return refused(413, f"the request is larger than {max_mb:g} MB")
+        try:
+            parts = instances(request.headers.get("content-type", ""), body)
+        except TypeError as e:
+            return refused(415, str(e))
+        except ValueError as e:
+            return refused(400, str(e))
+        outcomes = [await run_in_threadpool(_one, node, part, study) for part in parts]
+        status, answer = store_answer(outcomes)
+        read = sum(reason is None for _, reason in outcomes)
+        log.info("dicomweb: %d instance(s) read, %d refused (HTTP %d)", read, len(outcomes) - read, status)
+        return JSONResponse(status_code=status, content=answer, media_type=MEDIA_TYPE)
+
+    app.add_api_route("/dicomweb/studies", store, methods=["POST"])
+    app.add_api_route("/dicomweb/studies/{study}", store, methods=["POST"])
+    return app
+
+
+def _one(node, data: bytes, study: str | None) -> tuple[Dataset | None, int | None]:
+    """One instance through the node: (its dataset if readable, its failure reason or None)."""
+    from pneumolens.dicom_node import SUCCESS
+
+    t0 = time.perf_counter()
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - not a DICOM file: pydicom's many ways of saying so
+        node.refuse(data, f"unreadable DICOM file ({type(e).__name__})", None, t0)
+        return None, CANNOT_UNDERSTAND
+    if study is not None and str(ds.get("StudyInstanceUID", "")) != study:
+        node.refuse(data, "not of the request's study", study, t0)
+        return ds, STUDY_MISMATCH
+    status = node.store(ds, data, t0)
+    return ds, None if status == SUCCESS else status
+
+
+@dataclass
+class DicomwebService:
+    """``create_app`` served by uvicorn in a thread beside the DIMSE node."""
+
+    port: int
+    token: str | TokenFile | None = None
+    tls: tuple[str, str, str | None] | None = None  # certificate, key, CA (mutual TLS) as the node's
+    _server: Any = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, node, host: str) -> None:
+        """Serve ``node`` on ``host:port``; ``OSError`` when the port cannot be had."""
+        import uvicorn
+
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            tls = {"ssl_certfile": cert, "ssl_keyfile": key}
+            if ca is not None:
+                tls |= {"ssl_ca_certs": ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        app = create_app(node, self.token)  # no access log: its lines name the study in the path
+        config = uvicorn.Config(
+            app, host=host, port=self.port, log_config=None, log_level="warning", access_log=False, **tls
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="dicomweb", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10.0
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"the DICOMweb port {host}:{self.port} could not be opened")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10.0)

@@ -1,0 +1,147 @@
+"""The node's own STOW-RS service (``pneumolens.dicomweb_service``, ``listen --dicomweb-port``):
+images taken over DICOMweb go the way a C-STORE does, and every answer is one a DICOMweb client
+understands; dicomweb-client, a real client, stores through it."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import PATIENT_ID, free_port, make_dicom, real_images
+from pneumolens.cli import main
+from pneumolens.data.images import read_image
+from pneumolens.dicomweb_service import DicomwebService, create_app
+
+BOUNDARY = "pneumolens-test-boundary"
+CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def _multipart(*parts: bytes) -> bytes:
+    body = b""
+    for part in parts:
+        body += f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory) -> list[bytes]:
+    """Two real films as DICOM files (two studies), and one without pixels."""
+    folder = tmp_path_factory.mktemp("dicomweb")
+    made = []
+    for i, path in enumerate(real_images("test", "PNEUMONIA", 2)):
+        pixels = np.round(read_image(path) * 255).astype(np.uint8)
+        made.append(make_dicom(folder / f"{i}.dcm", pixels).read_bytes())
+    made.append(make_dicom(folder / "empty.dcm", pixels, with_pixels=False).read_bytes())
+    return made
+
+
+@pytest.fixture
+def node(trained_run, tmp_path):
+    from pneumolens.dicom_node import Node
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    made = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", sr=True)
+    made.out.mkdir()
+    return made
+
+
+def _uids(answer: dict, tag: str) -> list[str]:
+    return [item["00081155"].get("Value", [""])[0] for item in answer.get(tag, {}).get("Value", [])]
+
+
+def _reasons(answer: dict) -> list[int]:
+    return [item["00081197"]["Value"][0] for item in answer.get("00081198", {}).get("Value", [])]
+
+
+def test_instances_taken_over_dicomweb_go_the_way_of_a_c_store(node, films):
+    client = TestClient(create_app(node))
+    sent = [pydicom.dcmread(io.BytesIO(f)) for f in films[:2]]
+    r = client.post("/dicomweb/studies", content=_multipart(*films[:2]), headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom+json"
+    assert _uids(r.json(), "00081199") == [ds.SOPInstanceUID for ds in sent] and "00081198" not in r.json()
+    assert PATIENT_ID not in r.text  # UIDs only
+    results = [pydicom.dcmread(p) for p in node.out.glob("*.dcm")]
+    assert len(results) == 4 and node.stored == 2  # a picture and a report per film
+    assert {ds.StudyInstanceUID for ds in results} == {ds.StudyInstanceUID for ds in sent}
+
+
+def test_each_instance_is_answered_for_and_none_with_500(node, films):
+    client = TestClient(create_app(node), raise_server_exceptions=False)
+    film, empty = films[0], films[2]
+    r = client.post(
+        "/dicomweb/studies", content=_multipart(film, b"not dicom", empty), headers={"Content-Type": CONTENT_TYPE}
+    )
+    assert r.status_code == 202  # some read, some not
+    assert _uids(r.json(), "00081199") == [pydicom.dcmread(io.BytesIO(film)).SOPInstanceUID]
+    assert _reasons(r.json()) == [0xC000, 0xC000] and node.refused == 2
+    assert _uids(r.json(), "00081198") == ["", pydicom.dcmread(io.BytesIO(empty)).SOPInstanceUID]
+
+    other = client.post("/dicomweb/studies/1.2.3.4", content=_multipart(film), headers={"Content-Type": CONTENT_TYPE})
+    assert other.status_code == 409 and _reasons(other.json()) == [0xA901]  # not of the target study
+    for headers, body, status in [
+        ({"Content-Type": "application/json"}, b"{}", 415),
+        ({"Content-Type": 'multipart/related; type="application/dicom+xml"; boundary=x'}, b"", 415),
+        ({"Content-Type": CONTENT_TYPE}, b"--elsewhere--\r\n", 400),
+        ({}, b"", 415),
+    ]:
+        r = client.post("/dicomweb/studies", content=body, headers=headers)
+        assert r.status_code == status, (headers, r.text)
+    assert client.get("/dicomweb/studies").status_code == 405  # no QIDO-RS
+
+
+def test_a_bearer_token_and_a_size_limit_guard_the_port(node, films, tmp_path):
+    (tmp_path / "token").write_text("wado-s3cret\n")
+    from pneumolens.credentials import TokenFile
+
+    client = TestClient(create_app(node, TokenFile(str(tmp_path / "token"), "--dicomweb-token-file"), max_mb=1))
+    body, headers = _multipart(films[0]), {"Content-Type": CONTENT_TYPE}
+    for given in ({}, {"Authorization": "Bearer wrong"}):
+        r = client.post("/dicomweb/studies", content=body, headers=headers | given)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert node.stored == 0
+    ok = client.post("/dicomweb/studies", content=body, headers=headers | {"Authorization": "Bearer wado-s3cret"})
+    assert ok.status_code == 200 and node.stored == 1
+    big = client.post(
+        "/dicomweb/studies",
+        content=_multipart(b"x" * (1024 * 1024 + 1)),
+        headers=headers | {"Authorization": "Bearer wado-s3cret"},
+    )
+    assert big.status_code == 413
+
+
+def test_dicomweb_client_stores_through_the_running_node(node, films):
+    from dicomweb_client.api import DICOMwebClient
+
+    port = free_port()
+    node.web = DicomwebService(port)
+    stop, answers = threading.Event(), []
+
+    def send() -> None:
+        client = DICOMwebClient(f"http://127.0.0.1:{port}/dicomweb")
+        answers.append(client.store_instances([pydicom.dcmread(io.BytesIO(f)) for f in films[:2]]))
+        stop.set()
+
+    node.run("127.0.0.1", free_port(), stop, on_ready=lambda: threading.Thread(target=send, daemon=True).start())
+    (answer,) = answers
+    stored = [item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence]
+    assert stored == [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in films[:2]] and node.stored == 2
+
+
+def test_listen_checks_the_dicomweb_flags_before_loading_a_model(tmp_path, capsys):
+    token = tmp_path / "token"
+    token.write_text("\n")
+    base = ["listen", "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")]
+    cases = [
+        (["--dicomweb-token-file", str(token)], "--dicomweb-token-file is for --dicomweb-port"),
+        (["--dicomweb-port", "11112"], "the DIMSE port"),
+        (["--dicomweb-port", "8042", "--dicomweb-token-file", str(token)], "one token"),
+    ]
+    for extra, message in cases:
+        assert main(base + extra) != 0
+        assert message in capsys.readouterr().err, extra
