@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pneumolens.evaluation.metrics import binary_metrics, net_benefit
+from pneumolens.evaluation.metrics import binary_metrics, net_benefit, resample_metrics
 
 
 @pytest.mark.parametrize("seed, threshold", [(0, 0.5), (1, 0.3), (2, 0.8)])
@@ -22,6 +22,20 @@ def test_against_scikit_learn(seed, threshold):
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
     assert np.array_equal(m["confusion_matrix"], skm.confusion_matrix(y, pred))
+
+
+def test_the_resampling_metrics_are_scikit_learns():
+    """The bootstrap's numpy metrics give ``binary_metrics``' (scikit-learn's) numbers on resamples
+    like the bootstrap's: repeated films, scores rounded so that many tie, and degenerate draws."""
+    rng = np.random.default_rng(7)
+    y0 = rng.integers(0, 2, 120)
+    p0 = np.round(np.clip(0.3 * y0 + rng.random(120) * 0.7, 0, 1), 2)  # two decimals: many ties
+    draws = [rng.integers(0, 120, 120) for _ in range(200)]
+    draws += [np.flatnonzero(y0 == 1), np.flatnonzero(y0 == 0)[:5], np.array([3])]  # one class, one film
+    for i, threshold in zip(draws, np.resize([0.5, 0.3, 0.8, 0.0, 1.0], len(draws)), strict=True):
+        fast, reference = resample_metrics(y0[i], p0[i], threshold), binary_metrics(y0[i], p0[i], threshold)
+        for key, value in fast.items():
+            assert value == pytest.approx(reference[key], abs=1e-12) if value is not None else reference[key] is None
 
 
 def test_hand_computed_case():

@@ -17,7 +17,7 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import beta
 from sklearn.metrics import roc_curve
 
-from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.evaluation.metrics import resample_metrics
 
 
 def parse_policy(policy: str) -> tuple[str, float | None]:
@@ -173,7 +173,7 @@ def bootstrap_ci(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
-    metric_fn: Callable[..., dict[str, Any]] = binary_metrics,
+    metric_fn: Callable[..., dict[str, Any]] = resample_metrics,
     groups: Sequence[str] | None = None,
 ) -> dict[str, list[float] | None]:
     """Percentile bootstrap intervals for the metrics ``evaluate`` reports.

@@ -20,7 +20,7 @@ import numpy as np
 from pneumolens.checkpoint import LoadedModel
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.evaluation.calibration import draw_groups, patient_groups
-from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.evaluation.metrics import binary_metrics, resample_metrics
 from pneumolens.inference import default_workers, predict_samples
 
 DIFFERENCES = ("roc_auc", "accuracy", "sensitivity", "specificity")
@@ -120,7 +120,7 @@ def _paired_intervals(
         i = draw_groups(members, rng)
         if not 0 < y[i].sum() < i.size:
             continue
-        ma, mb = binary_metrics(y[i], p["a"][i], t["a"]), binary_metrics(y[i], p["b"][i], t["b"])
+        ma, mb = resample_metrics(y[i], p["a"][i], t["a"]), resample_metrics(y[i], p["b"][i], t["b"])
         for k in DIFFERENCES:
             draws[k].append(mb[k] - ma[k])
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
