@@ -94,6 +94,13 @@ def test_each_instance_is_answered_for_and_none_with_500(node, films):
         assert r.status_code == status, (headers, r.text)
     assert client.get("/dicomweb/studies").status_code == 405  # no QIDO-RS
 
+    def broken(*args):
+        raise RuntimeError("a fault of the node's own")
+
+    node.store = broken  # should the node fail on an instance, that instance fails, not the request
+    r = client.post("/dicomweb/studies", content=_multipart(film), headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 409 and _reasons(r.json()) == [0xA700]
+
 
 def test_a_bearer_token_and_a_size_limit_guard_the_port(node, films, tmp_path):
     (tmp_path / "token").write_text("wado-s3cret\n")
@@ -113,6 +120,14 @@ def test_a_bearer_token_and_a_size_limit_guard_the_port(node, films, tmp_path):
         headers=headers | {"Authorization": "Bearer wado-s3cret"},
     )
     assert big.status_code == 413
+
+    def chunks():  # no Content-Length: the limit is counted as the body comes
+        yield _multipart(b"x" * (1024 * 1024 + 1))
+
+    chunked = client.post(
+        "/dicomweb/studies", content=chunks(), headers=headers | {"Authorization": "Bearer wado-s3cret"}
+    )
+    assert chunked.status_code == 413 and "content-length" not in chunked.request.headers
 
 
 def test_dicomweb_client_stores_through_the_running_node(node, films):

@@ -132,6 +132,32 @@ def test_a_refused_bundle_is_kept_aside_with_the_answer(fhir_server, tmp_path, s
     assert json.loads((rejected / "3.1.answer").read_text())["resourceType"] == "OperationOutcome"
 
 
+def test_a_sender_that_fails_keeps_the_message_and_its_thread(fhir_server, tmp_path, caplog):
+    server = fhir_server()
+    sender = FhirSender(server.url)
+    calls = []
+
+    def failing(body):
+        calls.append(body)
+        if len(calls) == 1:
+            raise RuntimeError("a fault of the sender's own")
+        return sender(body)
+
+    failing.kind, failing.where = sender.kind, sender.where
+    outbox = Outbox(tmp_path / "outbox", failing, retry_every=0.05)
+    outbox.put("4.2", _json(transaction(RESULT, "4.2")))
+    stop = threading.Event()
+    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+        thread = outbox.start(stop)
+        for _ in range(200):
+            if outbox.delivered:
+                break
+            threading.Event().wait(0.02)
+        outbox.stop(stop, thread)
+    assert "could not be sent (RuntimeError)" in caplog.text
+    assert outbox.delivered == 1 and len(calls) == 2  # kept, and sent by the same thread's next pass
+
+
 def test_the_sender_thread_delivers_when_woken_and_stops(fhir_server, tmp_path):
     server = fhir_server()
     outbox = Outbox(tmp_path / "outbox", FhirSender(server.url), retry_every=30.0)

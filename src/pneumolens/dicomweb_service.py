@@ -94,13 +94,16 @@ def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_R
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 return refused(401, "a bearer token is needed", **{"WWW-Authenticate": "Bearer"})
         size = request.headers.get("content-length")
+        too_big = refused(413, f"the request is larger than {max_mb:g} MB")
         if size is not None and size.isdigit() and int(size) > limit:
-            return refused(413, f"the request is larger than {max_mb:g} MB")
-        body = await request.body()
-        if len(body) > limit:
-            return refused(413, f"the request is larger than {max_mb:g} MB")
+            return too_big
+        body = bytearray()
+        async for chunk in request.stream():  # a chunked request says no length: count as it comes
+            body += chunk
+            if len(body) > limit:
+                return too_big
         try:
-            parts = instances(request.headers.get("content-type", ""), body)
+            parts = instances(request.headers.get("content-type", ""), bytes(body))
         except TypeError as e:
             return refused(415, str(e))
         except ValueError as e:
@@ -117,19 +120,25 @@ def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_R
 
 
 def _one(node, data: bytes, study: str | None) -> tuple[Dataset | None, int | None]:
-    """One instance through the node: (its dataset if readable, its failure reason or None)."""
+    """One instance through the node: (its dataset if readable, its failure reason or None). Never
+    raises: whatever goes wrong with one instance is that instance's failure, not a 500."""
     from pneumolens.dicom_node import SUCCESS
 
     t0 = time.perf_counter()
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
+        its_study = str(ds.get("StudyInstanceUID", "") or "")
     except Exception as e:  # noqa: BLE001 - not a DICOM file: pydicom's many ways of saying so
         node.refuse(data, f"unreadable DICOM file ({type(e).__name__})", None, t0)
         return None, CANNOT_UNDERSTAND
-    if study is not None and str(ds.get("StudyInstanceUID", "")) != study:
+    if study is not None and its_study != study:
         node.refuse(data, "not of the request's study", study, t0)
         return ds, STUDY_MISMATCH
-    status = node.store(ds, data, t0)
+    try:
+        status = node.store(ds, data, t0)
+    except Exception as e:  # noqa: BLE001 - Node.store does not raise; should it, the sender may try again
+        log.error("dicomweb: an instance could not be handled (%s)", type(e).__name__)
+        return ds, OUT_OF_RESOURCES
     return ds, None if status == SUCCESS else status
 
 

@@ -90,7 +90,10 @@ class Outbox:
                 body = path.read_bytes()
             except FileNotFoundError:  # taken by an earlier pass meanwhile
                 continue
-            answer = self.sender(body)
+            try:
+                answer = self.sender(body)
+            except Exception as e:  # noqa: BLE001 - a sender's own failure must not end the outbox's thread
+                answer = Answer("retry", f"could not be sent ({type(e).__name__})")
             if answer.outcome == "delivered":
                 path.unlink(missing_ok=True)
                 self.delivered += 1
