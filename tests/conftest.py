@@ -255,3 +255,44 @@ def store_then_wait(node, dataset, done, seconds: float = 5.0) -> None:
         stop.set()
 
     node.run("127.0.0.1", free_port(), stop, on_ready=store)
+
+
+class StandIn:
+    """Another system's HTTP server (a FHIR server, an EHR's authorisation server, a PACS's
+    DICOMweb service) on 127.0.0.1, answering in a daemon thread with ``handler`` (a
+    ``BaseHTTPRequestHandler`` class); ``base`` is its URL."""
+
+    def __init__(self, handler) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.base = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def reply(handler, status: int, data: bytes, content_type: str) -> None:
+    """Answer the request ``handler`` holds with ``status`` and the body ``data``."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+@pytest.fixture
+def stand_ins():
+    """Make stand-ins (``stand_ins(Class, *args)``, a ``StandIn`` subclass); all closed after the test."""
+    made: list[StandIn] = []
+
+    def make(kind, *args, **kwargs):
+        made.append(kind(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()

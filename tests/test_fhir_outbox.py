@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images, store_then_wait
+from conftest import PATIENT_ID, PATIENT_NAME, StandIn, make_dicom, real_images, reply, store_then_wait
 from pneumolens.cli import main
 from pneumolens.credentials import TokenFile, read_token
 from pneumolens.data.images import read_image
@@ -32,7 +32,7 @@ def _json(bundle: dict) -> bytes:
     return json.dumps(bundle).encode()
 
 
-class FhirServer:
+class FhirServer(StandIn):
     """Answers each POST with the next of ``statuses`` (then 200), keeping what it received."""
 
     def __init__(self, statuses=()):
@@ -48,36 +48,18 @@ class FhirServer:
                     answer = {"resourceType": "Bundle", "type": "transaction-response", "entry": []}
                 else:
                     answer = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, json.dumps(answer).encode(), "application/fhir+json")
 
             def log_message(self, *args):
                 pass
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/fhir"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.http.shutdown()
-        self.http.server_close()
+        super().__init__(Handler)
+        self.url = f"{self.base}/fhir"
 
 
 @pytest.fixture
-def fhir_server():
-    servers = []
-
-    def make(statuses=()):
-        servers.append(FhirServer(statuses))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
+def fhir_server(stand_ins):
+    return lambda statuses=(): stand_ins(FhirServer, statuses)
 
 
 def test_a_bundle_is_delivered_once_and_leaves_the_outbox(fhir_server, tmp_path):

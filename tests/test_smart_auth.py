@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 
 import jwt
@@ -19,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from conftest import StandIn, reply
 from pneumolens.cli import main
 from pneumolens.cli.sending import fhir_outbox_of
 from pneumolens.fhir import transaction
@@ -34,7 +34,7 @@ def _bundle(uid: str) -> bytes:
     return json.dumps(transaction(RESULT, uid)).encode()
 
 
-class Ehr:
+class Ehr(StandIn):
     """A SMART configuration, a token endpoint and a FHIR endpoint; ``registered`` is the site's JWKS."""
 
     def __init__(self, registered: dict, expires_in: int = 300, discoverable: bool = True):
@@ -44,12 +44,7 @@ class Ehr:
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, json.dumps(body).encode(), "application/json")
 
             def do_GET(self):  # noqa: N802 - http.server's name
                 if self.path == "/fhir/.well-known/smart-configuration" and ehr.discoverable:
@@ -71,10 +66,8 @@ class Ehr:
             def log_message(self, *args):
                 pass
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        base = f"http://127.0.0.1:{self.http.server_address[1]}"
-        self.url, self.token_url = f"{base}/fhir", f"{base}/auth/token"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        super().__init__(Handler)
+        self.url, self.token_url = f"{self.base}/fhir", f"{self.base}/auth/token"
 
     def token(self, form: dict) -> tuple[int, dict]:
         """Checks as an authorisation server must (SMART Backend Services, RFC 7523)."""
@@ -95,10 +88,6 @@ class Ehr:
         self.issued.add(token)
         return 200, {"access_token": token, "token_type": "bearer", "expires_in": self.expires_in}
 
-    def close(self):
-        self.http.shutdown()
-        self.http.server_close()
-
 
 @pytest.fixture
 def key_and_jwks(tmp_path, capsys):
@@ -110,16 +99,8 @@ def key_and_jwks(tmp_path, capsys):
 
 
 @pytest.fixture
-def ehr():
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(Ehr(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
+def ehr(stand_ins):
+    return lambda *args, **kwargs: stand_ins(Ehr, *args, **kwargs)
 
 
 def test_bundles_are_posted_with_a_token_got_by_a_signed_assertion_and_kept(ehr, key_and_jwks, tmp_path):

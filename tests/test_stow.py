@@ -10,15 +10,14 @@ import io
 import json
 import logging
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 
 import numpy as np
 import pydicom
 import pytest
 
-from conftest import PATIENT_ID, make_dicom, real_images, store_then_wait
+from conftest import PATIENT_ID, StandIn, make_dicom, real_images, reply, store_then_wait
 from pneumolens.cli import main
 from pneumolens.credentials import TokenFile
 from pneumolens.data.images import read_image
@@ -38,7 +37,7 @@ def _stow_answer(sop: str, reason: int | None = None, warning: int | None = None
     return {"00081199": {"vr": "SQ", "Value": [item]}}
 
 
-class StowServer:
+class StowServer(StandIn):
     """Answers each POST with the next of ``answers`` ((status, reason, warning, content type);
     then 200), keeping each instance it received."""
 
@@ -59,35 +58,18 @@ class StowServer:
                 data = b""
                 if reason is not None or warning is not None or status < 300:
                     data = json.dumps(_stow_answer(parts[0].SOPInstanceUID, reason, warning)).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", kind or "application/dicom+json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, data, kind or "application/dicom+json")
 
             def log_message(self, *args):
                 pass
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/dicomweb"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.http.shutdown()
-        self.http.server_close()
+        super().__init__(Handler)
+        self.url = f"{self.base}/dicomweb"
 
 
 @pytest.fixture
-def stow_server():
-    made = []
-
-    def make(answers=()):
-        made.append(StowServer(answers))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
+def stow_server(stand_ins):
+    return lambda answers=(): stand_ins(StowServer, answers)
 
 
 @pytest.fixture(scope="module")
