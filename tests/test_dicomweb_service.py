@@ -139,7 +139,9 @@ def test_dicomweb_client_stores_through_the_running_node(node, films):
 
     def send() -> None:
         client = DICOMwebClient(f"http://127.0.0.1:{port}/dicomweb")
-        answers.append(client.store_instances([pydicom.dcmread(io.BytesIO(f)) for f in films[:2]]))
+        datasets = [pydicom.dcmread(io.BytesIO(f)) for f in films[:2]]
+        datasets[1].preamble = None  # as a dataset made in memory: the client writes no preamble nor DICM
+        answers.append(client.store_instances(datasets))
         stop.set()
 
     node.run("127.0.0.1", free_port(), stop, on_ready=lambda: threading.Thread(target=send, daemon=True).start())

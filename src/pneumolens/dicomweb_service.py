@@ -119,6 +119,21 @@ def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_R
     return app
 
 
+def _read(data: bytes) -> tuple[Dataset, bytes]:
+    """A part's dataset, and the part as a PS3.10 file. A part that starts with its file meta
+    information but without the 128-byte preamble and ``DICM`` (as dicomweb-client writes a dataset
+    made in memory) is read too, and written out whole."""
+    try:
+        return pydicom.dcmread(io.BytesIO(data)), data
+    except pydicom.errors.InvalidDicomError:
+        if data[:2] != b"\x02\x00":  # not the file meta group either
+            raise
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    whole = io.BytesIO()
+    ds.save_as(whole, enforce_file_format=True)
+    return ds, whole.getvalue()
+
+
 def _one(node, data: bytes, study: str | None) -> tuple[Dataset | None, int | None]:
     """One instance through the node: (its dataset if readable, its failure reason or None). Never
     raises: whatever goes wrong with one instance is that instance's failure, not a 500."""
@@ -126,7 +141,7 @@ def _one(node, data: bytes, study: str | None) -> tuple[Dataset | None, int | No
 
     t0 = time.perf_counter()
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds, data = _read(data)
         its_study = str(ds.get("StudyInstanceUID", "") or "")
     except Exception as e:  # noqa: BLE001 - not a DICOM file: pydicom's many ways of saying so
         node.refuse(data, f"unreadable DICOM file ({type(e).__name__})", None, t0)
