@@ -9,10 +9,13 @@ through one association, timing each C-STORE until its answer: the node answers 
 (and the report, presentation state and segmentation, when asked) is written, so the time covers
 decoding, the lung mask, the model, the occlusion map, the DICOM objects and the disk. Run once per
 output set: the Secondary Capture alone, with ``--sr``, with ``--sr --gsps``, with ``--sr --gsps
---seg``, and with the picture sent on as FHIR and HL7 v2 (``--fhir DIR --fhir-url``, ``--hl7 DIR
---hl7-to``) to a stand-in FHIR server and MLLP listener in the same process; for that row it also
-gives the median time from the modality's request to the later of the two receivers' receipts
-(the outboxes send in the background: the modality's answer does not wait for them). Prints a
+--seg``, with the picture sent on as FHIR and HL7 v2 (``--fhir DIR --fhir-url``, ``--hl7 DIR
+--hl7-to``) to a stand-in FHIR server and MLLP listener in the same process, and over DICOMweb:
+each image sent by dicomweb-client to the node's STOW-RS service (``--dicomweb-port``, one
+instance per request, timed until its answer) and the picture stored on by STOW-RS
+(``--stow-url``) in a stand-in PACS. For the last two rows it also gives the median time from the
+sender's request to the receivers' receipt (the outboxes send in the background: the sender's
+answer does not wait for them). Prints a
 markdown table, with the median size of what the node writes per image (all its files). Only
 loopback is contacted; nothing is written outside the temporary folder. Not part of the test suite.
 """
@@ -36,11 +39,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumolens.dicom_node import DX_PRESENTATION, SUCCESS, Node
+from pneumolens.dicomweb_service import DicomwebService
 from pneumolens.fhir_outbox import FhirSender
 from pneumolens.hl7_outbox import MllpSender
 from pneumolens.outbox import Outbox
 from pneumolens.service.engine import Engine
 from pneumolens.service.settings import Settings
+from pneumolens.stow_outbox import StowSender
 
 OUTPUTS = {
     "picture (Secondary Capture)": {},
@@ -48,21 +53,24 @@ OUTPUTS = {
     "picture + report + overlay (`--sr --gsps`)": {"sr": True, "gsps": True},
     "picture + report + overlay + graded map (`--sr --gsps --seg`)": {"sr": True, "gsps": True, "seg": True},
     "picture, sent on as FHIR and HL7 v2 (`--fhir-url`, `--hl7-to`)": {"send_on": True},
+    "picture, taken and stored on over DICOMweb (`--dicomweb-port`, `--stow-url`)": {"dicomweb": True},
 }
 
 
 class Receivers:
-    """A stand-in FHIR server and MLLP listener on loopback, noting when each message arrives."""
+    """A stand-in FHIR server, PACS (STOW-RS) and MLLP listener on loopback, noting when each message
+    arrives."""
 
     def __init__(self) -> None:
         self.fhir: list[float] = []
         self.hl7: list[float] = []
-        got = self.fhir
+        self.stow: list[float] = []
+        fhir, stow = self.fhir, self.stow
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 self.rfile.read(int(self.headers["Content-Length"]))
-                got.append(time.perf_counter())
+                (stow if self.path.startswith("/dicomweb") else fhir).append(time.perf_counter())
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -73,6 +81,7 @@ class Receivers:
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
         self.fhir_url = f"http://127.0.0.1:{self.http.server_address[1]}/fhir"
+        self.stow_url = f"http://127.0.0.1:{self.http.server_address[1]}/dicomweb"
         from hl7.mllp import start_hl7_server
 
         async def handle(reader, writer):
@@ -97,6 +106,9 @@ class Receivers:
             "hl7": out / "hl7",
             "hl7_outbox": Outbox(out / "hl7" / "outbox", MllpSender("127.0.0.1", self.hl7_port), suffix=".hl7"),
         }
+
+    def stow_outbox(self, out: Path) -> dict:
+        return {"stow_outbox": Outbox(out / "stow-outbox", StowSender(self.stow_url), suffix=".dcm")}
 
 
 def as_dicom(jpeg: Path) -> Dataset:
@@ -133,9 +145,7 @@ def time_stores(
 
     port = _free_port()
     node = Node(engine, None, out, **outputs)
-    boxes = [box for box in (node.fhir_outbox, node.hl7_outbox) if box is not None]
-    stop = threading.Event()
-    senders = [box.start(stop) for box in boxes]
+    stop, senders = node.send_on.start()
     server = node.server("127.0.0.1", port)
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(DX_PRESENTATION, ExplicitVRLittleEndian)
@@ -156,12 +166,45 @@ def time_stores(
     finally:
         assoc.release()
         server.shutdown()
-        deadline = time.monotonic() + 10
-        while any(box.waiting() for box in boxes) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for box, sender in zip(boxes, senders, strict=True):
-            box.stop(stop, sender)
+        _drain(node, stop, senders)
     return seconds
+
+
+def time_stow(
+    engine: Engine, datasets: list[Dataset], out: Path, started: list[float] | None = None, **outputs
+) -> list[float]:
+    """Seconds per STOW-RS request (one instance each, sent by dicomweb-client), each answered with
+    the instance stored, to a fresh node's DICOMweb service; otherwise as ``time_stores``."""
+    from dicomweb_client.api import DICOMwebClient
+
+    port = _free_port()
+    node = Node(engine, None, out, web=DicomwebService(port), **outputs)
+    out.mkdir(parents=True, exist_ok=True)
+    stop, senders = node.send_on.start()
+    node.web.start(node, "127.0.0.1")
+    client = DICOMwebClient(f"http://127.0.0.1:{port}/dicomweb", timeout=300)
+    seconds = []
+    try:
+        for ds in datasets:
+            t0 = time.perf_counter()
+            if started is not None:
+                started.append(t0)
+            answer = client.store_instances([ds])
+            seconds.append(time.perf_counter() - t0)
+            if "FailedSOPSequence" in answer or len(answer.get("ReferencedSOPSequence", [])) != 1:
+                raise SystemExit("the node's STOW-RS service did not store an image")
+    finally:
+        node.web.stop()
+        _drain(node, stop, senders)
+    return seconds
+
+
+def _drain(node: Node, stop: threading.Event, senders: list[threading.Thread]) -> None:
+    """Let the node's outboxes empty (10 s at most), then stop their threads."""
+    deadline = time.monotonic() + 10
+    while any(box.waiting() for box in node.send_on.outboxes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    node.send_on.stop(stop, senders)
 
 
 def main() -> None:
@@ -185,18 +228,25 @@ def main() -> None:
     print("| " + " | ".join([*columns, "kB written per image"]) + " |")
     print("|---|---|---|---|---|---|---|")
     receivers = Receivers()
-    lags = []
+    lags, stow_lags = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, outputs) in enumerate(OUTPUTS.items()):
             out = Path(tmp) / str(i)
             started: list[float] = []
-            send_on = outputs.get("send_on", False)
-            kwargs = receivers.outboxes(out) if send_on else outputs
-            s = time_stores(engine, datasets, out, started, **kwargs)
+            send_on, dicomweb = outputs.get("send_on", False), outputs.get("dicomweb", False)
+            if dicomweb:
+                s = time_stow(engine, datasets, out, started, **receivers.stow_outbox(out))
+            else:
+                kwargs = receivers.outboxes(out) if send_on else outputs
+                s = time_stores(engine, datasets, out, started, **kwargs)
             written = len(list(out.glob("*.dcm")))
             # every object for every image, but a segmentation for a map that supports nothing
-            if written < len(datasets) * (1 + len(outputs) - send_on - outputs.get("seg", False)):
+            if written < len(datasets) * (1 + len(outputs) - send_on - dicomweb - outputs.get("seg", False)):
                 raise SystemExit(f"{name}: {written} files written for {len(datasets)} images")
+            if dicomweb:
+                if len(receivers.stow) != len(datasets):
+                    raise SystemExit(f"{name}: {len(receivers.stow)} objects received by the PACS")
+                stow_lags = [got - asked for asked, got in zip(started, receivers.stow, strict=True)]
             if send_on:
                 if (len(receivers.fhir), len(receivers.hl7)) != (len(datasets), len(datasets)):
                     raise SystemExit(f"{name}: {len(receivers.fhir)} bundles, {len(receivers.hl7)} messages received")
@@ -214,6 +264,11 @@ def main() -> None:
         print(
             f"\nFHIR and HL7 v2: from the modality's request to both receivers having the result, median "
             f"{statistics.median(lags):.2f} s, max {max(lags):.2f} s"
+        )
+    if stow_lags:
+        print(
+            f"DICOMweb: from the sender's STOW-RS request to the PACS having the picture, median "
+            f"{statistics.median(stow_lags):.2f} s, max {max(stow_lags):.2f} s"
         )
 
 

@@ -471,7 +471,8 @@ def test_node_takes_the_big_endian_files_of_old_modalities(trained_run, tmp_path
 def test_node_benchmark_sends_real_films_and_counts_what_the_node_wrote(trained_run, tmp_path, monkeypatch, capsys):
     """benchmarks/node.py on two real films: its DICOM files hold the JPEGs' grey levels (12 bits), and
     its table has a row per output set, each timing both films and counting what was written, the last
-    one also sending both results on to a FHIR server and an MLLP listener."""
+    two also sending both results on to a FHIR server and an MLLP listener, and taking both films over
+    DICOMweb and storing both pictures on in a PACS."""
     from conftest import load_benchmark
 
     script = load_benchmark("node")
@@ -486,10 +487,11 @@ def test_node_benchmark_sends_real_films_and_counts_what_the_node_wrote(trained_
     script.main()
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| picture")]
-    assert len(rows) == 5 and all(row.split(" | ")[1] == "2" for row in rows)
+    assert len(rows) == 6 and all(row.split(" | ")[1] == "2" for row in rows)
     kb = [float(row.strip(" |").split(" | ")[-1]) for row in rows]  # each output set writes more than the last
     assert kb[0] > 0 and kb[1] > kb[0] and kb[3] >= kb[2] >= kb[1] and kb[4] > kb[0]  # + the FHIR and HL7 files
     assert "from the modality's request to both receivers having the result, median" in out  # both got both films
+    assert "from the sender's STOW-RS request to the PACS having the picture, median" in out  # the PACS got both
 
 
 def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):
