@@ -155,6 +155,17 @@ def test_each_answer_of_the_pacs_is_taken_as_stow_rs_means_it(stow_server, tmp_p
             assert kept["00081198"]["Value"][0]["00081197"]["Value"] == [answer[1]]
 
 
+def test_a_large_object_goes_in_one_request_with_its_length(stow_server, tmp_path):
+    server = stow_server()
+    pixels = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)  # 1.4 MB: past 1 MB
+    big = make_dicom(tmp_path / "big.dcm", pixels).read_bytes()
+    outbox, _ = _queue(tmp_path, server, big)
+    assert outbox.deliver() and outbox.delivered == 1
+    ((_, headers, (part,), _),) = server.received
+    assert int(headers["Content-Length"]) > len(big) and "Transfer-Encoding" not in headers
+    assert np.array_equal(part.pixel_array, pixels)
+
+
 def test_a_pacs_away_keeps_every_object(tmp_path, film, caplog):
     closed = SimpleNamespace(url="http://127.0.0.1:9/dicomweb?key=hidden")  # nothing listens on port 9
     outbox, _ = _queue(tmp_path, closed, film)

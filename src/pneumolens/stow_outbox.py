@@ -33,6 +33,7 @@ from pneumolens.outbox import Answer
 logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL + 1)
 
 TIMEOUT_S = 30.0
+ONE_REQUEST_BYTES = 2**31  # dicomweb-client's chunk size: no object is sent in chunks
 TRY_AGAIN = frozenset({401, 403, 408, 429})  # HTTP answers that may change without the object changing (or 5xx)
 ALREADY_STORED = 0x0111  # Duplicate SOP Instance
 WAIT_REASONS = frozenset({0x0110, 0x0124})  # Processing failure, Not authorized (and A7xxH: out of resources)
@@ -53,7 +54,11 @@ class StowSender:
         self._session.verify = self.ca if self.ca else True
         self._session.hooks["response"].append(self._keep)  # the raw answer: status and body as sent
         self._answer: requests.Response | None = None
-        self._client = DICOMwebClient(self.url.rstrip("/"), session=self._session, timeout=TIMEOUT_S)
+        # one chunk however large the object: a request with its Content-Length, which every server and proxy
+        # takes (the client sends anything over its default megabyte with chunked transfer encoding)
+        self._client = DICOMwebClient(
+            self.url.rstrip("/"), session=self._session, timeout=TIMEOUT_S, chunk_size=ONE_REQUEST_BYTES
+        )
         self._client.set_http_retry_params(retry=False)
 
     def _keep(self, response: requests.Response, *args, **kwargs) -> None:
