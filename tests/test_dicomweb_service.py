@@ -129,6 +129,15 @@ def test_a_bearer_token_and_a_size_limit_guard_the_port(node, films, tmp_path):
     )
     assert chunked.status_code == 413 and "content-length" not in chunked.request.headers
 
+    def film_in_chunks():  # a sender that streams: taken like any other
+        yield body[:1000]
+        yield body[1000:]
+
+    streamed = client.post(
+        "/dicomweb/studies", content=film_in_chunks(), headers=headers | {"Authorization": "Bearer wado-s3cret"}
+    )
+    assert streamed.status_code == 200 and node.stored == 2
+
 
 def test_dicomweb_client_stores_through_the_running_node(node, films):
     from dicomweb_client.api import DICOMwebClient
