@@ -159,6 +159,22 @@ def test_dicomweb_client_stores_through_the_running_node(node, films):
     assert stored == [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in films[:2]] and node.stored == 2
 
 
+def test_a_dicomweb_port_that_is_taken_is_named_and_frees_the_dimse_port(node):
+    import socket
+
+    from pneumolens.dicomweb_service import DicomwebService
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        node.web = DicomwebService(taken.getsockname()[1])
+        dimse = free_port()
+        with pytest.raises(ValueError, match=f"--dicomweb-port {taken.getsockname()[1]}: cannot listen"):
+            node.run("127.0.0.1", dimse, threading.Event())
+    with socket.socket() as again:  # the node let its DIMSE port go
+        again.bind(("127.0.0.1", dimse))
+
+
 def test_listen_checks_the_dicomweb_flags_before_loading_a_model(tmp_path, capsys):
     token = tmp_path / "token"
     token.write_text("\n")

@@ -1,6 +1,7 @@
-"""A bearer token kept in a file (``--fhir-token-file``, ``--stow-token-file``): never on the
-command line, where ``ps`` shows it, and read again whenever the file changes, so a job that renews
-the token (a cron line, a cloud's credential helper) needs no restart of the node."""
+"""A bearer token kept in a file (``--fhir-token-file``, ``--stow-token-file`` for what the node
+sends, ``--dicomweb-token-file`` for what it takes): never on the command line, where ``ps`` shows
+it, and read again whenever the file changes, so a job that renews the token (a cron line, a
+cloud's credential helper) needs no restart of the node."""
 
 from __future__ import annotations
 

@@ -563,7 +563,7 @@ class Node:
     ) -> None:
         """Serve until ``stop`` is set, then shut down in bounded time. ``on_ready`` runs once the port
         (and the DICOMweb port, with ``web``) is bound (a port that cannot be bound raises ``OSError``
-        before it).
+        before it, the DICOMweb port ``ValueError`` naming its flag).
 
         New associations are refused at once; those in progress get ``drain_seconds`` to finish (a
         result being written is not cut off), then are aborted. pynetdicom's blocking server leaves

@@ -168,7 +168,8 @@ class DicomwebService:
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self, node, host: str) -> None:
-        """Serve ``node`` on ``host:port``; ``OSError`` when the port cannot be had."""
+        """Serve ``node`` on ``host:port``; ``ValueError`` naming ``--dicomweb-port`` when the port
+        cannot be had (taken, or not this machine's address)."""
         import uvicorn
 
         tls: dict[str, Any] = {}
@@ -182,13 +183,19 @@ class DicomwebService:
             app, host=host, port=self.port, log_config=None, log_level="warning", access_log=False, **tls
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="dicomweb", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="dicomweb", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10.0
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"the DICOMweb port {host}:{self.port} could not be opened")
+                raise ValueError(f"--host {host} --dicomweb-port {self.port}: cannot listen there")
             time.sleep(0.02)
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except SystemExit:  # uvicorn's way of giving up on a port it cannot bind: ``start`` says so
+            pass
 
     def stop(self) -> None:
         if self._server is not None:
