@@ -59,6 +59,16 @@ def _reasons(answer: dict) -> list[int]:
     return [item["00081197"]["Value"][0] for item in answer.get("00081198", {}).get("Value", [])]
 
 
+def test_the_parts_come_out_byte_for_byte():
+    """The email parser that splits the request leaves binary parts as sent (CR, LF, NUL, high bytes)."""
+    from pneumolens.dicomweb_service import instances
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        parts = [rng.bytes(int(rng.integers(0, 4000))) + b"\r\n\n\r\x00\r" + rng.bytes(50) for _ in range(3)]
+        assert instances(CONTENT_TYPE, _multipart(*parts)) == parts
+
+
 def test_instances_taken_over_dicomweb_go_the_way_of_a_c_store(node, films):
     client = TestClient(create_app(node))
     sent = [pydicom.dcmread(io.BytesIO(f)) for f in films[:2]]
