@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from conftest import PATIENT_ID, free_port, make_dicom, real_images
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
-from pneumolens.dicomweb_service import DicomwebService, create_app
+from pneumolens.dicomweb_service import DicomwebService, create_app, instances
 
 BOUNDARY = "pneumolens-test-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -61,8 +61,6 @@ def _reasons(answer: dict) -> list[int]:
 
 def test_the_parts_come_out_byte_for_byte():
     """The email parser that splits the request leaves binary parts as sent (CR, LF, NUL, high bytes)."""
-    from pneumolens.dicomweb_service import instances
-
     rng = np.random.default_rng(3)
     for _ in range(50):
         parts = [rng.bytes(int(rng.integers(0, 4000))) + b"\r\n\n\r\x00\r" + rng.bytes(50) for _ in range(3)]
@@ -197,3 +195,86 @@ def test_listen_checks_the_dicomweb_flags_before_loading_a_model(tmp_path, capsy
     for extra, message in cases:
         assert main(base + extra) != 0
         assert message in capsys.readouterr().err, extra
+
+
+@pytest.fixture
+def qr_node(node):
+    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+
+    node.qr = QueryRetrieve(ResultStore(node.out), node.ae_title)
+    return node
+
+
+def test_the_results_are_searched_and_retrieved_over_dicomweb(qr_node, films):
+    client = TestClient(create_app(qr_node))
+    sent = [pydicom.dcmread(io.BytesIO(f)) for f in films[:2]]
+    stored = client.post("/dicomweb/studies", content=_multipart(*films[:2]), headers={"Content-Type": CONTENT_TYPE})
+    assert stored.status_code == 200
+
+    studies = client.get("/dicomweb/studies")
+    assert studies.status_code == 200 and studies.headers["content-type"] == "application/dicom+json"
+    found = [pydicom.Dataset.from_json(d) for d in studies.json()]
+    assert sorted(d.StudyInstanceUID for d in found) == sorted(ds.StudyInstanceUID for ds in sent)
+    assert all(d.PatientID == PATIENT_ID for d in found)  # the results carry the patient, as over DIMSE
+    assert found[0].RetrieveURL == f"http://testserver/dicomweb/studies/{found[0].StudyInstanceUID}"
+    study = sent[0].StudyInstanceUID
+    by_uid = client.get(f"/dicomweb/studies?0020000D={study}&includefield=SeriesDescription").json()
+    assert [d["0020000D"]["Value"] for d in by_uid] == [[study]]
+    assert client.get("/dicomweb/studies?PatientID=nobody").json() == []
+    assert len(client.get("/dicomweb/studies?limit=1").json()) == 1
+    assert len(client.get("/dicomweb/studies?limit=1&offset=1").json()) == 1
+
+    series = [pydicom.Dataset.from_json(d) for d in client.get(f"/dicomweb/studies/{study}/series").json()]
+    assert sorted(d.Modality for d in series) == ["OT", "SR"]  # the picture's series and the report's
+    picture = next(d for d in series if d.Modality == "OT")
+    url = f"/dicomweb/studies/{study}/series/{picture.SeriesInstanceUID}"
+    (instance,) = [pydicom.Dataset.from_json(d) for d in client.get(url + "/instances").json()]
+    written = pydicom.dcmread(qr_node.out / f"{instance.SOPInstanceUID}.dcm")
+
+    got = client.get(f"{url}/instances/{instance.SOPInstanceUID}")
+    assert got.status_code == 200 and got.headers["content-type"].startswith("multipart/related")
+    (part,) = instances(got.headers["content-type"], got.content)
+    assert part == (qr_node.out / f"{instance.SOPInstanceUID}.dcm").read_bytes()  # the file as the node wrote it
+    whole = client.get(f"/dicomweb/studies/{study}")
+    assert len(instances(whole.headers["content-type"], whole.content)) == 2  # the picture and the report
+    (meta,) = client.get(url + "/metadata").json()
+    assert pydicom.Dataset.from_json(meta).SOPInstanceUID == written.SOPInstanceUID and "7FE00010" not in meta
+
+    for path, status in [
+        ("/dicomweb/studies/1.2.3", 404),
+        ("/dicomweb/studies/1.2.3/metadata", 404),
+        ("/dicomweb/studies?NotAnAttribute=1", 400),
+        ("/dicomweb/studies?limit=many", 400),
+    ]:
+        assert client.get(path).status_code == status, path
+
+
+def test_without_qr_nothing_is_searched_and_the_token_guards_the_search(qr_node, node, films, tmp_path):
+    from pneumolens.dicom_node import Node
+
+    plain = Node(node.engine, None, tmp_path / "plain")
+    assert TestClient(create_app(plain)).get("/dicomweb/studies").status_code == 405  # STOW-RS only
+    guarded = TestClient(create_app(qr_node, "s3cret"))
+    assert guarded.get("/dicomweb/studies").status_code == 401
+    assert guarded.get("/dicomweb/studies", headers={"Authorization": "Bearer s3cret"}).json() == []
+
+
+def test_dicomweb_client_searches_and_retrieves_through_the_running_node(qr_node, films):
+    from dicomweb_client.api import DICOMwebClient
+
+    port = free_port()
+    qr_node.web = DicomwebService(port)
+    stop, got = threading.Event(), {}
+
+    def use() -> None:
+        client = DICOMwebClient(f"http://127.0.0.1:{port}/dicomweb")
+        try:
+            client.store_instances([pydicom.dcmread(io.BytesIO(films[0]))])
+            got["studies"] = client.search_for_studies(search_filters={"PatientID": PATIENT_ID})
+            got["objects"] = client.retrieve_study(got["studies"][0]["0020000D"]["Value"][0])
+        finally:
+            stop.set()
+
+    qr_node.run("127.0.0.1", free_port(), stop, on_ready=lambda: threading.Thread(target=use, daemon=True).start())
+    assert len(got["studies"]) == 1
+    assert sorted(ds.Modality for ds in got["objects"]) == ["OT", "SR"]

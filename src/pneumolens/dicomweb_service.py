@@ -11,7 +11,8 @@ request's target study with A901H (as Microsoft's DICOM server answers). A reque
 ``multipart/related; type="application/dicom"`` is answered 415, a malformed one 400, a missing
 or wrong bearer token (with ``--dicomweb-token-file``) 401, one larger than the limit 413; none
 with 500. The node's TLS (``--tls-cert``, ``--tls-key``, ``--tls-ca``) guards this port too.
-The answer names instances by UID only; the log names none.
+The answer names instances by UID only; the log names none. With ``--qr`` the same port also
+serves the node's results to QIDO-RS and WADO-RS (``pneumolens.dicomweb_results``).
 """
 
 from __future__ import annotations
@@ -80,19 +81,27 @@ def store_answer(outcomes: list[tuple[Dataset | None, int | None]]) -> tuple[int
 
 
 def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_REQUEST_MB) -> FastAPI:
-    """The STOW-RS routes over ``node`` (a ``pneumolens.dicom_node.Node``)."""
-    app = FastAPI(title="pneumolens DICOMweb (STOW-RS)", openapi_url=None, docs_url=None, redoc_url=None)
+    """The STOW-RS routes over ``node`` (a ``pneumolens.dicom_node.Node``), and with its ``qr`` the
+    QIDO-RS and WADO-RS ones of its results (``pneumolens.dicomweb_results``)."""
+    app = FastAPI(title="pneumolens DICOMweb", openapi_url=None, docs_url=None, redoc_url=None)
     limit = int(max_mb * 1024 * 1024)
 
     def refused(status: int, detail: str, **headers: str) -> JSONResponse:
         return JSONResponse(status_code=status, content={"detail": detail}, headers=headers or None)
 
+    def denied(request: Request) -> JSONResponse | None:
+        """The 401 for a request without the bearer token (with ``token``), else None."""
+        if token is None:
+            return None
+        expected = f"Bearer {token.value() if isinstance(token, TokenFile) else token}"
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            return None
+        return refused(401, "a bearer token is needed", **{"WWW-Authenticate": "Bearer"})
+
     async def store(request: Request, study: str | None = None) -> JSONResponse:
-        if token is not None:
-            expected = f"Bearer {token.value() if isinstance(token, TokenFile) else token}"
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return refused(401, "a bearer token is needed", **{"WWW-Authenticate": "Bearer"})
+        if (refusal := denied(request)) is not None:
+            return refusal
         size = request.headers.get("content-length")
         too_big = refused(413, f"the request is larger than {max_mb:g} MB")
         if size is not None and size.isdigit() and int(size) > limit:
@@ -116,6 +125,10 @@ def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_R
 
     app.add_api_route("/dicomweb/studies", store, methods=["POST"])
     app.add_api_route("/dicomweb/studies/{study}", store, methods=["POST"])
+    if node.qr is not None:  # --qr: the results searched and retrieved too (QIDO-RS, WADO-RS)
+        from pneumolens.dicomweb_results import add_routes
+
+        add_routes(app, node.qr, denied)
     return app
 
 

@@ -55,7 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=int,
         metavar="PORT",
         help="also take images over DICOMweb (STOW-RS: POST /dicomweb/studies) on this port of --host, with the "
-        "node's TLS when given",
+        "node's TLS when given; with --qr, also serve the results there (QIDO-RS, WADO-RS)",
     )
     ln.add_argument(
         "--dicomweb-token-file",

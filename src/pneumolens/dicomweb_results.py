@@ -1,0 +1,193 @@
+"""The node's results over DICOMweb (``listen --qr --dicomweb-port PORT``): what ``--qr`` serves
+by C-FIND and C-GET, searched by QIDO-RS and retrieved by WADO-RS (PS3.18 10.6 and 10.4), for a
+DICOMweb viewer or archive.
+
+Search: ``GET /dicomweb/studies``, ``/dicomweb/studies/{study}/series`` and
+``/dicomweb/studies/{study}/series/{series}/instances``, with attribute keys by keyword or tag
+(``PatientID=123``, ``00100020=123``, ``StudyDate=20261201-20261207``; matched as C-FIND matches
+them, ``pneumolens.dicom_qr``), ``includefield``, ``limit`` and ``offset``; each answer (DICOM
+JSON) holds the level's default attributes, those asked for, and a ``RetrieveURL``. Retrieve:
+``GET`` the study, series or instance (``multipart/related; type="application/dicom"``, the files
+as the node wrote them) or its ``/metadata`` (the headers, without pixel data, in DICOM JSON). An
+unknown attribute or parameter is answered 400, a resource the node does not hold 404. The
+results hold patient identifiers, as they do over DIMSE: the log gives counts only.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+
+from pneumolens.dicom_qr import QueryRetrieve, responses
+
+log = logging.getLogger("pneumolens.dicomweb_results")
+MEDIA_TYPE = "application/dicom+json"
+# the attributes each level answers with unasked (PS3.18 table 10.6.3-3, those the node's files hold)
+DEFAULT_KEYS = {
+    "STUDY": (
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyID",
+    ),
+    "SERIES": ("Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID", "StudyInstanceUID"),
+    "IMAGE": ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "SeriesInstanceUID", "StudyInstanceUID"),
+}
+PARAMETERS = {"limit", "offset", "includefield", "fuzzymatching"}
+
+
+class BadQuery(ValueError):
+    """A search the node cannot answer as asked (an unknown attribute, a bad limit): HTTP 400."""
+
+
+def keyword_of(name: str) -> str:
+    """The attribute keyword of a query key given as a keyword or an eight-digit tag."""
+    if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name):
+        keyword = keyword_for_tag(int(name, 16))
+    else:
+        keyword = name if tag_for_keyword(name) is not None else ""
+    if not keyword:
+        raise BadQuery(f"{name}: not a DICOM attribute")
+    return keyword
+
+
+def search(qr: QueryRetrieve, level: str, params: list[tuple[str, str]], fixed: dict[str, str], base: str) -> list:
+    """QIDO-RS at ``level`` (STUDY, SERIES or IMAGE) over the node's results: a list of DICOM JSON
+    objects. ``fixed``: the UIDs of the path; ``base``: the service's URL, for each RetrieveURL."""
+    query = Dataset()
+    query.QueryRetrieveLevel = level
+    for keyword in DEFAULT_KEYS[level]:
+        setattr(query, keyword, "")
+    limit, offset = None, 0
+    for name, value in params:
+        if name == "includefield":
+            for field in value.split(","):
+                if field and field != "all":
+                    setattr(query, keyword_of(field), query.get(keyword_of(field), ""))
+        elif name in ("limit", "offset"):
+            if not value.isdigit():
+                raise BadQuery(f"{name}={value}: expected a whole number")
+            limit, offset = (int(value), offset) if name == "limit" else (limit, int(value))
+        elif name not in PARAMETERS:  # fuzzymatching: the node matches exactly
+            keyword = keyword_of(name)
+            if dictionary_VR(keyword) == "SQ":
+                raise BadQuery(f"{name}: sequence matching is not supported")
+            setattr(query, keyword, value)
+    for keyword, uid in fixed.items():
+        setattr(query, keyword, uid)
+    found = list(responses(query, qr.store, qr.ae_title))[offset:]
+    found = found[:limit] if limit is not None else found
+    answers = []
+    for answer in found:
+        del answer.QueryRetrieveLevel
+        answer.RetrieveURL = base + _path(answer, level)
+        answers.append(answer.to_json_dict())
+    return answers
+
+
+def _path(ds: Dataset, level: str) -> str:
+    path = f"/studies/{ds.StudyInstanceUID}"
+    if level in ("SERIES", "IMAGE"):
+        path += f"/series/{ds.SeriesInstanceUID}"
+    if level == "IMAGE":
+        path += f"/instances/{ds.SOPInstanceUID}"
+    return path
+
+
+def _files(qr: QueryRetrieve, uids: dict[str, str]) -> list:
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    for keyword, uid in uids.items():
+        setattr(query, keyword, uid)
+    return qr.store.find(query)
+
+
+def multipart(parts: list[bytes]) -> tuple[bytes, str]:
+    """``parts`` as a ``multipart/related`` body of DICOM files, and its media type."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n" for part in parts
+    )
+    return body + f"--{boundary}--\r\n".encode(), f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def add_routes(app: FastAPI, qr: QueryRetrieve, denied: Callable[[Request], JSONResponse | None]) -> None:
+    """QIDO-RS and WADO-RS of ``qr``'s results on ``app``; ``denied`` answers a request the token does
+    not let in (None: let in)."""
+
+    def base_of(request: Request) -> str:
+        return str(request.base_url).rstrip("/") + "/dicomweb"
+
+    async def find(request: Request, level: str, fixed: dict[str, str]) -> Response:
+        if (refusal := denied(request)) is not None:
+            return refusal
+        try:
+            params = list(request.query_params.multi_items())
+            answers = await run_in_threadpool(search, qr, level, params, fixed, base_of(request))
+        except BadQuery as e:
+            return JSONResponse(status_code=400, content={"detail": str(e)})
+        log.info("dicomweb: search at %s level: %d match(es)", level, len(answers))
+        return JSONResponse(content=answers, media_type=MEDIA_TYPE)
+
+    async def retrieve(request: Request, uids: dict[str, str], metadata: bool) -> Response:
+        if (refusal := denied(request)) is not None:
+            return refusal
+        files = await run_in_threadpool(_files, qr, uids)
+        if not files:
+            return JSONResponse(status_code=404, content={"detail": "the node holds no such result"})
+        if metadata:
+            headers = [header.to_json_dict() for _, header in files]
+            log.info("dicomweb: metadata of %d result object(s) sent", len(headers))
+            return JSONResponse(content=headers, media_type=MEDIA_TYPE)
+        parts = []
+        for path, _ in files:
+            try:
+                parts.append(path.read_bytes())
+            except OSError:  # deleted by retention meanwhile
+                continue
+        if not parts:
+            return JSONResponse(status_code=404, content={"detail": "the node holds no such result"})
+        body, media_type = multipart(parts)
+        log.info("dicomweb: %d result object(s) sent", len(parts))
+        return Response(content=body, media_type=media_type)
+
+    async def studies(request: Request) -> Response:
+        return await find(request, "STUDY", {})
+
+    async def series(request: Request, study: str) -> Response:
+        return await find(request, "SERIES", {"StudyInstanceUID": study})
+
+    async def instances(request: Request, study: str, series: str) -> Response:
+        return await find(request, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
+
+    def retriever(*keywords: str, metadata: bool = False) -> Callable[..., Any]:
+        async def route(request: Request) -> Response:
+            names = ("study", "series", "instance")
+            uids = {k: request.path_params[n] for k, n in zip(keywords, names, strict=False)}
+            return await retrieve(request, uids, metadata)
+
+        return route
+
+    study_uid, series_uid, sop_uid = "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
+    s, se, i = "/dicomweb/studies/{study}", "/series/{series}", "/instances/{instance}"
+    app.add_api_route("/dicomweb/studies", studies, methods=["GET"])
+    app.add_api_route(s + "/series", series, methods=["GET"])
+    app.add_api_route(s + se + "/instances", instances, methods=["GET"])
+    levels = ((s, (study_uid,)), (s + se, (study_uid, series_uid)), (s + se + i, (study_uid, series_uid, sop_uid)))
+    for path, keys in levels:
+        app.add_api_route(path, retriever(*keys), methods=["GET"])
+        app.add_api_route(path + "/metadata", retriever(*keys, metadata=True), methods=["GET"])
