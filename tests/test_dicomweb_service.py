@@ -221,6 +221,8 @@ def test_the_results_are_searched_and_retrieved_over_dicomweb(qr_node, films):
     by_uid = client.get(f"/dicomweb/studies?0020000D={study}&includefield=SeriesDescription").json()
     assert [d["0020000D"]["Value"] for d in by_uid] == [[study]]
     assert client.get("/dicomweb/studies?PatientID=nobody").json() == []
+    both = ",".join(ds.StudyInstanceUID for ds in sent)  # a list of UIDs, as QIDO-RS writes one
+    assert len(client.get(f"/dicomweb/studies?StudyInstanceUID={both}").json()) == 2
     assert len(client.get("/dicomweb/studies?limit=1").json()) == 1
     assert len(client.get("/dicomweb/studies?limit=1&offset=1").json()) == 1
 

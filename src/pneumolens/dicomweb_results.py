@@ -4,8 +4,9 @@ DICOMweb viewer or archive.
 
 Search: ``GET /dicomweb/studies``, ``/dicomweb/studies/{study}/series`` and
 ``/dicomweb/studies/{study}/series/{series}/instances``, with attribute keys by keyword or tag
-(``PatientID=123``, ``00100020=123``, ``StudyDate=20261201-20261207``; matched as C-FIND matches
-them, ``pneumolens.dicom_qr``), ``includefield``, ``limit`` and ``offset``; each answer (DICOM
+(``PatientID=123``, ``00100020=123``, ``StudyDate=20261201-20261207``, a comma-separated list of
+UIDs; matched as C-FIND matches them, ``pneumolens.dicom_qr``), ``includefield``, ``limit`` and
+``offset``; each answer (DICOM
 JSON) holds the level's default attributes, those asked for, and a ``RetrieveURL``. Retrieve:
 ``GET`` the study, series or instance (``multipart/related; type="application/dicom"``, the files
 as the node wrote them) or its ``/metadata`` (the headers, without pixel data, in DICOM JSON). An
@@ -86,7 +87,7 @@ def search(qr: QueryRetrieve, level: str, params: list[tuple[str, str]], fixed: 
             keyword = keyword_of(name)
             if dictionary_VR(keyword) == "SQ":
                 raise BadQuery(f"{name}: sequence matching is not supported")
-            setattr(query, keyword, value)
+            setattr(query, keyword, value.replace(",", "\\") if keyword.endswith("UID") else value)  # UID lists
     for keyword, uid in fixed.items():
         setattr(query, keyword, uid)
     found = list(responses(query, qr.store, qr.ae_title))[offset:]
