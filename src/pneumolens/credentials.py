@@ -23,6 +23,11 @@ def read_token(path: str, flag: str = "--fhir-token-file") -> str:
     return token
 
 
+def bearer(token: str | TokenFile) -> str:
+    """The ``Authorization`` header's value for ``token``, a token or the file that holds it."""
+    return f"Bearer {token.value() if isinstance(token, TokenFile) else token}"
+
+
 @dataclass
 class TokenFile:
     """The token in ``path``, checked at once (``ValueError`` naming ``flag``) and read again when the

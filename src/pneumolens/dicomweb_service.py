@@ -34,7 +34,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 
-from pneumolens.credentials import TokenFile
+from pneumolens.credentials import TokenFile, bearer
 
 log = logging.getLogger("pneumolens.dicomweb_service")
 MEDIA_TYPE = "application/dicom+json"
@@ -93,7 +93,7 @@ def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_R
         """The 401 for a request without the bearer token (with ``token``), else None."""
         if token is None:
             return None
-        expected = f"Bearer {token.value() if isinstance(token, TokenFile) else token}"
+        expected = bearer(token)
         given = request.headers.get("authorization", "")
         if hmac.compare_digest(given.encode(), expected.encode()):
             return None

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from pneumolens.alert import where
-from pneumolens.credentials import TokenFile
+from pneumolens.credentials import TokenFile, bearer
 from pneumolens.fhir import MEDIA_TYPE
 from pneumolens.outbox import Answer
 from pneumolens.smart_auth import AuthError, SmartAuth
@@ -73,8 +73,7 @@ class FhirSender:
         if self.auth is not None:
             headers["Authorization"] = self.auth.authorization()
         elif self.token:
-            token = self.token.value() if isinstance(self.token, TokenFile) else self.token
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = bearer(self.token)
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self._tls) as answer:  # noqa: S310

@@ -27,7 +27,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from pneumolens.alert import where
-from pneumolens.credentials import TokenFile
+from pneumolens.credentials import TokenFile, bearer
 from pneumolens.outbox import Answer
 
 logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL + 1)
@@ -67,8 +67,7 @@ class StowSender:
     def __call__(self, body: bytes) -> Answer:
         dataset = pydicom.dcmread(io.BytesIO(body))
         if self.token:
-            token = self.token.value() if isinstance(self.token, TokenFile) else self.token
-            self._session.headers["Authorization"] = f"Bearer {token}"
+            self._session.headers["Authorization"] = bearer(self.token)
         self._answer = None
         try:
             self._client.store_instances([dataset])
