@@ -139,14 +139,21 @@ def send(url: str, text: str, report: dict[str, Any]) -> int:
         time.sleep(waits.pop(0))
 
 
+def exchange(request: urllib.request.Request, timeout: float, context=None) -> tuple[int, bytes]:
+    """One HTTP request (to a webhook, a FHIR server, a token endpoint): the answer's status and body,
+    an error status included; ``URLError`` or ``OSError`` when there is no answer."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:  # noqa: S310 - http(s)
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 def _post(url: str, data: bytes) -> int:
     """One POST; the HTTP status, or ``ConnectionError`` when there is no answer."""
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:  # noqa: S310 - http(s) checked
-            return answer.status
-    except urllib.error.HTTPError as e:
-        return e.code
+        return exchange(request, TIMEOUT_S)[0]
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ConnectionError(f"--notify {where(url)}: the alert could not be delivered ({reason})") from None

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from pneumolens.alert import where
+from pneumolens.alert import exchange, where
 from pneumolens.credentials import TokenFile, bearer
 from pneumolens.fhir import MEDIA_TYPE
 from pneumolens.outbox import Answer
@@ -75,8 +75,4 @@ class FhirSender:
         elif self.token:
             headers["Authorization"] = bearer(self.token)
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self._tls) as answer:  # noqa: S310
-                return answer.status, answer.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        return exchange(request, TIMEOUT_S, self._tls)

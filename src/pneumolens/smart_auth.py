@@ -33,7 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from pneumolens.alert import where
+from pneumolens.alert import exchange, where
 
 DEFAULT_SCOPE = "system/Observation.write system/DiagnosticReport.write"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -194,10 +194,7 @@ class SmartAuth:
     def _request(self, request: urllib.request.Request) -> tuple[int, bytes]:
         context = self.tls if request.full_url.startswith("https:") else None
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as answer:  # noqa: S310
-                return answer.status, answer.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+            return exchange(request, TIMEOUT_S, context)
         except (urllib.error.URLError, OSError) as e:
             raise AuthError(f"{where(request.full_url)} could not be reached ({getattr(e, 'reason', e)})") from None
 
