@@ -175,20 +175,19 @@ def add_routes(app: FastAPI, qr: QueryRetrieve, denied: Callable[[Request], JSON
     async def instances(request: Request, study: str, series: str) -> Response:
         return await find(request, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
 
-    def retriever(*keywords: str, metadata: bool = False) -> Callable[..., Any]:
+    uid_of = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
+
+    def retriever(metadata: bool) -> Callable[..., Any]:
         async def route(request: Request) -> Response:
-            names = ("study", "series", "instance")
-            uids = {k: request.path_params[n] for k, n in zip(keywords, names, strict=False)}
+            uids = {uid_of[name]: uid for name, uid in request.path_params.items()}
             return await retrieve(request, uids, metadata)
 
         return route
 
-    study_uid, series_uid, sop_uid = "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
     s, se, i = "/dicomweb/studies/{study}", "/series/{series}", "/instances/{instance}"
     app.add_api_route("/dicomweb/studies", studies, methods=["GET"])
     app.add_api_route(s + "/series", series, methods=["GET"])
     app.add_api_route(s + se + "/instances", instances, methods=["GET"])
-    levels = ((s, (study_uid,)), (s + se, (study_uid, series_uid)), (s + se + i, (study_uid, series_uid, sop_uid)))
-    for path, keys in levels:
-        app.add_api_route(path, retriever(*keys), methods=["GET"])
-        app.add_api_route(path + "/metadata", retriever(*keys, metadata=True), methods=["GET"])
+    for path in (s, s + se, s + se + i):
+        app.add_api_route(path, retriever(metadata=False), methods=["GET"])
+        app.add_api_route(path + "/metadata", retriever(metadata=True), methods=["GET"])
