@@ -1068,6 +1068,10 @@ def test_segmentation_holds_the_map_s_graded_support(tmp_path):
     (segment,) = hd.seg.segread(tmp_path / "seg.dcm").SegmentSequence  # highdicom reads it back
     for code in (segment.SegmentedPropertyCategoryCodeSequence[0], segment.SegmentedPropertyTypeCodeSequence[0]):
         assert f"({code.CodeValue}, {code.CodingSchemeDesignator}" in INTEGRATORS_PAGE
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]  # the film has no spacing
+    original.ImagerPixelSpacing = [0.139, 0.14]  # a detector's: the segmentation's grid has it too (OHIF reads it)
+    (measures,) = segmentation(original, result, "1.2.3").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    assert [float(v) for v in measures.PixelSpacing] == [0.139, 0.14]
     nothing = {**result, "explanation": SimpleNamespace(heatmap=np.full(pixels.shape, -0.3, np.float32))}
     assert segmentation(original, nothing, pydicom.uid.generate_uid()) is None
     other = {**result, "explanation": SimpleNamespace(heatmap=heatmap[:, :100])}

@@ -240,7 +240,8 @@ def test_the_results_are_searched_and_retrieved_over_dicomweb(qr_node, films):
     whole = client.get(f"/dicomweb/studies/{study}")
     assert len(instances(whole.headers["content-type"], whole.content)) == 2  # the picture and the report
     (meta,) = client.get(url + "/metadata").json()
-    assert pydicom.Dataset.from_json(meta).SOPInstanceUID == written.SOPInstanceUID and "7FE00010" not in meta
+    assert pydicom.Dataset.from_json(meta).SOPInstanceUID == written.SOPInstanceUID
+    assert set(meta["7FE00010"]) == {"vr", "BulkDataURI"}  # the pixels by reference, not inline
 
     for path, status in [
         ("/dicomweb/studies/1.2.3", 404),

@@ -107,6 +107,14 @@ def test_a_viewer_finds_the_results_by_study_series_and_image(node_with_results)
     assert [found.Modality for status, found in reports if status == 0xFF00] == ["SR"]
     images = _find(port, query("IMAGE", StudyInstanceUID=sent.StudyInstanceUID, SOPInstanceUID="", SOPClassUID=""))
     assert len([1 for status, _ in images if status == 0xFF00]) == 3
+    counted = query("STUDY", StudyInstanceUID="", ModalitiesInStudy="SR", NumberOfStudyRelatedInstances="")
+    counted.NumberOfStudyRelatedSeries = ""
+    ((_, found), _) = _find(port, counted)  # the attributes a PACS computes, and matching on the modalities
+    assert list(found.ModalitiesInStudy) == ["OT", "PR", "SR"]
+    assert (found.NumberOfStudyRelatedInstances, found.NumberOfStudyRelatedSeries) == (3, 3)
+    assert [s for s, _ in _find(port, query("STUDY", StudyInstanceUID="", ModalitiesInStudy="CT"))] == [0x0000]
+    each = _find(port, query("SERIES", StudyInstanceUID=sent.StudyInstanceUID, NumberOfSeriesRelatedInstances=""))
+    assert [found.NumberOfSeriesRelatedInstances for status, found in each if status == 0xFF00] == [1, 1, 1]
     nothing = _find(port, query("STUDY", StudyInstanceUID="", PatientID="SOMEONE-ELSE"))
     assert [status for status, _ in nothing] == [0x0000]
     (bad,) = _find(port, query("PATIENT", PatientID=""))

@@ -3,11 +3,14 @@ results it holds (Study Root C-FIND) and has them sent (C-GET over its own assoc
 to a destination the node knows, ``--qr-dest AE@host:port``).
 
 What is served is the node's ``--out`` folder: the pictures, reports, presentation states and
-segmentations it wrote, read by their headers (the pixels only when one is sent). Matching follows
+segmentations it wrote, read by their headers (the pixels only when one is sent); with ``--keep``,
+the films they were made from as well, so that a viewer shows each film with its results. Matching follows
 PS3.4 C.2.2.2 for the keys a viewer uses: single value, a list of UIDs, ``*`` and ``?`` wildcards,
 date and time ranges (``20261201-20261206``), and universal matching for an empty key; a key the
 node does not hold matches only when the query leaves it empty. A response holds the keys the query
-asked for, as the files have them, and ``QueryRetrieveLevel`` and ``RetrieveAETitle``. Levels:
+asked for, as the files have them, and ``QueryRetrieveLevel`` and ``RetrieveAETitle``; the
+attributes a PACS computes (``ModalitiesInStudy``, the numbers of related series and instances) are
+computed, and ``ModalitiesInStudy`` matches a study with any series of the modality. Levels:
 STUDY, SERIES, IMAGE. Patient Root and relational queries are not supported. Nothing of a query or
 a response is logged: they hold patient identifiers.
 """
@@ -36,6 +39,13 @@ PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # the identifier's level or keys make no sense for Study Root
 MOVE_DESTINATION_UNKNOWN = 0xA801
 SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
+# return keys no file holds: counted over the store (PS3.4 C.3.4, C.6.1.1.4)
+COMPUTED = {
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+    "NumberOfSeriesRelatedInstances",
+}
 
 
 def _text(value: object) -> str:
@@ -62,7 +72,9 @@ def _matches_one(key: str, vr: str, wanted: object, have: object) -> bool:
 def matches(query: Dataset, header: Dataset) -> bool:
     """Whether ``header`` (a file's) answers every non-empty key of ``query``."""
     for element in query:
-        if element.keyword in SKIP or element.VR == "SQ" or element.value in (None, "", b""):
+        if element.keyword in SKIP or element.keyword in COMPUTED or element.VR == "SQ":
+            continue
+        if element.value in (None, "", b""):
             continue
         have = header.get(element.keyword)
         if not _matches_one(element.keyword, element.VR, element.value, have):
@@ -72,17 +84,19 @@ def matches(query: Dataset, header: Dataset) -> bool:
 
 @dataclass
 class ResultStore:
-    """The DICOM files the node wrote in ``folder``, indexed by their headers (re-read when a file
-    changes; a file that cannot be read is skipped)."""
+    """The DICOM files the node wrote in ``folder`` (and kept in ``originals``), indexed by their
+    headers (re-read when a file changes; a file that cannot be read is skipped)."""
 
     folder: Path
+    originals: Path | None = None  # listen --keep: the films, served beside their results
     _headers: dict[Path, tuple[float, Dataset]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def headers(self) -> list[tuple[Path, Dataset]]:
         with self._lock:
             seen = {}
-            for path in sorted(self.folder.glob("*.dcm")):
+            folders = [self.folder, *([self.originals] if self.originals is not None else [])]
+            for path in sorted(p for folder in folders for p in folder.glob("*.dcm")):
                 try:
                     mtime = path.stat().st_mtime
                     cached = self._headers.get(path)
@@ -110,10 +124,18 @@ def responses(query: Dataset, store: ResultStore, ae_title: str) -> Iterator[Dat
     level = level_of(query)
     assert level is not None
     unique = UNIQUE[level]
+    headers = [header for _, header in store.headers()]
+    counts = _counts(headers)
+    modalities = query.get("ModalitiesInStudy")
     done = set()
-    for _, header in store.find(query):
+    for header in headers:
         key = _text(header.get(unique))
-        if not key or key in done:
+        if not key or key in done or not matches(query, header):
+            continue
+        study = _text(header.get("StudyInstanceUID"))
+        if modalities not in (None, "") and not any(
+            _matches_one("Modality", "CS", modalities, m) for m in counts["ModalitiesInStudy"].get(study, [])
+        ):
             continue
         done.add(key)
         answer = Dataset()
@@ -123,10 +145,37 @@ def responses(query: Dataset, store: ResultStore, ae_title: str) -> Iterator[Dat
         for element in query:
             if element.keyword in SKIP or not element.keyword:
                 continue
-            value = header.get(element.keyword)
+            if element.keyword in COMPUTED:
+                series = element.keyword == "NumberOfSeriesRelatedInstances"
+                scope = "SeriesInstanceUID" if series else "StudyInstanceUID"
+                value = counts[element.keyword].get(_text(header.get(scope)))
+            else:
+                value = header.get(element.keyword)
             setattr(answer, element.keyword, value if value is not None else "")
         answer.RetrieveAETitle = ae_title
         yield answer
+
+
+def _counts(headers: list[Dataset]) -> dict[str, dict[str, object]]:
+    """``COMPUTED``'s values: per study UID (per series UID for the series' instances)."""
+    series: dict[str, set[str]] = {}
+    instances: dict[str, int] = {}
+    in_series: dict[str, int] = {}
+    found: dict[str, list[str]] = {}
+    for header in headers:
+        study, one = _text(header.get("StudyInstanceUID")), _text(header.get("SeriesInstanceUID"))
+        series.setdefault(study, set()).add(one)
+        instances[study] = instances.get(study, 0) + 1
+        in_series[one] = in_series.get(one, 0) + 1
+        modality = _text(header.get("Modality"))
+        if modality and modality not in found.setdefault(study, []):
+            found[study].append(modality)
+    return {
+        "ModalitiesInStudy": {study: sorted(m) for study, m in found.items()},
+        "NumberOfStudyRelatedSeries": {study: len(s) for study, s in series.items()},
+        "NumberOfStudyRelatedInstances": instances,
+        "NumberOfSeriesRelatedInstances": in_series,
+    }
 
 
 @dataclass

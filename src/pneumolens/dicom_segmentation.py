@@ -4,8 +4,10 @@ The presentation state (``--gsps``) and the Structured Report (``--sr``) carry t
 ``pneumolens listen --seg`` also writes, per image, the map itself: one segment whose value at each
 pixel of the original is the map's support of the call relative to its peak, 0 to 1 in 255 steps
 (the map's parts against the call are 0). Its 0.5 contour is the outline the other two objects
-draw. A viewer that reads fractional segmentations (3D Slicer, OHIF, highdicom) shows it as a graded
-overlay at the original's full resolution; a research pipeline reads the numbers.
+draw. A viewer that reads fractional segmentations of projection images (highdicom, a research
+pipeline) shows it as a graded overlay at the original's full resolution, or reads the numbers; OHIF
+3.13.2 does not (it reads binary segmentations of cross-sectional images: README, Clinical
+integration).
 
 Both codes of the segment are private (``99PNEUMOLENS``): no standard code says "where an AI map
 supports its call", and the segment is not where a finding lies. Pixel data are RLE lossless (138
@@ -79,6 +81,7 @@ def segmentation(original: Dataset, result: dict[str, Any], series_uid: str) -> 
     with warnings.catch_warnings():  # highdicom and pydicom quote odd names and IDs in warnings: never log them
         warnings.simplefilter("ignore")
         return hd.seg.Segmentation(
+            pixel_measures=_pixel_measures(original),
             source_images=[source],
             pixel_array=fraction[None],  # (1, H, W): one frame, one segment
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
@@ -95,6 +98,24 @@ def segmentation(original: Dataset, result: dict[str, Any], series_uid: str) -> 
             content_label="PNEUMOLENS_AI",
             content_description="AI map: support of the call; not a diagnosis",
         )
+
+
+def _pixel_measures(original: Dataset):
+    """The original's pixel spacing as the segmentation's Pixel Measures (its grid is the original's),
+    from Pixel Spacing, else Imager Pixel Spacing, which a viewer uses for a projection radiograph;
+    None without either. highdicom writes none for a radiograph by itself, and a viewer that builds
+    a labelmap from the segmentation reads it (OHIF 3.13.2 stopped on its absence)."""
+    import highdicom as hd
+
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = original.get(keyword)
+        try:
+            values = [float(v) for v in spacing] if spacing is not None else []
+        except (TypeError, ValueError):
+            continue
+        if len(values) == 2 and all(v > 0 for v in values):
+            return hd.PixelMeasuresSequence(pixel_spacing=values, slice_thickness=None)
+    return None
 
 
 def read_segmentation(ds: Dataset) -> dict[str, Any]:

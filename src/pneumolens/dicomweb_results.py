@@ -9,9 +9,12 @@ UIDs; matched as C-FIND matches them, ``pneumolens.dicom_qr``), ``includefield``
 ``offset``; each answer (DICOM
 JSON) holds the level's default attributes, those asked for, and a ``RetrieveURL``. Retrieve:
 ``GET`` the study, series or instance (``multipart/related; type="application/dicom"``, the files
-as the node wrote them) or its ``/metadata`` (the headers, without pixel data, in DICOM JSON). An
-unknown attribute or parameter is answered 400, a resource the node does not hold 404. The
-results hold patient identifiers, as they do over DIMSE: the log gives counts only.
+as the node wrote them) or its ``/metadata`` (the headers in DICOM JSON, the pixel data as a
+``BulkDataURI``); an instance's ``/frames/{list}``, ``/bulkdata/7FE00010``, ``/rendered``,
+``/frames/{n}/rendered`` and ``/thumbnail`` (``pneumolens.dicomweb_pixels``). An unknown
+attribute or parameter is answered 400, a resource the node does not hold 404, a media type it
+cannot give 406. The results hold patient identifiers, as they do over DIMSE: the log gives counts
+only.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
+from pneumolens import dicomweb_pixels as pixels
 from pneumolens.dicom_qr import QueryRetrieve, responses
 
 log = logging.getLogger("pneumolens.dicomweb_results")
@@ -44,10 +48,30 @@ DEFAULT_KEYS = {
         "PatientSex",
         "StudyInstanceUID",
         "StudyID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
     ),
-    "SERIES": ("Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID", "StudyInstanceUID"),
-    "IMAGE": ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "SeriesInstanceUID", "StudyInstanceUID"),
+    "SERIES": (
+        "Modality",
+        "SeriesDescription",
+        "SeriesNumber",
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "NumberOfSeriesRelatedInstances",
+    ),
+    "IMAGE": (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "Rows",
+        "Columns",
+        "NumberOfFrames",
+    ),
 }
+PIXEL_DATA = "7FE00010"
 PARAMETERS = {"limit", "offset", "includefield", "fuzzymatching"}
 
 
@@ -72,13 +96,13 @@ def search(qr: QueryRetrieve, level: str, params: list[tuple[str, str]], fixed: 
     query = Dataset()
     query.QueryRetrieveLevel = level
     for keyword in DEFAULT_KEYS[level]:
-        setattr(query, keyword, "")
+        setattr(query, keyword, None)  # empty: return it (None fits every VR, "" only the text ones)
     limit, offset = None, 0
     for name, value in params:
         if name == "includefield":
             for field in value.split(","):
                 if field and field != "all":
-                    setattr(query, keyword_of(field), query.get(keyword_of(field), ""))
+                    setattr(query, keyword_of(field), query.get(keyword_of(field)))
         elif name in ("limit", "offset"):
             if not value.isdigit():
                 raise BadQuery(f"{name}={value}: expected a whole number")
@@ -117,21 +141,81 @@ def _files(qr: QueryRetrieve, uids: dict[str, str]) -> list:
     return qr.store.find(query)
 
 
-def multipart(parts: list[bytes]) -> tuple[bytes, str]:
-    """``parts`` as a ``multipart/related`` body of DICOM files, and its media type."""
+def multipart(parts: list[bytes], media: str | list[str] = "application/dicom") -> tuple[bytes, str]:
+    """``parts`` as a ``multipart/related`` body (each part of type ``media``, or its own of a list),
+    and the body's media type."""
     boundary = uuid.uuid4().hex
+    types = [media] * len(parts) if isinstance(media, str) else media
     body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n" for part in parts
+        f"--{boundary}\r\nContent-Type: {kind}\r\n\r\n".encode() + part + b"\r\n"
+        for part, kind in zip(parts, types, strict=True)
     )
-    return body + f"--{boundary}--\r\n".encode(), f'multipart/related; type="application/dicom"; boundary={boundary}'
+    root = types[0].split(";")[0] if types else "application/dicom"
+    return body + f"--{boundary}--\r\n".encode(), f'multipart/related; type="{root}"; boundary={boundary}'
 
 
-def add_routes(app: FastAPI, qr: QueryRetrieve, denied: Callable[[Request], JSONResponse | None]) -> None:
+def metadata_json(header: Dataset, url: str) -> dict:
+    """``header`` (no pixels) in DICOM JSON, its pixel data, if any, named by a ``BulkDataURI``."""
+    found = header.to_json_dict()
+    if "NumberOfFrames" in header or "Rows" in header:  # an image: the pixels were left behind
+        vr = "OW" if int(header.get("BitsAllocated", 8) or 8) > 8 else "OB"
+        found[PIXEL_DATA] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{PIXEL_DATA}"}
+    return found
+
+
+def _read(path) -> Dataset | None:
+    """An object with its pixels, or None if retention deleted it meanwhile."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path)
+    except (OSError, pydicom.errors.InvalidDicomError):
+        return None
+
+
+def pixel_answer(ds: Dataset, what: str, frame_list: str, accept: str, params: dict[str, str]) -> Response:
+    """``what`` (frames, bulkdata, rendered, thumbnail) of ``ds`` as an HTTP answer; 400, 404 or 406
+    for a request that cannot be met as asked."""
+    try:
+        if what in ("rendered", "thumbnail"):
+            number = pixels.frame_numbers(frame_list or "1", pixels.frame_count(ds))
+            if len(number) != 1:
+                raise pixels.BadRequest("one frame is rendered at a time")
+            if what == "thumbnail" and "viewport" not in params:
+                params = params | {"viewport": "128,128"}
+            image, media = pixels.render(ds, number[0], accept, params)
+            return Response(content=image, media_type=media)
+        if what == "frames":
+            numbers = pixels.frame_numbers(frame_list, pixels.frame_count(ds))
+            parts, single = pixels.frames(ds, numbers, accept)
+        else:
+            parts, single = pixels.bulk_pixel_data(ds, accept)
+    except pixels.BadRequest as e:
+        return JSONResponse(status_code=400, content={"detail": str(e)})
+    except pixels.NoSuchFrame as e:
+        return JSONResponse(status_code=404, content={"detail": str(e)})
+    except pixels.NotAcceptable as e:
+        return JSONResponse(status_code=406, content={"detail": str(e)})
+    except Exception as e:  # noqa: BLE001 - pixels that do not decode (a kept film's fault): a clear answer, not a 500
+        log.warning("dicomweb: the pixels of a stored object could not be read (%s)", type(e).__name__)
+        return JSONResponse(
+            status_code=422, content={"detail": f"the stored pixels cannot be read ({type(e).__name__})"}
+        )
+    if single:
+        return Response(content=parts[0][0], media_type=parts[0][1])
+    body, media_type = multipart([data for data, _ in parts], [kind for _, kind in parts])
+    return Response(content=body, media_type=media_type)
+
+
+def add_routes(
+    app: FastAPI, qr: QueryRetrieve, denied: Callable[[Request], JSONResponse | None], url: str | None = None
+) -> None:
     """QIDO-RS and WADO-RS of ``qr``'s results on ``app``; ``denied`` answers a request the token does
-    not let in (None: let in)."""
+    not let in (None: let in); ``url``: the service's URL as clients reach it, for the URLs in the
+    answers (default: the scheme and Host of each request, then ``/dicomweb``)."""
 
     def base_of(request: Request) -> str:
-        return str(request.base_url).rstrip("/") + "/dicomweb"
+        return url.rstrip("/") if url else str(request.base_url).rstrip("/") + "/dicomweb"
 
     async def find(request: Request, level: str, fixed: dict[str, str]) -> Response:
         if (refusal := denied(request)) is not None:
@@ -151,7 +235,8 @@ def add_routes(app: FastAPI, qr: QueryRetrieve, denied: Callable[[Request], JSON
         if not files:
             return JSONResponse(status_code=404, content={"detail": "the node holds no such result"})
         if metadata:
-            headers = [header.to_json_dict() for _, header in files]
+            base = base_of(request)
+            headers = [metadata_json(header, base + _path(header, "IMAGE")) for _, header in files]
             log.info("dicomweb: metadata of %d result object(s) sent", len(headers))
             return JSONResponse(content=headers, media_type=MEDIA_TYPE)
         parts = []
@@ -184,6 +269,24 @@ def add_routes(app: FastAPI, qr: QueryRetrieve, denied: Callable[[Request], JSON
 
         return route
 
+    def pixel_route(what: str) -> Callable[..., Any]:
+        async def route(request: Request) -> Response:
+            if (refusal := denied(request)) is not None:
+                return refusal
+            path_params = dict(request.path_params)
+            frame_list = path_params.pop("frames", "")
+            uids = {uid_of[name]: uid for name, uid in path_params.items()}
+            files = await run_in_threadpool(_files, qr, uids)
+            ds = await run_in_threadpool(_read, files[0][0]) if files else None
+            if ds is None:
+                return JSONResponse(status_code=404, content={"detail": "the node holds no such result"})
+            accept, params = request.headers.get("accept", ""), dict(request.query_params)
+            answer = await run_in_threadpool(pixel_answer, ds, what, frame_list, accept, params)
+            log.info("dicomweb: %s of a result object: HTTP %d", what, answer.status_code)
+            return answer
+
+        return route
+
     s, se, i = "/dicomweb/studies/{study}", "/series/{series}", "/instances/{instance}"
     app.add_api_route("/dicomweb/studies", studies, methods=["GET"])
     app.add_api_route(s + "/series", series, methods=["GET"])
@@ -191,3 +294,13 @@ def add_routes(app: FastAPI, qr: QueryRetrieve, denied: Callable[[Request], JSON
     for path in (s, s + se, s + se + i):
         app.add_api_route(path, retriever(metadata=False), methods=["GET"])
         app.add_api_route(path + "/metadata", retriever(metadata=True), methods=["GET"])
+    f = "/frames/{frames}"
+    for path, what in [
+        (f, "frames"),
+        (f"/bulkdata/{PIXEL_DATA}", "bulkdata"),
+        (f"/bulkdata/{PIXEL_DATA.lower()}", "bulkdata"),
+        ("/rendered", "rendered"),
+        (f + "/rendered", "rendered"),
+        ("/thumbnail", "thumbnail"),
+    ]:
+        app.add_api_route(s + se + i + path, pixel_route(what), methods=["GET"])

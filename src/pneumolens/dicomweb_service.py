@@ -80,10 +80,28 @@ def store_answer(outcomes: list[tuple[Dataset | None, int | None]]) -> tuple[int
     return status, answer
 
 
-def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_REQUEST_MB) -> FastAPI:
+def create_app(
+    node,
+    token: str | TokenFile | None = None,
+    max_mb: float = MAX_REQUEST_MB,
+    cors: tuple[str, ...] = (),
+    url: str | None = None,
+) -> FastAPI:
     """The STOW-RS routes over ``node`` (a ``pneumolens.dicom_node.Node``), and with its ``qr`` the
-    QIDO-RS and WADO-RS ones of its results (``pneumolens.dicomweb_results``)."""
+    QIDO-RS and WADO-RS ones of its results (``pneumolens.dicomweb_results``). ``cors``: the web
+    origins whose pages may call the service (a viewer such as OHIF served from elsewhere); ``url``:
+    the service's own URL as clients reach it (``--dicomweb-url``), for the URLs its answers hold."""
     app = FastAPI(title="pneumolens DICOMweb", openapi_url=None, docs_url=None, redoc_url=None)
+    if cors:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            expose_headers=["Content-Type", "Content-Length"],
+        )
     limit = int(max_mb * 1024 * 1024)
 
     def refused(status: int, detail: str, **headers: str) -> JSONResponse:
@@ -128,7 +146,7 @@ def create_app(node, token: str | TokenFile | None = None, max_mb: float = MAX_R
     if node.qr is not None:  # --qr: the results searched and retrieved too (QIDO-RS, WADO-RS)
         from pneumolens.dicomweb_results import add_routes
 
-        add_routes(app, node.qr, denied)
+        add_routes(app, node.qr, denied, url)
     return app
 
 
@@ -177,6 +195,8 @@ class DicomwebService:
     port: int
     token: str | TokenFile | None = None
     tls: tuple[str, str, str | None] | None = None  # certificate, key, CA (mutual TLS) as the node's
+    cors: tuple[str, ...] = ()  # --dicomweb-cors: web origins allowed to call it from a browser
+    url: str | None = None  # --dicomweb-url: its URL as clients reach it (a proxy's), for RetrieveURL and BulkDataURI
     _server: Any = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -191,7 +211,9 @@ class DicomwebService:
             tls = {"ssl_certfile": cert, "ssl_keyfile": key}
             if ca is not None:
                 tls |= {"ssl_ca_certs": ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-        app = create_app(node, self.token)  # no access log: its lines name the study in the path
+        app = create_app(
+            node, self.token, cors=self.cors, url=self.url
+        )  # no access log: its lines name the study in the path
         config = uvicorn.Config(
             app, host=host, port=self.port, log_config=None, log_level="warning", access_log=False, **tls
         )

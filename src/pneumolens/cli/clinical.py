@@ -63,6 +63,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="a bearer token every DICOMweb request must carry, read from FILE (and again whenever it changes)",
     )
     ln.add_argument(
+        "--dicomweb-cors",
+        metavar="ORIGIN",
+        action="append",
+        help="a web origin (https://viewer.example) whose pages may call the DICOMweb port from a browser, "
+        "as a viewer such as OHIF served from elsewhere does; repeat for more",
+    )
+    ln.add_argument(
+        "--dicomweb-url",
+        metavar="URL",
+        help="the DICOMweb service's URL as clients reach it (https://proxy.example/dicomweb), for the RetrieveURL "
+        "and BulkDataURI of its answers; default: the scheme and Host of each request, then /dicomweb",
+    )
+    ln.add_argument(
         "--retain-days",
         type=positive_int,
         metavar="DAYS",
@@ -84,8 +97,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ln.add_argument(
         "--qr",
         action="store_true",
-        help="also answer Study Root C-FIND, C-GET and C-MOVE for the results in --out (a viewer asks the node "
-        "for them)",
+        help="also answer Study Root C-FIND, C-GET and C-MOVE for the results in --out, and the films in --keep "
+        "(a viewer asks the node for them); with --dicomweb-port, QIDO-RS and WADO-RS too",
     )
     ln.add_argument(
         "--qr-dest",
@@ -334,14 +347,25 @@ def _dicomweb_service(args: argparse.Namespace):
     from pneumolens.dicomweb_service import DicomwebService
 
     if args.dicomweb_port is None:
-        if args.dicomweb_token_file:
-            raise ValueError("--dicomweb-token-file is for --dicomweb-port, which was not given")
+        for given, flag in (
+            (args.dicomweb_token_file, "--dicomweb-token-file"),
+            (args.dicomweb_cors, "--dicomweb-cors"),
+            (args.dicomweb_url, "--dicomweb-url"),
+        ):
+            if given:
+                raise ValueError(f"{flag} is for --dicomweb-port, which was not given")
         return None
+    cors = tuple(args.dicomweb_cors or ())
+    for origin in cors:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"--dicomweb-cors {origin}: expected an origin, scheme and host (https://viewer.example)")
     if not 0 < args.dicomweb_port < 65536 or args.dicomweb_port == args.port:
         raise ValueError(f"--dicomweb-port {args.dicomweb_port}: expected a free port other than the DIMSE port --port")
     token = TokenFile(args.dicomweb_token_file, "--dicomweb-token-file") if args.dicomweb_token_file else None
     tls = (args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
-    return DicomwebService(args.dicomweb_port, token, tls)
+    if args.dicomweb_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", args.dicomweb_url):
+        raise ValueError(f"--dicomweb-url {args.dicomweb_url}: expected http(s)://host[:port][/path]")
+    return DicomwebService(args.dicomweb_port, token, tls, cors, args.dicomweb_url)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -574,4 +598,5 @@ def _query_retrieve(args: argparse.Namespace):
         if not 0 < len(dest.ae_title.strip()) <= 16:
             raise ValueError(f"--qr-dest {text!r}: an AE title has 1 to 16 characters")
         destinations[dest.ae_title.strip()] = (dest.host, dest.port)
-    return QueryRetrieve(ResultStore(Path(args.out)), args.ae_title, destinations)
+    store = ResultStore(Path(args.out), Path(args.keep) if args.keep else None)  # --keep: the films too
+    return QueryRetrieve(store, args.ae_title, destinations)

@@ -130,8 +130,6 @@ def stretch(ds, values: np.ndarray) -> tuple[float, float]:
 
 
 def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     if "PixelData" not in ds:
         raise DicomRefused("no pixel data in this DICOM file")
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
@@ -154,14 +152,33 @@ def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
         ) from None
     if arr.ndim != 2 or min(arr.shape) < min_side:
         raise DicomRefused(f"DICOM pixel data is not one grayscale frame of at least {min_side} px (shape {arr.shape})")
-    windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
+    gray = displayed(ds, arr)
+    if not np.isfinite(gray).all():
+        raise DicomRefused("DICOM pixel data contains non-finite values")
+    return gray
+
+
+def displayed(ds, arr: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """A grayscale frame ``arr`` of ``ds`` as it is shown, (H, W) float32 in [0, 1] with white high:
+    the modality rescale, then ``window`` (centre, width; linear) or the file's own display window,
+    else the stretch a viewer's auto-window gives (``stretch``); MONOCHROME1 turned over."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     arr = apply_modality_lut(arr, ds)
-    if windowed:
+    windowed = window is not None or "WindowCenter" in ds or "VOILUTSequence" in ds
+    if window is not None:
+        centre, width = window
+        arr = np.clip((np.asarray(arr, dtype=np.float64) - (centre - 0.5)) / max(width - 1, 1) + 0.5, 0, 1)
+    elif windowed:
         arr = apply_voi_lut(arr, ds)
     arr = np.asarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise DicomRefused("DICOM pixel data contains non-finite values")
-    lo, hi = (float(arr.min()), float(arr.max())) if windowed else stretch(ds, arr)
+    if window is not None:
+        lo, hi = 0.0, 1.0
+    else:
+        finite = arr[np.isfinite(arr)] if arr.size else arr
+        if not finite.size:
+            return np.full(arr.shape, np.nan, dtype=np.float32)
+        lo, hi = (float(finite.min()), float(finite.max())) if windowed else stretch(ds, finite)
     gray = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         gray = 1.0 - gray  # MONOCHROME1: high values are dark
