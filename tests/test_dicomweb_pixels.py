@@ -138,6 +138,10 @@ def test_compressed_frames_go_as_stored_or_decoded(viewer_node, film):
     ((kind, data),) = parts_of(client.get(original + "/frames/1", headers={"Accept": OCTETS_ANY}))
     assert kind == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"  # as stored, for the viewer to decode
     assert data == pydicom.encaps.get_frame(kept.PixelData, 0, number_of_frames=1)
+    ((kind, again),) = parts_of(
+        client.get(original + "/frames/1", headers={"Accept": 'multipart/related; type="image/jls"'})
+    )
+    assert again == data and kind.startswith("image/jls")  # its own media type, no syntax named: as stored
     asked_native = f'multipart/related; type="application/octet-stream"; transfer-syntax={NATIVE}'
     ((kind, data),) = parts_of(client.get(original + "/frames/1", headers={"Accept": asked_native}))
     assert kind.endswith(NATIVE) and np.array_equal(np.frombuffer(data, np.uint8).reshape(pixels.shape), pixels)
@@ -214,6 +218,18 @@ def test_sixteen_bit_big_endian_frames_come_out_little_endian(tmp_path):
     ((data, kind),), single = frames(ds, [1], "")
     assert not single and kind.endswith(NATIVE)
     assert np.array_equal(np.frombuffer(data, "<u2").reshape(pixels.shape), pixels)
+
+
+def test_the_bulk_data_uri_names_the_pixel_data_s_vr(tmp_path):
+    from pneumolens.dicomweb_results import metadata_json
+
+    pixels = (np.arange(32 * 40, dtype=np.uint16).reshape(32, 40) * 3) % 4096
+    for syntax, vr in [("explicit", "OW"), ("jpeg-ls", "OB")]:  # encapsulated pixel data is OB at 16 bits too
+        header = pydicom.dcmread(make_dicom(tmp_path / f"{syntax}.dcm", pixels, syntax=syntax), stop_before_pixels=True)
+        assert metadata_json(header, "http://node/x")["7FE00010"] == {
+            "vr": vr,
+            "BulkDataURI": "http://node/x/bulkdata/7FE00010",
+        }
 
 
 def test_pixels_that_do_not_decode_are_answered_422_not_500(tmp_path):

@@ -123,13 +123,15 @@ def frames(ds: Dataset, numbers: list[int], accept: str) -> tuple[list[tuple[byt
     asked for without ``multipart``). ``NotAcceptable`` when no range of ``accept`` can be met."""
     stored = _syntax(ds)
     count = frame_count(ds)
+    own_media = FRAME_MEDIA.get(str(stored)) if stored.is_compressed else None  # image/jls asked: the stored JPEG-LS
     for wanted in accepted(accept):
-        if wanted.type not in ("*/*", "application/*", OCTETS) and wanted.type != FRAME_MEDIA.get(str(stored)):
+        if wanted.type not in ("*/*", "application/*", OCTETS) and wanted.type != own_media:
             continue
         single = _single(wanted)
         if not wanted.multipart and (wanted.type not in (OCTETS, "*/*") or (single and len(numbers) != 1)):
             continue
-        if stored.is_compressed and wanted.syntax in ("*", str(stored)):
+        as_stored = wanted.syntax in ("*", str(stored)) or (wanted.syntax is None and wanted.type == own_media)
+        if stored.is_compressed and as_stored:
             media = f"{FRAME_MEDIA.get(str(stored), OCTETS)}; transfer-syntax={stored}"
             return [(_encapsulated_frame(ds, n, count), media) for n in numbers], single
         if wanted.syntax in (None, "*", NATIVE) and wanted.type in ("*/*", "application/*", OCTETS):

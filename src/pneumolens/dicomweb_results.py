@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pydicom
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -158,15 +159,15 @@ def metadata_json(header: Dataset, url: str) -> dict:
     """``header`` (no pixels) in DICOM JSON, its pixel data, if any, named by a ``BulkDataURI``."""
     found = header.to_json_dict()
     if "NumberOfFrames" in header or "Rows" in header:  # an image: the pixels were left behind
-        vr = "OW" if int(header.get("BitsAllocated", 8) or 8) > 8 else "OB"
+        syntax = pydicom.uid.UID(str(getattr(header, "file_meta", {}).get("TransferSyntaxUID", "")))
+        wide = int(header.get("BitsAllocated", 8) or 8) > 8 and not (syntax and syntax.is_compressed)
+        vr = "OW" if wide else "OB"  # encapsulated pixel data is OB whatever its bits
         found[PIXEL_DATA] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{PIXEL_DATA}"}
     return found
 
 
 def _read(path) -> Dataset | None:
     """An object with its pixels, or None if retention deleted it meanwhile."""
-    import pydicom
-
     try:
         return pydicom.dcmread(path)
     except (OSError, pydicom.errors.InvalidDicomError):
