@@ -4,8 +4,8 @@ to a destination the node knows, ``--qr-dest AE@host:port``).
 
 What is served is the node's ``--out`` folder: the pictures, reports, presentation states and
 segmentations it wrote, read by their headers (the pixels only when one is sent); with ``--keep``,
-the films they were made from as well, so that a viewer shows each film with its results. Matching follows
-PS3.4 C.2.2.2 for the keys a viewer uses: single value, a list of UIDs, ``*`` and ``?`` wildcards,
+the films they were made from as well, so that a viewer shows each film with its results.
+Matching follows PS3.4 C.2.2.2 for the keys a viewer uses: single value, a list of UIDs, ``*`` and ``?`` wildcards,
 date and time ranges (``20261201-20261206``), and universal matching for an empty key; a key the
 node does not hold matches only when the query leaves it empty. A response holds the keys the query
 asked for, as the files have them, and ``QueryRetrieveLevel`` and ``RetrieveAETitle``; the
