@@ -129,9 +129,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     pl = sub.add_parser(
         "pull",
-        help="ask a PACS (C-FIND) for the CR/DX studies of some dates and have it send them (C-MOVE) to the node",
+        help="ask a PACS (C-FIND, or QIDO-RS) for the CR/DX studies of some dates and have them sent (C-MOVE, or "
+        "WADO-RS and STOW-RS) to the node",
     )
-    pl.add_argument("--pacs", required=True, help="the PACS's Query/Retrieve SCP: AE_TITLE@host:port")
+    pl.add_argument("--pacs", help="the PACS's Query/Retrieve SCP: AE_TITLE@host:port")
+    for flag, metavar, text in (  # pull --dicomweb: the archive's DICOMweb service, and where the images go
+        (
+            "--dicomweb",
+            "URL",
+            "instead of --pacs, the DICOMweb service of a PACS or cloud archive (https://pacs.example/dicomweb): "
+            "QIDO-RS to find, WADO-RS to retrieve, then --get DIR or --to-url",
+        ),
+        ("--dicomweb-token-file", "FILE", "a bearer token for --dicomweb, read from FILE"),
+        ("--dicomweb-ca", "PEM", "the CA of an https --dicomweb (default: the system's)"),
+        (
+            "--to-url",
+            "URL",
+            "with --dicomweb: store each image by STOW-RS there, a `pneumolens listen --dicomweb-port`'s "
+            "http://host:port/dicomweb",
+        ),
+        ("--to-token-file", "FILE", "the bearer token --to-url wants, read from FILE"),
+    ):
+        pl.add_argument(flag, metavar=metavar, help=text)
     pl.add_argument(
         "--to",
         default="PNEUMOLENS",
@@ -548,14 +567,21 @@ def _review_file(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from pneumolens.dicom_node import Destination, tls_context
-    from pneumolens.dicom_pull import MODALITIES, Pacs, date_range, pull_studies
+    from pneumolens.dicom_pull import MODALITIES, Pacs, date_range
 
-    pacs = Destination.parse(args.pacs, "--pacs")
+    if bool(args.pacs) == bool(args.dicomweb):
+        raise ValueError("name the PACS once: --pacs AE_TITLE@host:port (DIMSE) or --dicomweb URL (DICOMweb)")
     dates = date_range(args.since, args.until)
     if not dates and not args.study:
         raise ValueError("say which studies: --since, --until or --study (pull never asks a PACS for all it holds)")
     if args.limit < 1:
         raise ValueError(f"--limit {args.limit}: must be at least 1")
+    if args.dicomweb:
+        return _pull_dicomweb(args, dates)
+    for flag in ("dicomweb_token_file", "dicomweb_ca", "to_url", "to_token_file"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} is for --dicomweb, which was not given")
+    pacs = Destination.parse(args.pacs, "--pacs")
     if args.tls_cert or args.tls_key or args.tls_ca:
         if not (args.tls_cert and args.tls_key and args.tls_ca):
             raise ValueError("TLS to the PACS needs --tls-cert, --tls-key and --tls-ca together")
@@ -564,23 +590,58 @@ def cmd_pull(args: argparse.Namespace) -> int:
     get_into = Path(args.get) if args.get else None
     if get_into is not None and not args.dry_run:
         get_into.mkdir(parents=True, exist_ok=True)
+    kinds = " or ".join(modalities)
+    if args.dry_run:
+        doing = "dry run, nothing is moved"
+    elif args.get:
+        doing = f"getting their {kinds} series into {args.get}"
+    else:
+        doing = f"moving their {kinds} series to {args.to}"
     with Pacs(pacs, args.ae_title, tls, get_into=get_into) as q:
-        studies = sorted(q.studies(dates, args.study or ()), key=lambda study: study.date)
-        if len(studies) > args.limit:
-            raise ValueError(
-                f"{len(studies)} studies match, more than --limit {args.limit}: nothing was moved; "
-                "narrow the dates or raise the limit"
-            )
-        kinds = " or ".join(modalities)
-        if args.dry_run:
-            doing = "dry run, nothing is moved"
-        elif args.get:
-            doing = f"getting their {kinds} series into {args.get}"
-        else:
-            doing = f"moving their {kinds} series to {args.to}"
-        print(f"{len(studies)} studies match at {pacs.ae_title}; {doing}")
-        problems = pull_studies(q, studies, modalities, print, destination=args.to, dry_run=args.dry_run)
-    return 1 if problems else 0
+        return _pull_found(q, args, dates, modalities, pacs.ae_title, doing)
+
+
+def _pull_found(q, args: argparse.Namespace, dates: str, modalities: tuple[str, ...], source: str, doing: str) -> int:
+    """The studies ``q`` (a ``Pacs`` or a ``WebPacs``) finds pulled, unless more than ``--limit``
+    match; 1 when a study had a problem."""
+    from pneumolens.dicom_pull import pull_studies
+
+    studies = sorted(q.studies(dates, args.study or ()), key=lambda study: study.date)
+    if len(studies) > args.limit:
+        raise ValueError(
+            f"{len(studies)} studies match, more than --limit {args.limit}: nothing was moved; "
+            "narrow the dates or raise the limit"
+        )
+    print(f"{len(studies)} studies match at {source}; {doing}")
+    return 1 if pull_studies(q, studies, modalities, print, destination=args.to, dry_run=args.dry_run) else 0
+
+
+def _pull_dicomweb(args: argparse.Namespace, dates: str) -> int:
+    """``pull --dicomweb``: QIDO-RS and WADO-RS, then the images into --get or by STOW-RS to --to-url."""
+    from pneumolens.credentials import TokenFile
+    from pneumolens.dicom_pull import MODALITIES
+    from pneumolens.dicomweb_pull import WebPacs
+
+    for flag, url in (("--dicomweb", args.dicomweb), ("--to-url", args.to_url)):
+        if url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+            raise ValueError(f"{flag} {url}: expected http(s)://host[:port][/path]")
+    if args.dicomweb_ca and not Path(args.dicomweb_ca).is_file():
+        raise ValueError(f"--dicomweb-ca {args.dicomweb_ca}: no such file")
+    if bool(args.get) == bool(args.to_url) and not args.dry_run:
+        raise ValueError("with --dicomweb, say where the images go: --get DIR or --to-url URL (one of them)")
+    if args.to_token_file and not args.to_url:
+        raise ValueError("--to-token-file is for --to-url, which was not given")
+    token = TokenFile(args.dicomweb_token_file, "--dicomweb-token-file") if args.dicomweb_token_file else None
+    to_token = TokenFile(args.to_token_file, "--to-token-file") if args.to_token_file else None
+    modalities = tuple(dict.fromkeys(m.upper() for m in (args.modality or MODALITIES)))
+    get_into = Path(args.get) if args.get else None
+    if get_into is not None and not args.dry_run:
+        get_into.mkdir(parents=True, exist_ok=True)
+    where = f"into {args.get}" if args.get else f"to {args.to_url}"
+    kinds = " or ".join(modalities)
+    doing = "dry run, nothing is moved" if args.dry_run else f"retrieving their {kinds} series {where}"
+    with WebPacs(args.dicomweb, token, args.dicomweb_ca, get_into, args.to_url, to_token) as q:
+        return _pull_found(q, args, dates, modalities, args.dicomweb, doing)
 
 
 def _query_retrieve(args: argparse.Namespace):
