@@ -262,7 +262,8 @@ def pull_studies(
 ) -> int:
     """Move each study's series of ``modalities`` to ``destination`` (or get them, when ``pacs`` was
     opened with ``get_into``), saying a line per study and a total; with ``dry_run`` nothing moves.
-    Returns how many studies had a problem."""
+    ``pacs`` may also be a ``pneumolens.dicomweb_pull.WebPacs``, which answers the same calls over
+    DICOMweb. Returns how many studies had a problem."""
     kinds = " or ".join(modalities)
     verb = "retrieved" if pacs.retrieve == GET else "moved"
     total, moved_series, problems = Moved(), 0, 0
