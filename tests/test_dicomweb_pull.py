@@ -96,6 +96,7 @@ def test_pull_says_what_went_wrong_with_the_service(archive, tmp_path, capsys):
             "--dicomweb-token-file",
         ),
         (["--pacs", "PACS@h:104", "--to-url", url], "--to-url is for --dicomweb"),
+        (["--dicomweb", url, "--get", str(tmp_path), "--tls-ca", token], "are for --pacs"),
         (["--dicomweb", url, "--get", str(tmp_path), "--to-token-file", token], "--to-token-file is for --to-url"),
     ]
     for extra, message in cases:

@@ -631,6 +631,8 @@ def _pull_dicomweb(args: argparse.Namespace, dates: str) -> int:
         raise ValueError("with --dicomweb, say where the images go: --get DIR or --to-url URL (one of them)")
     if args.to_token_file and not args.to_url:
         raise ValueError("--to-token-file is for --to-url, which was not given")
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        raise ValueError("--tls-cert, --tls-key and --tls-ca are for --pacs; an https --dicomweb takes --dicomweb-ca")
     token = TokenFile(args.dicomweb_token_file, "--dicomweb-token-file") if args.dicomweb_token_file else None
     to_token = TokenFile(args.to_token_file, "--to-token-file") if args.to_token_file else None
     modalities = tuple(dict.fromkeys(m.upper() for m in (args.modality or MODALITIES)))
