@@ -168,9 +168,14 @@ def test_rendered_images_and_thumbnails_show_the_pixels(viewer_node, film):
     assert jpeg.headers["content-type"] == "image/jpeg" and max(Image.open(io.BytesIO(jpeg.content)).size) == 64
     thumbnail = Image.open(io.BytesIO(client.get(picture + "/thumbnail").content))
     assert max(thumbnail.size) == 128 and thumbnail.mode == "RGB"
+    of_study = Image.open(io.BytesIO(client.get(f"/dicomweb/studies/{study}/thumbnail").content))
+    assert of_study.mode == "L" and max(of_study.size) == 128  # the study's film, not its colour picture
+    of_series = Image.open(io.BytesIO(client.get(picture.rsplit("/instances", 1)[0] + "/thumbnail").content))
+    assert of_series.mode == "RGB"
     report = _url(client, study, "SR")
     for path, accept, status in [
         (report + "/rendered", "", 404),
+        (report.rsplit("/instances", 1)[0] + "/thumbnail", "", 404),  # a series of reports has no image
         (original + "/rendered", "image/gif", 406),
         (original + "/rendered?window=1", "", 400),
         (original + "/rendered?window=40,0", "", 400),

@@ -11,7 +11,8 @@ JSON) holds the level's default attributes, those asked for, and a ``RetrieveURL
 ``GET`` the study, series or instance (``multipart/related; type="application/dicom"``, the files
 as the node wrote them) or its ``/metadata`` (the headers in DICOM JSON, the pixel data as a
 ``BulkDataURI``); an instance's ``/frames/{list}``, ``/bulkdata/7FE00010``, ``/rendered``,
-``/frames/{n}/rendered`` and ``/thumbnail`` (``pneumolens.dicomweb_pixels``). An unknown
+``/frames/{n}/rendered`` and ``/thumbnail``, and a study's or series' ``/thumbnail`` (its film, else
+its first image; ``pneumolens.dicomweb_pixels``). An unknown
 attribute or parameter is answered 400, a resource the node does not hold 404, a media type it
 cannot give 406. The results hold patient identifiers, as they do over DIMSE: the log gives counts
 only.
@@ -278,6 +279,9 @@ def add_routes(
             frame_list = path_params.pop("frames", "")
             uids = {uid_of[name]: uid for name, uid in path_params.items()}
             files = await run_in_threadpool(_files, qr, uids)
+            if what == "thumbnail":  # a study's or series' own: its first image, a film before a picture
+                images = [(path, header) for path, header in files if "Rows" in header]
+                files = sorted(images, key=lambda file: str(file[1].get("Modality", "")) not in ("CR", "DX"))
             ds = await run_in_threadpool(_read, files[0][0]) if files else None
             if ds is None:
                 return JSONResponse(status_code=404, content={"detail": "the node holds no such result"})
@@ -305,3 +309,5 @@ def add_routes(
         ("/thumbnail", "thumbnail"),
     ]:
         app.add_api_route(s + se + i + path, pixel_route(what), methods=["GET"])
+    for path in (s, s + se):
+        app.add_api_route(path + "/thumbnail", pixel_route("thumbnail"), methods=["GET"])
