@@ -341,7 +341,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         print(f"listening as {args.ae_title} on {where}", file=sys.stderr)
         if web is not None:
             scheme = "https" if tls else "http"
-            print(f"and for DICOMweb STOW-RS on {scheme}://{args.host}:{web.port}/dicomweb/studies", file=sys.stderr)
+            services = "STOW-RS, QIDO-RS and WADO-RS" if qr is not None else "STOW-RS"
+            print(f"and for DICOMweb {services} on {scheme}://{args.host}:{web.port}/dicomweb", file=sys.stderr)
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
