@@ -172,3 +172,63 @@ def test_listen_checks_the_qr_flags_before_loading_a_model(tmp_path, capsys):
     ):
         assert main(base + extra) != 0
         assert message in capsys.readouterr().err, extra
+
+
+def test_kept_films_go_back_by_c_get_and_on_by_c_move_as_they_came(trained_run, tmp_path):
+    """With --keep, the film (JPEG-LS here) is served beside its picture: C-GET returns both, the
+    film in the syntax it came in, and C-MOVE sends it on to a destination."""
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
+    from pynetdicom import AE, build_role, evt
+
+    from pneumolens.dicom_node import DX_PRESENTATION, SECONDARY_CAPTURE, SUCCESS, Node
+    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    received: list[Dataset] = []
+    archive = AE(ae_title="ARCHIVE")
+    archive.add_supported_context(DX_PRESENTATION, [JPEGLSLossless, ExplicitVRLittleEndian])
+    archive_port = free_port()
+    archive_server = archive.start_server(
+        ("127.0.0.1", archive_port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda e: received.append(e.dataset) or SUCCESS)],
+    )
+    out, keep = tmp_path / "out", tmp_path / "keep"
+    qr = QueryRetrieve(ResultStore(out, keep), "PNEUMOLENS", {"ARCHIVE": ("127.0.0.1", archive_port)})
+    node = Node(Engine(Settings(model=str(trained_run))), None, out, keep=keep, qr=qr)
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels, syntax="jpeg-ls"))
+    stop, port, ready = threading.Event(), free_port(), threading.Event()
+    runner = threading.Thread(target=node.run, args=("127.0.0.1", port, stop, 1.0), kwargs={"on_ready": ready.set})
+    runner.start()
+    try:
+        assert ready.wait(30)
+        assert node.handle_store(SimpleNamespace(dataset=sent, file_meta=sent.file_meta)) == SUCCESS
+        got: list[Dataset] = []
+        viewer = AE(ae_title="VIEWER")
+        viewer.add_requested_context(GET)
+        viewer.add_requested_context(SECONDARY_CAPTURE)
+        viewer.add_requested_context(DX_PRESENTATION, [JPEGLSLossless])
+        roles = [build_role(SECONDARY_CAPTURE, scp_role=True), build_role(DX_PRESENTATION, scp_role=True)]
+        handlers = [(evt.EVT_C_STORE, lambda e: got.append(e.dataset) or SUCCESS)]
+        assoc = viewer.associate("127.0.0.1", port, ae_title="PNEUMOLENS", ext_neg=roles, evt_handlers=handlers)
+        assert assoc.is_established
+        study = query("STUDY", StudyInstanceUID=sent.StudyInstanceUID)
+        statuses = [int(s.Status) for s, _ in assoc.send_c_get(study, GET)]
+        assoc.release()
+        assert statuses[-1] == 0x0000 and sorted(str(d.Modality) for d in got) == ["DX", "OT"]
+        (film,) = [d for d in got if d.Modality == "DX"]
+        assert film.PixelData == sent.PixelData  # as it came: JPEG-LS, not decoded
+
+        mover = AE(ae_title="VIEWER")
+        mover.add_requested_context(MOVE)
+        assoc = mover.associate("127.0.0.1", port, ae_title="PNEUMOLENS")
+        films = query("SERIES", StudyInstanceUID=sent.StudyInstanceUID, SeriesInstanceUID=sent.SeriesInstanceUID)
+        moved = [int(s.Status) for s, _ in assoc.send_c_move(films, "ARCHIVE", MOVE)]
+        assoc.release()
+        assert moved[-1] == 0x0000 and [d.SOPInstanceUID for d in received] == [sent.SOPInstanceUID]
+    finally:
+        stop.set()
+        runner.join(15)
+        archive_server.shutdown()

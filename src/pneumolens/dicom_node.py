@@ -521,8 +521,13 @@ class Node:
         from pynetdicom import AE, evt
 
         ae = AE(ae_title=self.ae_title)
-        for uid in ACCEPTED:
-            ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
+        films_served = self.qr is not None and self.qr.store.originals is not None  # --qr with --keep
+        for uid in ACCEPTED:  # C-STORE from modalities; with films served, also back over a viewer's C-GET
+            roles = {"scp_role": True, "scu_role": True} if films_served else {}
+            ae.add_supported_context(uid, list(TRANSFER_SYNTAXES), **roles)
+            if films_served:  # C-MOVE sends a film on in the syntax it came in: a context per syntax
+                for syntax in TRANSFER_SYNTAXES:
+                    ae.add_requested_context(uid, syntax)
         ae.add_supported_context(VERIFICATION)
         handlers = [
             (evt.EVT_C_STORE, self.handle_store),
