@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydicom.uid import ComprehensiveSRStorage, GrayscaleSoftcopyPresentationStateStorage, SegmentationStorage
 
-from pneumolens import dicom_node, dicom_pull
+from pneumolens import dicom_node, dicom_pull, dicom_qr
 
 DOC = Path(__file__).parents[1] / "docs" / "dicom-conformance.md"
 
@@ -32,6 +32,7 @@ def test_the_conformance_statement_lists_what_the_code_speaks():
         dicom_pull.FIND,
         dicom_pull.MOVE,
         dicom_pull.GET,
+        *dicom_qr.PATIENT_ROOT,  # served with --qr beside Study Root
     }
     listed = table_uids(DOC.read_text())
     assert listed - used == set(), "listed but not used"

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
 from pneumolens.data.images import read_image
-from pneumolens.dicom_qr import FIND, GET, MOVE, matches
+from pneumolens.dicom_qr import FIND, GET, MOVE, PATIENT_FIND, PATIENT_GET, matches
 
 MODALITY_BY_SERIES = {9901: "OT", 9902: "SR", 9903: "PR"}
 
@@ -81,15 +81,15 @@ def node_with_results(trained_run, tmp_path):
     archive_server.shutdown()
 
 
-def _find(port: int, identifier: Dataset) -> list[tuple[int, Dataset | None]]:
+def _find(port: int, identifier: Dataset, model: str = FIND) -> list[tuple[int, Dataset | None]]:
     from pynetdicom import AE
 
     viewer = AE(ae_title="VIEWER")
-    viewer.add_requested_context(FIND)
+    viewer.add_requested_context(model)
     assoc = viewer.associate("127.0.0.1", port, ae_title="PNEUMOLENS")
     assert assoc.is_established
     try:
-        return [(int(status.Status), found) for status, found in assoc.send_c_find(identifier, FIND)]
+        return [(int(status.Status), found) for status, found in assoc.send_c_find(identifier, model)]
     finally:
         assoc.release()
 
@@ -120,6 +120,15 @@ def test_a_viewer_finds_the_results_by_study_series_and_image(node_with_results)
     (bad,) = _find(port, query("PATIENT", PatientID=""))
     assert bad[0] == 0xA900  # Study Root: no patient level
 
+    patients = _find(
+        port, query("PATIENT", PatientID="", PatientName="", NumberOfPatientRelatedStudies=""), PATIENT_FIND
+    )
+    ((status, patient), (final, _)) = patients  # Patient Root: the patient, once for the three objects
+    assert (status, final, patient.PatientID, patient.PatientName) == (0xFF00, 0x0000, PATIENT_ID, PATIENT_NAME)
+    assert patient.NumberOfPatientRelatedStudies == 1
+    studies = _find(port, query("STUDY", PatientID=PATIENT_ID, StudyInstanceUID=""), PATIENT_FIND)
+    assert [found.StudyInstanceUID for status, found in studies if status == 0xFF00] == [sent.StudyInstanceUID]
+
 
 def test_a_viewer_gets_and_moves_the_results(node_with_results):
     from pynetdicom import AE, build_role, evt
@@ -144,6 +153,17 @@ def test_a_viewer_gets_and_moves_the_results(node_with_results):
     statuses = [int(s.Status) for s, _ in assoc.send_c_get(query("STUDY", StudyInstanceUID=sent.StudyInstanceUID), GET)]
     assoc.release()
     assert statuses[-1] == 0x0000 and len(got) == 3
+
+    viewer = AE(ae_title="VIEWER")  # the same, at the patient level of Patient Root
+    viewer.add_requested_context(PATIENT_GET)
+    for uid in ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.11.1"):
+        viewer.add_requested_context(uid)
+    assoc = viewer.associate(
+        "127.0.0.1", port, ae_title="PNEUMOLENS", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, store)]
+    )
+    statuses = [int(s.Status) for s, _ in assoc.send_c_get(query("PATIENT", PatientID=PATIENT_ID), PATIENT_GET)]
+    assoc.release()
+    assert statuses[-1] == 0x0000 and len(got) == 6
     assert {str(d.SOPClassUID) for d in got} == {
         "1.2.840.10008.5.1.4.1.1.7",
         "1.2.840.10008.5.1.4.1.1.88.33",

@@ -69,7 +69,7 @@ from pneumolens.data.images import ImageReadError, read_image
 from pneumolens.dicom_qr import FIND as QR_FIND
 from pneumolens.dicom_qr import GET as QR_GET
 from pneumolens.dicom_qr import MOVE as QR_MOVE
-from pneumolens.dicom_qr import QueryRetrieve
+from pneumolens.dicom_qr import PATIENT_ROOT, QueryRetrieve
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 from pneumolens.outbox import Outbox
 from pneumolens.send_on import SendOn
@@ -534,10 +534,9 @@ class Node:
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        if self.qr is not None:  # Study Root FIND, GET and MOVE of the node's own results
-            ae.add_supported_context(QR_FIND)
-            ae.add_supported_context(QR_GET)
-            ae.add_supported_context(QR_MOVE)
+        if self.qr is not None:  # Study Root and Patient Root FIND, GET and MOVE of the node's own results
+            for uid in (QR_FIND, QR_GET, QR_MOVE, *PATIENT_ROOT):
+                ae.add_supported_context(uid)
             for uid in RESULT_CLASSES:  # C-GET sends them over the viewer's association (it is their SCP)
                 ae.add_supported_context(uid, RESULT_SYNTAXES, scp_role=True, scu_role=False)
                 ae.add_requested_context(uid, RESULT_SYNTAXES)  # C-MOVE sends them on a new one

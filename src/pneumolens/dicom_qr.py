@@ -9,10 +9,11 @@ Matching follows PS3.4 C.2.2.2 for the keys a viewer uses: single value, a list 
 date and time ranges (``20261201-20261206``), and universal matching for an empty key; a key the
 node does not hold matches only when the query leaves it empty. A response holds the keys the query
 asked for, as the files have them, and ``QueryRetrieveLevel`` and ``RetrieveAETitle``; the
-attributes a PACS computes (``ModalitiesInStudy``, the numbers of related series and instances) are
-computed, and ``ModalitiesInStudy`` matches a study with any series of the modality. Levels:
-STUDY, SERIES, IMAGE. Patient Root and relational queries are not supported. Nothing of a query or
-a response is logged: they hold patient identifiers.
+attributes a PACS computes (``ModalitiesInStudy``, the numbers of related studies, series and
+instances) are computed, and ``ModalitiesInStudy`` matches a study with any series of the
+modality. Information models: Study Root (levels STUDY, SERIES, IMAGE) and Patient Root (PATIENT
+above them). Relational queries are not supported. Nothing of a query or a response is logged:
+they hold patient identifiers.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ log = logging.getLogger(__name__)
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
 MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 GET = "1.2.840.10008.5.1.4.1.2.2.3"
-UNIQUE = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+PATIENT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"  # Patient Root: the same, with a PATIENT level above
+PATIENT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+PATIENT_ROOT = (PATIENT_FIND, PATIENT_MOVE, PATIENT_GET)
+UNIQUE = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
 LEVELS = tuple(UNIQUE)
 PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # the identifier's level or keys make no sense for Study Root
@@ -45,7 +55,9 @@ COMPUTED = {
     "NumberOfStudyRelatedSeries",
     "NumberOfStudyRelatedInstances",
     "NumberOfSeriesRelatedInstances",
+    "NumberOfPatientRelatedStudies",
 }
+SCOPE = {"NumberOfSeriesRelatedInstances": "SeriesInstanceUID", "NumberOfPatientRelatedStudies": "PatientID"}
 
 
 def _text(value: object) -> str:
@@ -113,15 +125,21 @@ class ResultStore:
         return [(path, header) for path, header in self.headers() if matches(query, header)]
 
 
-def level_of(query: Dataset) -> str | None:
+def level_of(query: Dataset, patient_root: bool = False) -> str | None:
+    """The query's level, None when the information model has no such level (PATIENT is Patient
+    Root's only)."""
     level = _text(query.get("QueryRetrieveLevel", "")).upper()
-    return level if level in LEVELS else None
+    return level if level in LEVELS and (patient_root or level != "PATIENT") else None
+
+
+def _patient_root(event) -> bool:
+    return str(getattr(event.request, "AffectedSOPClassUID", "")) in PATIENT_ROOT
 
 
 def responses(query: Dataset, store: ResultStore, ae_title: str) -> Iterator[Dataset]:
     """One identifier per distinct entity of the query's level (a study, a series, an image) among
     the matching files: the query's keys, filled from the first matching file."""
-    level = level_of(query)
+    level = level_of(query, patient_root=True)  # the caller has checked the level against its model
     assert level is not None
     unique = UNIQUE[level]
     headers = [header for _, header in store.headers()]
@@ -146,8 +164,7 @@ def responses(query: Dataset, store: ResultStore, ae_title: str) -> Iterator[Dat
             if element.keyword in SKIP or not element.keyword:
                 continue
             if element.keyword in COMPUTED:
-                series = element.keyword == "NumberOfSeriesRelatedInstances"
-                scope = "SeriesInstanceUID" if series else "StudyInstanceUID"
+                scope = SCOPE.get(element.keyword, "StudyInstanceUID")
                 value = counts[element.keyword].get(_text(header.get(scope)))
             else:
                 value = header.get(element.keyword)
@@ -157,7 +174,7 @@ def responses(query: Dataset, store: ResultStore, ae_title: str) -> Iterator[Dat
 
 
 def _counts(headers: list[Dataset]) -> dict[str, dict[str, object]]:
-    """``COMPUTED``'s values: per study UID (per series UID for the series' instances)."""
+    """``COMPUTED``'s values: per study UID (per series UID, or patient ID, where ``SCOPE`` says)."""
     series: dict[str, set[str]] = {}
     instances: dict[str, int] = {}
     in_series: dict[str, int] = {}
@@ -170,7 +187,11 @@ def _counts(headers: list[Dataset]) -> dict[str, dict[str, object]]:
         modality = _text(header.get("Modality"))
         if modality and modality not in found.setdefault(study, []):
             found[study].append(modality)
+    studies: dict[str, set[str]] = {}
+    for header in headers:
+        studies.setdefault(_text(header.get("PatientID")), set()).add(_text(header.get("StudyInstanceUID")))
     return {
+        "NumberOfPatientRelatedStudies": {patient: len(s) for patient, s in studies.items()},
         "ModalitiesInStudy": {study: sorted(m) for study, m in found.items()},
         "NumberOfStudyRelatedSeries": {study: len(s) for study, s in series.items()},
         "NumberOfStudyRelatedInstances": instances,
@@ -189,8 +210,8 @@ class QueryRetrieve:
 
     def on_find(self, event) -> Iterator[tuple[int, Dataset | None]]:
         query = event.identifier
-        if level_of(query) is None:
-            log.warning("listen: C-FIND refused: no STUDY, SERIES or IMAGE level")
+        if level_of(query, _patient_root(event)) is None:
+            log.warning("listen: C-FIND refused: no level of its information model")
             yield IDENTIFIER_DOES_NOT_MATCH, None
             return
         count = 0
@@ -200,7 +221,7 @@ class QueryRetrieve:
                 return
             count += 1
             yield PENDING, answer
-        log.info("listen: C-FIND at %s level: %d match(es)", level_of(query), count)
+        log.info("listen: C-FIND at %s level: %d match(es)", level_of(query, True), count)
 
     def on_get(self, event) -> Iterator[object]:
         yield from self._retrieve(event, "GET")
@@ -217,7 +238,7 @@ class QueryRetrieve:
     def _retrieve(self, event, how: str) -> Iterator[object]:
         """The sub-operation count, then each matching object (pynetdicom's C-GET and C-MOVE protocol)."""
         query = event.identifier
-        if level_of(query) is None:
+        if level_of(query, _patient_root(event)) is None:
             yield 0
             yield IDENTIFIER_DOES_NOT_MATCH, None
             return
