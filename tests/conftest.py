@@ -62,6 +62,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def assert_refused(capsys, base: list[str], cases) -> None:
+    """Each command ``base + extra`` of ``cases`` ((extra, message) pairs) stops with an exit status
+    other than 0 and ``message`` on stderr: a flag error caught before any work."""
+    from pneumolens.cli import main
+
+    for extra, message in cases:
+        assert main(base + extra) != 0, extra
+        assert message in capsys.readouterr().err, extra
+
+
 def real_images(split: str, label: str, n: int) -> list[Path]:
     """The first n files of a class, spread over patients (every k-th file)."""
     files = sorted((CHEST / split / label).iterdir())

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import free_port, make_dicom, real_images
+from conftest import assert_refused, free_port, make_dicom, real_images
 from pneumolens.data.images import read_image
 from pneumolens.dicomweb_pixels import accepted, frames
 from pneumolens.dicomweb_service import DicomwebService, create_app
@@ -248,17 +248,17 @@ def test_pixels_that_do_not_decode_are_answered_422_not_500(tmp_path):
 
 
 def test_listen_checks_the_cors_flag_before_loading_a_model(tmp_path, capsys):
-    from pneumolens.cli import main
-
     base = ["listen", "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")]
-    for extra, message in [
-        (["--dicomweb-cors", "https://viewer.example"], "--dicomweb-cors is for --dicomweb-port"),
-        (["--dicomweb-port", "8042", "--dicomweb-cors", "viewer.example/app"], "expected an origin"),
-        (["--dicomweb-url", "https://proxy.example/dicomweb"], "--dicomweb-url is for --dicomweb-port"),
-        (["--dicomweb-port", "8042", "--dicomweb-url", "proxy.example"], "expected http(s)://"),
-    ]:
-        assert main(base + extra) != 0
-        assert message in capsys.readouterr().err, extra
+    assert_refused(
+        capsys,
+        base,
+        [
+            (["--dicomweb-cors", "https://viewer.example"], "--dicomweb-cors is for --dicomweb-port"),
+            (["--dicomweb-port", "8042", "--dicomweb-cors", "viewer.example/app"], "expected an origin"),
+            (["--dicomweb-url", "https://proxy.example/dicomweb"], "--dicomweb-url is for --dicomweb-port"),
+            (["--dicomweb-port", "8042", "--dicomweb-url", "proxy.example"], "expected http(s)://"),
+        ],
+    )
 
 
 def test_dicomweb_client_reads_metadata_frames_and_rendered_images_through_the_running_node(viewer_node, film):

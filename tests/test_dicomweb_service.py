@@ -12,8 +12,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import PATIENT_ID, free_port, make_dicom, real_images
-from pneumolens.cli import main
+from conftest import PATIENT_ID, assert_refused, free_port, make_dicom, real_images
 from pneumolens.data.images import read_image
 from pneumolens.dicomweb_service import DicomwebService, create_app, instances
 
@@ -192,9 +191,7 @@ def test_listen_checks_the_dicomweb_flags_before_loading_a_model(tmp_path, capsy
         (["--dicomweb-port", "11112"], "the DIMSE port"),
         (["--dicomweb-port", "8042", "--dicomweb-token-file", str(token)], "one token"),
     ]
-    for extra, message in cases:
-        assert main(base + extra) != 0
-        assert message in capsys.readouterr().err, extra
+    assert_refused(capsys, base, cases)
 
 
 @pytest.fixture

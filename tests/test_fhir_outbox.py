@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from conftest import PATIENT_ID, PATIENT_NAME, StandIn, make_dicom, real_images, reply, store_then_wait
+from conftest import PATIENT_ID, PATIENT_NAME, StandIn, assert_refused, make_dicom, real_images, reply, store_then_wait
 from pneumolens.cli import main
 from pneumolens.credentials import TokenFile, read_token
 from pneumolens.data.images import read_image
@@ -183,7 +183,7 @@ def test_the_node_queues_a_bundle_for_each_image(fhir_server, trained_run, tmp_p
 def test_listen_checks_the_fhir_flags_before_loading_a_model(tmp_path, capsys):
     token = tmp_path / "token"
     token.write_text("abc def\n")
-    base = ["listen", "--out", str(tmp_path / "out")]
+    base = ["listen", "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")]
     cases = [
         (["--fhir-url", "http://ehr.example/fhir"], "--fhir-url needs --fhir DIR"),
         (["--fhir", str(tmp_path / "f"), "--fhir-url", "ftp://ehr.example/fhir"], "--fhir-url: expected an http"),
@@ -193,9 +193,7 @@ def test_listen_checks_the_fhir_flags_before_loading_a_model(tmp_path, capsys):
         (["--fhir", str(tmp_path / "f"), "--fhir-url", "http://h/fhir", "--fhir-ca", str(token)], "for an https://"),
         (["--fhir", str(tmp_path / "f"), "--fhir-url", "https://h/fhir", "--fhir-ca", str(token)], "--fhir-ca"),
     ]
-    for extra, message in cases:
-        assert main(base + extra + ["--model", str(tmp_path / "no-model")]) != 0
-        assert message in capsys.readouterr().err, extra
+    assert_refused(capsys, base, cases)
 
 
 def test_a_token_file_holds_one_token(tmp_path):

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_dicom, real_images
+from conftest import PATIENT_ID, PATIENT_NAME, assert_refused, free_port, make_dicom, real_images
 from pneumolens.data.images import read_image
 from pneumolens.dicom_qr import FIND, GET, MOVE, PATIENT_FIND, PATIENT_GET, matches
 
@@ -182,16 +182,16 @@ def test_a_viewer_gets_and_moves_the_results(node_with_results):
 
 
 def test_listen_checks_the_qr_flags_before_loading_a_model(tmp_path, capsys):
-    from pneumolens.cli import main
-
     base = ["listen", "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")]
-    for extra, message in (
-        (["--qr-dest", "ARCHIVE@h:104"], "--qr-dest is a C-MOVE destination of --qr"),
-        (["--qr", "--qr-dest", "ARCHIVE-h-104"], "expected AE_TITLE@host:port"),
-        (["--qr", "--qr-dest", "@h:104"], "1 to 16 characters"),
-    ):
-        assert main(base + extra) != 0
-        assert message in capsys.readouterr().err, extra
+    assert_refused(
+        capsys,
+        base,
+        [
+            (["--qr-dest", "ARCHIVE@h:104"], "--qr-dest is a C-MOVE destination of --qr"),
+            (["--qr", "--qr-dest", "ARCHIVE-h-104"], "expected AE_TITLE@host:port"),
+            (["--qr", "--qr-dest", "@h:104"], "1 to 16 characters"),
+        ],
+    )
 
 
 def test_kept_films_go_back_by_c_get_and_on_by_c_move_as_they_came(trained_run, tmp_path):
