@@ -120,6 +120,14 @@ class ResultStore:
             self._headers = seen
             return [(path, header) for path, (_, header) in seen.items()]
 
+    @staticmethod
+    def read(path: Path) -> Dataset | None:
+        """A served object with its pixels, or None if retention deleted it meanwhile."""
+        try:
+            return pydicom.dcmread(path)
+        except (OSError, pydicom.errors.InvalidDicomError):
+            return None
+
     def find(self, query: Dataset) -> list[tuple[Path, Dataset]]:
         """The files whose headers match ``query`` (its level's and the levels above's keys)."""
         return [(path, header) for path, header in self.headers() if matches(query, header)]
@@ -143,7 +151,7 @@ def responses(query: Dataset, store: ResultStore, ae_title: str) -> Iterator[Dat
     assert level is not None
     unique = UNIQUE[level]
     headers = [header for _, header in store.headers()]
-    counts = _counts(headers)
+    counts = _counts(headers) if any(element.keyword in COMPUTED for element in query) else {}
     modalities = query.get("ModalitiesInStudy")
     done = set()
     for header in headers:
@@ -249,9 +257,8 @@ class QueryRetrieve:
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
-            try:
-                dataset = pydicom.dcmread(path)
-            except (OSError, pydicom.errors.InvalidDicomError):  # deleted by retention meanwhile
+            dataset = self.store.read(path)
+            if dataset is None:  # deleted by retention meanwhile
                 continue
             sent += 1
             yield PENDING, dataset

@@ -22,22 +22,16 @@ from pneumolens.checkpoint import atomic_write
 from pneumolens.credentials import TokenFile, bearer
 from pneumolens.dicom_node import uid_file_name
 from pneumolens.dicom_pull import GET, MODALITIES, MOVE, Moved, Series, Study
+from pneumolens.stow_outbox import web_client  # also silences dicomweb-client's log, which prints the token
 
-logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # at debug level it prints the token
 log = logging.getLogger(__name__)
 TIMEOUT_S = 60.0
-ONE_REQUEST_BYTES = 2**31  # store each image with its Content-Length, not in chunks (as stow_outbox)
 
 
 def _client(url: str, token: str | TokenFile | None, ca: str | None):
-    from dicomweb_client.api import DICOMwebClient
-
-    session = requests.Session()
-    session.verify = ca if ca else True
+    client, session = web_client(url, ca, TIMEOUT_S)  # a failure is said, not hidden behind retries
     if token is not None:
         session.headers["Authorization"] = bearer(token)
-    client = DICOMwebClient(url.rstrip("/"), session=session, timeout=TIMEOUT_S, chunk_size=ONE_REQUEST_BYTES)
-    client.set_http_retry_params(retry=False)  # a failure is said, not hidden behind retries
     return client
 
 

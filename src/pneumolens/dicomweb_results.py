@@ -167,14 +167,6 @@ def metadata_json(header: Dataset, url: str) -> dict:
     return found
 
 
-def _read(path) -> Dataset | None:
-    """An object with its pixels, or None if retention deleted it meanwhile."""
-    try:
-        return pydicom.dcmread(path)
-    except (OSError, pydicom.errors.InvalidDicomError):
-        return None
-
-
 def pixel_answer(ds: Dataset, what: str, frame_list: str, accept: str, params: dict[str, str]) -> Response:
     """``what`` (frames, bulkdata, rendered, thumbnail) of ``ds`` as an HTTP answer; 400, 404 or 406
     for a request that cannot be met as asked."""
@@ -282,7 +274,7 @@ def add_routes(
             if what == "thumbnail":  # a study's or series' own: its first image, a film before a picture
                 images = [(path, header) for path, header in files if "Rows" in header]
                 files = sorted(images, key=lambda file: str(file[1].get("Modality", "")) not in ("CR", "DX"))
-            ds = await run_in_threadpool(_read, files[0][0]) if files else None
+            ds = await run_in_threadpool(qr.store.read, files[0][0]) if files else None
             if ds is None:
                 return JSONResponse(status_code=404, content={"detail": "the node holds no such result"})
             accept, params = request.headers.get("accept", ""), dict(request.query_params)

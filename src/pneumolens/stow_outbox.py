@@ -39,6 +39,18 @@ ALREADY_STORED = 0x0111  # Duplicate SOP Instance
 WAIT_REASONS = frozenset({0x0110, 0x0124})  # Processing failure, Not authorized (and A7xxH: out of resources)
 
 
+def web_client(url: str, ca: str | None, timeout: float = TIMEOUT_S) -> tuple[DICOMwebClient, requests.Session]:
+    """dicomweb-client for the service at ``url`` (``ca``: a PEM bundle for https; None: the system's),
+    and its session: every object in one request with its Content-Length, which every server and proxy
+    takes (the client sends anything over its default megabyte with chunked transfer encoding), and its
+    own retries off (the caller decides what to try again)."""
+    session = requests.Session()
+    session.verify = ca if ca else True
+    client = DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout, chunk_size=ONE_REQUEST_BYTES)
+    client.set_http_retry_params(retry=False)
+    return client, session
+
+
 @dataclass
 class StowSender:
     """STOW-RS of one DICOM file to the DICOMweb service at ``url`` (its base URL)."""
@@ -50,16 +62,9 @@ class StowSender:
 
     def __post_init__(self) -> None:
         self.where = where(self.url)
-        self._session = requests.Session()
-        self._session.verify = self.ca if self.ca else True
+        self._client, self._session = web_client(self.url, self.ca)
         self._session.hooks["response"].append(self._keep)  # the raw answer: status and body as sent
         self._answer: requests.Response | None = None
-        # one chunk however large the object: a request with its Content-Length, which every server and proxy
-        # takes (the client sends anything over its default megabyte with chunked transfer encoding)
-        self._client = DICOMwebClient(
-            self.url.rstrip("/"), session=self._session, timeout=TIMEOUT_S, chunk_size=ONE_REQUEST_BYTES
-        )
-        self._client.set_http_retry_params(retry=False)
 
     def _keep(self, response: requests.Response, *args, **kwargs) -> None:
         self._answer = response

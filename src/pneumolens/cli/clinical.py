@@ -361,6 +361,16 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web_url(url: str, flag: str) -> None:
+    """``ValueError`` naming ``flag`` unless ``url`` is an http(s) URL with a host (``alert.check_url``)."""
+    from pneumolens.alert import check_url
+
+    try:
+        check_url(url)
+    except ValueError:
+        raise ValueError(f"{flag} {url}: expected http(s)://host[:port][/path]") from None
+
+
 def _dicomweb_service(args: argparse.Namespace):
     """``--dicomweb-port``'s service, its flags checked before the model loads (None without it)."""
     from pneumolens.credentials import TokenFile
@@ -383,8 +393,8 @@ def _dicomweb_service(args: argparse.Namespace):
         raise ValueError(f"--dicomweb-port {args.dicomweb_port}: expected a free port other than the DIMSE port --port")
     token = TokenFile(args.dicomweb_token_file, "--dicomweb-token-file") if args.dicomweb_token_file else None
     tls = (args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
-    if args.dicomweb_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", args.dicomweb_url):
-        raise ValueError(f"--dicomweb-url {args.dicomweb_url}: expected http(s)://host[:port][/path]")
+    if args.dicomweb_url:
+        _web_url(args.dicomweb_url, "--dicomweb-url")
     return DicomwebService(args.dicomweb_port, token, tls, cors, args.dicomweb_url)
 
 
@@ -624,8 +634,8 @@ def _pull_dicomweb(args: argparse.Namespace, dates: str) -> int:
     from pneumolens.dicomweb_pull import WebPacs
 
     for flag, url in (("--dicomweb", args.dicomweb), ("--to-url", args.to_url)):
-        if url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
-            raise ValueError(f"{flag} {url}: expected http(s)://host[:port][/path]")
+        if url:
+            _web_url(url, flag)
     if args.dicomweb_ca and not Path(args.dicomweb_ca).is_file():
         raise ValueError(f"--dicomweb-ca {args.dicomweb_ca}: no such file")
     if bool(args.get) == bool(args.to_url) and not args.dry_run:
