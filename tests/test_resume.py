@@ -22,6 +22,8 @@ from pneumolens.training.state import AtomicCheckpointIO
 HARNESS = textwrap.dedent(
     """
     import os, signal, sys
+    # as in a terminal, whatever started the tests (a shell's background job starts with SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pneumolens.training.module import Classifier
     original = Classifier.training_step
     def step(self, batch, i):
