@@ -13,7 +13,8 @@ OHIF's viewer. Prints two markdown tables: per study, the seconds OHIF reports f
 image and whether the viewport holds an image (the grey levels' spread in a screenshot of it); per
 kind of request the node answered (QIDO-RS, metadata, frames, thumbnails), how many and with which
 HTTP statuses. Then, for the first study, each series opened in the viewport in turn: shown, or the
-first error OHIF logged. Only loopback is contacted; the node's files go to a temporary folder.
+first error OHIF logged, and the labels OHIF drew over the image (a report's measurements). Only
+loopback is contacted; the node's files go to a temporary folder.
 Not part of the test suite: it needs OHIF's 200 MB build, which CI does not fetch.
 """
 
@@ -196,14 +197,17 @@ def main() -> None:
 
 
 def open_each_series(page, console: list[str], screenshots: str | None) -> list[tuple[str, str]]:
-    """Each series of the open study double-clicked in OHIF's study browser: shown (an image in the
-    viewport and no error logged), or the first error OHIF logged."""
+    """Each series of the open study double-clicked in OHIF's study browser, the page loaded afresh
+    before each (so that no series shows what an earlier one drew): shown (an image in the viewport
+    and no error logged, with the labels drawn over it), or the first error OHIF logged."""
     outcomes = []
-    try:  # OHIF's first-visit tour stands over the study browser
-        page.get_by_text("Skip all").click(timeout=3000)
-    except Exception:  # noqa: BLE001 - no tour
-        pass
     for modality in ("DX", "OT", "SR", "PR", "SEG"):
+        page.reload()
+        page.wait_for_timeout(8000)
+        try:  # OHIF's first-visit tour stands over the study browser
+            page.get_by_text("Skip all").click(timeout=3000)
+        except Exception:  # noqa: BLE001 - no tour
+            pass
         console.clear()
         try:
             page.get_by_text(modality, exact=True).first.dblclick(timeout=10_000)
@@ -217,16 +221,19 @@ def open_each_series(page, console: list[str], screenshots: str | None) -> list[
         errors = [c for c in console if c.startswith("error:") or "Error Boundary" in c]
         if errors:
             outcomes.append((modality, errors[0].splitlines()[0].split(": ", 1)[1][:160].replace("|", "/")))
-            page.reload()
-            page.wait_for_timeout(8000)
-            try:
-                page.get_by_text("Skip all").click(timeout=3000)
-            except Exception:  # noqa: BLE001 - no tour
-                pass
         else:
             shown = spread(page.locator(".cornerstone-viewport-element").first.screenshot())
-            outcomes.append((modality, f"shown (grey-level spread {shown:.1f})"))
+            labels = drawn_labels(page)
+            drawn = f"; {len(labels)} labels drawn: " + ", ".join(f"'{t}'" for t in labels) if labels else ""
+            outcomes.append((modality, f"shown (grey-level spread {shown:.1f}{drawn})"))
     return outcomes
+
+
+def drawn_labels(page) -> list[str]:
+    """The text of each annotation label Cornerstone drew over the viewport (an SVG group per
+    annotation's label, a line per tspan, joined by " / "), sorted; empty when nothing is drawn."""
+    lines = "gs => gs.map(g => Array.from(g.querySelectorAll('tspan'), t => t.textContent.trim()).join(' / '))"
+    return sorted(t for t in page.eval_on_selector_all("g[data-annotation-uid]", lines) if t)
 
 
 if __name__ == "__main__":

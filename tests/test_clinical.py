@@ -393,12 +393,15 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     # the structured reports: one per picture, about the same image, saying what its caption says
     assert len(reports) == 2 and len({sr.SeriesInstanceUID for sr in reports}) == 1
     assert not {sr.SeriesInstanceUID for sr in reports} & series
+    sent = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files)}
     for sr in reports:
         said = read_structured_report(sr)
         assert sr.StudyInstanceUID == study_uid and str(sr.PatientID) == PATIENT_ID
         assert sr.PatientBirthDate == ""  # left out, malformed, rather than failing the report
         assert said["verification"] == "UNVERIFIED" and "not a diagnosis" in sr.SeriesDescription
         (source,) = said["evidence"]
+        left, top, right, bottom = said["read_box"]  # the part of the film the model read, on it
+        assert 0 <= left < right <= sent[source].Columns and 0 <= top < bottom <= sent[source].Rows
         assert f"probability {said['probability']:.2f}," in captions[source]
         side = "above" if said["pneumonia"] == "Present" else "below"
         assert f"{side} operating point" in captions[source]
@@ -407,7 +410,6 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     states = [ds for ds in written if ds.Modality == "PR"]
     assert len(states) == 2 and len({pr.SeriesInstanceUID for pr in states}) == 1
     assert not {pr.SeriesInstanceUID for pr in states} & (series | {sr.SeriesInstanceUID for sr in reports})
-    sent = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files)}
     regions = {read_structured_report(sr)["evidence"][0]: read_structured_report(sr)["regions"] for sr in reports}
     for pr in states:
         drawn = read_presentation_state(pr)
@@ -944,7 +946,9 @@ def test_results_keep_a_patient_name_in_any_character_set(tmp_path, charset, nam
 def test_structured_report_says_what_the_model_said(tmp_path):
     """The report's content, read back from the file: the call at the operating point (a probability
     equal to it is a pneumonia call, as everywhere in pneumolens), the probability, the check flags
-    and the caution, the algorithm and its operating point, the original as evidence; unverified."""
+    and the caution, the algorithm and its operating point, the original as evidence, the part of the
+    film the model read (the whole image when the result names none); unverified. Every measurement
+    group has an image region on the original: OHIF stops on one without."""
     import highdicom as hd
 
     from pneumolens.dicom_report import COMPREHENSIVE_SR, structured_report
@@ -959,6 +963,7 @@ def test_structured_report_says_what_the_model_said(tmp_path):
         result = {"probability": probability, "threshold": 0.4, "flags": flags, "model": model}
         if call == "Present":
             result.update(method="occlusion", explanation=SimpleNamespace(outlines=map_outlines(heatmap)))
+            result["read_box"] = [30, 20, 200, 180]
         path = tmp_path / f"{call}.dcm"
         structured_report(original, result, pydicom.uid.generate_uid()).save_as(path, enforce_file_format=True)
         sr = pydicom.dcmread(path)
@@ -973,18 +978,26 @@ def test_structured_report_says_what_the_model_said(tmp_path):
         }
         assert said["evidence"] == [original.SOPInstanceUID]
         assert (said["verification"], said["completion"]) == ("UNVERIFIED", "PARTIAL")
+        height, width = pixels.shape
+        assert said["read_box"] == ([30, 20, 200, 180] if call == "Present" else [0, 0, width, height])
         parsed = hd.sr.srread(path)  # a TID 1500 report highdicom itself can read back
-        (group,) = parsed.content.get_image_measurement_groups()
-        assert group.finding_type.value == "233604007"
+        assert parsed.content.get_image_measurement_groups() == []
+        first, *rois = parsed.content.get_planar_roi_measurement_groups()
+        assert first.finding_type.value == "233604007" and first.reference_type.value == "111030"
         if call == "Present":  # the map's region, as an outline on the original (column, row)
             ((region,),) = [said["regions"]]
             assert region["share"] == pytest.approx(1.0)
             assert region["points"].min(axis=0) == pytest.approx([100, 40], abs=1)
             assert region["points"].max(axis=0) == pytest.approx([160, 80], abs=1)
-            (roi,) = parsed.content.get_planar_roi_measurement_groups()
+            (roi,) = rois
             assert roi.finding_type.meaning == "AI map region" and roi.reference_type.value == "111030"
         else:
-            assert said["regions"] == []
+            assert said["regions"] == [] and rois == []
+        (measurements,) = [c for c in sr.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "126010"]
+        for group in measurements.ContentSequence:  # each with a SCOORD selected from the original
+            (scoord,) = [c for c in group.ContentSequence if c.ValueType == "SCOORD"]
+            (image,) = scoord.ContentSequence[0].ReferencedSOPSequence
+            assert image.ReferencedSOPInstanceUID == original.SOPInstanceUID
         for code in _codes(sr.ContentSequence):  # the integrators' page lists every code the report uses
             assert f"({code[0]}, {code[1]}" in INTEGRATORS_PAGE, code
 

@@ -20,7 +20,7 @@ from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.sources import Sample
 from pneumolens.lungs.flags import plausibility_flags
 from pneumolens.lungs.masks import dice
-from pneumolens.lungs.preprocess import lung_gamma, lung_median
+from pneumolens.lungs.preprocess import lung_gamma, lung_median, read_box
 from pneumolens.lungs.segment import LungSegmenter
 from pneumolens.lungs.train import load_pair, read_rows
 
@@ -140,6 +140,29 @@ def test_lung_modes_suppress_outside_the_lungs(seg):
     assert np.allclose(masked[lungs], plain[lungs], atol=1e-6)  # inside the lungs nothing changes
     cropped = preprocess(gray, dataclasses.replace(base, lungs="crop"))[0]
     assert cropped.shape == plain.shape and not np.allclose(cropped, plain)
+
+
+def test_read_box_is_what_the_model_reads(seg):
+    """The region the results name as read (``read_box``): cut out and fed with no lung step, it gives
+    the crop mode's input exactly; the whole film for the modes that only dim, and without lungs."""
+    gray = read_image(sorted((FULLRES / "NORMAL").iterdir())[1])  # original resolution, not square
+    low = seg.mask(gray, full_size=False)
+    crop = PreprocessConfig(image_size=128, channels=1, lungs="crop")
+    top, bottom, left, right = read_box(low, "crop", crop.lung_margin, gray.shape)
+    assert 0 < bottom - top < gray.shape[0] and 0 < right - left < gray.shape[1]
+    cut = preprocess(gray[top:bottom, left:right], dataclasses.replace(crop, lungs="none"))
+    assert np.array_equal(preprocess(gray, crop, lung_mask=low), cut)
+    whole = (0, gray.shape[0], 0, gray.shape[1])
+    assert read_box(low, "mask", crop.lung_margin, gray.shape) == whole
+    assert read_box(np.zeros_like(low), "crop", crop.lung_margin, gray.shape) == whole
+    from pneumolens.service.engine import Engine  # the results' box: the shipped model's own crop
+    from pneumolens.service.settings import Settings
+
+    engine = Engine(Settings())
+    cfg = engine.loaded.preprocess
+    top, bottom, left, right = read_box(low, cfg.lungs, cfg.lung_margin, gray.shape)
+    assert cfg.lungs == "crop" and engine.analyse(gray, explain=False)["read_box"] == [left, top, right, bottom]
+    assert (right - left) * (bottom - top) < 0.9 * gray.size
 
 
 def test_crop_soft_dims_between_the_lungs_and_keeps_them():

@@ -70,6 +70,7 @@ def test_predict_with_heatmap(client):
     assert plain["heatmap_png"] is None and plain["probability"] == pytest.approx(d["probability"], abs=1e-6)
     assert plain["regions"] == [] and 1 <= len(d["regions"]) <= 3  # the map's outlines, with a map only
     side = Image.open(io.BytesIO(jpeg_bytes())).size
+    assert d["read_box"] == [0, 0, *side]  # the seed preset reads the whole image
     for region in d["regions"]:
         points = np.array(region["points"])
         assert (points[0] == points[-1]).all() and 0 < region["share"] <= 1  # closed, on the uploaded image

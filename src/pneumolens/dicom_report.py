@@ -2,8 +2,13 @@
 
 ``pneumolens listen --sr`` writes one per image beside the Secondary Capture: a Comprehensive SR
 holding a TID 1500 Measurement Report (highdicom builds and checks the template), in the original's
-study and a series of its own, with the original as evidence. Its one measurement group says:
+study and a series of its own, with the original as evidence. Its first measurement group, a planar
+ROI group (TID 1410) on the part of the original the model read, says:
 
+- region: the part of the film the model read, a closed rectangle on the original (the lung fields'
+  bounding box with the model's margin, or the whole image when no lungs were found: the result's
+  ``read_box``). A viewer draws it, and draws the group's measurements beside it (OHIF does; it
+  stops on a group without coordinates);
 - finding: pneumonia (SNOMED CT 233604007), site: lung;
 - qualitative evaluation "Pneumonia": Present when the probability is at or above the model's
   operating point, Absent below it (the model's call, which a clinician confirms or rejects);
@@ -84,8 +89,13 @@ def structured_report(original: Dataset, result: dict[str, Any], series_uid: str
         evaluations.append(hd.sr.QualitativeEvaluation(check, _flag_code(flag)))
     if GREY_LUNGS_FLAG in flags:
         evaluations.append(hd.sr.QualitativeEvaluation(caution, _flag_code(GREY_LUNGS_FLAG)))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia first read"),
+        referenced_region=hd.sr.ImageRegion(
+            "POLYLINE",
+            _rectangle(result.get("read_box") or [0, 0, int(original.Columns), int(original.Rows)]),
+            source_image=hd.sr.SourceImageForRegion(original.SOPClassUID, original.SOPInstanceUID),
+        ),
         finding_type=pneumonia,
         finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
         algorithm_id=algorithm,
@@ -97,7 +107,6 @@ def structured_report(original: Dataset, result: dict[str, Any], series_uid: str
             )
         ],
         qualitative_evaluations=evaluations,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(original.SOPClassUID, original.SOPInstanceUID)],
     )
     regions = _map_regions(original, result, algorithm) if result.get("explanation") is not None else []
     observer = hd.sr.ObserverContext(
@@ -117,6 +126,12 @@ def structured_report(original: Dataset, result: dict[str, Any], series_uid: str
     with warnings.catch_warnings():  # highdicom and pydicom quote odd names and IDs in warnings: never log them
         warnings.simplefilter("ignore")
         return _document(original, report, series_uid)
+
+
+def _rectangle(box) -> np.ndarray:
+    """[left, top, right, bottom] as a closed polyline of (column, row) points, clockwise from top left."""
+    left, top, right, bottom = (float(v) for v in box)
+    return np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float32)
 
 
 def _map_regions(original: Dataset, result: dict[str, Any], algorithm) -> list:
@@ -216,14 +231,19 @@ def _valid(keyword: str, value: Any) -> bool:
 
 def read_structured_report(ds: Dataset) -> dict[str, Any]:
     """What :func:`structured_report` wrote, read back from the dataset: ``probability``, ``pneumonia``
-    ("Present" or "Absent"), ``flags``, ``algorithm`` (name, version, parameters), the evidence's SOP
+    ("Present" or "Absent"), ``flags``, ``algorithm`` (name, version, parameters), ``read_box`` (the
+    region the model read, [left, top, right, bottom]), the map's ``regions``, the evidence's SOP
     Instance UIDs, and the verification and completion flags."""
     out: dict[str, Any] = {"probability": None, "pneumonia": None, "flags": [], "algorithm": {}, "regions": []}
+    out["read_box"] = None
     for item in _walk(ds.ContentSequence):  # the first read's group; the map regions' come whole:
         if item.ValueType == "CONTAINER" and _is_map_region(item):
             out["regions"].append(_region(item))
         name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
-        if item.ValueType == "NUM" and name == "Probability":
+        if item.ValueType == "SCOORD":  # the first read's region (the map regions' are not walked)
+            points = np.asarray(item.GraphicData, dtype=np.float64).reshape(-1, 2)
+            out["read_box"] = [*points.min(axis=0).tolist(), *points.max(axis=0).tolist()]
+        elif item.ValueType == "NUM" and name == "Probability":
             out["probability"] = float(item.MeasuredValueSequence[0].NumericValue)
         elif item.ValueType == "CODE" and name == "Pneumonia":
             out["pneumonia"] = item.ConceptCodeSequence[0].CodeMeaning

@@ -40,6 +40,14 @@ def crop_box(mask_lowres: np.ndarray, margin: float, shape: tuple[int, int]) -> 
     return top, max(top + 1, bottom), left, max(left + 1, right)
 
 
+def read_box(mask_lowres: np.ndarray, lungs: str, margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The part of an image of ``shape`` that the model reads (top, bottom, left, right): the crop box
+    for the ``crop`` modes when lungs were found, else the whole image (the other modes dim what lies
+    outside the lungs but still show it)."""
+    box = crop_box(mask_lowres, margin, shape) if lungs in ("crop", "crop_soft") and mask_lowres.any() else None
+    return box or (0, shape[0], 0, shape[1])
+
+
 def weight_map(mask_lowres: np.ndarray, mode: str, margin: float, soft_floor: float, size: int) -> np.ndarray:
     """Per-pixel multiplier (size, size) in [0, 1] for the ``mask``, ``soft`` and ``crop_soft`` modes
     (for ``crop_soft``, over the crop box)."""

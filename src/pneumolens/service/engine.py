@@ -19,6 +19,7 @@ from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
+from pneumolens.lungs.preprocess import read_box
 from pneumolens.lungs.segment import LungSegmenter
 from pneumolens.service.settings import Settings
 
@@ -140,6 +141,7 @@ class Engine:
             "measures": measures,
             "model": self.info,
             "image_size": [int(gray.shape[1]), int(gray.shape[0])],
+            "read_box": _read_box(low, self.loaded.preprocess, gray.shape),
             "seconds": time.perf_counter() - t0,
         }
 
@@ -147,6 +149,12 @@ class Engine:
     def audit_model(self) -> dict[str, Any]:
         """What the audit trail records of the model."""
         return {**self.info, "preprocessing": self.loaded.meta.get("preprocessing")}
+
+
+def _read_box(low: np.ndarray, cfg, shape: tuple[int, int]) -> list[int]:
+    """[left, top, right, bottom] of what the model read, in image pixels (``lungs.preprocess.read_box``)."""
+    top, bottom, left, right = read_box(low, cfg.lungs, cfg.lung_margin, shape)
+    return [left, top, right, bottom]
 
 
 PREVIEW_SIDE = 1024  # the longest side of image_png: enough to see the film and the outlines, a few hundred kB

@@ -53,6 +53,11 @@ class Prediction(BaseModel):
         description="[width, height] of the input in pixels: the coordinate system of regions (a DICOM file's "
         "Columns and Rows)"
     )
+    read_box: list[int] | None = Field(
+        None,
+        description="[left, top, right, bottom] in image pixels of the part of the image the model read: the lung "
+        "fields' bounding box with the model's margin (it crops to them), or the whole image when no lungs were found",
+    )
     image_png: str | None = Field(
         None,
         description="with ?image=true: base64 PNG of the image as pneumolens read it (grayscale, windowed, "
