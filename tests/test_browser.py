@@ -76,7 +76,8 @@ def test_upload_shows_probability_and_heatmap(server):
         page = browser.new_page()
         page.goto(server + "/")
         assert "does not replace" in page.inner_text(".notice")
-        page.set_input_files("#file", str(xray))
+        with page.expect_response(lambda r: "/api/v1/predict" in r.url, timeout=60_000) as answer:
+            page.set_input_files("#file", str(xray))
         page.wait_for_selector("#result:not([hidden])", timeout=60_000)
         probability = float(page.inner_text("#probability"))
         assert 0.0 <= probability <= 1.0
@@ -92,6 +93,9 @@ def test_upload_shows_probability_and_heatmap(server):
         assert 1 <= n <= 3 and f"({n} region" in page.inner_text("#outline-count")
         first = [tuple(map(float, p.split(","))) for p in page.get_attribute("#outlines polyline", "points").split()]
         assert first[0] == first[-1] and all(0 <= x <= width and 0 <= y <= height for x, y in first)
+        left, top, right, bottom = answer.value.json()["read_box"]  # the part the model read, dashed
+        rect = [float(page.get_attribute("#outlines rect", k)) for k in ("x", "y", "width", "height")]
+        assert rect == [left, top, right - left, bottom - top] and 0 < rect[2] <= width and 0 < rect[3] <= height
         page.uncheck("#show-outlines")
         assert not page.is_visible("#outlines")
         # the reader's own read, recorded beside the prediction; the Recent results page pairs them
