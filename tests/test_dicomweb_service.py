@@ -4,6 +4,7 @@ understands; dicomweb-client, a real client, stores through it."""
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from conftest import PATIENT_ID, assert_refused, free_port, make_dicom, real_images
 from pneumolens.data.images import read_image
-from pneumolens.dicomweb_service import DicomwebService, create_app, instances
+from pneumolens.dicomweb_service import DicomwebService, RelatedParts, create_app, instances
 
 BOUNDARY = "pneumolens-test-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -58,12 +59,34 @@ def _reasons(answer: dict) -> list[int]:
     return [item["00081197"]["Value"][0] for item in answer.get("00081198", {}).get("Value", [])]
 
 
-def test_the_parts_come_out_byte_for_byte():
-    """The email parser that splits the request leaves binary parts as sent (CR, LF, NUL, high bytes)."""
+def test_the_parts_come_out_byte_for_byte(monkeypatch):
+    """The parser that splits the request as it comes leaves binary parts as sent (CR, LF, NUL, high
+    bytes, the boundary's start), whatever the chunks it arrives in; it skips a preamble, undoes a
+    base64 transfer encoding, and keeps a part larger than its memory budget in a file on disk."""
+    monkeypatch.setattr("pneumolens.dicomweb_service.SPOOL_BYTES", 2000)
     rng = np.random.default_rng(3)
     for _ in range(50):
-        parts = [rng.bytes(int(rng.integers(0, 4000))) + b"\r\n\n\r\x00\r" + rng.bytes(50) for _ in range(3)]
+        parts = [rng.bytes(int(rng.integers(0, 4000))) + f"\r\n\n\r\x00\r--{BOUNDARY[:8]}".encode() for _ in range(3)]
         assert instances(CONTENT_TYPE, _multipart(*parts)) == parts
+        body = b"a preamble, which readers ignore\r\n" + _multipart(*parts)
+        with RelatedParts(CONTENT_TYPE) as spooled:
+            cuts = np.sort(rng.integers(0, len(body), 6))
+            for chunk in np.split(np.frombuffer(body, np.uint8), cuts):
+                spooled.feed(chunk.tobytes())
+            spooled.finish()
+            assert [spooled.read(i) for i in range(len(spooled))] == parts
+            assert [f._rolled for f in spooled.parts] == [len(part) > 2000 for part in parts]  # on disk
+    encoded = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    assert instances(CONTENT_TYPE, encoded.encode() + base64.b64encode(parts[0]) + f"\r\n--{BOUNDARY}--".encode()) == [
+        parts[0]
+    ]
+    for malformed, why in [
+        (_multipart(*parts)[:-20], "ends before its closing boundary"),
+        (f"--{BOUNDARY}--\r\n".encode(), "no instance"),
+        (encoded.replace("base64", "x-gzip").encode() + f"x\r\n--{BOUNDARY}--".encode(), "x-gzip"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            instances(CONTENT_TYPE, malformed)
 
 
 def test_instances_taken_over_dicomweb_go_the_way_of_a_c_store(node, films):

@@ -10,19 +10,23 @@ sent on with A700H (out of resources: the sender may try again), one whose study
 request's target study with A901H (as Microsoft's DICOM server answers). A request that is not
 ``multipart/related; type="application/dicom"`` is answered 415, a malformed one 400, a missing
 or wrong bearer token (with ``--dicomweb-token-file``) 401, one larger than the limit 413; none
-with 500. The node's TLS (``--tls-cert``, ``--tls-key``, ``--tls-ca``) guards this port too.
+with 500. A request is split as it arrives, each instance spooled to a temporary file of its own
+(on disk beyond ``SPOOL_BYTES``), and its instances are scored one at a time once all of it has
+come and parsed: never held whole in memory. The node's TLS (``--tls-cert``, ``--tls-key``,
+``--tls-ca``) guards this port too.
 The answer names instances by UID only; the log names none. With ``--qr`` the same port also
 serves the node's results to QIDO-RS and WADO-RS (``pneumolens.dicomweb_results``).
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import base64
 import hmac
 import io
 import logging
+import quopri
 import ssl
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,19 +46,112 @@ CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_MISMATCH = 0xC000, 0xA700, 0xA901
 MAX_REQUEST_MB = 512
 
 
+SPOOL_BYTES = 8 * 1024 * 1024  # a part larger than this waits in a temporary file, not in memory
+PREAMBLE_BYTES = 64 * 1024  # text a body may carry before its first boundary (RFC 2046)
+ENCODINGS = {"binary", "8bit", "7bit", "base64", "quoted-printable"}
+
+
+class RelatedParts:
+    """A ``multipart/related; type="application/dicom"`` body read as it arrives (``feed``, then
+    ``finish``), each part into a temporary file of its own, in memory up to ``SPOOL_BYTES``: a
+    request is never held whole. ``TypeError`` for another media type (a 415), ``ValueError`` for a
+    malformed body (a 400). ``read(i)`` gives part ``i``, its transfer encoding undone."""
+
+    def __init__(self, content_type: str) -> None:
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        media, params = parse_options_header(content_type)
+        if media != b"multipart/related" or params.get(b"type", b"").lower() != b"application/dicom":
+            raise TypeError('expected multipart/related; type="application/dicom"')
+        boundary = params.get(b"boundary", b"")
+        if not boundary:
+            raise ValueError("a multipart body without a boundary")
+        self.parts: list[Any] = []
+        self.encodings: list[str] = []
+        self._name, self._value = bytearray(), bytearray()
+        self._start: bytearray | None = bytearray()  # what came before the first boundary, until it comes
+        self._opening = b"--" + boundary
+        self._ended = False
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_part_data": lambda data, start, end: self.parts[-1].write(data[start:end]),
+                "on_header_field": lambda data, start, end: self._name.extend(data[start:end]),
+                "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+                "on_header_end": self._header,
+                "on_end": self._end,
+            },
+        )
+
+    def _begin(self) -> None:
+        self.parts.append(tempfile.SpooledTemporaryFile(SPOOL_BYTES))
+        self.encodings.append("binary")
+
+    def _header(self) -> None:
+        if self._name.strip().lower() == b"content-transfer-encoding":
+            encoding = self._value.strip().lower().decode("latin-1")
+            if encoding not in ENCODINGS:
+                raise ValueError(f"a part in the unknown Content-Transfer-Encoding {encoding!r}")
+            self.encodings[-1] = encoding
+        self._name.clear()
+        self._value.clear()
+
+    def _end(self) -> None:
+        self._ended = True
+
+    def feed(self, chunk: bytes) -> None:
+        from python_multipart.exceptions import MultipartParseError
+
+        if self._start is not None:  # a preamble is skipped up to the line that opens the first part
+            self._start += chunk
+            at = 0 if self._start.startswith(self._opening) else self._start.find(b"\r\n" + self._opening)
+            if at < 0:
+                if len(self._start) > PREAMBLE_BYTES:
+                    raise ValueError("a malformed multipart body: no boundary opens it")
+                return
+            chunk, self._start = bytes(self._start[at:]), None  # the parser takes a leading line break
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as e:
+            raise ValueError(f"a malformed multipart body ({e})") from None
+
+    def finish(self) -> None:
+        """``ValueError`` when the body ended before its closing boundary, or held no part."""
+        if self._start is not None or not self._ended:
+            raise ValueError("a malformed multipart body: it ends before its closing boundary")
+        if not self.parts:
+            raise ValueError("no instance in the request")
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def read(self, i: int) -> bytes:
+        self.parts[i].seek(0)
+        data = self.parts[i].read()
+        if self.encodings[i] == "base64":
+            return base64.b64decode(data)
+        if self.encodings[i] == "quoted-printable":
+            return quopri.decodestring(data)
+        return data
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+    def __enter__(self) -> RelatedParts:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def instances(content_type: str, body: bytes) -> list[bytes]:
-    """The parts of a STOW-RS request body; ``ValueError`` when it is not multipart/related of
-    application/dicom (``TypeError``: not that media type at all, for a 415)."""
-    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if message.get_content_type() != "multipart/related" or message.get_param("type") != "application/dicom":
-        raise TypeError('expected multipart/related; type="application/dicom"')
-    if not message.is_multipart() or message.defects:
-        raise ValueError("a malformed multipart body")
-    parts = [part.get_payload(decode=True) or b"" for part in message.iter_parts()]
-    if not parts:
-        raise ValueError("no instance in the request")
-    return parts
+    """The parts of a whole STOW-RS request body (or a WADO-RS answer): :class:`RelatedParts` at once."""
+    with RelatedParts(content_type) as parts:
+        parts.feed(body)
+        parts.finish()
+        return [parts.read(i) for i in range(len(parts))]
 
 
 def _item(ds: Dataset | None, reason: int | None = None) -> dict[str, Any]:
@@ -124,18 +221,24 @@ def create_app(
         too_big = refused(413, f"the request is larger than {max_mb:g} MB")
         if size is not None and size.isdigit() and int(size) > limit:
             return too_big
-        body = bytearray()
-        async for chunk in request.stream():  # a chunked request says no length: count as it comes
-            body += chunk
-            if len(body) > limit:
-                return too_big
         try:
-            parts = instances(request.headers.get("content-type", ""), bytes(body))
+            parts = RelatedParts(request.headers.get("content-type", ""))
         except TypeError as e:
             return refused(415, str(e))
         except ValueError as e:
             return refused(400, str(e))
-        outcomes = [await run_in_threadpool(_one, node, part, study) for part in parts]
+        with parts:  # each part spooled as it comes; all of them read before any is stored
+            received = 0
+            try:
+                async for chunk in request.stream():  # a chunked request says no length: count as it comes
+                    received += len(chunk)
+                    if received > limit:
+                        return too_big
+                    parts.feed(chunk)
+                parts.finish()
+            except ValueError as e:
+                return refused(400, str(e))
+            outcomes = [await run_in_threadpool(_one, node, parts.read(i), study) for i in range(len(parts))]
         status, answer = store_answer(outcomes)
         read = sum(reason is None for _, reason in outcomes)
         log.info("dicomweb: %d instance(s) read, %d refused (HTTP %d)", read, len(outcomes) - read, status)
