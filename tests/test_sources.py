@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import CHEST, real_images
@@ -44,6 +46,26 @@ def test_csv_manifest(tmp_path):
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     samples = find_split(tmp_path / "m.csv", "test")
     assert [s.label for s in samples] == [0, 0, 1, 1]
+
+
+def test_class_folders_in_any_case(tmp_path):
+    """A set from elsewhere with lower-case class folders is read, labelled as the Kaggle one, both
+    by the listing and from a run's split.json paths; two spellings of one class are refused."""
+    from pneumolens.cli import main
+
+    for name, folder in (("NORMAL", "normal"), ("PNEUMONIA", "Pneumonia")):
+        (tmp_path / "test" / folder).mkdir(parents=True)
+        for f in real_images("test", name, 2):
+            (tmp_path / "test" / folder / f.name).symlink_to(f)
+    samples = find_split(tmp_path / "test", "test")
+    assert [s.label for s in samples] == [0, 0, 1, 1] and find_split(tmp_path, "test") == samples
+    assert kaggle_samples([s.path for s in samples]) == samples
+    assert main(["evaluate", "--data", str(tmp_path), "--json", str(tmp_path / "m.json")]) == 0
+    confusion = json.loads((tmp_path / "m.json").read_text())["confusion_matrix"]
+    assert [sum(row) for row in confusion] == [2, 2]  # two normal films, two pneumonia films
+    (tmp_path / "test" / "NORMAL").mkdir()
+    with pytest.raises(DataLayoutError, match="both NORMAL/ and normal/ hold NORMAL films"):
+        find_split(tmp_path, "test")
 
 
 @pytest.mark.parametrize(

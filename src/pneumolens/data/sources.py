@@ -87,8 +87,21 @@ def with_dicom_patients(samples: list[Sample]) -> list[Sample]:
 
 def kaggle_samples(paths: list[str]) -> list[Sample]:
     """Samples for paths in Kaggle class folders (a run's ``split.json`` lists them): the label from
-    the folder (``PNEUMONIA`` or not), the patient from the file name."""
-    return [Sample(p, int(Path(p).parent.name == CLASS_NAMES[1]), patient_id(p)) for p in paths]
+    the folder (``PNEUMONIA`` in any case, or not), the patient from the file name."""
+    return [Sample(p, int(Path(p).parent.name.upper() == CLASS_NAMES[1]), patient_id(p)) for p in paths]
+
+
+def class_folders(root: Path) -> dict[str, Path]:
+    """The class folders directly under ``root``, by class name, matched in any case (``normal/``,
+    ``Pneumonia/``); ``DataLayoutError`` when two folders spell one class."""
+    found: dict[str, Path] = {}
+    for child in sorted(root.iterdir()) if root.is_dir() else []:
+        name = child.name.upper()
+        if name in CLASS_NAMES and child.is_dir():
+            if name in found:
+                raise DataLayoutError(f"{root}: both {found[name].name}/ and {child.name}/ hold {name} films")
+            found[name] = child
+    return found
 
 
 def _label_index(label: str, where: str) -> int:
@@ -114,19 +127,20 @@ def image_files(folder: str | os.PathLike[str], exclude: Path | None = None) -> 
 def _list_class_folder(folder: Path, label: int) -> list[Sample]:
     files = image_files(folder)
     if not files:
-        raise DataLayoutError(f"{folder}: class folder has no .jpeg/.jpg/.png files")
+        raise DataLayoutError(f"{folder}: class folder has no {'/'.join(sorted(IMAGE_SUFFIXES))} files")
     return [Sample(str(p), label, patient_id(p)) for p in files]
 
 
 def list_folder(root: str | os.PathLike[str]) -> list[Sample]:
-    """Samples of a folder holding NORMAL/ and PNEUMONIA/ subfolders."""
+    """Samples of a folder holding NORMAL/ and PNEUMONIA/ subfolders (in any case)."""
     root = Path(root)
-    missing = [name for name in CLASS_NAMES if not (root / name).is_dir()]
+    folders = class_folders(root)
+    missing = [name for name in CLASS_NAMES if name not in folders]
     if missing:
         raise DataLayoutError(f"{root}: class folder(s) {', '.join(missing)} missing ({LAYOUT_HELP})")
     samples: list[Sample] = []
     for label, name in enumerate(CLASS_NAMES):
-        samples += _list_class_folder(root / name, label)
+        samples += _list_class_folder(folders[name], label)
     return samples
 
 
@@ -186,7 +200,7 @@ def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:
             # carve validation by patient instead.
             samples += list_folder(data / "val")
         return with_dicom_patients(samples)
-    if any((data / name).is_dir() for name in CLASS_NAMES):
+    if class_folders(data):
         return with_dicom_patients(list_folder(data))
     raise DataLayoutError(f"{data}: no {split}/ folder and no class folders ({LAYOUT_HELP})")
 
