@@ -7,7 +7,7 @@ plausibility flags say so.
 Each validation film of the model (its ``split.json``, or for a bare model file the patient split its
 recorded training config draws from ``--data``) is read once, degraded in one way at a time (JPEG
 re-compression, lower resolution, noise, blur, exposure and contrast, rotation, mirroring,
-inversion, a tighter or a looser frame) and scored through the public API (``pneumolens.load``:
+inversion, a tighter or a looser frame, saved as a 16-bit PNG) and scored through the public API (``pneumolens.load``:
 lung segmentation, preprocessing, the model, its threshold and flags), as a site would send it.
 Per degradation: ROC-AUC, sensitivity and specificity at the model's own threshold, the share of
 films whose call changed against the clean film, the median change of the probability, the share
@@ -127,6 +127,18 @@ def crop(share: float) -> Degrade:
     return f
 
 
+def png16(bits: int) -> Degrade:
+    """Saved as a 16-bit grayscale PNG holding ``bits`` bits (white at 2**bits - 1, as a detector's
+    export), then read back through the file reader."""
+
+    def f(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(np.round(np.clip(x, 0, 1) * (2**bits - 1)).astype(np.uint16)).save(buf, format="PNG")
+        return read_image("film.png", data=buf.getvalue())
+
+    return f
+
+
 def pad(share: float) -> Degrade:
     """A black border of ``share`` of each side: the body smaller in a looser frame."""
 
@@ -160,6 +172,8 @@ DEGRADATIONS: dict[str, Degrade] = {
     "inverted (MONOCHROME1 misread)": invert,
     "cropped 10% a side": crop(0.10),
     "black border 15% a side": pad(0.15),
+    "saved as a 16-bit PNG of 12 bits": png16(12),
+    "saved as a 16-bit PNG of 16 bits": png16(16),
 }
 
 

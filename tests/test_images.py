@@ -81,6 +81,26 @@ def test_valid_modes_all_decode(tmp_path):
         assert x[0, 0] < 0.1 and x[-1, -1] > 0.85, name
 
 
+def test_a_16_bit_png_reads_at_the_bit_depth_its_pixels_use(tmp_path):
+    """A real film saved as a 16-bit PNG of 10, 12 or 16 bits (white at 2**bits - 1, as detector
+    exports are) reads as its 8-bit file does, and the shipped model gives its call; read as 16 bits,
+    a 12-bit normal film came out almost black and was called pneumonia."""
+    import pneumolens
+    from pneumolens.data.images import white_of
+
+    film = sorted(real_images("test", "NORMAL", 3))[1]
+    gray = read_image(film)
+    model = pneumolens.load()
+    plain = model.predict(gray).probability
+    for bits in (10, 12, 16):
+        path = _save(tmp_path, f"b{bits}.png", Image.fromarray(np.round(gray * (2**bits - 1)).astype(np.uint16)))
+        x = read_image(path)
+        np.testing.assert_allclose(x, gray, atol=0.5 / (2**bits - 1))
+        assert model.predict(str(path)).probability == pytest.approx(plain, abs=0.01)
+    assert plain < model.loaded.threshold  # a normal film called normal, at every depth
+    assert [white_of(np.array([v])) for v in (0, 255, 256, 4095, 4096, 65535)] == [255, 255, 511, 4095, 8191, 65535]
+
+
 @pytest.mark.parametrize(
     "name, content, reason",
     [
