@@ -102,6 +102,27 @@ def test_a_16_bit_png_reads_at_the_bit_depth_its_pixels_use(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "orientation, stored",
+    [
+        (6, Image.Transpose.ROTATE_90),
+        (3, Image.Transpose.ROTATE_180),
+        (8, Image.Transpose.ROTATE_270),
+        (2, Image.Transpose.FLIP_LEFT_RIGHT),
+    ],
+)
+def test_an_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation, stored):
+    """A file whose pixels are stored turned, with the EXIF tag saying how to show them (a phone's or
+    camera's export), reads upright, as every viewer and browser shows it: not sideways."""
+    film = sorted((FULLRES / "NORMAL").iterdir())[1]  # not square: a turn shows in the shape
+    upright = Image.open(film).convert("L")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = _save(tmp_path, "turned.png", upright.transpose(stored), exif=exif)
+    assert Image.open(path).size != upright.size or orientation in (2, 3)
+    np.testing.assert_array_equal(read_image(path), np.asarray(upright, dtype=np.float32) / 255)
+
+
+@pytest.mark.parametrize(
     "name, content, reason",
     [
         ("empty.jpeg", b"", "empty file (0 bytes)"),

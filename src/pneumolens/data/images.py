@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pneumolens.config import PreprocessConfig
 from pneumolens.data.dicom import dicom_to_gray, is_dicom
@@ -22,6 +22,7 @@ IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom"})
 # Real X-rays are at most a few thousand pixels a side; a header claiming more is refused
 # before any pixel is decoded (decompression-bomb guard).
 MAX_PIXELS = 8_000 * 8_000
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how stored pixels are turned for display
 MIN_SIDE = 8
 
 _RESAMPLE = {
@@ -100,6 +101,8 @@ def read_image(path: str | os.PathLike[str], data: bytes | None = None) -> np.nd
         with img:
             _check_size(path, *img.size)
             img.load()
+            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a photo's or phone's export: upright, as viewers show it
+                return _to_gray_float(ImageOps.exif_transpose(img), path)
             return _to_gray_float(img, path)
     except ImageReadError:
         raise
