@@ -33,7 +33,7 @@ from pneumolens.data.sources import Sample
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 2: rows are matched by position, not by path; 3: 16-bit PNGs read at their bit depth
+CACHE_VERSION = 4  # 2: rows matched by position, not by path; 3: 16-bit PNGs at their bit depth; 4: EXIF orientation
 CACHE_DIR_ENV = "PNEUMOLENS_CACHE_DIR"
 
 
