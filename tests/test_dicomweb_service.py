@@ -112,6 +112,11 @@ def test_each_instance_is_answered_for_and_none_with_500(node, films):
     assert _reasons(r.json()) == [0xC000, 0xC000] and node.refused == 2
     assert _uids(r.json(), "00081198") == ["", pydicom.dcmread(io.BytesIO(empty)).SOPInstanceUID]
 
+    encoded = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    bad = (encoded + "QUJD=\r\n").encode() + _multipart(film)  # a part whose base64 breaks, then a film
+    r = client.post("/dicomweb/studies", content=bad, headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 202 and _reasons(r.json()) == [0xC000] and node.refused == 3  # that part, not a 500
+
     other = client.post("/dicomweb/studies/1.2.3.4", content=_multipart(film), headers={"Content-Type": CONTENT_TYPE})
     assert other.status_code == 409 and _reasons(other.json()) == [0xA901]  # not of the target study
     for headers, body, status in [

@@ -234,8 +234,8 @@ def read_structured_report(ds: Dataset) -> dict[str, Any]:
     ("Present" or "Absent"), ``flags``, ``algorithm`` (name, version, parameters), ``read_box`` (the
     region the model read, [left, top, right, bottom]), the map's ``regions``, the evidence's SOP
     Instance UIDs, and the verification and completion flags."""
-    out: dict[str, Any] = {"probability": None, "pneumonia": None, "flags": [], "algorithm": {}, "regions": []}
-    out["read_box"] = None
+    out: dict[str, Any] = {"probability": None, "pneumonia": None, "flags": [], "algorithm": {}}
+    out |= {"read_box": None, "regions": []}
     for item in _walk(ds.ContentSequence):  # the first read's group; the map regions' come whole:
         if item.ValueType == "CONTAINER" and _is_map_region(item):
             out["regions"].append(_region(item))

@@ -21,6 +21,7 @@ serves the node's results to QIDO-RS and WADO-RS (``pneumolens.dicomweb_results`
 from __future__ import annotations
 
 import base64
+import binascii
 import hmac
 import io
 import logging
@@ -44,8 +45,6 @@ log = logging.getLogger("pneumolens.dicomweb_service")
 MEDIA_TYPE = "application/dicom+json"
 CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_MISMATCH = 0xC000, 0xA700, 0xA901
 MAX_REQUEST_MB = 512
-
-
 SPOOL_BYTES = 8 * 1024 * 1024  # a part larger than this waits in a temporary file, not in memory
 PREAMBLE_BYTES = 64 * 1024  # text a body may carry before its first boundary (RFC 2046)
 ENCODINGS = {"binary", "8bit", "7bit", "base64", "quoted-printable"}
@@ -127,10 +126,14 @@ class RelatedParts:
         return len(self.parts)
 
     def read(self, i: int) -> bytes:
+        """Part ``i``; ``ValueError`` when its base64 does not decode."""
         self.parts[i].seek(0)
         data = self.parts[i].read()
         if self.encodings[i] == "base64":
-            return base64.b64decode(data)
+            try:
+                return base64.b64decode(data)
+            except binascii.Error:
+                raise ValueError(f"part {i + 1}: its base64 does not decode") from None
         if self.encodings[i] == "quoted-printable":
             return quopri.decodestring(data)
         return data
@@ -238,7 +241,7 @@ def create_app(
                 parts.finish()
             except ValueError as e:
                 return refused(400, str(e))
-            outcomes = [await run_in_threadpool(_one, node, parts.read(i), study) for i in range(len(parts))]
+            outcomes = [await run_in_threadpool(_one, node, parts, i, study) for i in range(len(parts))]
         status, answer = store_answer(outcomes)
         read = sum(reason is None for _, reason in outcomes)
         log.info("dicomweb: %d instance(s) read, %d refused (HTTP %d)", read, len(outcomes) - read, status)
@@ -268,13 +271,15 @@ def _read(data: bytes) -> tuple[Dataset, bytes]:
     return ds, whole.getvalue()
 
 
-def _one(node, data: bytes, study: str | None) -> tuple[Dataset | None, int | None]:
-    """One instance through the node: (its dataset if readable, its failure reason or None). Never
-    raises: whatever goes wrong with one instance is that instance's failure, not a 500."""
+def _one(node, parts: RelatedParts, i: int, study: str | None) -> tuple[Dataset | None, int | None]:
+    """Instance ``i`` of ``parts`` through the node: (its dataset if readable, its failure reason or
+    None). Never raises: whatever goes wrong with one instance is that instance's failure, not a 500."""
     from pneumolens.dicom_node import SUCCESS
 
     t0 = time.perf_counter()
+    data = b""
     try:
+        data = parts.read(i)
         ds, data = _read(data)
         its_study = str(ds.get("StudyInstanceUID", "") or "")
     except Exception as e:  # noqa: BLE001 - not a DICOM file: pydicom's many ways of saying so
