@@ -5,6 +5,7 @@ against pynetdicom clients."""
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from conftest import PATIENT_ID, PATIENT_NAME, assert_refused, free_port, make_dicom, real_images
+from conftest import PATIENT_ID, PATIENT_NAME, assert_refused, free_port, make_certificates, make_dicom, real_images
 from pneumolens.data.images import read_image
 from pneumolens.dicom_qr import FIND, GET, MOVE, PATIENT_FIND, PATIENT_GET, matches
 
@@ -42,11 +43,18 @@ def test_matching_follows_the_standard_s_rules():
 
 @pytest.fixture
 def node_with_results(trained_run, tmp_path):
+    with _serving_results(trained_run, tmp_path) as served:
+        yield served
+
+
+@contextmanager
+def _serving_results(trained_run, tmp_path, pki: dict[str, str] | None = None):
     """A running node with --qr and --sr --gsps, holding the results of one real film; yields
-    (port, the original film's dataset, the node); a second storage SCP is the move destination."""
+    (port, the original film's dataset, what the move destination received, the node's query/retrieve
+    service); a second storage SCP is the move destination, over mutual TLS with ``pki``."""
     from pynetdicom import AE, evt
 
-    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.dicom_node import SUCCESS, Node, tls_context
     from pneumolens.dicom_qr import QueryRetrieve, ResultStore
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
@@ -61,11 +69,13 @@ def node_with_results(trained_run, tmp_path):
         return SUCCESS
 
     archive_port = free_port()
+    demands = tls_context(pki["server"], pki["server_key"], pki["ca"]) if pki else None  # the client's certificate
     archive_server = archive.start_server(
-        ("127.0.0.1", archive_port), block=False, evt_handlers=[(evt.EVT_C_STORE, stored)]
+        ("127.0.0.1", archive_port), block=False, evt_handlers=[(evt.EVT_C_STORE, stored)], ssl_context=demands
     )
     out = tmp_path / "out"
-    qr = QueryRetrieve(ResultStore(out), "PNEUMOLENS", {"ARCHIVE": ("127.0.0.1", archive_port)})
+    tls = tls_context(pki["client"], pki["client_key"], pki["ca"], False) if pki else None
+    qr = QueryRetrieve(ResultStore(out), "PNEUMOLENS", {"ARCHIVE": ("127.0.0.1", archive_port)}, tls)
     node = Node(Engine(Settings(model=str(trained_run))), None, out, sr=True, gsps=True, qr=qr)
     pixels = np.round(read_image(real_images("test", "PNEUMONIA", 1)[0]) * 255).astype(np.uint8)
     sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
@@ -75,10 +85,12 @@ def node_with_results(trained_run, tmp_path):
     runner.start()
     assert ready.wait(30)
     assert node.handle_store(SimpleNamespace(dataset=sent, file_meta=sent.file_meta)) == SUCCESS
-    yield SimpleNamespace(port=port, sent=sent, received=received)
-    stop.set()
-    runner.join(15)
-    archive_server.shutdown()
+    try:
+        yield SimpleNamespace(port=port, sent=sent, received=received, qr=qr)
+    finally:
+        stop.set()
+        runner.join(15)
+        archive_server.shutdown()
 
 
 def _find(port: int, identifier: Dataset, model: str = FIND) -> list[tuple[int, Dataset | None]]:
@@ -181,6 +193,26 @@ def test_a_viewer_gets_and_moves_the_results(node_with_results):
     assert unknown[-1] == 0xA801  # not on --qr-dest
 
 
+def test_c_move_reaches_its_destination_over_mutual_tls(trained_run, tmp_path):
+    """With a TLS context (``--qr-dest-tls``) C-MOVE's sub-association presents the node's certificate
+    to a destination that demands one, and the results arrive; over plain TCP that destination takes
+    nothing and the move fails."""
+    from pynetdicom import AE
+
+    pki = make_certificates(tmp_path)
+    with _serving_results(trained_run, tmp_path, pki) as served:
+        series = query("SERIES", StudyInstanceUID=served.sent.StudyInstanceUID, Modality="SR")
+        mover = AE(ae_title="VIEWER")
+        mover.add_requested_context(MOVE)
+        assoc = mover.associate("127.0.0.1", served.port, ae_title="PNEUMOLENS")
+        moved = [int(s.Status) for s, _ in assoc.send_c_move(series, "ARCHIVE", MOVE)]
+        served.qr.tls = None  # the same move over plain TCP
+        plain = [int(s.Status) for s, _ in assoc.send_c_move(series, "ARCHIVE", MOVE)]
+        assoc.release()
+    assert moved[-1] == 0x0000 and [str(d.Modality) for d in served.received] == ["SR"]
+    assert plain[-1] != 0x0000 and len(served.received) == 1
+
+
 def test_listen_checks_the_qr_flags_before_loading_a_model(tmp_path, capsys):
     base = ["listen", "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")]
     assert_refused(
@@ -190,6 +222,8 @@ def test_listen_checks_the_qr_flags_before_loading_a_model(tmp_path, capsys):
             (["--qr-dest", "ARCHIVE@h:104"], "--qr-dest is a C-MOVE destination of --qr"),
             (["--qr", "--qr-dest", "ARCHIVE-h-104"], "expected AE_TITLE@host:port"),
             (["--qr", "--qr-dest", "@h:104"], "1 to 16 characters"),
+            (["--qr", "--qr-dest-tls"], "--qr-dest-tls needs --qr-dest"),
+            (["--qr", "--qr-dest", "A@h:104", "--qr-dest-tls"], "needs --tls-cert, --tls-key and --tls-ca"),
         ],
     )
 

@@ -1,6 +1,6 @@
 """The node's own query/retrieve service (``listen --qr``): a viewer or PACS asks the node which
 results it holds (Study Root C-FIND) and has them sent (C-GET over its own association, or C-MOVE
-to a destination the node knows, ``--qr-dest AE@host:port``).
+to a destination the node knows, ``--qr-dest AE@host:port``, over TLS with ``--qr-dest-tls``).
 
 What is served is the node's ``--out`` folder: the pictures, reports, presentation states and
 segmentations it wrote, read by their headers (the pixels only when one is sent); with ``--keep``,
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -210,11 +211,12 @@ def _counts(headers: list[Dataset]) -> dict[str, dict[str, object]]:
 @dataclass
 class QueryRetrieve:
     """The C-FIND, C-GET and C-MOVE handlers over ``store``; ``destinations``: AE title -> (host,
-    port) for C-MOVE."""
+    port) for C-MOVE, reached over TLS with ``tls`` (a client context), else plain TCP."""
 
     store: ResultStore
     ae_title: str
     destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tls: ssl.SSLContext | None = None
 
     def on_find(self, event) -> Iterator[tuple[int, Dataset | None]]:
         query = event.identifier
@@ -240,7 +242,8 @@ class QueryRetrieve:
             log.warning("listen: C-MOVE to an AE title not on --qr-dest refused")
             yield None, None  # pynetdicom answers: move destination unknown
             return
-        yield where  # (host, port) of the new association (plain TCP)
+        host, port = where  # the new association's: over TLS when the node was given it for C-MOVE
+        yield (host, port, {"tls_args": (self.tls, host)}) if self.tls is not None else (host, port)
         yield from self._retrieve(event, "MOVE")
 
     def _retrieve(self, event, how: str) -> Iterator[object]:

@@ -106,6 +106,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="AE@HOST:PORT",
         help="a C-MOVE destination the node may send results to (repeatable; needs --qr)",
     )
+    ln.add_argument(
+        "--qr-dest-tls",
+        action="store_true",
+        help="send C-MOVE's results to the --qr-dest destinations over TLS, presenting --tls-cert/--tls-key and "
+        "checking each destination's certificate with --tls-ca",
+    )
     ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     _db_arg(ln)
     ln.add_argument(
@@ -659,13 +665,18 @@ def _pull_dicomweb(args: argparse.Namespace, dates: str) -> int:
 
 def _query_retrieve(args: argparse.Namespace):
     """``listen --qr``: the node's results served to C-FIND, C-GET and C-MOVE (``--qr-dest``)."""
-    from pneumolens.dicom_node import Destination
+    from pneumolens.dicom_node import Destination, tls_context
     from pneumolens.dicom_qr import QueryRetrieve, ResultStore
 
     if not args.qr:
         if args.qr_dest:
             raise ValueError("--qr-dest is a C-MOVE destination of --qr, which was not given")
         return None
+    if args.qr_dest_tls and not args.qr_dest:
+        raise ValueError("--qr-dest-tls needs --qr-dest AE@host:port")
+    if args.qr_dest_tls and not (args.tls_cert and args.tls_key and args.tls_ca):
+        raise ValueError("--qr-dest-tls needs --tls-cert, --tls-key and --tls-ca: the node's certificate and its CA")
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca, False) if args.qr_dest_tls else None
     destinations = {}
     for text in args.qr_dest or ():
         dest = Destination.parse(text, "--qr-dest")
@@ -673,4 +684,4 @@ def _query_retrieve(args: argparse.Namespace):
             raise ValueError(f"--qr-dest {text!r}: an AE title has 1 to 16 characters")
         destinations[dest.ae_title.strip()] = (dest.host, dest.port)
     store = ResultStore(Path(args.out), Path(args.keep) if args.keep else None)  # --keep: the films too
-    return QueryRetrieve(store, args.ae_title, destinations)
+    return QueryRetrieve(store, args.ae_title, destinations, tls)
