@@ -23,8 +23,10 @@ EXPECTED: dict[str, str | None] = {
     "zero-bytes.jpeg": "empty",
     "truncated.jpeg": "corrupt or truncated",
     "bad-crc.png": "corrupt or truncated",
-    "text.jpeg": "not a JPEG, PNG or DICOM image",
+    "text.jpeg": "not a JPEG, PNG, TIFF or DICOM image",
     "gray16.png": None,
+    "gray12-in-16.tif": None,
+    "truncated.tif": "corrupt or truncated",
     "rgba.png": None,
     "palette.png": None,
     "cmyk.jpeg": None,
@@ -65,6 +67,8 @@ def make_corpus(folder: Path) -> dict[str, Path]:
         return buf.getvalue()
 
     files["gray16.png"] = encoded(Image.fromarray(gray.astype(np.uint16) * 257), "PNG")
+    tiff = encoded(Image.fromarray(gray.astype(np.uint16) * 16), "TIFF")  # 12 bits in a 16-bit TIFF
+    files["gray12-in-16.tif"], files["truncated.tif"] = tiff, tiff[: len(tiff) // 2]
     rgba = Image.fromarray(gray).convert("RGBA")
     files["rgba.png"] = encoded(rgba, "PNG")
     files["palette.png"] = encoded(Image.fromarray(gray).convert("P"), "PNG")

@@ -112,9 +112,10 @@ def test_upload_shows_probability_and_heatmap(server):
         assert "read PNEUMONIA" in page.inner_text("#rows tbody tr:first-child")  # the newest row: the read
 
 
-def test_a_dicom_upload_is_shown_with_its_outlines(server, tmp_path):
-    """A browser cannot decode DICOM: the page shows the image the server read (image_png), scaled,
-    with the outlines in the file's own pixel grid (Columns x Rows)."""
+@pytest.mark.parametrize("kind", ["dicom", "tiff"])
+def test_a_dicom_or_tiff_upload_is_shown_with_its_outlines(server, tmp_path, kind):
+    """A browser cannot decode DICOM or TIFF: the page shows the image the server read (image_png),
+    scaled, with the outlines in the file's own pixel grid (Columns x Rows)."""
     import numpy as np
 
     from conftest import make_dicom
@@ -122,7 +123,11 @@ def test_a_dicom_upload_is_shown_with_its_outlines(server, tmp_path):
 
     gray = read_image(real_images("test", "PNEUMONIA", 1)[0])
     wide = np.repeat(gray, 2, axis=1)  # 448 x 224: not square, so a swapped width and height shows
-    path = make_dicom(tmp_path / "film.dcm", np.round((1 - wide) * 4095).astype(np.uint16), "MONOCHROME1")
+    if kind == "dicom":
+        path = make_dicom(tmp_path / "film.dcm", np.round((1 - wide) * 4095).astype(np.uint16), "MONOCHROME1")
+    else:  # a 16-bit TIFF holding 12 bits
+        path = tmp_path / "film.tif"
+        Image.fromarray(np.round(wide * 4095).astype(np.uint16)).save(path)
     with _browser() as browser:
         page = browser.new_page()
         page.goto(server + "/")

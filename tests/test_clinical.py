@@ -309,7 +309,7 @@ def test_watch_once_refuses_bad_files_and_skips_done_ones(trained_run, tmp_path,
     assert main(args) == 0 and "processed 2 new file(s)" in capsys.readouterr().err
     assert main(args) == 0 and "processed 0 new file(s)" in capsys.readouterr().err
     refused = json.loads((folder / "pneumolens-results" / "b.jpeg.json").read_text())
-    assert "not a JPEG, PNG or DICOM" in refused["error"]
+    assert "not a JPEG, PNG, TIFF or DICOM" in refused["error"]
     assert sorted(r["decision"] for r in AuditLog(db).rows())[-1] == "refused"
 
 

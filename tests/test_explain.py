@@ -134,10 +134,10 @@ def test_explain_cli_writes_png_and_json(trained_run, tmp_path, capsys):
 def test_explain_refuses_what_predict_refuses(trained_run, tmp_path, capsys):
     bad = tmp_path / "notes.jpeg"
     bad.write_text("not an image")
-    with pytest.raises(ImageReadError, match="notes.jpeg: not a JPEG, PNG or DICOM"):
+    with pytest.raises(ImageReadError, match="notes.jpeg: not a JPEG, PNG, TIFF or DICOM"):
         explain_image(load_model(trained_run), bad)
     assert main(["explain", str(bad), "--model", str(trained_run)]) == 2
-    assert "notes.jpeg: not a JPEG, PNG or DICOM" in capsys.readouterr().err
+    assert "notes.jpeg: not a JPEG, PNG, TIFF or DICOM" in capsys.readouterr().err
     path = str(real_images("test", "NORMAL", 1)[0])
     assert main(["explain", path, "--model", str(trained_run), "--method", "shap"]) == 2
     assert "valid: gradcam, lime, occlusion" in capsys.readouterr().err

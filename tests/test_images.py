@@ -82,9 +82,9 @@ def test_valid_modes_all_decode(tmp_path):
 
 
 def test_a_16_bit_png_reads_at_the_bit_depth_its_pixels_use(tmp_path):
-    """A real film saved as a 16-bit PNG of 10, 12 or 16 bits (white at 2**bits - 1, as detector
-    exports are) reads as its 8-bit file does, and the shipped model gives its call; read as 16 bits,
-    a 12-bit normal film came out almost black and was called pneumonia."""
+    """A real film saved as a 16-bit PNG of 10, 12 or 16 bits, or a compressed 16-bit TIFF of 12 (white
+    at 2**bits - 1, as detector exports are), reads as its 8-bit file does, and the shipped model gives
+    its call; read as 16 bits, a 12-bit normal film came out almost black and was called pneumonia."""
     import pneumolens
     from pneumolens.data.images import white_of
 
@@ -92,8 +92,14 @@ def test_a_16_bit_png_reads_at_the_bit_depth_its_pixels_use(tmp_path):
     gray = read_image(film)
     model = pneumolens.load()
     plain = model.predict(gray).probability
-    for bits in (10, 12, 16):
-        path = _save(tmp_path, f"b{bits}.png", Image.fromarray(np.round(gray * (2**bits - 1)).astype(np.uint16)))
+    for bits, suffix, options in (
+        (10, "png", {}),
+        (12, "png", {}),
+        (16, "png", {}),
+        (12, "tif", {"compression": "tiff_lzw"}),
+    ):
+        pixels = Image.fromarray(np.round(gray * (2**bits - 1)).astype(np.uint16))
+        path = _save(tmp_path, f"b{bits}.{suffix}", pixels, **options)
         x = read_image(path)
         np.testing.assert_allclose(x, gray, atol=0.5 / (2**bits - 1))
         assert model.predict(str(path)).probability == pytest.approx(plain, abs=0.01)
@@ -126,7 +132,7 @@ def test_an_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation, sto
     "name, content, reason",
     [
         ("empty.jpeg", b"", "empty file (0 bytes)"),
-        ("notes.jpeg", b"this is a text file, not an X-ray\n", "not a JPEG, PNG or DICOM"),
+        ("notes.jpeg", b"this is a text file, not an X-ray\n", "not a JPEG, PNG, TIFF or DICOM"),
         ("bomb.png", png_claiming(50_000, 50_000), "refused before decoding"),
     ],
 )

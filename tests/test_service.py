@@ -113,7 +113,7 @@ def test_image_preview_is_capped_and_keeps_the_aspect_ratio():
 @pytest.mark.parametrize(
     "data, name, field, status, says",
     [
-        (b"hello, not an image", "notes.jpeg", "file", 400, "notes.jpeg: not a JPEG, PNG or DICOM"),
+        (b"hello, not an image", "notes.jpeg", "file", 400, "notes.jpeg: not a JPEG, PNG, TIFF or DICOM"),
         (b"", "empty.png", "file", 400, "empty"),
         (b"\xff\xd8\xff", "x.jpeg", "image", 422, "field 'file'"),
         (png_claiming(50_000, 50_000), "bomb.png", "file", 400, "refused before decoding"),

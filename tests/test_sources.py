@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,16 +50,21 @@ def test_csv_manifest(tmp_path):
 
 
 def test_class_folders_in_any_case(tmp_path):
-    """A set from elsewhere with lower-case class folders is read, labelled as the Kaggle one, both
-    by the listing and from a run's split.json paths; two spellings of one class are refused."""
+    """A set from elsewhere with lower-case class folders, half of it TIFF, is read, labelled as the
+    Kaggle one, both by the listing and from a run's split.json paths; two spellings of one class are
+    refused."""
+    from PIL import Image
+
     from pneumolens.cli import main
 
     for name, folder in (("NORMAL", "normal"), ("PNEUMONIA", "Pneumonia")):
         (tmp_path / "test" / folder).mkdir(parents=True)
-        for f in real_images("test", name, 2):
-            (tmp_path / "test" / folder / f.name).symlink_to(f)
+        first, second = real_images("test", name, 2)
+        (tmp_path / "test" / folder / first.name).symlink_to(first)
+        Image.open(second).save(tmp_path / "test" / folder / f"{second.stem}.tiff")  # TIFF files are listed too
     samples = find_split(tmp_path / "test", "test")
     assert [s.label for s in samples] == [0, 0, 1, 1] and find_split(tmp_path, "test") == samples
+    assert sorted(Path(s.path).suffix for s in samples) == [".jpeg", ".jpeg", ".tiff", ".tiff"]
     assert kaggle_samples([s.path for s in samples]) == samples
     assert main(["evaluate", "--data", str(tmp_path), "--json", str(tmp_path / "m.json")]) == 0
     confusion = json.loads((tmp_path / "m.json").read_text())["confusion_matrix"]

@@ -1,4 +1,4 @@
-"""``pneumolens watch DIR``: score every JPEG, PNG or DICOM file that appears in a folder, once.
+"""``pneumolens watch DIR``: score every JPEG, PNG, TIFF or DICOM file that appears in a folder, once.
 
 Each file is processed when its size and modification time have stayed the same for one poll
 (so a file still being copied is not read half-written). Its result is written atomically as

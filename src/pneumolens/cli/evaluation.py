@@ -74,7 +74,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cp.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("predict", help="probability of pneumonia for each image")
-    p.add_argument("images", nargs="+", help="JPEG, PNG or DICOM files, or folders (walked recursively)")
+    p.add_argument("images", nargs="+", help="JPEG, PNG, TIFF or DICOM files, or folders (walked recursively)")
     p.add_argument("--csv", help="write one row per file (path, probability, label, flags, error) here")
     p.add_argument(
         "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
@@ -334,7 +334,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.model)
     paths = _expand(args.images)
     if not paths:
-        raise ValueError(f"no JPEG, PNG or DICOM files in {', '.join(args.images)}")
+        raise ValueError(f"no JPEG, PNG, TIFF or DICOM files in {', '.join(args.images)}")
     preds = predictor.predict_paths(paths, progress=bool(args.csv))
     failed = 0
     for pred in preds:

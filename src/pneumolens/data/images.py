@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pneumolens.config import PreprocessConfig
 from pneumolens.data.dicom import dicom_to_gray, is_dicom
 
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom"})
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".tif", ".tiff", ".dcm", ".dicom"})
 # Real X-rays are at most a few thousand pixels a side; a header claiming more is refused
 # before any pixel is decoded (decompression-bomb guard).
 MAX_PIXELS = 8_000 * 8_000
@@ -42,7 +42,7 @@ class ImageReadError(ValueError):
 
 
 def white_of(values: np.ndarray) -> float:
-    """The white of an integer image without a display window (a 16-bit PNG): the top of the smallest
+    """The white of an integer image without a display window (a 16-bit PNG or TIFF): the top of the smallest
     bit depth, 8 bits or more, that holds its largest pixel. A 12-bit detector's film saved in a 16-bit
     PNG, as exports often are, reads with 4,095 as white, not 65,535: read as 16 bits it would come
     out almost black: the shipped model called 77.1% of the normal validation films pneumonia when
@@ -76,7 +76,7 @@ def _to_gray_float(img: Image.Image, path: str | os.PathLike[str]) -> np.ndarray
 
 
 def read_image(path: str | os.PathLike[str], data: bytes | None = None) -> np.ndarray:
-    """Decode a JPEG, PNG or DICOM file as grayscale (H, W) float32 in [0, 1].
+    """Decode a JPEG, PNG, TIFF or DICOM file as grayscale (H, W) float32 in [0, 1].
 
     ``data`` gives the file's bytes (an upload); ``path`` then only names it in messages.
 
@@ -115,7 +115,7 @@ def read_image(path: str | os.PathLike[str], data: bytes | None = None) -> np.nd
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"header claims too many pixels, refused before decoding ({e})") from None
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not a JPEG, PNG or DICOM image (unrecognised content)") from None
+        raise ImageReadError(path, "not a JPEG, PNG, TIFF or DICOM image (unrecognised content)") from None
     except (SyntaxError, ValueError) as e:
         # PIL reports truncated JPEGs, bad PNG CRCs and broken headers as OSError/SyntaxError.
         raise ImageReadError(path, f"corrupt or truncated image ({e})") from None

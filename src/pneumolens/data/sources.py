@@ -248,6 +248,6 @@ def check_headers(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, 
         except Image.DecompressionBombError:
             bad.append((s.path, "header claims too many pixels, refused before decoding"))
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError, AttributeError, EOFError) as e:
-            reason = "not a JPEG, PNG or DICOM image" if isinstance(e, UnidentifiedImageError) else str(e)
+            reason = "not a JPEG, PNG, TIFF or DICOM image" if isinstance(e, UnidentifiedImageError) else str(e)
             bad.append((s.path, reason))
     return good, bad

@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def predict(
         request: Request,
-        file: Annotated[UploadFile | None, File(description="JPEG, PNG or DICOM")] = None,
+        file: Annotated[UploadFile | None, File(description="JPEG, PNG, TIFF or DICOM")] = None,
         explain: Annotated[bool, Query(description="add a heatmap_png")] = True,
         method: Annotated[str, Query(description="occlusion, gradcam or lime")] = settings.default_method,
         image: Annotated[bool, Query(description="add image_png: the image as read (for DICOM in a browser)")] = False,
