@@ -6,6 +6,7 @@ token) as the archive."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -78,6 +79,26 @@ def test_pull_stores_a_study_at_a_node_over_stow_rs(archive, capsys):
     assert main([*asked, "--to-url", url, "--to-token-file", token]) == 0  # the node reads it again
     assert "1 image moved" in capsys.readouterr().out
     assert node.stored == before + 1
+
+
+def test_a_renewed_token_file_is_read_again_during_a_pull(archive, tmp_path):
+    """The token file is read again when it changes, request by request: a token that expired mid-pull
+    is answered 401 by the archive, and the renewed one is taken without starting again."""
+    import os
+
+    from pneumolens.credentials import TokenFile
+    from pneumolens.dicomweb_pull import WebPacs
+
+    url, _, _, token = archive
+    with WebPacs(url, TokenFile(token, "--dicomweb-token-file"), get_into=tmp_path) as pacs:
+        assert len(pacs.studies("20261201-20261205")) == 2
+        for text, stamp in (("expired", 1_000_000), ("s3cret", 2_000_000)):  # a new modification time each
+            Path(token).write_text(text + "\n")
+            os.utime(token, (stamp, stamp))
+            if text == "expired":
+                with pytest.raises(ValueError, match="HTTP 401"):
+                    pacs.studies("20261201-20261205")
+        assert len(pacs.studies("20261201-20261205")) == 2
 
 
 def test_pull_says_what_went_wrong_with_the_service(archive, tmp_path, capsys):

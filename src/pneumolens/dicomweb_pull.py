@@ -28,10 +28,22 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 60.0
 
 
+class _Bearer(requests.auth.AuthBase):
+    """Each request's ``Authorization``, from a token or the file that holds it, read again when the
+    file changes: a pull that outlives a token takes the renewed one."""
+
+    def __init__(self, token: str | TokenFile) -> None:
+        self.token = token
+
+    def __call__(self, request):
+        request.headers["Authorization"] = bearer(self.token)
+        return request
+
+
 def _client(url: str, token: str | TokenFile | None, ca: str | None):
     client, session = web_client(url, ca, TIMEOUT_S)  # a failure is said, not hidden behind retries
     if token is not None:
-        session.headers["Authorization"] = bearer(token)
+        session.auth = _Bearer(token)
     return client
 
 
