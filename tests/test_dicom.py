@@ -53,6 +53,25 @@ def test_refused_dicoms_name_the_file(tmp_path, kwargs, reason):
         read_image(p)
 
 
+def test_images_for_processing_are_refused_by_name(tmp_path, xray):
+    """Raw detector data (the DX For Processing class, or an image whose Presentation Intent Type says
+    FOR PROCESSING) is refused with the reason; the same pixels FOR PRESENTATION are read."""
+    pixels = np.round(xray * 4095).astype(np.uint16)
+    assert read_image(make_dicom(tmp_path / "shown.dcm", pixels)).shape == pixels.shape
+    for name, change in (
+        ("class.dcm", {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1.1"}),
+        ("intent.dcm", {"PresentationIntentType": "FOR PROCESSING"}),
+    ):
+        path = make_dicom(tmp_path / name, pixels)
+        ds = pydicom.dcmread(path)
+        for keyword, value in change.items():
+            setattr(ds, keyword, value)
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.save_as(path)
+        with pytest.raises(ImageReadError, match=f"{name}: an image FOR PROCESSING"):
+            read_image(path)
+
+
 def test_truncated_dicom(tmp_path, xray):
     p = make_dicom(tmp_path / "t.dcm", np.round(xray * 255).astype(np.uint8))
     p.write_bytes(p.read_bytes()[:-20000])

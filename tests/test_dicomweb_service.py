@@ -117,6 +117,14 @@ def test_each_instance_is_answered_for_and_none_with_500(node, films):
     r = client.post("/dicomweb/studies", content=bad, headers={"Content-Type": CONTENT_TYPE})
     assert r.status_code == 202 and _reasons(r.json()) == [0xC000] and node.refused == 3  # that part, not a 500
 
+    raw = pydicom.dcmread(io.BytesIO(film))
+    raw.SOPInstanceUID = pydicom.uid.generate_uid()
+    raw.PresentationIntentType = "FOR PROCESSING"  # the detector's raw values: not read, and said why
+    buf = io.BytesIO()
+    raw.save_as(buf)
+    r = client.post("/dicomweb/studies", content=_multipart(buf.getvalue()), headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 409 and _reasons(r.json()) == [0xC000] and node.refused == 4
+
     other = client.post("/dicomweb/studies/1.2.3.4", content=_multipart(film), headers={"Content-Type": CONTENT_TYPE})
     assert other.status_code == 409 and _reasons(other.json()) == [0xA901]  # not of the target study
     for headers, body, status in [

@@ -119,6 +119,22 @@ def dicom_to_gray(
         raise ValueError(f"not a readable DICOM file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
+FOR_PROCESSING_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+        "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray Image Storage - For Processing
+        "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray Image Storage - For Processing
+    }
+)
+
+
+def for_processing(ds) -> bool:
+    """Whether ``ds`` is an image FOR PROCESSING (its SOP class or Presentation Intent Type says so):
+    the detector's raw values, which the modality processes before anyone reads them."""
+    intent = str(getattr(ds, "PresentationIntentType", "") or "").strip().upper()
+    return intent == "FOR PROCESSING" or str(getattr(ds, "SOPClassUID", "") or "") in FOR_PROCESSING_CLASSES
+
+
 def stretch(ds, values: np.ndarray) -> tuple[float, float]:
     """The grey range an image without a display window is read through, from its pixel ``values``
     after the modality rescale: 8-bit display values as they are (as in a JPEG of the same image),
@@ -132,6 +148,11 @@ def stretch(ds, values: np.ndarray) -> tuple[float, float]:
 def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
     if "PixelData" not in ds:
         raise DicomRefused("no pixel data in this DICOM file")
+    if for_processing(ds):
+        raise DicomRefused(
+            "an image FOR PROCESSING (raw detector data, before the modality's own processing); pneumolens reads "
+            "images FOR PRESENTATION, the ones a radiologist reads"
+        )
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         raise DicomRefused(f"multi-frame DICOM ({ds.NumberOfFrames} frames); a single radiograph is expected")
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
