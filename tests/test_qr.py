@@ -219,7 +219,8 @@ def test_listen_checks_the_qr_flags_before_loading_a_model(tmp_path, capsys):
         capsys,
         base,
         [
-            (["--qr-dest", "ARCHIVE@h:104"], "--qr-dest is a C-MOVE destination of --qr"),
+            (["--qr-dest", "ARCHIVE@h:104"], "are for C-MOVE of --qr, which was not given"),
+            (["--qr-dest-tls"], "are for C-MOVE of --qr, which was not given"),
             (["--qr", "--qr-dest", "ARCHIVE-h-104"], "expected AE_TITLE@host:port"),
             (["--qr", "--qr-dest", "@h:104"], "1 to 16 characters"),
             (["--qr", "--qr-dest-tls"], "--qr-dest-tls needs --qr-dest"),

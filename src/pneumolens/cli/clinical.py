@@ -669,8 +669,8 @@ def _query_retrieve(args: argparse.Namespace):
     from pneumolens.dicom_qr import QueryRetrieve, ResultStore
 
     if not args.qr:
-        if args.qr_dest:
-            raise ValueError("--qr-dest is a C-MOVE destination of --qr, which was not given")
+        if args.qr_dest or args.qr_dest_tls:
+            raise ValueError("--qr-dest and --qr-dest-tls are for C-MOVE of --qr, which was not given")
         return None
     if args.qr_dest_tls and not args.qr_dest:
         raise ValueError("--qr-dest-tls needs --qr-dest AE@host:port")
