@@ -74,6 +74,35 @@ def test_class_folders_in_any_case(tmp_path):
         find_split(tmp_path, "test")
 
 
+def test_dicom_files_named_without_a_suffix_are_found(tmp_path):
+    """A PACS's or CD's export names DICOM films ``IM0001`` or by UID: they are listed, labelled and
+    grouped by their Patient ID like ``.dcm`` files; a DICOMDIR, a README and a text file with a UID's
+    name are not images and are left out."""
+    import numpy as np
+
+    from conftest import make_dicom
+    from pneumolens.data.images import read_image
+
+    for name, folder in (("NORMAL", "NORMAL"), ("PNEUMONIA", "PNEUMONIA")):
+        (tmp_path / folder).mkdir()
+        film = real_images("test", name, 1)[0]
+        pixels = np.round(read_image(film) * 255).astype(np.uint8)
+        make_dicom(tmp_path / folder / "IM0001", pixels)
+        make_dicom(tmp_path / folder / "1.2.840.113619.2.55.3.17", pixels)
+    make_dicom(tmp_path / "NORMAL" / "DICOMDIR", pixels, with_pixels=False)
+    (tmp_path / "NORMAL" / "README").write_text("exported by a PACS\n")
+    (tmp_path / "PNEUMONIA" / "1.2.3.45").write_text("not an image\n")
+    samples = find_split(tmp_path, "test")
+    assert sorted((Path(s.path).parent.name, Path(s.path).name, s.label) for s in samples) == [
+        ("NORMAL", "1.2.840.113619.2.55.3.17", 0),
+        ("NORMAL", "IM0001", 0),
+        ("PNEUMONIA", "1.2.840.113619.2.55.3.17", 1),
+        ("PNEUMONIA", "IM0001", 1),
+    ]
+    assert {s.patient for s in samples} == {"dicom-patient-1"}  # one Patient ID in make_dicom's files
+    assert all(read_image(s.path).shape == pixels.shape for s in samples)
+
+
 @pytest.mark.parametrize(
     "make, match",
     [

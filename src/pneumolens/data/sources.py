@@ -114,20 +114,37 @@ def _label_index(label: str, where: str) -> int:
 
 
 def image_files(folder: str | os.PathLike[str], exclude: Path | None = None) -> list[Path]:
-    """JPEG / PNG / DICOM files under ``folder``, sorted; hidden files and folders skipped, and
-    ``exclude`` (an output folder inside it) too. Symlinked folders are not followed (no loops);
-    symlinked files are kept even when broken or looping, so that each gets its own error."""
+    """JPEG / PNG / TIFF / DICOM files under ``folder``, sorted: by their suffix, and DICOM files named
+    without one (``sniffed_dicom``); hidden files and folders skipped, and ``exclude`` (an output
+    folder inside it) too. Symlinked folders are not followed (no loops); symlinked files with an
+    image suffix are kept even when broken or looping, so that each gets its own error."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".") and (exclude is None or Path(root, d).resolve() != exclude)]
-        found += [Path(root, f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".")]
+        for name in files:
+            path = Path(root, name)
+            if not name.startswith(".") and (path.suffix.lower() in IMAGE_SUFFIXES or sniffed_dicom(path)):
+                found.append(path)
     return sorted(found)
+
+
+def sniffed_dicom(path: Path) -> bool:
+    """Whether a file named without an image suffix is a DICOM file, as PACS and CD exports name them
+    (``IM0001``, ``00000042``, a UID such as ``1.2.840.113619.2.55.3.17``): no suffix, or a numeric
+    one, and the ``DICM`` mark after the preamble. A ``DICOMDIR`` (the index of a CD) is not an image."""
+    if path.name.upper() == "DICOMDIR" or not (path.suffix == "" or path.suffix[1:].isdigit()):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:  # unreadable or a broken link: not known to be an image
+        return False
 
 
 def _list_class_folder(folder: Path, label: int) -> list[Sample]:
     files = image_files(folder)
     if not files:
-        raise DataLayoutError(f"{folder}: class folder has no {'/'.join(sorted(IMAGE_SUFFIXES))} files")
+        raise DataLayoutError(f"{folder}: class folder has no {'/'.join(sorted(IMAGE_SUFFIXES))} or DICOM files")
     return [Sample(str(p), label, patient_id(p)) for p in files]
 
 
