@@ -19,7 +19,7 @@ from pneumolens.explain import attribution as attr
 from pneumolens.explain.outlines import Outline, map_outlines
 from pneumolens.lungs.flags import plausibility_flags
 from pneumolens.lungs.masks import attribution_lung_fraction
-from pneumolens.lungs.preprocess import crop_box
+from pneumolens.lungs.preprocess import read_box
 from pneumolens.lungs.segment import LungSegmenter
 
 METHODS = ("gradcam", "lime", "occlusion")
@@ -128,7 +128,7 @@ def explain_image(
         model_map = attr.occlusion(model, x, sign, window, stride)
     else:
         model_map, segments, weights = attr.lime(model, x, sign, n_samples=n_samples, seed=seed)
-    box = crop_box(low, cfg.lung_margin, gray.shape) if cfg.lungs in ("crop", "crop_soft") and low.any() else None
+    box = read_box(low, cfg.lungs, cfg.lung_margin, gray.shape)  # what the model read: the map goes there
     heatmap = _to_input_resolution(model_map, gray.shape, box, nearest=method == "lime")
     return Explanation(
         method=method,
