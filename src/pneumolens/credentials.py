@@ -12,6 +12,18 @@ from pathlib import Path
 log = logging.getLogger("pneumolens.credentials")
 
 
+class BearerAuth:
+    """A requests ``auth`` hook: each request's ``Authorization`` from a token or the file that holds
+    it (read again when the file changes), so a long-lived session takes a renewed token."""
+
+    def __init__(self, token: str | TokenFile) -> None:
+        self.token = token
+
+    def __call__(self, request):
+        request.headers["Authorization"] = bearer(self.token)
+        return request
+
+
 def read_token(path: str, flag: str = "--fhir-token-file") -> str:
     """The bearer token in ``path`` (whitespace around it dropped), ``ValueError`` naming the flag."""
     try:

@@ -19,7 +19,7 @@ import requests
 from pydicom.dataset import Dataset
 
 from pneumolens.checkpoint import atomic_write
-from pneumolens.credentials import TokenFile, bearer
+from pneumolens.credentials import BearerAuth, TokenFile
 from pneumolens.dicom_node import uid_file_name
 from pneumolens.dicom_pull import GET, MODALITIES, MOVE, Moved, Series, Study
 from pneumolens.stow_outbox import web_client  # also silences dicomweb-client's log, which prints the token
@@ -28,22 +28,10 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 60.0
 
 
-class _Bearer(requests.auth.AuthBase):
-    """Each request's ``Authorization``, from a token or the file that holds it, read again when the
-    file changes: a pull that outlives a token takes the renewed one."""
-
-    def __init__(self, token: str | TokenFile) -> None:
-        self.token = token
-
-    def __call__(self, request):
-        request.headers["Authorization"] = bearer(self.token)
-        return request
-
-
 def _client(url: str, token: str | TokenFile | None, ca: str | None):
     client, session = web_client(url, ca, TIMEOUT_S)  # a failure is said, not hidden behind retries
     if token is not None:
-        session.auth = _Bearer(token)
+        session.auth = BearerAuth(token)  # read again when the file changes: a long pull takes a renewed one
     return client
 
 

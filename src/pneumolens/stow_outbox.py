@@ -27,7 +27,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from pneumolens.alert import where
-from pneumolens.credentials import TokenFile, bearer
+from pneumolens.credentials import BearerAuth, TokenFile
 from pneumolens.outbox import Answer
 
 logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL + 1)
@@ -64,6 +64,8 @@ class StowSender:
         self.where = where(self.url)
         self._client, self._session = web_client(self.url, self.ca)
         self._session.hooks["response"].append(self._keep)  # the raw answer: status and body as sent
+        if self.token:
+            self._session.auth = BearerAuth(self.token)
         self._answer: requests.Response | None = None
 
     def _keep(self, response: requests.Response, *args, **kwargs) -> None:
@@ -71,8 +73,6 @@ class StowSender:
 
     def __call__(self, body: bytes) -> Answer:
         dataset = pydicom.dcmread(io.BytesIO(body))
-        if self.token:
-            self._session.headers["Authorization"] = bearer(self.token)
         self._answer = None
         try:
             self._client.store_instances([dataset])
