@@ -67,12 +67,7 @@ def with_dicom_patients(samples: list[Sample]) -> list[Sample]:
     for s in samples:
         identity = None
         if s.patient.startswith("file:"):
-            try:
-                with open(s.path, "rb") as f:
-                    head = f.read(132)
-            except OSError:
-                head = b""
-            if is_dicom(head, s.path):
+            if is_dicom(_head(s.path), s.path):
                 identity = patient_identity(s.path)
         if identity is None:
             out.append(s)
@@ -134,11 +129,16 @@ def sniffed_dicom(path: Path) -> bool:
     one, and the ``DICM`` mark after the preamble. A ``DICOMDIR`` (the index of a CD) is not an image."""
     if path.name.upper() == "DICOMDIR" or not (path.suffix == "" or path.suffix[1:].isdigit()):
         return False
+    return is_dicom(_head(path))  # unreadable or a broken link: no mark, not known to be an image
+
+
+def _head(path: str | os.PathLike[str]) -> bytes:
+    """A file's first 132 bytes (where a DICOM file's ``DICM`` mark ends); empty when unreadable."""
     try:
         with open(path, "rb") as f:
-            return f.read(132)[128:132] == b"DICM"
-    except OSError:  # unreadable or a broken link: not known to be an image
-        return False
+            return f.read(132)
+    except OSError:
+        return b""
 
 
 def _list_class_folder(folder: Path, label: int) -> list[Sample]:
