@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 
 from conftest import make_dicom, real_images
@@ -34,6 +35,7 @@ EXPECTED: dict[str, str | None] = {
     "huge-header.png": "refused before decoding",
     "no-pixels.dcm": "no pixel data",
     "monochrome1.dcm": None,
+    "lateral.dcm": "not a frontal view (View Position LL)",
     "loop-a.jpeg": "symbolic link loop",
     os.fsdecode(NON_UTF8_NAME): None,
 }
@@ -82,6 +84,9 @@ def make_corpus(folder: Path) -> dict[str, Path]:
         (folder / name).write_bytes(data)
     make_dicom(folder / "no-pixels.dcm", gray, with_pixels=False)
     make_dicom(folder / "monochrome1.dcm", 255 - gray, photometric="MONOCHROME1")
+    lateral = pydicom.dcmread(make_dicom(folder / "lateral.dcm", gray))  # readable, and not what the model is for
+    lateral.ViewPosition = "LL"
+    lateral.save_as(folder / "lateral.dcm")
     os.symlink("loop-b.jpeg", folder / "loop-a.jpeg")  # a.jpeg -> b.jpeg -> a.jpeg
     os.symlink("loop-a.jpeg", folder / "loop-b.jpeg")
     with open(os.path.join(os.fsencode(folder), NON_UTF8_NAME), "wb") as f:

@@ -305,12 +305,19 @@ def test_watch_once_refuses_bad_files_and_skips_done_ones(trained_run, tmp_path,
     folder.mkdir()
     shutil.copyfile(real_images("test", "PNEUMONIA", 1)[0], folder / "a.jpeg")
     (folder / "b.jpeg").write_bytes(b"truncated \xff\xd8")
+    knee = pydicom.dcmread(make_dicom(folder / "c.dcm", np.round(read_image(folder / "a.jpeg") * 255).astype(np.uint8)))
+    knee.BodyPartExamined = "KNEE"  # a film the model is not for: not read, and said why
+    knee.save_as(folder / "c.dcm")
     args = ["watch", str(folder), "--once", "--db", db, "--model", str(trained_run)]
-    assert main(args) == 0 and "processed 2 new file(s)" in capsys.readouterr().err
+    assert main(args) == 0 and "processed 3 new file(s)" in capsys.readouterr().err
     assert main(args) == 0 and "processed 0 new file(s)" in capsys.readouterr().err
     refused = json.loads((folder / "pneumolens-results" / "b.jpeg.json").read_text())
     assert "not a JPEG, PNG, TIFF or DICOM" in refused["error"]
-    assert sorted(r["decision"] for r in AuditLog(db).rows())[-1] == "refused"
+    skipped = json.loads((folder / "pneumolens-results" / "c.dcm.json").read_text())
+    assert skipped["error"].startswith("out of scope: not a chest film (Body Part Examined KNEE)")
+    assert "probability" not in skipped
+    decisions = [r["decision"] for r in AuditLog(db).rows()]
+    assert len(decisions) == 3 and decisions.count("refused") == 2
 
 
 # ------------------------------------------------------------------------------------------ listen
@@ -351,6 +358,10 @@ def study(tmp_path):
 
 def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     files, study_uid = study
+    lateral = pydicom.dcmread(files[0])  # the study's lateral view: acknowledged, not read
+    lateral.SOPInstanceUID = lateral.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    lateral.ViewPosition = "LL"
+    lateral.save_as(tmp_path / "lateral.dcm")
     port, out = free_port(), tmp_path / "results"
     cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db]
     cmd += ["--sr", "--gsps", "--seg"]
@@ -360,7 +371,17 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
             lambda: _pynetdicom("echoscu", "127.0.0.1", str(port), "-aec", "PNEUMOLENS").returncode == 0, 90, node
         )
         # -cx: propose each file's own transfer syntax, as a modality does (the third is lossless JPEG)
-        sent = _pynetdicom("storescu", "127.0.0.1", str(port), *map(str, files), "-aec", "PNEUMOLENS", "-v", "-cx")
+        sent = _pynetdicom(
+            "storescu",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+            str(tmp_path / "lateral.dcm"),
+            "-aec",
+            "PNEUMOLENS",
+            "-v",
+            "-cx",
+        )
         assert "0xC000" in sent.stderr + sent.stdout  # the corrupt one was refused...
         # ...and the node went on: 2 pictures, 2 reports, 2 presentation states, 2 segmentations
         _wait_for(lambda: len(list(out.glob("*.dcm"))) == 8, 60, node)
@@ -371,7 +392,8 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         node.send_signal(signal.SIGINT)
         node.wait(30)
     log = node.stderr.read().decode()
-    assert node.returncode == 0 and "stored 2 result(s), refused 1 image(s), rejected 0" in log  # a counted stop
+    assert node.returncode == 0 and "stored 2 result(s), refused 1 image(s), skipped 1 out of scope" in log
+    assert "not read: not a frontal view (View Position LL)" in log  # why the lateral got no result
     assert "listening as PNEUMOLENS" in log and "refused" in log  # the node logs what it does...
     for secret in (PATIENT_NAME, PATIENT_ID, "Testperson", BAD_BIRTH_DATE, study_uid):  # ...never who
         assert secret not in log
@@ -434,10 +456,11 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         _assert_outline_is_half_peak(read["map"], regions[read["image"]][0]["points"])
 
     rows = AuditLog(db).rows()
-    assert [r["decision"] for r in rows].count("refused") == 1 and len(rows) == 3
+    assert [r["decision"] for r in rows].count("refused") == 2 and len(rows) == 4
+    assert sum((r["error"] or "").startswith("out of scope: not a frontal view") for r in rows) == 1
     assert len({r["study_hash"] for r in rows}) == 1 and rows[0]["study_hash"] != study_uid
     assert {r["device"] for r in rows} == {"ACME DX-1"}  # the refused file's too: a device's drift shows in both
-    assert AuditLog(db).verify().chained == 3
+    assert AuditLog(db).verify().chained == 4
     raw = Path(db.removeprefix("sqlite:///")).read_bytes()
     for secret in (PATIENT_NAME, PATIENT_ID, "Testperson", study_uid):
         assert secret.encode() not in raw

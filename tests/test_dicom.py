@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,80 @@ def test_images_for_processing_are_refused_by_name(tmp_path, xray):
         ds.save_as(path)
         with pytest.raises(ImageReadError, match=f"{name}: an image FOR PROCESSING"):
             read_image(path)
+
+
+def _with(path: Path, **header) -> Path:
+    ds = pydicom.dcmread(path)
+    for keyword, value in header.items():
+        if keyword == "ViewMeaning":
+            code = pydicom.Dataset()
+            code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "R-10236", "SRT", value
+            ds.ViewCodeSequence = [code]
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        ({"BodyPartExamined": "KNEE"}, "not a chest film (Body Part Examined KNEE)"),
+        ({"BodyPartExamined": "HAND"}, "not a chest film (Body Part Examined HAND)"),
+        ({"ViewPosition": "LL"}, "not a frontal view (View Position LL)"),
+        ({"ViewPosition": "RLD"}, "not a frontal view (View Position RLD)"),
+        ({"ViewMeaning": "left lateral"}, "not a frontal view (View Code Sequence says lateral)"),
+        ({"Modality": "CT"}, "not a radiograph (Modality CT)"),
+        ({"BodyPartExamined": "CHEST", "ViewPosition": "LL"}, "not a frontal view (View Position LL)"),
+    ],
+)
+def test_films_the_model_is_not_for_are_refused_by_their_header(tmp_path, xray, header, reason):
+    """A lateral view, another body part or another modality is refused with the field and its value,
+    before any pixel is decoded; the refusal says it is out of scope (a node acknowledges such films)."""
+    path = _with(make_dicom(tmp_path / "other.dcm", np.round(xray * 255).astype(np.uint8)), **header)
+    with pytest.raises(ImageReadError, match=f"other.dcm: {re.escape(reason)}") as refused:
+        read_image(path)
+    assert refused.value.out_of_scope
+    with pytest.raises(ImageReadError) as broken:  # an unreadable film is not out of scope
+        read_image(make_dicom(tmp_path / "broken.dcm", np.zeros((64, 64), np.uint8), with_pixels=False))
+    assert not broken.value.out_of_scope
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {},  # nothing said: the lung checks decide
+        {"BodyPartExamined": "CHEST", "ViewPosition": "PA"},
+        {"BodyPartExamined": "CHESTABDOMEN", "ViewPosition": "AP"},  # a neonate's film
+        {"BodyPartExamined": "PORT CHEST"},
+        {"BodyPartExamined": "THORAX", "Modality": "CR"},
+        {"BodyPartExamined": "Thorax p.a.", "Modality": "OT"},  # a scanned film's secondary capture
+        {"ViewMeaning": "postero-anterior"},
+    ],
+)
+def test_frontal_chest_films_are_read_whatever_their_header_says(tmp_path, xray, header):
+    path = _with(make_dicom(tmp_path / "chest.dcm", np.round(xray * 255).astype(np.uint8)), **header)
+    assert np.abs(read_image(path) - xray).max() <= 0.5 / 255 + 1e-6
+
+
+def test_a_site_widens_what_is_read_by_the_environment(tmp_path, xray, monkeypatch):
+    """PNEUMOLENS_BODY_PARTS and PNEUMOLENS_VIEWS replace the accepted terms; * accepts any value."""
+    pixels = np.round(xray * 255).astype(np.uint8)
+    torace = _with(make_dicom(tmp_path / "it.dcm", pixels), BodyPartExamined="TORACE")
+    lateral = _with(make_dicom(tmp_path / "ll.dcm", pixels), ViewPosition="LL")
+    meaning = _with(make_dicom(tmp_path / "lat.dcm", pixels), ViewMeaning="right lateral")
+    for path in (torace, lateral, meaning):
+        with pytest.raises(ImageReadError):
+            read_image(path)
+    monkeypatch.setenv("PNEUMOLENS_BODY_PARTS", "chest, torace")
+    monkeypatch.setenv("PNEUMOLENS_VIEWS", "PA,AP,LL")
+    assert read_image(torace).shape == read_image(lateral).shape == xray.shape
+    with pytest.raises(ImageReadError, match="View Code Sequence says lateral"):  # only * opens the coded view
+        read_image(meaning)
+    monkeypatch.setenv("PNEUMOLENS_VIEWS", "*")
+    assert read_image(meaning).shape == xray.shape
+    monkeypatch.setenv("PNEUMOLENS_BODY_PARTS", "*")
+    assert read_image(_with(make_dicom(tmp_path / "k.dcm", pixels), BodyPartExamined="KNEE")).shape == xray.shape
 
 
 def test_truncated_dicom(tmp_path, xray):

@@ -125,6 +125,20 @@ def test_each_instance_is_answered_for_and_none_with_500(node, films):
     r = client.post("/dicomweb/studies", content=_multipart(buf.getvalue()), headers={"Content-Type": CONTENT_TYPE})
     assert r.status_code == 409 and _reasons(r.json()) == [0xC000] and node.refused == 4
 
+    lateral = pydicom.dcmread(io.BytesIO(film))  # the study's lateral view: taken, not read
+    lateral.SOPInstanceUID = pydicom.uid.generate_uid()
+    lateral.ViewPosition = "LL"
+    buf = io.BytesIO()
+    lateral.save_as(buf)
+    results = len(list(node.out.glob("*.dcm")))
+    node.keep = node.out.parent / "kept"  # acknowledged as stored: kept like any film taken
+    node.keep.mkdir()
+    r = client.post("/dicomweb/studies", content=_multipart(buf.getvalue()), headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 200 and _uids(r.json(), "00081199") == [lateral.SOPInstanceUID]
+    assert node.skipped == 1 and node.refused == 4 and len(list(node.out.glob("*.dcm"))) == results
+    assert [p.read_bytes() for p in node.keep.iterdir()] == [buf.getvalue()]
+    node.keep = None
+
     other = client.post("/dicomweb/studies/1.2.3.4", content=_multipart(film), headers={"Content-Type": CONTENT_TYPE})
     assert other.status_code == 409 and _reasons(other.json()) == [0xA901]  # not of the target study
     for headers, body, status in [

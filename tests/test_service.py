@@ -9,6 +9,7 @@ import logging
 import re
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -86,7 +87,12 @@ def test_predict_dicom_upload_leaks_no_identifier(client, tmp_path, caplog):
         broken = post(client, p.read_bytes()[:1500], name="cut.dcm")  # a refusal must not echo the header
     assert r.status_code == 200, r.text
     assert broken.status_code == 400
-    for text in (r.text, broken.text, caplog.text):
+    lateral = pydicom.dcmread(p)
+    lateral.ViewPosition = "LL"  # the study's lateral view: well formed, and not what the model is for
+    lateral.save_as(tmp_path / "lateral.dcm")
+    other = post(client, (tmp_path / "lateral.dcm").read_bytes(), name="lateral.dcm")
+    assert other.status_code == 422 and "lateral.dcm: not a frontal view (View Position LL)" in other.text
+    for text in (r.text, broken.text, other.text, caplog.text):
         assert PATIENT_NAME not in text and PATIENT_ID not in text and "Testperson" not in text
     # for a browser, which cannot decode DICOM: the image as read, light lungs dark (MONOCHROME1), and
     # the grid the regions are drawn in

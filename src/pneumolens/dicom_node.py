@@ -363,6 +363,7 @@ class Node:
     tls: ssl.SSLContext | None = None  # server-side TLS; None: plain TCP
     stored: int = 0
     refused: int = 0
+    skipped: int = 0  # images acknowledged but not read: their header says they are no frontal chest film
     rejected: int = 0  # associations turned away (calling AE title not allowed)
     sr: bool = False  # also write (and forward) a Structured Report of each result
     gsps: bool = False  # and a Grayscale Softcopy Presentation State: the map's outline over the original
@@ -417,6 +418,8 @@ class Node:
         try:
             result = self.engine.analyse(read_image("received.dcm", data=data), explain=True)
         except ImageReadError as e:
+            if e.out_of_scope:
+                return self.skip(ds, data, e.reason, study, t0)
             return self.refuse(data, e.reason, study, t0)
         try:
             results = result_objects(ds, result, self.series_for, sr=self.sr, gsps=self.gsps, seg=self.seg)
@@ -456,6 +459,17 @@ class Node:
         self.stored += 1
         names = ", ".join(f"{made.SOPInstanceUID}.dcm" for made in results)
         log.info("listen: result %s written (%s, p=%.3f)", names, result["label"], result["probability"])
+        return SUCCESS
+
+    def skip(self, ds: Dataset, data: bytes, reason: str, study: str | None, t0: float) -> int:
+        """An image the model is not for (a lateral view, another body part: ``pneumolens.data.scope``):
+        acknowledged, so that a PACS sending the whole study sees no failure, but not read; counted,
+        logged, audited (``reason`` quotes coded header values only), and kept with ``keep``; SUCCESS."""
+        self.skipped += 1
+        log.info("listen: image not read: %s", reason)
+        if self.keep is not None:  # accepted like any other film, so it is there to be retrieved
+            atomic_write(self.keep / f"{uid_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data))
+        self._audit_refusal(data, f"out of scope: {reason}", study, t0)
         return SUCCESS
 
     def refuse(self, data: bytes, reason: str, study: str | None, t0: float) -> int:

@@ -42,7 +42,7 @@ seen = sa.Table(
     sa.Column("path_hash", sa.String(64), primary_key=True),
     sa.Column("content_sha256", sa.String(64), primary_key=True),
     sa.Column("time", sa.String(32), nullable=False),
-    sa.Column("outcome", sa.String(16), nullable=False),  # NORMAL | PNEUMONIA | refused
+    sa.Column("outcome", sa.String(16), nullable=False),  # NORMAL | PNEUMONIA | refused | out of scope
 )
 
 
@@ -103,8 +103,9 @@ class Watcher:
                 model=result["model"], lung_fraction=result["lung_fraction"], heatmap_png=result["heatmap_png"]
             )
             error, outcome = None, result["label"]
-        except ImageReadError as e:
-            result, record, error, outcome = None, {"error": e.reason}, e.reason, "refused"
+        except ImageReadError as e:  # out of scope (a lateral view, a knee): not read, said so like a refusal
+            error = f"out of scope: {e.reason}" if e.out_of_scope else e.reason
+            result, record, outcome = None, {"error": error}, "out of scope" if e.out_of_scope else "refused"
         record.update(input_sha256=content, notice=NOTICE)
         target = self.out / rel.parent / (rel.name + ".json")
         atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))

@@ -360,7 +360,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(
-        f"stored {node.stored} result(s), refused {node.refused} image(s), rejected {node.rejected} association(s)",
+        f"stored {node.stored} result(s), refused {node.refused} image(s), skipped {node.skipped} "
+        f"out of scope, rejected {node.rejected} association(s)",
         file=sys.stderr,
     )
     say_outboxes(fhir_outbox, hl7_outbox, stow_outbox)

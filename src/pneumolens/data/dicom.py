@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumolens.data.scope import outside_scope
+
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 
 
@@ -41,6 +43,10 @@ _keep_header_values_out_of_logs()
 
 class DicomRefused(ValueError):
     """A readable DICOM file that is not a usable radiograph; the message says why."""
+
+
+class OutOfScope(DicomRefused):
+    """A DICOM file whose header says it is not a frontal chest radiograph (``pneumolens.data.scope``)."""
 
 
 def is_dicom(head: bytes, name: str = "") -> bool:
@@ -153,6 +159,8 @@ def _pixels_to_gray(ds, max_pixels: int, min_side: int) -> np.ndarray:
             "an image FOR PROCESSING (raw detector data, before the modality's own processing); pneumolens reads "
             "images FOR PRESENTATION, the ones a radiologist reads"
         )
+    if (why := outside_scope(ds)) is not None:
+        raise OutOfScope(why)
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         raise DicomRefused(f"multi-frame DICOM ({ds.NumberOfFrames} frames); a single radiograph is expected")
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pneumolens.config import PreprocessConfig
-from pneumolens.data.dicom import dicom_to_gray, is_dicom
+from pneumolens.data.dicom import OutOfScope, dicom_to_gray, is_dicom
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".tif", ".tiff", ".dcm", ".dicom"})
 # Real X-rays are at most a few thousand pixels a side; a header claiming more is refused
@@ -33,11 +33,14 @@ _RESAMPLE = {
 
 
 class ImageReadError(ValueError):
-    """A file that cannot be used as an X-ray; the message names the file and the reason."""
+    """A file that cannot be used as an X-ray; the message names the file and the reason.
+    ``out_of_scope``: a readable DICOM film whose header says it is not a frontal chest X-ray
+    (``pneumolens.data.scope``), which a DICOM node acknowledges and leaves unread."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str, out_of_scope: bool = False) -> None:
         self.path = str(path)
         self.reason = reason
+        self.out_of_scope = out_of_scope
         super().__init__(f"{self.path}: {reason}")
 
 
@@ -93,7 +96,7 @@ def read_image(path: str | os.PathLike[str], data: bytes | None = None) -> np.nd
             try:
                 return dicom_to_gray(data if data is not None else path, MAX_PIXELS, MIN_SIDE)
             except ValueError as e:
-                raise ImageReadError(path, str(e)) from None
+                raise ImageReadError(path, str(e), out_of_scope=isinstance(e, OutOfScope)) from None
         with warnings.catch_warnings():
             # PIL warns from 89 Mpx; our own limit below is stricter and refuses instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

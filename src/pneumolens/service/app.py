@@ -157,17 +157,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             work = asyncio.ensure_future(run_in_threadpool(engine.predict, data, name, explain, method, image))
             try:
                 result = await asyncio.wait_for(asyncio.shield(work), settings.request_timeout_s)
-            except ImageReadError as e:
+            except ImageReadError as e:  # 422: a DICOM film the model is not for (a lateral view, a knee)
+                error = f"out of scope: {e.reason}" if e.out_of_scope else e.reason
                 if audit is not None:
                     await run_in_threadpool(
                         audit.record,
                         "serve",
                         sha256_bytes(data),
                         engine.audit_model,
-                        error=e.reason,
+                        error=error,
                         device=device_of(data),
                     )
-                return _error(400, f"{name}: {e.reason}")
+                return _error(422 if e.out_of_scope else 400, f"{name}: {e.reason}")
             except TimeoutError:
                 _keep_until_done(request.app.state.running, work)
                 log.warning("a prediction exceeded %.0f s and was answered 504", settings.request_timeout_s)
