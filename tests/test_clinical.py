@@ -980,6 +980,7 @@ def test_structured_report_says_what_the_model_said(tmp_path):
     original = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))  # no birth date, sex or study date
     model = {"name": "pneumolens-default", "version": "9.9", "sha256": "0123456789abcdef" * 4}
     cases = [(0.4, [], "Present", []), (0.39999, ["lungs_cut_off", "grey_lungs"], "Absent", ["lungs_cut_off"])]
+    cases.append((0.9, ["unusual_lung_area"], "Present", ["unusual_lung_area"]))  # a code past 16 characters
     heatmap = np.full(pixels.shape, -0.1, np.float32)
     heatmap[40:80, 100:160] = 1.0  # one region the map marks
     for probability, flags, call, checks in cases:
@@ -1119,7 +1120,8 @@ def _codes(items):
     for item in items:
         for seq in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
             if seq in item:
-                yield item[seq][0].CodeValue, item[seq][0].CodingSchemeDesignator
+                code = item[seq][0]
+                yield code.get("CodeValue") or code.LongCodeValue, code.CodingSchemeDesignator
         if "MeasuredValueSequence" in item:
             unit = item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
             yield unit.CodeValue, unit.CodingSchemeDesignator

@@ -248,7 +248,8 @@ def read_structured_report(ds: Dataset) -> dict[str, Any]:
         elif item.ValueType == "CODE" and name == "Pneumonia":
             out["pneumonia"] = item.ConceptCodeSequence[0].CodeMeaning
         elif item.ValueType == "CODE" and name in ("Image check", "Caution"):
-            out["flags"].append(item.ConceptCodeSequence[0].CodeValue)
+            code = item.ConceptCodeSequence[0]  # a value past 16 characters is a Long Code Value
+            out["flags"].append(code.get("CodeValue") or code.LongCodeValue)
         elif item.ValueType == "TEXT" and name in ("Algorithm Name", "Algorithm Version", "Algorithm Parameters"):
             key = name.removeprefix("Algorithm ").lower()
             if key == "parameters":
