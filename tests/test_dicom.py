@@ -226,3 +226,66 @@ def test_dicom_films_are_grouped_by_patient_id_without_keeping_it(trained_run, t
     metrics = json.loads(out.read_text())
     assert metrics["n_patients"] == 6 + 3 - 1  # six IDs, three files alone, the broken one left out
     assert "MRN" not in out.read_text()
+
+
+@pytest.mark.parametrize(
+    "header, years",
+    [
+        ({"PatientAge": "045Y"}, 45.0),
+        ({"PatientAge": "018M"}, 1.5),
+        ({"PatientAge": "052W"}, 52 * 7 / 365.25),
+        ({"PatientAge": "003D"}, 3 / 365.25),
+        ({"PatientBirthDate": "20200301", "StudyDate": "20260301"}, 2191 / 365.25),
+        ({"PatientBirthDate": "20200301", "AcquisitionDate": "20210301"}, 365 / 365.25),  # no study date: the next
+        ({"PatientAge": "45 years"}, None),  # malformed: not guessed
+        ({"PatientBirthDate": "20200231", "StudyDate": "20260301"}, None),  # not a day
+        ({"PatientBirthDate": "20260301", "StudyDate": "20200301"}, None),  # born after the film
+        ({}, None),
+    ],
+)
+def test_the_patient_s_age_from_the_header(header, years):
+    from pneumolens.data.scope import age_in_years
+
+    ds = pydicom.Dataset()
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    assert age_in_years(ds) == (pytest.approx(years) if years is not None else None)
+
+
+def test_a_patient_older_than_the_training_children_is_flagged_not_refused(tmp_path, xray, trained_run):
+    """Films of patients older than five carry ``older_than_training`` in every result: the Python API,
+    the server's engine and the dataset that evaluate and predict use; the age itself never shows."""
+    from fastapi.testclient import TestClient
+
+    import pneumolens
+    from pneumolens.data.dataset import XrayDataset
+    from pneumolens.data.scope import OLDER_THAN_TRAINING, header_flags
+    from pneumolens.data.sources import Sample
+    from pneumolens.service.app import create_app
+    from pneumolens.service.settings import Settings
+
+    pixels = np.round(xray * 255).astype(np.uint8)
+    adult = _with(make_dicom(tmp_path / "adult.dcm", pixels), PatientAge="045Y")
+    child = _with(make_dicom(tmp_path / "child.dcm", pixels), PatientAge="071M")  # five years and eleven months
+    teen = _with(make_dicom(tmp_path / "teen.dcm", pixels), PatientBirthDate="20120101", StudyDate="20261201")
+    jpeg = real_images("test", "PNEUMONIA", 1)[0]
+    assert [header_flags(p) for p in (adult, child, teen, jpeg)] == [
+        [OLDER_THAN_TRAINING],
+        [],
+        [OLDER_THAN_TRAINING],
+        [],
+    ]
+    assert header_flags(adult.read_bytes()) == [OLDER_THAN_TRAINING] and header_flags(b"not an image") == []
+
+    model = pneumolens.load(trained_run)
+    said = model.predict([str(adult), str(child)])
+    assert OLDER_THAN_TRAINING in said[0].flags and OLDER_THAN_TRAINING not in said[1].flags
+    assert "above five years" in said[0].warning and said[0].probability == pytest.approx(said[1].probability)
+    item = XrayDataset([Sample(str(adult), 1, "adult")], model.loaded.preprocess, with_flags=True)[0]
+    assert OLDER_THAN_TRAINING in item["flags"]
+    with TestClient(create_app(Settings(model=str(trained_run), audit=False))) as client:
+        r = client.post(
+            "/api/v1/predict", files={"file": ("adult.dcm", adult.read_bytes())}, params={"explain": "false"}
+        )
+    assert r.status_code == 200 and OLDER_THAN_TRAINING in r.json()["flags"], r.text
+    assert "045Y" not in r.text and "45 y" not in r.text.lower()

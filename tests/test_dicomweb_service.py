@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from conftest import PATIENT_ID, assert_refused, free_port, make_dicom, real_images
 from pneumolens.data.images import read_image
+from pneumolens.dicom_report import read_structured_report
 from pneumolens.dicomweb_service import DicomwebService, RelatedParts, create_app, instances
 
 BOUNDARY = "pneumolens-test-boundary"
@@ -98,6 +99,18 @@ def test_instances_taken_over_dicomweb_go_the_way_of_a_c_store(node, films):
     assert PATIENT_ID not in r.text  # UIDs only
     results = [pydicom.dcmread(p) for p in node.out.glob("*.dcm")]
     assert len(results) == 4 and node.stored == 2  # a picture and a report per film
+    for made in results:  # children's films by their header's silence: no age caution
+        assert "older_than_training" not in str(made.get("DerivationDescription", ""))
+
+    adult = pydicom.dcmread(io.BytesIO(films[0]))  # an adult's film: read, with the caution in the results
+    adult.SOPInstanceUID, adult.PatientAge = pydicom.uid.generate_uid(), "045Y"
+    buf = io.BytesIO()
+    adult.save_as(buf)
+    before = set(node.out.glob("*.dcm"))
+    r = client.post("/dicomweb/studies", content=_multipart(buf.getvalue()), headers={"Content-Type": CONTENT_TYPE})
+    made = {ds.Modality: ds for ds in map(pydicom.dcmread, set(node.out.glob("*.dcm")) - before)}
+    assert r.status_code == 200 and "check image: older_than_training" in made["OT"].DerivationDescription
+    assert "older_than_training" in read_structured_report(made["SR"])["flags"]
     assert {ds.StudyInstanceUID for ds in results} == {ds.StudyInstanceUID for ds in sent}
 
 

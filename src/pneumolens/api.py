@@ -19,6 +19,7 @@ import torch
 from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import ImageReadError, preprocess, read_image
+from pneumolens.data.scope import header_flags
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.segment import LungSegmenter
 
@@ -102,8 +103,9 @@ class Model:
             probs = torch.sigmoid(self.loaded.model(x)).numpy().astype(float)
         t = self.loaded.threshold
         results = []
-        for g, (low, full), p in zip(grays, masks, probs, strict=True):
+        for item, g, (low, full), p in zip(items, grays, masks, probs, strict=True):
             flags, measures = flags_and_measures(low, g)
+            flags += header_flags(item) if isinstance(item, str | os.PathLike) else []
             r = Result(float(p), CLASS_NAMES[int(p >= t)], t, flags, measures=measures)
             if explain:
                 from pneumolens.explain import explain_image

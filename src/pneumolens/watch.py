@@ -30,6 +30,7 @@ from pneumolens.audit import AuditLog, metadata, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of, header_dataset
 from pneumolens.data.images import ImageReadError, read_image
+from pneumolens.data.scope import header_flags
 from pneumolens.data.sources import image_files
 from pneumolens.send_on import SendOn
 
@@ -96,7 +97,7 @@ class Watcher:
                 return False
         t0 = time.perf_counter()
         try:
-            result = self.engine.analyse(read_image(path, data=data), self.explain)
+            result = self.engine.analyse(read_image(path, data=data), self.explain, from_header=header_flags(data))
             kept = ("probability", "label", "threshold", "decision", "flags", "warning", "measures")
             record = {k: result[k] for k in kept}
             record.update(

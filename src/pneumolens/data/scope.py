@@ -14,6 +14,12 @@ therefore refused before a pixel is read, with the field and its value in the me
   ``RL``), oblique or decubitus view; without a View Position, a View Code Sequence whose meaning says
   lateral, oblique or decubitus.
 
+One thing the header says is a caution rather than a refusal: the patient's age (``Patient Age``, or
+the birth date against the study's date). The model learnt from films of children aged one to five;
+:func:`header_flags` gives ``older_than_training`` for a patient older than five years, and the
+result carries it with the lung checks' flags (``pneumolens.lungs.flags``). The age itself is never
+returned, logged or stored.
+
 An empty or absent field passes: many films carry none of these, and the lung checks
 (``pneumolens.lungs.flags``: no lung fields found, an unusual lung area) are the guard then. ``*`` in
 either variable accepts any value of that field. The values quoted are coded strings (CS, at most 16
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date
+from pathlib import Path
 
 BODY_PARTS_ENV = "PNEUMOLENS_BODY_PARTS"
 VIEWS_ENV = "PNEUMOLENS_VIEWS"
@@ -32,6 +40,10 @@ DEFAULT_BODY_PARTS = ("CHEST", "THORAX", "THORACIC", "TORAX", "LUNG")
 DEFAULT_VIEWS = ("PA", "AP")
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC"})
 _OTHER_VIEW_WORDS = ("lateral", "oblique", "decubitus")
+OLDER_THAN_TRAINING = "older_than_training"
+TRAINING_MAX_AGE = 5  # years: the Kaggle set holds films of children aged one to five (Kermany et al. 2018)
+_AGE_KEYWORDS = ["PatientAge", "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"]
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
 def _terms(env: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -92,3 +104,56 @@ def outside_scope(ds) -> str | None:
             f"(set {VIEWS_ENV}=* to read others)"
         )
     return None
+
+
+def _date(text: str) -> date | None:
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if re.fullmatch(r"\d{8}", text) else None
+    except ValueError:  # 20230231: not a day
+        return None
+
+
+def age_in_years(ds) -> float | None:
+    """The patient's age at the study from a DICOM header: ``Patient Age`` (``007Y``, ``018M``,
+    ``010W``, ``003D``), else the birth date against the study's (or series', acquisition's, content's)
+    date; None when the header does not say or says it malformed."""
+    try:
+        given = str(ds.get("PatientAge", "") or "").strip().upper()
+        if match := re.fullmatch(r"(\d{1,3})([DWMY])", given):
+            return int(match[1]) * _AGE_UNITS[match[2]]
+        born = _date(str(ds.get("PatientBirthDate", "") or "").strip())
+        taken = next((d for k in _AGE_KEYWORDS[2:] if (d := _date(str(ds.get(k, "") or "").strip())) is not None), None)
+    except Exception:  # noqa: BLE001 - a malformed value reads as absent
+        return None
+    if born is None or taken is None or taken < born:
+        return None
+    return (taken - born).days / 365.25
+
+
+def header_flags(source: str | os.PathLike[str] | bytes | None) -> list[str]:
+    """The cautions a DICOM file's header gives (``older_than_training``), from its path or bytes, read
+    without the pixels; [] for other files, a header that does not parse or one that does not say."""
+    from pneumolens.data.dicom import header_dataset, is_dicom
+
+    if source is None:
+        return []
+    if isinstance(source, bytes):
+        ds = header_dataset(source, _AGE_KEYWORDS)
+    else:
+        try:
+            with open(source, "rb") as f:
+                if not is_dicom(f.read(132), Path(source).name):
+                    return []
+        except OSError:
+            return []
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(source, stop_before_pixels=True, force=True, specific_tags=_AGE_KEYWORDS)
+        except Exception:  # noqa: BLE001 - a corrupt header: the image's own error is reported when it is read
+            return []
+    if ds is None:
+        return []
+    age = age_in_years(ds)
+    # older than five: the sixth birthday passed (an age of 5Y or 71M is still five)
+    return [OLDER_THAN_TRAINING] if age is not None and age >= TRAINING_MAX_AGE + 1 else []

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pneumolens.checkpoint import LoadedModel
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
+from pneumolens.data.scope import header_flags
 from pneumolens.explain import attribution as attr
 from pneumolens.explain.outlines import Outline, map_outlines
 from pneumolens.lungs.flags import plausibility_flags
@@ -141,7 +142,7 @@ def explain_image(
         image=gray,
         lung_mask=full,
         lung_fraction=attribution_lung_fraction(heatmap, full),
-        flags=plausibility_flags(low, gray),
+        flags=plausibility_flags(low, gray) + header_flags(path),
         segments=segments,
         segment_weights=weights,
         path=path,

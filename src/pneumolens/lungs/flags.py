@@ -19,6 +19,9 @@ is not also judged for mirroring: the mirror check learnt on films the right way
 ``noisy`` and ``low_detail`` need the image too (``pneumolens.lungs.quality``): a film much noisier
 than the training films, or with less fine detail (a small or blurred image), on which the model
 calls more normal films pneumonia (``benchmarks/robustness.py``).
+
+``older_than_training`` comes from a DICOM file's header, not the pixels
+(``pneumolens.data.scope.header_flags``): a patient older than the children the model learnt from.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+
+from pneumolens.data.scope import OLDER_THAN_TRAINING
 
 MIN_LUNG_AREA = 0.01  # below this, nothing lung-like was found
 AREA_RANGE = (0.06, 0.55)  # half the smallest and 1.25x the largest manual mask's share
@@ -50,6 +55,8 @@ MESSAGES = {
     "the model reads films the standard way round and calls most mirrored normal films pneumonia",
     NOISY_FLAG: "the film is much noisier than the films the model learnt from: it calls more normal films like this "
     "pneumonia; send the film as the modality stored it, not re-processed",
+    OLDER_THAN_TRAINING: "the DICOM header gives the patient an age above five years: the model learnt from films of "
+    "children aged one to five and never saw an older patient's pneumonia; weigh its call with care",
     LOW_DETAIL_FLAG: "the film holds little fine detail (a small, thumbnail or blurred image): the model calls more "
     "normal films like this pneumonia; send it at the resolution the modality stored",
 }

@@ -17,6 +17,7 @@ import torch
 from pneumolens.checkpoint import load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
+from pneumolens.data.scope import header_flags
 from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.preprocess import read_box
@@ -91,14 +92,17 @@ class Engine:
         a file that cannot be used."""
         t0 = time.perf_counter()
         gray = read_image(filename, data=data)
-        result = self.analyse(gray, explain, method)
+        result = self.analyse(gray, explain, method, header_flags(data))
         result.pop("explanation", None)
         result["image_png"] = preview_png(gray) if image else None
         return {**result, "seconds": time.perf_counter() - t0}
 
-    def analyse(self, gray: np.ndarray, explain: bool, method: str = DEFAULT_METHOD) -> dict[str, Any]:
+    def analyse(
+        self, gray: np.ndarray, explain: bool, method: str = DEFAULT_METHOD, from_header: list[str] | None = None
+    ) -> dict[str, Any]:
         """Score (and explain) a decoded image. With ``explain``, ``explanation`` holds the
-        :class:`~pneumolens.explain.explainer.Explanation` and ``heatmap_png`` its picture."""
+        :class:`~pneumolens.explain.explainer.Explanation` and ``heatmap_png`` its picture.
+        ``from_header``: the flags its DICOM header gives (``pneumolens.data.scope.header_flags``)."""
         t0 = time.perf_counter()
         result: dict[str, Any] = {
             "method": None,
@@ -130,6 +134,7 @@ class Engine:
         t = self.loaded.threshold
         label = CLASS_NAMES[int(p >= t)]
         flags, measures = flags_and_measures(low, gray)
+        flags += from_header or []
         return {
             **result,
             "probability": p,
