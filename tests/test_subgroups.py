@@ -90,6 +90,43 @@ def test_evaluate_groups_dicom_films_by_a_device_attribute_and_never_by_a_patien
     assert "--group-by PatientName" in err and "Manufacturer" in err
 
 
+def test_evaluate_groups_dicom_films_by_the_patient_s_age_band(tmp_path, capsys):
+    """``--group-by age-band``: each band from the header's age or birth and study dates; the age and
+    the patient's identifiers never in the output."""
+    import json
+
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    from conftest import PATIENT_ID, PATIENT_NAME, make_dicom
+    from pneumolens.cli import main
+
+    ages = {
+        "NORMAL": [{"PatientAge": "003Y"}, {"PatientAge": "010M"}, {"PatientAge": "072M"}],
+        "PNEUMONIA": [{"PatientBirthDate": "19600101", "StudyDate": "20260101"}, {"PatientAge": "040Y"}, {}],
+    }
+    for label, headers in ages.items():
+        (tmp_path / label).mkdir()
+        for i, (header, src) in enumerate(zip(headers, real_images("test", label, 3), strict=True)):
+            path = make_dicom(tmp_path / label / f"film{i}.dcm", np.asarray(Image.open(src).convert("L")))
+            ds = pydicom.dcmread(path)
+            for keyword, value in header.items():
+                setattr(ds, keyword, value)
+            ds.save_as(path)
+    (tmp_path / "NORMAL" / "film9.jpeg").symlink_to(real_images("test", "NORMAL", 4)[-1])
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--data", str(tmp_path), "--group-by", "age-band", "--json", str(out)]) == 0
+    text = out.read_text()
+    assert {k: g["n"] for k, g in json.loads(text)["subgroups"].items()} == {
+        "NORMAL/1-5 years": 1, "NORMAL/under 1 year": 1, "NORMAL/6-17 years": 1, "NORMAL/not DICOM": 1,
+        "PNEUMONIA/65 years or more": 1, "PNEUMONIA/18-64 years": 1, "PNEUMONIA/no age": 1,
+    }  # fmt: skip
+    printed = capsys.readouterr()
+    for secret in (PATIENT_NAME, PATIENT_ID, "040Y", "19600101"):
+        assert secret not in text and secret not in printed.out and secret not in printed.err
+
+
 def test_evaluate_groups_films_by_their_lung_exposure(tmp_path, capsys):
     import json
 

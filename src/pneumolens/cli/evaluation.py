@@ -24,7 +24,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--group-by",
         metavar="ATTRIBUTE",
         help="report subgroups by a DICOM device or acquisition attribute (e.g. Manufacturer, "
-        "ManufacturerModelName, InstitutionName, ViewPosition; never a patient's), or by lung-exposure: "
+        "ManufacturerModelName, InstitutionName, ViewPosition; never a patient's), by age-band: the patient's "
+        "age band from a DICOM header (under 1 year, 1-5, 6-17, 18-64, 65 or more), or by lung-exposure: "
         "whether the median inside the lung mask is above 0.5 (grey lungs)",
     )
     e.add_argument(

@@ -42,7 +42,7 @@ RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC"})
 _OTHER_VIEW_WORDS = ("lateral", "oblique", "decubitus")
 OLDER_THAN_TRAINING = "older_than_training"
 TRAINING_MAX_AGE = 5  # years: the Kaggle set holds films of children aged one to five (Kermany et al. 2018)
-_AGE_KEYWORDS = ["PatientAge", "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"]
+AGE_KEYWORDS = ["PatientAge", "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"]
 _AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
@@ -122,7 +122,7 @@ def age_in_years(ds) -> float | None:
         if match := re.fullmatch(r"(\d{1,3})([DWMY])", given):
             return int(match[1]) * _AGE_UNITS[match[2]]
         born = _date(str(ds.get("PatientBirthDate", "") or "").strip())
-        taken = next((d for k in _AGE_KEYWORDS[2:] if (d := _date(str(ds.get(k, "") or "").strip())) is not None), None)
+        taken = next((d for k in AGE_KEYWORDS[2:] if (d := _date(str(ds.get(k, "") or "").strip())) is not None), None)
     except Exception:  # noqa: BLE001 - a malformed value reads as absent
         return None
     if born is None or taken is None or taken < born:
@@ -138,7 +138,7 @@ def header_flags(source: str | os.PathLike[str] | bytes | None) -> list[str]:
     if source is None:
         return []
     if isinstance(source, bytes):
-        ds = header_dataset(source, _AGE_KEYWORDS)
+        ds = header_dataset(source, AGE_KEYWORDS)
     else:
         try:
             with open(source, "rb") as f:
@@ -149,7 +149,7 @@ def header_flags(source: str | os.PathLike[str] | bytes | None) -> list[str]:
         import pydicom
 
         try:
-            ds = pydicom.dcmread(source, stop_before_pixels=True, force=True, specific_tags=_AGE_KEYWORDS)
+            ds = pydicom.dcmread(source, stop_before_pixels=True, force=True, specific_tags=AGE_KEYWORDS)
         except Exception:  # noqa: BLE001 - a corrupt header: the image's own error is reported when it is read
             return []
     if ds is None:

@@ -2,7 +2,8 @@
 
 A film's subgroup is ``CLASS/group``. The group comes from a CSV manifest's ``group`` column (a
 scanner, a site, an age band: whatever the user wants to see separately), from a DICOM attribute
-of the device or acquisition (``evaluate --group-by Manufacturer``; never a patient's) or the
+of the device or acquisition (``evaluate --group-by Manufacturer``; never a patient's), the
+patient's age band from a DICOM header (``--group-by age-band``: a band, never the age), or the
 film's lung exposure (``--group-by lung-exposure``), else from the Kaggle file names: normal films
 of the ``IM-*`` and the ``NORMAL2-IM-*`` series (two acquisition series with different error
 rates), bacterial and viral pneumonia (``personN_bacteria_M``, ``personN_virus_M``); a name that
@@ -39,6 +40,11 @@ DEVICE_ATTRIBUTES = (
 # the lung mask, grayscale in [0, 1]) above GREY_LUNGS? Greyer lungs than most pneumonia films: the
 # shipped model's false alarms concentrate there (docs/results.md, round 19).
 LUNG_EXPOSURE = "lung-exposure"
+
+# From a DICOM header's age (``pneumolens.data.scope.age_in_years``), in bands wide enough that a band
+# names no one: the training children (one to five), infants, older children, adults, the elderly.
+AGE_BAND = "age-band"
+AGE_BANDS = ((1, "under 1 year"), (6, "1-5 years"), (18, "6-17 years"), (65, "18-64 years"))
 
 # The Kaggle subgroups, in a fixed order (group DRO keeps one weight per entry).
 KAGGLE_SUBGROUPS = (
@@ -101,14 +107,37 @@ def lung_exposure(path: str | os.PathLike[str]) -> str:
     return f"lung median above {GREY_LUNGS}" if median > GREY_LUNGS else f"lung median {GREY_LUNGS} or below"
 
 
+def age_band(path: str | os.PathLike[str]) -> str:
+    """The patient's age band from a DICOM file's header (``AGE_BANDS``, "65 years or more"); "no age"
+    when the header does not say, "not DICOM" for another format, "unreadable" when it does not parse."""
+    from pneumolens.data.scope import AGE_KEYWORDS, age_in_years
+
+    try:
+        with open(path, "rb") as f:
+            if not is_dicom(f.read(132), str(path)):
+                return "not DICOM"
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=AGE_KEYWORDS)
+    except Exception:  # the scorer reports the file's own error; here it only needs a group
+        return "unreadable"
+    age = age_in_years(ds)
+    if age is None:
+        return "no age"
+    return next((band for below, band in AGE_BANDS if age < below), "65 years or more")
+
+
 def grouped_by(samples: Sequence[Sample], keyword: str) -> list[Sample]:
-    """``samples`` with their group set to a DICOM device or acquisition attribute, or to their
-    lung exposure (``lung-exposure``)."""
+    """``samples`` with their group set to a DICOM device or acquisition attribute, to the patient's
+    age band (``age-band``) or to their lung exposure (``lung-exposure``)."""
     if keyword == LUNG_EXPOSURE:
         return [dataclasses.replace(s, group=lung_exposure(s.path)) for s in samples]
+    if keyword == AGE_BAND:
+        return [dataclasses.replace(s, group=age_band(s.path)) for s in samples]
     if keyword not in DEVICE_ATTRIBUTES:
         raise ValueError(
             f"--group-by {keyword}: not a device or acquisition attribute pneumolens groups by (patient "
-            f"attributes never are); valid: {LUNG_EXPOSURE}, {', '.join(DEVICE_ATTRIBUTES)}"
+            f"attributes never are, but for the age band); valid: {LUNG_EXPOSURE}, {AGE_BAND}, "
+            f"{', '.join(DEVICE_ATTRIBUTES)}"
         )
     return [dataclasses.replace(s, group=dicom_attribute(Path(s.path), keyword)) for s in samples]
