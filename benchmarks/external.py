@@ -8,7 +8,10 @@ pneumonia by label and none used to train or to choose anything for the pneumoni
 through the Python API as a site would send them: the normal films called pneumonia (the external
 check of every quality round), the TB films called pneumonia, the ROC-AUC of the probability for
 TB against normal (how far the model's "pneumonia" reaches other lung disease), and the films that
-get a flag asking to check the image. Nothing here chooses anything. Not part of the test suite.
+get a flag asking to check the image; then the same by the patient's age band (the manifest's ages,
+Shenzhen's only: the bands ``evaluate --group-by age-band`` uses), for how the model reads children of
+the training ages against adults from elsewhere. Nothing here chooses anything. Not part of the test
+suite.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 import pneumolens
+from pneumolens.agreement import wilson
 from pneumolens.data.images import read_image
+from pneumolens.data.subgroups import AGE_BANDS
 from pneumolens.lungs.flags import check_flags
 
 
@@ -30,6 +35,13 @@ def films(masks: str | Path) -> list[dict[str, str]]:
     """The manifest's rows, each with its image path under ``path``."""
     with open(Path(masks) / "manifest.csv", newline="") as f:
         return [r | {"path": str(Path(masks) / "images" / f"{r['id']}.png")} for r in csv.DictReader(f)]
+
+
+def band(age: str) -> str:
+    """The age band of a manifest's age in years ("no age" when empty)."""
+    if not age.strip():
+        return "no age"
+    return next((name for below, name in AGE_BANDS if float(age) < below), "65 years or more")
 
 
 def rates(tb: np.ndarray, called: np.ndarray, prob: np.ndarray, flagged: np.ndarray) -> dict[str, float | int]:
@@ -47,15 +59,21 @@ def rates(tb: np.ndarray, called: np.ndarray, prob: np.ndarray, flagged: np.ndar
     return out
 
 
-def row(name: str, r: dict[str, float | int]) -> str:
-    def share(k: int, n: int) -> str:
-        return f"{k} of {n} ({100 * k / n:.1f}%)" if n else "-"
+def row(name: str, r: dict[str, float | int], interval: bool = False) -> str:
+    """A table row; with ``interval``, the normal films' share with its Wilson 95% interval (few films)."""
+
+    def share(k: int, n: int, ci: bool = False) -> str:
+        if not n:
+            return "-"
+        if ci and (w := wilson(k, n)) is not None:
+            return f"{k} of {n} ({100 * k / n:.1f}% [{100 * w['low']:.1f}, {100 * w['high']:.1f}])"
+        return f"{k} of {n} ({100 * k / n:.1f}%)"
 
     auc = "-" if r["auc"] != r["auc"] else f"{r['auc']:.3f}"
     n = int(r["normal"]) + int(r["tb"])
     return (
-        f"| {name} | {share(int(r['normal_called']), int(r['normal']))} | {share(int(r['tb_called']), int(r['tb']))} "
-        f"| {auc} | {share(int(r['flagged']), n)} |"
+        f"| {name} | {share(int(r['normal_called']), int(r['normal']), interval)} "
+        f"| {share(int(r['tb_called']), int(r['tb']))} | {auc} | {share(int(r['flagged']), n)} |"
     )
 
 
@@ -85,6 +103,14 @@ def main() -> None:
         k = source == name
         print(row(name, rates(tb[k], called[k], p[k], f[k])))
     print(row("both", rates(tb, called, p, f)))
+    bands = np.array([band(r.get("age", "")) for r in rows])
+    print(
+        "\n| age band | normal films called pneumonia | TB films called pneumonia | ROC-AUC, TB against normal "
+        "| flagged |\n|---|---|---|---|---|"
+    )
+    for name in [b for _, b in AGE_BANDS] + ["65 years or more", "no age"]:
+        if (k := bands == name).any():
+            print(row(name, rates(tb[k], called[k], p[k], f[k]), interval=True))
     print(f"({time.time() - t0:.0f} s)")
 
 
