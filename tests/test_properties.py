@@ -114,3 +114,47 @@ def test_mutated_jpeg_is_an_image_or_a_clear_refusal(cut, flips):
         assert "mutated.jpeg" in str(e) and e.reason
     else:
         assert gray.ndim == 2 and np.isfinite(gray).all() and 0.0 <= gray.min() <= gray.max() <= 1.0
+
+
+CS_OR_JUNK = st.one_of(st.text(max_size=20), st.sampled_from(["CHEST", "KNEE", "LL", "PA", "CT", "045Y", "20200101"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    body_part=CS_OR_JUNK,
+    view=CS_OR_JUNK,
+    modality=CS_OR_JUNK,
+    age=CS_OR_JUNK,
+    born=CS_OR_JUNK,
+    flips=st.lists(st.tuples(st.integers(0, 1500), st.integers(1, 255)), max_size=6),
+)
+def test_header_checks_never_raise_whatever_the_header_says(
+    tmp_path_factory, body_part, view, modality, age, born, flips
+):
+    """Any text in the fields the scope and age checks read, and flipped header bytes: a film read or
+    refused by name (out of scope or not), and header flags that are a list, never an exception."""
+    import pydicom
+
+    from pneumolens.data.scope import OLDER_THAN_TRAINING, header_flags
+
+    path = make_dicom(tmp_path_factory.mktemp("hdr") / "h.dcm", np.full((32, 32), 100, np.uint8))
+    ds = pydicom.dcmread(path)
+    ds.BodyPartExamined, ds.ViewPosition, ds.Modality, ds.PatientAge, ds.PatientBirthDate = (
+        body_part, view, modality, age, born,
+    )  # fmt: skip
+    ds.StudyDate = "20261207"
+    try:
+        ds.save_as(path)
+    except Exception:  # noqa: BLE001 - pydicom may refuse to write a value at all: nothing to read then
+        return
+    data = bytearray(path.read_bytes())
+    for at, xor in flips:
+        data[at % len(data)] ^= xor
+    assert set(header_flags(bytes(data))) <= {OLDER_THAN_TRAINING}
+    try:
+        gray = read_image("h.dcm", data=bytes(data))
+    except ImageReadError as e:
+        assert "h.dcm" in str(e) and e.reason
+        assert not e.out_of_scope or e.reason.startswith(("not a radiograph", "not a chest film", "not a frontal view"))
+    else:  # a flip may change the header's size fields: any grayscale film in [0, 1]
+        assert gray.ndim == 2 and np.isfinite(gray).all() and 0.0 <= gray.min() <= gray.max() <= 1.0
