@@ -23,7 +23,16 @@ from pneumolens.audit import AuditLog
 from pneumolens.cli import main
 from pneumolens.data.dicom import device_of
 from pneumolens.data.images import read_image
-from pneumolens.monitor import CHECK, MIN_PREDICTIONS, PNEUMONIA, PROBABILITY, REFUSED, compare, window
+from pneumolens.monitor import (
+    CHECK,
+    MIN_PREDICTIONS,
+    OUT_OF_SCOPE,
+    PNEUMONIA,
+    PROBABILITY,
+    REFUSED,
+    compare,
+    window,
+)
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -43,11 +52,12 @@ def test_a_window_counts_films_refusals_and_check_flags_apart_from_the_caution()
             _row("PNEUMONIA", 0.9, ("grey_lungs",), {"lung_median": 0.55, "noise": 0.002}),
             _row("NORMAL", 0.1, ("mirrored", "grey_lungs"), {"lung_median": None, "noise": 0.003}),
             _row("NORMAL", 0.2),
-            _row("refused"),
+            _row("refused") | {"error": "corrupt or truncated image"},
+            _row("refused") | {"error": "out of scope: not a frontal view (View Position LL)"},  # a lateral
             _row("pruned"),  # the trail's own note: not an input
         ]
     )
-    assert (w.predictions, w.refused, w.inputs, w.called, w.checked) == (3, 1, 4, 1, 1)
+    assert (w.predictions, w.refused, w.out_of_scope, w.inputs, w.called, w.checked) == (3, 1, 1, 5, 1, 1)
     assert w.flags == {"grey_lungs": 2, "mirrored": 1} and w.probabilities == [0.9, 0.1, 0.2]
     assert w.measures == {"lung_median": [0.55], "noise": [0.002, 0.003]}  # a film without lungs has no median
 
@@ -63,7 +73,8 @@ def test_compare_uses_fisher_and_bonferroni_as_computed_by_hand():
     assert called.p_adjusted == pytest.approx(called.p * len(report.tests)) and called.alert
     probability = next(t for t in report.tests if t.name == PROBABILITY)
     assert probability.p == pytest.approx(2 / math.comb(60, 30), rel=1e-6) and probability.alert
-    assert [t.name for t in report.tests if not t.alert] == [REFUSED, CHECK]  # no refusals, no flags on either side
+    # no refusals, no films out of scope, no flags on either side
+    assert [t.name for t in report.tests if not t.alert] == [REFUSED, OUT_OF_SCOPE, CHECK]
     # the measures are tested where both windows hold enough of them: here the detail of every film
     base = window([_row("PNEUMONIA", 0.9, measures={"detail": 0.5 + i / 100}) for i in range(31)])
     recent = window([_row("PNEUMONIA", 0.9, measures={"detail": 0.1 + i / 100}) for i in range(31)])
@@ -135,11 +146,14 @@ def test_drift_is_found_where_the_films_changed_and_not_where_they_did_not(trail
         lines = [ln for ln in reports[name].splitlines() if ln.endswith("DRIFT")]
         return {ln.split("  ")[0].strip() for ln in lines}
 
-    assert "baseline: 40 films read, 0 refused" in reports["same mix"] and "no drift found" in reports["same mix"]
+    assert (
+        "baseline: 40 films read, 0 refused, 0 out of scope" in reports["same mix"]
+        and "no drift found" in reports["same mix"]
+    )
     assert drifted("same mix") == set()
     assert {PNEUMONIA, PROBABILITY} <= drifted("pneumonia only") and CHECK not in drifted("pneumonia only")
     assert {REFUSED, CHECK, "flag mirrored"} <= drifted("mirrored, broken")
-    assert "recent:   40 films read, 13 refused" in reports["mirrored, broken"]
+    assert "recent:   40 films read, 13 refused, 0 out of scope" in reports["mirrored, broken"]
     # half the resolution: the films lose fine detail before many cross the low_detail bound
     assert "detail" in drifted("half resolution") and PNEUMONIA not in drifted("half resolution")
 

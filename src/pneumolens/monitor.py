@@ -1,7 +1,8 @@
 """Has what the model sees, or what it says, changed? Two windows of the audit trail compared.
 
 A deployed model meets no labels, but its trail holds every call: the share of inputs refused, of
-films called pneumonia, of films flagged for a check (each flag on its own, and any of them), of
+inputs out of the model's scope by their header (a lateral view: a routing change), of films called
+pneumonia, of films flagged for a check (each flag on its own, and any of them), of
 films with the ``grey_lungs`` caution, of inputs from each DICOM device (a new detector, or one
 gone quiet), the distribution of the probability, and the film's measures behind the flags (the
 lungs' share of the image and median grey, noise, detail), which move before a flag's bound is
@@ -36,14 +37,18 @@ if TYPE_CHECKING:
 CALLED, NOT_CALLED = "PNEUMONIA", "NORMAL"
 MIN_PREDICTIONS = 30  # fewer in a window and no comparison is made: the tests could find nothing
 REFUSED, PNEUMONIA, CHECK, PROBABILITY = "refused", "called pneumonia", "any check flag", "probability"
+OUT_OF_SCOPE = "out of scope"  # refused rows whose error starts so: films the model is not for (a lateral view)
 
 
 @dataclass
 class Window:
-    """What one stretch of the trail holds: predictions (films read), refusals, and per film its
-    probability, call and flags. The trail's own rows (prunes, rebuilds) are not counted."""
+    """What one stretch of the trail holds: predictions (films read), refusals, films out of the
+    model's scope by their header (a lateral view, another body part: a routing change shows there,
+    apart from broken files), and per film its probability, call and flags. The trail's own rows
+    (prunes, rebuilds) are not counted."""
 
     refused: int = 0
+    out_of_scope: int = 0
     probabilities: list[float] = field(default_factory=list)
     called: int = 0
     flags: dict[str, int] = field(default_factory=dict)  # films carrying each flag
@@ -61,7 +66,7 @@ class Window:
 
     @property
     def inputs(self) -> int:
-        return self.predictions + self.refused
+        return self.predictions + self.refused + self.out_of_scope
 
 
 def window(rows: Iterable[Mapping[str, Any]]) -> Window:
@@ -76,7 +81,10 @@ def window(rows: Iterable[Mapping[str, Any]]) -> Window:
         if r.get("device"):
             w.devices[r["device"]] = w.devices.get(r["device"], 0) + 1
         if decision == REFUSED:
-            w.refused += 1
+            if (r.get("error") or "").startswith(f"{OUT_OF_SCOPE}:"):
+                w.out_of_scope += 1
+            else:
+                w.refused += 1
             continue
         w.probabilities.append(float(r["probability"]))
         w.called += decision == CALLED
@@ -122,7 +130,13 @@ class DriftReport:
         """For JSON: both windows' counts, each measure, the notes and the verdict."""
 
         def counts(w: Window) -> dict[str, Any]:
-            return {"films_read": w.predictions, "refused": w.refused, "start": w.start, "end": w.end}
+            return {
+                "films_read": w.predictions,
+                "refused": w.refused,
+                "out_of_scope": w.out_of_scope,
+                "start": w.start,
+                "end": w.end,
+            }
 
         return {
             "baseline": counts(self.baseline),
@@ -136,8 +150,8 @@ class DriftReport:
     def __str__(self) -> str:
         b, r = self.baseline, self.recent
         lines = [
-            f"baseline: {b.predictions} films read, {b.refused} refused{_span(b)}",
-            f"recent:   {r.predictions} films read, {r.refused} refused{_span(r)}",
+            f"baseline: {b.predictions} films read, {b.refused} refused, {b.out_of_scope} out of scope{_span(b)}",
+            f"recent:   {r.predictions} films read, {r.refused} refused, {r.out_of_scope} out of scope{_span(r)}",
             "",
             f"{'measure':<26} {'baseline':<22} {'recent':<22} {'p (Bonferroni)':<15} drift",
         ]
@@ -195,6 +209,7 @@ def compare(baseline: Window, recent: Window, alpha: float = 0.01) -> DriftRepor
     nb, nr = baseline.predictions, recent.predictions
     tests = [
         _fisher(REFUSED, baseline.refused, baseline.inputs, recent.refused, recent.inputs),
+        _fisher(OUT_OF_SCOPE, baseline.out_of_scope, baseline.inputs, recent.out_of_scope, recent.inputs),
         _fisher(PNEUMONIA, baseline.called, nb, recent.called, nr),
     ]
     tests.append(_ks(PROBABILITY, baseline.probabilities, recent.probabilities))
