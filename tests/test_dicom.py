@@ -252,9 +252,11 @@ def test_the_patient_s_age_from_the_header(header, years):
     assert age_in_years(ds) == (pytest.approx(years) if years is not None else None)
 
 
-def test_a_patient_older_than_the_training_children_is_flagged_not_refused(tmp_path, xray, trained_run):
-    """Films of patients older than five carry ``older_than_training`` in every result: the Python API,
-    the server's engine and the dataset that evaluate and predict use; the age itself never shows."""
+def test_a_patient_older_than_the_training_children_is_flagged_not_refused(tmp_path, xray, trained_run, monkeypatch):
+    """Films of patients older than five carry ``older_than_training`` in every result: the Python API
+    (paths and pydicom datasets), the server's engine and the dataset that evaluate and predict use;
+    the age itself never shows. PNEUMOLENS_MAX_TRAINING_AGE moves the bound for a model trained on
+    other films, ``*`` turns it off, and a malformed value is said at load, by name."""
     from fastapi.testclient import TestClient
 
     import pneumolens
@@ -278,9 +280,11 @@ def test_a_patient_older_than_the_training_children_is_flagged_not_refused(tmp_p
     assert header_flags(adult.read_bytes()) == [OLDER_THAN_TRAINING] and header_flags(b"not an image") == []
 
     model = pneumolens.load(trained_run)
-    said = model.predict([str(adult), str(child)])
+    said = model.predict([str(adult), str(child), pydicom.dcmread(adult)])
     assert OLDER_THAN_TRAINING in said[0].flags and OLDER_THAN_TRAINING not in said[1].flags
-    assert "above five years" in said[0].warning and said[0].probability == pytest.approx(said[1].probability)
+    assert OLDER_THAN_TRAINING in said[2].flags  # a pydicom Dataset: its own header
+    assert "older than the patients the model learnt from" in said[0].warning
+    assert said[0].probability == pytest.approx(said[1].probability)
     item = XrayDataset([Sample(str(adult), 1, "adult")], model.loaded.preprocess, with_flags=True)[0]
     assert OLDER_THAN_TRAINING in item["flags"]
     with TestClient(create_app(Settings(model=str(trained_run), audit=False))) as client:
@@ -289,3 +293,11 @@ def test_a_patient_older_than_the_training_children_is_flagged_not_refused(tmp_p
         )
     assert r.status_code == 200 and OLDER_THAN_TRAINING in r.json()["flags"], r.text
     assert "045Y" not in r.text and "45 y" not in r.text.lower()
+
+    monkeypatch.setenv("PNEUMOLENS_MAX_TRAINING_AGE", "17")  # a model that learnt from children of any age
+    assert [header_flags(p) for p in (adult, child, teen)] == [[OLDER_THAN_TRAINING], [], []]
+    monkeypatch.setenv("PNEUMOLENS_MAX_TRAINING_AGE", "*")  # and from every age
+    assert header_flags(adult) == []
+    monkeypatch.setenv("PNEUMOLENS_MAX_TRAINING_AGE", "children")
+    with pytest.raises(ValueError, match="PNEUMOLENS_MAX_TRAINING_AGE='children'"):
+        pneumolens.load(trained_run)

@@ -19,7 +19,7 @@ import torch
 from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import ImageReadError, preprocess, read_image
-from pneumolens.data.scope import header_flags
+from pneumolens.data.scope import header_flags, max_training_age
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.segment import LungSegmenter
 
@@ -45,6 +45,10 @@ class Result:
         return describe(self.flags)
 
 
+def _is_dataset(image: object) -> bool:
+    return hasattr(image, "PixelData") or hasattr(image, "file_meta")  # a pydicom Dataset
+
+
 def to_gray(image: ImageLike) -> np.ndarray:
     """Any supported input -> grayscale (H, W) float32 in [0, 1]."""
     if isinstance(image, str | os.PathLike):
@@ -67,7 +71,7 @@ def to_gray(image: ImageLike) -> np.ndarray:
         from pneumolens.data.images import _to_gray_float
 
         return _to_gray_float(image, "<PIL image>")
-    if hasattr(image, "PixelData") or hasattr(image, "file_meta"):  # pydicom Dataset
+    if _is_dataset(image):
         import io
 
         buf = io.BytesIO()
@@ -80,6 +84,7 @@ class Model:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.segmenter = LungSegmenter.shipped()
+        max_training_age()  # a malformed PNEUMOLENS_MAX_TRAINING_AGE is said at load, not mid-batch
 
     @property
     def name(self) -> str:
@@ -105,7 +110,7 @@ class Model:
         results = []
         for item, g, (low, full), p in zip(items, grays, masks, probs, strict=True):
             flags, measures = flags_and_measures(low, g)
-            flags += header_flags(item) if isinstance(item, str | os.PathLike) else []
+            flags += header_flags(item) if isinstance(item, str | os.PathLike) or _is_dataset(item) else []
             r = Result(float(p), CLASS_NAMES[int(p >= t)], t, flags, measures=measures)
             if explain:
                 from pneumolens.explain import explain_image

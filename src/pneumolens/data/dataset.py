@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from pneumolens.config import TrainConfig
 from pneumolens.data.cache import CachedDataset, CachedImages
 from pneumolens.data.images import ImageReadError, preprocess, read_image
-from pneumolens.data.scope import header_flags
+from pneumolens.data.scope import header_flags, max_training_age
 from pneumolens.data.sources import Sample
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class XrayDataset(Dataset):
         self.samples = list(samples)
         self.cfg = preprocess_cfg
         self.with_flags = with_flags
+        if with_flags:
+            max_training_age()  # a malformed PNEUMOLENS_MAX_TRAINING_AGE is said now, not mid-epoch
         self.lung_masks = lung_masks or {}  # precomputed low-resolution masks by path (training)
 
     def __len__(self) -> int:

@@ -18,7 +18,8 @@ One thing the header says is a caution rather than a refusal: the patient's age 
 the birth date against the study's date). The model learnt from films of children aged one to five;
 :func:`header_flags` gives ``older_than_training`` for a patient older than five years, and the
 result carries it with the lung checks' flags (``pneumolens.lungs.flags``). The age itself is never
-returned, logged or stored.
+returned, logged or stored. A model trained on other films sets the oldest age of its training
+patients in ``PNEUMOLENS_MAX_TRAINING_AGE`` (years; ``*``: no age caution).
 
 An empty or absent field passes: many films carry none of these, and the lung checks
 (``pneumolens.lungs.flags``: no lung fields found, an unusual lung area) are the guard then. ``*`` in
@@ -41,7 +42,10 @@ DEFAULT_VIEWS = ("PA", "AP")
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC"})
 _OTHER_VIEW_WORDS = ("lateral", "oblique", "decubitus")
 OLDER_THAN_TRAINING = "older_than_training"
-TRAINING_MAX_AGE = 5  # years: the Kaggle set holds films of children aged one to five (Kermany et al. 2018)
+# years: the Kaggle set, which every model pneumolens ships or trains by default learnt from, holds films of
+# children aged one to five (Kermany et al. 2018); a model trained on other films sets its own bound
+MAX_TRAINING_AGE_ENV = "PNEUMOLENS_MAX_TRAINING_AGE"
+DEFAULT_MAX_TRAINING_AGE = 5.0
 AGE_KEYWORDS = ["PatientAge", "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"]
 _AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
@@ -130,14 +134,21 @@ def age_in_years(ds) -> float | None:
     return (taken - born).days / 365.25
 
 
-def header_flags(source: str | os.PathLike[str] | bytes | None) -> list[str]:
-    """The cautions a DICOM file's header gives (``older_than_training``), from its path or bytes, read
-    without the pixels; [] for other files, a header that does not parse or one that does not say."""
+def header_flags(source) -> list[str]:
+    """The cautions a DICOM file's header gives (``older_than_training``), from its path, bytes or
+    pydicom Dataset, read without the pixels; [] for other files, a header that does not parse or one
+    that does not say.
+
+    Raises:
+        ValueError: ``PNEUMOLENS_MAX_TRAINING_AGE`` malformed (see :func:`max_training_age`).
+    """
     from pneumolens.data.dicom import header_dataset, is_dicom
 
     if source is None:
         return []
-    if isinstance(source, bytes):
+    if hasattr(source, "PixelData") or hasattr(source, "file_meta"):  # a pydicom Dataset
+        ds = source
+    elif isinstance(source, bytes):
         ds = header_dataset(source, AGE_KEYWORDS)
     else:
         try:
@@ -152,8 +163,29 @@ def header_flags(source: str | os.PathLike[str] | bytes | None) -> list[str]:
             ds = pydicom.dcmread(source, stop_before_pixels=True, force=True, specific_tags=AGE_KEYWORDS)
         except Exception:  # noqa: BLE001 - a corrupt header: the image's own error is reported when it is read
             return []
-    if ds is None:
+    if ds is None or (oldest := max_training_age()) is None:
         return []
     age = age_in_years(ds)
     # older than five: the sixth birthday passed (an age of 5Y or 71M is still five)
-    return [OLDER_THAN_TRAINING] if age is not None and age >= TRAINING_MAX_AGE + 1 else []
+    return [OLDER_THAN_TRAINING] if age is not None and age >= oldest + 1 else []
+
+
+def max_training_age() -> float | None:
+    """The oldest training patients' age in years (``PNEUMOLENS_MAX_TRAINING_AGE``, default 5: the Kaggle
+    set's); None when the variable is ``*`` (no age caution: a model trained on patients of every age).
+
+    Raises:
+        ValueError: a value that is neither a number of years nor ``*``, naming the variable.
+    """
+    raw = os.environ.get(MAX_TRAINING_AGE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_TRAINING_AGE
+    if raw == "*":
+        return None
+    try:
+        years = float(raw)
+    except ValueError:
+        years = -1.0
+    if not 0 <= years < 150:
+        raise ValueError(f"{MAX_TRAINING_AGE_ENV}={raw!r}: give the oldest training patients' age in years, or *")
+    return years

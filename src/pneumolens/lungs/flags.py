@@ -55,8 +55,8 @@ MESSAGES = {
     "the model reads films the standard way round and calls most mirrored normal films pneumonia",
     NOISY_FLAG: "the film is much noisier than the films the model learnt from: it calls more normal films like this "
     "pneumonia; send the film as the modality stored it, not re-processed",
-    OLDER_THAN_TRAINING: "the DICOM header gives the patient an age above five years: the model learnt from films of "
-    "children aged one to five and never saw an older patient's pneumonia; weigh its call with care",
+    OLDER_THAN_TRAINING: "by the DICOM header, the patient is older than the patients the model learnt from (for the "
+    "shipped model, children aged one to five): it never saw an older patient's pneumonia; weigh its call with care",
     LOW_DETAIL_FLAG: "the film holds little fine detail (a small, thumbnail or blurred image): the model calls more "
     "normal films like this pneumonia; send it at the resolution the modality stored",
 }

@@ -17,7 +17,7 @@ import torch
 from pneumolens.checkpoint import load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
-from pneumolens.data.scope import header_flags
+from pneumolens.data.scope import header_flags, max_training_age
 from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.preprocess import read_box
@@ -31,6 +31,7 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.loaded = load_model(settings.model)
         self.segmenter = LungSegmenter.shipped()
+        max_training_age()  # a malformed PNEUMOLENS_MAX_TRAINING_AGE stops the start, not a film later
         self.backend = settings.backend
         self.onnx = None
         if settings.backend == "onnx":
