@@ -364,7 +364,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
     lateral.save_as(tmp_path / "lateral.dcm")
     port, out = free_port(), tmp_path / "results"
     cmd = [sys.executable, "-m", "pneumolens", "listen", "--port", str(port), "--out", str(out), "--db", db]
-    cmd += ["--sr", "--gsps", "--seg"]
+    cmd += ["--sr", "--gsps", "--seg", "--notice-not-read"]
     node = subprocess.Popen([*cmd, "--model", str(trained_run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for(
@@ -383,8 +383,9 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
             "-cx",
         )
         assert "0xC000" in sent.stderr + sent.stdout  # the corrupt one was refused...
-        # ...and the node went on: 2 pictures, 2 reports, 2 presentation states, 2 segmentations
-        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 8, 60, node)
+        # ...and the node went on: 2 pictures, 2 reports, 2 presentation states, 2 segmentations, and the
+        # lateral's notice that it was not read
+        _wait_for(lambda: len(list(out.glob("*.dcm"))) == 9, 60, node)
         assert node.poll() is None
         again = _pynetdicom("echoscu", "127.0.0.1", str(port), "-aec", "PNEUMOLENS")
         assert again.returncode == 0
@@ -399,6 +400,10 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
         assert secret not in log
     originals = {pydicom.dcmread(f).SOPInstanceUID for f in files}
     written = [pydicom.dcmread(f) for f in out.glob("*.dcm")]
+    (notice,) = [ds for ds in written if ds.get("DerivationDescription", "").startswith("AI did not read")]
+    assert notice.SourceImageSequence[0].ReferencedSOPInstanceUID == lateral.SOPInstanceUID
+    assert "(View Position LL)" in notice.DerivationDescription and notice.StudyInstanceUID == study_uid
+    written.remove(notice)
     reports = [ds for ds in written if ds.Modality == "SR"]
     captions = {}
     series = set()

@@ -152,6 +152,21 @@ def test_each_instance_is_answered_for_and_none_with_500(node, films):
     assert [p.read_bytes() for p in node.keep.iterdir()] == [buf.getvalue()]
     node.keep = None
 
+    node.notice = True  # --notice-not-read: the study then holds a note that this film had no first read
+    lateral.SOPInstanceUID = pydicom.uid.generate_uid()
+    buf = io.BytesIO()
+    lateral.save_as(buf)
+    before = set(node.out.glob("*.dcm"))
+    r = client.post("/dicomweb/studies", content=_multipart(buf.getvalue()), headers={"Content-Type": CONTENT_TYPE})
+    (notice,) = [pydicom.dcmread(p) for p in set(node.out.glob("*.dcm")) - before]
+    assert r.status_code == 200 and node.skipped == 2
+    assert notice.DerivationDescription.startswith("AI did not read this image: not a frontal view (View Position LL)")
+    assert "not a diagnosis" in notice.DerivationDescription and notice.Modality == "OT"
+    assert notice.StudyInstanceUID == lateral.StudyInstanceUID and str(notice.PatientID) == PATIENT_ID
+    assert notice.SourceImageSequence[0].ReferencedSOPInstanceUID == lateral.SOPInstanceUID
+    assert notice.pixel_array.shape[2] == 3 and notice.pixel_array[..., 0].max() > 200  # the words, burnt in
+    node.notice = False
+
     other = client.post("/dicomweb/studies/1.2.3.4", content=_multipart(film), headers={"Content-Type": CONTENT_TYPE})
     assert other.status_code == 409 and _reasons(other.json()) == [0xA901]  # not of the target study
     for headers, body, status in [

@@ -207,6 +207,15 @@ def secondary_capture(original: Dataset, rgb: np.ndarray, series_uid: str, capti
     return ds
 
 
+def not_read_notice(original: Dataset, reason: str, series_uid: str, model: str) -> Dataset:
+    """A Secondary Capture in the original's study saying that the AI did not read it, and why
+    (``reason``: pneumolens' own words, quoting coded header values only): so that nobody takes a
+    study without a first read on one of its films for a study the AI found nothing in."""
+    caption = f"AI did not read this image: {reason} | no AI result for this image; not a diagnosis"
+    rgb = burn_in(Image.new("RGB", (512, 8), "black"), caption, model)
+    return secondary_capture(original, rgb, series_uid, caption)
+
+
 def _version() -> str:
     from pneumolens import __version__
 
@@ -370,6 +379,7 @@ class Node:
     gsps: bool = False  # and a Grayscale Softcopy Presentation State: the map's outline over the original
     seg: bool = False  # and the map as a fractional Segmentation of the original (graded values)
     keep: Path | None = None  # also store each image read, as received, here (for a site's own evaluation)
+    notice: bool = False  # for an image out of scope, a Secondary Capture saying the AI did not read it
     retain_days: float | None = None  # delete what the node wrote and kept older than this; None: keep all
     fhir: Path | None = None  # also write each result as a FHIR Observation (JSON) here
     fhir_outbox: Outbox | None = None  # and post it with its DiagnosticReport to a FHIR server (store and forward)
@@ -430,16 +440,8 @@ class Node:
                 atomic_write(
                     self.keep / f"{uid_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data)
                 )
-            for made in results:
-                encoded = io.BytesIO()
-                made.save_as(encoded, enforce_file_format=True)
-                atomic_write(
-                    self.out / f"{made.SOPInstanceUID}.dcm", lambda tmp, b=encoded: Path(tmp).write_bytes(b.getvalue())
-                )
-                self.send_on.store(made.SOPInstanceUID, encoded.getvalue())
+            self._deliver(results)
             self.send_on.send(result, ds, data)
-            if self.forward is not None:
-                self._send(results)
         except (ConnectionError, OSError) as e:  # pneumolens' own words, or the file system's: no header values
             log.error("listen: could not write or forward the result: %s", e)
             return OUT_OF_RESOURCES
@@ -464,14 +466,38 @@ class Node:
         log.info("listen: result %s written (%s, p=%.3f)", names, result["label"], result["probability"])
         return SUCCESS
 
+    def _deliver(self, made: list[Dataset]) -> None:
+        """Write each object to ``out``, hand it to the STOW-RS outbox and forward it (with ``forward``)."""
+        for one in made:
+            encoded = io.BytesIO()
+            one.save_as(encoded, enforce_file_format=True)
+            atomic_write(
+                self.out / f"{one.SOPInstanceUID}.dcm", lambda tmp, b=encoded: Path(tmp).write_bytes(b.getvalue())
+            )
+            self.send_on.store(one.SOPInstanceUID, encoded.getvalue())
+        if self.forward is not None:
+            self._send(made)
+
     def skip(self, ds: Dataset, data: bytes, reason: str, study: str | None, t0: float) -> int:
         """An image the model is not for (a lateral view, another body part: ``pneumolens.data.scope``):
         acknowledged, so that a PACS sending the whole study sees no failure, but not read; counted,
-        logged, audited (``reason`` quotes coded header values only), and kept with ``keep``; SUCCESS."""
+        logged, audited (``reason`` quotes coded header values only), kept with ``keep``, and with
+        ``notice`` a Secondary Capture saying so goes where results go; SUCCESS (OUT_OF_RESOURCES when
+        that notice cannot be written or sent, so that the sender tries again)."""
         self.skipped += 1
         log.info("listen: image not read: %s", reason)
-        if self.keep is not None:  # accepted like any other film, so it is there to be retrieved
-            atomic_write(self.keep / f"{uid_file_name(ds.SOPInstanceUID)}.dcm", lambda tmp: Path(tmp).write_bytes(data))
+        try:
+            if self.keep is not None:  # accepted like any other film, so it is there to be retrieved
+                path = self.keep / f"{uid_file_name(ds.SOPInstanceUID)}.dcm"
+                atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+            if self.notice:
+                if not str(getattr(ds, "StudyInstanceUID", "") or ""):
+                    ds.StudyInstanceUID = generate_uid()
+                name = self.engine.info["name"]
+                self._deliver([not_read_notice(ds, reason, self.series_for(str(ds.StudyInstanceUID), "OT"), name)])
+        except Exception as e:  # noqa: BLE001 - the node must keep serving; the type only (no header values)
+            log.error("listen: could not write or forward the notice of an image not read (%s)", type(e).__name__)
+            return OUT_OF_RESOURCES
         self._audit_refusal(data, f"out of scope: {reason}", study, t0)
         return SUCCESS
 

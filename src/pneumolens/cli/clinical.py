@@ -89,6 +89,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "the call as an overlay a viewer draws on the original",
     )
     ln.add_argument(
+        "--notice-not-read",
+        action="store_true",
+        help="for an image the model is not for (a lateral view, another body part, by its header), also write "
+        "(and send on) a Secondary Capture in its study saying the AI did not read it, and why",
+    )
+    ln.add_argument(
         "--seg",
         action="store_true",
         help="also write (and forward) the map as a DICOM Segmentation (fractional) per image: its graded values "
@@ -327,6 +333,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         sr=args.sr,
         gsps=args.gsps,
         seg=args.seg,
+        notice=args.notice_not_read,
         keep=Path(args.keep) if args.keep else None,
         retain_days=args.retain_days,
         fhir=Path(args.fhir) if args.fhir else None,
