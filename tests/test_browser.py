@@ -167,7 +167,7 @@ def test_recent_page_shows_drift(trained_run, tmp_path):
         assert page.inner_text("#drift").startswith("DRIFT") and "40 films before, 40 in the last 7 days" in (
             page.inner_text("#drift")
         )
-        called = page.inner_text("#measures tbody tr:nth-child(2)")
+        called = page.locator("#measures tbody tr", has_text="called pneumonia").inner_text()
         assert called.startswith("called pneumonia") and "25.0% (10 of 40)" in called and called.endswith("DRIFT")
         page.wait_for_selector("#rows:not([hidden])", timeout=30_000)
         assert page.inner_text("#status") == "80 most recent rows (predictions, refusals and reviews)"
