@@ -432,7 +432,7 @@ class Node:
             )
         except ImageReadError as e:
             if e.out_of_scope:
-                return self.skip(ds, data, e.reason, study, t0)
+                return self.skip(ds, data, e, study, t0)
             return self.refuse(data, e.reason, study, t0)
         try:
             results = result_objects(ds, result, self.series_for, sr=self.sr, gsps=self.gsps, seg=self.seg)
@@ -478,12 +478,13 @@ class Node:
         if self.forward is not None:
             self._send(made)
 
-    def skip(self, ds: Dataset, data: bytes, reason: str, study: str | None, t0: float) -> int:
+    def skip(self, ds: Dataset, data: bytes, refusal: ImageReadError, study: str | None, t0: float) -> int:
         """An image the model is not for (a lateral view, another body part: ``pneumolens.data.scope``):
         acknowledged, so that a PACS sending the whole study sees no failure, but not read; counted,
         logged, audited (``reason`` quotes coded header values only), kept with ``keep``, and with
         ``notice`` a Secondary Capture saying so goes where results go; SUCCESS (OUT_OF_RESOURCES when
         that notice cannot be written or sent, so that the sender tries again)."""
+        reason = refusal.reason
         self.skipped += 1
         log.info("listen: image not read: %s", reason)
         try:
@@ -498,7 +499,7 @@ class Node:
         except Exception as e:  # noqa: BLE001 - the node must keep serving; the type only (no header values)
             log.error("listen: could not write or forward the notice of an image not read (%s)", type(e).__name__)
             return OUT_OF_RESOURCES
-        self._audit_refusal(data, f"out of scope: {reason}", study, t0)
+        self._audit_refusal(data, refusal.audited, study, t0)
         return SUCCESS
 
     def refuse(self, data: bytes, reason: str, study: str | None, t0: float) -> int:

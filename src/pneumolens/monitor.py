@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
+from pneumolens.data.images import OUT_OF_SCOPE
 from pneumolens.lungs.flags import MEASURES, MESSAGES, check_flags
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 CALLED, NOT_CALLED = "PNEUMONIA", "NORMAL"
 MIN_PREDICTIONS = 30  # fewer in a window and no comparison is made: the tests could find nothing
 REFUSED, PNEUMONIA, CHECK, PROBABILITY = "refused", "called pneumonia", "any check flag", "probability"
-OUT_OF_SCOPE = "out of scope"  # refused rows whose error starts so: films the model is not for (a lateral view)
+# OUT_OF_SCOPE: refused rows whose error starts so are films the model is not for (a lateral view)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from pneumolens.audit import AuditLog, metadata, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of, header_dataset
-from pneumolens.data.images import ImageReadError, read_image
+from pneumolens.data.images import OUT_OF_SCOPE, ImageReadError, read_image
 from pneumolens.data.scope import header_flags
 from pneumolens.data.sources import image_files
 from pneumolens.send_on import SendOn
@@ -105,8 +105,8 @@ class Watcher:
             )
             error, outcome = None, result["label"]
         except ImageReadError as e:  # out of scope (a lateral view, a knee): not read, said so like a refusal
-            error = f"out of scope: {e.reason}" if e.out_of_scope else e.reason
-            result, record, outcome = None, {"error": error}, "out of scope" if e.out_of_scope else "refused"
+            error = e.audited
+            result, record, outcome = None, {"error": error}, OUT_OF_SCOPE if e.out_of_scope else "refused"
         record.update(input_sha256=content, notice=NOTICE)
         target = self.out / rel.parent / (rel.name + ".json")
         atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))

@@ -24,6 +24,7 @@ IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".tif", ".tiff", ".dcm", ".
 MAX_PIXELS = 8_000 * 8_000
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how stored pixels are turned for display
 MIN_SIDE = 8
+OUT_OF_SCOPE = "out of scope"  # before the reason, in the audit trail, of a film the model is not for
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -42,6 +43,12 @@ class ImageReadError(ValueError):
         self.reason = reason
         self.out_of_scope = out_of_scope
         super().__init__(f"{self.path}: {reason}")
+
+    @property
+    def audited(self) -> str:
+        """The reason as the audit trail keeps it: an out-of-scope film's marked so (``OUT_OF_SCOPE``),
+        for the drift check to count it apart from a broken file."""
+        return f"{OUT_OF_SCOPE}: {self.reason}" if self.out_of_scope else self.reason
 
 
 def white_of(values: np.ndarray) -> float:

@@ -158,14 +158,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 result = await asyncio.wait_for(asyncio.shield(work), settings.request_timeout_s)
             except ImageReadError as e:  # 422: a DICOM film the model is not for (a lateral view, a knee)
-                error = f"out of scope: {e.reason}" if e.out_of_scope else e.reason
                 if audit is not None:
                     await run_in_threadpool(
                         audit.record,
                         "serve",
                         sha256_bytes(data),
                         engine.audit_model,
-                        error=error,
+                        error=e.audited,
                         device=device_of(data),
                     )
                 return _error(422 if e.out_of_scope else 400, f"{name}: {e.reason}")
