@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 import pneumolens
 from pneumolens.agreement import wilson
 from pneumolens.data.images import read_image
-from pneumolens.data.subgroups import AGE_BANDS
+from pneumolens.data.subgroups import AGE_BANDS, band_of
 from pneumolens.lungs.flags import check_flags
 
 
@@ -39,9 +39,7 @@ def films(masks: str | Path) -> list[dict[str, str]]:
 
 def band(age: str) -> str:
     """The age band of a manifest's age in years ("no age" when empty)."""
-    if not age.strip():
-        return "no age"
-    return next((name for below, name in AGE_BANDS if float(age) < below), "65 years or more")
+    return band_of(float(age)) if age.strip() else "no age"
 
 
 def rates(tb: np.ndarray, called: np.ndarray, prob: np.ndarray, flagged: np.ndarray) -> dict[str, float | int]:

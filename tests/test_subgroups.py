@@ -31,6 +31,50 @@ def test_a_manifest_group_column_survives_the_round_trip(tmp_path):
     assert (tmp_path / "plain.csv").read_text().splitlines()[0] == "path,label,patient"  # no empty column
 
 
+def test_a_manifest_age_column_in_years_or_as_dicom_ages(tmp_path):
+    """``age``: years or a DICOM age string, read back as years; an empty cell is no age; a malformed
+    one is refused with the manifest's file, row and value."""
+    from pneumolens.data.sources import DataLayoutError
+
+    rows = ["path,label,age", "a.png,NORMAL,3", "b.png,NORMAL,045Y", "c.png,PNEUMONIA,018M", "d.png,PNEUMONIA,"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    back = read_manifest(tmp_path / "m.csv")
+    assert [s.age for s in back] == [3.0, 45.0, 1.5, None]
+    write_manifest(tmp_path / "again.csv", back)
+    assert [s.age for s in read_manifest(tmp_path / "again.csv")] == [3.0, 45.0, 1.5, None]
+    for bad in ("forty", "-2", "200", "45 years"):
+        (tmp_path / "bad.csv").write_text(f"path,label,age\na.png,NORMAL,{bad}\n")
+        with pytest.raises(DataLayoutError, match=f"bad.csv:2: age '{bad.upper()}'"):
+            read_manifest(tmp_path / "bad.csv")
+
+
+def test_manifest_ages_give_the_age_bands_and_the_age_caution(tmp_path, trained_run):
+    """Films without a DICOM header (the Kaggle JPEGs) get their age band and ``older_than_training``
+    from the manifest's ``age``: in ``evaluate --group-by age-band`` and its per-film CSV."""
+    import csv
+    import json
+
+    from pneumolens.cli import main
+
+    normal, sick = real_images("test", "NORMAL", 2), real_images("test", "PNEUMONIA", 2)
+    rows = [
+        (normal[0], "NORMAL", "3"),
+        (normal[1], "NORMAL", "30"),
+        (sick[0], "PNEUMONIA", "070Y"),
+        (sick[1], "PNEUMONIA", ""),
+    ]
+    lines = ["path,label,age"] + [f"{p},{label},{age}" for p, label, age in rows]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    out, films = tmp_path / "m.json", tmp_path / "films.csv"
+    args = ["evaluate", "--data", str(tmp_path / "m.csv"), "--model", str(trained_run), "--group-by", "age-band"]
+    assert main([*args, "--json", str(out), "--csv", str(films)]) == 0
+    assert {k: g["n"] for k, g in json.loads(out.read_text())["subgroups"].items()} == {
+        "NORMAL/1-5 years": 1, "NORMAL/18-64 years": 1, "PNEUMONIA/65 years or more": 1, "PNEUMONIA/not DICOM": 1,
+    }  # fmt: skip
+    flagged = {Path(r["path"]).name: "older_than_training" in r["flags"] for r in csv.DictReader(films.open())}
+    assert flagged == {normal[0].name: False, normal[1].name: True, sick[0].name: True, sick[1].name: False}
+
+
 def test_subgroup_metrics_by_hand():
     # normals: series A scores 0.1, 0.2, 0.7 (one false positive at 0.5); series B 0.6, 0.9 (both wrong)
     # pneumonia: one kind, 0.8, 0.95, 0.4 (one miss)

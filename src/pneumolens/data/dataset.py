@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from pneumolens.config import TrainConfig
 from pneumolens.data.cache import CachedDataset, CachedImages
 from pneumolens.data.images import ImageReadError, preprocess, read_image
-from pneumolens.data.scope import header_flags, max_training_age
+from pneumolens.data.scope import max_training_age, sample_flags
 from pneumolens.data.sources import Sample
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class XrayDataset(Dataset):
 
             lung_mask = LungSegmenter.shipped().mask(gray, full_size=False)
             item["flags"], item["measures"] = flags_and_measures(lung_mask, gray)
-            item["flags"] += header_flags(s.path)
+            item["flags"] += sample_flags(s.path, s.age)
         item["image"] = torch.from_numpy(preprocess(gray, self.cfg, lung_mask=lung_mask))
         return item
 

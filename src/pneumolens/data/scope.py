@@ -110,6 +110,35 @@ def outside_scope(ds) -> str | None:
     return None
 
 
+def parse_age(text: str) -> float | None:
+    """An age as a manifest gives it: years (``7``, ``2.5``) or a DICOM age string (``007Y``, ``030M``,
+    ``010W``, ``003D``); None when ``text`` is empty.
+
+    Raises:
+        ValueError: anything else (the caller names the file, row and column).
+    """
+    text = text.strip().upper()
+    if not text:
+        return None
+    if match := re.fullmatch(r"(\d{1,3})([DWMY])", text):
+        return int(match[1]) * _AGE_UNITS[match[2]]
+    try:
+        years = float(text)
+    except ValueError:
+        years = -1.0
+    if not 0 <= years < 150:
+        raise ValueError(f"age {text!r}: give years (7, 2.5) or a DICOM age (007Y, 030M)")
+    return years
+
+
+def age_flags(years: float | None) -> list[str]:
+    """``older_than_training`` for a patient of ``years`` older than the training patients; [] when the
+    age is unknown or the bound is off (``PNEUMOLENS_MAX_TRAINING_AGE=*``)."""
+    oldest = max_training_age()
+    # older than five: the sixth birthday passed (an age of 5Y or 71M is still five)
+    return [OLDER_THAN_TRAINING] if years is not None and oldest is not None and years >= oldest + 1 else []
+
+
 def _date(text: str) -> date | None:
     try:
         return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if re.fullmatch(r"\d{8}", text) else None
@@ -123,8 +152,8 @@ def age_in_years(ds) -> float | None:
     date; None when the header does not say or says it malformed."""
     try:
         given = str(ds.get("PatientAge", "") or "").strip().upper()
-        if match := re.fullmatch(r"(\d{1,3})([DWMY])", given):
-            return int(match[1]) * _AGE_UNITS[match[2]]
+        if match := re.fullmatch(r"(\d{1,3})([DWMY])", given):  # a DICOM age string, nothing else
+            return parse_age(match[0])
         born = _date(str(ds.get("PatientBirthDate", "") or "").strip())
         taken = next((d for k in AGE_KEYWORDS[2:] if (d := _date(str(ds.get(k, "") or "").strip())) is not None), None)
     except Exception:  # noqa: BLE001 - a malformed value reads as absent
@@ -132,6 +161,11 @@ def age_in_years(ds) -> float | None:
     if born is None or taken is None or taken < born:
         return None
     return (taken - born).days / 365.25
+
+
+def sample_flags(path: str, age: float | None) -> list[str]:
+    """The age caution of a listed film: from its manifest's ``age`` when given, else its DICOM header."""
+    return age_flags(age) if age is not None else header_flags(path)
 
 
 def header_flags(source) -> list[str]:
@@ -163,11 +197,7 @@ def header_flags(source) -> list[str]:
             ds = pydicom.dcmread(source, stop_before_pixels=True, force=True, specific_tags=AGE_KEYWORDS)
         except Exception:  # noqa: BLE001 - a corrupt header: the image's own error is reported when it is read
             return []
-    if ds is None or (oldest := max_training_age()) is None:
-        return []
-    age = age_in_years(ds)
-    # older than five: the sixth birthday passed (an age of 5Y or 71M is still five)
-    return [OLDER_THAN_TRAINING] if age is not None and age >= oldest + 1 else []
+    return [] if ds is None else age_flags(age_in_years(ds))
 
 
 def max_training_age() -> float | None:

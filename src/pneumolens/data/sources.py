@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.dicom import is_dicom, patient_identity
 from pneumolens.data.images import IMAGE_SUFFIXES
+from pneumolens.data.scope import parse_age
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Sample:
     label: int  # index into CLASS_NAMES; 1 = PNEUMONIA
     patient: str
     group: str = ""  # a manifest's ``group`` column (scanner, site, ...); "" for the file name's own
+    age: float | None = None  # a manifest's ``age`` column, in years; None: not given (a DICOM header may say)
 
 
 _PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
@@ -162,8 +164,10 @@ def list_folder(root: str | os.PathLike[str]) -> list[Sample]:
 
 
 def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
-    """Samples from a CSV with columns ``path,label`` (optional ``patient``, and ``group`` for the
-    subgroups ``evaluate`` reports); paths may be relative to the CSV's folder."""
+    """Samples from a CSV with columns ``path,label`` (optional ``patient``, ``group`` for the
+    subgroups ``evaluate`` reports, and ``age``: years or a DICOM age such as ``045Y``, for the age
+    caution and ``--group-by age-band`` of films without a DICOM header); paths may be relative to the
+    CSV's folder."""
     csv_path = Path(csv_path)
     base = csv_path.parent
     samples = []
@@ -176,7 +180,12 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
             p = Path(row["path"])
             p = p if p.is_absolute() else base / p
             label = _label_index(row["label"], f"{csv_path}:{i}")
-            samples.append(Sample(str(p), label, row.get("patient") or patient_id(p), (row.get("group") or "").strip()))
+            try:
+                age = parse_age(row.get("age") or "")
+            except ValueError as e:
+                raise DataLayoutError(f"{csv_path}:{i}: {e}") from None
+            patient, group = row.get("patient") or patient_id(p), (row.get("group") or "").strip()
+            samples.append(Sample(str(p), label, patient, group, age))
     if not samples:
         raise DataLayoutError(f"{csv_path}: manifest has no rows")
     return samples
@@ -184,15 +193,17 @@ def read_manifest(csv_path: str | os.PathLike[str]) -> list[Sample]:
 
 def write_manifest(csv_path: str | os.PathLike[str], samples: list[Sample]) -> None:
     """Write ``samples`` as a manifest :func:`read_manifest` reads back (absolute paths, class names,
-    patients, and groups when any sample has one)."""
+    patients, and groups and ages when any sample has one)."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    grouped = any(s.group for s in samples)
+    grouped, aged = any(s.group for s in samples), any(s.age is not None for s in samples)
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "patient", *(["group"] if grouped else [])])
+        w.writerow(["path", "label", "patient", *(["group"] if grouped else []), *(["age"] if aged else [])])
         for s in samples:
-            w.writerow([str(Path(s.path).resolve()), CLASS_NAMES[s.label], s.patient, *([s.group] if grouped else [])])
+            age = "" if s.age is None else f"{s.age:g}"
+            row = [str(Path(s.path).resolve()), CLASS_NAMES[s.label], s.patient]
+            w.writerow(row + ([s.group] if grouped else []) + ([age] if aged else []))
 
 
 def find_split(data: str | os.PathLike[str], split: str) -> list[Sample]:

@@ -107,11 +107,19 @@ def lung_exposure(path: str | os.PathLike[str]) -> str:
     return f"lung median above {GREY_LUNGS}" if median > GREY_LUNGS else f"lung median {GREY_LUNGS} or below"
 
 
-def age_band(path: str | os.PathLike[str]) -> str:
-    """The patient's age band from a DICOM file's header (``AGE_BANDS``, "65 years or more"); "no age"
-    when the header does not say, "not DICOM" for another format, "unreadable" when it does not parse."""
+def band_of(years: float) -> str:
+    """The band (``AGE_BANDS``, or "65 years or more") of an age in years."""
+    return next((band for below, band in AGE_BANDS if years < below), "65 years or more")
+
+
+def age_band(path: str | os.PathLike[str], age: float | None = None) -> str:
+    """The patient's age band: from ``age`` (a manifest's) when given, else from a DICOM file's header;
+    "no age" when the header does not say, "not DICOM" for another format, "unreadable" when it does
+    not parse."""
     from pneumolens.data.scope import AGE_KEYWORDS, age_in_years
 
+    if age is not None:
+        return band_of(age)
     try:
         with open(path, "rb") as f:
             if not is_dicom(f.read(132), str(path)):
@@ -122,9 +130,7 @@ def age_band(path: str | os.PathLike[str]) -> str:
     except Exception:  # the scorer reports the file's own error; here it only needs a group
         return "unreadable"
     age = age_in_years(ds)
-    if age is None:
-        return "no age"
-    return next((band for below, band in AGE_BANDS if age < below), "65 years or more")
+    return "no age" if age is None else band_of(age)
 
 
 def grouped_by(samples: Sequence[Sample], keyword: str) -> list[Sample]:
@@ -133,7 +139,7 @@ def grouped_by(samples: Sequence[Sample], keyword: str) -> list[Sample]:
     if keyword == LUNG_EXPOSURE:
         return [dataclasses.replace(s, group=lung_exposure(s.path)) for s in samples]
     if keyword == AGE_BAND:
-        return [dataclasses.replace(s, group=age_band(s.path)) for s in samples]
+        return [dataclasses.replace(s, group=age_band(s.path, s.age)) for s in samples]
     if keyword not in DEVICE_ATTRIBUTES:
         raise ValueError(
             f"--group-by {keyword}: not a device or acquisition attribute pneumolens groups by (patient "
