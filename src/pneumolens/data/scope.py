@@ -122,13 +122,18 @@ def parse_age(text: str) -> float | None:
         return None
     if match := re.fullmatch(r"(\d{1,3})([DWMY])", text):
         return int(match[1]) * _AGE_UNITS[match[2]]
+    if (years := _years(text)) is None:
+        raise ValueError(f"age {text!r}: give years (7, 2.5) or a DICOM age (007Y, 030M)")
+    return years
+
+
+def _years(text: str) -> float | None:
+    """``text`` as a plausible number of years (0 to 150), else None."""
     try:
         years = float(text)
     except ValueError:
-        years = -1.0
-    if not 0 <= years < 150:
-        raise ValueError(f"age {text!r}: give years (7, 2.5) or a DICOM age (007Y, 030M)")
-    return years
+        return None
+    return years if 0 <= years < 150 else None
 
 
 def age_flags(years: float | None) -> list[str]:
@@ -212,10 +217,6 @@ def max_training_age() -> float | None:
         return DEFAULT_MAX_TRAINING_AGE
     if raw == "*":
         return None
-    try:
-        years = float(raw)
-    except ValueError:
-        years = -1.0
-    if not 0 <= years < 150:
+    if (years := _years(raw)) is None:
         raise ValueError(f"{MAX_TRAINING_AGE_ENV}={raw!r}: give the oldest training patients' age in years, or *")
     return years
