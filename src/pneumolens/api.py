@@ -19,7 +19,7 @@ import torch
 from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import ImageReadError, preprocess, read_image
-from pneumolens.data.scope import header_flags, max_training_age
+from pneumolens.data.scope import dataset_flags, header_flags, max_training_age
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.segment import LungSegmenter
 
@@ -110,7 +110,10 @@ class Model:
         results = []
         for item, g, (low, full), p in zip(items, grays, masks, probs, strict=True):
             flags, measures = flags_and_measures(low, g)
-            flags += header_flags(item) if isinstance(item, str | os.PathLike) or _is_dataset(item) else []
+            if isinstance(item, str | os.PathLike):
+                flags += header_flags(item)
+            elif _is_dataset(item):
+                flags += dataset_flags(item)
             r = Result(float(p), CLASS_NAMES[int(p >= t)], t, flags, measures=measures)
             if explain:
                 from pneumolens.explain import explain_image

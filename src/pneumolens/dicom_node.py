@@ -66,7 +66,7 @@ from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of, uid_file_name
 from pneumolens.data.images import ImageReadError, read_image
-from pneumolens.data.scope import header_flags
+from pneumolens.data.scope import dataset_flags
 from pneumolens.dicom_qr import FIND as QR_FIND
 from pneumolens.dicom_qr import GET as QR_GET
 from pneumolens.dicom_qr import MOVE as QR_MOVE
@@ -428,7 +428,7 @@ class Node:
         study = str(getattr(ds, "StudyInstanceUID", "") or "") or None
         try:
             result = self.engine.analyse(
-                read_image("received.dcm", data=data), explain=True, from_header=header_flags(data)
+                read_image("received.dcm", data=data), explain=True, from_header=dataset_flags(ds)
             )
         except ImageReadError as e:
             if e.out_of_scope:

@@ -173,10 +173,14 @@ def sample_flags(path: str, age: float | None) -> list[str]:
     return age_flags(age) if age is not None else header_flags(path)
 
 
-def header_flags(source) -> list[str]:
-    """The cautions a DICOM file's header gives (``older_than_training``), from its path, bytes or
-    pydicom Dataset, read without the pixels; [] for other files, a header that does not parse or one
-    that does not say.
+def dataset_flags(ds) -> list[str]:
+    """The cautions a parsed DICOM header (a pydicom Dataset) gives: ``older_than_training``."""
+    return age_flags(age_in_years(ds))
+
+
+def header_flags(source: str | os.PathLike[str] | bytes | None) -> list[str]:
+    """:func:`dataset_flags` of a DICOM file, from its path or bytes, read without the pixels; [] for
+    other files, a header that does not parse or one that does not say.
 
     Raises:
         ValueError: ``PNEUMOLENS_MAX_TRAINING_AGE`` malformed (see :func:`max_training_age`).
@@ -185,9 +189,7 @@ def header_flags(source) -> list[str]:
 
     if source is None:
         return []
-    if hasattr(source, "PixelData") or hasattr(source, "file_meta"):  # a pydicom Dataset
-        ds = source
-    elif isinstance(source, bytes):
+    if isinstance(source, bytes):
         ds = header_dataset(source, AGE_KEYWORDS)
     else:
         try:
@@ -202,7 +204,7 @@ def header_flags(source) -> list[str]:
             ds = pydicom.dcmread(source, stop_before_pixels=True, force=True, specific_tags=AGE_KEYWORDS)
         except Exception:  # noqa: BLE001 - a corrupt header: the image's own error is reported when it is read
             return []
-    return [] if ds is None else age_flags(age_in_years(ds))
+    return [] if ds is None else dataset_flags(ds)
 
 
 def max_training_age() -> float | None:
