@@ -73,9 +73,9 @@ def subgroup(path: str, label: int, group: str = "") -> str:
     return f"{CLASS_NAMES[label]}/{group}" if group else kaggle_subgroup(path, label)
 
 
-def dicom_attribute(path: str | os.PathLike[str], keyword: str) -> str:
-    """The value of a DICOM attribute of a file as a group name: "no KEYWORD" when the file lacks
-    it, "not DICOM" for another format, "unreadable" when the header does not parse."""
+def _header(path: str | os.PathLike[str], keywords: list[str], force: bool = False):
+    """A file's DICOM header (only ``keywords``), or the group of a file without one: "not DICOM" for
+    another format, "unreadable" when the header does not parse."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -83,9 +83,17 @@ def dicom_attribute(path: str | os.PathLike[str], keyword: str) -> str:
             return "not DICOM"
         import pydicom
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[keyword])
+        return pydicom.dcmread(path, stop_before_pixels=True, force=force, specific_tags=keywords)
     except Exception:  # the scorer reports the file's own error; here it only needs a group
         return "unreadable"
+
+
+def dicom_attribute(path: str | os.PathLike[str], keyword: str) -> str:
+    """The value of a DICOM attribute of a file as a group name: "no KEYWORD" when the file lacks
+    it, "not DICOM" for another format, "unreadable" when the header does not parse."""
+    ds = _header(path, [keyword])
+    if isinstance(ds, str):
+        return ds
     value = str(getattr(ds, keyword, "") or "").strip()
     return value or f"no {keyword}"
 
@@ -120,15 +128,9 @@ def age_band(path: str | os.PathLike[str], age: float | None = None) -> str:
 
     if age is not None:
         return band_of(age)
-    try:
-        with open(path, "rb") as f:
-            if not is_dicom(f.read(132), str(path)):
-                return "not DICOM"
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=AGE_KEYWORDS)
-    except Exception:  # the scorer reports the file's own error; here it only needs a group
-        return "unreadable"
+    ds = _header(path, AGE_KEYWORDS, force=True)
+    if isinstance(ds, str):
+        return ds
     age = age_in_years(ds)
     return "no age" if age is None else band_of(age)
 
