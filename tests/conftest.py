@@ -90,6 +90,27 @@ def link_dataset(root: Path, per_class: dict[str, dict[str, int]]) -> Path:
     return root
 
 
+def nlm_subset(folder: Path, choose) -> Path:
+    """A copy of the NLM lung-mask folder at ``folder`` with the manifest rows ``choose(rows)`` keeps
+    (dicts) and their images and masks linked, for trainers that read it."""
+    import csv
+
+    source = SHARED / "lung_masks"
+    (folder / "images").mkdir(parents=True)
+    with open(source / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = choose(rows)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    (folder / "masks").mkdir()
+    for r in keep:
+        for kind in ("images", "masks"):
+            (folder / kind / f"{r['id']}.png").symlink_to(source / kind / f"{r['id']}.png")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """40 + 40 training images and 12 + 12 test images from the real set."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FULLRES, SHARED, real_images, train_cli
+from conftest import FULLRES, SHARED, nlm_subset, real_images, train_cli
 from pneumolens.cli import main
 from pneumolens.config import PreprocessConfig, resolve_config
 from pneumolens.data.cache import cache_key
@@ -229,3 +229,23 @@ def test_training_with_lung_masking_records_it(tiny_data, tmp_path):
     meta = load_model(tmp_path / "run").meta
     assert meta["preprocessing"]["lungs"] == "mask"
     assert meta["lung_segmenter_sha256"] == LungSegmenter.shipped().sha256
+
+
+def test_train_lungs_writes_a_segmenter_that_loads_and_records_its_dice(tmp_path, capsys):
+    """``train-lungs`` on 12 + 4 + 4 real image/mask pairs, one epoch: the file loads as a segmenter
+    and records its validation and test Dice, per split and source."""
+
+    def few(rows):
+        return [
+            r for s, n in (("train", 12), ("val", 4), ("test", 4)) for r in [r for r in rows if r["split"] == s][:n]
+        ]
+
+    nlm = nlm_subset(tmp_path / "nlm", few)
+    assert main(["train-lungs", "--data", str(nlm), "--out", str(tmp_path / "lungs"), "--epochs", "1"]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    seg = LungSegmenter.from_file(path)
+    metrics = seg.loaded.meta["metrics"]
+    assert metrics["val"]["all"]["n"] == 4 and metrics["test"]["all"]["n"] == 4
+    assert 0 <= metrics["test"]["all"]["dice"] <= 1 and seg.loaded.meta["training"]["epochs_run"] == 1
+    img, _ = load_pair(nlm, read_rows(nlm)[0])
+    assert seg.mask(img).shape == img.shape

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pneumolens
-from conftest import SHARED, load_benchmark, real_images
+from conftest import SHARED, load_benchmark, nlm_subset, real_images
 from pneumolens.checkpoint import shipped_model_path
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
@@ -75,17 +75,10 @@ def test_another_model_file_or_transform_is_refused_by_name():
 
 @pytest.mark.parametrize("transform, extra", [("invert", []), ("turn", ["--borders", "0.3"])])
 def test_train_orientation_writes_a_check_that_loads(tiny_data, tmp_path, capsys, transform, extra):
-    nlm = tmp_path / "nlm"
-    (nlm / "images").mkdir(parents=True)
-    with open(MASKS / "manifest.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    keep = [r for s in ("train", "val", "test") for r in [r for r in rows if r["split"] == s][:6]]
-    with open(nlm / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(keep)
-    for r in keep:
-        (nlm / "images" / f"{r['id']}.png").symlink_to(MASKS / "images" / f"{r['id']}.png")
+    nlm = nlm_subset(
+        tmp_path / "nlm",
+        lambda rows: [r for s in ("train", "val", "test") for r in [r for r in rows if r["split"] == s][:6]],
+    )
     out = tmp_path / "orientation"
     argv = ["train-orientation", "--transform", transform, "--data", str(tiny_data), "--lung-masks", str(nlm)]
     assert main([*argv, *extra, "--out", str(out), "--epochs", "1"]) == 0

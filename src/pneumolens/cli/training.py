@@ -1,4 +1,4 @@
-"""``pneumolens train | train-lungs | train-orientation | ensemble | export``: making model files."""
+"""``pneumolens train | train-lungs | train-orientation | train-age-check | ensemble | export``: making model files."""
 
 from __future__ import annotations
 
@@ -234,6 +234,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     to.add_argument("--seed", type=int)
     to.set_defaults(run=cmd_train_orientation)
 
+    ta = sub.add_parser(
+        "train-age-check",
+        help="train the adult-film check from scratch (Kaggle children against the Shenzhen adults)",
+    )
+    ta.add_argument("--data", default="../shared/data/chest_xray", help="the Kaggle folder (its train/ is read)")
+    ta.add_argument("--lung-masks", default="../shared/data/lung_masks", help="the NLM folder (manifest.csv, images/)")
+    ta.add_argument("--out", default="runs/age_check")
+    ta.add_argument("--epochs", type=positive_int)
+    ta.add_argument("--limit", type=positive_int, help="at most N Kaggle films (smoke runs)")
+    ta.add_argument("--seed", type=int)
+    ta.set_defaults(run=cmd_train_age_check)
+
 
 def _given(cfg: Any, args: argparse.Namespace, *names: str) -> Any:
     """``cfg`` (a frozen dataclass) with the options in ``names`` that were given on the command line."""
@@ -247,6 +259,14 @@ def cmd_train_orientation(args: argparse.Namespace) -> int:
 
     cfg = _given(OrientationConfig(), args, "transform", "epochs", "image_size", "limit", "seed", "borders")
     print(fit_orientation(args.data, args.lung_masks, args.out, cfg))
+    return 0
+
+
+def cmd_train_age_check(args: argparse.Namespace) -> int:
+    from pneumolens.lungs.train_age_check import AgeCheckConfig, fit_age_check
+
+    cfg = _given(AgeCheckConfig(), args, "epochs", "limit", "seed")
+    print(fit_age_check(args.data, args.lung_masks, args.out, cfg))
     return 0
 
 

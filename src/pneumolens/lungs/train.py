@@ -166,6 +166,16 @@ def best_epoch_trainer(out: Path, epochs: int, monitor: str, **kwargs: Any) -> t
     return trainer, ckpt
 
 
+def fit_best_epoch(
+    module: L.LightningModule, trainer: L.Trainer, ckpt: ModelCheckpoint, train: DataLoader, val: DataLoader
+) -> torch.nn.Module:
+    """Fit ``module`` with ``trainer`` (from :func:`best_epoch_trainer`), load the weights of the epoch
+    ``ckpt`` kept, and return ``module.model`` on the CPU in eval mode."""
+    trainer.fit(module, train, val)
+    module.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
+    return module.model.cpu().eval()
+
+
 def adamw_cosine(module: L.LightningModule, cfg: Any) -> dict[str, Any]:
     """AdamW at ``cfg.lr`` / ``cfg.weight_decay``, the rate cosine-annealed over ``cfg.epochs`` (per epoch)."""
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -213,13 +223,8 @@ def fit_lungs(data: str | os.PathLike[str], out: str | os.PathLike[str], cfg: Lu
         out, cfg.epochs, "val_dice", max_time={"minutes": cfg.max_minutes}, log_every_n_steps=5
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    trainer.fit(
-        module,
-        DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen),
-        DataLoader(val_ds, batch_size=32),
-    )
-    module.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
-    model = module.model.cpu().eval()
+    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    model = fit_best_epoch(module, trainer, ckpt, train, DataLoader(val_ds, batch_size=32))
     meta = {
         "name": "pneumolens-lungs",
         "task": "lung-segmentation",

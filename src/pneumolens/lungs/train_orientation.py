@@ -33,7 +33,14 @@ from pneumolens.config import AugmentConfig, PreprocessConfig, resolve_config
 from pneumolens.data.augment import random_affine
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.lungs.orientation import TASK, TRANSFORMS
-from pneumolens.lungs.train import adamw_cosine, best_epoch_trainer, config_from_dict, random_intensity, read_rows
+from pneumolens.lungs.train import (
+    adamw_cosine,
+    best_epoch_trainer,
+    config_from_dict,
+    fit_best_epoch,
+    random_intensity,
+    read_rows,
+)
 from pneumolens.models import create_model
 
 
@@ -53,7 +60,8 @@ class OrientationConfig:
     seed: int = 0
 
 
-def architecture_of(cfg: OrientationConfig) -> dict[str, Any]:
+def architecture_of(cfg: Any) -> dict[str, Any]:
+    """A check's network: ``resnet_small`` of ``cfg.widths``, one block a stage (the age check's too)."""
     kwargs = {"in_channels": 1, "widths": list(cfg.widths), "blocks": [1] * len(cfg.widths), "dropout": 0.1}
     return {"name": "resnet_small", "kwargs": kwargs}
 
@@ -155,13 +163,12 @@ def fit_orientation(
     module = TransformTask(dataclasses.asdict(cfg))
     trainer, ckpt = best_epoch_trainer(out, cfg.epochs, "val_accuracy", log_every_n_steps=10, enable_progress_bar=False)
     gen = torch.Generator().manual_seed(cfg.seed)
-    trainer.fit(
-        module,
-        DataLoader(TensorDataset(_films(sets["train"], pre)), batch_size=cfg.batch_size, shuffle=True, generator=gen),
-        DataLoader(TensorDataset(_films(sets["val"], pre)), batch_size=128),
+    train = DataLoader(
+        TensorDataset(_films(sets["train"], pre)), batch_size=cfg.batch_size, shuffle=True, generator=gen
     )
-    module.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
-    model = module.model.cpu().eval()
+    model = fit_best_epoch(
+        module, trainer, ckpt, train, DataLoader(TensorDataset(_films(sets["val"], pre)), batch_size=128)
+    )
     meta: dict[str, Any] = {
         "name": f"pneumolens-{cfg.transform}ed",
         "task": TASK,
