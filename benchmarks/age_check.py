@@ -43,18 +43,26 @@ def main() -> None:
         "held out: Kaggle full-resolution originals": sorted(p for p in Path(args.fullres).rglob("*.jp*g")),
     }
     print(f"threshold {check.threshold:.4f} (set on the validation children)\n")
-    print("| films | n | flagged | share [95% interval] | median probability |")
-    print("|---|---|---|---|---|")
-    for name, paths in groups.items():
-        p = np.concatenate(
+    scores = {
+        name: np.concatenate(
             [check.probabilities([read_image(q) for q in paths[i : i + 64]]) for i in range(0, len(paths), 64)]
         )
-        w = wilson(int(np.sum(p >= check.threshold)), len(p))
-        assert w is not None, name
-        print(
-            f"| {name} | {w['n']} | {w['k']} | {w['rate']:.1%} [{w['low']:.1%}, {w['high']:.1%}] | {np.median(p):.3f} |"
-        )
+        for name, paths in groups.items()
+    }
+    print(flag_table(scores, check.threshold, "median probability"))
     print(f"\n{time.time() - t0:.0f} s")
+
+
+def flag_table(scores: dict[str, np.ndarray], threshold: float, median: str) -> str:
+    """A Markdown table: per group of films, how many score at or above ``threshold``, the share with
+    its Wilson 95% interval, and the median score (the column named ``median``)."""
+    lines = [f"| films | n | flagged | share [95% interval] | {median} |", "|---|---|---|---|---|"]
+    for name, s in scores.items():
+        w = wilson(int(np.sum(s >= threshold)), len(s))
+        assert w is not None, name
+        share = f"{w['rate']:.1%} [{w['low']:.1%}, {w['high']:.1%}]"
+        lines.append(f"| {name} | {w['n']} | {w['k']} | {share} | {np.median(s):.3f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

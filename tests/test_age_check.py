@@ -72,3 +72,13 @@ def test_train_age_check_writes_a_check_that_loads(tiny_data, tmp_path, capsys):
 def test_another_model_file_is_refused_by_name():
     with pytest.raises(ValueError, match="not an age check"):
         AgeCheck.from_file(shipped_model_path())
+
+
+def test_the_benchmark_table_counts_films_at_or_above_the_threshold():
+    from conftest import load_benchmark
+
+    table = load_benchmark("age_check").flag_table({"a": np.array([0.1, 0.5, 0.9]), "b": np.array([0.2])}, 0.5, "m")
+    lines = table.splitlines()
+    assert lines[0] == "| films | n | flagged | share [95% interval] | m |"
+    assert lines[2] == "| a | 3 | 2 | 66.7% [20.8%, 93.9%] | 0.500 |"  # Wilson's interval for 2 of 3
+    assert lines[3] == "| b | 1 | 0 | 0.0% [0.0%, 79.3%] | 0.200 |"

@@ -36,3 +36,28 @@ def test_films_reads_the_nlm_manifest():
     assert sum(r["tb_label"] == "0" for r in rows) == 357  # the external normals of every quality round
     bands = [load_benchmark("external").band(r["age"]) for r in rows]
     assert bands.count("no age") == 137 and bands.count("1-5 years") == 12  # Montgomery's rows have no age
+
+
+def test_feature_distance_by_hand_and_on_real_films():
+    """benchmarks/feature_distance.py: a class mean is at distance 0, a point along one axis of a
+    known covariance at its Mahalanobis distance, and the features of real films give the shipped
+    model's own probabilities."""
+    import pneumolens
+    from conftest import real_images
+    from pneumolens.checkpoint import load_model
+
+    fd = load_benchmark("feature_distance")
+    rng = np.random.default_rng(0)
+    feats = np.concatenate([rng.normal(0, [1, 2], (4000, 2)), rng.normal([10, 0], [1, 2], (4000, 2))])
+    labels = np.repeat([0, 1], 4000)
+    d = fd.FeatureDistance(feats, labels)
+    s = d.score(np.array([d.means[0], d.means[1], d.means[0] + [0, 4], [5.0, 0.0]]))
+    assert s[:2] == pytest.approx([0, 0], abs=1e-9)
+    assert s[2] == pytest.approx(2.0, rel=0.05)  # 4 along an axis of standard deviation 2
+    assert s[3] == pytest.approx(5.0, rel=0.05)  # half-way: 5 standard deviations from either mean
+    paths = real_images("test", "NORMAL", 2) + real_images("test", "PNEUMONIA", 2)
+    f, p = fd.features(load_model(None), paths)
+    assert f.shape == (4, 256)
+    assert p == pytest.approx([r.probability for r in pneumolens.load().predict([str(q) for q in paths])], abs=1e-5)
+    groups = fd.nlm_groups(SHARED / "lung_masks")
+    assert [len(v) for v in groups.values()] == [541, 12, 11, 137]
