@@ -76,9 +76,12 @@ def test_upload_shows_probability_and_heatmap(server):
         page = browser.new_page()
         page.goto(server + "/")
         assert "does not replace" in page.inner_text(".notice")
+        page.fill("#age", "45")  # a JPEG says no age: the reader gives it, for the age caution
         with page.expect_response(lambda r: "/api/v1/predict" in r.url, timeout=60_000) as answer:
             page.set_input_files("#file", str(xray))
         page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        assert "older than the patients the model learnt from" in page.inner_text("#warning")
+        assert "age" not in answer.value.url  # sent as a form field: URLs end up in access logs
         probability = float(page.inner_text("#probability"))
         assert 0.0 <= probability <= 1.0
         assert "operating point" in page.inner_text("#decision")

@@ -301,3 +301,55 @@ def test_a_patient_older_than_the_training_children_is_flagged_not_refused(tmp_p
     monkeypatch.setenv("PNEUMOLENS_MAX_TRAINING_AGE", "children")
     with pytest.raises(ValueError, match="PNEUMOLENS_MAX_TRAINING_AGE='children'"):
         pneumolens.load(trained_run)
+
+
+def test_an_age_the_sender_gives_flags_a_film_whose_file_says_none(tmp_path, xray, trained_run, caplog, capsys):
+    """A JPEG says no age: the Python API, ``predict --age`` and the server's ``age`` form field give
+    it, in years or as a DICOM age, and it is used instead of a DICOM header's; a malformed age is
+    refused by the field's name, without echoing the value, and no age is returned or logged."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    import pneumolens
+    from pneumolens.cli import main
+    from pneumolens.data.scope import OLDER_THAN_TRAINING, given_age
+    from pneumolens.service.app import create_app
+    from pneumolens.service.settings import Settings
+
+    assert [given_age(a) for a in (None, "", 45, "2.5", "030M", "007Y")] == [None, None, 45.0, 2.5, 2.5, 7.0]
+    for bad in ("abc", "45 years", -1, 200, float("nan"), True, "1e9"):
+        with pytest.raises(ValueError, match="^age: give years") as e:
+            given_age(bad)
+        assert str(bad) not in str(e.value), bad  # an age above 89 identifies a patient: never echoed
+    jpeg = str(real_images("test", "NORMAL", 1)[0])
+    adult = _with(make_dicom(tmp_path / "adult.dcm", np.round(xray * 255).astype(np.uint8)), PatientAge="045Y")
+    caplog.set_level(logging.DEBUG)
+    model = pneumolens.load(trained_run)
+    plain, old, young, header = model.predict([jpeg, jpeg, jpeg, str(adult)], age=[None, 45, "030M", 3])
+    assert OLDER_THAN_TRAINING not in plain.flags and OLDER_THAN_TRAINING in old.flags
+    assert OLDER_THAN_TRAINING not in young.flags
+    assert OLDER_THAN_TRAINING not in header.flags  # the age given, 3, instead of the header's 45
+    assert OLDER_THAN_TRAINING in model.predict(jpeg, age="17").flags  # one age for one image
+    with pytest.raises(ValueError, match="2 ages given for 1 image"):
+        model.predict([jpeg], age=[45, 46])
+    with pytest.raises(ValueError, match="^age: give years"):
+        model.predict(jpeg, age="forty")
+
+    assert main(["predict", jpeg, "--model", str(trained_run), "--json", "--age", "45"]) == 0
+    assert OLDER_THAN_TRAINING in json.loads(capsys.readouterr().out)["flags"]
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", jpeg, "--model", str(trained_run), "--age", "forty-five"])
+    assert stop.value.code == 2 and "argument --age: give years" in capsys.readouterr().err
+
+    with TestClient(create_app(Settings(model=str(trained_run), audit=False))) as client:
+        data = {"file": ("film.jpeg", open(jpeg, "rb").read())}
+        given = client.post("/api/v1/predict", files=data, data={"age": "45"}, params={"explain": "false"})
+        none = client.post("/api/v1/predict", files=data, params={"explain": "false"})
+        bad = client.post("/api/v1/predict", files=data, data={"age": "91 years"}, params={"explain": "false"})
+    assert given.status_code == 200 and OLDER_THAN_TRAINING in given.json()["flags"], given.text
+    assert none.status_code == 200 and OLDER_THAN_TRAINING not in none.json()["flags"]
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("age: give years") and "91" not in bad.text
+    assert set(given.json()) == set(none.json())  # the age adds a flag, no field
+    alone = re.compile(r"(?<![\d.])(45|91)(?![\d.])")  # the ages given, not a digit run of a timing or hash
+    assert not any(alone.search(r.getMessage()) for r in caplog.records)

@@ -19,7 +19,7 @@ import torch
 from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import ImageReadError, preprocess, read_image
-from pneumolens.data.scope import dataset_flags, header_flags, max_training_age
+from pneumolens.data.scope import age_flags, dataset_flags, given_age, header_flags, max_training_age
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.segment import LungSegmenter
 
@@ -90,14 +90,22 @@ class Model:
     def name(self) -> str:
         return self.loaded.meta.get("name", "unknown")
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], explain: str | None = None) -> Result | list[Result]:
+    def predict(
+        self, images: ImageLike | Sequence[ImageLike], explain: str | None = None, age: Any = None
+    ) -> Result | list[Result]:
         """Predict one image or a list (batched). ``explain``: None, "gradcam", "lime" or "occlusion".
+        ``age``: the patient's age where the file does not say it (a JPEG, PNG or TIFF), in years or
+        as a DICOM age (``030M``), for the ``older_than_training`` caution; one for every image, or a
+        list with one per image (None: not known). Given, it is used instead of a DICOM header's.
+        Never returned or stored.
 
         Raises:
             ImageReadError: a file that cannot be used, named in the message.
+            ValueError: ``age`` malformed, or a list of another length than ``images``.
         """
         many = isinstance(images, list | tuple)
         items = list(images) if many else [images]
+        ages = _ages(age, len(items))
         grays = [to_gray(x) for x in items]
         # one segmentation per image serves flags, lung-aware preprocessing and the explanation
         masks = [self.segmenter.masks(g) if explain else (self.segmenter.mask(g, full_size=False), None) for g in grays]
@@ -108,9 +116,11 @@ class Model:
             probs = torch.sigmoid(self.loaded.model(x)).numpy().astype(float)
         t = self.loaded.threshold
         results = []
-        for item, g, (low, full), p in zip(items, grays, masks, probs, strict=True):
+        for item, g, (low, full), p, years in zip(items, grays, masks, probs, ages, strict=True):
             flags, measures = flags_and_measures(low, g)
-            if isinstance(item, str | os.PathLike):
+            if years is not None:
+                flags += age_flags(years)
+            elif isinstance(item, str | os.PathLike):
                 flags += header_flags(item)
             elif _is_dataset(item):
                 flags += dataset_flags(item)
@@ -122,6 +132,15 @@ class Model:
                 r.heatmap, r.method, r.lung_fraction, r.regions = e.heatmap, explain, e.lung_fraction, e.regions()
             results.append(r)
         return results if many else results[0]
+
+
+def _ages(age: Any, n: int) -> list[float | None]:
+    """One age in years (or None) per image from ``predict``'s ``age``."""
+    if isinstance(age, list | tuple):
+        if len(age) != n:
+            raise ValueError(f"age: {len(age)} ages given for {n} image(s)")
+        return [given_age(a) for a in age]
+    return [given_age(age)] * n
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Model:

@@ -129,9 +129,15 @@ class Predictor:
         return CLASS_NAMES[int(probability >= self.threshold)]
 
     def predict_paths(
-        self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 64, progress: bool = False
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        batch_size: int = 64,
+        progress: bool = False,
+        age: float | None = None,
     ) -> list[Prediction]:
-        samples = [Sample(str(p), 0, Path(p).name) for p in paths]
+        """Predict files; ``age`` (years): the patients' age where the files do not say it, for the
+        ``older_than_training`` caution (used instead of a DICOM header's)."""
+        samples = [Sample(str(p), 0, Path(p).name, age=age) for p in paths]
         workers = default_workers(len(samples), batch_size)
         flags: dict[str, list[str]] = {}
         measures: dict[str, dict] = {}

@@ -41,6 +41,16 @@ def probability(s: str) -> float:
     return v
 
 
+def patient_age(s: str) -> float | None:
+    """A patient's age in years from years or a DICOM age string (the value is not echoed)."""
+    from pneumolens.data.scope import given_age
+
+    try:
+        return given_age(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("age: ")) from None
+
+
 def devices(s: str) -> int | str:
     return s if s == "auto" else positive_int(s)
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pneumolens.cli.common import NOTICE, data_arg, engine_for, positive_int, probability
+from pneumolens.cli.common import NOTICE, data_arg, engine_for, patient_age, positive_int, probability
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -81,6 +81,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
     )
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    p.add_argument(
+        "--age",
+        type=patient_age,
+        help="the patient's age where the files do not say it (a JPEG or PNG): years (45, 2.5) or a DICOM age "
+        "(030M), for the older_than_training caution; used instead of a DICOM header's; never printed",
+    )
     p.set_defaults(run=cmd_predict)
 
     x = sub.add_parser("explain", help="explain a prediction (Grad-CAM, LIME or occlusion), or rate the methods")
@@ -336,7 +342,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = _expand(args.images)
     if not paths:
         raise ValueError(f"no JPEG, PNG, TIFF or DICOM files in {', '.join(args.images)}")
-    preds = predictor.predict_paths(paths, progress=bool(args.csv))
+    preds = predictor.predict_paths(paths, progress=bool(args.csv), age=args.age)
     failed = 0
     for pred in preds:
         if pred.error:

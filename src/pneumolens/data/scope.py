@@ -168,9 +168,31 @@ def age_in_years(ds) -> float | None:
     return (taken - born).days / 365.25
 
 
-def sample_flags(path: str, age: float | None) -> list[str]:
-    """The age caution of a listed film: from its manifest's ``age`` when given, else its DICOM header."""
-    return age_flags(age) if age is not None else header_flags(path)
+def sample_flags(source: str | os.PathLike[str] | bytes | None, age: float | None) -> list[str]:
+    """The age caution of a film: from the ``age`` its caller gives (a manifest's column, ``predict
+    --age``, the server's ``age``) when given, else its DICOM header (a path or the file's bytes)."""
+    return age_flags(age) if age is not None else header_flags(source)
+
+
+def given_age(value: float | int | str | None) -> float | None:
+    """An age a caller gives (years as a number or text, or a DICOM age such as ``030M``) in years;
+    None for None or empty text.
+
+    Raises:
+        ValueError: anything else, without the value (an age above 89 identifies a patient).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):  # True is an int to Python, never an age
+        raise ValueError("age: give years (7, 2.5) or a DICOM age (007Y, 030M)")
+    if isinstance(value, int | float):
+        if not 0 <= value < 150:
+            raise ValueError("age: give years from 0 to 150, or a DICOM age (007Y, 030M)")
+        return float(value)
+    try:
+        return parse_age(str(value))
+    except ValueError:
+        raise ValueError("age: give years (7, 2.5) or a DICOM age (007Y, 030M)") from None
 
 
 def dataset_flags(ds) -> list[str]:

@@ -20,8 +20,10 @@ is not also judged for mirroring: the mirror check learnt on films the right way
 than the training films, or with less fine detail (a small or blurred image), on which the model
 calls more normal films pneumonia (``benchmarks/robustness.py``).
 
-``older_than_training`` comes from a DICOM file's header, not the pixels
-(``pneumolens.data.scope.header_flags``): a patient older than the children the model learnt from.
+``older_than_training`` comes from the patient's age, not the pixels: a DICOM file's header
+(``pneumolens.data.scope.header_flags``) or an age the sender gives (a manifest's ``age`` column,
+``predict --age``, the server's ``age``, the Python API's ``age``): a patient older than the children
+the model learnt from.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ MESSAGES = {
     "the model reads films the standard way round and calls most mirrored normal films pneumonia",
     NOISY_FLAG: "the film is much noisier than the films the model learnt from: it calls more normal films like this "
     "pneumonia; send the film as the modality stored it, not re-processed",
-    OLDER_THAN_TRAINING: "by the DICOM header, the patient is older than the patients the model learnt from (for the "
-    "shipped model, children aged one to five): it never saw an older patient's pneumonia; weigh its call with care",
+    OLDER_THAN_TRAINING: "by the age the DICOM header or the sender gives, the patient is older than the patients the "
+    "model learnt from (for the shipped model, children aged one to five): it never saw an older patient's pneumonia; "
+    "weigh its call with care",
     LOW_DETAIL_FLAG: "the film holds little fine detail (a small, thumbnail or blurred image): the model calls more "
     "normal films like this pneumonia; send it at the resolution the modality stored",
 }

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,6 +18,7 @@ from pneumolens.agreement import agreement_in
 from pneumolens.audit import AuditLog, parse_since, sha256_bytes
 from pneumolens.data.dicom import device_of, uids_of
 from pneumolens.data.images import ImageReadError
+from pneumolens.data.scope import given_age
 from pneumolens.explain.explainer import METHODS
 from pneumolens.monitor import TooFewFilms, drift_in
 from pneumolens.service.engine import Engine
@@ -128,6 +129,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         explain: Annotated[bool, Query(description="add a heatmap_png")] = True,
         method: Annotated[str, Query(description="occlusion, gradcam or lime")] = settings.default_method,
         image: Annotated[bool, Query(description="add image_png: the image as read (for DICOM in a browser)")] = False,
+        age: Annotated[
+            str | None,
+            Form(
+                description="a form field beside 'file' (not in the URL, which access logs keep): the patient's age "
+                "where the file does not say it (a JPEG or PNG), years (45, 2.5) or a DICOM age (030M), for the "
+                "older_than_training caution; used instead of a DICOM header's; never returned, logged or stored",
+            ),
+        ] = None,
         fmt: Annotated[
             Literal["json", "fhir", "fhir-bundle", "hl7"],
             Query(
@@ -142,6 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return _error(422, "send the image as multipart/form-data field 'file'")
         if method not in METHODS:
             return _error(422, f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        try:
+            years = given_age(age)
+        except ValueError as e:  # the message names the field, not the value
+            return _error(422, str(e))
         data = await file.read(limit + 1)
         if len(data) > limit:
             return _error(413, f"upload exceeds the {limit:,}-byte limit")
@@ -154,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine: Engine = request.app.state.engine
         audit: AuditLog | None = request.app.state.audit
         async with waiting:
-            work = asyncio.ensure_future(run_in_threadpool(engine.predict, data, name, explain, method, image))
+            work = asyncio.ensure_future(run_in_threadpool(engine.predict, data, name, explain, method, image, years))
             try:
                 result = await asyncio.wait_for(asyncio.shield(work), settings.request_timeout_s)
             except ImageReadError as e:  # 422: a DICOM film the model is not for (a lateral view, a knee)

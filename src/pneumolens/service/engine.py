@@ -17,7 +17,7 @@ import torch
 from pneumolens.checkpoint import load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
-from pneumolens.data.scope import header_flags, max_training_age
+from pneumolens.data.scope import max_training_age, sample_flags
 from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.preprocess import read_box
@@ -87,13 +87,16 @@ class Engine:
                 z = float(self.loaded.model(x)[0])
         return float(1.0 / (1.0 + np.exp(-z)))
 
-    def predict(self, data: bytes, filename: str, explain: bool, method: str, image: bool = False) -> dict[str, Any]:
+    def predict(
+        self, data: bytes, filename: str, explain: bool, method: str, image: bool = False, age: float | None = None
+    ) -> dict[str, Any]:
         """Score (and explain) one upload; with ``image``, ``image_png`` is the image as pneumolens read
-        it (for a client that cannot decode the upload: DICOM in a browser). Raises ImageReadError for
-        a file that cannot be used."""
+        it (for a client that cannot decode the upload: DICOM in a browser); ``age`` (years): the
+        patient's age as the client gives it, used instead of a DICOM header's. Raises ImageReadError
+        for a file that cannot be used."""
         t0 = time.perf_counter()
         gray = read_image(filename, data=data)
-        result = self.analyse(gray, explain, method, header_flags(data))
+        result = self.analyse(gray, explain, method, sample_flags(data, age))
         result.pop("explanation", None)
         result["image_png"] = preview_png(gray) if image else None
         return {**result, "seconds": time.perf_counter() - t0}
