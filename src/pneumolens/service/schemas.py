@@ -32,8 +32,8 @@ class Prediction(BaseModel):
         description="lung plausibility flags (no_lungs_found, lungs_cut_off, unusual_lung_area), the orientation "
         "flags (inverted, mirrored), the image-quality flags (noisy, low_detail), older_than_training (a DICOM "
         "header or the age field giving the patient an age above five years) and the caution grey_lungs (a less "
-        "reliable pneumonia call); empty when the image looks like a sharp, quiet chest X-ray the standard way round whose lungs are not "
-        "grey overall"
+        "reliable pneumonia call); empty when the image looks like a sharp, quiet chest X-ray the standard way "
+        "round whose lungs are not grey overall"
     )
     warning: str | None = None
     measures: dict[str, float | None] = Field(
