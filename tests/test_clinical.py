@@ -746,6 +746,8 @@ def test_secondary_capture_caption_and_pixels(trained_run):
     assert caption == "AI first read: probability 0.93, above operating point; not a diagnosis"
     both = caption_for({"probability": 0.93, "threshold": 0.4, "flags": ["lungs_cut_off", "grey_lungs"]})
     assert both == caption + " | check image: lungs_cut_off | caution: grey lungs, where false positives concentrate"
+    unsure = caption_for({"probability": 0.5, "threshold": 0.4, "flags": ["borderline"]})
+    assert unsure.endswith(" | caution: borderline, among the model's least sure calls") and "check image" not in unsure
     from PIL import Image
 
     rgb = burn_in(Image.new("RGB", (224, 224), "gray"), caption, "pneumolens-default")
@@ -986,6 +988,7 @@ def test_structured_report_says_what_the_model_said(tmp_path):
     model = {"name": "pneumolens-default", "version": "9.9", "sha256": "0123456789abcdef" * 4}
     cases = [(0.4, [], "Present", []), (0.39999, ["lungs_cut_off", "grey_lungs"], "Absent", ["lungs_cut_off"])]
     cases.append((0.9, ["unusual_lung_area"], "Present", ["unusual_lung_area"]))  # a code past 16 characters
+    cases.append((0.45, ["borderline", "grey_lungs"], "Present", []))  # two cautions, no check
     heatmap = np.full(pixels.shape, -0.1, np.float32)
     heatmap[40:80, 100:160] = 1.0  # one region the map marks
     for probability, flags, call, checks in cases:
@@ -999,7 +1002,7 @@ def test_structured_report_says_what_the_model_said(tmp_path):
         said = read_structured_report(sr)
         assert sr.SOPClassUID == COMPREHENSIVE_SR and sr.StudyInstanceUID == original.StudyInstanceUID
         assert said["pneumonia"] == call and said["probability"] == pytest.approx(probability, abs=1e-6)
-        assert said["flags"] == checks + (["grey_lungs"] if "grey_lungs" in flags else [])
+        assert said["flags"] == checks + [f for f in ("grey_lungs", "borderline") if f in flags]
         assert said["algorithm"] == {
             "name": "pneumolens-default",
             "version": "9.9 sha256:0123456789ab",

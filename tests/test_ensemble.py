@@ -108,6 +108,7 @@ def test_ensemble_command_fits_its_operating_point_on_the_members_validation_spl
     y = np.array([s.label for s in val])
     p = 1 / (1 + np.exp(-np.array([z[2][s.path] for s in val])))
     assert ens.threshold == pytest.approx(choose_threshold(y, p, cfg.threshold_policy), abs=1e-6)
+    assert ens.borderline["n"] == len(val) and ens.borderline["low"] <= ens.threshold <= ens.borderline["high"]
     assert json.loads((out / "val_metrics.json").read_text()) == ens.meta["metrics"]["val"]
     # the file is used like any other: predict (CLI) and evaluate on the test split
     films = [s.path for s in find_split(tiny_data, "test")[:4]]

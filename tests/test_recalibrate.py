@@ -65,6 +65,8 @@ def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, 
     record = new.meta["site_calibrations"][-1]
     assert record["temperature"] == pytest.approx(t, rel=1e-6)
     assert new.threshold == pytest.approx(expected, rel=1e-6)
+    band = new.borderline  # the least sure calls around the new threshold, on the site's films
+    assert band["n"] == 61 and band["low"] <= new.threshold <= band["high"] and band != shipped.borderline
     assert record["counts"] == {"NORMAL": 31, "PNEUMONIA": 30} and record["unreadable"] == 1
     assert record["parent"]["sha256"] == shipped.sha256 != new.sha256  # temperature folded into the weights
     assert record["site_metrics"]["sensitivity"] >= 0.9

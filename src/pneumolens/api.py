@@ -118,6 +118,7 @@ class Model:
         results = []
         for item, g, (low, full), p, years in zip(items, grays, masks, probs, ages, strict=True):
             flags, measures = flags_and_measures(low, g)
+            flags += self.loaded.result_flags(float(p))
             if years is not None:
                 flags += age_flags(years)
             elif isinstance(item, str | os.PathLike):

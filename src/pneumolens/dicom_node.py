@@ -71,7 +71,7 @@ from pneumolens.dicom_qr import FIND as QR_FIND
 from pneumolens.dicom_qr import GET as QR_GET
 from pneumolens.dicom_qr import MOVE as QR_MOVE
 from pneumolens.dicom_qr import PATIENT_ROOT, QueryRetrieve
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
+from pneumolens.lungs.flags import BORDERLINE_FLAG, GREY_LUNGS_FLAG, check_flags
 from pneumolens.outbox import Outbox
 from pneumolens.send_on import SendOn
 
@@ -142,6 +142,8 @@ def caption_for(result: dict) -> str:
         text += f" | check image: {', '.join(checks)}"
     if GREY_LUNGS_FLAG in result.get("flags", []):
         text += " | caution: grey lungs, where false positives concentrate"
+    if BORDERLINE_FLAG in result.get("flags", []):
+        text += " | caution: borderline, among the model's least sure calls"
     return text
 
 

@@ -15,8 +15,9 @@ ROI group (TID 1410) on the part of the original the model read, says:
 - measurement "Probability" (DCM 122157, no units), the model's calibrated probability;
 - the algorithm (TID 4019): model name, its pneumolens version and weight hash, and the operating
   point as a parameter;
-- one qualitative evaluation "Image check" per check flag, and "Caution" for ``grey_lungs``, coded in
-  the private scheme ``99PNEUMOLENS`` with the flag as code value and its name in words as meaning.
+- one qualitative evaluation "Image check" per check flag, and "Caution" for each caution
+  (``grey_lungs``, ``borderline``), coded in the private scheme ``99PNEUMOLENS`` with the flag as
+  code value and its name in words as meaning.
 
 When the result holds an explanation, up to three planar ROI groups (TID 1410) follow, one per
 outline of the map (``explain.outlines.map_outlines``): a closed polyline on the original, the share
@@ -39,7 +40,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from pneumolens.dicom_node import PATIENT_AND_STUDY
-from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
+from pneumolens.lungs.flags import CAUTIONS, check_flags
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SERIES_DESCRIPTION = "pneumolens AI first read (structured) - not a diagnosis"
@@ -87,8 +88,8 @@ def structured_report(original: Dataset, result: dict[str, Any], series_uid: str
     flags = list(result.get("flags", []))
     for flag in check_flags(flags):
         evaluations.append(hd.sr.QualitativeEvaluation(check, _flag_code(flag)))
-    if GREY_LUNGS_FLAG in flags:
-        evaluations.append(hd.sr.QualitativeEvaluation(caution, _flag_code(GREY_LUNGS_FLAG)))
+    for flag in (f for f in CAUTIONS if f in flags):
+        evaluations.append(hd.sr.QualitativeEvaluation(caution, _flag_code(flag)))
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia first read"),
         referenced_region=hd.sr.ImageRegion(

@@ -155,7 +155,8 @@ class Predictor:
         for s in samples:
             if s.path in probs:
                 p = probs[s.path]
-                out.append(Prediction(s.path, p, self.label_of(p), flags=flags[s.path], measures=measures[s.path]))
+                said = flags[s.path] + self.loaded.result_flags(p)
+                out.append(Prediction(s.path, p, self.label_of(p), flags=said, measures=measures[s.path]))
             else:
                 out.append(Prediction(s.path, None, None, errors.get(s.path, "not processed")))
         return out

@@ -17,6 +17,7 @@ from pneumolens.data.sources import Sample, check_headers, find_split
 from pneumolens.data.subgroups import grouped_by, subgroup
 from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.evaluation.selective import borderline_metrics, risk_coverage
 from pneumolens.inference import default_workers, predict_samples
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 
@@ -183,9 +184,15 @@ def evaluate(
         raise ValueError(f"{data}: none of the {len(samples) + len(bad)} image(s) could be read")
     t = loaded.threshold if threshold is None else threshold
     p = [probs[s.path] for s in scored]
+    for s in scored:
+        flags[s.path] = flags[s.path] + loaded.result_flags(probs[s.path])  # as deployed: the model's own band
     y = [s.label for s in scored]
     patients = [s.patient for s in scored]
     metrics = scored_metrics(y, p, t, patients, n_boot)
+    metrics["selective"] = {
+        "risk_coverage": risk_coverage(y, p, t),
+        "borderline": borderline_metrics(y, p, t, loaded.borderline if t == loaded.threshold else None),
+    }
     metrics["subgroups"] = subgroup_metrics(
         y, p, t, patients, [subgroup(s.path, s.label, s.group) for s in scored], n_boot
     )
@@ -245,6 +252,18 @@ def format_table(m: dict[str, Any]) -> str:
     for name in (CHECKED, UNCHECKED) if CHECKED in checks else ():  # no rows when no film asks for a check
         if c := checks.get(name):
             rows.append((f"  {name} ({c['n']})", f"accuracy {pct(c['accuracy'], lo_hi=c['accuracy_ci'])}"))
+    selective = m.get("selective") or {}
+    if band := selective.get("borderline"):
+        for name in ("borderline", "others"):
+            part = band[name]
+            rows.append((f"  {name} ({part['n']})", f"{part['errors']} error(s), accuracy {pct(part['accuracy'])}"))
+    for r in selective.get("risk_coverage", [])[1:]:  # the first row (all films) is the table above
+        rows.append(
+            (
+                f"  the {r['coverage']:.0%} farthest from the threshold",
+                f"accuracy {pct(r['accuracy'])}, {r['errors']} error(s) kept, {r['deferred_errors']} left to a reader",
+            )
+        )
     if m.get("n_skipped"):
         rows.append(("skipped (unreadable)", str(m["n_skipped"])))
     if ci:

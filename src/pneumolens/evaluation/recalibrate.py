@@ -24,6 +24,7 @@ from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature, fold_temperature, parse_policy
 from pneumolens.evaluation.evaluate import scored_metrics
+from pneumolens.evaluation.selective import borderline_band
 from pneumolens.inference import default_workers, predict_samples
 
 DEFAULT_POLICY = "sensitivity:0.97"
@@ -113,6 +114,7 @@ def recalibrate(
     }
     meta = copy.deepcopy(loaded.meta)
     meta["threshold"] = threshold
+    meta["borderline"] = borderline_band(_sigmoid(z / t), threshold)  # around the new threshold, on the site's films
     name = str(meta.get("name", "model"))
     meta["name"] = name if name.endswith(SUFFIX) else name + SUFFIX  # the audit trail and the API show it
     meta["site_calibrations"] = [*meta.get("site_calibrations", []), record]

@@ -1,4 +1,4 @@
-"""Is this a frontal chest X-ray? Plausibility flags from the lung mask, and one caution.
+"""Is this a frontal chest X-ray? Plausibility flags from the lung mask, and two cautions.
 
 Bounds come from the 701 manual masks of the training data (at 128x128): lung area 11.2-43.4% of
 the image (1st-99th percentile 13.7-39.2%), and the mask touches the image edge on 0% of the
@@ -20,6 +20,10 @@ is not also judged for mirroring: the mirror check learnt on films the right way
 than the training films, or with less fine detail (a small or blurred image), on which the model
 calls more normal films pneumonia (``benchmarks/robustness.py``).
 
+The other caution, ``borderline``, comes from the model's probability, not the film: it lies in the
+band around the operating point that holds the model's least sure calls
+(``pneumolens.evaluation.selective``; ``LoadedModel.result_flags``).
+
 ``older_than_training`` comes from the patient's age, not the pixels: a DICOM file's header
 (``pneumolens.data.scope.header_flags``) or an age the sender gives (a manifest's ``age`` column,
 ``predict --age``, the server's ``age``, the Python API's ``age``): a patient older than the children
@@ -39,6 +43,8 @@ AREA_RANGE = (0.06, 0.55)  # half the smallest and 1.25x the largest manual mask
 MAX_EDGE_CONTACT = 0.04  # share of the image perimeter the lungs may touch
 GREY_LUNGS = 0.5  # a lung median (grayscale in [0, 1]) above this: greyer lungs than most pneumonia films
 GREY_LUNGS_FLAG = "grey_lungs"  # the caution: a less reliable result, not a wrong input
+BORDERLINE_FLAG = "borderline"  # a caution too: the probability lies near the operating point
+CAUTIONS = (GREY_LUNGS_FLAG, BORDERLINE_FLAG)  # about the result, not the input
 MIRRORED_FLAG = "mirrored"
 INVERTED_FLAG = "inverted"
 NOISY_FLAG = "noisy"
@@ -51,6 +57,9 @@ MESSAGES = {
     "unusual_lung_area": "the lung fields cover an unusual share of the image: check the view and framing",
     GREY_LUNGS_FLAG: "the lungs look grey overall: normal films like this are the model's most frequent false "
     "positives, so weigh a pneumonia call with care",
+    BORDERLINE_FLAG: "the probability lies near the operating point, among the model's least sure calls (the band "
+    "around its threshold that held a tenth of the films its operating point was set on, and most of its errors "
+    "there): the call could go either way",
     INVERTED_FLAG: "the film looks inverted (bone dark, air bright), as a MONOCHROME1 image exported without its "
     "inversion would: the model's reading of it means nothing; send the film as its modality shows it",
     MIRRORED_FLAG: "the film looks mirrored left to right (the heart on the image's left): check the side marker; "
@@ -118,9 +127,9 @@ def flags_and_measures(mask: np.ndarray, gray: np.ndarray) -> tuple[list[str], d
 
 
 def check_flags(flags: Iterable[str]) -> list[str]:
-    """The flags that ask to check the image, in order: all but the ``grey_lungs`` caution, which is
-    about the result, not the input."""
-    return [f for f in flags if f != GREY_LUNGS_FLAG]
+    """The flags that ask to check the image, in order: all but the cautions (``grey_lungs``,
+    ``borderline``), which are about the result, not the input."""
+    return [f for f in flags if f not in CAUTIONS]
 
 
 def describe(flags: list[str]) -> str | None:

@@ -26,6 +26,7 @@ from pneumolens.checkpoint import MODEL_FILENAME, LoadedModel, ModelFileError, a
 from pneumolens.config import TrainConfig
 from pneumolens.evaluation.calibration import unfold_temperature
 from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.evaluation.selective import borderline_band
 from pneumolens.inference import default_workers, predict_samples
 from pneumolens.models import create_model
 from pneumolens.training.distill import SPLIT_FIELDS
@@ -147,7 +148,8 @@ def build_ensemble(
             )
     z = np.array([logits[s.path] for s in val])
     calibration = operating_point(model, y, z, cfg)
-    val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
+    val_p = 1 / (1 + np.exp(-z / calibration["temperature"]))
+    val_metrics = binary_metrics(y, val_p, calibration["threshold"])
     kind = "soup" if average_weights else "ensemble"
     arch = {"name": "ensemble", "kwargs": {"members": [m.meta["architecture"] for m in loaded]}}
     listing = [
@@ -160,6 +162,7 @@ def build_ensemble(
         "preprocessing": loaded[0].meta["preprocessing"],
         "threshold": calibration["threshold"],
         "calibration": calibration,
+        "borderline": borderline_band(val_p, calibration["threshold"]),
         "config": loaded[0].meta["config"],  # the first member's; all share split and input
         # one network records what it averages; "members" would read as a mean logit
         "averaged_weights_of" if average_weights else "members": listing,

@@ -40,6 +40,7 @@ from pneumolens.evaluation.calibration import (
     fold_temperature,
 )
 from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.evaluation.selective import borderline_band
 from pneumolens.inference import predict_samples
 from pneumolens.models import create_model
 from pneumolens.training import group_dro
@@ -411,7 +412,10 @@ def fit(
     y = np.array([s.label for s in val_samples])
     z = np.array([logits[s.path] for s in val_samples])
     calibration = operating_point(model, y, z, cfg) if twin is None else carried_operating_point(model, twin)
-    val_metrics = binary_metrics(y, 1 / (1 + np.exp(-z / calibration["temperature"])), calibration["threshold"])
+    val_p = 1 / (1 + np.exp(-z / calibration["temperature"]))
+    val_metrics = binary_metrics(y, val_p, calibration["threshold"])
+    # the least sure calls: a band on films it did not train on (a refit carries its twin's)
+    band = borderline_band(val_p, calibration["threshold"]) if twin is None else twin.borderline
     history = read_history(out / "logs")
     watched = [h for h in history if h["epoch"] >= start]
     best_epoch = min(watched, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if watched else None
@@ -427,6 +431,7 @@ def fit(
         "preprocessing": cfg.to_dict()["preprocess"],
         "threshold": calibration["threshold"],
         "calibration": calibration,
+        "borderline": band,
         "config": cfg.to_dict(),
         "metrics": metrics,
         "history": history,

@@ -1,0 +1,67 @@
+"""Which calls is a model least sure of? Risk against coverage on its validation films, and its band.
+
+    python benchmarks/selective.py [--model MODEL] [--data ../shared/data/chest_xray] [--store]
+
+The model's validation films (the patient split its recorded config draws from ``--data``), scored
+through the inference path: for each coverage, the calls on the films farthest from the threshold
+(in logits), the rest going to a reader; then the ``borderline`` band that holds a tenth of these
+films, as computed here and as stored in the model file (``pneumolens.evaluation.selective``).
+Validation only: the test split's figures come from ``pneumolens evaluate`` (its ``selective``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from pneumolens.checkpoint import load_model, save_model
+from pneumolens.config import TrainConfig
+from pneumolens.evaluation.selective import borderline_band, borderline_metrics, risk_coverage
+from pneumolens.inference import default_workers, predict_samples
+from pneumolens.training.fit import training_split
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model file or run (default: the shipped model)")
+    ap.add_argument("--data", default="../shared/data/chest_xray")
+    ap.add_argument(
+        "--store",
+        action="store_true",
+        help="write the band computed here into the model file (its weights unchanged): how the shipped model, "
+        "trained before models recorded a band, got its own",
+    )
+    args = ap.parse_args()
+    t0 = time.time()
+    loaded = load_model(args.model)
+    val = training_split(args.data, TrainConfig.from_dict(loaded.meta["config"]))[0].val
+    probs, errors = predict_samples(loaded.model, val, loaded.preprocess, num_workers=default_workers(len(val)))
+    scored = [s for s in val if s.path in probs]
+    y, p, t = [s.label for s in scored], [probs[s.path] for s in scored], loaded.threshold
+    print(f"{len(scored)} validation films ({len(errors)} unreadable), threshold {t:.4f}\n")
+    print("| coverage | films kept | accuracy | sensitivity | specificity | errors kept | errors deferred |")
+    print("|---|---|---|---|---|---|---|")
+    for r in risk_coverage(y, p, t):
+        print(
+            f"| {r['coverage']:.0%} | {r['kept']} | {r['accuracy']:.1%} | {r['sensitivity']:.1%} | "
+            f"{r['specificity']:.1%} | {r['errors']} | {r['deferred_errors']} |"
+        )
+    band = borderline_band(p, t)
+    print(
+        f"\nband from these films: {band['low']:.4f} to {band['high']:.4f} "
+        f"(logit distance {band['logit_distance']:.3f})"
+    )
+    print(f"band in the model file: {json.dumps(loaded.borderline)}")
+    apart = borderline_metrics(y, p, t, loaded.borderline)
+    print(f"borderline against the rest, with the stored band: {json.dumps(apart)}")
+    if args.store:
+        meta = {**loaded.meta, "borderline": band}
+        path = save_model(loaded.path, loaded.model, meta)
+        assert load_model(path).sha256 == loaded.sha256, "the weights changed"
+        print(f"stored in {path} (weights sha256 {loaded.sha256[:12]} unchanged)")
+    print(f"\n{time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

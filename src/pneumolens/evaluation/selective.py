@@ -1,0 +1,96 @@
+"""Which calls is the model least sure of? Risk against coverage, and the ``borderline`` band.
+
+A call near the operating point rests on little: the shipped model's validation errors crowd there
+(26 errors on 746 films; 7 left among the 90% of films farthest from the threshold). Distance is
+measured in logits, ``|logit(p) - logit(threshold)|``, so that it means the same on either side.
+
+- :func:`risk_coverage`: if the films nearest the threshold went to a reader without the model's
+  call, how right would the calls on the rest be? One row per coverage (the share of films kept).
+- :func:`borderline_band`: the band of probabilities around the threshold that holds a given share
+  of the validation films (10% by default), chosen at training (``pneumolens train``, ``ensemble``)
+  or on a site's films (``calibrate``) and stored in the model file as ``borderline``; a result in
+  it carries the caution ``borderline`` (``pneumolens.lungs.flags``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+BORDERLINE_SHARE = 0.10  # of the validation films: the band that holds the model's least sure calls
+COVERAGES = (1.0, 0.95, 0.9, 0.8)
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=float), 1e-12, 1 - 1e-12)
+    return np.log(q / (1 - q))
+
+
+def distance(p: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:
+    """How far each probability lies from ``threshold``, in logits."""
+    return np.abs(_logit(np.asarray(p, dtype=float)) - _logit(threshold))
+
+
+def borderline_band(p: Sequence[float] | np.ndarray, threshold: float, share: float = BORDERLINE_SHARE) -> dict:
+    """The probabilities ``(low, high)`` around ``threshold``, equally far from it in logits, that hold
+    ``share`` of the films scored ``p`` (those nearest the threshold)."""
+    if not 0 < share < 1:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    d = distance(p, threshold)
+    if not len(d):
+        raise ValueError("no films to set a borderline band on")
+    reach = float(np.quantile(d, share))
+    z = float(_logit(threshold))
+    low, high = 1 / (1 + np.exp(-(z - reach))), 1 / (1 + np.exp(-(z + reach)))
+    return {"low": float(low), "high": float(high), "logit_distance": reach, "share": share, "n": len(d)}
+
+
+def in_band(p: float, band: dict[str, Any] | None) -> bool:
+    """Whether ``p`` lies inside ``band`` (the open interval; False without a band)."""
+    return band is not None and band["low"] < p < band["high"]
+
+
+def risk_coverage(
+    y: Sequence[int], p: Sequence[float], threshold: float, coverages: Sequence[float] = COVERAGES
+) -> list[dict[str, Any]]:
+    """For each coverage c: keep the share c of films farthest from ``threshold`` and score the calls
+    on them (accuracy, sensitivity, specificity, errors kept); the rest go to a reader."""
+    y_, p_ = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    order = np.argsort(-distance(p_, threshold), kind="stable")
+    called = (p_ >= threshold).astype(int)
+    rows = []
+    for c in coverages:
+        keep = order[: int(round(c * len(y_)))]
+        yy, cc = y_[keep], called[keep]
+        pos, neg = yy == 1, yy == 0
+        rows.append(
+            {
+                "coverage": float(c),
+                "kept": len(keep),
+                "accuracy": float(np.mean(cc == yy)) if len(keep) else None,
+                "sensitivity": float(np.mean(cc[pos] == 1)) if pos.any() else None,
+                "specificity": float(np.mean(cc[neg] == 0)) if neg.any() else None,
+                "errors": int(np.sum(cc != yy)),
+                "deferred_errors": int(np.sum(called != y_)) - int(np.sum(cc != yy)),
+            }
+        )
+    return rows
+
+
+def borderline_metrics(
+    y: Sequence[int], p: Sequence[float], threshold: float, band: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """How the films in ``band`` fare against the rest: films, errors, accuracy in each (None without
+    a band)."""
+    if band is None:
+        return None
+    y_, p_ = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    inside = np.array([in_band(v, band) for v in p_], dtype=bool)
+    wrong = (p_ >= threshold).astype(int) != y_
+    out: dict[str, Any] = {"band": [band["low"], band["high"]]}
+    for name, part in (("borderline", inside), ("others", ~inside)):
+        n = int(part.sum())
+        out[name] = {"n": n, "errors": int(wrong[part].sum()), "accuracy": float(1 - wrong[part].mean()) if n else None}
+    return out

@@ -1,0 +1,96 @@
+"""The model's least sure calls: risk against coverage, the ``borderline`` band and its caution."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import pneumolens
+from conftest import real_images
+from pneumolens.checkpoint import load_model
+from pneumolens.cli import main
+from pneumolens.evaluation.selective import (
+    borderline_band,
+    borderline_metrics,
+    distance,
+    in_band,
+    risk_coverage,
+)
+from pneumolens.lungs.flags import BORDERLINE_FLAG, GREY_LUNGS_FLAG, check_flags, describe
+
+
+def _p(logit: float) -> float:
+    return float(1 / (1 + np.exp(-logit)))
+
+
+def test_distance_band_and_risk_coverage_by_hand():
+    t = 0.5  # logit 0: a film's distance is its logit's size
+    p = [_p(z) for z in (-4.0, -1.0, -0.5, 0.2, 3.0, 5.0)]
+    assert distance(p, t) == pytest.approx([4, 1, 0.5, 0.2, 3, 5])
+    assert distance([_p(1.0)], _p(1.0)) == pytest.approx([0])
+    band = borderline_band(p, t, share=0.2)  # the 20% quantile of the distances (numpy's linear): 0.5
+    assert band["logit_distance"] == pytest.approx(0.5) and band["n"] == 6
+    assert band["low"] == pytest.approx(_p(-0.5)) and band["high"] == pytest.approx(_p(0.5))
+    assert [in_band(v, band) for v in p] == [False, False, False, True, False, False]  # open at its ends
+    assert not in_band(0.5, None)
+    with pytest.raises(ValueError, match="share"):
+        borderline_band(p, t, share=1.0)
+
+    y = [0, 0, 1, 0, 1, 1]  # the calls at 0.5: 0, 0, 0, 1, 1, 1: two errors (films 3 and 4), nearest the threshold
+    rows = risk_coverage(y, p, t, coverages=(1.0, 0.5))
+    assert rows[0] == {
+        "coverage": 1.0,
+        "kept": 6,
+        "accuracy": pytest.approx(4 / 6),
+        "sensitivity": pytest.approx(2 / 3),
+        "specificity": pytest.approx(2 / 3),
+        "errors": 2,
+        "deferred_errors": 0,
+    }
+    # the half farthest from 0.5: distances 5, 4, 3; all right, both errors left to a reader
+    assert rows[1]["kept"] == 3 and rows[1]["accuracy"] == 1.0 and rows[1]["deferred_errors"] == 2
+    apart = borderline_metrics(y, p, t, {"low": _p(-0.6), "high": _p(0.6)})
+    assert apart["borderline"] == {"n": 2, "errors": 2, "accuracy": 0.0}
+    assert apart["others"] == {"n": 4, "errors": 0, "accuracy": 1.0}
+    assert borderline_metrics(y, p, t, None) is None
+
+
+def test_the_shipped_model_carries_a_band_set_on_its_validation_films_and_flags_by_it():
+    """The band holds a tenth of the 746 validation films around the threshold; through the Python
+    API a probability inside it, and only inside it, carries the caution, which is not a check flag."""
+    model = pneumolens.load()
+    band = model.loaded.borderline
+    assert band["share"] == 0.1 and band["n"] == 746
+    assert band["low"] < model.loaded.threshold < band["high"]
+    paths = real_images("test", "NORMAL", 20) + real_images("test", "PNEUMONIA", 20)
+    results = model.predict([str(p) for p in paths])
+    inside = [band["low"] < r.probability < band["high"] for r in results]
+    assert [BORDERLINE_FLAG in r.flags for r in results] == inside
+    assert any(inside) and not all(inside)
+    r = results[inside.index(True)]
+    assert "least sure calls" in r.warning and "least sure" in describe([BORDERLINE_FLAG])
+    assert check_flags([BORDERLINE_FLAG, GREY_LUNGS_FLAG, "mirrored"]) == ["mirrored"]
+
+
+def test_training_evaluate_and_calibrate_set_and_report_the_band(trained_run, tiny_data, tmp_path, capsys):
+    """``train`` stores a band on its validation films; ``evaluate`` reports the calls inside it
+    against the rest, and risk against coverage; a model without a band gets no caution."""
+    loaded = load_model(trained_run)
+    band = loaded.borderline
+    assert band is not None and band["low"] <= loaded.threshold <= band["high"]
+    assert band["n"] == loaded.meta["metrics"]["val"]["n"]
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(trained_run), "--data", str(tiny_data), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    m = json.loads(out.read_text())
+    rows = m["selective"]["risk_coverage"]
+    assert [r["coverage"] for r in rows] == [1.0, 0.95, 0.9, 0.8]
+    assert rows[0]["accuracy"] == pytest.approx(m["accuracy"]) and rows[0]["kept"] == m["n"] == 24
+    apart = m["selective"]["borderline"]
+    assert apart["borderline"]["n"] + apart["others"]["n"] == 24
+    assert f"borderline ({apart['borderline']['n']})" in text and "farthest from the threshold" in text
+    assert loaded.result_flags(band["high"] + 1e-6) == [] and loaded.result_flags(loaded.threshold) == [BORDERLINE_FLAG]
+    loaded.meta.pop("borderline")  # a model file written before models recorded a band
+    assert loaded.result_flags(loaded.threshold) == []
