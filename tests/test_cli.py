@@ -90,7 +90,7 @@ def test_evaluate_json_and_report(trained_run, tiny_data, tmp_path, capsys):
     report = tmp_path / "report"
     html = (report / "index.html").read_text()
     figures = ("class_counts.png", "samples.png", "training_curves.png", "confusion_matrix.png", "roc_curve.png")
-    for png in (*figures, "calibration.png", "decision_curve.png"):
+    for png in (*figures, "calibration.png", "decision_curve.png", "risk_coverage.png"):
         assert (report / png).stat().st_size > 1000 and png in html
     assert "does not make a diagnosis" in html and "PNEUMONIA/virus" in html
     # the errors, explained by occlusion (the default map), and the share of attribution on the lungs

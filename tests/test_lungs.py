@@ -18,7 +18,7 @@ from pneumolens.data.cache import cache_key
 from pneumolens.data.dataset import XrayDataset
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.sources import Sample
-from pneumolens.lungs.flags import plausibility_flags
+from pneumolens.lungs.flags import check_flags, plausibility_flags
 from pneumolens.lungs.masks import dice
 from pneumolens.lungs.preprocess import lung_gamma, lung_median, read_box
 from pneumolens.lungs.segment import LungSegmenter
@@ -85,8 +85,11 @@ def test_predict_passes_flags_through(trained_run, tmp_path, capsys):
     rc = main(["predict", str(xray), str(blank), "--model", str(trained_run), "--json"])
     assert rc == 0
     good, bad = (json.loads(line) for line in capsys.readouterr().out.splitlines())
-    assert good["flags"] == [] and "warning" not in good
-    assert bad["flags"] == ["no_lungs_found"] and "does not look like a frontal chest X-ray" in bad["warning"]
+    # a tiny model's probabilities sit near its threshold: the borderline caution may come too
+    assert check_flags(good["flags"]) == [] and ("warning" in good) == bool(good["flags"])
+    assert (
+        check_flags(bad["flags"]) == ["no_lungs_found"] and "does not look like a frontal chest X-ray" in bad["warning"]
+    )
 
 
 def test_grey_lungs_caution_on_a_real_film_reaches_every_caller(trained_run, tmp_path, capsys):

@@ -1,5 +1,5 @@
 """One HTML page with PNG figures: counts, samples, training curves, confusion matrix, ROC,
-calibration (reliability diagram) and decision curve."""
+calibration (reliability diagram), decision curve, and risk against coverage."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pneumolens.config import CLASS_NAMES  # noqa: E402
 from pneumolens.data.images import ImageReadError, read_image  # noqa: E402
 from pneumolens.evaluation.evaluate import Evaluation, format_table  # noqa: E402
 from pneumolens.evaluation.metrics import net_benefit  # noqa: E402
+from pneumolens.evaluation.selective import in_band, risk_coverage  # noqa: E402
 
 NOTICE = (
     "pneumolens supports a clinician's reading of a chest X-ray; it does not make a diagnosis. "
@@ -165,6 +166,27 @@ def _explanations_html(x: dict[str, Any] | None) -> str:
 <figure><img src="errors_explained.png" alt="false positives and negatives explained"></figure>"""
 
 
+def plot_risk_coverage(
+    y: list[int], p: list[float], threshold: float, path: Path, band: dict[str, Any] | None = None
+) -> str | None:
+    """Accuracy of the calls kept against the share of films kept, the films nearest the threshold
+    going to a reader first (``selective.risk_coverage``), with the share outside the model's
+    ``borderline`` band marked."""
+    if not y:
+        return None
+    rows = risk_coverage(y, p, threshold, np.linspace(0.5, 1.0, 51))
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.plot([r["coverage"] for r in rows], [r["accuracy"] for r in rows], label="calls kept")
+    if band is not None:
+        kept = float(np.mean([not in_band(v, band) for v in p]))
+        ax.axvline(kept, color="tab:red", lw=0.8, ls="--", label=f"outside the borderline band ({kept:.0%})")
+    ax.set_xlabel("share of films kept (the nearest the threshold to a reader)")
+    ax.set_ylabel("accuracy of the calls kept")
+    ax.set_title("Risk and coverage")
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
 def write_report(
     ev: Evaluation,
     meta: dict[str, Any],
@@ -191,6 +213,10 @@ def write_report(
         ("ROC curve", plot_roc(y, ev.probabilities, out / "roc_curve.png")),
         ("Calibration", plot_calibration(y, ev.probabilities, out / "calibration.png", m.get("ece"))),
         ("Decision curve", plot_decision_curve(y, ev.probabilities, m["threshold"], out / "decision_curve.png")),
+        (
+            "Risk and coverage",
+            plot_risk_coverage(y, ev.probabilities, m["threshold"], out / "risk_coverage.png", meta.get("borderline")),
+        ),
     ]
     pred = [int(p >= m["threshold"]) for p in ev.probabilities]
     cls_report = classification_report(

@@ -31,9 +31,10 @@ class Prediction(BaseModel):
     flags: list[str] = Field(
         description="lung plausibility flags (no_lungs_found, lungs_cut_off, unusual_lung_area), the orientation "
         "flags (inverted, mirrored), the image-quality flags (noisy, low_detail), older_than_training (a DICOM "
-        "header or the age field giving the patient an age above five years) and the caution grey_lungs (a less "
-        "reliable pneumonia call); empty when the image looks like a sharp, quiet chest X-ray the standard way "
-        "round whose lungs are not grey overall"
+        "header or the age field giving the patient an age above five years) and the cautions grey_lungs (a less "
+        "reliable pneumonia call) and borderline (a probability among the model's least sure calls); empty when "
+        "the image looks like a sharp, quiet chest X-ray the standard way round whose lungs are not grey overall "
+        "and the call is not borderline"
     )
     warning: str | None = None
     measures: dict[str, float | None] = Field(
