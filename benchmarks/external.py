@@ -28,7 +28,7 @@ import pneumolens
 from pneumolens.agreement import wilson
 from pneumolens.data.images import read_image
 from pneumolens.data.subgroups import AGE_BANDS, band_of
-from pneumolens.lungs.flags import check_flags
+from pneumolens.lungs.flags import BORDERLINE_FLAG, check_flags
 
 
 def films(masks: str | Path) -> list[dict[str, str]]:
@@ -83,11 +83,12 @@ def main() -> None:
     t0 = time.time()
     model = pneumolens.load(args.model)
     rows = films(args.masks)
-    prob, flagged = [], []
+    prob, flagged, unsure = [], [], []
     for i in range(0, len(rows), 32):
         for res in model.predict([read_image(r["path"]) for r in rows[i : i + 32]]):
             prob.append(res.probability)
             flagged.append(bool(check_flags(res.flags)))
+            unsure.append(BORDERLINE_FLAG in res.flags)
     p, f = np.array(prob), np.array(flagged)
     tb = np.array([int(r["tb_label"]) for r in rows])
     source = np.array([r["source"] for r in rows])
@@ -109,6 +110,13 @@ def main() -> None:
     for name in [b for _, b in AGE_BANDS] + ["65 years or more", "no age"]:
         if (k := bands == name).any():
             print(row(name, rates(tb[k], called[k], p[k], f[k]), interval=True))
+    b = np.array(unsure)
+    normal_called = called & (tb == 0)
+    print(
+        f"\nthe borderline caution: on {int(b.sum())} of {len(b)} films; on {int((b & normal_called).sum())} of the "
+        f"{int(normal_called.sum())} normal films called pneumonia and {int((b & called & (tb == 1)).sum())} of the "
+        f"{int((called & (tb == 1)).sum())} TB films called pneumonia"
+    )
     print(f"({time.time() - t0:.0f} s)")
 
 
