@@ -118,13 +118,13 @@ class Model:
         results = []
         for item, g, (low, full), p, years in zip(items, grays, masks, probs, ages, strict=True):
             flags, measures = flags_and_measures(low, g)
-            flags += self.loaded.result_flags(float(p))
             if years is not None:
                 flags += age_flags(years)
             elif isinstance(item, str | os.PathLike):
                 flags += header_flags(item)
             elif _is_dataset(item):
                 flags += dataset_flags(item)
+            flags += self.loaded.result_flags(float(p))  # last, as everywhere: the film's flags, then the call's
             r = Result(float(p), CLASS_NAMES[int(p >= t)], t, flags, measures=measures)
             if explain:
                 from pneumolens.explain import explain_image

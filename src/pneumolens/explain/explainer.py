@@ -142,7 +142,7 @@ def explain_image(
         image=gray,
         lung_mask=full,
         lung_fraction=attribution_lung_fraction(heatmap, full),
-        flags=plausibility_flags(low, gray) + loaded.result_flags(p) + header_flags(path),
+        flags=plausibility_flags(low, gray) + header_flags(path) + loaded.result_flags(p),
         segments=segments,
         segment_weights=weights,
         path=path,

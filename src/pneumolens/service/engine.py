@@ -138,7 +138,7 @@ class Engine:
         t = self.loaded.threshold
         label = CLASS_NAMES[int(p >= t)]
         flags, measures = flags_and_measures(low, gray)
-        flags += self.loaded.result_flags(p) + (from_header or [])
+        flags += (from_header or []) + self.loaded.result_flags(p)
         return {
             **result,
             "probability": p,
