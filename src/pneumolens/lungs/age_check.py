@@ -6,7 +6,8 @@ nothing, and an adult's film is read like a toddler's. This check reads the thor
 fields' crop box (the shipped segmenter's mask), equalised with CLAHE so that each hospital's contrast
 counts for little, at 128x128. It learnt the Kaggle training children against the Shenzhen adults
 (``pneumolens train-age-check``); the Shenzhen children were held out to tell whether it learnt the
-age or the hospital (``benchmarks/age_check.py``).
+age or the hospital (``benchmarks/age_check.py``). It was tried and is not shipped: it flagged 6.9%
+of the Kaggle test split's children (README, Not done yet), so no result carries it.
 """
 
 from __future__ import annotations
