@@ -333,3 +333,35 @@ def test_documented_flags_finds_a_flag_the_parser_lacks():
         ("predict", "--json"),
         ("predict", "--csv"),
     ]
+
+
+def test_evaluate_on_the_validation_split_scores_the_films_the_model_was_validated_on(
+    trained_run, tiny_data, tmp_path, capsys
+):
+    """``--split validation`` draws the model's own patient split again: the same films and figures
+    as training recorded; another data root, a refit or a file without a config are refused by name."""
+    import copy
+
+    from conftest import SHARED
+    from pneumolens.evaluation.evaluate import validation_films
+
+    loaded = load_model(trained_run)
+    out = tmp_path / "val.json"
+    args = ["evaluate", "--model", str(trained_run), "--data", str(tiny_data), "--split", "validation"]
+    assert main([*args, "--json", str(out)]) == 0
+    assert "(the validation films)" in capsys.readouterr().out
+    m, recorded = json.loads(out.read_text()), loaded.meta["metrics"]["val"]
+    assert m["split"] == "validation" and m["n"] == recorded["n"] > 0
+    assert m["accuracy"] == pytest.approx(recorded["accuracy"]) and m["roc_auc"] == pytest.approx(recorded["roc_auc"])
+    split = json.loads((trained_run / "split.json").read_text())
+    assert sorted(s.path for s in validation_films(loaded, tiny_data)) == sorted(split["val"])
+    with pytest.raises(ValueError, match="give the data it was trained on"):
+        validation_films(loaded, SHARED / "chest_xray")  # 746 validation films there, not the run's
+    refit = copy.copy(loaded)
+    refit.meta = {**loaded.meta, "config": {**loaded.meta["config"], "refit": True}}
+    with pytest.raises(ValueError, match="a refit trained on its validation films"):
+        validation_films(refit, tiny_data)
+    bare = copy.copy(loaded)
+    bare.meta = {k: v for k, v in loaded.meta.items() if k != "config"}
+    with pytest.raises(ValueError, match="no training config recorded"):
+        validation_films(bare, tiny_data)

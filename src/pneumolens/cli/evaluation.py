@@ -21,6 +21,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--csv", help="write one row per film (label, call, probability, outcome, flags, copy_of) here")
     e.add_argument("--threshold", type=probability, help="override the model's operating point")
     e.add_argument(
+        "--split",
+        choices=["test", "validation"],
+        default="test",
+        help="validation: the films the model was validated on (the patient split its recorded config draws from "
+        "DATA/train), where thresholds, recipes and epochs are chosen; test (default): DATA/test, for reporting",
+    )
+    e.add_argument(
         "--group-by",
         metavar="ATTRIBUTE",
         help="report subgroups by a DICOM device or acquisition attribute (e.g. Manufacturer, "
@@ -247,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumolens.evaluation.evaluate import evaluate, format_table
 
     loaded = load_model(args.model)
-    ev = evaluate(loaded, args.data, args.threshold, group_by=args.group_by)
+    ev = evaluate(loaded, args.data, args.threshold, group_by=args.group_by, split=args.split)
     print(format_table(ev.metrics))
     for path, reason in ev.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

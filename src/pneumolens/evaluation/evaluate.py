@@ -160,17 +160,47 @@ def check_metrics(
     return out
 
 
+def validation_films(loaded: LoadedModel, data: str | os.PathLike[str]) -> list[Sample]:
+    """The films ``loaded`` was validated on: the patient split its recorded config draws from
+    ``data``'s training films (a Kaggle-style root), checked against the count it recorded.
+
+    Raises:
+        ValueError: a model without a training config, one trained on its validation films (a
+            refit), or another split than the one it recorded (another ``data``).
+    """
+    from pneumolens.config import TrainConfig
+    from pneumolens.training.fit import training_split
+
+    config = loaded.meta.get("config")
+    if not isinstance(config, dict) or "split_seed" not in config:
+        raise ValueError(f"{loaded.path}: no training config recorded, so no validation split to draw")
+    cfg = TrainConfig.from_dict(config)
+    if cfg.refit:
+        raise ValueError(f"{loaded.path}: a refit trained on its validation films; score it on test only")
+    val = training_split(data, cfg)[0].val
+    recorded = loaded.meta.get("metrics", {}).get("val", {}).get("n")
+    if recorded is not None and recorded != len(val):
+        raise ValueError(
+            f"{loaded.path}: validated on {recorded} films, but {data} gives {len(val)}; "
+            "give the data it was trained on"
+        )
+    return val
+
+
 def evaluate(
     loaded: LoadedModel,
     data: str | os.PathLike[str],
     threshold: float | None = None,
     n_boot: int = 1000,
     group_by: str | None = None,
+    split: str = "test",
 ) -> Evaluation:
     """Score ``loaded`` on ``data``'s test split (or its class folders / CSV manifest). ``group_by``:
     a DICOM device or acquisition attribute to report subgroups by (``subgroups.DEVICE_ATTRIBUTES``),
-    or ``lung-exposure`` (``subgroups.lung_exposure``)."""
-    listed = find_split(data, "test")
+    or ``lung-exposure`` (``subgroups.lung_exposure``). ``split="validation"``: the validation films
+    the model's recorded training config draws from ``data``'s training films, by patient, where
+    choices belong (not for a model that trained on them)."""
+    listed = validation_films(loaded, data) if split == "validation" else find_split(data, "test")
     if group_by:
         listed = grouped_by(listed, group_by)
     samples, bad = check_headers(listed)
@@ -201,6 +231,7 @@ def evaluate(
     # films whose name, manifest or DICOM header gives no patient each count as their own patient
     metrics["films_of_unknown_patient"] = sum(s.patient.startswith("file:") for s in scored)
     metrics["model"] = loaded.meta.get("name")
+    metrics["split"] = split
     metrics["n_skipped"] = len(skipped)
     metrics["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
     return Evaluation(metrics, scored, p, skipped, {s.path: flags[s.path] for s in scored})
@@ -217,7 +248,7 @@ def format_table(m: dict[str, Any]) -> str:
 
     (tn, fp), (fn, tp) = m["confusion_matrix"]
     rows = [
-        ("images", str(m["n"])),
+        ("images", str(m["n"]) + (" (the validation films)" if m.get("split") == "validation" else "")),
         ("threshold", f"{m['threshold']:.3f}"),
         ("accuracy", pct(m["accuracy"], "accuracy")),
         ("sensitivity (recall)", pct(m["sensitivity"], "sensitivity")),
