@@ -16,10 +16,9 @@ import json
 import time
 
 from pneumolens.checkpoint import load_model, save_model
-from pneumolens.config import TrainConfig
+from pneumolens.evaluation.evaluate import validation_films
 from pneumolens.evaluation.selective import borderline_band, borderline_metrics, risk_coverage
 from pneumolens.inference import default_workers, predict_samples
-from pneumolens.training.fit import training_split
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     loaded = load_model(args.model)
-    val = training_split(args.data, TrainConfig.from_dict(loaded.meta["config"]))[0].val
+    val = validation_films(loaded, args.data)
     probs, errors = predict_samples(loaded.model, val, loaded.preprocess, num_workers=default_workers(len(val)))
     scored = [s for s in val if s.path in probs]
     y, p, t = [s.label for s in scored], [probs[s.path] for s in scored], loaded.threshold
