@@ -13,6 +13,7 @@ from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
 from pneumolens.evaluation.selective import (
     borderline_band,
+    borderline_flags,
     borderline_metrics,
     distance,
     in_band,
@@ -91,6 +92,7 @@ def test_training_evaluate_and_calibrate_set_and_report_the_band(trained_run, ti
     apart = m["selective"]["borderline"]
     assert apart["borderline"]["n"] + apart["others"]["n"] == 24
     assert f"borderline ({apart['borderline']['n']})" in text and "farthest from the threshold" in text
-    assert loaded.result_flags(band["high"] + 1e-6) == [] and loaded.result_flags(loaded.threshold) == [BORDERLINE_FLAG]
+    assert borderline_flags(band["high"] + 1e-6, loaded.borderline) == []
+    assert borderline_flags(loaded.threshold, loaded.borderline) == [BORDERLINE_FLAG]
     loaded.meta.pop("borderline")  # a model file written before models recorded a band
-    assert loaded.result_flags(loaded.threshold) == []
+    assert borderline_flags(loaded.threshold, loaded.borderline) == []

@@ -20,6 +20,7 @@ from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import ImageReadError, preprocess, read_image
 from pneumolens.data.scope import age_flags, dataset_flags, given_age, header_flags, max_training_age
+from pneumolens.evaluation.selective import borderline_flags
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.segment import LungSegmenter
 
@@ -124,7 +125,9 @@ class Model:
                 flags += header_flags(item)
             elif _is_dataset(item):
                 flags += dataset_flags(item)
-            flags += self.loaded.result_flags(float(p))  # last, as everywhere: the film's flags, then the call's
+            flags += borderline_flags(
+                float(p), self.loaded.borderline
+            )  # last, as everywhere: the film's flags, then the call's
             r = Result(float(p), CLASS_NAMES[int(p >= t)], t, flags, measures=measures)
             if explain:
                 from pneumolens.explain import explain_image

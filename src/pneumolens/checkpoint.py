@@ -54,13 +54,6 @@ class LoadedModel:
         (``pneumolens.evaluation.selective``); None for a model file written without one."""
         return self.meta.get("borderline")
 
-    def result_flags(self, p: float) -> list[str]:
-        """The cautions a probability ``p`` of this model carries: ``borderline`` inside its band."""
-        from pneumolens.evaluation.selective import in_band
-        from pneumolens.lungs.flags import BORDERLINE_FLAG
-
-        return [BORDERLINE_FLAG] if in_band(p, self.borderline) else []
-
 
 def versions() -> dict[str, str]:
     import lightning

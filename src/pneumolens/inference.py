@@ -18,6 +18,7 @@ from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.config import CLASS_NAMES, PreprocessConfig
 from pneumolens.data.dataset import inference_loader
 from pneumolens.data.sources import Sample
+from pneumolens.evaluation.selective import borderline_flags
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Predictor:
         for s in samples:
             if s.path in probs:
                 p = probs[s.path]
-                said = flags[s.path] + self.loaded.result_flags(p)
+                said = flags[s.path] + borderline_flags(p, self.loaded.borderline)
                 out.append(Prediction(s.path, p, self.label_of(p), flags=said, measures=measures[s.path]))
             else:
                 out.append(Prediction(s.path, None, None, errors.get(s.path, "not processed")))

@@ -17,7 +17,7 @@ from pneumolens.data.sources import Sample, check_headers, find_split
 from pneumolens.data.subgroups import grouped_by, subgroup
 from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
-from pneumolens.evaluation.selective import borderline_metrics, risk_coverage
+from pneumolens.evaluation.selective import borderline_flags, borderline_metrics, risk_coverage
 from pneumolens.inference import default_workers, predict_samples
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
 
@@ -215,7 +215,9 @@ def evaluate(
     t = loaded.threshold if threshold is None else threshold
     p = [probs[s.path] for s in scored]
     for s in scored:
-        flags[s.path] = flags[s.path] + loaded.result_flags(probs[s.path])  # as deployed: the model's own band
+        flags[s.path] = flags[s.path] + borderline_flags(
+            probs[s.path], loaded.borderline
+        )  # as deployed: the model's own band
     y = [s.label for s in scored]
     patients = [s.patient for s in scored]
     metrics = scored_metrics(y, p, t, patients, n_boot)

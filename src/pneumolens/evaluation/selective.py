@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pneumolens.lungs.flags import BORDERLINE_FLAG
+
 BORDERLINE_SHARE = 0.10  # of the validation films: the band that holds the model's least sure calls
 COVERAGES = (1.0, 0.95, 0.9, 0.8)
 
@@ -50,6 +52,12 @@ def borderline_band(p: Sequence[float] | np.ndarray, threshold: float, share: fl
 def in_band(p: float, band: dict[str, Any] | None) -> bool:
     """Whether ``p`` lies inside ``band`` (the open interval; False without a band)."""
     return band is not None and band["low"] < p < band["high"]
+
+
+def borderline_flags(p: float, band: dict[str, Any] | None) -> list[str]:
+    """The caution a probability ``p`` carries: ``borderline`` inside a model's ``band``
+    (``LoadedModel.borderline``), nothing outside it or without one."""
+    return [BORDERLINE_FLAG] if in_band(p, band) else []
 
 
 def risk_coverage(

@@ -16,6 +16,7 @@ from pneumolens.checkpoint import LoadedModel
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.scope import header_flags
+from pneumolens.evaluation.selective import borderline_flags
 from pneumolens.explain import attribution as attr
 from pneumolens.explain.outlines import Outline, map_outlines
 from pneumolens.lungs.flags import plausibility_flags
@@ -142,7 +143,7 @@ def explain_image(
         image=gray,
         lung_mask=full,
         lung_fraction=attribution_lung_fraction(heatmap, full),
-        flags=plausibility_flags(low, gray) + header_flags(path) + loaded.result_flags(p),
+        flags=plausibility_flags(low, gray) + header_flags(path) + borderline_flags(p, loaded.borderline),
         segments=segments,
         segment_weights=weights,
         path=path,

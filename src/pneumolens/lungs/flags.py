@@ -22,7 +22,7 @@ calls more normal films pneumonia (``benchmarks/robustness.py``).
 
 The other caution, ``borderline``, comes from the model's probability, not the film: it lies in the
 band around the operating point that holds the model's least sure calls
-(``pneumolens.evaluation.selective``; ``LoadedModel.result_flags``).
+(``pneumolens.evaluation.selective``; ``selective.borderline_flags``).
 
 ``older_than_training`` comes from the patient's age, not the pixels: a DICOM file's header
 (``pneumolens.data.scope.header_flags``) or an age the sender gives (a manifest's ``age`` column,

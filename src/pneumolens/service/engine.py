@@ -18,6 +18,7 @@ from pneumolens.checkpoint import load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.scope import max_training_age, sample_flags
+from pneumolens.evaluation.selective import borderline_flags
 from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.preprocess import read_box
@@ -138,7 +139,7 @@ class Engine:
         t = self.loaded.threshold
         label = CLASS_NAMES[int(p >= t)]
         flags, measures = flags_and_measures(low, gray)
-        flags += (from_header or []) + self.loaded.result_flags(p)
+        flags += (from_header or []) + borderline_flags(p, self.loaded.borderline)
         return {
             **result,
             "probability": p,
