@@ -134,16 +134,22 @@ PATIENT_AND_STUDY = (
 )
 
 
+# the cautions (``lungs.flags.CAUTIONS``) in the caption's words
+CAUTION_CAPTIONS = {
+    GREY_LUNGS_FLAG: "grey lungs, where false positives concentrate",
+    BORDERLINE_FLAG: "borderline, among the model's least sure calls",
+}
+
+
 def caption_for(result: dict) -> str:
     side = "above" if result["probability"] >= result["threshold"] else "below"
     text = f"AI first read: probability {result['probability']:.2f}, {side} operating point; not a diagnosis"
     checks = check_flags(result.get("flags", []))
     if checks:
         text += f" | check image: {', '.join(checks)}"
-    if GREY_LUNGS_FLAG in result.get("flags", []):
-        text += " | caution: grey lungs, where false positives concentrate"
-    if BORDERLINE_FLAG in result.get("flags", []):
-        text += " | caution: borderline, among the model's least sure calls"
+    for flag, words in CAUTION_CAPTIONS.items():  # each caution on a line of its own
+        if flag in result.get("flags", []):
+            text += f" | caution: {words}"
     return text
 
 
