@@ -1,11 +1,12 @@
 """Which calls is a model least sure of? Risk against coverage on its validation films, and its band.
 
-    python benchmarks/selective.py [--model MODEL] [--data ../shared/data/chest_xray] [--store]
+    python benchmarks/selective.py [--model MODEL] [--data ../shared/data/chest_xray] [--share S] [--store]
 
 The model's validation films (the patient split its recorded config draws from ``--data``), scored
 through the inference path: for each coverage, the calls on the films farthest from the threshold
-(in logits), the rest going to a reader; then the ``borderline`` band that holds a tenth of these
-films, as computed here and as stored in the model file (``pneumolens.evaluation.selective``).
+(in logits), the rest going to a reader; then the ``borderline`` band that holds ``--share`` of these
+films (a tenth by default), as computed here and as stored in the model file
+(``pneumolens.evaluation.selective``).
 Validation only: the test split's figures come from ``pneumolens evaluate`` (its ``selective``).
 """
 
@@ -17,7 +18,7 @@ import time
 
 from pneumolens.checkpoint import load_model, save_model
 from pneumolens.evaluation.evaluate import validation_films
-from pneumolens.evaluation.selective import borderline_band, borderline_metrics, risk_coverage
+from pneumolens.evaluation.selective import BORDERLINE_SHARE, borderline_band, borderline_metrics, risk_coverage
 from pneumolens.inference import default_workers, predict_samples
 
 
@@ -26,12 +27,17 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model file or run (default: the shipped model)")
     ap.add_argument("--data", default="../shared/data/chest_xray")
     ap.add_argument(
+        "--share", type=float, default=BORDERLINE_SHARE, help="the share of these films the band holds (0 to 1)"
+    )
+    ap.add_argument(
         "--store",
         action="store_true",
         help="write the band computed here into the model file (its weights unchanged): how the shipped model, "
         "trained before models recorded a band, got its own",
     )
     args = ap.parse_args()
+    if not 0 < args.share < 1:
+        ap.error(f"--share must be between 0 and 1, got {args.share}")
     t0 = time.time()
     loaded = load_model(args.model)
     val = validation_films(loaded, args.data)
@@ -46,11 +52,12 @@ def main() -> None:
             f"| {r['coverage']:.0%} | {r['kept']} | {r['accuracy']:.1%} | {r['sensitivity']:.1%} | "
             f"{r['specificity']:.1%} | {r['errors']} | {r['deferred_errors']} |"
         )
-    band = borderline_band(p, t)
+    band = borderline_band(p, t, args.share)
     print(
-        f"\nband from these films: {band['low']:.4f} to {band['high']:.4f} "
+        f"\nband from these films ({args.share:.0%}): {band['low']:.4f} to {band['high']:.4f} "
         f"(logit distance {band['logit_distance']:.3f})"
     )
+    print(f"borderline against the rest, with this band: {json.dumps(borderline_metrics(y, p, t, band))}")
     print(f"band in the model file: {json.dumps(loaded.borderline)}")
     apart = borderline_metrics(y, p, t, loaded.borderline)
     print(f"borderline against the rest, with the stored band: {json.dumps(apart)}")

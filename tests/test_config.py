@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -58,6 +59,7 @@ def test_overrides_reach_nested_configs_and_round_trip():
         ({"contrast": 1.0}, "contrast < 1"),
         ({"lung_margin": 0.6}, "lung_margin"),
         ({"clahe_clip": 0}, "clahe_clip"),
+        ({"borderline_share": 1.0}, "borderline_share"),
     ],
 )
 def test_bad_overrides(kwargs, match):
@@ -72,6 +74,17 @@ def test_unknown_config_field_is_named():
         TrainConfig.from_dict({"epochz": 3})
 
 
+def test_a_run_recorded_before_a_field_existed_is_the_same_recipe():
+    cfg = resolve_config("default", epochs=8)
+    recorded = json.loads(cfg.to_json())
+    assert cfg.is_recorded_in(recorded)
+    del recorded["borderline_share"]  # the config.json of a run trained before the field was added
+    assert cfg.is_recorded_in(recorded)
+    assert not resolve_config("default", epochs=8, borderline_share=0.2).is_recorded_in(recorded)
+    assert not cfg.is_recorded_in({**recorded, "epochs": 9})
+    assert not cfg.is_recorded_in({**recorded, "epochz": 8})  # an unknown field: not this recipe
+
+
 def test_recipe_flags_reach_the_config():
     from pneumolens.cli import RECIPE_FLAGS, build_parser
     from pneumolens.models import create_model
@@ -80,10 +93,11 @@ def test_recipe_flags_reach_the_config():
     argv = "train --data d --weight-decay 0.05 --split-seed 7 --lung-margin 0.1 --gamma 0.2 --contrast 0.1 --mixup 0.2"
     argv += ' --hflip 0.5 --erase 0.3 --label-smoothing 0.1 --model-kwargs {"widths":[8,16,16,24],"dropout":0.5}'
     argv += " --start-from-epoch 6 --patience 2 --ema-warmup --blur 1.5 --subtype-weight 0 --clahe-clip 0.03"
-    argv += " --optimizer sgd --patient-weighting"
+    argv += " --optimizer sgd --patient-weighting --borderline-share 0.2"
     args = build_parser().parse_args(argv.split())
     cfg = resolve_config("default", **{k: getattr(args, k) for k in RECIPE_FLAGS})
     assert (cfg.weight_decay, cfg.split_seed, cfg.preprocess.lung_margin) == (0.05, 7, 0.1)
+    assert cfg.borderline_share == 0.2
     assert cfg.preprocess.clahe_clip == 0.03 and cfg.optimizer == "sgd" and cfg.patient_weighting
     assert (cfg.augment.gamma, cfg.augment.contrast, cfg.augment.mixup) == (0.2, 0.1, 0.2)
     assert (cfg.augment.hflip, cfg.augment.erase, cfg.label_smoothing) == (0.5, 0.3, 0.1)

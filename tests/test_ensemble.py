@@ -14,6 +14,7 @@ from pneumolens.cli import main
 from pneumolens.config import CLASS_NAMES, TrainConfig
 from pneumolens.data.sources import find_split
 from pneumolens.evaluation.calibration import choose_threshold, fold_temperature
+from pneumolens.evaluation.selective import in_band
 from pneumolens.explain import attribution
 from pneumolens.export import OnnxModel, export_onnx
 from pneumolens.inference import Predictor, predict_samples
@@ -83,7 +84,7 @@ def test_gradcam_of_an_ensemble_is_the_mean_of_its_members_maps():
 def second_run(tiny_data, trained_run, tmp_path_factory):
     """A second draw of ``trained_run``'s recipe (seed 4) on its patient split (split seed 3)."""
     out = tmp_path_factory.mktemp("second") / "seed4"
-    assert train_cli(tiny_data, out, "--seed", "4", "--split-seed", "3", epochs=2) == 0
+    assert train_cli(tiny_data, out, "--seed", "4", "--split-seed", "3", "--borderline-share", "0.25", epochs=2) == 0
     return out
 
 
@@ -109,6 +110,17 @@ def test_ensemble_command_fits_its_operating_point_on_the_members_validation_spl
     p = 1 / (1 + np.exp(-np.array([z[2][s.path] for s in val])))
     assert ens.threshold == pytest.approx(choose_threshold(y, p, cfg.threshold_policy), abs=1e-6)
     assert ens.borderline["n"] == len(val) and ens.borderline["low"] <= ens.threshold <= ens.borderline["high"]
+    assert ens.borderline["share"] == 0.1  # the first member's; the second was trained with 0.25
+    second = load_model(second_run)
+    assert second.borderline["share"] == 0.25 and second.meta["config"]["borderline_share"] == 0.25
+    first_second = build_ensemble([second_run, trained_run], tiny_data, tmp_path / "ens21")
+    assert load_model(first_second).borderline["share"] == 0.25
+    wide = tmp_path / "wide"
+    argv = ["ensemble", str(trained_run), str(second_run), "--data", str(tiny_data), "--out", str(wide)]
+    assert main([*argv, "--borderline-share", "0.3"]) == 0
+    band = load_model(wide).borderline
+    inside = sum(in_band(float(v), band) for v in p)  # the same network as ens: the same probabilities
+    assert band["share"] == 0.3 and abs(inside - 0.3 * len(val)) <= 1 and band["logit_distance"] > 0
     assert json.loads((out / "val_metrics.json").read_text()) == ens.meta["metrics"]["val"]
     # the file is used like any other: predict (CLI) and evaluate on the test split
     films = [s.path for s in find_split(tiny_data, "test")[:4]]

@@ -12,12 +12,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
-from pneumolens.checkpoint import load_model, shipped_model_path
+from pneumolens.checkpoint import load_model, save_model, shipped_model_path
 from pneumolens.cli import main
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import list_folder
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature
 from pneumolens.evaluation.recalibrate import recalibrate
+from pneumolens.evaluation.selective import in_band
 from pneumolens.inference import predict_samples
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
@@ -100,6 +101,21 @@ def test_without_temperature_only_the_threshold_changes(shipped, tmp_path):
     assert r.report["after"]["specificity"] >= 0.9
     assert r.meta["threshold"] == r.report["threshold"] != shipped.threshold
     assert "site_calibrations" not in shipped.meta  # the parent is left as it was
+    assert r.meta["borderline"]["share"] == shipped.borderline["share"] == 0.1  # the model's own share
+
+    # a site that wants a second reader on more films: a band holding 30% of its films
+    wide = recalibrate(shipped, data, policy="specificity:0.9", temperature=False, borderline_share=0.3)
+    band = wide.meta["borderline"]
+    assert band["share"] == 0.3 and wide.meta["threshold"] == r.meta["threshold"]
+    films = list_folder(data)
+    probs, _ = predict_samples(shipped.model, films, shipped.preprocess)  # temperature 1: the parent's
+    inside = sum(in_band(probs[s.path], band) for s in films)
+    assert abs(inside - 0.3 * len(films)) <= 1 and inside > sum(
+        in_band(v, r.meta["borderline"]) for v in probs.values()
+    )
+    path = save_model(tmp_path / "wide.safetensors", wide.model, wide.meta)
+    again = recalibrate(load_model(path), data, policy="specificity:0.9", temperature=False)
+    assert again.meta["borderline"]["share"] == 0.3  # kept from the model recalibrated before
 
     # with 95% confidence, 90% sensitivity on 30 positives needs all 30 caught (0.05 ** (1/30) = 0.905)
     sure = recalibrate(shipped, data, policy="sensitivity:0.9", confidence=0.95)
@@ -130,6 +146,9 @@ def test_bad_arguments_are_refused_with_the_field_named(tmp_path, capsys):
     for extra, message in cases:
         assert main(["calibrate", "--data", str(data), *extra]) == 2
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it before anything is read
+        main(["calibrate", "--data", str(data), "--out", str(tmp_path / "z.safetensors"), "--borderline-share", "1.5"])
+    assert stop.value.code == 2 and "--borderline-share: must be a fraction between 0 and 1" in capsys.readouterr().err
     assert main(["calibrate", "--data", str(tmp_path), "--out", str(tmp_path / "y.safetensors")]) == 2
     assert "no calibration/ folder and no class folders" in capsys.readouterr().err
     assert model.read_bytes() == before

@@ -101,6 +101,8 @@ class TrainConfig:
     threshold: float = 0.5  # used during training (accuracy logs); the stored one follows the policy
     threshold_policy: str = "fixed:0.5"  # fixed:T | sensitivity:S | specificity:S | youden, on validation
     calibrate: bool = False  # temperature scaling fitted on validation, folded into the last layer
+    # the ``borderline`` band holds this share of the validation films, those nearest the threshold
+    borderline_share: float = 0.10
     # then train again on every training film, validation films too, and give that model the held-out
     # run's temperature and threshold (the held-out run is kept in OUT/holdout; round 27 of the log)
     refit: bool = False
@@ -120,6 +122,15 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def is_recorded_in(self, recorded: dict[str, Any]) -> bool:
+        """Whether ``recorded`` (a run's ``config.json``) holds this config, any field added since it was
+        written taken at its default (which does what runs did before the field existed)."""
+        try:
+            theirs = TrainConfig.from_dict(recorded)
+        except (TypeError, ValueError):
+            return False
+        return json.loads(theirs.to_json()) == json.loads(self.to_json())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -306,6 +317,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
             raise ValueError("group_dro and patient_weighting both weight the films: pick one")
         if cfg.augment.mixup > 0:
             raise ValueError("group_dro needs each film's group and mixup blends two films: pick one")
+    if not 0 < overrides.get("borderline_share", 0.5) < 1:
+        raise ValueError(f"borderline_share must be in (0, 1), got {overrides['borderline_share']}")
     if not 0 <= overrides.get("exposure_balance", 0.0) <= 1:
         raise ValueError(f"exposure_balance must be in [0, 1], got {overrides['exposure_balance']}")
     if overrides.get("exposure_balance", cfg.exposure_balance) > 0 and overrides.get("group_dro", cfg.group_dro) > 0:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pneumolens.cli.common import NOTICE, data_arg, engine_for, patient_age, positive_int, probability
+from pneumolens.cli.common import NOTICE, data_arg, engine_for, fraction, patient_age, positive_int, probability
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +62,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="meet the policy's rate with this confidence (e.g. 0.95: by its Clopper-Pearson lower bound)",
     )
     c.add_argument("--min-per-class", type=positive_int, default=30, help="fewest readable films per class")
+    c.add_argument(
+        "--borderline-share",
+        type=fraction,
+        help="the share of the site's films, those nearest the new threshold, that the borderline band holds "
+        "(default: the share of the model's own band, 0.1 for the shipped model)",
+    )
     c.add_argument("--json", dest="json_out", help="write the report (old and new operating point) as JSON")
     c.set_defaults(run=cmd_calibrate)
 
@@ -314,7 +320,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out}: give a new .safetensors file")
     if out.resolve() == loaded.path.resolve():
         raise ValueError(f"--out {out}: is the model being recalibrated; write the new one beside it")
-    r = recalibrate(loaded, args.data, args.policy, args.temperature, args.min_per_class, args.confidence)
+    r = recalibrate(
+        loaded,
+        args.data,
+        args.policy,
+        args.temperature,
+        args.min_per_class,
+        args.confidence,
+        borderline_share=args.borderline_share,
+    )
     for path, reason in r.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(format_report(r.report))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pneumolens.cli.common import DEFAULT_DATA_ENV, data_arg, devices, json_object, positive_int, probability
+from pneumolens.cli.common import DEFAULT_DATA_ENV, data_arg, devices, fraction, json_object, positive_int, probability
 
 if TYPE_CHECKING:
     from pneumolens.config import TrainConfig
@@ -169,6 +169,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--calibrate", action=argparse.BooleanOptionalAction, default=None, help="temperature scaling on validation"
     )
+    t.add_argument(
+        "--borderline-share",
+        type=fraction,
+        help="the share of the validation films, those nearest the threshold, that the borderline band holds: "
+        "results inside it carry the caution borderline (default 0.1)",
+    )
     t.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     t.add_argument("--accelerator", choices=["cpu", "gpu", "auto"])
     t.add_argument("--devices", type=devices, help="devices (processes on the CPU) per node")
@@ -198,6 +204,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(train --init MODEL); it costs one network at inference",
     )
     en.add_argument("--out", required=True, help="run directory for model.safetensors and val_metrics.json")
+    en.add_argument(
+        "--borderline-share",
+        type=fraction,
+        help="the share of the validation films that the borderline band holds (default: the first member's)",
+    )
     en.set_defaults(run=cmd_ensemble)
 
     ex = sub.add_parser("export", help="export a model to ONNX")
@@ -283,7 +294,8 @@ RECIPE_FLAGS = (
     "split_seed warmup_epochs ema_decay ema_warmup limit lungs lung_margin lung_gamma equalize clahe_clip "
     "rotation shift zoom gamma contrast mixup hflip erase blur bias_field label_smoothing teacher distill_weight "
     "rank_weight group_dro sam_rho subtype_weight series_adversary class_weights balanced_sampler patient_weighting "
-    "exposure_balance ssl_epochs ssl_lr init exclude val_fraction refit threshold_policy calibrate precision"
+    "exposure_balance ssl_epochs ssl_lr init exclude val_fraction refit threshold_policy calibrate borderline_share "
+    "precision"
 ).split()
 
 
@@ -339,7 +351,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from pneumolens.training.ensemble import build_ensemble
 
-    print(build_ensemble(args.members, args.data, args.out, average_weights=args.average_weights))
+    print(
+        build_ensemble(
+            args.members,
+            args.data,
+            args.out,
+            average_weights=args.average_weights,
+            borderline_share=args.borderline_share,
+        )
+    )
     return 0
 
 

@@ -24,7 +24,7 @@ from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature, fold_temperature, parse_policy
 from pneumolens.evaluation.evaluate import scored_metrics
-from pneumolens.evaluation.selective import borderline_band
+from pneumolens.evaluation.selective import BORDERLINE_SHARE, borderline_band
 from pneumolens.inference import default_workers, predict_samples
 
 DEFAULT_POLICY = "sensitivity:0.97"
@@ -60,18 +60,26 @@ def recalibrate(
     min_per_class: int = MIN_PER_CLASS,
     confidence: float | None = None,
     n_boot: int = 1000,
+    borderline_share: float | None = None,
 ) -> Recalibration:
     """Refit ``loaded``'s operating point on ``data`` (class folders or a CSV manifest of one site).
 
     ``policy`` defaults to the one the model was calibrated with (e.g. ``sensitivity:0.97``). With
     ``confidence``, the policy's rate must hold at that confidence (see
-    :func:`~pneumolens.evaluation.calibration.choose_threshold`), not only on these films.
+    :func:`~pneumolens.evaluation.calibration.choose_threshold`), not only on these films. The
+    ``borderline`` band is set again around the new threshold on these films, holding
+    ``borderline_share`` of them (default: the share of the model's own band, or 10%).
 
     Raises:
         ValueError: an unknown policy, fewer than ``min_per_class`` readable films of a class, or
             too few for ``confidence`` (the message gives the counts).
     """
     policy = policy or loaded.meta.get("calibration", {}).get("threshold_policy") or DEFAULT_POLICY
+    share = (
+        borderline_share if borderline_share is not None else (loaded.borderline or {}).get("share", BORDERLINE_SHARE)
+    )
+    if not 0 < share < 1:
+        raise ValueError(f"borderline_share must be in (0, 1), got {share}")
     if parse_policy(policy)[0] == "fixed":
         raise ValueError(f"policy {policy!r} fixes the threshold; recalibration needs a target to meet")
     samples, bad = check_headers(find_split(data, "calibration"))
@@ -114,7 +122,7 @@ def recalibrate(
     }
     meta = copy.deepcopy(loaded.meta)
     meta["threshold"] = threshold
-    meta["borderline"] = borderline_band(_sigmoid(z / t), threshold)  # around the new threshold, on the site's films
+    meta["borderline"] = borderline_band(_sigmoid(z / t), threshold, share)  # around the new threshold, site's films
     name = str(meta.get("name", "model"))
     meta["name"] = name if name.endswith(SUFFIX) else name + SUFFIX  # the audit trail and the API show it
     meta["site_calibrations"] = [*meta.get("site_calibrations", []), record]

@@ -57,7 +57,7 @@ def fold_config(cfg: TrainConfig) -> TrainConfig:
 def _check_recipe(run: Path, cfg: TrainConfig) -> None:
     """Refuse a fold folder that holds a run (finished or not) of another config."""
     recorded = run / "config.json"
-    if recorded.is_file() and json.loads(recorded.read_text()) != cfg.to_dict():
+    if recorded.is_file() and not cfg.is_recorded_in(json.loads(recorded.read_text())):
         raise ValueError(f"{run}: holds a run of another recipe (config.json differs); use another --out or remove it")
 
 

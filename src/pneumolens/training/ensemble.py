@@ -112,10 +112,12 @@ def build_ensemble(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
     average_weights: bool = False,
+    borderline_share: float | None = None,
 ) -> Path:
     """Write ``out/model.safetensors`` (and ``out/val_metrics.json``): the members' mean logit, or
     with ``average_weights`` one network of their mean weights, with temperature and threshold
-    fitted on their validation split of ``data``.
+    fitted on their validation split of ``data``, and a ``borderline`` band holding
+    ``borderline_share`` of those films (default: the share the first member was trained with).
 
     Raises:
         ModelFileError: a member file is unusable or cannot join (the message names it).
@@ -124,10 +126,13 @@ def build_ensemble(
     """
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 model files, got {len(members)}")
+    if borderline_share is not None and not 0 < borderline_share < 1:
+        raise ValueError(f"borderline_share must be in (0, 1), got {borderline_share}")
     loaded = [load_model(m) for m in members]
     configs = [member_config(m) for m in loaded]
     check_compatible(loaded, configs)
     cfg = configs[0]
+    share = cfg.borderline_share if borderline_share is None else borderline_share
     model = (averaged_network if average_weights else mean_logit_network)(loaded).eval()
     split, _ = training_split(data, cfg)
     logits, errors = predict_samples(
@@ -162,7 +167,7 @@ def build_ensemble(
         "preprocessing": loaded[0].meta["preprocessing"],
         "threshold": calibration["threshold"],
         "calibration": calibration,
-        "borderline": borderline_band(val_p, calibration["threshold"]),
+        "borderline": borderline_band(val_p, calibration["threshold"], share),
         "config": loaded[0].meta["config"],  # the first member's; all share split and input
         # one network records what it averages; "members" would read as a mean logit
         "averaged_weights_of" if average_weights else "members": listing,

@@ -278,13 +278,15 @@ def fit(
     for role, path in (("start", cfg.init), ("teacher", cfg.teacher)):
         if path and is_model_file(path):  # not a pretrained backbone: those learnt no labels
             check_learnt_within(path, role, data, cfg)  # and one that learnt from films this run leaves out
+    if not 0 < cfg.borderline_share < 1:  # set after training: refused before it
+        raise ValueError(f"borderline_share must be in (0, 1), got {cfg.borderline_share}")
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         recorded = json.loads((out / "config.json").read_text())
-        if recorded != json.loads(cfg.to_json()):
+        if not cfg.is_recorded_in(recorded):
             raise ValueError(f"{out}/config.json differs from the config given; resume with the run's own config")
     else:  # written first: a refit's interrupted twin resumes as part of the refit
         _write_json(out / "config.json", cfg.to_dict())
@@ -415,7 +417,7 @@ def fit(
     val_p = 1 / (1 + np.exp(-z / calibration["temperature"]))
     val_metrics = binary_metrics(y, val_p, calibration["threshold"])
     # the least sure calls: a band on films it did not train on (a refit carries its twin's)
-    band = borderline_band(val_p, calibration["threshold"]) if twin is None else twin.borderline
+    band = borderline_band(val_p, calibration["threshold"], cfg.borderline_share) if twin is None else twin.borderline
     history = read_history(out / "logs")
     watched = [h for h in history if h["epoch"] >= start]
     best_epoch = min(watched, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if watched else None
@@ -473,7 +475,7 @@ def holdout_twin(
     twin_cfg = replace(cfg, refit=False)
     twin = out / HOLDOUT_DIR
     if resume and (twin / MODEL_FILENAME).is_file():
-        if json.loads((twin / "config.json").read_text()) != json.loads(twin_cfg.to_json()):
+        if not twin_cfg.is_recorded_in(json.loads((twin / "config.json").read_text())):
             raise ValueError(f"{twin} was trained with another config than this refit's; refit into a new --out")
         log.info("refit: the held-out run in %s is finished, resuming the refit", twin)
     else:
