@@ -18,7 +18,7 @@ from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import list_folder
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature
 from pneumolens.evaluation.recalibrate import recalibrate
-from pneumolens.evaluation.selective import in_band
+from pneumolens.evaluation.selective import distance, in_band
 from pneumolens.inference import predict_samples
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
@@ -49,9 +49,10 @@ def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, 
     rc = main(
         ["calibrate", "--data", str(data), "--out", str(out), "--policy", policy, "--json", str(tmp_path / "r.json")]
     )
-    err = capsys.readouterr().err
+    out_, err = capsys.readouterr()
     assert rc == 0, err
     assert "broken.jpeg" in err  # the unreadable film is named, and the others are used
+    assert "borderline band: " in out_ and "holding 10.0% of these films" in out_  # the model's own share
 
     # the same numbers, computed independently from the shipped model's logits on the readable films
     samples = [s for s in list_folder(data) if not s.path.endswith("broken.jpeg")]
@@ -117,6 +118,26 @@ def test_without_temperature_only_the_threshold_changes(shipped, tmp_path):
     again = recalibrate(load_model(path), data, policy="specificity:0.9", temperature=False)
     assert again.meta["borderline"]["share"] == 0.3  # kept from the model recalibrated before
 
+    # or by what the calls outside it may get wrong: the narrowest band leaving at most 2% errors outside
+    risky = recalibrate(shipped, data, policy="specificity:0.9", temperature=False, borderline_risk=0.02)
+    band, t = risky.meta["borderline"], risky.meta["threshold"]
+    wrong = {s.path: (probs[s.path] >= t) != s.label for s in films}
+    outside = [s.path for s in films if not in_band(probs[s.path], band)]
+    assert band["risk"] == 0.02 and sum(wrong[f] for f in outside) <= 0.02 * len(outside)
+    assert band["error_rate_outside"] == pytest.approx(sum(wrong[f] for f in outside) / len(outside))
+    assert 0 < band["share"] < 0.2  # these films' 3 errors at 90% specificity need a band, and a narrow one
+    # no narrower band would do: the film inside farthest from the threshold, let out, breaks the 2%
+    last = max((f for f in probs if f not in outside), key=lambda f: distance([probs[f]], t)[0])
+    assert sum(wrong[f] for f in [*outside, last]) > 0.02 * (len(outside) + 1)
+    assert risky.report["borderline"] == band
+    path = save_model(tmp_path / "risky.safetensors", risky.model, risky.meta)
+    kept = recalibrate(load_model(path), data, policy="specificity:0.9", temperature=False).meta["borderline"]
+    assert kept["risk"] == 0.02  # the model's own rule: its risk, not the share it came to
+    with pytest.raises(ValueError, match="give one"):
+        recalibrate(shipped, data, borderline_share=0.2, borderline_risk=0.05)
+    with pytest.raises(ValueError, match=r"site: no borderline band .* at most 0.1% .*--borderline-risk"):
+        recalibrate(shipped, data, policy="specificity:0.9", temperature=False, borderline_risk=0.001, confidence=0.9)
+
     # with 95% confidence, 90% sensitivity on 30 positives needs all 30 caught (0.05 ** (1/30) = 0.905)
     sure = recalibrate(shipped, data, policy="sensitivity:0.9", confidence=0.95)
     assert sure.report["after"]["sensitivity"] == 1.0 and sure.report["confidence"] == 0.95
@@ -146,9 +167,13 @@ def test_bad_arguments_are_refused_with_the_field_named(tmp_path, capsys):
     for extra, message in cases:
         assert main(["calibrate", "--data", str(data), *extra]) == 2
         assert message in capsys.readouterr().err
+    z = ["calibrate", "--data", str(data), "--out", str(tmp_path / "z.safetensors")]
     with pytest.raises(SystemExit) as stop:  # argparse refuses it before anything is read
-        main(["calibrate", "--data", str(data), "--out", str(tmp_path / "z.safetensors"), "--borderline-share", "1.5"])
+        main([*z, "--borderline-share", "1.5"])
     assert stop.value.code == 2 and "--borderline-share: must be a fraction between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main([*z, "--borderline-share", "0.2", "--borderline-risk", "0.02"])
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     assert main(["calibrate", "--data", str(tmp_path), "--out", str(tmp_path / "y.safetensors")]) == 2
     assert "no calibration/ folder and no class folders" in capsys.readouterr().err
     assert model.read_bytes() == before

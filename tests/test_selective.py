@@ -12,6 +12,7 @@ from conftest import real_images
 from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
 from pneumolens.evaluation.selective import (
+    band_for_risk,
     borderline_band,
     borderline_flags,
     borderline_metrics,
@@ -56,6 +57,29 @@ def test_distance_band_and_risk_coverage_by_hand():
     assert apart["borderline"] == {"n": 2, "errors": 2, "accuracy": 0.0}
     assert apart["others"] == {"n": 4, "errors": 0, "accuracy": 1.0}
     assert borderline_metrics(y, p, t, None) is None
+
+
+def test_band_for_a_risk_by_hand():
+    t = 0.5
+    p = [_p(z) for z in (-4.0, -1.0, -0.5, 0.2, 3.0, 5.0)]  # distances 4, 1, 0.5, 0.2, 3, 5
+    y = [0, 0, 1, 0, 1, 1]  # wrong: the two nearest (0.2 and 0.5); all the others right
+    band = band_for_risk(y, p, t, 0.01)  # both errors inside: between distances 0.5 and 1
+    assert band["logit_distance"] == pytest.approx(0.75) and band["share"] == pytest.approx(2 / 6)
+    assert band["error_rate_outside"] == 0 and band["risk"] == 0.01 and band["n"] == 6
+    assert [in_band(v, band) for v in p] == [False, False, True, True, False, False]
+    one = band_for_risk(y, p, t, 0.3)  # 2 of 6 wrong is too many, 1 of 5 is not: the nearest film alone
+    assert one["logit_distance"] == pytest.approx(0.35) and one["error_rate_outside"] == pytest.approx(0.2)
+    none = band_for_risk(y, p, t, 0.5)  # the calls are wrong 2 of 6 times: no band needed
+    assert none["share"] == 0 and not any(in_band(v, none) for v in p)
+    # with 95% confidence, 0 errors in 4 films bound the rate at 1 - 0.05 ** (1 / 4) = 52.7% at best
+    with pytest.raises(ValueError, match=r"at most 1.0% .* 6 films with 95% confidence \(the lowest they allow: 52.7%"):
+        band_for_risk(y, p, t, 0.01, confidence=0.95)
+    # two films equally far on either side cannot be parted: both go inside, or neither
+    tied = band_for_risk([1, 0, 1], [_p(-1.0), _p(1.0), _p(3.0)], t, 0.01)
+    assert tied["logit_distance"] == pytest.approx(2.0) and tied["share"] == pytest.approx(2 / 3)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="risk must be in"):
+            band_for_risk(y, p, t, bad)
 
 
 def test_the_shipped_model_carries_a_band_set_on_its_validation_films_and_flags_by_it():

@@ -62,11 +62,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="meet the policy's rate with this confidence (e.g. 0.95: by its Clopper-Pearson lower bound)",
     )
     c.add_argument("--min-per-class", type=positive_int, default=30, help="fewest readable films per class")
-    c.add_argument(
+    band = c.add_mutually_exclusive_group()
+    band.add_argument(
         "--borderline-share",
         type=fraction,
         help="the share of the site's films, those nearest the new threshold, that the borderline band holds "
-        "(default: the share of the model's own band, 0.1 for the shipped model)",
+        "(default: the model's own band rule, a share of 0.1 for the shipped model)",
+    )
+    band.add_argument(
+        "--borderline-risk",
+        type=fraction,
+        help="instead: the narrowest borderline band outside which the calls on the site's films are wrong at most "
+        "this share of the time (e.g. 0.02; with --confidence, by its Clopper-Pearson upper bound)",
     )
     c.add_argument("--json", dest="json_out", help="write the report (old and new operating point) as JSON")
     c.set_defaults(run=cmd_calibrate)
@@ -328,6 +335,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.min_per_class,
         args.confidence,
         borderline_share=args.borderline_share,
+        borderline_risk=args.borderline_risk,
     )
     for path, reason in r.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

@@ -24,7 +24,7 @@ from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature, fold_temperature, parse_policy
 from pneumolens.evaluation.evaluate import scored_metrics
-from pneumolens.evaluation.selective import BORDERLINE_SHARE, borderline_band
+from pneumolens.evaluation.selective import BORDERLINE_SHARE, band_for_risk, borderline_band
 from pneumolens.inference import default_workers, predict_samples
 
 DEFAULT_POLICY = "sensitivity:0.97"
@@ -61,25 +61,33 @@ def recalibrate(
     confidence: float | None = None,
     n_boot: int = 1000,
     borderline_share: float | None = None,
+    borderline_risk: float | None = None,
 ) -> Recalibration:
     """Refit ``loaded``'s operating point on ``data`` (class folders or a CSV manifest of one site).
 
     ``policy`` defaults to the one the model was calibrated with (e.g. ``sensitivity:0.97``). With
     ``confidence``, the policy's rate must hold at that confidence (see
     :func:`~pneumolens.evaluation.calibration.choose_threshold`), not only on these films. The
-    ``borderline`` band is set again around the new threshold on these films, holding
-    ``borderline_share`` of them (default: the share of the model's own band, or 10%).
+    ``borderline`` band is set again around the new threshold on these films: holding
+    ``borderline_share`` of them, or with ``borderline_risk`` the narrowest band outside which the
+    calls on them are wrong at most that share of the time (with ``confidence``, by its upper bound;
+    :func:`~pneumolens.evaluation.selective.band_for_risk`). Given neither, the model's own band
+    rule is kept (its risk or its share; 10% for a model without a band).
 
     Raises:
         ValueError: an unknown policy, fewer than ``min_per_class`` readable films of a class, or
             too few for ``confidence`` (the message gives the counts).
     """
     policy = policy or loaded.meta.get("calibration", {}).get("threshold_policy") or DEFAULT_POLICY
-    share = (
-        borderline_share if borderline_share is not None else (loaded.borderline or {}).get("share", BORDERLINE_SHARE)
-    )
-    if not 0 < share < 1:
-        raise ValueError(f"borderline_share must be in (0, 1), got {share}")
+    if borderline_share is not None and borderline_risk is not None:
+        raise ValueError("borderline_share and borderline_risk both set the band: give one")
+    own = loaded.borderline or {}
+    if borderline_share is None and borderline_risk is None:  # the model's own rule
+        borderline_risk = own.get("risk")
+        borderline_share = None if borderline_risk is not None else own.get("share", BORDERLINE_SHARE)
+    for name, value in (("borderline_share", borderline_share), ("borderline_risk", borderline_risk)):
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
     if parse_policy(policy)[0] == "fixed":
         raise ValueError(f"policy {policy!r} fixes the threshold; recalibration needs a target to meet")
     samples, bad = check_headers(find_split(data, "calibration"))
@@ -108,6 +116,13 @@ def recalibrate(
     patients = [s.patient for s in scored]
     before = scored_metrics(y, _sigmoid(z), loaded.threshold, patients, n_boot)
     after = scored_metrics(y, _sigmoid(z / t), threshold, patients, n_boot)
+    if borderline_risk is not None:  # around the new threshold, on the site's films
+        try:
+            band = band_for_risk(y, _sigmoid(z / t), threshold, borderline_risk, confidence)
+        except ValueError as e:
+            raise ValueError(f"{data}: {e} (--borderline-risk)") from None
+    else:
+        band = borderline_band(_sigmoid(z / t), threshold, borderline_share)
     record = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "counts": counts,
@@ -119,10 +134,11 @@ def recalibrate(
         "threshold": threshold,
         "parent": {"name": loaded.meta.get("name"), "sha256": loaded.sha256},
         "site_metrics": {k: after[k] for k in ("n", "sensitivity", "specificity", "roc_auc", "ece")},
+        "borderline": band,
     }
     meta = copy.deepcopy(loaded.meta)
     meta["threshold"] = threshold
-    meta["borderline"] = borderline_band(_sigmoid(z / t), threshold, share)  # around the new threshold, site's films
+    meta["borderline"] = band
     name = str(meta.get("name", "model"))
     meta["name"] = name if name.endswith(SUFFIX) else name + SUFFIX  # the audit trail and the API show it
     meta["site_calibrations"] = [*meta.get("site_calibrations", []), record]
@@ -151,6 +167,11 @@ def format_report(r: dict[str, Any]) -> str:
     sure = f" with {r['confidence']:g} confidence" if r.get("confidence") else ""
     lines = [f"site films: {counts}; policy {r['policy']}{sure}; temperature x{r['temperature']:.3f}"]
     lines += [f"{x:<{w0}}  {y:<{w1}}  {z}" for x, y, z in rows]
+    if band := r.get("borderline"):
+        why = f"; the calls outside it wrong {band['error_rate_outside']:.1%} of the time" if "risk" in band else ""
+        lines.append(
+            f"borderline band: {band['low']:.3f} to {band['high']:.3f}, holding {band['share']:.1%} of these films{why}"
+        )
     lines.append(
         f"ROC-AUC on these films: {a['roc_auc']:.4f} (unchanged by recalibration). Figures measured on the films "
         "the threshold was fitted on are optimistic: evaluate the new model on other films of the site."

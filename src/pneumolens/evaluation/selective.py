@@ -10,6 +10,11 @@ measured in logits, ``|logit(p) - logit(threshold)|``, so that it means the same
   of the validation films (10% by default), chosen at training (``pneumolens train``, ``ensemble``)
   or on a site's films (``calibrate``) and stored in the model file as ``borderline``; a result in
   it carries the caution ``borderline`` (``pneumolens.lungs.flags``).
+- :func:`band_for_risk`: the band set by what the calls outside it may get wrong instead (``calibrate
+  --borderline-risk``): the fewest films nearest the threshold left inside so that the calls on the
+  rest of the labelled films are wrong at most a given share of the time (or, with a confidence, by
+  the Clopper-Pearson upper bound of that share). It holds on films like those it was set on, not
+  under a shift: the check is ``evaluate``'s ``selective`` rows on other films.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumolens.evaluation.calibration import lower_bound
 from pneumolens.lungs.flags import BORDERLINE_FLAG
 
 BORDERLINE_SHARE = 0.10  # of the validation films: the band that holds the model's least sure calls
@@ -47,6 +53,59 @@ def borderline_band(p: Sequence[float] | np.ndarray, threshold: float, share: fl
     z = float(_logit(threshold))
     low, high = 1 / (1 + np.exp(-(z - reach))), 1 / (1 + np.exp(-(z + reach)))
     return {"low": float(low), "high": float(high), "logit_distance": reach, "share": share, "n": len(d)}
+
+
+def band_for_risk(
+    y: Sequence[int], p: Sequence[float] | np.ndarray, threshold: float, risk: float, confidence: float | None = None
+) -> dict:
+    """The narrowest band around ``threshold``, equally far from it in logits, outside which the calls
+    on the films ``y``, ``p`` are wrong at most ``risk`` of the time (with ``confidence``: the
+    Clopper-Pearson upper bound of that error rate at this confidence is at most ``risk``).
+
+    Raises:
+        ValueError: ``risk`` or ``confidence`` outside (0, 1), no films, or no band that meets ``risk``
+            while keeping a film outside it (the message gives the lowest rate these films allow).
+    """
+    if not 0 < risk < 1:
+        raise ValueError(f"risk must be in (0, 1), got {risk}")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    y_, p_ = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    if not len(y_):
+        raise ValueError("no films to set a borderline band on")
+    d = distance(p_, threshold)
+    order = np.argsort(d, kind="stable")  # nearest the threshold first
+    d, wrong = d[order], ((p_ >= threshold).astype(int) != y_)[order]
+    n = len(d)
+    inside = np.arange(n)  # k films inside the band: the k nearest; the n - k others kept
+    kept = n - inside
+    errors = np.cumsum(wrong[::-1])[::-1]  # errors among the films from the k-th nearest on
+    rate = errors / kept
+    bound = rate if confidence is None else 1 - lower_bound(kept - errors, kept, confidence)
+    # a band can part the k-th and the (k+1)-th nearest only where their distances differ
+    parts = np.r_[True, d[1:] > d[:-1]]
+    meets = np.flatnonzero((bound <= risk) & parts)
+    if not len(meets):
+        best = float(bound[parts].min())
+        raise ValueError(
+            f"no borderline band keeps the calls outside it wrong at most {risk:.1%} of the time on these {n} films"
+            + (f" with {confidence:.0%} confidence" if confidence else "")
+            + f" (the lowest they allow: {best:.1%})"
+        )
+    k = int(meets[0])
+    reach = 0.0 if k == 0 else float((d[k - 1] + d[k]) / 2)
+    z = float(_logit(threshold))
+    low, high = (threshold, threshold) if k == 0 else (1 / (1 + np.exp(-(z - reach))), 1 / (1 + np.exp(-(z + reach))))
+    return {
+        "low": float(low),
+        "high": float(high),
+        "logit_distance": reach,
+        "share": k / n,
+        "n": n,
+        "risk": risk,
+        "confidence": confidence,
+        "error_rate_outside": float(rate[k]),
+    }
 
 
 def in_band(p: float, band: dict[str, Any] | None) -> bool:

@@ -58,7 +58,7 @@ MESSAGES = {
     GREY_LUNGS_FLAG: "the lungs look grey overall: normal films like this are the model's most frequent false "
     "positives, so weigh a pneumonia call with care",
     BORDERLINE_FLAG: "the probability lies near the operating point, among the model's least sure calls (the band "
-    "around its threshold that held a tenth of the films its operating point was set on, and most of its errors "
+    "around its threshold that held the films nearest it when the operating point was set, and most of its errors "
     "there): the call could go either way",
     INVERTED_FLAG: "the film looks inverted (bone dark, air bright), as a MONOCHROME1 image exported without its "
     "inversion would: the model's reading of it means nothing; send the film as its modality shows it",
