@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import real_images
 from pneumolens.audit import AuditLog
+from pneumolens.checkpoint import load_model
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -70,7 +71,7 @@ def _browser():
             browser.close()
 
 
-def test_upload_shows_probability_and_heatmap(server):
+def test_upload_shows_probability_and_heatmap(server, trained_run):
     xray = real_images("test", "PNEUMONIA", 1)[0]
     with _browser() as browser:
         page = browser.new_page()
@@ -85,6 +86,16 @@ def test_upload_shows_probability_and_heatmap(server):
         probability = float(page.inner_text("#probability"))
         assert 0.0 <= probability <= 1.0
         assert "operating point" in page.inner_text("#decision")
+        # the scale: the probability, the operating point and the model's borderline band where the API puts them
+        scored = answer.value.json()
+        (low, high), t = scored["borderline"], scored["threshold"]
+        assert low <= t <= high and low == load_model(trained_run).borderline["low"]
+        at = {k: float(page.get_attribute(f"#scale-{part}", k)) for part, k in (("marker", "cx"), ("threshold", "x1"))}
+        assert at["cx"] == pytest.approx(500 * scored["probability"], abs=0.06)
+        assert at["x1"] == pytest.approx(500 * t, abs=0.06)
+        band = [float(page.get_attribute("#scale-band", k)) for k in ("x", "width")]
+        assert band == pytest.approx([500 * low, 500 * (high - low)], abs=0.2)
+        assert f"borderline band ({low:.3f} to {high:.3f})" in page.inner_text("#scale-caption")
         src = page.get_attribute("#heatmap", "src")
         assert src.startswith("data:image/png;base64,")
         page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=10_000)

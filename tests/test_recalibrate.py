@@ -90,6 +90,7 @@ def test_calibrate_refits_the_operating_point_and_records_it(shipped, tmp_path, 
         film = samples[0].path
         r = client.post("/api/v1/predict", files={"file": (Path(film).name, Path(film).read_bytes())}).json()
         assert r["threshold"] == new.threshold and r["model"]["sha256"] == new.sha256
+        assert r["borderline"] == [new.borderline["low"], new.borderline["high"]]  # the site's band, served
         assert r["label"] == ("PNEUMONIA" if r["probability"] >= new.threshold else "NORMAL")
 
 

@@ -146,6 +146,7 @@ class Engine:
             "label": label,
             "threshold": t,
             "decision": f"{'above' if p >= t else 'below'} the operating point ({t:.3f}): {label}",
+            "borderline": [band["low"], band["high"]] if (band := self.loaded.borderline) else None,
             "flags": flags,
             "warning": describe(flags),
             "measures": measures,

@@ -28,6 +28,11 @@ class Prediction(BaseModel):
     label: str = Field(description="NORMAL or PNEUMONIA at the operating point")
     threshold: float
     decision: str
+    borderline: list[float] | None = Field(
+        None,
+        description="[low, high]: the model's borderline band around its threshold, where its least sure calls lie "
+        "(a probability inside it carries the caution borderline); null for a model file without one",
+    )
     flags: list[str] = Field(
         description="lung plausibility flags (no_lungs_found, lungs_cut_off, unusual_lung_area), the orientation "
         "flags (inverted, mirrored), the image-quality flags (noisy, low_detail), older_than_training (a DICOM "
