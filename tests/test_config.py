@@ -60,6 +60,8 @@ def test_overrides_reach_nested_configs_and_round_trip():
         ({"lung_margin": 0.6}, "lung_margin"),
         ({"clahe_clip": 0}, "clahe_clip"),
         ({"borderline_share": 1.0}, "borderline_share"),
+        ({"borderline_risk": 0.0}, "borderline_risk"),
+        ({"borderline_risk": 0.02, "borderline_share": 0.2}, "give one"),
     ],
 )
 def test_bad_overrides(kwargs, match):
@@ -98,6 +100,10 @@ def test_recipe_flags_reach_the_config():
     cfg = resolve_config("default", **{k: getattr(args, k) for k in RECIPE_FLAGS})
     assert (cfg.weight_decay, cfg.split_seed, cfg.preprocess.lung_margin) == (0.05, 7, 0.1)
     assert cfg.borderline_share == 0.2
+    risky = build_parser().parse_args("train --data d --borderline-risk 0.02".split())
+    assert resolve_config("default", **{k: getattr(risky, k) for k in RECIPE_FLAGS}).borderline_risk == 0.02
+    with pytest.raises(SystemExit):  # one or the other
+        build_parser().parse_args("train --data d --borderline-risk 0.02 --borderline-share 0.2".split())
     assert cfg.preprocess.clahe_clip == 0.03 and cfg.optimizer == "sgd" and cfg.patient_weighting
     assert (cfg.augment.gamma, cfg.augment.contrast, cfg.augment.mixup) == (0.2, 0.1, 0.2)
     assert (cfg.augment.hflip, cfg.augment.erase, cfg.label_smoothing) == (0.5, 0.3, 0.1)

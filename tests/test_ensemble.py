@@ -121,6 +121,15 @@ def test_ensemble_command_fits_its_operating_point_on_the_members_validation_spl
     band = load_model(wide).borderline
     inside = sum(in_band(float(v), band) for v in p)  # the same network as ens: the same probabilities
     assert band["share"] == 0.3 and abs(inside - 0.3 * len(val)) <= 1 and band["logit_distance"] > 0
+    # or the narrowest band leaving the calls outside it wrong at most 60% of the time (a 2-epoch model's
+    # calls are poor: the band's own test is in test_selective.py and test_recalibrate.py, on real calls)
+    risky = tmp_path / "risky"
+    argv = ["ensemble", str(trained_run), str(second_run), "--data", str(tiny_data), "--out", str(risky)]
+    assert main([*argv, "--borderline-risk", "0.6"]) == 0
+    band = load_model(risky).borderline
+    outside = [(float(v) >= ens.threshold) != lab for v, lab in zip(p, y, strict=True) if not in_band(float(v), band)]
+    assert band["risk"] == 0.6 and sum(outside) <= 0.6 * len(outside) and band["n"] == len(val)
+    assert band["error_rate_outside"] == pytest.approx(sum(outside) / len(outside))
     assert json.loads((out / "val_metrics.json").read_text()) == ens.meta["metrics"]["val"]
     # the file is used like any other: predict (CLI) and evaluate on the test split
     films = [s.path for s in find_split(tiny_data, "test")[:4]]

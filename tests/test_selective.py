@@ -19,6 +19,7 @@ from pneumolens.evaluation.selective import (
     distance,
     in_band,
     risk_coverage,
+    validation_band,
 )
 from pneumolens.lungs.flags import BORDERLINE_FLAG, GREY_LUNGS_FLAG, check_flags, describe
 
@@ -80,6 +81,19 @@ def test_band_for_a_risk_by_hand():
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match="risk must be in"):
             band_for_risk(y, p, t, bad)
+
+
+def test_a_trained_models_band_falls_back_to_its_share_when_the_risk_cannot_be_met(caplog):
+    t = 0.5
+    p = [_p(z) for z in (-4.0, -1.0, -0.5, 0.2, 3.0, 5.0)]
+    y = [0, 0, 1, 0, 1, 1]
+    assert validation_band(y, p, t, 0.2, None) == borderline_band(p, t, 0.2)
+    assert validation_band(y, p, t, 0.2, 0.01) == band_for_risk(y, p, t, 0.01)
+    every_call_wrong = [1 - v for v in (0, 0, 0, 1, 1, 1)]  # no band leaves a right call outside
+    with caplog.at_level("WARNING"):
+        band = validation_band(every_call_wrong, p, t, 0.2, 0.01)
+    assert band == {**borderline_band(p, t, 0.2), "risk_not_met": 0.01}
+    assert "holds 20% of the validation films instead" in caplog.text
 
 
 def test_the_shipped_model_carries_a_band_set_on_its_validation_films_and_flags_by_it():

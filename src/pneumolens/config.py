@@ -101,8 +101,11 @@ class TrainConfig:
     threshold: float = 0.5  # used during training (accuracy logs); the stored one follows the policy
     threshold_policy: str = "fixed:0.5"  # fixed:T | sensitivity:S | specificity:S | youden, on validation
     calibrate: bool = False  # temperature scaling fitted on validation, folded into the last layer
-    # the ``borderline`` band holds this share of the validation films, those nearest the threshold
+    # the ``borderline`` band holds this share of the validation films, those nearest the threshold,
+    # or with ``borderline_risk`` it is the narrowest band outside which their calls are wrong at most
+    # that share of the time (evaluation.selective.band_for_risk)
     borderline_share: float = 0.10
+    borderline_risk: float | None = None
     # then train again on every training film, validation films too, and give that model the held-out
     # run's temperature and threshold (the held-out run is kept in OUT/holdout; round 27 of the log)
     refit: bool = False
@@ -317,8 +320,11 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
             raise ValueError("group_dro and patient_weighting both weight the films: pick one")
         if cfg.augment.mixup > 0:
             raise ValueError("group_dro needs each film's group and mixup blends two films: pick one")
-    if not 0 < overrides.get("borderline_share", 0.5) < 1:
-        raise ValueError(f"borderline_share must be in (0, 1), got {overrides['borderline_share']}")
+    for name in ("borderline_share", "borderline_risk"):
+        if not 0 < overrides.get(name, 0.5) < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {overrides[name]}")
+    if "borderline_share" in overrides and "borderline_risk" in overrides:
+        raise ValueError("borderline_share and borderline_risk both set the band: give one")
     if not 0 <= overrides.get("exposure_balance", 0.0) <= 1:
         raise ValueError(f"exposure_balance must be in [0, 1], got {overrides['exposure_balance']}")
     if overrides.get("exposure_balance", cfg.exposure_balance) > 0 and overrides.get("group_dro", cfg.group_dro) > 0:

@@ -169,11 +169,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--calibrate", action=argparse.BooleanOptionalAction, default=None, help="temperature scaling on validation"
     )
-    t.add_argument(
+    band = t.add_mutually_exclusive_group()
+    band.add_argument(
         "--borderline-share",
         type=fraction,
         help="the share of the validation films, those nearest the threshold, that the borderline band holds: "
         "results inside it carry the caution borderline (default 0.1)",
+    )
+    band.add_argument(
+        "--borderline-risk",
+        type=fraction,
+        help="instead: the narrowest borderline band outside which the validation calls are wrong at most this "
+        "share of the time (a risk they cannot meet falls back to the share, with a warning)",
     )
     t.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     t.add_argument("--accelerator", choices=["cpu", "gpu", "auto"])
@@ -204,10 +211,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(train --init MODEL); it costs one network at inference",
     )
     en.add_argument("--out", required=True, help="run directory for model.safetensors and val_metrics.json")
-    en.add_argument(
+    en_band = en.add_mutually_exclusive_group()
+    en_band.add_argument(
         "--borderline-share",
         type=fraction,
-        help="the share of the validation films that the borderline band holds (default: the first member's)",
+        help="the share of the validation films that the borderline band holds (default: the first member's rule)",
+    )
+    en_band.add_argument(
+        "--borderline-risk",
+        type=fraction,
+        help="instead: the narrowest band outside which the validation calls are wrong at most this share of the time",
     )
     en.set_defaults(run=cmd_ensemble)
 
@@ -295,7 +308,7 @@ RECIPE_FLAGS = (
     "rotation shift zoom gamma contrast mixup hflip erase blur bias_field label_smoothing teacher distill_weight "
     "rank_weight group_dro sam_rho subtype_weight series_adversary class_weights balanced_sampler patient_weighting "
     "exposure_balance ssl_epochs ssl_lr init exclude val_fraction refit threshold_policy calibrate borderline_share "
-    "precision"
+    "borderline_risk precision"
 ).split()
 
 
@@ -358,6 +371,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
             args.out,
             average_weights=args.average_weights,
             borderline_share=args.borderline_share,
+            borderline_risk=args.borderline_risk,
         )
     )
     return 0

@@ -19,6 +19,7 @@ measured in logits, ``|logit(p) - logit(threshold)|``, so that it means the same
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ import numpy as np
 
 from pneumolens.evaluation.calibration import lower_bound
 from pneumolens.lungs.flags import BORDERLINE_FLAG
+
+log = logging.getLogger(__name__)
 
 BORDERLINE_SHARE = 0.10  # of the validation films: the band that holds the model's least sure calls
 COVERAGES = (1.0, 0.95, 0.9, 0.8)
@@ -106,6 +109,21 @@ def band_for_risk(
         "confidence": confidence,
         "error_rate_outside": float(rate[k]),
     }
+
+
+def validation_band(
+    y: Sequence[int], p: Sequence[float] | np.ndarray, threshold: float, share: float, risk: float | None
+) -> dict:
+    """The band a newly trained model records on its validation films: for ``risk`` when given
+    (:func:`band_for_risk`), else holding ``share``. A risk these films cannot meet falls back to
+    the share, with a warning and the risk recorded as ``risk_not_met``: the model is not lost for it."""
+    if risk is None:
+        return borderline_band(p, threshold, share)
+    try:
+        return band_for_risk(y, p, threshold, risk)
+    except ValueError as e:
+        log.warning("%s; the borderline band holds %.0f%% of the validation films instead", e, 100 * share)
+        return {**borderline_band(p, threshold, share), "risk_not_met": risk}
 
 
 def in_band(p: float, band: dict[str, Any] | None) -> bool:

@@ -26,7 +26,7 @@ from pneumolens.checkpoint import MODEL_FILENAME, LoadedModel, ModelFileError, a
 from pneumolens.config import TrainConfig
 from pneumolens.evaluation.calibration import unfold_temperature
 from pneumolens.evaluation.metrics import binary_metrics
-from pneumolens.evaluation.selective import borderline_band
+from pneumolens.evaluation.selective import BORDERLINE_SHARE, band_for_risk, borderline_band
 from pneumolens.inference import default_workers, predict_samples
 from pneumolens.models import create_model
 from pneumolens.training.distill import SPLIT_FIELDS
@@ -113,11 +113,13 @@ def build_ensemble(
     out: str | os.PathLike[str],
     average_weights: bool = False,
     borderline_share: float | None = None,
+    borderline_risk: float | None = None,
 ) -> Path:
     """Write ``out/model.safetensors`` (and ``out/val_metrics.json``): the members' mean logit, or
     with ``average_weights`` one network of their mean weights, with temperature and threshold
     fitted on their validation split of ``data``, and a ``borderline`` band holding
-    ``borderline_share`` of those films (default: the share the first member was trained with).
+    ``borderline_share`` of those films, or the narrowest one outside which their calls are wrong
+    at most ``borderline_risk`` of the time (default: the first member's rule).
 
     Raises:
         ModelFileError: a member file is unusable or cannot join (the message names it).
@@ -126,13 +128,17 @@ def build_ensemble(
     """
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 model files, got {len(members)}")
-    if borderline_share is not None and not 0 < borderline_share < 1:
-        raise ValueError(f"borderline_share must be in (0, 1), got {borderline_share}")
+    if borderline_share is not None and borderline_risk is not None:
+        raise ValueError("borderline_share and borderline_risk both set the band: give one")
+    for name, value in (("borderline_share", borderline_share), ("borderline_risk", borderline_risk)):
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
     loaded = [load_model(m) for m in members]
     configs = [member_config(m) for m in loaded]
     check_compatible(loaded, configs)
     cfg = configs[0]
-    share = cfg.borderline_share if borderline_share is None else borderline_share
+    if borderline_share is None and borderline_risk is None:  # the first member's rule
+        borderline_share, borderline_risk = cfg.borderline_share, cfg.borderline_risk
     model = (averaged_network if average_weights else mean_logit_network)(loaded).eval()
     split, _ = training_split(data, cfg)
     logits, errors = predict_samples(
@@ -154,6 +160,13 @@ def build_ensemble(
     z = np.array([logits[s.path] for s in val])
     calibration = operating_point(model, y, z, cfg)
     val_p = 1 / (1 + np.exp(-z / calibration["temperature"]))
+    if borderline_risk is not None:
+        try:
+            band = band_for_risk(y, val_p, calibration["threshold"], borderline_risk)
+        except ValueError as e:
+            raise ValueError(f"{data}: {e} (--borderline-risk)") from None
+    else:
+        band = borderline_band(val_p, calibration["threshold"], borderline_share or BORDERLINE_SHARE)
     val_metrics = binary_metrics(y, val_p, calibration["threshold"])
     kind = "soup" if average_weights else "ensemble"
     arch = {"name": "ensemble", "kwargs": {"members": [m.meta["architecture"] for m in loaded]}}
@@ -167,7 +180,7 @@ def build_ensemble(
         "preprocessing": loaded[0].meta["preprocessing"],
         "threshold": calibration["threshold"],
         "calibration": calibration,
-        "borderline": borderline_band(val_p, calibration["threshold"], share),
+        "borderline": band,
         "config": loaded[0].meta["config"],  # the first member's; all share split and input
         # one network records what it averages; "members" would read as a mean logit
         "averaged_weights_of" if average_weights else "members": listing,

@@ -40,7 +40,7 @@ from pneumolens.evaluation.calibration import (
     fold_temperature,
 )
 from pneumolens.evaluation.metrics import binary_metrics
-from pneumolens.evaluation.selective import borderline_band
+from pneumolens.evaluation.selective import validation_band
 from pneumolens.inference import predict_samples
 from pneumolens.models import create_model
 from pneumolens.training import group_dro
@@ -278,8 +278,9 @@ def fit(
     for role, path in (("start", cfg.init), ("teacher", cfg.teacher)):
         if path and is_model_file(path):  # not a pretrained backbone: those learnt no labels
             check_learnt_within(path, role, data, cfg)  # and one that learnt from films this run leaves out
-    if not 0 < cfg.borderline_share < 1:  # set after training: refused before it
-        raise ValueError(f"borderline_share must be in (0, 1), got {cfg.borderline_share}")
+    for name in ("borderline_share", "borderline_risk"):  # set after training: refused before it
+        if (value := getattr(cfg, name)) is not None and not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
@@ -417,7 +418,10 @@ def fit(
     val_p = 1 / (1 + np.exp(-z / calibration["temperature"]))
     val_metrics = binary_metrics(y, val_p, calibration["threshold"])
     # the least sure calls: a band on films it did not train on (a refit carries its twin's)
-    band = borderline_band(val_p, calibration["threshold"], cfg.borderline_share) if twin is None else twin.borderline
+    if twin is None:
+        band = validation_band(y, val_p, calibration["threshold"], cfg.borderline_share, cfg.borderline_risk)
+    else:
+        band = twin.borderline
     history = read_history(out / "logs")
     watched = [h for h in history if h["epoch"] >= start]
     best_epoch = min(watched, key=lambda h: h.get("val_loss", float("inf")))["epoch"] if watched else None
