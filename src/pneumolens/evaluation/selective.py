@@ -10,10 +10,11 @@ measured in logits, ``|logit(p) - logit(threshold)|``, so that it means the same
   of the validation films (10% by default), chosen at training (``pneumolens train``, ``ensemble``)
   or on a site's films (``calibrate``) and stored in the model file as ``borderline``; a result in
   it carries the caution ``borderline`` (``pneumolens.lungs.flags``).
-- :func:`band_for_risk`: the band set by what the calls outside it may get wrong instead (``calibrate
-  --borderline-risk``): the fewest films nearest the threshold left inside so that the calls on the
-  rest of the labelled films are wrong at most a given share of the time (or, with a confidence, by
-  the Clopper-Pearson upper bound of that share). It holds on films like those it was set on, not
+- :func:`band_for_risk`: the band set by what the calls outside it may get wrong instead
+  (``--borderline-risk`` of ``train``, ``ensemble`` and ``calibrate``): the fewest films nearest the
+  threshold left inside so that the calls on the rest of the labelled films are wrong at most a
+  given share of the time (or, with a confidence, by the Clopper-Pearson upper bound of that
+  share). It holds on films like those it was set on, not
   under a shift: the check is ``evaluate``'s ``selective`` rows on other films.
 """
 
