@@ -219,6 +219,16 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+def check_band_rule(share: float | None, risk: float | None, either: bool = True) -> None:
+    """Refuse a ``borderline`` band rule (``TrainConfig``, ``ensemble``, ``calibrate``) before any film
+    is read: a share or a risk outside (0, 1), or (``either``) both given, as each sets the band."""
+    if either and share is not None and risk is not None:
+        raise ValueError("borderline_share and borderline_risk both set the band: give one")
+    for name, value in (("borderline_share", share), ("borderline_risk", risk)):
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+
+
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
@@ -320,11 +330,7 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
             raise ValueError("group_dro and patient_weighting both weight the films: pick one")
         if cfg.augment.mixup > 0:
             raise ValueError("group_dro needs each film's group and mixup blends two films: pick one")
-    for name in ("borderline_share", "borderline_risk"):
-        if not 0 < overrides.get(name, 0.5) < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {overrides[name]}")
-    if "borderline_share" in overrides and "borderline_risk" in overrides:
-        raise ValueError("borderline_share and borderline_risk both set the band: give one")
+    check_band_rule(overrides.get("borderline_share"), overrides.get("borderline_risk"))
     if not 0 <= overrides.get("exposure_balance", 0.0) <= 1:
         raise ValueError(f"exposure_balance must be in [0, 1], got {overrides['exposure_balance']}")
     if overrides.get("exposure_balance", cfg.exposure_balance) > 0 and overrides.get("group_dro", cfg.group_dro) > 0:

@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from pneumolens.checkpoint import LoadedModel
-from pneumolens.config import CLASS_NAMES
+from pneumolens.config import CLASS_NAMES, check_band_rule
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature, fold_temperature, parse_policy
 from pneumolens.evaluation.evaluate import scored_metrics
@@ -79,15 +79,11 @@ def recalibrate(
             too few for ``confidence`` (the message gives the counts).
     """
     policy = policy or loaded.meta.get("calibration", {}).get("threshold_policy") or DEFAULT_POLICY
-    if borderline_share is not None and borderline_risk is not None:
-        raise ValueError("borderline_share and borderline_risk both set the band: give one")
+    check_band_rule(borderline_share, borderline_risk)
     own = loaded.borderline or {}
     if borderline_share is None and borderline_risk is None:  # the model's own rule
         borderline_risk = own.get("risk")
         borderline_share = None if borderline_risk is not None else own.get("share", BORDERLINE_SHARE)
-    for name, value in (("borderline_share", borderline_share), ("borderline_risk", borderline_risk)):
-        if value is not None and not 0 < value < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {value}")
     if parse_policy(policy)[0] == "fixed":
         raise ValueError(f"policy {policy!r} fixes the threshold; recalibration needs a target to meet")
     samples, bad = check_headers(find_split(data, "calibration"))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pneumolens.checkpoint import MODEL_FILENAME, LoadedModel, ModelFileError, atomic_write, load_model, save_model
-from pneumolens.config import TrainConfig
+from pneumolens.config import TrainConfig, check_band_rule
 from pneumolens.evaluation.calibration import unfold_temperature
 from pneumolens.evaluation.metrics import binary_metrics
 from pneumolens.evaluation.selective import BORDERLINE_SHARE, band_for_risk, borderline_band
@@ -128,11 +128,7 @@ def build_ensemble(
     """
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 model files, got {len(members)}")
-    if borderline_share is not None and borderline_risk is not None:
-        raise ValueError("borderline_share and borderline_risk both set the band: give one")
-    for name, value in (("borderline_share", borderline_share), ("borderline_risk", borderline_risk)):
-        if value is not None and not 0 < value < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    check_band_rule(borderline_share, borderline_risk)
     loaded = [load_model(m) for m in members]
     configs = [member_config(m) for m in loaded]
     check_compatible(loaded, configs)

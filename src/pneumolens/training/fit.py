@@ -28,7 +28,7 @@ from pneumolens.checkpoint import (
     resolve_model_path,
     save_model,
 )
-from pneumolens.config import CLASS_NAMES, TrainConfig
+from pneumolens.config import CLASS_NAMES, TrainConfig, check_band_rule
 from pneumolens.data.cache import cached_images
 from pneumolens.data.dataset import XrayDataModule, class_weights, lung_masks_for, patient_weights
 from pneumolens.data.sources import check_headers, find_split
@@ -278,9 +278,7 @@ def fit(
     for role, path in (("start", cfg.init), ("teacher", cfg.teacher)):
         if path and is_model_file(path):  # not a pretrained backbone: those learnt no labels
             check_learnt_within(path, role, data, cfg)  # and one that learnt from films this run leaves out
-    for name in ("borderline_share", "borderline_risk"):  # set after training: refused before it
-        if (value := getattr(cfg, name)) is not None and not 0 < value < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    check_band_rule(cfg.borderline_share, cfg.borderline_risk, either=False)  # set after training: refused before
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
