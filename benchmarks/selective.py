@@ -22,8 +22,7 @@ from pneumolens.checkpoint import load_model, save_model
 from pneumolens.evaluation.evaluate import validation_films
 from pneumolens.evaluation.selective import (
     BORDERLINE_SHARE,
-    band_for_risk,
-    borderline_band,
+    band_by_rule,
     borderline_metrics,
     risk_coverage,
 )
@@ -68,10 +67,7 @@ def main() -> None:
             f"| {r['coverage']:.0%} | {r['kept']} | {r['accuracy']:.1%} | {r['sensitivity']:.1%} | "
             f"{r['specificity']:.1%} | {r['errors']} | {r['deferred_errors']} |"
         )
-    if args.risk is not None:
-        band = band_for_risk(y, p, t, args.risk, args.confidence)
-    else:
-        band = borderline_band(p, t, BORDERLINE_SHARE if args.share is None else args.share)
+    band = band_by_rule(y, p, t, args.share, args.risk, args.confidence)
     print(
         f"\nband from these films ({band['share']:.1%} of them): {band['low']:.4f} to {band['high']:.4f} "
         f"(logit distance {band['logit_distance']:.3f})"

@@ -24,7 +24,7 @@ from pneumolens.config import CLASS_NAMES, check_band_rule
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature, fold_temperature, parse_policy
 from pneumolens.evaluation.evaluate import scored_metrics
-from pneumolens.evaluation.selective import BORDERLINE_SHARE, band_for_risk, borderline_band
+from pneumolens.evaluation.selective import BORDERLINE_SHARE, band_by_rule
 from pneumolens.inference import default_workers, predict_samples
 
 DEFAULT_POLICY = "sensitivity:0.97"
@@ -112,13 +112,10 @@ def recalibrate(
     patients = [s.patient for s in scored]
     before = scored_metrics(y, _sigmoid(z), loaded.threshold, patients, n_boot)
     after = scored_metrics(y, _sigmoid(z / t), threshold, patients, n_boot)
-    if borderline_risk is not None:  # around the new threshold, on the site's films
-        try:
-            band = band_for_risk(y, _sigmoid(z / t), threshold, borderline_risk, confidence)
-        except ValueError as e:
-            raise ValueError(f"{data}: {e} (--borderline-risk)") from None
-    else:
-        band = borderline_band(_sigmoid(z / t), threshold, borderline_share)
+    try:  # around the new threshold, on the site's films
+        band = band_by_rule(y, _sigmoid(z / t), threshold, borderline_share, borderline_risk, confidence)
+    except ValueError as e:  # a risk these films cannot meet
+        raise ValueError(f"{data}: {e} (--borderline-risk)") from None
     record = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "counts": counts,

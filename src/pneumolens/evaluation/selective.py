@@ -112,16 +112,29 @@ def band_for_risk(
     }
 
 
+def band_by_rule(
+    y: Sequence[int],
+    p: Sequence[float] | np.ndarray,
+    threshold: float,
+    share: float | None,
+    risk: float | None,
+    confidence: float | None = None,
+) -> dict:
+    """The band for ``risk`` when given (:func:`band_for_risk`, which may refuse), else the one
+    holding ``share`` (a tenth when None)."""
+    if risk is None:
+        return borderline_band(p, threshold, BORDERLINE_SHARE if share is None else share)
+    return band_for_risk(y, p, threshold, risk, confidence)
+
+
 def validation_band(
     y: Sequence[int], p: Sequence[float] | np.ndarray, threshold: float, share: float, risk: float | None
 ) -> dict:
     """The band a newly trained model records on its validation films: for ``risk`` when given
     (:func:`band_for_risk`), else holding ``share``. A risk these films cannot meet falls back to
     the share, with a warning and the risk recorded as ``risk_not_met``: the model is not lost for it."""
-    if risk is None:
-        return borderline_band(p, threshold, share)
     try:
-        return band_for_risk(y, p, threshold, risk)
+        return band_by_rule(y, p, threshold, share, risk)
     except ValueError as e:
         log.warning("%s; the borderline band holds %.0f%% of the validation films instead", e, 100 * share)
         return {**borderline_band(p, threshold, share), "risk_not_met": risk}

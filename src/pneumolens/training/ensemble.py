@@ -26,7 +26,7 @@ from pneumolens.checkpoint import MODEL_FILENAME, LoadedModel, ModelFileError, a
 from pneumolens.config import TrainConfig, check_band_rule
 from pneumolens.evaluation.calibration import unfold_temperature
 from pneumolens.evaluation.metrics import binary_metrics
-from pneumolens.evaluation.selective import BORDERLINE_SHARE, band_for_risk, borderline_band
+from pneumolens.evaluation.selective import band_by_rule
 from pneumolens.inference import default_workers, predict_samples
 from pneumolens.models import create_model
 from pneumolens.training.distill import SPLIT_FIELDS
@@ -156,13 +156,10 @@ def build_ensemble(
     z = np.array([logits[s.path] for s in val])
     calibration = operating_point(model, y, z, cfg)
     val_p = 1 / (1 + np.exp(-z / calibration["temperature"]))
-    if borderline_risk is not None:
-        try:
-            band = band_for_risk(y, val_p, calibration["threshold"], borderline_risk)
-        except ValueError as e:
-            raise ValueError(f"{data}: {e} (--borderline-risk)") from None
-    else:
-        band = borderline_band(val_p, calibration["threshold"], borderline_share or BORDERLINE_SHARE)
+    try:
+        band = band_by_rule(y, val_p, calibration["threshold"], borderline_share, borderline_risk)
+    except ValueError as e:  # a risk these films cannot meet
+        raise ValueError(f"{data}: {e} (--borderline-risk)") from None
     val_metrics = binary_metrics(y, val_p, calibration["threshold"])
     kind = "soup" if average_weights else "ensemble"
     arch = {"name": "ensemble", "kwargs": {"members": [m.meta["architecture"] for m in loaded]}}
