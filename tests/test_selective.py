@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import pneumolens
-from conftest import real_images
+from conftest import load_benchmark, real_images
 from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
 from pneumolens.evaluation.selective import (
@@ -134,3 +134,29 @@ def test_training_evaluate_and_calibrate_set_and_report_the_band(trained_run, ti
     assert borderline_flags(loaded.threshold, loaded.borderline) == [BORDERLINE_FLAG]
     loaded.meta.pop("borderline")  # a model file written before models recorded a band
     assert borderline_flags(loaded.threshold, loaded.borderline) == []
+
+
+def test_the_band_benchmark_sets_a_band_on_a_models_validation_films(trained_run, tiny_data, tmp_path, capsys):
+    """``benchmarks/selective.py``: a copy with a band for a risk (weights unchanged, the original left
+    as it was), and its refusals before any film is read."""
+    bench = load_benchmark("selective")
+    copy = tmp_path / "banded.safetensors"
+    before = load_model(trained_run)
+    argv = ["selective.py", "--model", str(trained_run), "--data", str(tiny_data)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", [*argv, "--risk", "0.6", "--out", str(copy)])
+        bench.main()
+    out = capsys.readouterr().out
+    banded = load_model(copy)
+    assert banded.sha256 == before.sha256 and banded.borderline["risk"] == 0.6
+    assert banded.borderline["n"] == before.meta["metrics"]["val"]["n"]
+    assert load_model(trained_run).borderline == before.borderline  # --out leaves the model itself alone
+    assert "| coverage |" in out and f"stored in {copy}" in out
+    for extra, message in (
+        (["--share", "1.5"], "--share must be between 0 and 1"),
+        (["--confidence", "0.9"], "give both"),
+    ):
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit):
+            mp.setattr("sys.argv", [*argv, *extra])
+            bench.main()
+        assert message in capsys.readouterr().err
