@@ -24,7 +24,7 @@ from pneumolens.config import CLASS_NAMES, check_band_rule
 from pneumolens.data.sources import check_headers, find_split
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature, fold_temperature, parse_policy
 from pneumolens.evaluation.evaluate import scored_metrics
-from pneumolens.evaluation.selective import BORDERLINE_SHARE, band_by_rule
+from pneumolens.evaluation.selective import band_by_rule
 from pneumolens.inference import default_workers, predict_samples
 
 DEFAULT_POLICY = "sensitivity:0.97"
@@ -83,7 +83,7 @@ def recalibrate(
     own = loaded.borderline or {}
     if borderline_share is None and borderline_risk is None:  # the model's own rule
         borderline_risk = own.get("risk")
-        borderline_share = None if borderline_risk is not None else own.get("share", BORDERLINE_SHARE)
+        borderline_share = None if borderline_risk is not None else own.get("share")  # None: a tenth
     if parse_policy(policy)[0] == "fixed":
         raise ValueError(f"policy {policy!r} fixes the threshold; recalibration needs a target to meet")
     samples, bad = check_headers(find_split(data, "calibration"))
@@ -111,9 +111,10 @@ def recalibrate(
         fold_temperature(model, t)
     patients = [s.patient for s in scored]
     before = scored_metrics(y, _sigmoid(z), loaded.threshold, patients, n_boot)
-    after = scored_metrics(y, _sigmoid(z / t), threshold, patients, n_boot)
+    p = _sigmoid(z / t)  # the site's films as the recalibrated model scores them
+    after = scored_metrics(y, p, threshold, patients, n_boot)
     try:  # around the new threshold, on the site's films
-        band = band_by_rule(y, _sigmoid(z / t), threshold, borderline_share, borderline_risk, confidence)
+        band = band_by_rule(y, p, threshold, borderline_share, borderline_risk, confidence)
     except ValueError as e:  # a risk these films cannot meet
         raise ValueError(f"{data}: {e} (--borderline-risk)") from None
     record = {
