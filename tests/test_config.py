@@ -62,6 +62,8 @@ def test_overrides_reach_nested_configs_and_round_trip():
         ({"borderline_share": 1.0}, "borderline_share"),
         ({"borderline_risk": 0.0}, "borderline_risk"),
         ({"borderline_risk": 0.02, "borderline_share": 0.2}, "give one"),
+        ({"borderline_confidence": 0.95}, "bounds the error rate of borderline_risk"),
+        ({"borderline_risk": 0.02, "borderline_confidence": 1.0}, "borderline_confidence must be in"),
     ],
 )
 def test_bad_overrides(kwargs, match):
@@ -102,6 +104,8 @@ def test_recipe_flags_reach_the_config():
     assert cfg.borderline_share == 0.2
     risky = build_parser().parse_args("train --data d --borderline-risk 0.02".split())
     assert resolve_config("default", **{k: getattr(risky, k) for k in RECIPE_FLAGS}).borderline_risk == 0.02
+    sure = build_parser().parse_args("train --data d --borderline-risk 0.02 --borderline-confidence 0.95".split())
+    assert resolve_config("default", **{k: getattr(sure, k) for k in RECIPE_FLAGS}).borderline_confidence == 0.95
     with pytest.raises(SystemExit):  # one or the other
         build_parser().parse_args("train --data d --borderline-risk 0.02 --borderline-share 0.2".split())
     assert cfg.preprocess.clahe_clip == 0.03 and cfg.optimizer == "sgd" and cfg.patient_weighting

@@ -14,7 +14,7 @@ from pneumolens.cli import main
 from pneumolens.config import CLASS_NAMES, TrainConfig
 from pneumolens.data.sources import find_split
 from pneumolens.evaluation.calibration import choose_threshold, fold_temperature
-from pneumolens.evaluation.selective import in_band
+from pneumolens.evaluation.selective import band_for_risk, in_band
 from pneumolens.explain import attribution
 from pneumolens.export import OnnxModel, export_onnx
 from pneumolens.inference import Predictor, predict_samples
@@ -226,3 +226,35 @@ def test_an_ensemble_file_can_be_recalibrated_and_teach(tiny_data, trained_run, 
     cfg = TrainConfig.from_dict(ens.meta["config"])
     teacher = load_teacher(dataclasses.replace(cfg, teacher=str(tmp_path / "ens"), distill_weight=1.0))
     assert len(teacher.members) == 2 and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_a_band_bounded_at_a_confidence_is_set_by_training_and_kept_by_an_ensemble(
+    tiny_data, trained_run, tmp_path, capsys
+):
+    """``--borderline-risk R --borderline-confidence C``: the trained model's band is the narrowest one
+    whose calls outside are wrong at most R of the time by their Clopper-Pearson bound at C (or, where
+    its validation films cannot give that, the share band with both recorded as not met); an
+    ensemble led by that run keeps the rule, confidence included."""
+    out = tmp_path / "sure"
+    rule = ("--borderline-risk", "0.5", "--borderline-confidence", "0.6")
+    assert train_cli(tiny_data, out, "--seed", "5", "--split-seed", "3", *rule, epochs=1) == 0
+    run = load_model(out)
+    assert (run.meta["config"]["borderline_risk"], run.meta["config"]["borderline_confidence"]) == (0.5, 0.6)
+    val = training_split(tiny_data, TrainConfig.from_dict(run.meta["config"]))[0].val
+    probs, _ = predict_samples(run.model, val, run.preprocess)
+    y, p = [s.label for s in val], [probs[s.path] for s in val]
+    sure = band_for_risk(y, p, run.threshold, 0.5, confidence=0.6)
+    assert run.borderline == pytest.approx(sure)
+    assert sure["share"] > band_for_risk(y, p, run.threshold, 0.5)["share"]  # the bound asks for a wider band
+    ens = tmp_path / "ens"
+    assert main(["ensemble", str(out), str(trained_run), "--data", str(tiny_data), "--out", str(ens)]) == 0
+    led = load_model(ens)
+    probs, _ = predict_samples(led.model, val, led.preprocess)
+    kept = band_for_risk(y, [probs[s.path] for s in val], led.threshold, 0.5, confidence=0.6)
+    assert led.borderline == pytest.approx(kept, abs=1e-5) and (kept["risk"], kept["confidence"]) == (0.5, 0.6)
+    # a confidence bounds a risk: alone it is refused by name before any film is read
+    alone = ["--borderline-confidence", "0.9"]
+    assert main(["ensemble", str(out), str(trained_run), "--data", str(tiny_data), "--out", str(ens), *alone]) == 2
+    assert train_cli(tiny_data, tmp_path / "never", *alone) == 2
+    assert "borderline_confidence bounds the error rate of borderline_risk" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

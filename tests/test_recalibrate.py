@@ -18,7 +18,7 @@ from pneumolens.config import CLASS_NAMES
 from pneumolens.data.sources import list_folder
 from pneumolens.evaluation.calibration import choose_threshold, fit_temperature
 from pneumolens.evaluation.recalibrate import recalibrate
-from pneumolens.evaluation.selective import distance, in_band
+from pneumolens.evaluation.selective import band_for_risk, distance, in_band
 from pneumolens.inference import predict_samples
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
@@ -134,6 +134,13 @@ def test_without_temperature_only_the_threshold_changes(shipped, tmp_path):
     path = save_model(tmp_path / "risky.safetensors", risky.model, risky.meta)
     kept = recalibrate(load_model(path), data, policy="specificity:0.9", temperature=False).meta["borderline"]
     assert kept["risk"] == 0.02  # the model's own rule: its risk, not the share it came to
+    # a rule bounded at a confidence keeps its confidence too, unless --confidence says otherwise
+    bounded = {**risky.meta, "borderline": {**band, "risk": 0.02, "confidence": 0.5}}
+    parent = load_model(save_model(tmp_path / "bounded.safetensors", risky.model, bounded))
+    again = recalibrate(parent, data, policy="specificity:0.9", temperature=False).meta["borderline"]
+    y, p = [s.label for s in films], [probs[s.path] for s in films]
+    assert again == pytest.approx(band_for_risk(y, p, t, 0.02, confidence=0.5))
+    assert again["share"] > band["share"]  # wider than the point estimate's band
     with pytest.raises(ValueError, match="give one"):
         recalibrate(shipped, data, borderline_share=0.2, borderline_risk=0.05)
     with pytest.raises(ValueError, match=r"site: no borderline band .* at most 0.1% .*--borderline-risk"):

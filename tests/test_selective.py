@@ -94,6 +94,15 @@ def test_a_trained_models_band_falls_back_to_its_share_when_the_risk_cannot_be_m
         band = validation_band(every_call_wrong, p, t, 0.2, 0.01)
     assert band == {**borderline_band(p, t, 0.2), "risk_not_met": 0.01}
     assert "holds 20% of the validation films instead" in caplog.text
+    # a bound at a confidence: met where these films allow it, both recorded as not met where not
+    sure = validation_band(y, p, t, 0.2, 0.3, 0.6)
+    assert sure == band_for_risk(y, p, t, 0.3, confidence=0.6)
+    assert sure["share"] > band_for_risk(y, p, t, 0.3)["share"]  # the bound, not the point estimate, set it
+    assert validation_band(y, p, t, 0.2, 0.01, 0.95) == {
+        **borderline_band(p, t, 0.2),
+        "risk_not_met": 0.01,
+        "confidence_not_met": 0.95,
+    }
 
 
 def test_the_shipped_model_carries_a_band_set_on_its_validation_films_and_flags_by_it():

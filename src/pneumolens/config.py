@@ -103,9 +103,11 @@ class TrainConfig:
     calibrate: bool = False  # temperature scaling fitted on validation, folded into the last layer
     # the ``borderline`` band holds this share of the validation films, those nearest the threshold,
     # or with ``borderline_risk`` it is the narrowest band outside which their calls are wrong at most
-    # that share of the time (evaluation.selective.band_for_risk)
+    # that share of the time (evaluation.selective.band_for_risk); with ``borderline_confidence``, the
+    # Clopper-Pearson upper bound of that share at this confidence is at most ``borderline_risk``
     borderline_share: float = 0.10
     borderline_risk: float | None = None
+    borderline_confidence: float | None = None
     # then train again on every training film, validation films too, and give that model the held-out
     # run's temperature and threshold (the held-out run is kept in OUT/holdout; round 27 of the log)
     refit: bool = False
@@ -219,12 +221,17 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def check_band_rule(share: float | None, risk: float | None, either: bool = True) -> None:
+def check_band_rule(
+    share: float | None, risk: float | None, either: bool = True, confidence: float | None = None
+) -> None:
     """Refuse a ``borderline`` band rule (``TrainConfig``, ``ensemble``, ``calibrate``) before any film
-    is read: a share or a risk outside (0, 1), or (``either``) both given, as each sets the band."""
+    is read: a share, a risk or a confidence outside (0, 1), (``either``) both a share and a risk,
+    as each sets the band, or a confidence without the risk it bounds."""
     if either and share is not None and risk is not None:
         raise ValueError("borderline_share and borderline_risk both set the band: give one")
-    for name, value in (("borderline_share", share), ("borderline_risk", risk)):
+    if confidence is not None and risk is None:
+        raise ValueError("borderline_confidence bounds the error rate of borderline_risk: give that too")
+    for name, value in (("borderline_share", share), ("borderline_risk", risk), ("borderline_confidence", confidence)):
         if value is not None and not 0 < value < 1:
             raise ValueError(f"{name} must be in (0, 1), got {value}")
 
@@ -330,7 +337,11 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
             raise ValueError("group_dro and patient_weighting both weight the films: pick one")
         if cfg.augment.mixup > 0:
             raise ValueError("group_dro needs each film's group and mixup blends two films: pick one")
-    check_band_rule(overrides.get("borderline_share"), overrides.get("borderline_risk"))
+    check_band_rule(
+        overrides.get("borderline_share"),
+        overrides.get("borderline_risk"),
+        confidence=overrides.get("borderline_confidence"),
+    )
     if not 0 <= overrides.get("exposure_balance", 0.0) <= 1:
         raise ValueError(f"exposure_balance must be in [0, 1], got {overrides['exposure_balance']}")
     if overrides.get("exposure_balance", cfg.exposure_balance) > 0 and overrides.get("group_dro", cfg.group_dro) > 0:

@@ -182,6 +182,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="instead: the narrowest borderline band outside which the validation calls are wrong at most this "
         "share of the time (a risk they cannot meet falls back to the share, with a warning)",
     )
+    t.add_argument(
+        "--borderline-confidence",
+        type=fraction,
+        help="with --borderline-risk: bound the error rate outside the band at this confidence (e.g. 0.95: by its "
+        "Clopper-Pearson upper bound), a promise for films like the validation films rather than on them",
+    )
     t.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     t.add_argument("--accelerator", choices=["cpu", "gpu", "auto"])
     t.add_argument("--devices", type=devices, help="devices (processes on the CPU) per node")
@@ -221,6 +227,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--borderline-risk",
         type=fraction,
         help="instead: the narrowest band outside which the validation calls are wrong at most this share of the time",
+    )
+    en.add_argument(
+        "--borderline-confidence",
+        type=fraction,
+        help="with --borderline-risk: bound the error rate outside the band at this confidence (Clopper-Pearson)",
     )
     en.set_defaults(run=cmd_ensemble)
 
@@ -308,7 +319,7 @@ RECIPE_FLAGS = (
     "rotation shift zoom gamma contrast mixup hflip erase blur bias_field label_smoothing teacher distill_weight "
     "rank_weight group_dro sam_rho subtype_weight series_adversary class_weights balanced_sampler patient_weighting "
     "exposure_balance ssl_epochs ssl_lr init exclude val_fraction refit threshold_policy calibrate borderline_share "
-    "borderline_risk precision"
+    "borderline_risk borderline_confidence precision"
 ).split()
 
 
@@ -372,6 +383,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
             average_weights=args.average_weights,
             borderline_share=args.borderline_share,
             borderline_risk=args.borderline_risk,
+            borderline_confidence=args.borderline_confidence,
         )
     )
     return 0

@@ -72,7 +72,8 @@ def recalibrate(
     ``borderline_share`` of them, or with ``borderline_risk`` the narrowest band outside which the
     calls on them are wrong at most that share of the time (with ``confidence``, by its upper bound;
     :func:`~pneumolens.evaluation.selective.band_for_risk`). Given neither, the model's own band
-    rule is kept (its risk or its share; 10% for a model without a band).
+    rule is kept (its risk, at its own confidence unless ``confidence`` is given, or its share; 10%
+    for a model without a band).
 
     Raises:
         ValueError: an unknown policy, fewer than ``min_per_class`` readable films of a class, or
@@ -81,8 +82,10 @@ def recalibrate(
     policy = policy or loaded.meta.get("calibration", {}).get("threshold_policy") or DEFAULT_POLICY
     check_band_rule(borderline_share, borderline_risk)
     own = loaded.borderline or {}
+    band_confidence = confidence
     if borderline_share is None and borderline_risk is None:  # the model's own rule
         borderline_risk = own.get("risk")
+        band_confidence = own.get("confidence") if confidence is None else confidence
         borderline_share = None if borderline_risk is not None else own.get("share")  # None: a tenth
     if parse_policy(policy)[0] == "fixed":
         raise ValueError(f"policy {policy!r} fixes the threshold; recalibration needs a target to meet")
@@ -114,7 +117,7 @@ def recalibrate(
     p = _sigmoid(z / t)  # the site's films as the recalibrated model scores them
     after = scored_metrics(y, p, threshold, patients, n_boot)
     try:  # around the new threshold, on the site's films
-        band = band_by_rule(y, p, threshold, borderline_share, borderline_risk, confidence)
+        band = band_by_rule(y, p, threshold, borderline_share, borderline_risk, band_confidence)
     except ValueError as e:  # a risk these films cannot meet
         raise ValueError(f"{data}: {e} (--borderline-risk)") from None
     record = {

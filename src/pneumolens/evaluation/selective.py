@@ -13,7 +13,8 @@ measured in logits, ``|logit(p) - logit(threshold)|``, so that it means the same
 - :func:`band_for_risk`: the band set by what the calls outside it may get wrong instead
   (``--borderline-risk`` of ``train``, ``ensemble`` and ``calibrate``): the fewest films nearest the
   threshold left inside so that the calls on the rest of the labelled films are wrong at most a
-  given share of the time (or, with a confidence, by the Clopper-Pearson upper bound of that
+  given share of the time (or, with a confidence, ``--borderline-confidence`` of ``train`` and
+  ``ensemble`` and ``--confidence`` of ``calibrate``, by the Clopper-Pearson upper bound of that
   share). It holds on films like those it was set on, not
   under a shift: the check is ``evaluate``'s ``selective`` rows on other films.
 """
@@ -128,16 +129,25 @@ def band_by_rule(
 
 
 def validation_band(
-    y: Sequence[int], p: Sequence[float] | np.ndarray, threshold: float, share: float, risk: float | None
+    y: Sequence[int],
+    p: Sequence[float] | np.ndarray,
+    threshold: float,
+    share: float,
+    risk: float | None,
+    confidence: float | None = None,
 ) -> dict:
     """The band a newly trained model records on its validation films: for ``risk`` when given
-    (:func:`band_for_risk`), else holding ``share``. A risk these films cannot meet falls back to
-    the share, with a warning and the risk recorded as ``risk_not_met``: the model is not lost for it."""
+    (:func:`band_for_risk`, at ``confidence`` when given), else holding ``share``. A risk these films
+    cannot meet falls back to the share, with a warning and the risk recorded as ``risk_not_met``
+    (and its confidence as ``confidence_not_met``): the model is not lost for it."""
     try:
-        return band_by_rule(y, p, threshold, share, risk)
+        return band_by_rule(y, p, threshold, share, risk, confidence)
     except ValueError as e:
         log.warning("%s; the borderline band holds %.0f%% of the validation films instead", e, 100 * share)
-        return {**borderline_band(p, threshold, share), "risk_not_met": risk}
+        unmet = (
+            {"risk_not_met": risk} if confidence is None else {"risk_not_met": risk, "confidence_not_met": confidence}
+        )
+        return {**borderline_band(p, threshold, share), **unmet}
 
 
 def in_band(p: float, band: dict[str, Any] | None) -> bool:

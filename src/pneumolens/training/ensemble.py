@@ -114,12 +114,14 @@ def build_ensemble(
     average_weights: bool = False,
     borderline_share: float | None = None,
     borderline_risk: float | None = None,
+    borderline_confidence: float | None = None,
 ) -> Path:
     """Write ``out/model.safetensors`` (and ``out/val_metrics.json``): the members' mean logit, or
     with ``average_weights`` one network of their mean weights, with temperature and threshold
     fitted on their validation split of ``data``, and a ``borderline`` band holding
     ``borderline_share`` of those films, or the narrowest one outside which their calls are wrong
-    at most ``borderline_risk`` of the time (default: the first member's rule).
+    at most ``borderline_risk`` of the time (with ``borderline_confidence``: by the Clopper-Pearson
+    upper bound of that rate; default: the first member's rule).
 
     Raises:
         ModelFileError: a member file is unusable or cannot join (the message names it).
@@ -128,13 +130,14 @@ def build_ensemble(
     """
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 model files, got {len(members)}")
-    check_band_rule(borderline_share, borderline_risk)
+    check_band_rule(borderline_share, borderline_risk, confidence=borderline_confidence)
     loaded = [load_model(m) for m in members]
     configs = [member_config(m) for m in loaded]
     check_compatible(loaded, configs)
     cfg = configs[0]
     if borderline_share is None and borderline_risk is None:  # the first member's rule
         borderline_share, borderline_risk = cfg.borderline_share, cfg.borderline_risk
+        borderline_confidence = cfg.borderline_confidence
     model = (averaged_network if average_weights else mean_logit_network)(loaded).eval()
     split, _ = training_split(data, cfg)
     logits, errors = predict_samples(
@@ -157,7 +160,9 @@ def build_ensemble(
     calibration = operating_point(model, y, z, cfg)
     val_p = 1 / (1 + np.exp(-z / calibration["temperature"]))
     try:
-        band = band_by_rule(y, val_p, calibration["threshold"], borderline_share, borderline_risk)
+        band = band_by_rule(
+            y, val_p, calibration["threshold"], borderline_share, borderline_risk, borderline_confidence
+        )
     except ValueError as e:  # a risk these films cannot meet
         raise ValueError(f"{data}: {e} (--borderline-risk)") from None
     val_metrics = binary_metrics(y, val_p, calibration["threshold"])

@@ -278,7 +278,8 @@ def fit(
     for role, path in (("start", cfg.init), ("teacher", cfg.teacher)):
         if path and is_model_file(path):  # not a pretrained backbone: those learnt no labels
             check_learnt_within(path, role, data, cfg)  # and one that learnt from films this run leaves out
-    check_band_rule(cfg.borderline_share, cfg.borderline_risk, either=False)  # set after training: refused before
+    # the band is set after training: a bad rule is refused before it
+    check_band_rule(cfg.borderline_share, cfg.borderline_risk, either=False, confidence=cfg.borderline_confidence)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
@@ -417,7 +418,9 @@ def fit(
     val_metrics = binary_metrics(y, val_p, calibration["threshold"])
     # the least sure calls: a band on films it did not train on (a refit carries its twin's)
     if twin is None:
-        band = validation_band(y, val_p, calibration["threshold"], cfg.borderline_share, cfg.borderline_risk)
+        band = validation_band(
+            y, val_p, calibration["threshold"], cfg.borderline_share, cfg.borderline_risk, cfg.borderline_confidence
+        )
     else:
         band = twin.borderline
     history = read_history(out / "logs")
