@@ -277,6 +277,8 @@ def test_deploy_units_run_real_commands(unit):
 DOCS = (
     "README.md",
     "docs/results.md",
+    "docs/clinical-integration.md",
+    "docs/tests.md",
     "docs/deploy.md",
     "docs/dicom-conformance.md",
     "docs/distributed.md",
