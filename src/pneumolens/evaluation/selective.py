@@ -144,9 +144,7 @@ def validation_band(
         return band_by_rule(y, p, threshold, share, risk, confidence)
     except ValueError as e:
         log.warning("%s; the borderline band holds %.0f%% of the validation films instead", e, 100 * share)
-        unmet = (
-            {"risk_not_met": risk} if confidence is None else {"risk_not_met": risk, "confidence_not_met": confidence}
-        )
+        unmet = {"risk_not_met": risk} | ({} if confidence is None else {"confidence_not_met": confidence})
         return {**borderline_band(p, threshold, share), **unmet}
 
 
