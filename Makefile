@@ -44,7 +44,7 @@ test: setup browser  ## run the test suite (reads a small subset of ../shared/da
 lint: setup  ## ruff lint and format check; mypy on the service, config and audit trail
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(VENV)/bin/mypy src/pneumolens/service src/pneumolens/config.py src/pneumolens/audit.py
+	$(VENV)/bin/mypy src/pneumolens/service src/pneumolens/config.py src/pneumolens/monitoring/audit.py
 
 format: setup  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix src tests benchmarks

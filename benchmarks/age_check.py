@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumolens.agreement import wilson
 from pneumolens.data.images import read_image
 from pneumolens.data.sources import find_split
 from pneumolens.lungs.age_check import AgeCheck
 from pneumolens.lungs.train_age_check import AgeCheckConfig, film_sets, held_out
+from pneumolens.monitoring.agreement import wilson
 
 
 def main() -> None:

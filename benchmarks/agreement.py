@@ -10,7 +10,7 @@ repetition draws ``n`` reviewed films with replacement, a share ``--prevalence``
 films, takes each film's label as the reader's read and the model's call as it is, or with calls
 turned to simulate a model that lost sensitivity (a share of its pneumonia calls on pneumonia films
 turned NORMAL, so that its expected sensitivity is the scenario's) or specificity (normal calls on
-normal films turned PNEUMONIA); then pairs them (``pneumolens.agreement.summary``) and checks the
+normal films turned PNEUMONIA); then pairs them (``pneumolens.monitoring.agreement.summary``) and checks the
 floors as ``audit --agreement`` does (``check_floors``: the upper end of a Wilson 95% interval
 under its floor, for a rate with at least 10 reads). Per scenario and number of reviewed films: the
 share of repetitions that alert, and the mean width of the sensitivity's interval. The reads are
@@ -30,8 +30,8 @@ import numpy as np
 from tta import val_paths
 
 import pneumolens
-from pneumolens.agreement import Pair, check_floors, summary
 from pneumolens.checkpoint import shipped_model_path
+from pneumolens.monitoring.agreement import Pair, check_floors, summary
 
 # scenario: (expected sensitivity, expected specificity); None keeps the model's own
 SCENARIOS = {

@@ -10,7 +10,7 @@ threshold, flags and the measures behind them), as they are stored and degraded 
 (``benchmarks/robustness.py``: half and a quarter of the resolution, lighter by a gamma of 0.67,
 mirrored, noise of sd 0.05). Each repetition draws a baseline window and a recent window of films
 with replacement from those calls, at a stated share of pneumonia films, and runs
-``pneumolens.monitor.compare`` on them, as ``audit --drift`` does on a trail. Per scenario and size
+``pneumolens.monitoring.drift.compare`` on them, as ``audit --drift`` does on a trail. Per scenario and size
 of the recent window: the share of repetitions with an alert (any measure), and the
 measure that alerted most often. "No change" gives the false-alarm rate; the others, the detection
 rate. Drawing with replacement from 746 films repeats films within a window, which real traffic
@@ -42,7 +42,7 @@ import pneumolens
 from pneumolens.checkpoint import shipped_model_path
 from pneumolens.data.images import read_image
 from pneumolens.data.sources import image_files
-from pneumolens.monitor import compare, window
+from pneumolens.monitoring.drift import compare, window
 
 DEGRADED = {
     "half": "resolution 1/2",

@@ -25,10 +25,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 import pneumolens
-from pneumolens.agreement import wilson
 from pneumolens.data.images import read_image
 from pneumolens.data.subgroups import AGE_BANDS, band_of
 from pneumolens.lungs.flags import BORDERLINE_FLAG, check_flags
+from pneumolens.monitoring.agreement import wilson
 
 
 def films(masks: str | Path) -> list[dict[str, str]]:

@@ -3,7 +3,7 @@
     python benchmarks/node.py [--images ../shared/data/fullres_samples] [--n 32] [--model runs/x]
 
 Each original-resolution sample (JPEG) becomes a 12-bit MONOCHROME2 DX file (explicit VR little
-endian) in a temporary folder. A node (``pneumolens.dicom_node.Node``, the shipped model unless
+endian) in a temporary folder. A node (``pneumolens.integration.dicom_node.Node``, the shipped model unless
 ``--model``) listens on a free loopback port, and a client in the same process sends every file
 through one association, timing each C-STORE until its answer: the node answers once the picture
 (and the report, presentation state and segmentation, when asked) is written, so the time covers
@@ -38,14 +38,14 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pneumolens.dicom_node import DX_PRESENTATION, SUCCESS, Node
-from pneumolens.dicomweb_service import DicomwebService
-from pneumolens.fhir_outbox import FhirSender
-from pneumolens.hl7_outbox import MllpSender
-from pneumolens.outbox import Outbox
+from pneumolens.integration.dicom_node import DX_PRESENTATION, SUCCESS, Node
+from pneumolens.integration.dicomweb_service import DicomwebService
+from pneumolens.integration.fhir_outbox import FhirSender
+from pneumolens.integration.hl7_outbox import MllpSender
+from pneumolens.integration.outbox import Outbox
+from pneumolens.integration.stow_outbox import StowSender
 from pneumolens.service.engine import Engine
 from pneumolens.service.settings import Settings
-from pneumolens.stow_outbox import StowSender
 
 OUTPUTS = {
     "picture (Secondary Capture)": {},

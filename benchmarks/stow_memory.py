@@ -4,7 +4,7 @@
 
 Builds one ``multipart/related; type="application/dicom"`` body of ``--parts`` parts of random bytes
 (``--mb`` in all, the size of a few uncompressed full-field films) and splits it two ways, each in
-a fresh process: as the service does since 2026-12-07 (``pneumolens.dicomweb_service.RelatedParts``,
+a fresh process: as the service does since 2026-12-07 (``pneumolens.integration.dicomweb_service.RelatedParts``,
 fed 64 kB chunks as uvicorn hands them over, each part spooled to a temporary file beyond 8 MB,
 then the parts read back one at a time, as the service stores them) and as it did before (the
 standard library's email parser over the whole body, held in memory). Prints a markdown table: the
@@ -45,7 +45,7 @@ def body_and_parts(mb: int, n: int) -> tuple[bytes, list[bytes]]:
 def split(way: str, body: bytes) -> list[int]:
     """The hashes of the parts of ``body``, split the way ``way`` names."""
     if way == "streaming":
-        from pneumolens.dicomweb_service import RelatedParts
+        from pneumolens.integration.dicomweb_service import RelatedParts
 
         with RelatedParts(CONTENT_TYPE) as spooled:
             view = memoryview(body)

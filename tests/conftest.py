@@ -273,7 +273,7 @@ def store_then_wait(node, dataset, done, seconds: float = 5.0) -> None:
     import threading
     from types import SimpleNamespace
 
-    from pneumolens.dicom_node import SUCCESS
+    from pneumolens.integration.dicom_node import SUCCESS
 
     stop = threading.Event()
 

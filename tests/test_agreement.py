@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from conftest import real_images
-from pneumolens.agreement import agreement_in, pair_reviews, wilson
-from pneumolens.audit import AuditLog
 from pneumolens.cli import main
-from pneumolens.monitor import window
+from pneumolens.monitoring.agreement import agreement_in, pair_reviews, wilson
+from pneumolens.monitoring.audit import AuditLog
+from pneumolens.monitoring.drift import window
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 

@@ -15,8 +15,8 @@ import uvicorn
 from PIL import Image
 
 from conftest import real_images
-from pneumolens.audit import AuditLog
 from pneumolens.checkpoint import load_model
+from pneumolens.monitoring.audit import AuditLog
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 

@@ -21,13 +21,13 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import PATIENT_ID, PATIENT_NAME, free_port, make_certificates, make_dicom, real_images
-from pneumolens.audit import AuditLog, parse_since
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
-from pneumolens.dicom_presentation import read_presentation_state
-from pneumolens.dicom_report import read_structured_report
-from pneumolens.dicom_segmentation import read_segmentation
 from pneumolens.explain.outlines import map_outlines
+from pneumolens.integration.dicom_presentation import read_presentation_state
+from pneumolens.integration.dicom_report import read_structured_report
+from pneumolens.integration.dicom_segmentation import read_segmentation
+from pneumolens.monitoring.audit import AuditLog, parse_since
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -128,7 +128,7 @@ def test_audit_chain_with_several_writer_processes(db):
     AuditLog(db)
     code = (
         "import sys; sys.path.insert(0, 'tests'); from test_clinical import _rows\n"
-        f"from pneumolens.audit import AuditLog; _rows(AuditLog({db!r}), 40, sys.argv[1])"
+        f"from pneumolens.monitoring.audit import AuditLog; _rows(AuditLog({db!r}), 40, sys.argv[1])"
     )
     root = Path(__file__).resolve().parents[1]
     procs = [subprocess.Popen([sys.executable, "-c", code, src], cwd=root) for src in ("serve", "watch", "listen")]
@@ -190,7 +190,7 @@ def _forge(audit: AuditLog, key: bytes) -> None:
     import hashlib
     import hmac
 
-    from pneumolens.audit import hashed_content
+    from pneumolens.monitoring.audit import hashed_content
 
     with audit.engine.begin() as conn:
         rows = [dict(r) for r in conn.execute(sa.text("select * from predictions order by id")).mappings()]
@@ -480,7 +480,7 @@ def test_dicom_node_with_real_peers(trained_run, tmp_path, db, study):
 def test_node_takes_the_big_endian_files_of_old_modalities(trained_run, tmp_path):
     """Explicit VR Big Endian is retired, and old modalities still send it: the node accepts it and
     reads the image as it reads the same pixels in little endian."""
-    from pneumolens.dicom_node import Node, caption_for
+    from pneumolens.integration.dicom_node import Node, caption_for
     from pneumolens.service.engine import Engine
 
     pixels = np.round(read_image(real_images("test", "PNEUMONIA", 1)[0]) * 4095).astype(np.uint16)
@@ -529,7 +529,7 @@ def test_node_stops_in_bounded_time_with_an_association_open(tmp_path):
 
     from pynetdicom import AE
 
-    from pneumolens.dicom_node import VERIFICATION, Node
+    from pneumolens.integration.dicom_node import VERIFICATION, Node
 
     node, stop, port = Node(None, None, tmp_path / "out"), threading.Event(), free_port()
     runner = threading.Thread(target=node.run, args=("127.0.0.1", port, stop, 1.0))
@@ -561,7 +561,7 @@ def test_node_tls_and_calling_ae_allow_list(tmp_path):
 
     from pynetdicom import AE
 
-    from pneumolens.dicom_node import VERIFICATION, Node, tls_context
+    from pneumolens.integration.dicom_node import VERIFICATION, Node, tls_context
 
     pem = make_certificates(tmp_path)
     tls = tls_context(pem["server"], pem["server_key"], ca=pem["ca"])  # mutual TLS
@@ -650,7 +650,7 @@ def test_forwarding_over_tls_with_the_destination_s_own_certificates(trained_run
     another PKI, with the client certificate and CA given for the destination alone."""
     from pynetdicom import AE, evt
 
-    from pneumolens.dicom_node import SECONDARY_CAPTURE, tls_context
+    from pneumolens.integration.dicom_node import SECONDARY_CAPTURE, tls_context
 
     (tmp_path / "other").mkdir()
     pki = make_certificates(tmp_path / "other")  # the archive's CA: the node's modalities know nothing of it
@@ -687,10 +687,10 @@ def test_forwarding_over_tls_with_the_destination_s_own_certificates(trained_run
 def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
     from pynetdicom import AE, evt
 
-    from pneumolens.dicom_node import SECONDARY_CAPTURE, Destination, Node, tls_context
-    from pneumolens.dicom_presentation import GSPS
-    from pneumolens.dicom_report import COMPREHENSIVE_SR
-    from pneumolens.dicom_segmentation import SEGMENTATION
+    from pneumolens.integration.dicom_node import SECONDARY_CAPTURE, Destination, Node, tls_context
+    from pneumolens.integration.dicom_presentation import GSPS
+    from pneumolens.integration.dicom_report import COMPREHENSIVE_SR
+    from pneumolens.integration.dicom_segmentation import SEGMENTATION
     from pneumolens.service.engine import Engine
 
     received = []
@@ -740,7 +740,7 @@ def test_forwarding_to_another_node(trained_run, tmp_path, study, tls):
 
 
 def test_secondary_capture_caption_and_pixels(trained_run):
-    from pneumolens.dicom_node import burn_in, caption_for
+    from pneumolens.integration.dicom_node import burn_in, caption_for
 
     caption = caption_for({"probability": 0.93, "threshold": 0.4, "flags": []})
     assert caption == "AI first read: probability 0.93, above operating point; not a diagnosis"
@@ -773,13 +773,13 @@ def test_a_report_that_cannot_be_built_does_not_cost_the_picture(
 ):
     import importlib
 
-    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.integration.dicom_node import SUCCESS, Node
     from pneumolens.service.engine import Engine
 
     def broken(*args, **kwargs):
         raise ValueError("a header highdicom will not take")
 
-    monkeypatch.setattr(importlib.import_module(f"pneumolens.{module}"), function, broken)
+    monkeypatch.setattr(importlib.import_module(f"pneumolens.integration.{module}"), function, broken)
     pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
     ds = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
     node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", **{flag: True})
@@ -791,8 +791,8 @@ def test_a_report_that_cannot_be_built_does_not_cost_the_picture(
 
 
 def test_an_image_without_a_study_gets_results_in_one_new_study(trained_run, tmp_path):
-    from pneumolens.dicom_node import SUCCESS, Node
-    from pneumolens.dicom_report import read_structured_report
+    from pneumolens.integration.dicom_node import SUCCESS, Node
+    from pneumolens.integration.dicom_report import read_structured_report
     from pneumolens.service.engine import Engine
 
     pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
@@ -846,7 +846,7 @@ def test_explain_writes_the_node_s_objects_for_a_dicom_file(trained_run, tmp_pat
 def test_kept_originals_make_a_site_s_own_test_set(trained_run, tmp_path, capsys):
     """listen --keep stores each image it reads as received, named by its SOP Instance UID; with a
     manifest of the radiologists' labels they are a test set ``evaluate`` reads (docs/site-validation.md)."""
-    from pneumolens.dicom_node import SUCCESS, Node, uid_file_name
+    from pneumolens.integration.dicom_node import SUCCESS, Node, uid_file_name
     from pneumolens.service.engine import Engine
 
     node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", keep=tmp_path / "originals")
@@ -880,8 +880,8 @@ def test_retention_deletes_the_node_s_old_files_and_nothing_else(trained_run, tm
     import os
     import threading
 
-    import pneumolens.dicom_node
-    from pneumolens.dicom_node import SUCCESS, Node
+    import pneumolens.integration.dicom_node
+    from pneumolens.integration.dicom_node import SUCCESS, Node
     from pneumolens.service.engine import Engine
 
     out, keep = tmp_path / "out", tmp_path / "originals"
@@ -918,7 +918,7 @@ def test_retention_deletes_the_node_s_old_files_and_nothing_else(trained_run, tm
     def failing(folder, before):
         raise PermissionError(13, "Permission denied", str(folder))
 
-    monkeypatch.setattr(pneumolens.dicom_node, "prune_node_files", failing)
+    monkeypatch.setattr(pneumolens.integration.dicom_node, "prune_node_files", failing)
     stop.clear()
     with caplog.at_level("INFO"):
         node.run("127.0.0.1", free_port(), stop, on_ready=stop.set)  # serves, and stops when told
@@ -928,14 +928,14 @@ def test_retention_deletes_the_node_s_old_files_and_nothing_else(trained_run, tm
 
 
 def test_a_failed_result_is_logged_without_the_header_value_it_quotes(trained_run, tmp_path, monkeypatch, caplog):
-    import pneumolens.dicom_node
-    from pneumolens.dicom_node import OUT_OF_RESOURCES, Node
+    import pneumolens.integration.dicom_node
+    from pneumolens.integration.dicom_node import OUT_OF_RESOURCES, Node
     from pneumolens.service.engine import Engine
 
     def choking(*args, **kwargs):
         raise ValueError(f"Invalid value for VR DA: '{BAD_BIRTH_DATE}'")  # as pydicom words it
 
-    monkeypatch.setattr(pneumolens.dicom_node, "secondary_capture", choking)
+    monkeypatch.setattr(pneumolens.integration.dicom_node, "secondary_capture", choking)
     pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
     ds = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
     node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out")
@@ -954,8 +954,8 @@ def test_results_keep_a_patient_name_in_any_character_set(tmp_path, charset, nam
     """The picture and the report are filed by the patient's name as the modality wrote it: the
     character set travels (the picture kept the name's bytes but not their set until 2026-12-06, so a
     Greek or Japanese name came out as question marks); the report writes names as UTF-8."""
-    from pneumolens.dicom_node import secondary_capture
-    from pneumolens.dicom_report import structured_report
+    from pneumolens.integration.dicom_node import secondary_capture
+    from pneumolens.integration.dicom_report import structured_report
 
     pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
     path = make_dicom(tmp_path / "x.dcm", pixels)
@@ -981,7 +981,7 @@ def test_structured_report_says_what_the_model_said(tmp_path):
     group has an image region on the original: OHIF stops on one without."""
     import highdicom as hd
 
-    from pneumolens.dicom_report import COMPREHENSIVE_SR, structured_report
+    from pneumolens.integration.dicom_report import COMPREHENSIVE_SR, structured_report
 
     pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
     original = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))  # no birth date, sex or study date
@@ -1046,7 +1046,7 @@ INTEGRATORS_PAGE = (Path(__file__).parents[1] / "docs" / "structured-report.md")
     ],
 )
 def test_presentation_state_shows_the_original_as_it_is(tmp_path, photometric, dtype, window, lut):
-    from pneumolens.dicom_presentation import GSPS, presentation_state
+    from pneumolens.integration.dicom_presentation import GSPS, presentation_state
 
     gray = read_image(real_images("test", "NORMAL", 1)[0])
     pixels = np.round(gray * (255 if dtype == np.uint8 else 3000) + (0 if dtype == np.uint8 else 500)).astype(dtype)
@@ -1084,7 +1084,7 @@ def test_segmentation_holds_the_map_s_graded_support(tmp_path):
     integrators' page; nothing when nothing supports the call; another grid refused."""
     import highdicom as hd
 
-    from pneumolens.dicom_segmentation import SEGMENTATION, segmentation
+    from pneumolens.integration.dicom_segmentation import SEGMENTATION, segmentation
 
     gray = read_image(real_images("test", "NORMAL", 1)[0])
     pixels = np.round((1 - gray) * 3000 + 500).astype(np.uint16)[:, :200]  # not square: rows and columns apart

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydicom.uid import ComprehensiveSRStorage, GrayscaleSoftcopyPresentationStateStorage, SegmentationStorage
 
-from pneumolens import dicom_node, dicom_pull, dicom_qr
+from pneumolens.integration import dicom_node, dicom_pull, dicom_qr
 
 DOC = Path(__file__).parents[1] / "docs" / "dicom-conformance.md"
 
@@ -47,7 +47,7 @@ def test_the_created_objects_are_of_the_listed_classes(trained_run, tmp_path):
 
     from conftest import make_dicom, real_images
     from pneumolens.data.images import read_image
-    from pneumolens.dicom_node import result_objects
+    from pneumolens.integration.dicom_node import result_objects
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 

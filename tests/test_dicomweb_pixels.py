@@ -1,4 +1,4 @@
-"""The pixels of the node's results and kept films over WADO-RS (``pneumolens.dicomweb_pixels``,
+"""The pixels of the node's results and kept films over WADO-RS (``pneumolens.integration.dicomweb_pixels``,
 ``listen --qr --keep --dicomweb-port``): what a zero-footprint viewer such as OHIF asks for
 (computed study attributes, metadata with a BulkDataURI, frames, bulk data, rendered images and
 thumbnails, CORS), checked against the stored pixels and with dicomweb-client through a running node."""
@@ -18,8 +18,8 @@ from PIL import Image
 
 from conftest import assert_refused, free_port, make_dicom, real_images
 from pneumolens.data.images import read_image
-from pneumolens.dicomweb_pixels import accepted, frames
-from pneumolens.dicomweb_service import DicomwebService, create_app
+from pneumolens.integration.dicomweb_pixels import accepted, frames
+from pneumolens.integration.dicomweb_service import DicomwebService, create_app
 
 OCTETS_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 NATIVE = "1.2.840.10008.1.2.1"
@@ -51,8 +51,8 @@ def film(tmp_path_factory):
 @pytest.fixture
 def viewer_node(trained_run, tmp_path):
     """A node with --sr --qr --keep: results and the films they came from, served over DICOMweb."""
-    from pneumolens.dicom_node import Node
-    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+    from pneumolens.integration.dicom_node import Node
+    from pneumolens.integration.dicom_qr import QueryRetrieve, ResultStore
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
@@ -226,7 +226,7 @@ def test_sixteen_bit_big_endian_frames_come_out_little_endian(tmp_path):
 
 
 def test_the_bulk_data_uri_names_the_pixel_data_s_vr(tmp_path):
-    from pneumolens.dicomweb_results import metadata_json
+    from pneumolens.integration.dicomweb_results import metadata_json
 
     pixels = (np.arange(32 * 40, dtype=np.uint16).reshape(32, 40) * 3) % 4096
     for syntax, vr in [("explicit", "OW"), ("jpeg-ls", "OB")]:  # encapsulated pixel data is OB at 16 bits too
@@ -238,7 +238,7 @@ def test_the_bulk_data_uri_names_the_pixel_data_s_vr(tmp_path):
 
 
 def test_pixels_that_do_not_decode_are_answered_422_not_500(tmp_path):
-    from pneumolens.dicomweb_results import pixel_answer
+    from pneumolens.integration.dicomweb_results import pixel_answer
 
     ds = pydicom.dcmread(make_dicom(tmp_path / "cut.dcm", np.zeros((64, 48), np.uint8)))
     ds.PixelData = ds.PixelData[:100]  # truncated on the way

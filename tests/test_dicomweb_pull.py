@@ -1,4 +1,4 @@
-"""``pneumolens pull --dicomweb`` (``pneumolens.dicomweb_pull``): the studies of some dates found by
+"""``pneumolens pull --dicomweb`` (``pneumolens.integration.dicomweb_pull``): the studies of some dates found by
 QIDO-RS, their CR and DX series retrieved by WADO-RS into a folder or stored by STOW-RS at a node,
 from a running node's own DICOMweb service (``listen --qr --keep --dicomweb-port``, with a bearer
 token) as the archive."""
@@ -24,9 +24,9 @@ def archive(trained_run, tmp_path):
     node, the token's file)."""
     from dicomweb_client.api import DICOMwebClient
 
-    from pneumolens.dicom_node import Node
-    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
-    from pneumolens.dicomweb_service import DicomwebService
+    from pneumolens.integration.dicom_node import Node
+    from pneumolens.integration.dicom_qr import QueryRetrieve, ResultStore
+    from pneumolens.integration.dicomweb_service import DicomwebService
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
@@ -86,8 +86,8 @@ def test_a_renewed_token_file_is_read_again_during_a_pull(archive, tmp_path):
     is answered 401 by the archive, and the renewed one is taken without starting again."""
     import os
 
-    from pneumolens.credentials import TokenFile
-    from pneumolens.dicomweb_pull import WebPacs
+    from pneumolens.integration.credentials import TokenFile
+    from pneumolens.integration.dicomweb_pull import WebPacs
 
     url, _, _, token = archive
     with WebPacs(url, TokenFile(token, "--dicomweb-token-file"), get_into=tmp_path) as pacs:

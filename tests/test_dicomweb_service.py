@@ -1,4 +1,4 @@
-"""The node's own STOW-RS service (``pneumolens.dicomweb_service``, ``listen --dicomweb-port``):
+"""The node's own STOW-RS service (``pneumolens.integration.dicomweb_service``, ``listen --dicomweb-port``):
 images taken over DICOMweb go the way a C-STORE does, and every answer is one a DICOMweb client
 understands; dicomweb-client, a real client, stores through it."""
 
@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from conftest import PATIENT_ID, assert_refused, free_port, make_dicom, real_images
 from pneumolens.data.images import read_image
-from pneumolens.dicom_report import read_structured_report
-from pneumolens.dicomweb_service import DicomwebService, RelatedParts, create_app, instances
+from pneumolens.integration.dicom_report import read_structured_report
+from pneumolens.integration.dicomweb_service import DicomwebService, RelatedParts, create_app, instances
 
 BOUNDARY = "pneumolens-test-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -43,7 +43,7 @@ def films(tmp_path_factory) -> list[bytes]:
 
 @pytest.fixture
 def node(trained_run, tmp_path):
-    from pneumolens.dicom_node import Node
+    from pneumolens.integration.dicom_node import Node
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
@@ -64,7 +64,7 @@ def test_the_parts_come_out_byte_for_byte(monkeypatch):
     """The parser that splits the request as it comes leaves binary parts as sent (CR, LF, NUL, high
     bytes, the boundary's start), whatever the chunks it arrives in; it skips a preamble, undoes a
     base64 transfer encoding, and keeps a part larger than its memory budget in a file on disk."""
-    monkeypatch.setattr("pneumolens.dicomweb_service.SPOOL_BYTES", 2000)
+    monkeypatch.setattr("pneumolens.integration.dicomweb_service.SPOOL_BYTES", 2000)
     rng = np.random.default_rng(3)
     for _ in range(50):
         parts = [rng.bytes(int(rng.integers(0, 4000))) + f"\r\n\n\r\x00\r--{BOUNDARY[:8]}".encode() for _ in range(3)]
@@ -189,7 +189,7 @@ def test_each_instance_is_answered_for_and_none_with_500(node, films):
 
 def test_a_bearer_token_and_a_size_limit_guard_the_port(node, films, tmp_path):
     (tmp_path / "token").write_text("wado-s3cret\n")
-    from pneumolens.credentials import TokenFile
+    from pneumolens.integration.credentials import TokenFile
 
     client = TestClient(create_app(node, TokenFile(str(tmp_path / "token"), "--dicomweb-token-file"), max_mb=1))
     body, headers = _multipart(films[0]), {"Content-Type": CONTENT_TYPE}
@@ -247,7 +247,7 @@ def test_dicomweb_client_stores_through_the_running_node(node, films):
 def test_a_dicomweb_port_that_is_taken_is_named_and_frees_the_dimse_port(node):
     import socket
 
-    from pneumolens.dicomweb_service import DicomwebService
+    from pneumolens.integration.dicomweb_service import DicomwebService
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -274,7 +274,7 @@ def test_listen_checks_the_dicomweb_flags_before_loading_a_model(tmp_path, capsy
 
 @pytest.fixture
 def qr_node(node):
-    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+    from pneumolens.integration.dicom_qr import QueryRetrieve, ResultStore
 
     node.qr = QueryRetrieve(ResultStore(node.out), node.ae_title)
     return node
@@ -328,7 +328,7 @@ def test_the_results_are_searched_and_retrieved_over_dicomweb(qr_node, films):
 
 
 def test_without_qr_nothing_is_searched_and_the_token_guards_the_search(qr_node, node, films, tmp_path):
-    from pneumolens.dicom_node import Node
+    from pneumolens.integration.dicom_node import Node
 
     plain = Node(node.engine, None, tmp_path / "plain")
     assert TestClient(create_app(plain)).get("/dicomweb/studies").status_code == 405  # STOW-RS only

@@ -19,11 +19,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import free_port, load_benchmark, make_dicom, real_images
-from pneumolens.audit import AuditLog
 from pneumolens.cli import main
 from pneumolens.data.dicom import device_of
 from pneumolens.data.images import read_image
-from pneumolens.monitor import (
+from pneumolens.monitoring.audit import AuditLog
+from pneumolens.monitoring.drift import (
     CHECK,
     MIN_PREDICTIONS,
     OUT_OF_SCOPE,
@@ -203,7 +203,7 @@ def hook():
 
 
 def test_a_drift_alert_reaches_a_webhook_and_a_quiet_week_sends_nothing(trails, hook, capsys, monkeypatch):
-    monkeypatch.setattr("pneumolens.alert.RETRY_WAITS", (0.01, 0.01))
+    monkeypatch.setattr("pneumolens.monitoring.alert.RETRY_WAITS", (0.01, 0.01))
     db, cut = trails["pneumonia only"]
     assert main(["audit", "--db", db, "--drift", cut, "--notify", hook]) == 1
     out = capsys.readouterr()

@@ -1,4 +1,4 @@
-"""The first read as a FHIR R4 Observation (``pneumolens.fhir``; ``POST /api/v1/predict?format=fhir``,
+"""The first read as a FHIR R4 Observation (``pneumolens.integration.fhir``; ``POST /api/v1/predict?format=fhir``,
 ``listen --fhir``), checked against the R4B models of fhir.resources."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fhir.resources.R4B.observation import Observation
 
 from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
 from pneumolens.data.images import read_image
-from pneumolens.fhir import MEDIA_TYPE, observation, transaction
+from pneumolens.integration.fhir import MEDIA_TYPE, observation, transaction
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -92,7 +92,7 @@ def test_the_api_answers_with_an_observation(trained_run, tmp_path):
 def test_the_node_writes_an_observation_per_image(trained_run, tmp_path):
     from types import SimpleNamespace
 
-    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.integration.dicom_node import SUCCESS, Node
     from pneumolens.service.engine import Engine
 
     node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", fhir=tmp_path / "fhir")

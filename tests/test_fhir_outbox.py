@@ -1,4 +1,4 @@
-"""Store and forward to a FHIR server (``pneumolens.fhir_outbox``, ``listen --fhir-url``), against a
+"""Store and forward to a FHIR server (``pneumolens.integration.fhir_outbox``, ``listen --fhir-url``), against a
 stand-in server on this machine: what it receives, and that nothing is lost while it is away or
 refuses."""
 
@@ -18,11 +18,11 @@ from fhir.resources.R4B.bundle import Bundle
 
 from conftest import PATIENT_ID, PATIENT_NAME, StandIn, assert_refused, make_dicom, real_images, reply, store_then_wait
 from pneumolens.cli import main
-from pneumolens.credentials import TokenFile, read_token
 from pneumolens.data.images import read_image
-from pneumolens.fhir import transaction
-from pneumolens.fhir_outbox import FhirSender
-from pneumolens.outbox import Outbox
+from pneumolens.integration.credentials import TokenFile, read_token
+from pneumolens.integration.fhir import transaction
+from pneumolens.integration.fhir_outbox import FhirSender
+from pneumolens.integration.outbox import Outbox
 
 MODEL = {"name": "pneumolens-default", "version": "9.9", "sha256": "cd" * 32}
 RESULT = {"probability": 0.8, "threshold": 0.4, "flags": [], "model": MODEL}
@@ -81,7 +81,7 @@ def test_the_outbox_keeps_bundles_while_the_server_is_away_and_sends_them_in_ord
     outbox = Outbox(tmp_path / "outbox", FhirSender(server.url))
     for uid in ("1.1", "1.2"):
         outbox.put(uid, _json(transaction(RESULT, uid)))
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         assert not outbox.deliver()  # 503: stop the pass, keep both
     assert len(outbox.waiting()) == 2 and "HTTP 503" in caplog.text and "2 message(s) wait" in caplog.text
     assert outbox.deliver() and outbox.waiting() == []
@@ -93,7 +93,7 @@ def test_the_outbox_keeps_bundles_while_the_server_is_away_and_sends_them_in_ord
         tmp_path / "outbox2", FhirSender("http://127.0.0.1:9/fhir?token=hidden")
     )  # nothing listens on port 9
     closed.put("2.1", _json(transaction(RESULT, "2.1")))
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         assert not closed.deliver()
     assert len(closed.waiting()) == 1 and "could not be reached" in caplog.text
     assert "hidden" not in caplog.text  # a URL's query can hold a secret: only scheme, host and port are logged
@@ -129,7 +129,7 @@ def test_a_sender_that_fails_keeps_the_message_and_its_thread(fhir_server, tmp_p
     outbox = Outbox(tmp_path / "outbox", failing, retry_every=0.05)
     outbox.put("4.2", _json(transaction(RESULT, "4.2")))
     stop = threading.Event()
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         thread = outbox.start(stop)
         for _ in range(200):
             if outbox.delivered:
@@ -155,7 +155,7 @@ def test_the_sender_thread_delivers_when_woken_and_stops(fhir_server, tmp_path):
 
 
 def test_the_node_queues_a_bundle_for_each_image(fhir_server, trained_run, tmp_path):
-    from pneumolens.dicom_node import SUCCESS, Node
+    from pneumolens.integration.dicom_node import SUCCESS, Node
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
@@ -219,7 +219,7 @@ def test_a_renewed_token_file_is_read_again_without_a_restart(fhir_server, tmp_p
     path.write_text("")  # a renewal caught half-written: the last good token is kept, the log says so
     os.utime(path, (2, 2))
     outbox.put("6.3", _json(transaction(RESULT, "6.3")))
-    with caplog.at_level(logging.WARNING, logger="pneumolens.credentials"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.credentials"):
         assert outbox.deliver()
     tokens = [headers["Authorization"] for _, headers, _, _ in server.received]
     assert tokens == ["Bearer first", "Bearer second", "Bearer second"]
@@ -227,7 +227,7 @@ def test_a_renewed_token_file_is_read_again_without_a_restart(fhir_server, tmp_p
 
 
 def test_the_running_node_sends_what_an_earlier_run_left_and_what_it_reads(fhir_server, trained_run, tmp_path):
-    from pneumolens.dicom_node import Node
+    from pneumolens.integration.dicom_node import Node
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 

@@ -1,5 +1,5 @@
-"""A first read as an HL7 v2 ORU^R01 message (``pneumolens.hl7v2``) and its store and forward to a
-RIS over MLLP (``pneumolens.hl7_outbox``, ``listen --hl7 DIR --hl7-to``), against a stand-in MLLP
+"""A first read as an HL7 v2 ORU^R01 message (``pneumolens.integration.hl7v2``) and its store and forward to a
+RIS over MLLP (``pneumolens.integration.hl7_outbox``, ``listen --hl7 DIR --hl7-to``), against a stand-in MLLP
 listener built with python-hl7."""
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from conftest import (
 )
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
-from pneumolens.hl7_outbox import MllpSender, client_tls
-from pneumolens.hl7v2 import oru_r01
-from pneumolens.outbox import Outbox
+from pneumolens.integration.hl7_outbox import MllpSender, client_tls
+from pneumolens.integration.hl7v2 import oru_r01
+from pneumolens.integration.outbox import Outbox
 
 MODEL = {"name": "pneumolens-default", "version": "9.9", "sha256": "ab" * 32}
 
@@ -148,7 +148,7 @@ def test_the_ris_acknowledges_and_the_message_leaves_the_outbox(ris, tmp_path, c
     outbox = Outbox(tmp_path / "outbox", MllpSender("127.0.0.1", listener.port), suffix=".hl7")
     outbox.put("1.1", oru_r01(RESULT, PATIENT, control_id="m1").encode())
     outbox.put("1.2", oru_r01(RESULT, PATIENT, control_id="m2").encode())
-    with caplog.at_level(logging.INFO, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.INFO, logger="pneumolens.integration.outbox"):
         assert not outbox.deliver() and len(outbox.waiting()) == 2  # AE: an error at the RIS, try again later
         assert outbox.deliver() and outbox.waiting() == [] and outbox.delivered == 2
     assert [str(m.segment("MSH")(10)) for m in listener.received] == ["m1", "m1", "m2"]  # resent as it was
@@ -175,7 +175,7 @@ def test_no_answer_or_a_stray_ack_keeps_the_message(ris, tmp_path, caplog, kwarg
     sender = MllpSender("127.0.0.1", listener.port, timeout=0.5)
     outbox = Outbox(tmp_path / "outbox", sender, suffix=".hl7")
     outbox.put("3.1", oru_r01(RESULT, PATIENT).encode())
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         assert not outbox.deliver()
     assert len(outbox.waiting()) == 1 and why in caplog.text
 
@@ -183,13 +183,13 @@ def test_no_answer_or_a_stray_ack_keeps_the_message(ris, tmp_path, caplog, kwarg
 def test_a_closed_port_keeps_the_message(tmp_path, caplog):
     outbox = Outbox(tmp_path / "outbox", MllpSender("127.0.0.1", free_port()), suffix=".hl7")
     outbox.put("4.1", oru_r01(RESULT, PATIENT).encode())
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         assert not outbox.deliver()
     assert len(outbox.waiting()) == 1 and "could not be reached" in caplog.text
 
 
 def test_the_running_node_sends_each_result_to_the_ris(ris, trained_run, tmp_path, caplog):
-    from pneumolens.dicom_node import Node
+    from pneumolens.integration.dicom_node import Node
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
@@ -246,7 +246,7 @@ def test_mllp_over_mutual_tls(ris, tmp_path, caplog):
 
     assert outbox("mutual", client_tls(pem["ca"], pem["client"], pem["client_key"])).deliver()
     assert len(listener.received) == 1
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         for name, tls in (("no-cert", client_tls(pem["ca"])), ("plain", None), ("system-cas", client_tls())):
             box = outbox(name, tls)  # refused at the handshake, or the RIS's certificate not trusted
             assert not box.deliver() and len(box.waiting()) == 1, name

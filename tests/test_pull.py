@@ -72,7 +72,7 @@ def pacs(tmp_path):
 
 @pytest.fixture
 def node(trained_run, tmp_path, pacs):
-    from pneumolens.dicom_node import Node
+    from pneumolens.integration.dicom_node import Node
     from pneumolens.service.engine import Engine
 
     node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "results")
@@ -156,7 +156,7 @@ def test_pull_names_what_went_wrong(pacs, node, capsys):
 
 
 def test_date_range():
-    from pneumolens.dicom_pull import date_range
+    from pneumolens.integration.dicom_pull import date_range
 
     assert date_range("2026-11-01", "20261130") == "20261101-20261130"
     assert date_range("2026-11-01", None) == "20261101-" and date_range(None, "2026-11-30") == "-20261130"

@@ -1,4 +1,4 @@
-"""The node's own query/retrieve service (``pneumolens.dicom_qr``, ``listen --qr``): a viewer finds
+"""The node's own query/retrieve service (``pneumolens.integration.dicom_qr``, ``listen --qr``): a viewer finds
 the results of a real film by study, series and image, and has them sent by C-GET and C-MOVE,
 against pynetdicom clients."""
 
@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from conftest import PATIENT_ID, PATIENT_NAME, assert_refused, free_port, make_certificates, make_dicom, real_images
 from pneumolens.data.images import read_image
-from pneumolens.dicom_qr import FIND, GET, MOVE, PATIENT_FIND, PATIENT_GET, matches
+from pneumolens.integration.dicom_qr import FIND, GET, MOVE, PATIENT_FIND, PATIENT_GET, matches
 
 MODALITY_BY_SERIES = {9901: "OT", 9902: "SR", 9903: "PR"}
 
@@ -54,8 +54,8 @@ def _serving_results(trained_run, tmp_path, pki: dict[str, str] | None = None):
     service); a second storage SCP is the move destination, over mutual TLS with ``pki``."""
     from pynetdicom import AE, evt
 
-    from pneumolens.dicom_node import SUCCESS, Node, tls_context
-    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+    from pneumolens.integration.dicom_node import SUCCESS, Node, tls_context
+    from pneumolens.integration.dicom_qr import QueryRetrieve, ResultStore
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
@@ -235,8 +235,8 @@ def test_kept_films_go_back_by_c_get_and_on_by_c_move_as_they_came(trained_run, 
     from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
     from pynetdicom import AE, build_role, evt
 
-    from pneumolens.dicom_node import DX_PRESENTATION, SECONDARY_CAPTURE, SUCCESS, Node
-    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+    from pneumolens.integration.dicom_node import DX_PRESENTATION, SECONDARY_CAPTURE, SUCCESS, Node
+    from pneumolens.integration.dicom_qr import QueryRetrieve, ResultStore
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 

@@ -1,4 +1,4 @@
-"""SMART Backend Services (``pneumolens.smart_auth``; ``listen --fhir-client-id --fhir-key``,
+"""SMART Backend Services (``pneumolens.integration.smart_auth``; ``listen --fhir-client-id --fhir-key``,
 ``pneumolens fhir-key``), against a stand-in EHR on this machine: an authorisation server that
 checks each signed assertion against the key set the site registered, and a FHIR server that takes
 only the tokens it issued."""
@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from conftest import StandIn, assert_refused, reply
 from pneumolens.cli import main
 from pneumolens.cli.sending import fhir_outbox_of
-from pneumolens.fhir import transaction
-from pneumolens.fhir_outbox import FhirSender
-from pneumolens.outbox import Outbox
-from pneumolens.smart_auth import ASSERTION_TYPE, DEFAULT_SCOPE, load_key, new_key, public_jwk, thumbprint
+from pneumolens.integration.fhir import transaction
+from pneumolens.integration.fhir_outbox import FhirSender
+from pneumolens.integration.outbox import Outbox
+from pneumolens.integration.smart_auth import ASSERTION_TYPE, DEFAULT_SCOPE, load_key, new_key, public_jwk, thumbprint
 
 RESULT = {"probability": 0.8, "threshold": 0.4, "flags": [], "model": {"name": "m", "version": "1", "sha256": "ab"}}
 CLIENT = "pneumolens-node-7"
@@ -143,7 +143,7 @@ def test_without_a_token_the_bundle_waits_and_the_log_keeps_no_secret(ehr, key_a
     server.refuse = "invalid_client"
     outbox = Outbox(tmp_path / "outbox", FhirSender(server.url, smart={"client_id": CLIENT, "key_path": key}))
     outbox.put("3.1", _bundle("3.1"))
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         assert not outbox.deliver()
     assert len(outbox.waiting()) == 1 and outbox.rejected == 0  # the bundle is fine: credentials can be mended
     assert "no access token" in caplog.text and "HTTP 400 (invalid_client)" in caplog.text
@@ -156,7 +156,7 @@ def test_without_a_token_the_bundle_waits_and_the_log_keeps_no_secret(ehr, key_a
     caplog.clear()
     lost = Outbox(tmp_path / "outbox2", FhirSender(hidden.url, smart={"client_id": CLIENT, "key_path": key}))
     lost.put("3.2", _bundle("3.2"))
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         assert not lost.deliver()
     assert "HTTP 404" in caplog.text and "--fhir-token-url" in caplog.text
     away = {"client_id": CLIENT, "key_path": key, "token_url": "http://127.0.0.1:9/token"}  # nothing on port 9

@@ -1,4 +1,4 @@
-"""The node's results stored in a PACS over DICOMweb (``pneumolens.stow_outbox``, ``listen
+"""The node's results stored in a PACS over DICOMweb (``pneumolens.integration.stow_outbox``, ``listen
 --stow-url``), against a stand-in STOW-RS service on this machine: what it receives, how each of
 its answers is taken, and that nothing is lost while it is away or refuses."""
 
@@ -19,10 +19,10 @@ import pytest
 
 from conftest import PATIENT_ID, StandIn, assert_refused, make_dicom, real_images, reply, store_then_wait
 from pneumolens.cli import main
-from pneumolens.credentials import TokenFile
 from pneumolens.data.images import read_image
-from pneumolens.outbox import Outbox
-from pneumolens.stow_outbox import StowSender
+from pneumolens.integration.credentials import TokenFile
+from pneumolens.integration.outbox import Outbox
+from pneumolens.integration.stow_outbox import StowSender
 
 SC, SR = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33"  # Secondary Capture, Comprehensive SR
 
@@ -80,7 +80,7 @@ def film(tmp_path_factory) -> bytes:
 
 
 def test_the_node_stores_each_object_it_makes_in_the_pacs(stow_server, trained_run, tmp_path, film, caplog):
-    from pneumolens.dicom_node import Node
+    from pneumolens.integration.dicom_node import Node
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
@@ -137,7 +137,7 @@ def _queue(tmp_path, server, film, n=1):
 def test_each_answer_of_the_pacs_is_taken_as_stow_rs_means_it(stow_server, tmp_path, film, answer, outcome, caplog):
     server = stow_server([answer])
     outbox, uids = _queue(tmp_path, server, film, n=2)
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         done = outbox.deliver()
     if outcome == "retry":  # both wait; the next pass sends the first again
         assert not done and len(outbox.waiting()) == 2 and outbox.rejected == 0
@@ -169,7 +169,7 @@ def test_a_large_object_goes_in_one_request_with_its_length(stow_server, tmp_pat
 def test_a_pacs_away_keeps_every_object(tmp_path, film, caplog):
     closed = SimpleNamespace(url="http://127.0.0.1:9/dicomweb?key=hidden")  # nothing listens on port 9
     outbox, _ = _queue(tmp_path, closed, film)
-    with caplog.at_level(logging.WARNING, logger="pneumolens.outbox"):
+    with caplog.at_level(logging.WARNING, logger="pneumolens.integration.outbox"):
         assert not outbox.deliver()
     assert len(outbox.waiting()) == 1 and "could not be reached" in caplog.text and "hidden" not in caplog.text
 

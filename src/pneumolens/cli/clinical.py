@@ -1,4 +1,4 @@
-"""``pneumolens serve | listen | pull | watch | audit | review``: the model at work in a department."""
+"""``pneumolens serve | listen | pull | watch``: the model at work in a department."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from pneumolens.cli.common import NOTICE, engine_for, fraction, positive_int, tls_flags
+from pneumolens.cli.common import NOTICE, db_arg, engine_for, positive_int, tls_flags
 from pneumolens.cli.sending import (
     fhir_outbox_of,
     hl7_outbox_of,
@@ -17,12 +17,6 @@ from pneumolens.cli.sending import (
     stow_flags,
     stow_outbox_of,
 )
-
-FLOOR_RATES = ("sensitivity", "specificity")  # audit --agreement --min-RATE
-
-
-def _db_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -119,7 +113,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "checking each destination's certificate with --tls-ca",
     )
     ln.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
-    _db_arg(ln)
+    db_arg(ln)
     ln.add_argument(
         "--allow-aet", action="append", metavar="AET", help="accept associations only from this calling AE (repeatable)"
     )
@@ -190,85 +184,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("folder")
     w.add_argument("--out", help="where <file>.json results go (default: FOLDER/pneumolens-results)")
     w.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
-    _db_arg(w)
+    db_arg(w)
     w.add_argument("--poll", type=float, default=1.0, help="seconds between scans of the folder")
     w.add_argument("--explain", action="store_true", help="add a Grad-CAM picture (base64 PNG) to each result")
     w.add_argument("--once", action="store_true", help="process what is there now and exit")
     send_on_flags(w)
     w.set_defaults(run=cmd_watch)
-
-    a = sub.add_parser("audit", help="list the audit trail of predictions (no patient identifiers are stored)")
-    a.add_argument("--since", help="ISO date/time (UTC) or an age: 30m, 12h, 7d")
-    a.add_argument("--csv", action="store_true", help="CSV on stdout")
-    _db_arg(a)
-    act = a.add_mutually_exclusive_group()
-    act.add_argument("--verify", action="store_true", help="check the hash chain; exit status 1 if it is broken")
-    act.add_argument(
-        "--prune-before",
-        metavar="WHEN",
-        help="retention: remove the rows older than WHEN (ISO date/time or an age such as 365d); the prune is recorded",
-    )
-    act.add_argument(
-        "--drift",
-        metavar="WHEN",
-        help="compare the predictions since WHEN (ISO date/time or an age such as 7d) with those before it (from "
-        "--since on): refusals, calls, probabilities, flags and the films' measures; exit status 1 on drift, 2 if "
-        "too few to compare",
-    )
-    act.add_argument(
-        "--agreement",
-        action="store_true",
-        help="the model's calls against the clinicians' reads recorded with `pneumolens review` (reviews dated from "
-        "--since on)",
-    )
-    a.add_argument("--alpha", type=float, default=0.01, help="--drift: family-wise significance level (Bonferroni)")
-    a.add_argument(
-        "--by",
-        choices=("model", "device"),
-        default="model",
-        help="--agreement: a row per model (default) or per DICOM device (make and model), floors checked per row",
-    )
-    a.add_argument(
-        "--min-reads",
-        type=positive_int,
-        default=10,
-        metavar="N",
-        help="--agreement: reads a rate needs before its floor is tested (fewer: exit status 2 unless another "
-        "rate is below its floor)",
-    )
-    for rate in FLOOR_RATES:
-        a.add_argument(
-            f"--min-{rate}",
-            type=fraction,
-            metavar="F",
-            help=f"--agreement: exit status 1 (and --notify's alert) when a model's {rate} against the reads is "
-            f"credibly below F (0-1): the upper end of its Wilson 95%% interval under it",
-        )
-    a.add_argument("--device", help="--drift: only the inputs from this DICOM device (make and model, as listed)")
-    a.add_argument(
-        "--notify",
-        metavar="URL",
-        help="--drift, --agreement with a floor: on drift or a rate below its floor, also POST the alert as JSON to "
-        "this webhook (a one-line 'text', the whole 'report')",
-    )
-    a.set_defaults(run=cmd_audit)
-
-    rv = sub.add_parser(
-        "review",
-        help="record a clinician's read of an image or study the audit trail holds a prediction for "
-        "(`audit --agreement` compares the model's calls with these reads)",
-    )
-    rv.add_argument("image", nargs="?", help="the image file that was read (identified by its SHA-256)")
-    rv.add_argument("--sha256", help="or the image's SHA-256, as `audit` lists it")
-    rv.add_argument("--study", help="or the Study Instance UID of a DICOM study (stored salted and hashed)")
-    rv.add_argument("--label", choices=("NORMAL", "PNEUMONIA"), help="the clinician's read")
-    rv.add_argument(
-        "--csv",
-        metavar="FILE",
-        help="or many reads at once (a RIS export): columns label and one of sha256, path (relative to FILE), study",
-    )
-    _db_arg(rv)
-    rv.set_defaults(run=cmd_review)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -287,8 +208,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from pneumolens.audit import AuditLog
-    from pneumolens.dicom_node import Destination, Node, tls_context
+    from pneumolens.integration.dicom_node import Destination, Node, tls_context
+    from pneumolens.monitoring.audit import AuditLog
 
     forward = Destination.parse(args.forward) if args.forward else None
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
@@ -377,7 +298,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 def _web_url(url: str, flag: str) -> None:
     """``ValueError`` naming ``flag`` unless ``url`` is an http(s) URL with a host (``alert.check_url``)."""
-    from pneumolens.alert import check_url
+    from pneumolens.monitoring.alert import check_url
 
     try:
         check_url(url)
@@ -387,8 +308,8 @@ def _web_url(url: str, flag: str) -> None:
 
 def _dicomweb_service(args: argparse.Namespace):
     """``--dicomweb-port``'s service, its flags checked before the model loads (None without it)."""
-    from pneumolens.credentials import TokenFile
-    from pneumolens.dicomweb_service import DicomwebService
+    from pneumolens.integration.credentials import TokenFile
+    from pneumolens.integration.dicomweb_service import DicomwebService
 
     if args.dicomweb_port is None:
         for given, flag in (
@@ -413,9 +334,9 @@ def _dicomweb_service(args: argparse.Namespace):
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from pneumolens.audit import AuditLog
-    from pneumolens.send_on import SendOn
-    from pneumolens.watch import Watcher
+    from pneumolens.integration.send_on import SendOn
+    from pneumolens.integration.watch import Watcher
+    from pneumolens.monitoring.audit import AuditLog
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -451,148 +372,9 @@ def _make_folders(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
                 raise ValueError(f"{flag} {folder}: cannot create the folder ({e.strerror or e})") from None
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from pneumolens.audit import AuditLog, format_table, parse_since, write_csv
-
-    audit = AuditLog(args.db)
-    if args.verify:
-        report = audit.verify()
-        print(report)
-        return 0 if report.problem is None else 1
-    if args.prune_before:
-        before = parse_since(args.prune_before, "--prune-before")
-        removed = audit.prune(before)
-        note = "; the removal is recorded in the trail" if removed else ""
-        print(f"removed {removed} row(s) dated before {before.isoformat(timespec='seconds')}{note}")
-        return 0
-    since = parse_since(args.since) if args.since else None
-    if args.device and not args.drift:
-        raise ValueError("--device chooses the inputs of --drift; give --drift too")
-    if args.notify and not (args.drift or args.agreement):
-        raise ValueError("--notify sends the alert of --drift or --agreement; give one of them too")
-    floors = {rate: getattr(args, f"min_{rate}") for rate in FLOOR_RATES if getattr(args, f"min_{rate}")}
-    if floors and not args.agreement:
-        raise ValueError("--min-sensitivity and --min-specificity are floors for --agreement; give --agreement too")
-    if args.agreement:
-        return _agreement(audit, since, floors, args.notify, args.min_reads, args.by)
-    if args.drift:
-        from pneumolens.alert import alert_text, check_url
-        from pneumolens.monitor import drift_in
-
-        if args.notify:
-            check_url(args.notify)
-        report = drift_in(audit, parse_since(args.drift, "--drift"), since, args.alpha, args.device)  # too few: exit 2
-        print(report)
-        if args.notify:  # the drift sets the exit status whether or not its alert gets through
-            text = alert_text(report, args.device) if report.drift else None
-            _alert(audit, args.notify, text, report.as_dict())
-        return 1 if report.drift else 0
-    rows = audit.rows(since=since)
-    if args.csv:
-        write_csv(rows, sys.stdout)
-    else:
-        print(format_table(rows))
-        print(f"{len(rows)} row(s)", file=sys.stderr)
-    return 0
-
-
-def _agreement(audit, since, floors: dict[str, float], url: str | None, min_reads: int, by: str) -> int:
-    """``audit --agreement``: the table; with floors, exit status 1 (and the alert to ``url``) when a
-    rate is credibly below its floor, else 2 when a floor has fewer than ``min_reads`` reads to test."""
-    from pneumolens.agreement import agreement_in, check_floors
-
-    if url:
-        from pneumolens.alert import check_url
-
-        check_url(url)
-    found = agreement_in(audit, since)
-    print(found.render(by))
-    low, untested = check_floors(found.table(by), floors, min_reads)
-    for line in low:
-        print(f"BELOW FLOOR: {line}")
-    for line in untested:
-        print(f"too few reads: {line}")
-    if url:  # the shortfall sets the exit status whether or not its alert gets through
-        import socket
-
-        host = socket.gethostname()
-        text = f"pneumolens agreement alert on {host}: " + "; ".join(low) + " (against the readers' reads)"
-        _alert(
-            audit,
-            url,
-            text if low else None,
-            {"rows": found.table(by), "below_floor": low, "unmatched": found.unmatched},
-        )
-    return 1 if low else (2 if untested else 0)
-
-
-def _alert(audit, url: str, text: str | None, report: dict) -> None:
-    """Send the alerts an earlier run could not deliver, then this one (``text``; None: none), keeping
-    it when it cannot be delivered (``pneumolens.alert.deliver``)."""
-    from pneumolens.alert import deliver, outbox_for
-
-    said, problems = deliver(url, text, report, outbox_for(audit.url))
-    for line in said:
-        print(line)
-    for line in problems:
-        print(f"pneumolens audit: {line}", file=sys.stderr)
-
-
-def cmd_review(args: argparse.Namespace) -> int:
-    from pneumolens.audit import AuditLog, sha256_bytes
-
-    if args.csv is not None:
-        return _review_file(args)
-    if sum(x is not None for x in (args.image, args.sha256, args.study)) != 1:
-        raise ValueError("name what was read: an IMAGE file, --sha256 HEX or --study UID (one of them), or --csv")
-    if args.label is None:
-        raise ValueError("--label: give the read, NORMAL or PNEUMONIA")
-    digest = args.sha256
-    if args.image is not None:
-        path = Path(args.image)
-        if not path.is_file():
-            raise FileNotFoundError(f"{args.image}: no such file")
-        digest = sha256_bytes(path.read_bytes())
-    if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ValueError(f"--sha256 {digest!r}: give the 64 hex digits the audit trail lists")
-    try:
-        found = AuditLog(args.db).review(args.label, input_sha256=digest, study_uid=args.study)
-    except LookupError as e:
-        print(f"pneumolens review: {e}", file=sys.stderr)
-        return 1
-    verdict = "agrees with" if found["decision"] == args.label else "differs from"
-    print(
-        f"recorded: the read {args.label} {verdict} the model's call {found['decision']} "
-        f"(p={found['probability']:.3f}, {found['time']}, model {str(found['model_sha256'])[:12]})"
-    )
-    return 0
-
-
-def _review_file(args: argparse.Namespace) -> int:
-    """``review --csv FILE``: every row checked first, then each recorded; exit status 1 when some
-    name nothing the trail holds (listed by row)."""
-    from pneumolens.agreement import read_reads, record_reads
-    from pneumolens.audit import AuditLog
-
-    if any(x is not None for x in (args.image, args.sha256, args.study, args.label)):
-        raise ValueError("--csv holds the reads: drop IMAGE, --sha256, --study and --label")
-    path = Path(args.csv)
-    if not path.is_file():
-        raise FileNotFoundError(f"--csv {args.csv}: no such file")
-    recorded, missing = record_reads(AuditLog(args.db), read_reads(path))
-    print(f"recorded {recorded} read(s)")
-    if missing:
-        rows = ", ".join(map(str, missing))
-        print(
-            f"pneumolens review: {len(missing)} row(s) name nothing the audit trail holds: rows {rows}", file=sys.stderr
-        )
-        return 1
-    return 0
-
-
 def cmd_pull(args: argparse.Namespace) -> int:
-    from pneumolens.dicom_node import Destination, tls_context
-    from pneumolens.dicom_pull import MODALITIES, Pacs, date_range
+    from pneumolens.integration.dicom_node import Destination, tls_context
+    from pneumolens.integration.dicom_pull import MODALITIES, Pacs, date_range
 
     if bool(args.pacs) == bool(args.dicomweb):
         raise ValueError("name the PACS once: --pacs AE_TITLE@host:port (DIMSE) or --dicomweb URL (DICOMweb)")
@@ -629,7 +411,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def _pull_found(q, args: argparse.Namespace, dates: str, modalities: tuple[str, ...], source: str, doing: str) -> int:
     """The studies ``q`` (a ``Pacs`` or a ``WebPacs``) finds pulled, unless more than ``--limit``
     match; 1 when a study had a problem."""
-    from pneumolens.dicom_pull import pull_studies
+    from pneumolens.integration.dicom_pull import pull_studies
 
     studies = sorted(q.studies(dates, args.study or ()), key=lambda study: study.date)
     if len(studies) > args.limit:
@@ -643,9 +425,9 @@ def _pull_found(q, args: argparse.Namespace, dates: str, modalities: tuple[str, 
 
 def _pull_dicomweb(args: argparse.Namespace, dates: str) -> int:
     """``pull --dicomweb``: QIDO-RS and WADO-RS, then the images into --get or by STOW-RS to --to-url."""
-    from pneumolens.credentials import TokenFile
-    from pneumolens.dicom_pull import MODALITIES
-    from pneumolens.dicomweb_pull import WebPacs
+    from pneumolens.integration.credentials import TokenFile
+    from pneumolens.integration.dicom_pull import MODALITIES
+    from pneumolens.integration.dicomweb_pull import WebPacs
 
     for flag, url in (("--dicomweb", args.dicomweb), ("--to-url", args.to_url)):
         if url:
@@ -673,8 +455,8 @@ def _pull_dicomweb(args: argparse.Namespace, dates: str) -> int:
 
 def _query_retrieve(args: argparse.Namespace):
     """``listen --qr``: the node's results served to C-FIND, C-GET and C-MOVE (``--qr-dest``)."""
-    from pneumolens.dicom_node import Destination, tls_context
-    from pneumolens.dicom_qr import QueryRetrieve, ResultStore
+    from pneumolens.integration.dicom_node import Destination, tls_context
+    from pneumolens.integration.dicom_qr import QueryRetrieve, ResultStore
 
     if not args.qr:
         if args.qr_dest or args.qr_dest_tls:

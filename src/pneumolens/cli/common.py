@@ -78,3 +78,7 @@ def engine_for(model: str | None):
     from pneumolens.service.settings import Settings
 
     return Engine(Settings(**({"model": model} if model else {})))
+
+
+def db_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", help="audit database, a SQLAlchemy URL (default: $PNEUMOLENS_AUDIT_URL or SQLite)")

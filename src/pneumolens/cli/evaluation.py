@@ -191,7 +191,7 @@ def _dicom_objects(args: argparse.Namespace) -> int:
     from pneumolens.checkpoint import atomic_write
     from pneumolens.data.dicom import is_dicom
     from pneumolens.data.images import read_image
-    from pneumolens.dicom_node import result_objects
+    from pneumolens.integration.dicom_node import result_objects
 
     path = Path(args.image)
     if not path.is_file():

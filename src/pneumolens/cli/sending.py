@@ -101,8 +101,8 @@ SMART_FLAGS = ("--fhir-client-id", "--fhir-key", "--fhir-token-url", "--fhir-sco
 
 def _smart(args: argparse.Namespace) -> dict | None:
     """SmartAuth's arguments from ``--fhir-client-id`` and the flags that go with it, or None."""
-    from pneumolens.alert import check_url
-    from pneumolens.smart_auth import DEFAULT_SCOPE, load_key
+    from pneumolens.integration.smart_auth import DEFAULT_SCOPE, load_key
+    from pneumolens.monitoring.alert import check_url
 
     if not args.fhir_client_id:
         for flag in SMART_FLAGS[1:]:
@@ -148,10 +148,10 @@ def stow_flags(parser: argparse.ArgumentParser) -> None:
 
 def stow_outbox_of(args: argparse.Namespace):
     """The DICOMweb outbox of ``listen`` (``--stow-url``), every flag checked before the model loads."""
-    from pneumolens.alert import check_url
-    from pneumolens.credentials import TokenFile
-    from pneumolens.outbox import Outbox
-    from pneumolens.stow_outbox import StowSender
+    from pneumolens.integration.credentials import TokenFile
+    from pneumolens.integration.outbox import Outbox
+    from pneumolens.integration.stow_outbox import StowSender
+    from pneumolens.monitoring.alert import check_url
 
     if not args.stow_url:
         for flag, value in (("--stow-token-file", args.stow_token_file), ("--stow-ca", args.stow_ca)):
@@ -177,10 +177,10 @@ def stow_outbox_of(args: argparse.Namespace):
 
 def fhir_outbox_of(args: argparse.Namespace):
     """The FHIR outbox of ``listen`` or ``watch`` (``--fhir-url``), every flag checked before the model loads."""
-    from pneumolens.alert import check_url
-    from pneumolens.credentials import TokenFile
-    from pneumolens.fhir_outbox import FhirSender
-    from pneumolens.outbox import Outbox
+    from pneumolens.integration.credentials import TokenFile
+    from pneumolens.integration.fhir_outbox import FhirSender
+    from pneumolens.integration.outbox import Outbox
+    from pneumolens.monitoring.alert import check_url
 
     if not args.fhir_url:
         for flag in ("--fhir-token-file", "--fhir-ca", *SMART_FLAGS):
@@ -212,8 +212,8 @@ def fhir_outbox_of(args: argparse.Namespace):
 def hl7_outbox_of(args: argparse.Namespace):
     """The HL7 outbox of ``listen`` or ``watch`` (``--hl7-to``) and the receiver for MSH-5/6, checked
     before the model loads."""
-    from pneumolens.hl7_outbox import MllpSender
-    from pneumolens.outbox import Outbox
+    from pneumolens.integration.hl7_outbox import MllpSender
+    from pneumolens.integration.outbox import Outbox
 
     if not args.hl7_to:
         if args.hl7_tls:
@@ -234,7 +234,7 @@ def hl7_outbox_of(args: argparse.Namespace):
 
 def _hl7_tls(args: argparse.Namespace):
     """The TLS context for ``--hl7-to`` (``--hl7-tls``), or None for plain TCP."""
-    from pneumolens.hl7_outbox import client_tls
+    from pneumolens.integration.hl7_outbox import client_tls
 
     own = (args.hl7_tls_ca, args.hl7_tls_cert, args.hl7_tls_key)
     if not args.hl7_tls:
@@ -263,7 +263,7 @@ def path_or_none(value: str | None) -> Path | None:
 def cmd_fhir_key(args: argparse.Namespace) -> int:
     import json
 
-    from pneumolens.smart_auth import jwks, load_key, new_key
+    from pneumolens.integration.smart_auth import jwks, load_key, new_key
 
     key = new_key(args.key) if args.create else load_key(args.key, flag="")
     print(json.dumps(jwks(key), indent=1))
@@ -273,7 +273,7 @@ def cmd_fhir_key(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from pneumolens.outbox import find, requeue, summary
+    from pneumolens.integration.outbox import find, requeue, summary
 
     folder = find(Path(args.folder))
     if args.requeue:

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger("pneumolens.credentials")
+log = logging.getLogger("pneumolens.integration.credentials")
 
 
 class BearerAuth:

@@ -6,15 +6,15 @@ default of ``pneumolens.explain``) over it and a burned-in caption ("AI first re
 0.93, above operating point; not a diagnosis"), in the same study (Study Instance UID) and a new
 series, so a PACS viewer files it beside the original. It can
 forward each result to another node (C-STORE SCU). With ``sr=True`` (``--sr``) it also writes a
-DICOM Structured Report of each result (``pneumolens.dicom_report``), for a PACS or RIS to read, and
+DICOM Structured Report of each result (``pneumolens.integration.dicom_report``), for a PACS or RIS to read, and
 with ``gsps=True`` (``--gsps``) a Grayscale Softcopy Presentation State that outlines the map on the
-original image (``pneumolens.dicom_presentation``), and with ``seg=True`` (``--seg``) the map's graded
-values as a fractional Segmentation (``pneumolens.dicom_segmentation``); with ``fhir`` (``--fhir DIR``)
-each result is also a FHIR Observation in a folder (``pneumolens.fhir``), and with ``fhir_outbox``
+original image (``pneumolens.integration.dicom_presentation``), and with ``seg=True`` (``--seg``) the map's graded
+values as a fractional Segmentation (``pneumolens.integration.dicom_segmentation``); with ``fhir`` (``--fhir DIR``)
+each result is also a FHIR Observation in a folder (``pneumolens.integration.fhir``), and with ``fhir_outbox``
 (``--fhir-url``) the Observation and a DiagnosticReport go to a FHIR server; with ``hl7``
-(``--hl7 DIR``) each result is an HL7 v2 ORU^R01 message (``pneumolens.hl7v2``), and with
+(``--hl7 DIR``) each result is an HL7 v2 ORU^R01 message (``pneumolens.integration.hl7v2``), and with
 ``hl7_outbox`` (``--hl7-to``) it goes to a RIS over MLLP; both stored and forwarded
-(``pneumolens.outbox``). A
+(``pneumolens.integration.outbox``). A
 dataset that cannot be read gets a failure status; the node keeps serving. Every result and refusal
 goes to the audit trail with a salted hash of the Study Instance UID; patient identifiers are
 copied into the result objects (the PACS needs them to file them) but never into logs or the audit
@@ -62,21 +62,21 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumolens.audit import AuditLog, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of, uid_file_name
 from pneumolens.data.images import ImageReadError, read_image
 from pneumolens.data.scope import dataset_flags
-from pneumolens.dicom_qr import FIND as QR_FIND
-from pneumolens.dicom_qr import GET as QR_GET
-from pneumolens.dicom_qr import MOVE as QR_MOVE
-from pneumolens.dicom_qr import PATIENT_ROOT, QueryRetrieve
+from pneumolens.integration.dicom_qr import FIND as QR_FIND
+from pneumolens.integration.dicom_qr import GET as QR_GET
+from pneumolens.integration.dicom_qr import MOVE as QR_MOVE
+from pneumolens.integration.dicom_qr import PATIENT_ROOT, QueryRetrieve
+from pneumolens.integration.outbox import Outbox
+from pneumolens.integration.send_on import SendOn
 from pneumolens.lungs.flags import BORDERLINE_FLAG, GREY_LUNGS_FLAG, check_flags
-from pneumolens.outbox import Outbox
-from pneumolens.send_on import SendOn
+from pneumolens.monitoring.audit import AuditLog, sha256_bytes
 
 if TYPE_CHECKING:  # the DICOMweb service (FastAPI) is imported only by a node that serves it
-    from pneumolens.dicomweb_service import DicomwebService
+    from pneumolens.integration.dicomweb_service import DicomwebService
 
 log = logging.getLogger(__name__)
 
@@ -254,17 +254,17 @@ def result_objects(
     filed_in = str(ds.StudyInstanceUID)
     results = [secondary_capture(ds, rgb, series_for(filed_in, "OT"), caption)]
     if sr:
-        from pneumolens.dicom_report import structured_report
+        from pneumolens.integration.dicom_report import structured_report
 
         series = series_for(filed_in, "SR")
         results += _optional("structured report", lambda: structured_report(ds, result, series))
     if gsps:
-        from pneumolens.dicom_presentation import presentation_state
+        from pneumolens.integration.dicom_presentation import presentation_state
 
         series = series_for(filed_in, "PR")
         results += _optional("presentation state", lambda: presentation_state(ds, result, series, caption))
     if seg:
-        from pneumolens.dicom_segmentation import segmentation
+        from pneumolens.integration.dicom_segmentation import segmentation
 
         series = series_for(filed_in, "SEG")
         results += _optional("segmentation", lambda: segmentation(ds, result, series))

@@ -1,6 +1,6 @@
 """The map as a switchable overlay on the original image: a Grayscale Softcopy Presentation State.
 
-The Secondary Capture (``pneumolens.dicom_node``) burns the map into a copy of the X-ray; a viewer
+The Secondary Capture (``pneumolens.integration.dicom_node``) burns the map into a copy of the X-ray; a viewer
 shows it as another image. ``pneumolens listen --gsps`` also writes, per image, a **GSPS** that
 references the original: opened with it, a PACS viewer draws on the radiologist's own image, at its
 full resolution and with its own window, and the overlay can be switched off.
@@ -14,7 +14,7 @@ full resolution and with its own window, and the overlay can be switched off.
 The display follows the original: its window (or, without one, the stretch of the stored range that
 pneumolens reads it with) and, for MONOCHROME1 images, an inverse presentation LUT, so the image
 looks as it does without the overlay. The same outlines go into the Structured Report (``--sr``) as
-image regions (``pneumolens.dicom_report``).
+image regions (``pneumolens.integration.dicom_report``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def presentation_state(original: Dataset, result: dict[str, Any], series_uid: st
     ``series_uid``."""
     import highdicom as hd
 
-    from pneumolens.dicom_report import clean_header, equipment
+    from pneumolens.integration.dicom_report import clean_header, equipment
 
     reference = clean_header(original)  # identity, patient and study, malformed values left out
     for keyword in DISPLAY:

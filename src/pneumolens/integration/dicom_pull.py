@@ -28,7 +28,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from pneumolens.checkpoint import atomic_write
-from pneumolens.dicom_node import (
+from pneumolens.integration.dicom_node import (
     ACCEPTED,
     OUT_OF_RESOURCES,
     SUCCESS,
@@ -36,7 +36,7 @@ from pneumolens.dicom_node import (
     Destination,
     uid_file_name,
 )
-from pneumolens.dicom_qr import FIND, GET, MOVE  # Study Root Query/Retrieve: the node serves them too
+from pneumolens.integration.dicom_qr import FIND, GET, MOVE  # Study Root Query/Retrieve: the node serves them too
 
 # pynetdicom logs each C-FIND answer's identifier at INFO (UIDs, and names if a PACS sends them): pull
 # says in its own words what it found, and pynetdicom only what went wrong.
@@ -262,7 +262,7 @@ def pull_studies(
 ) -> int:
     """Move each study's series of ``modalities`` to ``destination`` (or get them, when ``pacs`` was
     opened with ``get_into``), saying a line per study and a total; with ``dry_run`` nothing moves.
-    ``pacs`` may also be a ``pneumolens.dicomweb_pull.WebPacs``, which answers the same calls over
+    ``pacs`` may also be a ``pneumolens.integration.dicomweb_pull.WebPacs``, which answers the same calls over
     DICOMweb. Returns how many studies had a problem."""
     kinds = " or ".join(modalities)
     verb = "retrieved" if pacs.retrieve == GET else "moved"

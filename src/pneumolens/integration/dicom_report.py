@@ -39,7 +39,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from pneumolens.dicom_node import PATIENT_AND_STUDY
+from pneumolens.integration.dicom_node import PATIENT_AND_STUDY
 from pneumolens.lungs.flags import CAUTIONS, check_flags
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -58,7 +58,7 @@ def _code(value: str, scheme: str, meaning: str):
 
 def map_region_code():
     """The private code of "where the map supports the call" (not where a finding lies): the SR's
-    image regions and the segmentation's segment (``pneumolens.dicom_segmentation``)."""
+    image regions and the segmentation's segment (``pneumolens.integration.dicom_segmentation``)."""
     return _code("map-region", PRIVATE_SCHEME, MAP_REGION_MEANING)
 
 

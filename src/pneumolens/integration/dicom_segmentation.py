@@ -46,7 +46,7 @@ def segmentation(original: Dataset, result: dict[str, Any], series_uid: str) -> 
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from pneumolens.dicom_report import PRIVATE_SCHEME, clean_header, equipment, map_region_code
+    from pneumolens.integration.dicom_report import PRIVATE_SCHEME, clean_header, equipment, map_region_code
 
     fraction = support_fraction(result["explanation"].heatmap)
     if fraction is None:

@@ -4,7 +4,7 @@ rather than DIMSE (many cloud archives speak nothing else).
 QIDO-RS finds the studies of the dates asked (or the Study Instance UIDs given) and their series;
 WADO-RS retrieves each CR or DX series, and each image is written to ``--get DIR`` as received, or
 stored by STOW-RS at ``--to-url`` (a running ``pneumolens listen --dicomweb-port``, which reads it
-as if the modality had sent it). ``WebPacs`` answers as ``pneumolens.dicom_pull.Pacs`` does, so that
+as if the modality had sent it). ``WebPacs`` answers as ``pneumolens.integration.dicom_pull.Pacs`` does, so that
 ``pull_studies`` says the same lines for either. What it prints names no patient and no UID; a
 service that cannot be reached or refuses is named with its HTTP status.
 """
@@ -19,10 +19,10 @@ import requests
 from pydicom.dataset import Dataset
 
 from pneumolens.checkpoint import atomic_write
-from pneumolens.credentials import BearerAuth, TokenFile
-from pneumolens.dicom_node import uid_file_name
-from pneumolens.dicom_pull import GET, MODALITIES, MOVE, Moved, Series, Study
-from pneumolens.stow_outbox import web_client  # also silences dicomweb-client's log, which prints the token
+from pneumolens.integration.credentials import BearerAuth, TokenFile
+from pneumolens.integration.dicom_node import uid_file_name
+from pneumolens.integration.dicom_pull import GET, MODALITIES, MOVE, Moved, Series, Study
+from pneumolens.integration.stow_outbox import web_client  # also silences dicomweb-client's log, which prints the token
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 60.0

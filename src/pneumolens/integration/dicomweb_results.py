@@ -5,14 +5,14 @@ DICOMweb viewer or archive.
 Search: ``GET /dicomweb/studies``, ``/dicomweb/studies/{study}/series`` and
 ``/dicomweb/studies/{study}/series/{series}/instances``, with attribute keys by keyword or tag
 (``PatientID=123``, ``00100020=123``, ``StudyDate=20261201-20261207``, a comma-separated list of
-UIDs; matched as C-FIND matches them, ``pneumolens.dicom_qr``), ``includefield``, ``limit`` and
+UIDs; matched as C-FIND matches them, ``pneumolens.integration.dicom_qr``), ``includefield``, ``limit`` and
 ``offset``; each answer (DICOM
 JSON) holds the level's default attributes, those asked for, and a ``RetrieveURL``. Retrieve:
 ``GET`` the study, series or instance (``multipart/related; type="application/dicom"``, the files
 as the node wrote them) or its ``/metadata`` (the headers in DICOM JSON, the pixel data as a
 ``BulkDataURI``); an instance's ``/frames/{list}``, ``/bulkdata/7FE00010``, ``/rendered``,
 ``/frames/{n}/rendered`` and ``/thumbnail``, and a study's or series' ``/thumbnail`` (its film, else
-its first image; ``pneumolens.dicomweb_pixels``). An unknown
+its first image; ``pneumolens.integration.dicomweb_pixels``). An unknown
 attribute or parameter is answered 400, a resource the node does not hold 404, a media type it
 cannot give 406. The results hold patient identifiers, as they do over DIMSE: the log gives counts
 only.
@@ -32,10 +32,10 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
-from pneumolens import dicomweb_pixels as pixels
-from pneumolens.dicom_qr import QueryRetrieve, responses
+from pneumolens.integration import dicomweb_pixels as pixels
+from pneumolens.integration.dicom_qr import QueryRetrieve, responses
 
-log = logging.getLogger("pneumolens.dicomweb_results")
+log = logging.getLogger("pneumolens.integration.dicomweb_results")
 MEDIA_TYPE = "application/dicom+json"
 # the attributes each level answers with unasked (PS3.18 table 10.6.3-3, those the node's files hold)
 DEFAULT_KEYS = {

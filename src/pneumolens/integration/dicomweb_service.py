@@ -15,7 +15,7 @@ with 500. A request is split as it arrives, each instance spooled to a temporary
 come and parsed: never held whole in memory. The node's TLS (``--tls-cert``, ``--tls-key``,
 ``--tls-ca``) guards this port too.
 The answer names instances by UID only; the log names none. With ``--qr`` the same port also
-serves the node's results to QIDO-RS and WADO-RS (``pneumolens.dicomweb_results``).
+serves the node's results to QIDO-RS and WADO-RS (``pneumolens.integration.dicomweb_results``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 
-from pneumolens.credentials import TokenFile, bearer
+from pneumolens.integration.credentials import TokenFile, bearer
 
-log = logging.getLogger("pneumolens.dicomweb_service")
+log = logging.getLogger("pneumolens.integration.dicomweb_service")
 MEDIA_TYPE = "application/dicom+json"
 CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_MISMATCH = 0xC000, 0xA700, 0xA901
 MAX_REQUEST_MB = 512
@@ -187,8 +187,8 @@ def create_app(
     cors: tuple[str, ...] = (),
     url: str | None = None,
 ) -> FastAPI:
-    """The STOW-RS routes over ``node`` (a ``pneumolens.dicom_node.Node``), and with its ``qr`` the
-    QIDO-RS and WADO-RS ones of its results (``pneumolens.dicomweb_results``). ``cors``: the web
+    """The STOW-RS routes over ``node`` (a ``pneumolens.integration.dicom_node.Node``), and with its ``qr`` the
+    QIDO-RS and WADO-RS ones of its results (``pneumolens.integration.dicomweb_results``). ``cors``: the web
     origins whose pages may call the service (a viewer such as OHIF served from elsewhere); ``url``:
     the service's own URL as clients reach it (``--dicomweb-url``), for the URLs its answers hold."""
     app = FastAPI(title="pneumolens DICOMweb", openapi_url=None, docs_url=None, redoc_url=None)
@@ -250,7 +250,7 @@ def create_app(
     app.add_api_route("/dicomweb/studies", store, methods=["POST"])
     app.add_api_route("/dicomweb/studies/{study}", store, methods=["POST"])
     if node.qr is not None:  # --qr: the results searched and retrieved too (QIDO-RS, WADO-RS)
-        from pneumolens.dicomweb_results import add_routes
+        from pneumolens.integration.dicomweb_results import add_routes
 
         add_routes(app, node.qr, denied, url)
     return app
@@ -274,7 +274,7 @@ def _read(data: bytes) -> tuple[Dataset, bytes]:
 def _one(node, parts: RelatedParts, i: int, study: str | None) -> tuple[Dataset | None, int | None]:
     """Instance ``i`` of ``parts`` through the node: (its dataset if readable, its failure reason or
     None). Never raises: whatever goes wrong with one instance is that instance's failure, not a 500."""
-    from pneumolens.dicom_node import SUCCESS
+    from pneumolens.integration.dicom_node import SUCCESS
 
     t0 = time.perf_counter()
     data = b""

@@ -22,7 +22,7 @@ against the R4B models of ``fhir.resources``.
 ``transaction`` wraps the Observation with a DiagnosticReport that cites it (``preliminary``,
 category RAD, LOINC 18748-4 "Diagnostic imaging study", the call as its ``conclusion``, SNOMED
 pneumonia as ``conclusionCode`` when the call is pneumonia, the ImagingStudy when there is one) in
-a transaction Bundle, what ``listen --fhir-url`` posts to a FHIR server (``pneumolens.fhir_outbox``)
+a transaction Bundle, what ``listen --fhir-url`` posts to a FHIR server (``pneumolens.integration.fhir_outbox``)
 and ``?format=fhir-bundle`` answers. Both resources carry an identifier derived from the image (its
 SOP Instance UID, else the upload's SHA-256) and the model's weight hash, and each entry is a
 conditional create on it (``ifNoneExist``): a bundle sent again after a lost answer creates nothing

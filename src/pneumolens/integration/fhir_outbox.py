@@ -1,6 +1,6 @@
 """Posting to a FHIR server: ``listen --fhir-url URL`` sends each result there as a transaction
-Bundle (``pneumolens.fhir.transaction``) through an outbox (``pneumolens.outbox``), so none is lost
-while the server is away.
+Bundle (``pneumolens.integration.fhir.transaction``) through an outbox
+(``pneumolens.integration.outbox``), so none is lost while the server is away.
 
 The receiver is the server's base URL. A 2xx answer takes the bundle. No answer, a timeout, HTTP
 401, 403, 408, 429 or 5xx: it waits for the next pass (credentials can be fixed, load goes away).
@@ -10,7 +10,7 @@ creates nothing twice: each entry is a conditional create on its identifier.
 
 Authorisation is a bearer token read from a file (``--fhir-token-file``; never from the command
 line, where ``ps`` shows it) or tokens got by SMART Backend Services (``--fhir-client-id`` and
-``--fhir-key``, ``pneumolens.smart_auth``), renewed once when the server answers 401; no token to
+``--fhir-key``, ``pneumolens.integration.smart_auth``), renewed once when the server answers 401; no token to
 be had (the authorisation server away or refusing the client) keeps the bundle waiting. https is
 checked with the system's or a given CA (``--fhir-ca``, also for the token endpoint). The log
 names the server by scheme, host and port (a URL's query can hold a secret). Standard library only
@@ -23,11 +23,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from pneumolens.alert import exchange, where
-from pneumolens.credentials import TokenFile, bearer
-from pneumolens.fhir import MEDIA_TYPE
-from pneumolens.outbox import Answer
-from pneumolens.smart_auth import AuthError, SmartAuth
+from pneumolens.integration.credentials import TokenFile, bearer
+from pneumolens.integration.fhir import MEDIA_TYPE
+from pneumolens.integration.outbox import Answer
+from pneumolens.integration.smart_auth import AuthError, SmartAuth
+from pneumolens.monitoring.alert import exchange, where
 
 TIMEOUT_S = 30.0
 TRY_AGAIN = frozenset({401, 403, 408, 429})  # answers that may change without the bundle changing (or 5xx)
@@ -47,7 +47,7 @@ class FhirSender:
         self.where = where(self.url)
         self._tls = None
         if self.url.startswith("https:"):  # the server checked against ``ca`` only, else the system's CAs
-            from pneumolens.dicom_node import tls_context
+            from pneumolens.integration.dicom_node import tls_context
 
             self._tls = tls_context(None, None, self.ca, server=False, flags=("", "", "--fhir-ca"))
         self.auth = SmartAuth(self.url, tls=self._tls, **self.smart) if self.smart is not None else None

@@ -1,6 +1,6 @@
 """Sending to a RIS over HL7 v2: ``listen --hl7-to APP@host:port`` sends each result as an ORU^R01
-message (``pneumolens.hl7v2``) over MLLP through an outbox (``pneumolens.outbox``), so none is lost
-while the RIS or its interface engine is away.
+message (``pneumolens.integration.hl7v2``) over MLLP through an outbox
+(``pneumolens.integration.outbox``), so none is lost while the RIS or its interface engine is away.
 
 python-hl7 frames the message on the wire (MLLP) and parses the acknowledgement. ``AA`` or ``CA``
 for this message's control ID takes it. No connection, no answer within ``TIMEOUT_S``, an answer
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import hl7
 from hl7.mllp import open_hl7_connection
 
-from pneumolens.outbox import Answer
+from pneumolens.integration.outbox import Answer
 
 TIMEOUT_S = 30.0
 
@@ -87,9 +87,9 @@ class MllpSender:
 
 
 def client_tls(ca: str | None = None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
-    """TLS to the RIS (``pneumolens.dicom_node.tls_context`` as a client): its certificate checked
+    """TLS to the RIS (``pneumolens.integration.dicom_node.tls_context`` as a client): its certificate checked
     against ``ca`` (default: the system's CAs) and its host name, ``cert`` and ``key`` presented
     when given. Errors name the ``--hl7-tls-*`` flag."""
-    from pneumolens.dicom_node import tls_context
+    from pneumolens.integration.dicom_node import tls_context
 
     return tls_context(cert, key, ca, server=False, flags=("--hl7-tls-cert", "--hl7-tls-key", "--hl7-tls-ca"))

@@ -17,7 +17,7 @@ each status ``P``; local codes of the ``99PNL`` table unless said):
 The patient's identifiers are in the message because a RIS files nothing without them; they are
 never logged. Separators inside a value are escaped (HL7 2.10.4), and the message is written in
 UTF-8 (``MSH-18`` ``UNICODE UTF-8``): a name in any script stays as it is. python-hl7 parses what
-comes back (the ACK) and frames the message on the wire (``pneumolens.hl7_outbox``).
+comes back (the ACK) and frames the message on the wire (``pneumolens.integration.hl7_outbox``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 
 from pneumolens.checkpoint import atomic_write
 
-log = logging.getLogger("pneumolens.outbox")
+log = logging.getLogger("pneumolens.integration.outbox")
 RETRY_EVERY_S = 60.0
 
 

@@ -1,7 +1,7 @@
 """A result sent on to the EHR and the RIS, from the DICOM node and from the watch folder alike:
 a FHIR Observation file (``--fhir DIR``) and its transaction Bundle for a FHIR server
 (``--fhir-url``), and an HL7 v2 ORU^R01 file (``--hl7 DIR``) and message for a RIS
-(``--hl7-to``), the last two through store-and-forward outboxes (``pneumolens.outbox``); and, from
+(``--hl7-to``), the last two through store-and-forward outboxes (``pneumolens.integration.outbox``); and, from
 the node, the DICOM objects it makes to a PACS over DICOMweb (``--stow-url``), through a third.
 
 Only a DICOM input is sent on: its header names the study (and, for HL7, the patient and the order)
@@ -20,10 +20,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from pneumolens.audit import sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import uid_file_name
-from pneumolens.outbox import Outbox
+from pneumolens.integration.outbox import Outbox
+from pneumolens.monitoring.audit import sha256_bytes
 
 
 @dataclass
@@ -49,16 +49,16 @@ class SendOn:
         key = sop or sha256_bytes(data)
         name = uid_file_name(key)
         if self.fhir is not None:
-            from pneumolens.fhir import observation
+            from pneumolens.integration.fhir import observation
 
             text = json.dumps(observation(result, study, sop), indent=1)
             atomic_write(self.fhir / f"{name}.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         if self.fhir_outbox is not None:
-            from pneumolens.fhir import transaction
+            from pneumolens.integration.fhir import transaction
 
             self.fhir_outbox.put(name, json.dumps(transaction(result, key, study, sop)).encode())
         if self.hl7 is not None:
-            from pneumolens.hl7v2 import oru_r01
+            from pneumolens.integration.hl7v2 import oru_r01
 
             message = oru_r01(result, header, self.hl7_receiver).encode("utf-8")
             atomic_write(self.hl7 / f"{name}.hl7", lambda tmp: Path(tmp).write_bytes(message))

@@ -33,7 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from pneumolens.alert import exchange, where
+from pneumolens.monitoring.alert import exchange, where
 
 DEFAULT_SCOPE = "system/Observation.write system/DiagnosticReport.write"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -1,7 +1,7 @@
 """Storing the node's results in a PACS over DICOMweb: ``listen --stow-url URL`` sends each DICOM
 object the node makes (the picture, and the report, presentation state and segmentation when
 asked for) to the service's STOW-RS endpoint (``URL/studies``, PS3.18 10.5), one object per
-request, through an outbox (``pneumolens.outbox``), so none is lost while the PACS is away. Unlike
+request, through an outbox (``pneumolens.integration.outbox``), so none is lost while the PACS is away. Unlike
 ``--forward`` (DIMSE, answered before the modality's C-STORE is), the modality never waits on it.
 
 What the PACS answers decides (PS3.18 table 10.5.3-1, the failure reasons of PS3.4 annex B):
@@ -26,9 +26,9 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from pneumolens.alert import where
-from pneumolens.credentials import BearerAuth, TokenFile
-from pneumolens.outbox import Answer
+from pneumolens.integration.credentials import BearerAuth, TokenFile
+from pneumolens.integration.outbox import Answer
+from pneumolens.monitoring.alert import where
 
 logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL + 1)
 

@@ -6,7 +6,7 @@ Each file is processed when its size and modification time have stayed the same 
 its audit row is written. A crash or kill at any point therefore leaves either both or neither: on
 restart the file is either skipped or processed again from scratch, never counted twice and never
 missed. With ``send_on`` (``--fhir``, ``--fhir-url``, ``--hl7``, ``--hl7-to``) a DICOM file's result
-is also sent on to the EHR and the RIS (``pneumolens.send_on``), queued before that transaction: a
+is also sent on to the EHR and the RIS (``pneumolens.integration.send_on``), queued before that transaction: a
 crash between the two sends it again on restart (the FHIR entries are conditional creates; an HL7
 receiver sees a second message for the image). Files are identified by a hash of their path and
 their content's SHA-256 (no file name is stored: hospital file names often contain patient names);
@@ -26,13 +26,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pneumolens.audit import AuditLog, metadata, sha256_bytes
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import device_of, header_dataset
 from pneumolens.data.images import OUT_OF_SCOPE, ImageReadError, read_image
 from pneumolens.data.scope import header_flags
 from pneumolens.data.sources import image_files
-from pneumolens.send_on import SendOn
+from pneumolens.integration.send_on import SendOn
+from pneumolens.monitoring.audit import AuditLog, metadata, sha256_bytes
 
 log = logging.getLogger(__name__)
 NOTICE = "Decision support only: a first read by a model, to inform a clinician; not a diagnosis."

@@ -104,7 +104,7 @@ def flags_and_measures(mask: np.ndarray, gray: np.ndarray) -> tuple[list[str], d
     """``plausibility_flags`` of the film ``gray`` and its lung ``mask``, and the measures behind them:
     ``lung_area`` (share of the mask), ``lung_median`` (None without lungs), ``noise`` and
     ``detail`` (``pneumolens.lungs.quality``). The audit trail keeps the measures, so that a drift of
-    the inputs shows before it crosses a flag's bound (``pneumolens.monitor``)."""
+    the inputs shows before it crosses a flag's bound (``pneumolens.monitoring.drift``)."""
     from pneumolens.lungs.orientation import OrientationCheck
     from pneumolens.lungs.preprocess import lung_median
     from pneumolens.lungs.quality import quality_flags, quality_measures

@@ -1,6 +1,6 @@
 """How the model's calls agree with the clinicians' reads recorded in the audit trail.
 
-The drift check (``pneumolens.monitor``) watches the inputs and calls without labels; this watches
+The drift check (``pneumolens.monitoring.drift``) watches the inputs and calls without labels; this watches
 the calls against the reads that clinicians record afterwards (``pneumolens review``, ``POST
 /api/v1/review``, the web page's buttons): with the read as the reference, the model's sensitivity,
 specificity, predictive values and agreement, each with a Wilson 95% interval, and Cohen's kappa,
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pneumolens.audit import READS, AuditLog, sha256_bytes
+from pneumolens.monitoring.audit import READS, AuditLog, sha256_bytes
 
 NORMAL, PNEUMONIA = READS
 

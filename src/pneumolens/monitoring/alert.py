@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pneumolens.outbox import Answer, Outbox
+from pneumolens.integration.outbox import Answer, Outbox
 
 if TYPE_CHECKING:
-    from pneumolens.monitor import DriftReport
+    from pneumolens.monitoring.drift import DriftReport
 
 TIMEOUT_S = 10.0
 RETRY_WAITS = (5.0, 30.0)  # seconds before the second and third attempt
@@ -62,7 +62,7 @@ def alert_text(report: DriftReport, device: str | None = None) -> str:
 
 def outbox_for(db_url: str) -> Path:
     """Where undelivered alerts wait: beside a SQLite audit database, else in pneumolens' data folder."""
-    from pneumolens.audit import default_dir
+    from pneumolens.monitoring.audit import default_dir
 
     if db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
         return Path(db_url.removeprefix("sqlite:///")).parent / "alerts-outbox"
@@ -71,7 +71,7 @@ def outbox_for(db_url: str) -> Path:
 
 @dataclass
 class WebhookSender:
-    """One POST of a kept alert (``pneumolens.outbox``): taken on 2xx, else kept for the next run."""
+    """One POST of a kept alert (``pneumolens.integration.outbox``): taken on 2xx, else kept for the next run."""
 
     url: str
     kind: str = "alert"

@@ -9,7 +9,7 @@ database (or in ``$PNEUMOLENS_AUDIT_SALT``), so the hash cannot be reversed by h
 without it.
 
 A clinician's read of an image or study (``review``) is a row too (source ``review``, decision
-``reviewed``, the read in ``reader_label``), chained like the rest; ``pneumolens.agreement`` pairs
+``reviewed``, the read in ``reader_label``), chained like the rest; ``pneumolens.monitoring.agreement`` pairs
 the reads with the calls.
 
 The store is an embedded SQLite file by default; any SQLAlchemy URL can replace it
@@ -388,7 +388,7 @@ class AuditLog:
 
     def review_rows(self, since: datetime | None = None) -> list[dict]:
         """The reviews dated at or after ``since`` (all without it) and, of any date, the rows of the
-        images and studies they name, oldest first: what ``pneumolens.agreement`` pairs, read without
+        images and studies they name, oldest first: what ``pneumolens.monitoring.agreement`` pairs, read without
         the rest of the trail."""
         c = predictions.c
         recent = [c.source == "review"]

@@ -33,7 +33,7 @@ from pneumolens.data.images import OUT_OF_SCOPE
 from pneumolens.lungs.flags import MEASURES, MESSAGES, check_flags
 
 if TYPE_CHECKING:
-    from pneumolens.audit import AuditLog
+    from pneumolens.monitoring.audit import AuditLog
 
 CALLED, NOT_CALLED = "PNEUMONIA", "NORMAL"
 MIN_PREDICTIONS = 30  # fewer in a window and no comparison is made: the tests could find nothing

@@ -14,13 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pneumolens.agreement import agreement_in
-from pneumolens.audit import AuditLog, parse_since, sha256_bytes
 from pneumolens.data.dicom import device_of, uids_of
 from pneumolens.data.images import ImageReadError
 from pneumolens.data.scope import given_age
 from pneumolens.explain.explainer import METHODS
-from pneumolens.monitor import TooFewFilms, drift_in
+from pneumolens.monitoring.agreement import agreement_in
+from pneumolens.monitoring.audit import AuditLog, parse_since, sha256_bytes
+from pneumolens.monitoring.drift import TooFewFilms, drift_in
 from pneumolens.service.engine import Engine
 from pneumolens.service.schemas import NOTICE, Error, Prediction, Review, ReviewRequest
 from pneumolens.service.settings import Settings
@@ -197,17 +197,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 device=device_of(data),
             )
         if fmt == "fhir":
-            from pneumolens.fhir import MEDIA_TYPE, observation
+            from pneumolens.integration.fhir import MEDIA_TYPE, observation
 
             return JSONResponse(observation(result, *uids_of(data)), media_type=MEDIA_TYPE)
         if fmt == "hl7":
             from pneumolens.data.dicom import header_dataset
-            from pneumolens.hl7v2 import MEDIA_TYPE as HL7_MEDIA_TYPE
-            from pneumolens.hl7v2 import oru_r01
+            from pneumolens.integration.hl7v2 import MEDIA_TYPE as HL7_MEDIA_TYPE
+            from pneumolens.integration.hl7v2 import oru_r01
 
             return Response(oru_r01(result, header_dataset(data)), media_type=HL7_MEDIA_TYPE)
         if fmt == "fhir-bundle":
-            from pneumolens.fhir import MEDIA_TYPE, transaction
+            from pneumolens.integration.fhir import MEDIA_TYPE, transaction
 
             study_uid, image_uid = uids_of(data)
             bundle = transaction(result, image_uid or result["input_sha256"], study_uid, image_uid)

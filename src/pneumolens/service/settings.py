@@ -21,5 +21,5 @@ class Settings(BaseSettings):
     request_timeout_s: float = 60.0  # a prediction taking longer is answered 504
     shutdown_grace_s: float = 30.0  # on stop, how long to wait for predictions answered 504 still running
     cors_origins: list[str] = []  # browsers may call the API from these origins; none by default
-    audit: bool = True  # record every prediction in the audit trail (pneumolens.audit)
+    audit: bool = True  # record every prediction in the audit trail (pneumolens.monitoring.audit)
     audit_url: str | None = None  # SQLAlchemy URL; None: $PNEUMOLENS_AUDIT_URL or the default SQLite file
