@@ -26,7 +26,7 @@ run: setup  ## main job: train PRESET on DATA/train, evaluate once on DATA/test,
 	$(VENV)/bin/pneumolens train --data $(DATA) --preset $(PRESET) --out $(RUN)
 	$(VENV)/bin/pneumolens evaluate --model $(RUN) --data $(DATA) --json $(RUN)/test_metrics.json --report $(RUN)/report
 
-recipe: setup  ## rebuild the shipped model's whole recipe from scratch, evaluate once, print its table (~50 min)
+recipe: setup  ## rebuild the shipped model's whole recipe from scratch, evaluate once, print its table (30-60 min on 2 cores)
 	$(PY) benchmarks/default_recipe.py --data $(DATA) --out runs/recipe
 
 browser:  ## install Debian's headless Chromium for the browser test, if missing (needs root)
