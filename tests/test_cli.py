@@ -257,7 +257,7 @@ def test_evaluate_lists_unreadable_files(trained_run, tmp_path, capsys):
     assert "IM-9999-0001.jpeg" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("unit", ["pneumolens-listen.service", "pneumolens-serve.service"])
+@pytest.mark.parametrize("unit", ["pneumolens-listen.service", "pneumolens-serve.service", "pneumolens-orders.service"])
 def test_deploy_units_run_real_commands(unit):
     """The systemd units in deploy/ start pneumolens with flags its parser accepts."""
     import shlex
@@ -272,6 +272,8 @@ def test_deploy_units_run_real_commands(unit):
     assert args.command == unit.split("-")[1].split(".")[0]
     if args.command == "listen":
         assert args.tls_cert and args.tls_key and args.tls_ca and args.allow_aet
+    if args.command == "orders":  # the RIS's orders come in over mutual TLS
+        assert args.tls_cert and args.tls_key and args.tls_ca
 
 
 DOCS = (

@@ -1,6 +1,6 @@
 """Command line: ``pneumolens train | evaluate | calibrate | compare | predict | explain | segment | serve |
-export | ensemble | listen | pull | watch | audit | review | outbox | train-lungs | train-orientation |
-train-age-check``.
+export | ensemble | listen | pull | watch | audit | review | outbox | orders | fhir-key | train-lungs |
+train-orientation | train-age-check``.
 
 The subcommands live in modules by what they are for: ``training`` (making model files),
 ``evaluation`` (reading films with one), ``clinical`` (the model at work in a department),

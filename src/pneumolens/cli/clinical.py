@@ -11,6 +11,7 @@ from pneumolens.cli.common import NOTICE, db_arg, engine_for, positive_int, tls_
 from pneumolens.cli.sending import (
     fhir_outbox_of,
     hl7_outbox_of,
+    orders_of,
     path_or_none,
     say_outboxes,
     send_on_flags,
@@ -239,7 +240,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         raise ValueError(f"--allow-aet {allowed}: an AE title has 1 to 16 characters")
     _make_folders(args, ("--out", "--keep", "--fhir", "--hl7"))  # before the model loads and the port opens
     fhir_outbox, (hl7_outbox, receiver) = fhir_outbox_of(args), hl7_outbox_of(args)
-    stow_outbox = stow_outbox_of(args)
+    stow_outbox, orders = stow_outbox_of(args), orders_of(args)
     web = _dicomweb_service(args)
     qr = _query_retrieve(args)
     engine = engine_for(args.model)
@@ -265,6 +266,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         qr=qr,
         stow_outbox=stow_outbox,
         web=web,
+        orders=orders,
     )
     print(NOTICE, file=sys.stderr)
     who = f"from {', '.join(allowed)} only" if allowed else "from any AE title"
@@ -343,7 +345,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise ValueError(f"{folder}: not a folder")
     _make_folders(args, ("--fhir", "--hl7"))
     fhir_outbox, (hl7_outbox, receiver) = fhir_outbox_of(args), hl7_outbox_of(args)
-    send_on = SendOn(path_or_none(args.fhir), fhir_outbox, path_or_none(args.hl7), hl7_outbox, receiver)
+    send_on = SendOn(
+        path_or_none(args.fhir), fhir_outbox, path_or_none(args.hl7), hl7_outbox, receiver, orders=orders_of(args)
+    )
     watcher = Watcher(
         folder, Path(args.out or folder / "pneumolens-results"), engine_for(args.model), AuditLog(args.db)
     )

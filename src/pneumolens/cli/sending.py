@@ -1,9 +1,11 @@
-"""``pneumolens outbox``, and the flags and outboxes with which ``listen`` and ``watch`` send each
-result on to the EHR (FHIR) and the RIS (HL7 v2)."""
+"""``pneumolens outbox`` and ``orders``, and the flags and outboxes with which ``listen`` and ``watch``
+send each result on to the EHR (FHIR) and the RIS (HL7 v2)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +35,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--create", action="store_true", help="first write a new EC P-384 key to KEY (readable by its owner only)"
     )
     fk.set_defaults(run=cmd_fhir_key)
+
+    od = sub.add_parser(
+        "orders",
+        help="take the RIS's imaging orders (HL7 v2 ORM^O01, OMI^O23, OMG^O19 over MLLP) into an order book, so "
+        "that listen / watch --orders file each ORU^R01 under its order",
+    )
+    od.add_argument("book", help="the order book, an SQLite file (made if missing)")
+    od.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    od.add_argument("--port", type=int, default=2575, help="MLLP port (2575: HL7's registered port)")
+    od.add_argument(
+        "--keep-days",
+        type=float,
+        default=90.0,
+        help="drop orders received more than DAYS ago (default 90; 0 keeps every order)",
+    )
+    tls_flags(
+        od,
+        "--tls",
+        "MLLP over TLS: this listener's PEM certificate",
+        "",
+        "a PEM CA: the RIS must present a certificate it signed (mutual TLS)",
+    )
+    od.set_defaults(run=cmd_orders)
 
 
 def send_on_flags(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +119,12 @@ def send_on_flags(parser: argparse.ArgumentParser) -> None:
         "and presenting --hl7-tls-cert/--hl7-tls-key when given",
     )
     tls_flags(parser, "--hl7-tls", "TLS to the RIS: our PEM client certificate", "the RIS's")
+    parser.add_argument(
+        "--orders",
+        metavar="BOOK",
+        help="file each ORU^R01 of --hl7 under the RIS's order of the image's accession number, from this order "
+        "book (pneumolens orders BOOK); an image without an order goes as before",
+    )
 
 
 SMART_FLAGS = ("--fhir-client-id", "--fhir-key", "--fhir-token-url", "--fhir-scope")
@@ -244,6 +275,55 @@ def _hl7_tls(args: argparse.Namespace):
     if (args.hl7_tls_cert is None) != (args.hl7_tls_key is None):
         raise ValueError("--hl7-tls-cert and --hl7-tls-key go together")
     return client_tls(*own)
+
+
+def orders_of(args: argparse.Namespace):
+    """The order book of ``listen`` or ``watch`` (``--orders``), opened before the model loads."""
+    from pneumolens.integration.hl7_orders import OrderBook
+
+    if not args.orders:
+        return None
+    if not args.hl7:
+        raise ValueError("--orders files the ORU^R01 messages of --hl7 DIR under their orders: give --hl7 too")
+    return OrderBook(args.orders, keep_days=None)  # the reader keeps what ``orders`` keeps
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    from pneumolens.integration.dicom_node import tls_context
+    from pneumolens.integration.hl7_orders import OrderBook, serve
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port}: expected 1-65535")
+    if args.keep_days < 0:
+        raise ValueError(f"--keep-days {args.keep_days}: expected 0 (keep every order) or more")
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
+        raise ValueError("--tls-cert and --tls-key go together (and --tls-ca needs them)")
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    try:
+        Path(args.book).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{args.book}: cannot create its folder ({e.strerror or e})") from None
+    book = OrderBook(args.book, keep_days=args.keep_days or None)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            server = await serve(book, args.host, args.port, tls)
+        except OSError as e:
+            raise ValueError(
+                f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})"
+            ) from None
+        transport = "TLS" if tls else "plain TCP"
+        print(f"taking orders on {args.host}:{args.port} (MLLP, {transport}) into {args.book}", file=sys.stderr)
+        async with server:
+            await stop.wait()
+
+    asyncio.run(run())
+    print(f"stopped; {len(book)} order(s) in {args.book}", file=sys.stderr)
+    return 0
 
 
 def say_outboxes(fhir_outbox, hl7_outbox, stow_outbox=None) -> None:

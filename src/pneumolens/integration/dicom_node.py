@@ -70,6 +70,7 @@ from pneumolens.integration.dicom_qr import FIND as QR_FIND
 from pneumolens.integration.dicom_qr import GET as QR_GET
 from pneumolens.integration.dicom_qr import MOVE as QR_MOVE
 from pneumolens.integration.dicom_qr import PATIENT_ROOT, QueryRetrieve
+from pneumolens.integration.hl7_orders import OrderBook
 from pneumolens.integration.outbox import Outbox
 from pneumolens.integration.send_on import SendOn
 from pneumolens.lungs.flags import BORDERLINE_FLAG, GREY_LUNGS_FLAG, check_flags
@@ -397,10 +398,11 @@ class Node:
     qr: QueryRetrieve | None = None  # serve the results in ``out`` to C-FIND, C-GET and C-MOVE (``--qr``)
     stow_outbox: Outbox | None = None  # and store them in a PACS over DICOMweb (STOW-RS; store and forward)
     web: DicomwebService | None = None  # also take images over DICOMweb (STOW-RS) on another port
+    orders: OrderBook | None = None  # the RIS's orders (``pneumolens orders``): each ORU goes under its order
 
     def __post_init__(self) -> None:
         self.send_on = SendOn(
-            self.fhir, self.fhir_outbox, self.hl7, self.hl7_outbox, self.hl7_receiver, self.stow_outbox
+            self.fhir, self.fhir_outbox, self.hl7, self.hl7_outbox, self.hl7_receiver, self.stow_outbox, self.orders
         )
 
     def series_for(self, study_uid: str, modality: str = "OT") -> str:

@@ -3,8 +3,13 @@ than DICOM or FHIR (``listen --hl7 DIR``, ``listen --hl7-to APP@host:port``).
 
 The message files under the study's order, as a RIS matches results: ``PID`` carries the patient's
 ID (with its issuer), name, birth date and sex from the image's header, ``ORC`` (order control
-``RE``) and ``OBR`` the accession number as the filler order number, and ``OBR`` the study's date
-and time and result status ``P`` (preliminary: nobody has verified it). The observations (``OBX``,
+``RE``) and ``OBR`` the accession number as the filler order number and in ``OBR-18`` (placer
+field 1, as IHE's Scheduled Workflow has it), and ``OBR`` the study's date and time and result
+status ``P`` (preliminary: nobody has verified it). When the RIS sent the order
+(``pneumolens.integration.hl7_orders``), ``ORC`` and ``OBR`` carry its placer and filler order
+numbers, ``OBR-4`` the procedure ordered and ``ORC-12`` / ``OBR-16`` the ordering provider, as it
+wrote them, unless the order names another patient than the image (then the message goes as
+without an order, and ``PNLNOTE`` says why). The observations (``OBX``,
 each status ``P``; local codes of the ``99PNL`` table unless said):
 
 1. ``PNLCALL`` (ST): "pneumonia suspected" or "no pneumonia suspected", abnormal flag ``A`` or ``N``;
@@ -22,6 +27,7 @@ comes back (the ACK) and frames the message on the wire (``pneumolens.integratio
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from datetime import UTC, datetime
@@ -29,7 +35,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from pneumolens.integration.hl7_orders import Order
 from pneumolens.lungs.flags import describe
+
+log = logging.getLogger(__name__)
 
 VERSION = "2.5.1"
 MEDIA_TYPE = "application/hl7-v2; charset=utf-8"  # what HL7 v2 over HTTP commonly declares (ER7 encoding)
@@ -78,10 +87,12 @@ def oru_r01(
     ds: Dataset | None = None,
     receiver: str = "",
     control_id: str | None = None,
+    order: Order | None = None,
 ) -> str:
     """``result`` (``Engine.analyse``) as an ORU^R01 message, each segment ended by a carriage
     return. ``ds``: the DICOM header of the image read (patient, order, study); ``receiver``:
-    ``APP`` or ``APP^FACILITY`` for MSH-5 and MSH-6; ``control_id``: MSH-10 (default: a new one)."""
+    ``APP`` or ``APP^FACILITY`` for MSH-5 and MSH-6; ``control_id``: MSH-10 (default: a new one);
+    ``order``: the RIS's order of the image's accession number, when it sent one."""
     model = result["model"]
     probability, threshold = float(result["probability"]), float(result["threshold"])
     called = probability >= threshold
@@ -99,10 +110,22 @@ def oru_r01(
     pid = f"PID|1||{pid_3}||{_name(ds)}||{birth}|{sex}"
     when = _date(_header(ds, "StudyDate"), r"\d{8}") + _date(_header(ds, "StudyTime").split(".")[0], r"\d{4,6}")
     accession = _esc(_header(ds, "AccessionNumber"))
-    orc = f"ORC|RE||{accession}"  # observations to follow, for the order the accession number names
-    obr = ["OBR", "1", "", accession, "18748-4^Diagnostic imaging study^LN", "", ""]
-    obr += [when] + [""] * 14 + [now, "", "", "P"]  # OBR-7 observation time, OBR-22 status change, OBR-25 status
     notes = ["AI first read to inform a clinician's reading: decision support, not a diagnosis."]
+    if order and not order.is_for(patient_id):  # a wrong accession number on the film, or a merged patient
+        log.warning("the RIS's order of an image's accession number names another patient: sent without the order")
+        notes.append("The RIS's order of this accession number names another patient: not filed under it.")
+        order = None
+    # the order's values are ER7 as the RIS wrote them (escapes included), so they go in as they are
+    placer, filler = (order.placer, order.filler or accession) if order else ("", accession)
+    provider = order.provider if order else ""
+    # observations to follow (RE), for the order the accession number names; ORC-12 the ordering provider
+    orc = f"ORC|RE|{placer}|{filler}" + (f"{'|' * 9}{provider}" if provider else "")
+    service = (order.service if order else "") or "18748-4^Diagnostic imaging study^LN"
+    obr = ["OBR", "1", placer, filler, service, "", ""]
+    obr += [when] + [""] * 14 + [now, "", "", "P"]  # OBR-7 observation time, OBR-22 status change, OBR-25 status
+    obr[16], obr[18] = provider, accession  # OBR-16 ordering provider, OBR-18 placer field 1
+    if order and order.cancelled:
+        notes.append(f"The RIS cancelled or discontinued this order (ORC-1 {order.control}) before this result.")
     if flags:
         notes.append(f"{describe(flags)} (flags: {', '.join(flags)})")
     words = "pneumonia suspected" if called else "no pneumonia suspected"

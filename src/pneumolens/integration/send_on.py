@@ -1,7 +1,8 @@
 """A result sent on to the EHR and the RIS, from the DICOM node and from the watch folder alike:
 a FHIR Observation file (``--fhir DIR``) and its transaction Bundle for a FHIR server
 (``--fhir-url``), and an HL7 v2 ORU^R01 file (``--hl7 DIR``) and message for a RIS
-(``--hl7-to``), the last two through store-and-forward outboxes (``pneumolens.integration.outbox``); and, from
+(``--hl7-to``), filed under the RIS's order when ``orders`` received it (``--orders``), the last
+two through store-and-forward outboxes (``pneumolens.integration.outbox``); and, from
 the node, the DICOM objects it makes to a PACS over DICOMweb (``--stow-url``), through a third.
 
 Only a DICOM input is sent on: its header names the study (and, for HL7, the patient and the order)
@@ -13,6 +14,8 @@ its own files and queued messages rather than adding to them.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +25,11 @@ from pydicom.dataset import Dataset
 
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import uid_file_name
+from pneumolens.integration.hl7_orders import Order, OrderBook
 from pneumolens.integration.outbox import Outbox
 from pneumolens.monitoring.audit import sha256_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +40,7 @@ class SendOn:
     hl7_outbox: Outbox | None = None  # and send it to a RIS over MLLP (needs ``hl7``)
     hl7_receiver: str = ""  # MSH-5 and MSH-6 of those messages: APP or APP^FACILITY
     stow_outbox: Outbox | None = None  # the node's DICOM objects, to a PACS's STOW-RS service
+    orders: OrderBook | None = None  # the RIS's orders (``pneumolens orders``): the ORU goes under its order
 
     @property
     def active(self) -> bool:
@@ -60,10 +67,23 @@ class SendOn:
         if self.hl7 is not None:
             from pneumolens.integration.hl7v2 import oru_r01
 
-            message = oru_r01(result, header, self.hl7_receiver).encode("utf-8")
+            message = oru_r01(result, header, self.hl7_receiver, order=self._order(header)).encode("utf-8")
             atomic_write(self.hl7 / f"{name}.hl7", lambda tmp: Path(tmp).write_bytes(message))
             if self.hl7_outbox is not None:
                 self.hl7_outbox.put(name, message)
+
+    def _order(self, header: Dataset) -> Order | None:
+        """The RIS's order of ``header``'s accession number; None without one (or when the order book
+        cannot be read: the result goes without its order rather than not at all)."""
+        if self.orders is None:
+            return None
+        try:
+            return self.orders.find(str(header.get("AccessionNumber", "") or ""))
+        except (sqlite3.Error, OSError) as e:
+            log.warning(
+                "the order book %s could not be read (%s): the result goes without its order", self.orders.path, e
+            )
+            return None
 
     def store(self, name: str, encoded: bytes) -> None:
         """Queue one DICOM object the node made (a Part 10 file's bytes) for the PACS (``--stow-url``)."""

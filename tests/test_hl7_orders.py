@@ -1,0 +1,282 @@
+"""The RIS's orders over HL7 v2 (``pneumolens.integration.hl7_orders``, ``pneumolens orders``) and the
+ORU^R01 filed under them (``listen`` / ``watch --orders``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+
+import hl7
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import PATIENT_ID, assert_refused, free_port, make_certificates, make_dicom, real_images, store_then_wait
+from pneumolens.cli import main
+from pneumolens.data.images import read_image
+from pneumolens.integration.hl7_orders import Order, OrderBook, OrderError, parse_orders, patient_hash, serve, take
+from pneumolens.integration.hl7_outbox import MllpSender, client_tls
+from pneumolens.integration.hl7v2 import oru_r01
+
+MODEL = {"name": "pneumolens-default", "version": "9.9", "sha256": "ab" * 32}
+RESULT = {"probability": 0.8123, "threshold": 0.384, "flags": [], "model": MODEL}
+
+
+def segment(name: str, *fields: str) -> str:
+    return "|".join((name, *fields))
+
+
+def obr(placer="PL1^RIS", filler="FI1^PACS", service="CXR1^Chest 1 view^L", provider="", accession="ACC1"):
+    """An OBR with OBR-2, -3, -4, -16 and -18 (placer field 1: the accession number in IHE's ORM)."""
+    fields = [""] * 18
+    fields[0], fields[1], fields[2], fields[3], fields[15], fields[17] = (
+        "1",
+        placer,
+        filler,
+        service,
+        provider,
+        accession,
+    )
+    return segment("OBR", *fields)
+
+
+def orc(control="NW", placer="PL1^RIS", filler="FI1^PACS", provider=""):
+    fields = [""] * 12
+    fields[0], fields[1], fields[2], fields[11] = control, placer, filler, provider
+    return segment("ORC", *fields)
+
+
+def message(kind="ORM^O01", version="2.3.1", control_id="m1", *segments: str) -> str:
+    msh = f"MSH|^~\\&|RIS|HOSP|PNEUMOLENS|RAD|20261207120000||{kind}|{control_id}|P|{version}"
+    return "\r".join([msh, f"PID|1||{PATIENT_ID}^^^HOSP||Testperson^Alice", *segments]) + "\r"
+
+
+ORM = message("ORM^O01", "2.3.1", "m1", orc(provider="1234^Smith^John"), obr())
+OMI = message(
+    "OMI^O23^OMI_O23",
+    "2.5.1",
+    "m2",
+    orc("NW", "PL2", "FI2"),
+    "TQ1|1",
+    obr("PL2", "FI2", "CXR2^Chest 2 views^L", "5678^Who^Ann", accession="not-this"),
+    "IPC|ACC2A^^^|RP2|1.2.3|SPS1",
+    "IPC|ACC2B|RP2|1.2.3|SPS2",
+)
+
+
+def test_orders_are_read_from_orm_and_omi():
+    _, (order,) = parse_orders(ORM)
+    ordered = ("ACC1", "PL1^RIS", "FI1^PACS", "CXR1^Chest 1 view^L", "1234^Smith^John", "NW")
+    assert order == Order(*ordered, patient=patient_hash(PATIENT_ID))  # the patient ID's hash, not the ID
+    assert PATIENT_ID not in repr(order) and order.is_for(PATIENT_ID + " ") and not order.is_for("SOMEONE-ELSE")
+    assert order.is_for("") and Order("A").is_for("ANYONE")  # nothing to compare: filed
+    _, orders = parse_orders(OMI)  # one order per IPC, its accession number from IPC-1, not OBR-18
+    assert [o.accession for o in orders] == ["ACC2A", "ACC2B"]
+    assert {(o.placer, o.filler, o.service, o.provider) for o in orders} == {
+        ("PL2", "FI2", "CXR2^Chest 2 views^L", "5678^Who^Ann")  # ORC-12 empty: OBR-16
+    }
+    two = message("ORM^O01", "2.4", "m3", orc("CA", "P3", "F3"), obr("", "", accession="A3"), orc("NW", "P4"), obr())
+    _, (cancel, new) = parse_orders(two)  # two order groups in one message
+    assert (cancel.accession, cancel.placer, cancel.cancelled) == ("A3", "P3", True)
+    assert (new.accession, new.placer, new.filler, new.cancelled) == ("ACC1", "P4", "FI1^PACS", False)
+    _, (escaped,) = parse_orders(message("ORM^O01", "2.3", "m4", orc(), obr(accession="A\\F\\1")))
+    assert escaped.accession == "A|1"  # unescaped, as the DICOM header holds it
+    assert parse_orders(ORM.replace("\r", "\r\n"))[1] == [order]  # segments ended by CR LF, as some senders do
+
+
+@pytest.mark.parametrize(
+    "text, code, where, words",
+    [
+        (message("ADT^A01", "2.5", "x", "PV1|1"), "AR", "MSH^1^9", "ADT^A01 is not an order message"),
+        ("MSH|^~\\#|RIS|H|P|R|2026||ORM^O01|x|P|2.3\rORC|NW\r", "AR", "MSH^1^2", "encoding characters"),
+        (message("ORM^O01", "2.3", "x", orc(), obr(accession="")), "AE", "OBR^1^18", "no accession number in OBR-18"),
+        (
+            message("OMI^O23", "2.5", "x", orc(), obr(), "IPC|A1", "IPC||RP"),
+            "AE",
+            "IPC^2^1",
+            "OBR 1: no accession number in IPC-1",
+        ),
+        (message("ORM^O01", "2.3", "x", obr()), "AE", "ORC", "has no ORC before it"),
+        (message("ORM^O01", "2.3", "x", orc()), "AE", "OBR", "without an OBR segment"),
+    ],
+)
+def test_a_message_without_a_usable_order_is_answered_with_the_field(tmp_path, text, code, where, words):
+    with pytest.raises(OrderError, match=words.replace("^", r"\^")) as e:
+        parse_orders(text)
+    assert (e.value.code, e.value.where) == (code, where)
+    book = OrderBook(tmp_path / "orders.db")
+    answer = hl7.parse(take(book, text))
+    assert str(answer.segment("MSA")(1)) == code and str(answer.segment("MSA")(2)) == "x"
+    assert str(answer.segment("ERR")(2)) == where and str(answer.segment("ERR")(4)) == "E"
+    assert len(book) == 0  # nothing half-stored
+    assert take(book, "not HL7 at all") == ""  # no MSH to answer: the listener hangs up
+
+
+def test_the_book_keeps_the_latest_order_per_accession_number_and_drops_old_ones(tmp_path):
+    book = OrderBook(tmp_path / "orders.db", keep_days=30)
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    book.put([Order("OLD", "p0")], now - timedelta(days=40))
+    book.put([Order("ACC1", "p1"), Order("ACC2", "p2")], now - timedelta(days=15))
+    assert book.find("OLD") is not None  # 25 days old then: dropped only as orders come 30 days after it
+    book.put([Order("ACC1", "p1b", control="XO")], now)  # a changed order replaces the first
+    assert book.find("OLD") is None and len(book) == 2
+    assert (book.find(" ACC1 ").placer, book.find("ACC1").control) == ("p1b", "XO")  # DICOM pads with spaces
+    assert book.find("") is None and book.find("ACC9") is None
+    assert OrderBook(tmp_path / "orders.db").find("ACC2").placer == "p2"  # on disk, for another process
+    (tmp_path / "junk.db").write_text("not a database, " * 100)
+    with pytest.raises(ValueError, match="junk.db: cannot open it as an order book"):
+        OrderBook(tmp_path / "junk.db")
+
+
+def test_the_oru_goes_under_the_order_and_says_when_it_was_cancelled():
+    ds = pydicom.Dataset()
+    ds.PatientID, ds.AccessionNumber = PATIENT_ID, "ACC1"
+    _, (order,) = parse_orders(ORM)
+    msg = hl7.parse(oru_r01(RESULT, ds, "RIS", order=order))
+    orc_, obr_ = msg.segment("ORC"), msg.segment("OBR")
+    assert [str(orc_(i)) for i in (1, 2, 3, 12)] == ["RE", "PL1^RIS", "FI1^PACS", "1234^Smith^John"]
+    assert [str(obr_(i)) for i in (2, 3, 4, 16, 18)] == [
+        "PL1^RIS",
+        "FI1^PACS",
+        "CXR1^Chest 1 view^L",
+        "1234^Smith^John",
+        "ACC1",
+    ]
+    assert str(obr_(25)) == "P" and str(msg.segment("PID")(3)) == PATIENT_ID  # the rest as without an order
+    notes = {str(s(3)(1)(1)): str(s(5)) for s in msg.segments("OBX")}["PNLNOTE"]
+    assert "cancelled" not in notes
+    cancelled = hl7.parse(oru_r01(RESULT, ds, order=Order("ACC1", "PL1", control="CA")))
+    obx = {str(s(3)(1)(1)): str(s(5)) for s in cancelled.segments("OBX")}
+    assert "cancelled or discontinued this order (ORC-1 CA)" in obx["PNLNOTE"]
+    assert str(cancelled.segment("OBR")(3)) == "ACC1"  # no filler number in the order: the accession number
+    ds.PatientID = "SOMEONE-ELSE"  # the film's accession number is another patient's order
+    other = hl7.parse(oru_r01(RESULT, ds, order=order))
+    assert [str(other.segment("ORC")(i)) for i in (2, 3)] == ["", "ACC1"]  # not filed under it
+    obx = {str(s(3)(1)(1)): str(s(5)) for s in other.segments("OBX")}
+    assert "order of this accession number names another patient" in obx["PNLNOTE"]
+    plain = hl7.parse(oru_r01(RESULT, ds))  # no order: as before, the accession number as filler number
+    assert [str(plain.segment("ORC")(i)) for i in (2, 3)] == ["", "ACC1"]
+    assert str(plain.segment("OBR")(4)) == "18748-4^Diagnostic imaging study^LN"
+
+
+class Listener:
+    """``serve`` on an event loop of its own thread."""
+
+    def __init__(self, book: OrderBook):
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.server = asyncio.run_coroutine_threadsafe(serve(book, "127.0.0.1", 0), self.loop).result(5)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def close(self):
+        async def shut():
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_the_listener_acknowledges_over_mllp_once_the_orders_are_stored(tmp_path, caplog):
+    book = OrderBook(tmp_path / "orders.db")
+    listener = Listener(book)
+    try:
+        send = MllpSender("127.0.0.1", listener.port, timeout=5)
+        with caplog.at_level("INFO", logger="pneumolens.integration.hl7_orders"):
+            assert send(ORM.encode()).outcome == "delivered" and send(OMI.encode()).outcome == "delivered"
+            no_accession = message("ORM^O01", "2.3", "m5", orc(), obr(accession="")).encode()
+            assert send(no_accession).outcome == "retry"  # AE: the RIS may mend it and send it again
+            refused = send(message("ADT^A01", "2.5", "m6").encode())
+            assert refused.outcome == "rejected" and b"MSA|AR|m6" in refused.body
+            latin = message("ORM^O01", "2.3", "m7", orc(provider="9^Müller^Jörg"), obr(accession="ACC7"))
+            assert send(latin.encode("latin-1")).outcome == "delivered"  # 8859/1, not UTF-8
+        assert len(book) == 4 and book.find("ACC2B").placer == "PL2" and book.find("ACC7").provider == "9^Müller^Jörg"
+        assert "OMI^O23: 2 order(s) stored (NW)" in caplog.text
+        for value in (PATIENT_ID, "ACC1", "PL1", "Smith"):  # the log holds no value of a message
+            assert value not in caplog.text
+    finally:
+        listener.close()
+
+
+def test_orders_command_takes_orders_over_mutual_tls_and_stops_cleanly(tmp_path, capsys):
+    pem = make_certificates(tmp_path)
+    port, book = free_port(), tmp_path / "book" / "orders.db"
+    cmd = [sys.executable, "-m", "pneumolens.cli", "orders", str(book), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--tls-cert", pem["server"], "--tls-key", pem["server_key"], "--tls-ca", pem["ca"]]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = [proc.stderr.readline()]
+        while "taking orders" not in lines[-1] and lines[-1] and len(lines) < 20:  # up once it says so
+            lines.append(proc.stderr.readline())
+        assert "taking orders on 127.0.0.1:" in lines[-1] and "(MLLP, TLS)" in lines[-1], lines
+        mutual = MllpSender("127.0.0.1", port, timeout=5, tls=client_tls(pem["ca"], pem["client"], pem["client_key"]))
+        assert mutual(ORM.encode()).outcome == "delivered"
+        no_cert = MllpSender("127.0.0.1", port, timeout=5, tls=client_tls(pem["ca"]))
+        assert no_cert(OMI.encode()).outcome == "retry"  # refused at the handshake
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=20)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "stopped; 1 order(s)" in err
+    assert OrderBook(book).find("ACC1").placer == "PL1^RIS"
+    assert_refused(
+        capsys,
+        ["orders", str(tmp_path / "o.db")],
+        [
+            (["--port", "0"], "--port 0: expected 1-65535"),
+            (["--keep-days", "-1"], "--keep-days -1.0"),
+            (["--tls-cert", pem["server"]], "--tls-cert and --tls-key go together"),
+            (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "--tls-cert nope.pem: no such file"),
+        ],
+    )
+
+
+def test_the_watch_folder_files_its_oru_under_the_order(trained_run, tmp_path, capsys):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    gray = read_image(real_images("test", "PNEUMONIA", 1)[0])
+    for name, accession in (("ordered.dcm", "ACC1"), ("unordered.dcm", "ACC404")):
+        path = make_dicom(inbox / name, np.round(gray * 255).astype(np.uint8))
+        ds = pydicom.dcmread(path)
+        ds.AccessionNumber = accession
+        ds.save_as(path)
+    book = OrderBook(tmp_path / "orders.db")
+    take(book, ORM)
+    base = ["watch", str(inbox), "--once", "--model", str(trained_run), "--db", f"sqlite:///{tmp_path / 'a.db'}"]
+    assert_refused(capsys, base, [(["--orders", str(tmp_path / "orders.db")], "--orders files the ORU^R01")])
+    assert main([*base, "--hl7", str(tmp_path / "hl7"), "--orders", str(tmp_path / "orders.db")]) == 0
+    messages = {}
+    for path in (tmp_path / "hl7").glob("*.hl7"):
+        msg = hl7.parse(path.read_text(encoding="utf-8"))
+        messages[str(msg.segment("OBR")(18))] = msg
+    assert sorted(messages) == ["ACC1", "ACC404"]
+    assert [str(messages["ACC1"].segment("ORC")(i)) for i in (2, 3, 12)] == ["PL1^RIS", "FI1^PACS", "1234^Smith^John"]
+    assert str(messages["ACC1"].segment("OBR")(4)) == "CXR1^Chest 1 view^L"
+    assert [str(messages["ACC404"].segment("ORC")(i)) for i in (2, 3)] == ["", "ACC404"]  # no order: as before
+
+
+def test_the_running_node_files_its_oru_under_the_order_and_goes_on_without_a_readable_book(trained_run, tmp_path):
+    from pneumolens.integration.dicom_node import Node
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    book = OrderBook(tmp_path / "orders.db")
+    take(book, OMI)
+    node = Node(Engine(Settings(model=str(trained_run))), None, tmp_path / "out", hl7=tmp_path / "hl7", orders=book)
+    pixels = np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    sent = pydicom.dcmread(make_dicom(tmp_path / "x.dcm", pixels))
+    sent.AccessionNumber = "ACC2B"
+    kept = tmp_path / "hl7" / f"{sent.SOPInstanceUID}.hl7"
+    store_then_wait(node, sent, kept.is_file)
+    msg = hl7.parse(kept.read_text(encoding="utf-8"))
+    assert [str(msg.segment("ORC")(i)) for i in (2, 3, 12)] == ["PL2", "FI2", "5678^Who^Ann"]
+    assert [str(msg.segment("OBR")(i)) for i in (4, 18)] == ["CXR2^Chest 2 views^L", "ACC2B"]
+    (tmp_path / "orders.db").unlink()  # the book gone (a share unmounted): the result still goes, without it
+    (tmp_path / "orders.db").mkdir()
+    kept.unlink()
+    store_then_wait(node, sent, kept.is_file)
+    assert [str(hl7.parse(kept.read_text(encoding="utf-8")).segment("ORC")(i)) for i in (2, 3)] == ["", "ACC2B"]
