@@ -4,6 +4,7 @@ ORU^R01 filed under them (``listen`` / ``watch --orders``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from conftest import PATIENT_ID, assert_refused, free_port, make_certificates, make_dicom, real_images, store_then_wait
 from pneumolens.cli import main
 from pneumolens.data.images import read_image
+from pneumolens.integration.fhir import observation
 from pneumolens.integration.hl7_orders import Order, OrderBook, OrderError, parse_orders, patient_hash, serve, take
 from pneumolens.integration.hl7_outbox import MllpSender, client_tls
 from pneumolens.integration.hl7v2 import oru_r01
@@ -164,6 +166,34 @@ def test_the_oru_goes_under_the_order_and_says_when_it_was_cancelled():
     assert str(plain.segment("OBR")(4)) == "18748-4^Diagnostic imaging study^LN"
 
 
+def test_the_fhir_resources_are_based_on_the_order_by_its_number(caplog):
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.observation import Observation
+
+    from pneumolens.integration.fhir import transaction
+    from pneumolens.integration.hl7_orders import filed_under
+
+    _, (order,) = parse_orders(ORM)
+    obs = observation(RESULT, "1.2.3", "1.2.3.4", order)
+    Observation.model_validate(obs)  # a valid R4B resource
+    (ref,) = obs["basedOn"]
+    assert ref["type"] == "ServiceRequest" and ref["identifier"]["value"] == "PL1"  # the number, not its namespace
+    assert ref["identifier"]["type"]["coding"][0]["code"] == "PLAC"
+    bundle = transaction(RESULT, "1.2.3.4", "1.2.3", "1.2.3.4", Order("A", filler="F\\T\\1^PACS"))
+    Bundle.model_validate(bundle)
+    for entry in bundle["entry"]:  # the Observation and the DiagnosticReport alike; no placer: the filler
+        assert entry["resource"]["basedOn"][0]["identifier"]["value"] == "F&1"
+        assert entry["resource"]["basedOn"][0]["identifier"]["type"]["coding"][0]["code"] == "FILL"
+    assert "basedOn" not in observation(RESULT, "1.2.3", order=Order("A"))  # no number to cite
+    ds = pydicom.Dataset()
+    ds.PatientID = "SOMEONE-ELSE"
+    with caplog.at_level("WARNING", logger="pneumolens.integration.hl7_orders"):
+        assert filed_under(order, ds) is None and filed_under(order, None) is order  # a JPEG: nobody to compare
+    assert "names another patient" in caplog.text and "SOMEONE" not in caplog.text and "PL1" not in caplog.text
+    ds.PatientID = PATIENT_ID
+    assert filed_under(order, ds) is order and filed_under(None, ds) is None
+
+
 class Listener:
     """``serve`` on an event loop of its own thread."""
 
@@ -246,12 +276,18 @@ def test_the_watch_folder_files_its_oru_under_the_order(trained_run, tmp_path, c
         ds.save_as(path)
     book = OrderBook(tmp_path / "orders.db")
     take(book, ORM)
+    _, (order,) = parse_orders(ORM)
     base = ["watch", str(inbox), "--once", "--model", str(trained_run), "--db", f"sqlite:///{tmp_path / 'a.db'}"]
-    assert_refused(capsys, base, [(["--orders", str(tmp_path / "orders.db")], "--orders files the ORU^R01")])
-    assert main([*base, "--hl7", str(tmp_path / "hl7"), "--orders", str(tmp_path / "orders.db")]) == 0
+    assert_refused(
+        capsys, base, [(["--orders", str(tmp_path / "orders.db")], "--orders files the results of --hl7 or --fhir")]
+    )
+    orders = ["--orders", str(tmp_path / "orders.db")]
+    assert main([*base, "--hl7", str(tmp_path / "hl7"), "--fhir", str(tmp_path / "fhir"), *orders]) == 0
+    based_on = [json.loads(p.read_text()).get("basedOn") for p in sorted((tmp_path / "fhir").glob("*.json"))]
+    assert sorted(map(str, based_on)) == sorted(map(str, [None, [observation(RESULT, order=order)["basedOn"][0]]]))
     messages = {}
     for path in (tmp_path / "hl7").glob("*.hl7"):
-        msg = hl7.parse(path.read_text(encoding="utf-8"))
+        msg = hl7.parse(path.read_bytes().decode("utf-8"))
         messages[str(msg.segment("OBR")(18))] = msg
     assert sorted(messages) == ["ACC1", "ACC404"]
     assert [str(messages["ACC1"].segment("ORC")(i)) for i in (2, 3, 12)] == ["PL1^RIS", "FI1^PACS", "1234^Smith^John"]
@@ -272,11 +308,37 @@ def test_the_running_node_files_its_oru_under_the_order_and_goes_on_without_a_re
     sent.AccessionNumber = "ACC2B"
     kept = tmp_path / "hl7" / f"{sent.SOPInstanceUID}.hl7"
     store_then_wait(node, sent, kept.is_file)
-    msg = hl7.parse(kept.read_text(encoding="utf-8"))
+    msg = hl7.parse(kept.read_bytes().decode("utf-8"))
     assert [str(msg.segment("ORC")(i)) for i in (2, 3, 12)] == ["PL2", "FI2", "5678^Who^Ann"]
     assert [str(msg.segment("OBR")(i)) for i in (4, 18)] == ["CXR2^Chest 2 views^L", "ACC2B"]
     (tmp_path / "orders.db").unlink()  # the book gone (a share unmounted): the result still goes, without it
     (tmp_path / "orders.db").mkdir()
     kept.unlink()
     store_then_wait(node, sent, kept.is_file)
-    assert [str(hl7.parse(kept.read_text(encoding="utf-8")).segment("ORC")(i)) for i in (2, 3)] == ["", "ACC2B"]
+    assert [str(hl7.parse(kept.read_bytes().decode("utf-8")).segment("ORC")(i)) for i in (2, 3)] == ["", "ACC2B"]
+
+
+def test_the_api_answers_under_the_order_and_serve_refuses_a_book_it_cannot_open(trained_run, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from pneumolens.service.app import create_app
+    from pneumolens.service.settings import Settings
+
+    book = OrderBook(tmp_path / "orders.db")
+    take(book, ORM)
+    path = make_dicom(
+        tmp_path / "x.dcm", np.round(read_image(real_images("test", "NORMAL", 1)[0]) * 255).astype(np.uint8)
+    )
+    ds = pydicom.dcmread(path)
+    ds.AccessionNumber = "ACC1"
+    ds.save_as(path)
+    settings = Settings(model=str(trained_run), audit=False, orders=str(tmp_path / "orders.db"))
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/api/v1/predict?explain=false&format=hl7", files={"file": ("x.dcm", path.read_bytes())})
+    assert r.status_code == 200
+    msg = hl7.parse(r.text)
+    assert [str(msg.segment("ORC")(i)) for i in (2, 3)] == ["PL1^RIS", "FI1^PACS"]
+    assert str(msg.segment("PID")(3)) == PATIENT_ID  # the patient from the upload, the order from the book
+    (tmp_path / "junk.db").write_text("not a database, " * 100)
+    assert main(["serve", "--orders", str(tmp_path / "junk.db"), "--model", str(trained_run)]) == 2
+    assert "junk.db: cannot open it as an order book" in capsys.readouterr().err

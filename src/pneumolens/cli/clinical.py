@@ -26,6 +26,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     sv.add_argument("--backend", choices=["torch", "onnx"], default=None)
+    sv.add_argument(
+        "--orders",
+        metavar="BOOK",
+        default=None,
+        help="answer format=hl7 under the RIS's order of a DICOM upload's accession number (pneumolens orders BOOK)",
+    )
     sv.set_defaults(run=cmd_serve)
 
     ln = sub.add_parser("listen", help="DICOM node: give every incoming CR/DX image a first read (C-STORE SCP)")
@@ -199,7 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pneumolens.service.app import create_app
     from pneumolens.service.settings import Settings
 
-    overrides = {k: v for k, v in {"model": args.model, "backend": args.backend}.items() if v is not None}
+    given = {"model": args.model, "backend": args.backend, "orders": args.orders}
+    overrides = {k: v for k, v in given.items() if v is not None}
     print(NOTICE, file=sys.stderr)
     uvicorn.run(create_app(Settings(**overrides)), host=args.host, port=args.port, log_level="info")
     return 0

@@ -122,8 +122,8 @@ def send_on_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--orders",
         metavar="BOOK",
-        help="file each ORU^R01 of --hl7 under the RIS's order of the image's accession number, from this order "
-        "book (pneumolens orders BOOK); an image without an order goes as before",
+        help="file each result of --hl7 (ORU^R01) and --fhir (basedOn) under the RIS's order of the image's "
+        "accession number, from this order book (pneumolens orders BOOK); an image without an order goes as before",
     )
 
 
@@ -283,8 +283,8 @@ def orders_of(args: argparse.Namespace):
 
     if not args.orders:
         return None
-    if not args.hl7:
-        raise ValueError("--orders files the ORU^R01 messages of --hl7 DIR under their orders: give --hl7 too")
+    if not (args.hl7 or args.fhir):
+        raise ValueError("--orders files the results of --hl7 or --fhir under their orders: give one of them too")
     return OrderBook(args.orders, keep_days=None)  # the reader keeps what ``orders`` keeps
 
 

@@ -13,7 +13,9 @@
   Device resource);
 - ``note``: the caution and the check flags in words, and that this is not a diagnosis;
 - ``derivedFrom``: the DICOM image it read (an ImagingStudy identified by its Study Instance UID,
-  the image's SOP Instance UID as the ImagingStudy's own identifier), when the input was DICOM.
+  the image's SOP Instance UID as the ImagingStudy's own identifier), when the input was DICOM;
+- ``basedOn``: the RIS's order (a ServiceRequest identified by its placer order number, type
+  ``PLAC``, else its filler number, ``FILL``), when ``pneumolens orders`` received it.
 
 No patient is named: ``subject`` is left for the interface engine, which knows the patient from
 the study (FHIR allows an Observation without one). Built as a plain dictionary; the tests check it
@@ -33,9 +35,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pneumolens.lungs.flags import describe
+
+if TYPE_CHECKING:
+    from pneumolens.integration.hl7_orders import Order
 
 SNOMED, UCUM = "http://snomed.info/sct", "http://unitsofmeasure.org"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -44,12 +49,16 @@ DICOM_UID = "urn:dicom:uid"  # the identifier system FHIR's ImagingStudy uses fo
 MEDIA_TYPE = "application/fhir+json"
 LOINC, V2_SECTION = "http://loinc.org", "http://terminology.hl7.org/CodeSystem/v2-0074"
 URI = "urn:ietf:rfc:3986"  # identifier system of a URN value (here urn:uuid:...)
+V2_IDENTIFIER = "http://terminology.hl7.org/CodeSystem/v2-0203"  # identifier types: PLAC, FILL
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/pneumolens/pneumolens/fhir")
 
 
-def observation(result: dict[str, Any], study_uid: str | None = None, image_uid: str | None = None) -> dict[str, Any]:
+def observation(
+    result: dict[str, Any], study_uid: str | None = None, image_uid: str | None = None, order: Order | None = None
+) -> dict[str, Any]:
     """``result`` (``Engine.analyse``: probability, threshold, flags, model) as a FHIR R4 Observation;
-    ``study_uid`` and ``image_uid``: the DICOM study and image it read, when it read one."""
+    ``study_uid`` and ``image_uid``: the DICOM study and image it read, when it read one; ``order``:
+    the RIS's order it answers, when one came (``pneumolens.integration.hl7_orders``)."""
     model = result["model"]
     probability, threshold = float(result["probability"]), float(result["threshold"])
     called = probability >= threshold
@@ -93,7 +102,18 @@ def observation(result: dict[str, Any], study_uid: str | None = None, image_uid:
     }
     if study_uid:
         obs["derivedFrom"] = [_study(study_uid, image_uid)]
+    if order is not None and (request := _order(order)):
+        obs["basedOn"] = [request]
     return obs
+
+
+def _order(order: Order) -> dict[str, Any] | None:
+    """A logical reference to the RIS's order (FHIR's ServiceRequest), by the number the RIS gave it."""
+    for kind, code, display in (("placer", "PLAC", "Placer Identifier"), ("filler", "FILL", "Filler Identifier")):
+        if value := order.identifier(kind):
+            number = {"type": {"coding": [{"system": V2_IDENTIFIER, "code": code, "display": display}]}, "value": value}
+            return {"type": "ServiceRequest", "identifier": number}
+    return None
 
 
 def _study(study_uid: str, image_uid: str | None) -> dict[str, Any]:
@@ -112,7 +132,11 @@ def resource_id(kind: str, image_key: str, model_sha256: str) -> str:
 
 
 def diagnostic_report(
-    result: dict[str, Any], observation_ref: str, study_uid: str | None = None, image_uid: str | None = None
+    result: dict[str, Any],
+    observation_ref: str,
+    study_uid: str | None = None,
+    image_uid: str | None = None,
+    order: Order | None = None,
 ) -> dict[str, Any]:
     """The report that carries the Observation at ``observation_ref``: the call in words as its
     conclusion, coded as pneumonia when the model calls it (nothing is coded for a negative call)."""
@@ -145,20 +169,26 @@ def diagnostic_report(
         report["conclusionCode"] = [{"coding": [{"system": SNOMED, "code": "233604007", "display": "Pneumonia"}]}]
     if study_uid:
         report["imagingStudy"] = [_study(study_uid, image_uid)]
+    if order is not None and (request := _order(order)):
+        report["basedOn"] = [request]
     return report
 
 
 def transaction(
-    result: dict[str, Any], image_key: str, study_uid: str | None = None, image_uid: str | None = None
+    result: dict[str, Any],
+    image_key: str,
+    study_uid: str | None = None,
+    image_uid: str | None = None,
+    order: Order | None = None,
 ) -> dict[str, Any]:
     """The Observation and its DiagnosticReport as a FHIR transaction Bundle, each a conditional create
     on its identifier. ``image_key``: what names the image (its SOP Instance UID, or the upload's
     SHA-256)."""
     sha = str(result["model"]["sha256"])
     obs_id, report_id = resource_id("Observation", image_key, sha), resource_id("DiagnosticReport", image_key, sha)
-    obs = observation(result, study_uid, image_uid)
+    obs = observation(result, study_uid, image_uid, order)
     obs["identifier"] = [{"system": URI, "value": obs_id}]
-    report = diagnostic_report(result, obs_id, study_uid, image_uid)
+    report = diagnostic_report(result, obs_id, study_uid, image_uid, order)
     report["identifier"] = [{"system": URI, "value": report_id}]
     return {
         "resourceType": "Bundle",

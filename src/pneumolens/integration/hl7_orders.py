@@ -62,6 +62,10 @@ class Order:
     def cancelled(self) -> bool:
         return self.control in CANCELLED
 
+    def identifier(self, kind: str) -> str:
+        """The ``placer`` or ``filler`` order number itself (the EI's first component, unescaped)."""
+        return _first_component(getattr(self, kind))
+
     def is_for(self, patient_id: str) -> bool:
         """Whether an image of ``patient_id`` (its DICOM Patient ID) may be filed under this order: the
         same patient, or no ID on one side to compare."""
@@ -90,7 +94,10 @@ def _field(segment: hl7.Segment, n: int) -> str:
         return ""
 
 
-def _first_component(value: str, message: hl7.Message) -> str:
+_ER7 = hl7.parse(f"MSH|{ENCODING}|PNEUMOLENS")  # unescapes with the only encoding characters taken
+
+
+def _first_component(value: str, message: hl7.Message = _ER7) -> str:
     """The identifier of an EI value (its first component), unescaped: what a DICOM header holds."""
     return message.unescape(value.split("^")[0]).strip()
 
@@ -238,6 +245,29 @@ class OrderBook:
     def __len__(self) -> int:
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM orders").fetchone()[0])
+
+
+def order_for(book: OrderBook | None, header) -> Order | None:
+    """The order of a DICOM ``header``'s accession number in ``book``; None without a book, an
+    accession number or an order, or when the book cannot be read (logged: the result then goes
+    without its order rather than not at all)."""
+    if book is None or header is None:
+        return None
+    try:
+        return book.find(str(header.get("AccessionNumber", "") or ""))
+    except (sqlite3.Error, OSError) as e:
+        log.warning("the order book %s could not be read (%s): the result goes without its order", book.path, e)
+        return None
+
+
+def filed_under(order: Order | None, header) -> Order | None:
+    """``order``, unless it names another patient than the DICOM ``header`` (then None, and a warning
+    that names no value)."""
+    patient_id = str(header.get("PatientID", "") or "") if header is not None else ""
+    if order is not None and not order.is_for(patient_id):  # a wrong accession number typed, a merged patient
+        log.warning("the RIS's order of an image's accession number names another patient: not filed under it")
+        return None
+    return order
 
 
 def take(book: OrderBook, text: str) -> str:

@@ -27,7 +27,6 @@ comes back (the ACK) and frames the message on the wire (``pneumolens.integratio
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from datetime import UTC, datetime
@@ -37,8 +36,6 @@ from pydicom.dataset import Dataset
 
 from pneumolens.integration.hl7_orders import Order
 from pneumolens.lungs.flags import describe
-
-log = logging.getLogger(__name__)
 
 VERSION = "2.5.1"
 MEDIA_TYPE = "application/hl7-v2; charset=utf-8"  # what HL7 v2 over HTTP commonly declares (ER7 encoding)
@@ -111,8 +108,7 @@ def oru_r01(
     when = _date(_header(ds, "StudyDate"), r"\d{8}") + _date(_header(ds, "StudyTime").split(".")[0], r"\d{4,6}")
     accession = _esc(_header(ds, "AccessionNumber"))
     notes = ["AI first read to inform a clinician's reading: decision support, not a diagnosis."]
-    if order and not order.is_for(patient_id):  # a wrong accession number on the film, or a merged patient
-        log.warning("the RIS's order of an image's accession number names another patient: sent without the order")
+    if order and not order.is_for(patient_id):  # the caller logs it (hl7_orders.filed_under)
         notes.append("The RIS's order of this accession number names another patient: not filed under it.")
         order = None
     # the order's values are ER7 as the RIS wrote them (escapes included), so they go in as they are

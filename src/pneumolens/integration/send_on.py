@@ -14,8 +14,6 @@ its own files and queued messages rather than adding to them.
 from __future__ import annotations
 
 import json
-import logging
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +23,9 @@ from pydicom.dataset import Dataset
 
 from pneumolens.checkpoint import atomic_write
 from pneumolens.data.dicom import uid_file_name
-from pneumolens.integration.hl7_orders import Order, OrderBook
+from pneumolens.integration.hl7_orders import OrderBook, filed_under, order_for
 from pneumolens.integration.outbox import Outbox
 from pneumolens.monitoring.audit import sha256_bytes
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,35 +51,25 @@ class SendOn:
         sop = str(header.get("SOPInstanceUID", "") or "") or None
         key = sop or sha256_bytes(data)
         name = uid_file_name(key)
+        order = order_for(self.orders, header)
+        filed = filed_under(order, header)  # not another patient's (the ORU says so in a note)
         if self.fhir is not None:
             from pneumolens.integration.fhir import observation
 
-            text = json.dumps(observation(result, study, sop), indent=1)
+            text = json.dumps(observation(result, study, sop, filed), indent=1)
             atomic_write(self.fhir / f"{name}.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         if self.fhir_outbox is not None:
             from pneumolens.integration.fhir import transaction
 
-            self.fhir_outbox.put(name, json.dumps(transaction(result, key, study, sop)).encode())
+            bundle = transaction(result, key, study, sop, filed)
+            self.fhir_outbox.put(name, json.dumps(bundle).encode())
         if self.hl7 is not None:
             from pneumolens.integration.hl7v2 import oru_r01
 
-            message = oru_r01(result, header, self.hl7_receiver, order=self._order(header)).encode("utf-8")
+            message = oru_r01(result, header, self.hl7_receiver, order=order).encode("utf-8")
             atomic_write(self.hl7 / f"{name}.hl7", lambda tmp: Path(tmp).write_bytes(message))
             if self.hl7_outbox is not None:
                 self.hl7_outbox.put(name, message)
-
-    def _order(self, header: Dataset) -> Order | None:
-        """The RIS's order of ``header``'s accession number; None without one (or when the order book
-        cannot be read: the result goes without its order rather than not at all)."""
-        if self.orders is None:
-            return None
-        try:
-            return self.orders.find(str(header.get("AccessionNumber", "") or ""))
-        except (sqlite3.Error, OSError) as e:
-            log.warning(
-                "the order book %s could not be read (%s): the result goes without its order", self.orders.path, e
-            )
-            return None
 
     def store(self, name: str, encoded: bytes) -> None:
         """Queue one DICOM object the node made (a Part 10 file's bytes) for the PACS (``--stow-url``)."""

@@ -14,10 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pneumolens.data.dicom import device_of, uids_of
+from pneumolens.data.dicom import device_of, header_dataset, uids_of
 from pneumolens.data.images import ImageReadError
 from pneumolens.data.scope import given_age
 from pneumolens.explain.explainer import METHODS
+from pneumolens.integration.hl7_orders import OrderBook, filed_under, order_for
 from pneumolens.monitoring.agreement import agreement_in
 from pneumolens.monitoring.audit import AuditLog, parse_since, sha256_bytes
 from pneumolens.monitoring.drift import TooFewFilms, drift_in
@@ -50,6 +51,8 @@ def _keep_until_done(running: set[asyncio.Future], work: asyncio.Future) -> None
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     limit = int(settings.max_upload_mb * 1024 * 1024)
+    # opened now, so that a book that cannot be opened stops ``serve`` before the model loads
+    orders = OrderBook(settings.orders, keep_days=None) if settings.orders else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -196,21 +199,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 duration_ms=1000 * result["seconds"],
                 device=device_of(data),
             )
+        if fmt == "json":
+            return result
+        header = header_dataset(data)  # None for a JPEG or PNG
+        order = await run_in_threadpool(order_for, orders, header) if orders else None  # the RIS's (--orders)
+        filed = filed_under(order, header)  # not another patient's (the ORU says so in a note)
         if fmt == "fhir":
             from pneumolens.integration.fhir import MEDIA_TYPE, observation
 
-            return JSONResponse(observation(result, *uids_of(data)), media_type=MEDIA_TYPE)
+            obs = observation(result, *uids_of(data), filed)
+            return JSONResponse(obs, media_type=MEDIA_TYPE)
         if fmt == "hl7":
-            from pneumolens.data.dicom import header_dataset
             from pneumolens.integration.hl7v2 import MEDIA_TYPE as HL7_MEDIA_TYPE
             from pneumolens.integration.hl7v2 import oru_r01
 
-            return Response(oru_r01(result, header_dataset(data)), media_type=HL7_MEDIA_TYPE)
+            return Response(oru_r01(result, header, order=order), media_type=HL7_MEDIA_TYPE)
         if fmt == "fhir-bundle":
             from pneumolens.integration.fhir import MEDIA_TYPE, transaction
 
             study_uid, image_uid = uids_of(data)
-            bundle = transaction(result, image_uid or result["input_sha256"], study_uid, image_uid)
+            key = image_uid or result["input_sha256"]
+            bundle = transaction(result, key, study_uid, image_uid, filed)
             return JSONResponse(bundle, media_type=MEDIA_TYPE)
         return result
 
