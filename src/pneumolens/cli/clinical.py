@@ -30,7 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--orders",
         metavar="BOOK",
         default=None,
-        help="answer format=hl7 under the RIS's order of a DICOM upload's accession number (pneumolens orders BOOK)",
+        help="answer format=hl7, fhir and fhir-bundle under the RIS's order of a DICOM upload's accession number "
+        "(pneumolens orders BOOK)",
     )
     sv.set_defaults(run=cmd_serve)
 

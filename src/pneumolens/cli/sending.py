@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     od = sub.add_parser(
         "orders",
         help="take the RIS's imaging orders (HL7 v2 ORM^O01, OMI^O23, OMG^O19 over MLLP) into an order book, so "
-        "that listen / watch --orders file each ORU^R01 under its order",
+        "that listen, watch and serve --orders file each result under its order",
     )
     od.add_argument("book", help="the order book, an SQLite file (made if missing)")
     od.add_argument("--host", default="0.0.0.0", help="address to listen on")

@@ -23,4 +23,4 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []  # browsers may call the API from these origins; none by default
     audit: bool = True  # record every prediction in the audit trail (pneumolens.monitoring.audit)
     audit_url: str | None = None  # SQLAlchemy URL; None: $PNEUMOLENS_AUDIT_URL or the default SQLite file
-    orders: str | None = None  # an order book (``pneumolens orders``): format=hl7 answers under the RIS's order
+    orders: str | None = None  # an order book (``pneumolens orders``): format=hl7 / fhir answer under the order
