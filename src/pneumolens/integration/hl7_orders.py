@@ -4,9 +4,10 @@ A RIS announces each imaging order before the film is taken: ORM^O01 (HL7 v2.3-2
 OMG^O19 (v2.5 on). ``orders`` listens for them over MLLP and keeps, per accession number, what a
 RIS needs to file the result under the order: the placer and filler order numbers (``ORC-2``,
 ``ORC-3``, else ``OBR-2``, ``OBR-3``), the ordered procedure (``OBR-4``) and the ordering
-provider (``ORC-12``, else ``OBR-16``). ``listen --orders`` and ``watch --orders`` then write
-each ORU^R01 with those values (``pneumolens.integration.hl7v2``) for the image whose DICOM
-Accession Number matches. The accession number is ``IPC-1`` of OMI (one order per ``IPC``
+provider (``ORC-12``, else ``OBR-16``). ``listen``, ``watch`` and ``serve --orders`` then write
+each ORU^R01 with those values (``pneumolens.integration.hl7v2``), and cite the order in the FHIR
+resources' ``basedOn`` (``pneumolens.integration.fhir``), for the image whose DICOM Accession
+Number matches. The accession number is ``IPC-1`` of OMI (one order per ``IPC``
 segment), else ``OBR-18`` (placer field 1, as the IHE Scheduled Workflow profile sends it in
 ORM).
 
@@ -17,8 +18,9 @@ discontinue (``ORC-1`` ``CA``, ``OC``, ``DC``, ``OD``, ``CR``, ``DR``) is kept a
 still filed under the order, with a note that the RIS cancelled it. No patient identifier is
 stored (the ORU takes the patient from the image's header): only a SHA-256 hash of the order's
 patient ID (``PID-3``), so that an image of another patient under the same accession number is not
-filed under the order (its ORU goes without it, and says why). Nothing of a message is logged but
-its type and order-control codes. Values are kept as the RIS wrote them (HL7 escapes
+filed under the order (its results go without it, and the ORU says why). The hash keeps the ID out
+of sight; it does not anonymise it (whoever can list candidate IDs can match them). Nothing of a
+message is logged but its type and order-control codes. Values are kept as the RIS wrote them (HL7 escapes
 included), the first of any repetition.
 """
 
