@@ -92,6 +92,27 @@ def test_orders_are_read_from_orm_and_omi():
 
 
 @pytest.mark.parametrize(
+    "field, text, accessions",
+    [
+        ("OBR-3", ORM, ["FI1"]),  # the filler order number as the accession number, its namespace left out
+        ("ORC-2", ORM, ["PL1"]),
+        ("OBR-18", OMI, ["not-this"]),  # the one field named, IPC segments or not
+        ("IPC-1", OMI, ["ACC2A", "ACC2B"]),
+    ],
+)
+def test_a_site_names_the_field_that_holds_the_accession_number(tmp_path, field, text, accessions):
+    assert [o.accession for o in parse_orders(text, field)[1]] == accessions
+    book = OrderBook(tmp_path / "orders.db")
+    assert str(hl7.parse(take(book, text, field)).segment("MSA")(1)) == "AA"
+    assert all(book.find(a) is not None for a in accessions)
+    with pytest.raises(OrderError, match="no accession number in OBR-3") as e:
+        parse_orders(message("ORM^O01", "2.3", "x", orc(filler=""), obr(filler="")), "OBR-3")
+    assert e.value.where == "OBR^1^3"
+    with pytest.raises(OrderError, match=r"no accession number in IPC-1 \(no IPC segment\)"):
+        parse_orders(ORM, "IPC-1")
+
+
+@pytest.mark.parametrize(
     "text, code, where, words",
     [
         (message("ADT^A01", "2.5", "x", "PV1|1"), "AR", "MSH^1^9", "ADT^A01 is not an order message"),
@@ -253,6 +274,9 @@ def test_orders_command_takes_orders_over_mutual_tls_and_stops_cleanly(tmp_path,
         proc.kill()
     assert proc.returncode == 0 and "stopped; 1 order(s)" in err
     assert OrderBook(book).find("ACC1").placer == "PL1^RIS"
+    with pytest.raises(SystemExit):  # argparse's own refusal of a field it does not offer
+        main(["orders", str(tmp_path / "o.db"), "--accession-field", "PID-3"])
+    assert "invalid choice: 'PID-3'" in capsys.readouterr().err
     assert_refused(
         capsys,
         ["orders", str(tmp_path / "o.db")],

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pneumolens.cli.common import tls_flags
+from pneumolens.integration.hl7_orders import ACCESSION_FIELDS
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +45,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     od.add_argument("book", help="the order book, an SQLite file (made if missing)")
     od.add_argument("--host", default="0.0.0.0", help="address to listen on")
     od.add_argument("--port", type=int, default=2575, help="MLLP port (2575: HL7's registered port)")
+    od.add_argument(
+        "--accession-field",
+        choices=ACCESSION_FIELDS,
+        default="auto",
+        help="where the RIS puts the accession number that the images carry: auto (IPC-1 of OMI, else OBR-18, as "
+        "IHE's Scheduled Workflow has it), or one field, e.g. OBR-3 where the filler order number is the accession "
+        "number",
+    )
     od.add_argument(
         "--keep-days",
         type=float,
@@ -311,7 +320,7 @@ def cmd_orders(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            server = await serve(book, args.host, args.port, tls)
+            server = await serve(book, args.host, args.port, tls, args.accession_field)
         except OSError as e:
             raise ValueError(
                 f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})"

@@ -9,7 +9,8 @@ each ORU^R01 with those values (``pneumolens.integration.hl7v2``), and cite the 
 resources' ``basedOn`` (``pneumolens.integration.fhir``), for the image whose DICOM Accession
 Number matches. The accession number is ``IPC-1`` of OMI (one order per ``IPC``
 segment), else ``OBR-18`` (placer field 1, as the IHE Scheduled Workflow profile sends it in
-ORM).
+ORM), or the one field a site names (``ACCESSION_FIELDS``: ``OBR-3`` where the filler order number
+is the accession number, as many RISs have it).
 
 Each message is answered once its orders are stored (nothing is acknowledged and then lost):
 ``AA``; ``AE`` with an ``ERR`` segment naming the missing field (a resend after the RIS mends it
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 ORDER_TYPES = ("ORM^O01", "OMI^O23", "OMG^O19")
 CANCELLED = frozenset({"CA", "OC", "DC", "OD", "CR", "DR"})  # HL7 table 0119: cancel / discontinue
 ENCODING = "^~\\&"  # the encoding characters this reader takes (MSH-2): every RIS we know sends these
+# where the accession number may be: auto is IPC-1 (one order per IPC), else OBR-18 (IHE)
+ACCESSION_FIELDS = ("auto", "IPC-1", "OBR-18", "OBR-3", "OBR-2", "ORC-3", "ORC-2")
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,9 @@ def message_type(message: hl7.Message) -> str:
     return "^".join((parts + [""])[:2])
 
 
-def parse_orders(text: str) -> tuple[hl7.Message, list[Order]]:
-    """The orders of one ORM^O01, OMI^O23 or OMG^O19 message (ER7 text).
+def parse_orders(text: str, accession: str = "auto") -> tuple[hl7.Message, list[Order]]:
+    """The orders of one ORM^O01, OMI^O23 or OMG^O19 message (ER7 text), the accession number read
+    from the field ``accession`` names (``ACCESSION_FIELDS``).
 
     Raises:
         OrderError: not HL7, not an order message, other encoding characters (AR); an order group
@@ -144,17 +148,25 @@ def parse_orders(text: str) -> tuple[hl7.Message, list[Order]]:
             return
         if orc is None:
             raise OrderError(f"OBR {seen['OBR']} has no ORC before it", "AE", "ORC", "100")
-        accessions = [_first_component(_field(ipc, 1), message) for _, ipc in ipcs] or [
-            _first_component(_field(obr, 18), message)
-        ]
-        if not all(accessions):  # ERL: the segment, its occurrence in the message, the field
-            k = accessions.index("")
-            where, field = (f"IPC^{ipcs[k][0]}^1", "IPC-1") if ipcs else (f"OBR^{seen['OBR']}^18", "OBR-18")
-            raise OrderError(f"OBR {seen['OBR']}: no accession number in {field}", "AE", where)
-        for accession in accessions:
+        if accession == "auto":
+            name, n = ("IPC", 1) if ipcs else ("OBR", 18)
+        else:
+            name, number = accession.split("-")
+            n = int(number)
+        # (ERL: the segment, its occurrence in the message, the field; the field's name; its value)
+        if name == "IPC":
+            found = [(f"IPC^{i}^1", "IPC-1", _first_component(_field(ipc, 1), message)) for i, ipc in ipcs]
+            found = found or [(f"IPC^{seen['IPC'] + 1}^1", "IPC-1 (no IPC segment)", "")]
+        else:
+            holder, count = (obr, seen["OBR"]) if name == "OBR" else (orc, seen["ORC"])
+            found = [(f"{name}^{count}^{n}", f"{name}-{n}", _first_component(_field(holder, n), message))]
+        for where, field, value in found:
+            if not value:
+                raise OrderError(f"OBR {seen['OBR']}: no accession number in {field}", "AE", where)
+        for _, _, value in found:
             orders.append(
                 Order(
-                    accession,
+                    value,
                     placer=_field(orc, 2) or _field(obr, 2),
                     filler=_field(orc, 3) or _field(obr, 3),
                     service=_field(obr, 4),
@@ -272,10 +284,11 @@ def filed_under(order: Order | None, header) -> Order | None:
     return order
 
 
-def take(book: OrderBook, text: str) -> str:
-    """Read one message, store its orders and return the ACK to send (never raises on its content)."""
+def take(book: OrderBook, text: str, accession: str = "auto") -> str:
+    """Read one message, store its orders and return the ACK to send (never raises on its content);
+    ``accession``: where the accession number is (``parse_orders``)."""
     try:
-        message, orders = parse_orders(text)
+        message, orders = parse_orders(text, accession)
     except OrderError as e:
         log.warning("order message refused (%s): %s", e.code, e)
         try:
@@ -293,7 +306,9 @@ def take(book: OrderBook, text: str) -> str:
     return ack(message)
 
 
-async def serve(book: OrderBook, host: str, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+async def serve(
+    book: OrderBook, host: str, port: int, tls: ssl.SSLContext | None = None, accession: str = "auto"
+) -> asyncio.Server:
     """Start the MLLP listener (``asyncio``); each connection may carry any number of messages."""
 
     async def handle(reader, writer) -> None:
@@ -304,7 +319,7 @@ async def serve(book: OrderBook, host: str, port: int, tls: ssl.SSLContext | Non
                     text = block.decode("utf-8")
                 except UnicodeDecodeError:  # MSH-18 8859/1, the other character set RISs send
                     text = block.decode("latin-1")
-                answer = take(book, text)
+                answer = take(book, text, accession)
                 if not answer:
                     log.warning("a block that is not HL7 came in: the connection is closed")
                     break
