@@ -274,6 +274,16 @@ def test_orders_command_takes_orders_over_mutual_tls_and_stops_cleanly(tmp_path,
         proc.kill()
     assert proc.returncode == 0 and "stopped; 1 order(s)" in err
     assert OrderBook(book).find("ACC1").placer == "PL1^RIS"
+    assert main(["orders", str(book), "--find", "ACC1"]) == 0  # what the node would file ACC1's result under
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["placer"], shown["filler"], shown["cancelled"], shown["patient_checked"]) == (
+        "PL1^RIS",
+        "FI1^PACS",
+        False,
+        True,
+    )
+    assert "patient" not in shown and PATIENT_ID not in json.dumps(shown)
+    assert main(["orders", str(book), "--find", "ACC404"]) == 1 and "no order for" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own refusal of a field it does not offer
         main(["orders", str(tmp_path / "o.db"), "--accession-field", "PID-3"])
     assert "invalid choice: 'PID-3'" in capsys.readouterr().err
@@ -285,6 +295,7 @@ def test_orders_command_takes_orders_over_mutual_tls_and_stops_cleanly(tmp_path,
             (["--keep-days", "-1"], "--keep-days -1.0"),
             (["--tls-cert", pem["server"]], "--tls-cert and --tls-key go together"),
             (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "--tls-cert nope.pem: no such file"),
+            (["--find", "ACC1"], "o.db: no such order book"),
         ],
     )
 

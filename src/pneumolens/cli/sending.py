@@ -46,6 +46,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     od.add_argument("--host", default="0.0.0.0", help="address to listen on")
     od.add_argument("--port", type=int, default=2575, help="MLLP port (2575: HL7's registered port)")
     od.add_argument(
+        "--find",
+        metavar="ACCESSION",
+        help="print the order of this accession number from the book as JSON (exit 1 when there is none) and stop; "
+        "no listener is started",
+    )
+    od.add_argument(
         "--accession-field",
         choices=ACCESSION_FIELDS,
         default="auto",
@@ -301,6 +307,8 @@ def cmd_orders(args: argparse.Namespace) -> int:
     from pneumolens.integration.dicom_node import tls_context
     from pneumolens.integration.hl7_orders import OrderBook, serve
 
+    if args.find is not None:
+        return _find_order(Path(args.book), args.find)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port}: expected 1-65535")
     if args.keep_days < 0:
@@ -332,6 +340,24 @@ def cmd_orders(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     print(f"stopped; {len(book)} order(s) in {args.book}", file=sys.stderr)
+    return 0
+
+
+def _find_order(path: Path, accession: str) -> int:
+    """``orders BOOK --find ACCESSION``: what the node would file a result of that study under."""
+    import dataclasses
+    import json
+
+    from pneumolens.integration.hl7_orders import OrderBook
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such order book (pneumolens orders {path} makes it)")
+    order = OrderBook(path, keep_days=None).find(accession)
+    if order is None:
+        print(f"no order for accession number {accession!r} in {path}", file=sys.stderr)
+        return 1
+    shown = {k: v for k, v in dataclasses.asdict(order).items() if k != "patient"}  # the hash says nothing
+    print(json.dumps({**shown, "cancelled": order.cancelled, "patient_checked": bool(order.patient)}, indent=1))
     return 0
 
 
