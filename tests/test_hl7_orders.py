@@ -140,6 +140,23 @@ def test_a_message_without_a_usable_order_is_answered_with_the_field(tmp_path, t
     assert take(book, "not HL7 at all") == ""  # no MSH to answer: the listener hangs up
 
 
+def test_an_order_the_book_cannot_store_is_answered_ae_so_the_ris_sends_it_again(tmp_path, monkeypatch, caplog):
+    import sqlite3
+
+    book = OrderBook(tmp_path / "orders.db")
+
+    def full(orders, now=None):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(book, "put", full)
+    with caplog.at_level("ERROR", logger="pneumolens.integration.hl7_orders"):
+        answer = hl7.parse(take(book, ORM))
+    assert str(answer.segment("MSA")(1)) == "AE" and str(answer.segment("ERR")(3)(1)(1)) == "207"
+    assert "could not store it (OperationalError)" in caplog.text and len(book) == 0
+    monkeypatch.undo()  # the disk has room again: the resend is taken
+    assert str(hl7.parse(take(book, ORM)).segment("MSA")(1)) == "AA" and book.find("ACC1") is not None
+
+
 def test_the_book_keeps_the_latest_order_per_accession_number_and_drops_old_ones(tmp_path):
     book = OrderBook(tmp_path / "orders.db", keep_days=30)
     now = datetime(2026, 12, 7, tzinfo=UTC)
