@@ -201,7 +201,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         if fmt == "json":
             return result
-        header = header_dataset(data)  # None for a JPEG or PNG
+        # the whole header only where it is read: the ORU's patient and order, or the order's lookup
+        header = header_dataset(data) if fmt == "hl7" or orders else None  # None for a JPEG or PNG
         order = await run_in_threadpool(order_for, orders, header) if orders else None  # the RIS's (--orders)
         filed = filed_under(order, header)  # not another patient's (the ORU says so in a note)
         if fmt == "fhir":
