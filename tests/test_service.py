@@ -21,7 +21,7 @@ from conftest import PATIENT_ID, PATIENT_NAME, make_dicom, real_images
 from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
 from pneumolens.data.images import preprocess, read_image
-from pneumolens.export import OnnxModel, export_onnx
+from pneumolens.export import NO_SPINNING, OnnxModel, export_onnx
 from pneumolens.service.app import create_app
 from pneumolens.service.settings import Settings
 
@@ -152,6 +152,8 @@ def test_onnx_agrees_with_torch_on_real_images(trained_run, tmp_path):
         p_torch = torch.sigmoid(loaded.model(torch.from_numpy(x))).numpy()
     p_onnx = 1 / (1 + np.exp(-onnx.logits(x)))
     assert np.abs(p_torch - p_onnx).max() < 1e-4
+    options = onnx.session.get_session_options()  # its threads must not spin against torch's (export.py)
+    assert [options.get_session_config_entry(k) for k in NO_SPINNING] == ["0", "0"]
     export_onnx(loaded, out)  # overwriting an export is atomic and fine
 
 

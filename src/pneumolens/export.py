@@ -52,13 +52,24 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], opset: int = 1
     return out
 
 
+# ONNX Runtime's threads spin after each run, waiting for the next; in pneumolens the next work is the
+# lung segmentation of the next film, in torch, whose threads then share the cores with the spinning
+# ones. On 2 cores that made a film's end-to-end time with the ONNX backend 21-33 ms at the median
+# and 66-78 ms at the 99th percentile, against 14-20 and 19-25 ms without spinning (the model's own
+# call 1.1 against 1.4 ms; batch-64 throughput the same; README, Performance).
+NO_SPINNING = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
 class OnnxModel:
     """An ONNX Runtime session that maps (B, C, S, S) inputs to logits, like the torch model."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        for key in NO_SPINNING:
+            options.add_session_config_entry(key, "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["logit"], {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
