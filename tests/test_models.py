@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -430,3 +431,28 @@ def test_a_halves_network_exports_to_onnx_with_the_same_outputs(tmp_path):
 
     torch.manual_seed(0)
     assert _onnx_gap(ResNetSmall(halves=True).eval(), tmp_path) < 1e-4
+
+
+def test_fused_copy_folds_batch_norm_into_the_convolutions_and_keeps_the_logits():
+    """The shipped network with its batch norms folded in (what LIME and occlusion score) gives the
+    loaded network's logits on real films; the loaded network itself is left as it was."""
+    from conftest import real_images
+    from pneumolens.checkpoint import load_model
+    from pneumolens.data.images import preprocess, read_image
+    from pneumolens.models.fuse import fused_copy
+
+    loaded = load_model(None)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    fused = fused_copy(loaded.model)
+    norms = [m for m in loaded.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) > 10 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    paths = real_images("test", "NORMAL", 3) + real_images("test", "PNEUMONIA", 3)
+    x = torch.from_numpy(np.stack([preprocess(read_image(p), loaded.preprocess) for p in paths]))  # (6, 1, S, S)
+    with torch.inference_mode():
+        want, got = loaded.model(x), fused(x)
+    assert want.abs().max() > 1 and (want - got).abs().max() < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in loaded.model.state_dict().items())
+    training = create_model("resnet_small", in_channels=1, image_size=64).train()  # batch statistics: not folded
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused_copy(training).modules()) == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in training.modules()
+    )

@@ -23,6 +23,7 @@ from pneumolens.lungs.flags import plausibility_flags
 from pneumolens.lungs.masks import attribution_lung_fraction
 from pneumolens.lungs.preprocess import read_box
 from pneumolens.lungs.segment import LungSegmenter
+from pneumolens.models.fuse import fused_copy
 
 METHODS = ("gradcam", "lime", "occlusion")
 # The map the clinical outputs show when none is asked for: on the shipped model's validation films,
@@ -126,10 +127,10 @@ def explain_image(
     segments = weights = None
     if method == "gradcam":
         model_map = attr.gradcam(model, x, sign, layer)
-    elif method == "occlusion":
-        model_map = attr.occlusion(model, x, sign, window, stride)
+    elif method == "occlusion":  # many forward passes: on a copy with batch norm folded in (models.fuse)
+        model_map = attr.occlusion(fused_copy(model), x, sign, window, stride)
     else:
-        model_map, segments, weights = attr.lime(model, x, sign, n_samples=n_samples, seed=seed)
+        model_map, segments, weights = attr.lime(fused_copy(model), x, sign, n_samples=n_samples, seed=seed)
     box = read_box(low, cfg.lungs, cfg.lung_margin, gray.shape)  # what the model read: the map goes there
     heatmap = _to_input_resolution(model_map, gray.shape, box, nearest=method == "lime")
     return Explanation(
