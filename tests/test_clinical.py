@@ -823,6 +823,9 @@ def test_explain_writes_the_node_s_objects_for_a_dicom_file(trained_run, tmp_pat
     segmentation the node would send back, without a node; a JPEG is refused by name."""
     pixels = np.round((1 - read_image(real_images("test", "PNEUMONIA", 1)[0])) * 4095).astype(np.uint16)
     path = make_dicom(tmp_path / "x.dcm", pixels, "MONOCHROME1")
+    adult = pydicom.dcmread(path)
+    adult.PatientAge = "045Y"  # the node's caution from the header, which --dicom-out must give too
+    adult.save_as(path, enforce_file_format=True)
     model = ["--model", str(trained_run)]
     assert main(["explain", str(path), *model, "--dicom-out", str(tmp_path / "out")]) == 0
     written = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
@@ -833,6 +836,7 @@ def test_explain_writes_the_node_s_objects_for_a_dicom_file(trained_run, tmp_pat
     said, drawn = read_structured_report(made["SR"]), read_presentation_state(made["PR"])
     assert said["evidence"] == [original.SOPInstanceUID] and drawn["image"] == original.SOPInstanceUID
     assert drawn["texts"] == [made["OT"].DerivationDescription] and drawn["presentation_lut"] == "INVERSE"
+    assert "check image: older_than_training" in made["OT"].DerivationDescription  # the header's age, as the node
     for outline, region in zip(drawn["outlines"], said["regions"], strict=True):
         np.testing.assert_allclose(outline, region["points"], atol=1e-3)
     graded = read_segmentation(made["SEG"])

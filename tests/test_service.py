@@ -236,3 +236,20 @@ def test_slow_prediction_is_answered_504_and_the_server_goes_on(trained_run, mon
         assert post(c, jpeg_bytes(), explain="false").status_code == 200
     # shutdown waited for the prediction answered 504: no thread is left inside the model at exit
     assert len(finished) == 2
+
+
+def test_the_picture_is_drawn_once_and_encoded_only_when_asked(trained_run):
+    """analyse gives the API's heatmap PNG from the explanation's own picture (the one the DICOM
+    node puts in its Secondary Capture), and none with heatmap_png=False, the node's way."""
+    from pneumolens.service.engine import Engine
+
+    engine = Engine(Settings(model=str(trained_run), audit=False))
+    gray = read_image(real_images("test", "PNEUMONIA", 1)[0])
+    shown = engine.analyse(gray, explain=True, method="gradcam")
+    picture = shown["explanation"].picture
+    assert picture is shown["explanation"].picture  # cached: drawn once
+    sent = Image.open(io.BytesIO(base64.b64decode(shown["heatmap_png"])))
+    assert sent.size == picture.size and np.array_equal(np.asarray(sent.convert("RGB")), np.asarray(picture))
+    quiet = engine.analyse(gray, explain=True, method="gradcam", heatmap_png=False)
+    assert quiet["heatmap_png"] is None and quiet["explanation"] is not None
+    assert quiet["probability"] == shown["probability"] and quiet["regions"] == shown["regions"]

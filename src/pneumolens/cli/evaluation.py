@@ -191,6 +191,7 @@ def _dicom_objects(args: argparse.Namespace) -> int:
     from pneumolens.checkpoint import atomic_write
     from pneumolens.data.dicom import is_dicom
     from pneumolens.data.images import read_image
+    from pneumolens.data.scope import header_flags
     from pneumolens.integration.dicom_node import result_objects
 
     path = Path(args.image)
@@ -202,7 +203,10 @@ def _dicom_objects(args: argparse.Namespace) -> int:
     for flag, value in (("--layer", args.layer), ("--window", args.window), ("--stride", args.stride)):
         if value is not None:
             raise ValueError(f"--dicom-out writes what the node writes, with its map settings: drop {flag}")
-    result = engine_for(args.model).analyse(read_image(path), explain=True, method=args.method)
+    # the header's flags (an adult's age) and no heatmap PNG, as the node reads an image (Node.store)
+    result = engine_for(args.model).analyse(
+        read_image(path), explain=True, method=args.method, from_header=header_flags(path), heatmap_png=False
+    )
     series: dict[str, str] = {}
     made = result_objects(
         pydicom.dcmread(path),

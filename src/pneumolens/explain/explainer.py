@@ -54,6 +54,14 @@ class Explanation:
         return 1.0 if self.label == CLASS_NAMES[1] else -1.0
 
     @cached_property
+    def picture(self) -> Any:
+        """The overlay with its caption bar (``explain.render.explanation_image``, a PIL image), drawn
+        once for every output that shows it (the API's PNG, the DICOM node's Secondary Capture)."""
+        from pneumolens.explain.render import explanation_image
+
+        return explanation_image(self)
+
+    @cached_property
     def outlines(self) -> list[Outline]:
         """The map's strongest regions as outlines on the input image (``explain.outlines.map_outlines``),
         traced once for every output that shows them (API, report, presentation state)."""

@@ -245,10 +245,8 @@ def result_objects(
     when it cannot be built; the segmentation also when the map supports nothing). ``series_for(study
     UID, modality)`` gives each object's series. An image without a study (invalid, but sent) gets
     one new study, named in ``ds`` and shared by its objects."""
-    from pneumolens.explain.render import explanation_image
-
     caption = caption_for(result)
-    picture = explanation_image(result["explanation"])
+    picture = result["explanation"].picture  # drawn once, also for a heatmap_png
     rgb = burn_in(picture, caption, result["model"]["name"], result["method"])
     if not str(getattr(ds, "StudyInstanceUID", "") or ""):
         ds.StudyInstanceUID = generate_uid()
@@ -437,8 +435,8 @@ class Node:
         Never raises."""
         study = str(getattr(ds, "StudyInstanceUID", "") or "") or None
         try:
-            result = self.engine.analyse(
-                read_image("received.dcm", data=data), explain=True, from_header=dataset_flags(ds)
+            result = self.engine.analyse(  # no heatmap_png: the Secondary Capture carries the picture
+                read_image("received.dcm", data=data), explain=True, from_header=dataset_flags(ds), heatmap_png=False
             )
         except ImageReadError as e:
             if e.out_of_scope:

@@ -103,11 +103,18 @@ class Engine:
         return {**result, "seconds": time.perf_counter() - t0}
 
     def analyse(
-        self, gray: np.ndarray, explain: bool, method: str = DEFAULT_METHOD, from_header: list[str] | None = None
+        self,
+        gray: np.ndarray,
+        explain: bool,
+        method: str = DEFAULT_METHOD,
+        from_header: list[str] | None = None,
+        heatmap_png: bool = True,
     ) -> dict[str, Any]:
         """Score (and explain) a decoded image. With ``explain``, ``explanation`` holds the
-        :class:`~pneumolens.explain.explainer.Explanation` and ``heatmap_png`` its picture.
-        ``from_header``: the flags its DICOM header gives (``pneumolens.data.scope.header_flags``)."""
+        :class:`~pneumolens.explain.explainer.Explanation` and, unless ``heatmap_png`` is False (a
+        caller that builds its own objects from the explanation, as the DICOM node does), ``heatmap_png``
+        its picture as a base64 PNG. ``from_header``: the flags its DICOM header gives
+        (``pneumolens.data.scope.header_flags``)."""
         t0 = time.perf_counter()
         result: dict[str, Any] = {
             "method": None,
@@ -123,19 +130,14 @@ class Engine:
             p = self._probability(x)
             if explain:
                 from pneumolens.explain import explain_image
-                from pneumolens.explain.render import explanation_image
 
                 assert full is not None  # masks() gives both when explaining
                 e = explain_image(self.loaded, gray, method, lung_masks=(low, full))
-                buf = io.BytesIO()
-                explanation_image(e).save(buf, format="PNG")
-                result.update(
-                    method=method,
-                    lung_fraction=e.lung_fraction,
-                    heatmap_png=base64.b64encode(buf.getvalue()).decode("ascii"),
-                    regions=e.regions(),
-                    explanation=e,
-                )
+                if heatmap_png:  # a full-resolution film's PNG takes about a fifth of a second to encode
+                    buf = io.BytesIO()
+                    e.picture.save(buf, format="PNG")
+                    result["heatmap_png"] = base64.b64encode(buf.getvalue()).decode("ascii")
+                result.update(method=method, lung_fraction=e.lung_fraction, regions=e.regions(), explanation=e)
         t = self.loaded.threshold
         label = CLASS_NAMES[int(p >= t)]
         flags, measures = flags_and_measures(low, gray)
