@@ -135,7 +135,7 @@ class Engine:
                 e = explain_image(self.loaded, gray, method, lung_masks=(low, full))
                 if heatmap_png:  # a full-resolution film's PNG takes about a fifth of a second to encode
                     buf = io.BytesIO()
-                    e.picture.save(buf, format="PNG")
+                    e.picture.save(buf, format="PNG", compress_level=PNG_COMPRESSION)
                     result["heatmap_png"] = base64.b64encode(buf.getvalue()).decode("ascii")
                 result.update(method=method, lung_fraction=e.lung_fraction, regions=e.regions(), explanation=e)
         t = self.loaded.threshold
@@ -170,6 +170,8 @@ def _read_box(low: np.ndarray, cfg, shape: tuple[int, int]) -> list[int]:
     return [left, top, right, bottom]
 
 
+# zlib level 3 instead of PIL's 6: a full-resolution film's picture in 72 instead of 220 ms, 3% larger
+PNG_COMPRESSION = 3
 PREVIEW_SIDE = 1024  # the longest side of image_png: enough to see the film and the outlines, a few hundred kB
 
 
@@ -181,5 +183,5 @@ def preview_png(gray: np.ndarray) -> str:
     picture = Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8))
     picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)  # keeps the aspect ratio
     buf = io.BytesIO()
-    picture.save(buf, format="PNG")
+    picture.save(buf, format="PNG", compress_level=PNG_COMPRESSION)
     return base64.b64encode(buf.getvalue()).decode("ascii")
