@@ -28,11 +28,7 @@ def fused_copy(model: nn.Module) -> nn.Module:
             continue
         for i in range(len(seq) - 1):
             conv, norm = seq[i], seq[i + 1]
-            if (
-                type(conv) is nn.Conv2d
-                and type(norm) is nn.BatchNorm2d
-                and norm.track_running_stats
-                and norm.running_mean is not None
-            ):
+            # a batch norm without running statistics normalises by each batch's own: nothing to fold
+            if type(conv) is nn.Conv2d and type(norm) is nn.BatchNorm2d and norm.running_mean is not None:
                 seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
     return fused.to(memory_format=torch.channels_last)  # as checkpoint.load_model leaves the model
