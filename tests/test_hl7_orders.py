@@ -91,6 +91,66 @@ def test_orders_are_read_from_orm_and_omi():
     assert parse_orders(ORM.replace("\r", "\r\n"))[1] == [order]  # segments ended by CR LF, as some senders do
 
 
+def test_orders_in_other_delimiters_are_stored_in_the_standard_ones_and_answered_in_their_own(tmp_path):
+    """HL7 v2.7's truncation character (``|^~\\&#``) and a site's own delimiters (``!$%?*``: field,
+    component, repetition, escape, subcomponent), written by hand with the standard delimiters and
+    escape sequences in their values."""
+    book = OrderBook(tmp_path / "orders.db")
+    own = "\r".join(
+        [
+            "MSH!$%?*!RIS!HOSP!PNEUMOLENS!RAD!20261207120000!!ORM$O01!m8!P!2.3.1",
+            f"PID!1!!{PATIENT_ID}$$$HOSP%OTHER$$$X!!Testperson$Alice",
+            "ORC!NW!PL^8$RIS!FI8*1$PACS!!!!!!!!!1234$O|Neil?T?Co$John",  # | and ^: text here
+            "OBR!1!!!CXR8$Chest?S?1 view$L" + "!" * 14 + "A?F?8",  # ?S? a $ of this message, ?F? a !
+        ]
+    )
+    _, (order,) = parse_orders(own)
+    assert order == Order(
+        "A!8",  # the accession number unescaped, as the DICOM header holds it
+        "PL\\S\\8^RIS",  # the rest in the standard delimiters, a literal ^ escaped for them
+        "FI8&1^PACS",
+        "CXR8^Chest$1 view^L",
+        "1234^O\\F\\Neil*Co^John",  # ?T? stood for a * of this message: text in the standard ones
+        patient=patient_hash(PATIENT_ID),  # the first repetition of PID-3, as in the standard delimiters
+    )
+    assert parse_orders(own.replace("A?F?8", "ACC1"))[1][0].identifier("placer") == "PL^8"
+    answer = take(book, own)
+    assert answer.startswith("MSH!$%?*!PNEUMOLENS!RAD!RIS!HOSP!") and "\rMSA!AA!m8\r" in answer
+    stored = book.find("A!8")
+    assert (stored.placer, stored.provider, stored.patient) == (order.placer, order.provider, order.patient)
+    refused = take(book, own.replace("A?F?8", ""))  # no accession number: AE, its ERR in this message's delimiters
+    assert "\rMSA!AE!m8!" in refused and "\rERR!!OBR$1$18!101$$HL70357!E!" in refused
+    v27 = ORM.replace("MSH|^~\\&|", "MSH|^~\\&#|").replace("|2.3.1\r", "|2.7\r").replace("ACC1", "ACC27")
+    v27 = v27.replace("Chest 1 view", "Chest 1 vi#")  # the truncation character: the value was cut there
+    _, (cut,) = parse_orders(v27)
+    assert (cut.accession, cut.placer, cut.service) == ("ACC27", "PL1^RIS", "CXR1^Chest 1 vi#^L")
+    answer = take(book, v27)
+    assert answer.startswith("MSH|^~\\&#|PNEUMOLENS|") and "\rMSA|AA|m1\r" in answer
+    assert book.find("ACC27").service == "CXR1^Chest 1 vi#^L"
+
+
+@pytest.mark.parametrize("own", ["!$%?*", "|^~\\&#", "#~^/$", "|$~\\&"])
+def test_recoded_values_unescape_to_the_same_text(own):
+    """``recode`` against python-hl7's own reading of the message in its own delimiters: every value,
+    with each delimiter of both sides as text, escape sequences of both kinds, reads the same."""
+    from pneumolens.integration.hl7_delimiters import STANDARD, delimiters, recode
+
+    e = own[3]
+    values = [
+        "A^B|C\\D&E~F!$%?*#/",  # text, wherever it is not one of the message's delimiters
+        f"x{e}F{e}y{e}S{e}z{e}T{e}w{e}R{e}v{e}E{e}u",  # each delimiter of the message as text
+        f"hex{e}X41{e} and {e}H{e}bold{e}N{e}",  # hex and formatting: copied with the other escape
+    ]
+    values[0] = "".join(c for c in values[0] if c not in own)
+    text = "MSH" + own + own[0] + own[0].join(["RIS", "H", *values]) + "\r"
+    assert delimiters(text) == own
+    theirs, ours = hl7.parse(text), hl7.parse(recode(text, own))
+    assert str(ours.segment("MSH")(2)) == STANDARD[1:]
+    for i in range(3, 3 + len(values)):
+        assert ours.unescape(str(ours.segment("MSH")(i))) == theirs.unescape(str(theirs.segment("MSH")(i)))
+    assert recode(recode(text, own), STANDARD, own) == text  # and back, character for character
+
+
 @pytest.mark.parametrize(
     "field, text, accessions",
     [
@@ -116,7 +176,8 @@ def test_a_site_names_the_field_that_holds_the_accession_number(tmp_path, field,
     "text, code, where, words",
     [
         (message("ADT^A01", "2.5", "x", "PV1|1"), "AR", "MSH^1^9", "ADT^A01 is not an order message"),
-        ("MSH|^~\\#|RIS|H|P|R|2026||ORM^O01|x|P|2.3\rORC|NW\r", "AR", "MSH^1^2", "encoding characters"),
+        ("MSH|^~\\^|RIS|H|P|R|2026||ORM^O01|x|P|2.3\rORC|NW\r", "AR", "MSH^1^2", "must be distinct characters"),
+        ("MSH|^~|RIS|H|P|R|2026||ORM^O01|x|P|2.3\rORC|NW\r", "AR", "MSH^1^2", "MSH-2 holds 2 encoding characters"),
         (message("ORM^O01", "2.3", "x", orc(), obr(accession="")), "AE", "OBR^1^18", "no accession number in OBR-18"),
         (
             message("OMI^O23", "2.5", "x", orc(), obr(), "IPC|A1", "IPC||RP"),

@@ -22,7 +22,9 @@ patient ID (``PID-3``), so that an image of another patient under the same acces
 filed under the order (its results go without it, and the ORU says why). The hash keeps the ID out
 of sight; it does not anonymise it (whoever can list candidate IDs can match them). Nothing of a
 message is logged but its type and order-control codes. Values are kept as the RIS wrote them (HL7 escapes
-included), the first of any repetition.
+included), the first of any repetition, in the encoding characters ``^~\\&``: a message written with
+others (v2.7's truncation character ``^~\\&#``, or a site's own) is re-written with those first, and
+answered in its own (``pneumolens.integration.hl7_delimiters``).
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ from pathlib import Path
 import hl7
 from hl7.mllp import start_hl7_server
 
+from pneumolens.integration.hl7_delimiters import STANDARD, delimiters, header_only, recode
+
 log = logging.getLogger(__name__)
 
 ORDER_TYPES = ("ORM^O01", "OMI^O23", "OMG^O19")
 CANCELLED = frozenset({"CA", "OC", "DC", "OD", "CR", "DR"})  # HL7 table 0119: cancel / discontinue
-ENCODING = "^~\\&"  # the encoding characters this reader takes (MSH-2): every RIS we know sends these
 # where the accession number may be: auto is IPC-1 (one order per IPC), else OBR-18 (IHE)
 ACCESSION_FIELDS = ("auto", "IPC-1", "OBR-18", "OBR-3", "OBR-2", "ORC-3", "ORC-2")
 
@@ -99,7 +102,7 @@ def _field(segment: hl7.Segment, n: int) -> str:
         return ""
 
 
-_ER7 = hl7.parse(f"MSH|{ENCODING}|PNEUMOLENS")  # unescapes with the only encoding characters taken
+_ER7 = hl7.parse(f"MSH{STANDARD}|PNEUMOLENS")  # unescapes with the encoding characters values are kept in
 
 
 def _first_component(value: str, message: hl7.Message = _ER7) -> str:
@@ -123,16 +126,21 @@ def parse_orders(text: str, accession: str = "auto") -> tuple[hl7.Message, list[
     from the field ``accession`` names (``ACCESSION_FIELDS``).
 
     Raises:
-        OrderError: not HL7, not an order message, other encoding characters (AR); an order group
+        OrderError: not HL7, not an order message, delimiters HL7 does not allow (AR); an order group
             without an accession number or without ORC (AE, naming the field).
     """
+    text = _er7(text)
     try:
-        message = hl7.parse(_er7(text))
-        msh = message.segment("MSH")
+        text = recode(text, delimiters(text))
+    except ValueError as e:
+        if text.startswith("MSH"):
+            raise OrderError(str(e), "AR", "MSH^1^2", "102") from None
+        raise OrderError("not an HL7 v2 message", "AR", "MSH", "100") from None
+    try:
+        message = hl7.parse(text)
+        message.segment("MSH")
     except Exception:  # noqa: BLE001 - python-hl7 raises several kinds on text that is not HL7
         raise OrderError("not an HL7 v2 message", "AR", "MSH", "100") from None
-    if str(msh(2)) != ENCODING or str(msh(1)) != "|":
-        raise OrderError(f"encoding characters other than |{ENCODING} are not read", "AR", "MSH^1^2", "207")
     kind = message_type(message)
     if kind not in ORDER_TYPES:
         raise OrderError(f"{kind} is not an order message ({', '.join(ORDER_TYPES)})", "AR", "MSH^1^9", "200")
@@ -285,14 +293,20 @@ def filed_under(order: Order | None, header) -> Order | None:
 
 
 def take(book: OrderBook, text: str, accession: str = "auto") -> str:
-    """Read one message, store its orders and return the ACK to send (never raises on its content);
-    ``accession``: where the accession number is (``parse_orders``)."""
+    """Read one message, store its orders and return the ACK to send (never raises on its content),
+    in the message's own delimiters; ``accession``: where the accession number is (``parse_orders``)."""
+    text = _er7(text)
+    try:
+        sender = delimiters(text)
+        readable = recode(text, sender)
+    except ValueError:  # delimiters HL7 does not allow: answered from MSH alone, in the standard ones
+        sender, readable = STANDARD, header_only(text)
     try:
         message, orders = parse_orders(text, accession)
     except OrderError as e:
         log.warning("order message refused (%s): %s", e.code, e)
         try:
-            return ack(hl7.parse(_er7(text)), e)
+            return recode(ack(hl7.parse(readable), e), STANDARD, sender)
         except Exception:  # noqa: BLE001 - not HL7 at all: there is no MSH to answer
             return ""
     try:
@@ -300,10 +314,10 @@ def take(book: OrderBook, text: str, accession: str = "auto") -> str:
     except sqlite3.Error as e:  # the store failed: the RIS keeps the message and sends it again
         error = OrderError(f"the order book could not store it ({type(e).__name__})", "AE", "", "207")
         log.error("order message not stored: %s", error)
-        return ack(message, error)
+        return recode(ack(message, error), STANDARD, sender)
     controls = sorted({o.control for o in orders})
     log.info("%s: %d order(s) stored (%s)", message_type(message), len(orders), ", ".join(controls))
-    return ack(message)
+    return recode(ack(message), STANDARD, sender)
 
 
 async def serve(
