@@ -12,6 +12,7 @@ from pneumolens.lungs.masks import (
     convex_hull,
     dice,
     dilate,
+    fill_holes,
     keep_largest,
 )
 
@@ -45,6 +46,26 @@ def test_keep_largest_drops_specks_and_fills_holes():
     assert clean[42, 22] and not clean[3, 3] and not clean[92, 50]
     assert dice(clean, two_lungs()) == 1.0
     assert not keep_largest(np.zeros((5, 5), bool)).any()
+
+
+def test_fill_holes_is_scipys_pixel_for_pixel():
+    """fill_holes (one labelling of the background) against scipy's binary_fill_holes: random masks
+    of every density, holes and blobs at the edges, a single row or column, all set, none set."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    masks = [
+        rng.random(shape) < density
+        for shape in [(64, 48), (7, 90), (1, 30), (30, 1), (3, 3)]
+        for density in (0.05, 0.3, 0.5, 0.6, 0.9)
+    ]
+    ring = np.ones((20, 20), bool)
+    ring[5:15, 5:15] = False  # a hole inside
+    ring[0, 8] = ring[1, 8] = False  # a dent from the edge: not a hole
+    masks += [ring, ~ring, np.ones((6, 6), bool), np.zeros((6, 6), bool)]
+    for m in masks:
+        assert np.array_equal(fill_holes(m), ndimage.binary_fill_holes(m)), m.shape
+    assert fill_holes(ring)[10, 10] and not fill_holes(ring)[0, 8]
 
 
 def test_dilate_box_and_hull():

@@ -21,10 +21,26 @@ def keep_largest(mask: np.ndarray, n: int = 2, min_share: float = 0.1) -> np.nda
     labels, count = ndimage.label(mask)
     if count == 0:
         return np.zeros_like(mask, dtype=bool)
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     order = np.argsort(sizes)[::-1][:n]
     keep = [i + 1 for i in order if sizes[i] >= min_share * sizes[order[0]]]
-    return ndimage.binary_fill_holes(np.isin(labels, keep))
+    return fill_holes(_members(labels, keep))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled: scipy's ``binary_fill_holes`` (the background 4-connected to
+    the image's edge stays, the rest is filled), pixel for pixel, from one labelling of the
+    background instead of a dilation repeated until it stops (a third of the time on a full film)."""
+    background, _ = ndimage.label(~mask.astype(bool))
+    edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    return ~_members(background, np.unique(edge[edge > 0]))
+
+
+def _members(labels: np.ndarray, keep) -> np.ndarray:
+    """Where ``labels`` is one of ``keep`` (a lookup table: faster than ``np.isin`` on a film)."""
+    table = np.zeros(int(labels.max()) + 1, dtype=bool)
+    table[np.asarray(keep, dtype=np.int64)] = True
+    return table[labels]
 
 
 def dilate(mask: np.ndarray, fraction: float) -> np.ndarray:
