@@ -253,3 +253,51 @@ def test_the_picture_is_drawn_once_and_encoded_only_when_asked(trained_run):
     quiet = engine.analyse(gray, explain=True, method="gradcam", heatmap_png=False)
     assert quiet["heatmap_png"] is None and quiet["explanation"] is not None
     assert quiet["probability"] == shown["probability"] and quiet["regions"] == shown["regions"]
+
+
+def test_the_map_explains_the_call_made_without_scoring_the_film_again(trained_run, monkeypatch):
+    """analyse and Model.predict hand explain_image the input, probability and flags they computed:
+    the map is the one explain_image makes on its own, no second preprocessing, forward pass or
+    film check runs, and the explanation's probability, label and flags (on its picture) are the
+    call's (the ONNX backend's, a batch's, the DICOM header's flags included)."""
+    import pneumolens.explain.explainer as explainer
+    from pneumolens.api import Model
+    from pneumolens.service.engine import Engine
+
+    loaded = load_model(trained_run)
+    grays = [read_image(p) for p in real_images("test", "PNEUMONIA", 1) + real_images("test", "NORMAL", 1)]
+    alone = [explainer.explain_image(loaded, g, "gradcam") for g in grays]
+
+    def refused(*args, **kwargs):
+        raise AssertionError("preprocessed a second time")
+
+    monkeypatch.setattr(explainer, "preprocess", refused)
+    monkeypatch.setattr(explainer, "plausibility_flags", refused)
+    engine = Engine(Settings(model=str(trained_run), audit=False))
+    for g, e in zip(grays, alone, strict=True):
+        shown = engine.analyse(
+            g, explain=True, method="gradcam", heatmap_png=False, from_header=["older_than_training"]
+        )
+        assert np.allclose(shown["explanation"].heatmap, e.heatmap, atol=1e-5)
+        assert shown["explanation"].probability == shown["probability"]
+        assert abs(shown["probability"] - e.probability) < 1e-5
+        assert shown["explanation"].flags == shown["flags"]  # the picture names what the answer names
+        assert set(shown["flags"]) == {*e.flags, "older_than_training"}  # the header's flag as well
+    results = Model(loaded).predict(grays, explain="gradcam", age=40)  # one batch, each film explained
+    for r, e in zip(results, alone, strict=True):
+        assert np.allclose(r.heatmap, e.heatmap, atol=1e-5) and r.label == e.label
+        assert "older_than_training" in r.flags
+    low, full = engine.segmenter.masks(grays[0])
+    x = alone[0].model_input
+    for p in (loaded.threshold + 1e-3, loaded.threshold - 1e-3):  # the call given decides the label and the map's sign
+        e = explainer.explain_image(
+            loaded, grays[0], "gradcam", lung_masks=(low, full), model_input=x, probability=p, flags=[]
+        )
+        assert (e.probability, e.label) == (p, "PNEUMONIA" if p >= loaded.threshold else "NORMAL")
+    below = explainer.explain_image(
+        loaded, grays[0], "gradcam", lung_masks=(low, full), model_input=x, probability=0.0, flags=[]
+    )
+    above = explainer.explain_image(
+        loaded, grays[0], "gradcam", lung_masks=(low, full), model_input=x, probability=1.0, flags=[]
+    )
+    assert not np.allclose(below.heatmap, above.heatmap)  # the evidence for the other class

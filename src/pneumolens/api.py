@@ -117,7 +117,7 @@ class Model:
             probs = torch.sigmoid(self.loaded.model(x)).numpy().astype(float)
         t = self.loaded.threshold
         results = []
-        for item, g, (low, full), p, years in zip(items, grays, masks, probs, ages, strict=True):
+        for item, g, (low, full), inp, p, years in zip(items, grays, masks, inputs, probs, ages, strict=True):
             flags, measures = flags_and_measures(low, g)
             if years is not None:
                 flags += age_flags(years)
@@ -132,7 +132,15 @@ class Model:
             if explain:
                 from pneumolens.explain import explain_image
 
-                e = explain_image(self.loaded, g, explain, lung_masks=(low, full))
+                e = explain_image(  # the map of the call made above: no second preprocessing or forward pass
+                    self.loaded,
+                    g,
+                    explain,
+                    lung_masks=(low, full),
+                    model_input=torch.from_numpy(inp)[None],
+                    probability=float(p),
+                    flags=flags,
+                )
                 r.heatmap, r.method, r.lung_fraction, r.regions = e.heatmap, explain, e.lung_fraction, e.regions()
             results.append(r)
         return results if many else results[0]

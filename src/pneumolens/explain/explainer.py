@@ -108,11 +108,18 @@ def explain_image(
     seed: int = 0,
     segmenter: LungSegmenter | None = None,
     lung_masks: tuple[np.ndarray, np.ndarray] | None = None,
+    model_input: torch.Tensor | None = None,
+    probability: float | None = None,
+    flags: list[str] | None = None,
 ) -> Explanation:
     """Predict and explain one image (a path, or a grayscale array (H, W) in [0, 1]).
 
     ``lung_masks`` (low-resolution, full-resolution), from ``LungSegmenter.masks``, saves a caller
-    that already segmented the image a second pass.
+    that already segmented the image a second pass; ``model_input`` (the image preprocessed with
+    those masks, (1, C, S, S)) and ``probability`` (the model's on it) save a caller that already
+    scored it the preprocessing and the forward pass, and make the map explain the call it made;
+    ``flags``, the film's flags as the caller gave them with that call (its lung and image checks,
+    header and borderline flags), save the checks and put the same flags on the picture.
 
     Raises:
         ImageReadError: the file cannot be used (the same refusal as predict).
@@ -127,9 +134,13 @@ def explain_image(
     cfg = loaded.preprocess
     model = loaded.model.eval()
     # on the model's device: a Predictor may have moved the shared model to the GPU
-    x = torch.from_numpy(preprocess(gray, cfg, lung_mask=low))[None].to(next(model.parameters()).device)  # (1, C, S, S)
-    with torch.inference_mode():
-        p = float(torch.sigmoid(model(x))[0])
+    if model_input is None:
+        model_input = torch.from_numpy(preprocess(gray, cfg, lung_mask=low))[None]  # (1, C, S, S)
+    x = model_input.to(next(model.parameters()).device)
+    if probability is None:
+        with torch.inference_mode():
+            probability = float(torch.sigmoid(model(x))[0])
+    p = probability
     label = CLASS_NAMES[int(p >= loaded.threshold)]
     sign = 1.0 if label == CLASS_NAMES[1] else -1.0
     segments = weights = None
@@ -152,7 +163,11 @@ def explain_image(
         image=gray,
         lung_mask=full,
         lung_fraction=attribution_lung_fraction(heatmap, full),
-        flags=plausibility_flags(low, gray) + header_flags(path) + borderline_flags(p, loaded.borderline),
+        flags=(
+            list(flags)
+            if flags is not None
+            else plausibility_flags(low, gray) + header_flags(path) + borderline_flags(p, loaded.borderline)
+        ),
         segments=segments,
         segment_weights=weights,
         path=path,

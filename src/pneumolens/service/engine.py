@@ -132,16 +132,19 @@ class Engine:
                 from pneumolens.explain import explain_image
 
                 assert full is not None  # masks() gives both when explaining
-                e = explain_image(self.loaded, gray, method, lung_masks=(low, full))
+                flags, measures = self._flags(low, gray, p, from_header)  # before the map: its picture names them
+                e = explain_image(
+                    self.loaded, gray, method, lung_masks=(low, full), model_input=x, probability=p, flags=flags
+                )
                 if heatmap_png:  # encoding it costs a full-resolution film about 70 ms (PNG_COMPRESSION)
                     buf = io.BytesIO()
                     e.picture.save(buf, format="PNG", compress_level=PNG_COMPRESSION)
                     result["heatmap_png"] = base64.b64encode(buf.getvalue()).decode("ascii")
                 result.update(method=method, lung_fraction=e.lung_fraction, regions=e.regions(), explanation=e)
+        if not explain:  # outside the lock: another request's model may run meanwhile
+            flags, measures = self._flags(low, gray, p, from_header)
         t = self.loaded.threshold
         label = CLASS_NAMES[int(p >= t)]
-        flags, measures = flags_and_measures(low, gray)
-        flags += (from_header or []) + borderline_flags(p, self.loaded.borderline)
         return {
             **result,
             "probability": p,
@@ -157,6 +160,13 @@ class Engine:
             "read_box": _read_box(low, self.loaded.preprocess, gray.shape),
             "seconds": time.perf_counter() - t0,
         }
+
+    def _flags(
+        self, low: np.ndarray, gray: np.ndarray, p: float, from_header: list[str] | None
+    ) -> tuple[list[str], dict[str, Any]]:
+        """A film's flags (its lung and image checks, then its header's, then the call's) and measures."""
+        flags, measures = flags_and_measures(low, gray)
+        return flags + (from_header or []) + borderline_flags(p, self.loaded.borderline), measures
 
     @property
     def audit_model(self) -> dict[str, Any]:
