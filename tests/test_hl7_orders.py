@@ -16,6 +16,8 @@ import hl7
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import PATIENT_ID, assert_refused, free_port, make_certificates, make_dicom, real_images, store_then_wait
 from pneumolens.cli import main
@@ -149,6 +151,55 @@ def test_recoded_values_unescape_to_the_same_text(own):
     for i in range(3, 3 + len(values)):
         assert ours.unescape(str(ours.segment("MSH")(i))) == theirs.unescape(str(theirs.segment("MSH")(i)))
     assert recode(recode(text, own), STANDARD, own) == text  # and back, character for character
+
+
+DELIMITER_CHARS = "|^~\\&#!$%?*/"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.text(alphabet=DELIMITER_CHARS + "A", min_size=0, max_size=7),
+    st.lists(st.text(alphabet=DELIMITER_CHARS + "AB1 \r\n^", max_size=30), max_size=12),
+)
+def test_any_text_after_msh_is_answered_or_hung_up_on_never_raised(delimiters, fields):
+    """Whatever follows ``MSH`` (delimiters valid or not, any mix of them in the fields), ``take``
+    returns an answer python-hl7 reads, with an MSA, or "" (the listener hangs up), and the book
+    takes an order only from an order message."""
+    import tempfile
+
+    text = "MSH" + delimiters + (delimiters[:1] or "|").join(fields)
+    with tempfile.TemporaryDirectory() as folder:
+        book = OrderBook(f"{folder}/orders.db")
+        answer = take(book, text)
+        code = str(hl7.parse(answer).segment("MSA")(1)) if answer else ""
+        assert code in ("", "AA", "AE", "AR")
+        assert len(book) == 0 or code == "AA"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from("|^~\\&#!$%?*/@"), min_size=5, max_size=6, unique=True).map("".join),
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20),
+)
+def test_an_accession_number_in_any_delimiters_reads_back_as_written(own, accession):
+    """An ORM in any allowed delimiters, its accession number holding any printable characters
+    (each of the message's delimiters written as its escape sequence, as HL7 says): the order is
+    stored under that accession number, and its placer number reads back the same."""
+    escape = own[3]
+    written = "".join(escape + "FSRETP"[own.index(c)] + escape if c in own else c for c in accession)
+    fields = ["ORC", "NW", written] + [""] * 9
+    obr = ["OBR", "1", written, "", "CXR"] + [""] * 13 + [written]
+    text = "\r".join(
+        own[0].join(segment)
+        for segment in (
+            ["MSH", own[1:], "RIS", "H", "P", "R", "2026", "", f"ORM{own[1]}O01", "c1", "P", "2.3"],
+            ["PID", "1", "", "X"],
+            fields,
+            obr,
+        )
+    )
+    _, (order,) = parse_orders(text)
+    assert order.accession == accession.strip() and order.identifier("placer") == accession.strip()
 
 
 @pytest.mark.parametrize(
