@@ -297,16 +297,16 @@ def take(book: OrderBook, text: str, accession: str = "auto") -> str:
     in the message's own delimiters; ``accession``: where the accession number is (``parse_orders``)."""
     text = _er7(text)
     try:
-        sender = delimiters(text)
-        readable = recode(text, sender)
+        sender: str | None = delimiters(text)
     except ValueError:  # delimiters HL7 does not allow: answered from MSH alone, in the standard ones
-        sender, readable = STANDARD, header_only(text)
+        sender = None
     try:
         message, orders = parse_orders(text, accession)
     except OrderError as e:
         log.warning("order message refused (%s): %s", e.code, e)
         try:
-            return recode(ack(hl7.parse(readable), e), STANDARD, sender)
+            readable = recode(text, sender) if sender else header_only(text)
+            return recode(ack(hl7.parse(readable), e), STANDARD, sender or STANDARD)
         except Exception:  # noqa: BLE001 - not HL7 at all: there is no MSH to answer
             return ""
     try:
@@ -314,10 +314,10 @@ def take(book: OrderBook, text: str, accession: str = "auto") -> str:
     except sqlite3.Error as e:  # the store failed: the RIS keeps the message and sends it again
         error = OrderError(f"the order book could not store it ({type(e).__name__})", "AE", "", "207")
         log.error("order message not stored: %s", error)
-        return recode(ack(message, error), STANDARD, sender)
+        return recode(ack(message, error), STANDARD, sender or STANDARD)
     controls = sorted({o.control for o in orders})
     log.info("%s: %d order(s) stored (%s)", message_type(message), len(orders), ", ".join(controls))
-    return recode(ack(message), STANDARD, sender)
+    return recode(ack(message), STANDARD, sender or STANDARD)
 
 
 async def serve(
