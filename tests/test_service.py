@@ -283,6 +283,10 @@ def test_the_map_explains_the_call_made_without_scoring_the_film_again(trained_r
         assert abs(shown["probability"] - e.probability) < 1e-5
         assert shown["explanation"].flags == shown["flags"]  # the picture names what the answer names
         assert set(shown["flags"]) == {*e.flags, "older_than_training"}  # the header's flag as well
+    onnx = Engine(Settings(model=str(trained_run), audit=False, backend="onnx"))
+    shown = onnx.analyse(grays[0], explain=True, method="gradcam", heatmap_png=False)
+    assert shown["explanation"].probability == shown["probability"]  # ONNX Runtime's, not torch's
+    assert np.allclose(shown["explanation"].heatmap, alone[0].heatmap, atol=1e-5)
     results = Model(loaded).predict(grays, explain="gradcam", age=40)  # one batch, each film explained
     for r, e in zip(results, alone, strict=True):
         assert np.allclose(r.heatmap, e.heatmap, atol=1e-5) and r.label == e.label
