@@ -12,7 +12,7 @@ from torch import nn
 from conftest import real_images
 from pneumolens.checkpoint import load_model
 from pneumolens.cli import main
-from pneumolens.data.images import ImageReadError
+from pneumolens.data.images import ImageReadError, read_image
 from pneumolens.explain import explain_image
 from pneumolens.explain.attribution import gradcam, lime, occlusion
 from pneumolens.explain.faithfulness import deletion_insertion
@@ -105,6 +105,28 @@ def test_explain_image_on_a_real_film(trained_run, method):
     assert e.label in ("NORMAL", "PNEUMONIA") and 0 <= e.probability <= 1
     assert e.lung_fraction is None or 0.0 <= e.lung_fraction <= 1.0
     assert set(e.to_dict()) >= {"label", "probability", "method", "seconds", "lung_fraction"}
+
+
+def test_the_pictures_caption_wraps_so_that_every_flag_shows(trained_run):
+    """A caption longer than the picture is wide goes on to more lines (the bar grows), none wider
+    than the picture; a short one keeps the one-line bar of 34 px."""
+    from PIL import ImageDraw
+
+    from pneumolens.explain.render import CAPTION, _wrapped
+
+    loaded = load_model(trained_run)
+    gray = read_image(real_images("test", "NORMAL", 1)[0])
+    x = explain_image(loaded, gray, "gradcam", flags=[])
+    assert x.picture.size == (512, 512 + 34)  # a 224 px film drawn at 512 px, one caption line
+    flags = ["grey_lungs", "older_than_training", "borderline", "low_detail", "lungs_cut_off", "noisy"]
+    many = explain_image(loaded, gray, "gradcam", flags=flags, model_input=x.model_input, probability=x.probability)
+    lines = _wrapped(CAPTION + "; flags: " + ", ".join(flags), 512 - 8)
+    assert len(lines) >= 2 and many.picture.size == (512, 512 + 19 + 15 * len(lines))
+    draw = ImageDraw.Draw(many.picture)
+    assert all(draw.textlength(line) <= 512 - 8 for line in lines)
+    assert " ".join(lines).endswith("lungs_cut_off, noisy")  # every flag, none cut off
+    assert np.array_equal(np.asarray(many.picture)[-512:], np.asarray(x.picture)[-512:])  # the same map below
+    assert _wrapped("a " + "w" * 300, 100) == ["a", "w" * 300]  # a word too long for any line stands alone
 
 
 def test_explain_cli_writes_png_and_json(trained_run, tmp_path, capsys):

@@ -78,11 +78,30 @@ def explanation_image(e: Explanation) -> Image.Image:
         img = Image.fromarray(overlay_array(e))
         if img.size != size:
             img = img.resize(size, Image.Resampling.LANCZOS)
-    bar = 34
+    caption = _wrapped(CAPTION + (f"; flags: {', '.join(e.flags)}" if e.flags else ""), img.width - 8)
+    bar = 19 + LINE * len(caption)  # 34 px for a caption of one line
     canvas = Image.new("RGB", (img.width, img.height + bar), (0, 0, 0))
     canvas.paste(img, (0, bar))
     d = ImageDraw.Draw(canvas)
     lung = "n/a" if e.lung_fraction is None else f"{e.lung_fraction:.2f}"
     d.text((4, 3), f"{e.method}: explains {e.label}, P(pneumonia)={e.probability:.3f}, in lungs {lung}", fill="white")
-    d.text((4, 18), CAPTION + (f"; flags: {', '.join(e.flags)}" if e.flags else ""), fill=(255, 210, 0))
+    for i, line in enumerate(caption):
+        d.text((4, 18 + LINE * i), line, fill=(255, 210, 0))
     return canvas
+
+
+LINE = 15  # pixels from one caption line to the next
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels in PIL's default font, broken between words
+    (a word wider than that stands on a line of its own), so that no flag runs off the picture."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [""]
+    for word in text.split(" "):
+        joined = f"{lines[-1]} {word}" if lines[-1] else word
+        if lines[-1] and draw.textlength(joined) > width:
+            lines.append(word)
+        else:
+            lines[-1] = joined
+    return lines
