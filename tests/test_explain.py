@@ -112,7 +112,7 @@ def test_the_pictures_caption_wraps_so_that_every_flag_shows(trained_run):
     than the picture; a short one keeps the one-line bar of 34 px."""
     from PIL import ImageDraw
 
-    from pneumolens.explain.render import CAPTION, _wrapped
+    from pneumolens.explain.render import CAPTION, wrapped
 
     loaded = load_model(trained_run)
     gray = read_image(real_images("test", "NORMAL", 1)[0])
@@ -120,13 +120,13 @@ def test_the_pictures_caption_wraps_so_that_every_flag_shows(trained_run):
     assert x.picture.size == (512, 512 + 34)  # a 224 px film drawn at 512 px, one caption line
     flags = ["grey_lungs", "older_than_training", "borderline", "low_detail", "lungs_cut_off", "noisy"]
     many = explain_image(loaded, gray, "gradcam", flags=flags, model_input=x.model_input, probability=x.probability)
-    lines = _wrapped(CAPTION + "; flags: " + ", ".join(flags), 512 - 8)
+    lines = wrapped(CAPTION + "; flags: " + ", ".join(flags), 512 - 8)
     assert len(lines) >= 2 and many.picture.size == (512, 512 + 19 + 15 * len(lines))
     draw = ImageDraw.Draw(many.picture)
     assert all(draw.textlength(line) <= 512 - 8 for line in lines)
     assert " ".join(lines).endswith("lungs_cut_off, noisy")  # every flag, none cut off
     assert np.array_equal(np.asarray(many.picture)[-512:], np.asarray(x.picture)[-512:])  # the same map below
-    assert _wrapped("a " + "w" * 300, 100) == ["a", "w" * 300]  # a word too long for any line stands alone
+    assert wrapped("a " + "w" * 300, 100) == ["a", "w" * 300]  # a word too long for any line stands alone
 
 
 def test_explain_cli_writes_png_and_json(trained_run, tmp_path, capsys):

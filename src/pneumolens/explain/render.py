@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from skimage.segmentation import find_boundaries  # noqa: E402
 
 from pneumolens.explain.explainer import Explanation  # noqa: E402
@@ -78,7 +78,7 @@ def explanation_image(e: Explanation) -> Image.Image:
         img = Image.fromarray(overlay_array(e))
         if img.size != size:
             img = img.resize(size, Image.Resampling.LANCZOS)
-    caption = _wrapped(CAPTION + (f"; flags: {', '.join(e.flags)}" if e.flags else ""), img.width - 8)
+    caption = wrapped(CAPTION + (f"; flags: {', '.join(e.flags)}" if e.flags else ""), img.width - 8)
     bar = 19 + LINE * len(caption)  # 34 px for a caption of one line
     canvas = Image.new("RGB", (img.width, img.height + bar), (0, 0, 0))
     canvas.paste(img, (0, bar))
@@ -93,14 +93,15 @@ def explanation_image(e: Explanation) -> Image.Image:
 LINE = 15  # pixels from one caption line to the next
 
 
-def _wrapped(text: str, width: int) -> list[str]:
-    """``text`` in lines no wider than ``width`` pixels in PIL's default font, broken between words
-    (a word wider than that stands on a line of its own), so that no flag runs off the picture."""
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+def wrapped(text: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels in ``font`` (PIL's default when None), broken
+    between words (a word wider than that stands on a line of its own), so that no flag runs off a
+    picture: this caption bar's and the DICOM node's (``integration.dicom_node.burn_in``)."""
+    font = font or ImageFont.load_default()
     lines = [""]
     for word in text.split(" "):
         joined = f"{lines[-1]} {word}" if lines[-1] else word
-        if lines[-1] and draw.textlength(joined) > width:
+        if lines[-1] and font.getlength(joined) > width:
             lines.append(word)
         else:
             lines[-1] = joined

@@ -162,17 +162,10 @@ def burn_in(picture: Image.Image, caption: str, model: str, method: str | None =
     w = max(512, picture.width)
     if picture.width != w:
         picture = picture.resize((w, round(picture.height * w / picture.width)), Image.Resampling.BILINEAR)
+    from pneumolens.explain.render import wrapped
+
     font = ImageFont.load_default(size=max(14, w // 48))
-    lines: list[str] = []
-    for part in caption.split(" | "):
-        line = ""
-        for word in part.split(" "):
-            if line and font.getlength(f"{line} {word}") > w - 16:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}" if line else word
-        lines.append(line)
+    lines = [line for part in caption.split(" | ") for line in wrapped(part, w - 16, font)]
     step = font.size + 8
     canvas = Image.new("RGB", (w, picture.height + (len(lines) + 1) * step + 10), "black")
     canvas.paste(picture, (0, 0))
