@@ -79,6 +79,36 @@ def test_segment_command_on_fullres_and_non_xrays(tmp_path, capsys):
     assert records[2]["flags"] == ["no_lungs_found"]
 
 
+def test_segment_walks_folders_and_keeps_every_film_of_the_same_name(tmp_path, capsys):
+    """Two films called ``film.jpeg`` in two folders, and a ``FILM.png``: three masks, none written
+    over another's (a file system that ignores case would fold ``film`` and ``FILM``)."""
+    normal, pneumonia = real_images("test", "NORMAL", 1)[0], real_images("test", "PNEUMONIA", 1)[0]
+    for folder, src in (("a", normal), ("b", pneumonia)):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "film.jpeg").symlink_to(src)
+    with Image.open(normal) as im:
+        im.save(tmp_path / "in" / "FILM.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "in"), "--out-dir", str(out), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).relative_to(tmp_path / "in").as_posix() for r in records] == [
+        "FILM.png",
+        "a/film.jpeg",
+        "b/film.jpeg",
+    ]
+    assert [Path(r["mask"]).name for r in records] == ["FILM_mask.png", "film-2_mask.png", "film-3_mask.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}_{kind}.png" for stem in ("FILM", "film-2", "film-3") for kind in ("mask", "overlay")
+    )
+    seg = LungSegmenter.shipped()
+    for record, src in zip(records[1:], (normal, pneumonia), strict=True):  # each mask is its own film's
+        with Image.open(record["mask"]) as mask:
+            assert np.array_equal(np.asarray(mask) > 0, seg.masks(read_image(src))[1])
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", str(tmp_path / "empty"), "--out-dir", str(out)]) == 2
+    assert f"no JPEG, PNG, TIFF or DICOM files in {tmp_path / 'empty'}" in capsys.readouterr().err
+
+
 def test_predict_passes_flags_through(trained_run, tmp_path, capsys):
     blank = _png(tmp_path / "blank.png", np.zeros((256, 256)))
     xray = real_images("test", "NORMAL", 1)[0]

@@ -110,7 +110,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_predict)
 
     x = sub.add_parser("explain", help="explain a prediction (Grad-CAM, LIME or occlusion), or rate the methods")
-    x.add_argument("image", nargs="?", help="JPEG or PNG file (omit with --evaluate)")
+    x.add_argument("image", nargs="?", help="JPEG, PNG, TIFF or DICOM file (omit with --evaluate)")
     x.add_argument(
         "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
     )
@@ -134,8 +134,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     x.set_defaults(run=cmd_explain)
 
     s = sub.add_parser("segment", help="lung masks, overlays and plausibility flags for each image")
-    s.add_argument("images", nargs="+", help="JPEG or PNG files")
-    s.add_argument("--out-dir", default="segmentations", help="where <stem>_mask.png and <stem>_overlay.png go")
+    s.add_argument("images", nargs="+", help="JPEG, PNG, TIFF or DICOM files, or folders (walked recursively)")
+    s.add_argument(
+        "--out-dir",
+        default="segmentations",
+        help="where <stem>_mask.png and <stem>_overlay.png go (<stem>-2_... for a second file of the same name)",
+    )
     s.add_argument("--json", action="store_true", help="one JSON object per image per line")
     s.add_argument("--segmenter", help="a lung model file (default: the one shipped with pneumolens)")
     s.set_defaults(run=cmd_segment)
@@ -233,10 +237,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pneumolens.lungs.segment import LungSegmenter
 
     seg = LungSegmenter.from_file(args.segmenter) if args.segmenter else LungSegmenter.shipped()
+    paths = _expand(args.images)
+    if not paths:
+        raise ValueError(f"no JPEG, PNG, TIFF or DICOM files in {', '.join(args.images)}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stems = _unique_stems(paths)
     failed = 0
-    for path in args.images:
+    for path, stem in zip(paths, stems, strict=True):
         try:
             gray = read_image(path)
         except ImageReadError as e:
@@ -246,7 +254,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 print(json.dumps({"path": path, "error": e.reason}))
             continue
         low, full = seg.masks(gray)
-        stem = Path(path).stem
         mask_png, overlay_png = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
         mask_image(full).save(mask_png)
         overlay_image(gray, full).save(overlay_png)
@@ -264,6 +271,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
             note = describe(flags) or "ok"
             print(f"{path}\tlung_fraction={record['lung_fraction']:.3f}\t{note}")
     return 1 if failed else 0
+
+
+def _unique_stems(paths: list[str]) -> list[str]:
+    """One output name per input: the file's stem, then ``stem-2``, ``stem-3``... for later files of
+    the same name (``NORMAL/x.png`` and ``PNEUMONIA/x.png``, ``x.png`` and ``x.dcm``), compared without
+    case so that no file system folds two into one."""
+    taken: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, n = Path(path).stem, 1
+        name = stem
+        while name.casefold() in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name.casefold())
+        stems.append(name)
+    return stems
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
