@@ -11,6 +11,7 @@ For each preset, in separate processes (so each peak RSS is its own):
   counted in the training wall time.
 * ``infer``: single-image latency end to end (decode -> preprocess -> model -> probability), p50/p99,
   for torch and ONNX Runtime; batch-64 model throughput for both; a whole-folder ``predict`` run;
+  the Python API's ``predict`` on a list of 128 files;
   Grad-CAM and LIME (1000 samples) seconds per image.
 * ``data`` (once): decode+preprocess throughput against cached reads, on full-resolution JPEGs
   and on the 224-px set.
@@ -46,6 +47,7 @@ INFER_ROWS = [  # (label, figure from an ``infer`` result, the Keras replica's f
     ("batch 64, torch (model)", lambda i: f"{i['torch_batch_img_s']:.0f} img/s", KERAS["batch img/s"]),
     ("batch 64, ONNX (model)", lambda i: f"{i['onnx_batch_img_s']:.0f} img/s", ""),
     ("predict a folder (624 files, end to end)", lambda i: f"{i['folder_img_s']:.0f} img/s", ""),
+    ("Python API, a list of 128 files (end to end)", lambda i: f"{i['api_img_s']:.0f} img/s", ""),
     ("Grad-CAM per image", lambda i: f"{1000 * i['gradcam_s']:.0f} ms", ""),
     ("LIME (1000 samples) per image", lambda i: f"{i['lime_s']:.2f} s", "1.4-1.9 s (lime package)"),
     ("peak RSS, inference process", lambda i: f"{i['peak_rss_mib']:.0f} MiB", ""),
@@ -176,6 +178,7 @@ def bench_infer(data: str, model_path: Path, n_single: int, n_explain: int) -> d
     import numpy as np
     import torch
 
+    from pneumolens.api import Model
     from pneumolens.checkpoint import load_model
     from pneumolens.data.images import preprocess, read_image
     from pneumolens.data.sources import find_split
@@ -218,6 +221,12 @@ def bench_infer(data: str, model_path: Path, n_single: int, n_explain: int) -> d
 
     if torch.cuda.is_available():  # the same measures with the model on the GPU (decoding stays on the CPU)
         res.update(_gpu_infer(model, pre, paths, n_single))
+
+    api = Model(loaded)  # on the CPU, before a Predictor moves the model to a GPU
+    api.predict(paths[:4])
+    t = time.perf_counter()
+    api.predict(paths[:128])  # one list: read, segmented, checked and scored in batches
+    res["api_img_s"] = len(paths[:128]) / (time.perf_counter() - t)
 
     predictor = Predictor(loaded)  # the GPU where there is one: the model moves there for good
     t = time.perf_counter()

@@ -36,6 +36,31 @@ def test_every_input_kind_gives_the_same_probability(model, tmp_path):
     assert np.allclose(probs, probs[0], atol=1e-3), probs
 
 
+def test_a_list_is_read_in_batches_as_each_film_alone(monkeypatch):
+    """The shipped model on real films, a mirrored one, an inverted one, a blank and noise: batches of two
+    (every forward pass split across films) give each film the probability, flags and measures it
+    gets alone, so no film's mask or orientation is handed to its neighbour."""
+    import pneumolens.api
+    import pneumolens.lungs.orientation
+    import pneumolens.lungs.segment
+
+    films = [read_image(p) for p in real_images("test", "NORMAL", 3) + real_images("test", "PNEUMONIA", 3)]
+    films += [films[0][:, ::-1].copy(), 1 - films[1], np.full((224, 224), 0.5, np.float32)]
+    films.append(np.random.default_rng(0).random((224, 224), dtype=np.float32))
+    shipped = pneumolens.load()
+    alone = [shipped.predict(f) for f in films]
+    for module in (pneumolens.api, pneumolens.lungs.orientation, pneumolens.lungs.segment):
+        monkeypatch.setattr(module, "BATCH", 2)
+    together = shipped.predict(films)
+    assert [r.flags for r in together] == [r.flags for r in alone]
+    assert [r.probability for r in together] == pytest.approx([r.probability for r in alone], abs=1e-5)
+    for a, b in zip(together, alone, strict=True):
+        assert a.measures == pytest.approx(b.measures, abs=1e-6)
+    assert "mirrored" in alone[6].flags and "inverted" in alone[7].flags  # the checks did fire
+    assert alone[8].flags == ["no_lungs_found"] and "noisy" in alone[9].flags
+    assert len({r.probability for r in alone[:6]}) == 6  # six films, six different calls
+
+
 def test_api_refusals(model, tmp_path):
     bad = tmp_path / "bad.jpeg"
     bad.write_text("no")

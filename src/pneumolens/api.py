@@ -21,9 +21,10 @@ from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import ImageReadError, preprocess, read_image
 from pneumolens.data.scope import age_flags, dataset_flags, given_age, header_flags, max_training_age
 from pneumolens.evaluation.selective import borderline_flags
-from pneumolens.lungs.flags import describe, flags_and_measures
+from pneumolens.lungs.flags import describe, flags_and_measures_of
 from pneumolens.lungs.segment import LungSegmenter
 
+BATCH = 64  # films per forward pass of predict
 ImageLike = str | os.PathLike | np.ndarray | Any  # path, array, PIL image or pydicom Dataset
 
 
@@ -109,16 +110,19 @@ class Model:
         ages = _ages(age, len(items))
         grays = [to_gray(x) for x in items]
         # one segmentation per image serves flags, lung-aware preprocessing and the explanation
-        masks = [self.segmenter.masks(g) if explain else (self.segmenter.mask(g, full_size=False), None) for g in grays]
+        masks = self.segmenter.masks_of(grays, full_size=bool(explain))
         lows = [low for low, _ in masks]
         inputs = [preprocess(g, self.loaded.preprocess, m) for g, m in zip(grays, lows, strict=True)]
         x = torch.from_numpy(np.stack(inputs))  # (B, C, S, S)
-        with torch.inference_mode():
-            probs = torch.sigmoid(self.loaded.model(x)).numpy().astype(float)
+        with torch.inference_mode():  # in batches: a long list's activations are not held all at once
+            z = torch.cat([self.loaded.model(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+            probs = torch.sigmoid(z).numpy().astype(float)
         t = self.loaded.threshold
         results = []
-        for item, g, (low, full), inp, p, years in zip(items, grays, masks, inputs, probs, ages, strict=True):
-            flags, measures = flags_and_measures(low, g)
+        checked = flags_and_measures_of(lows, grays)
+        for item, g, (low, full), inp, p, years, (flags, measures) in zip(
+            items, grays, masks, inputs, probs, ages, checked, strict=True
+        ):
             if years is not None:
                 flags += age_flags(years)
             elif isinstance(item, str | os.PathLike):

@@ -32,7 +32,7 @@ the model learnt from.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -105,25 +105,41 @@ def flags_and_measures(mask: np.ndarray, gray: np.ndarray) -> tuple[list[str], d
     ``lung_area`` (share of the mask), ``lung_median`` (None without lungs), ``noise`` and
     ``detail`` (``pneumolens.lungs.quality``). The audit trail keeps the measures, so that a drift of
     the inputs shows before it crosses a flag's bound (``pneumolens.monitoring.drift``)."""
+    return flags_and_measures_of([mask], [gray])[0]
+
+
+def flags_and_measures_of(
+    masks: Sequence[np.ndarray], grays: Sequence[np.ndarray]
+) -> list[tuple[list[str], dict[str, float | None]]]:
+    """``flags_and_measures`` for many films, the orientation checks run on them in batches."""
     from pneumolens.lungs.orientation import OrientationCheck
     from pneumolens.lungs.preprocess import lung_median
     from pneumolens.lungs.quality import quality_flags, quality_measures
 
-    m = np.asarray(mask, bool)
-    flags = _mask_flags(m)
-    quality = quality_measures(gray)
-    lungs = flags != ["no_lungs_found"]
-    median = lung_median(gray, m) if lungs else None
-    measures = {"lung_area": float(m.mean()), "lung_median": median, **quality}
-    if not lungs:
-        return flags, measures
-    if median is not None and median > GREY_LUNGS:
-        flags.append(GREY_LUNGS_FLAG)
-    if OrientationCheck.shipped("invert").finds(gray):
-        flags.append(INVERTED_FLAG)
-    elif OrientationCheck.shipped("mirror").finds(gray):
-        flags.append(MIRRORED_FLAG)
-    return flags + quality_flags(gray, quality), measures
+    out = []
+    for mask, gray in zip(masks, grays, strict=True):
+        m = np.asarray(mask, bool)
+        flags = _mask_flags(m)
+        quality = quality_measures(gray)
+        lungs = flags != ["no_lungs_found"]
+        median = lung_median(gray, m) if lungs else None
+        if median is not None and median > GREY_LUNGS:
+            flags.append(GREY_LUNGS_FLAG)
+        out.append((flags, {"lung_area": float(m.mean()), "lung_median": median, **quality}))
+    # orientation and quality only where lungs were found: a blank or a noise image says no more
+    found = [i for i, (flags, _) in enumerate(out) if flags != ["no_lungs_found"]]
+    inverted = OrientationCheck.shipped("invert").find([grays[i] for i in found])
+    upright = [i for i, inv in zip(found, inverted, strict=True) if not inv]
+    mirror = OrientationCheck.shipped("mirror").find([grays[i] for i in upright])
+    mirrored = {i for i, m in zip(upright, mirror, strict=True) if m}
+    for i, inv in zip(found, inverted, strict=True):
+        flags, measures = out[i]
+        if inv:
+            flags.append(INVERTED_FLAG)
+        elif i in mirrored:
+            flags.append(MIRRORED_FLAG)
+        flags += quality_flags(grays[i], measures)
+    return out
 
 
 def check_flags(flags: Iterable[str]) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pneumolens.checkpoint import LoadedModel, load_model
 from pneumolens.data.images import preprocess
 
 TASK = "orientation"
+BATCH = 64  # films per forward pass: a long list's activations are not held all at once
 TURN_DEGREES = (5.0, 25.0)  # a digital turn the turn check learns to see: this many degrees, either way
 
 
@@ -84,14 +86,21 @@ class OrientationCheck:
         return _shipped(transform)
 
     @torch.inference_mode()
-    def probabilities(self, grays: list[np.ndarray]) -> np.ndarray:
+    def probabilities(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """P(transformed: mirrored, or inverted) for each grayscale film (H, W) in [0, 1]."""
+        if not len(grays):
+            return np.zeros(0)
         x = torch.from_numpy(np.stack([preprocess(g, self.loaded.preprocess) for g in grays]))  # (B, 1, S, S)
-        return torch.sigmoid(self.loaded.model(x)).numpy().astype(float)
+        z = torch.cat([self.loaded.model(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+        return torch.sigmoid(z).numpy().astype(float)
+
+    def find(self, grays: Sequence[np.ndarray]) -> np.ndarray:
+        """For each film, whether it looks transformed (mirrored, or inverted): at or above the threshold."""
+        return self.probabilities(grays) >= self.threshold
 
     def finds(self, gray: np.ndarray) -> bool:
         """Whether the film looks transformed (mirrored, or inverted): at or above the threshold."""
-        return bool(self.probabilities([gray])[0] >= self.threshold)
+        return bool(self.find([gray])[0])
 
 
 @functools.cache
