@@ -61,6 +61,30 @@ def test_a_list_is_read_in_batches_as_each_film_alone(monkeypatch):
     assert len({r.probability for r in alone[:6]}) == 6  # six films, six different calls
 
 
+def test_a_folder_is_read_in_batches_as_each_film_alone(tmp_path):
+    """``predict``'s folder path segments and checks each batch of films at once in its loader: with
+    batches of three, a broken file among them, each film gets what the API gives it alone."""
+    from pneumolens.inference import Predictor
+
+    films = [read_image(p) for p in real_images("test", "NORMAL", 2) + real_images("test", "PNEUMONIA", 2)]
+    films += [films[0][:, ::-1], 1 - films[1], np.full((224, 224), 0.5)]
+    paths = []
+    for i, film in enumerate(films):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.round(film * 255).astype(np.uint8)).save(paths[-1])
+    paths.insert(2, tmp_path / "broken.png")
+    paths[2].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    shipped = pneumolens.load()
+    got = Predictor(shipped.loaded).predict_paths(paths, batch_size=3)
+    assert [g.path for g in got] == [str(p) for p in paths]
+    assert got[2].probability is None and got[2].error  # said, and the files after it still read
+    for g, path in zip(got[:2] + got[3:], paths[:2] + paths[3:], strict=True):
+        alone = shipped.predict(str(path))
+        assert g.flags == alone.flags and g.probability == pytest.approx(alone.probability, abs=1e-5), path
+        assert g.measures == pytest.approx(alone.measures, abs=1e-6)
+    assert "mirrored" in got[5].flags and "inverted" in got[6].flags and got[7].flags == ["no_lungs_found"]
+
+
 def test_api_refusals(model, tmp_path):
     bad = tmp_path / "bad.jpeg"
     bad.write_text("no")
