@@ -109,24 +109,51 @@ def test_explain_image_on_a_real_film(trained_run, method):
 
 def test_the_pictures_caption_wraps_so_that_every_flag_shows(trained_run):
     """A caption longer than the picture is wide goes on to more lines (the bar grows), none wider
-    than the picture; a short one keeps the one-line bar of 34 px."""
+    than the picture; a short one keeps the one-line bar of 40 px."""
     from PIL import ImageDraw
 
-    from pneumolens.explain.render import CAPTION, wrapped
+    from pneumolens.explain.render import CAPTION, caption_font, line_step, wrapped
 
     loaded = load_model(trained_run)
     gray = read_image(real_images("test", "NORMAL", 1)[0])
     x = explain_image(loaded, gray, "gradcam", flags=[])
-    assert x.picture.size == (512, 512 + 34)  # a 224 px film drawn at 512 px, one caption line
+    assert x.picture.size == (512, 512 + 40)  # a 224 px film drawn at 512 px, one caption line
     flags = ["grey_lungs", "older_than_training", "borderline", "low_detail", "lungs_cut_off", "noisy"]
     many = explain_image(loaded, gray, "gradcam", flags=flags, model_input=x.model_input, probability=x.probability)
-    lines = wrapped(CAPTION + "; flags: " + ", ".join(flags), 512 - 8)
-    assert len(lines) >= 2 and many.picture.size == (512, 512 + 19 + 15 * len(lines))
+    font = caption_font(512)
+    lines = wrapped(CAPTION + "; flags: " + ", ".join(flags), 512 - 8, font)
+    assert len(lines) >= 2 and many.picture.size == (512, 512 + 6 + line_step(font) * (1 + len(lines)))
     draw = ImageDraw.Draw(many.picture)
-    assert all(draw.textlength(line) <= 512 - 8 for line in lines)
+    assert all(draw.textlength(line, font=font) <= 512 - 8 for line in lines)
     assert " ".join(lines).endswith("lungs_cut_off, noisy")  # every flag, none cut off
     assert np.array_equal(np.asarray(many.picture)[-512:], np.asarray(x.picture)[-512:])  # the same map below
     assert wrapped("a " + "w" * 300, 100) == ["a", "w" * 300]  # a word too long for any line stands alone
+
+
+def _caption_height(picture, bar: int) -> int:
+    """Rows of the caption bar's first yellow line that hold yellow pixels (the glyphs' height)."""
+    a = np.asarray(picture)[:bar].astype(int)
+    rows = np.flatnonzero(((a[..., 0] > 200) & (a[..., 1] > 150) & (a[..., 2] < 90)).any(axis=1))
+    return int(rows[-1] - rows[0] + 1)
+
+
+def test_the_caption_grows_with_the_picture_so_a_full_resolution_films_stays_legible(trained_run):
+    """A full-resolution original's picture is 1024 px wide, and the web page shows it at under half
+    that: its caption is drawn twice as tall as a 512-px picture's, not in the same 11-px letters."""
+    from conftest import FULLRES
+    from pneumolens.explain.render import caption_font, line_step
+
+    loaded = load_model(trained_run)
+    film = read_image(sorted((FULLRES / "NORMAL").iterdir())[0])
+    small = explain_image(loaded, read_image(real_images("test", "NORMAL", 1)[0]), "gradcam", flags=[])
+    large = explain_image(loaded, film, "gradcam", flags=[])
+    assert film.shape[1] > film.shape[0] > 1024  # wider than tall: its picture is 1024 px wide
+    assert small.picture.width == 512 and large.picture.width == 1024
+    bars = [6 + 2 * line_step(caption_font(w)) for w in (512, 1024)]  # one caption line on each
+    assert small.picture.height - bars[0] == 512
+    assert large.picture.height - bars[1] == round(film.shape[0] * 1024 / film.shape[1])
+    heights = [_caption_height(x.picture, b) for x, b in zip((small, large), bars, strict=True)]
+    assert 8 <= heights[0] and 1.7 * heights[0] <= heights[1]
 
 
 def test_explain_cli_writes_png_and_json(trained_run, tmp_path, capsys):

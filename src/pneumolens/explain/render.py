@@ -78,19 +78,31 @@ def explanation_image(e: Explanation) -> Image.Image:
         img = Image.fromarray(overlay_array(e))
         if img.size != size:
             img = img.resize(size, Image.Resampling.LANCZOS)
-    caption = wrapped(CAPTION + (f"; flags: {', '.join(e.flags)}" if e.flags else ""), img.width - 8)
-    bar = 19 + LINE * len(caption)  # 34 px for a caption of one line
+    font = caption_font(img.width)
+    caption = wrapped(CAPTION + (f"; flags: {', '.join(e.flags)}" if e.flags else ""), img.width - 8, font)
+    step = line_step(font)
+    bar = 6 + step * (1 + len(caption))  # 40 px for a caption of one line on a 512-px picture
     canvas = Image.new("RGB", (img.width, img.height + bar), (0, 0, 0))
     canvas.paste(img, (0, bar))
     d = ImageDraw.Draw(canvas)
     lung = "n/a" if e.lung_fraction is None else f"{e.lung_fraction:.2f}"
-    d.text((4, 3), f"{e.method}: explains {e.label}, P(pneumonia)={e.probability:.3f}, in lungs {lung}", fill="white")
-    for i, line in enumerate(caption):
-        d.text((4, 18 + LINE * i), line, fill=(255, 210, 0))
+    title = f"{e.method}: explains {e.label}, P(pneumonia)={e.probability:.3f}, in lungs {lung}"
+    d.text((4, 3), title, fill="white", font=font)
+    for i, line in enumerate(caption, start=1):
+        d.text((4, 3 + step * i), line, fill=(255, 210, 0), font=font)
     return canvas
 
 
-LINE = 15  # pixels from one caption line to the next
+def caption_font(width: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The caption's font for a picture ``width`` pixels wide: a fortieth of the width (13 px at
+    least), so that it stays legible where the picture is shown smaller than it is, as the web page
+    shows a 1024-px picture of a full-resolution film at under half its size."""
+    return ImageFont.load_default(size=max(13, width // 40))
+
+
+def line_step(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+    """Pixels from one caption line to the next."""
+    return round(getattr(font, "size", 11)) + 4
 
 
 def wrapped(text: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> list[str]:
