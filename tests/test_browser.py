@@ -126,6 +126,42 @@ def test_upload_shows_probability_and_heatmap(server, trained_run):
         assert "read PNEUMONIA" in page.inner_text("#rows tbody tr:first-child")  # the newest row: the read
 
 
+def test_about_this_model_shows_what_the_card_records(server):
+    """Opened, "About this model" shows the model's validation figures; a model other than the
+    shipped one gets no test row and no shipped model's limits (the shipped one's: next test)."""
+    with _browser() as browser:
+        page = browser.new_page()
+        page.goto(server + "/")
+        assert not page.is_visible("#about-figures")
+        with page.expect_response(lambda r: r.url.endswith("/api/v1/model"), timeout=30_000) as answer:
+            page.click("#about summary")
+        page.wait_for_selector("#about-figures:not([hidden])", timeout=30_000)
+        card = answer.value.json()
+        rows = page.locator("#about-figures tbody tr")
+        assert rows.count() == 1 and f"validation ({card['validation_metrics']['n']} films" in rows.first.inner_text()
+        assert f"{100 * card['validation_metrics']['specificity']:.1f}%" in rows.first.inner_text()
+        assert "other than the shipped one" in page.inner_text("#about-text") and not page.is_visible("#about-limits")
+
+
+def test_about_the_shipped_model_shows_its_test_figures_and_limits():
+    import json
+
+    from pneumolens.checkpoint import shipped_model_path
+
+    record = json.loads(shipped_model_path().with_name("default_test_metrics.json").read_text())
+    with _serving(Settings()) as url, _browser() as browser:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.click("#about summary")
+        page.wait_for_selector("#about-figures:not([hidden])", timeout=30_000)
+        test = page.locator("#about-figures tbody tr").nth(1).inner_text()
+        low, high = record["ci"]["specificity"]
+        assert f"test ({record['n']} films, {record['n_patients']} patients)" in test
+        assert f"{100 * record['specificity']:.1f}% [{100 * low:.1f}%, {100 * high:.1f}%]" in test
+        assert "children aged one to five from one hospital" in page.inner_text("#about-text")
+        assert "not validated on children of other hospitals" in page.inner_text("#about-limits")
+
+
 @pytest.mark.parametrize("kind", ["dicom", "tiff"])
 def test_a_dicom_or_tiff_upload_is_shown_with_its_outlines(server, tmp_path, kind):
     """A browser cannot decode DICOM or TIFF: the page shows the image the server read (image_png),

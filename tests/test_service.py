@@ -54,6 +54,32 @@ def test_health_model_docs_and_page(client):
     page = client.get("/").text
     assert "does not replace" in page and "does not make a diagnosis" in page
     assert not re.search(r"""(src|href)=["']https?://""", page)  # nothing from a CDN
+    assert "recorded_test_metrics" not in card  # a model of its own: no figures measured on another
+
+
+def test_the_shipped_models_card_carries_its_recorded_test_figures(tmp_path):
+    """The card shows the test figures recorded for the shipped weights (rates, ROC-AUC, intervals),
+    and says what the model learnt from and was tested on; a copy of the file elsewhere is the same
+    model, a file with any other weights gets none (``test_health_model_docs_and_page``)."""
+    import json
+    import shutil
+
+    from pneumolens.checkpoint import shipped_model_path
+
+    record = json.loads(shipped_model_path().with_name("default_test_metrics.json").read_text())
+    with TestClient(create_app(Settings())) as c:
+        card = c.get("/api/v1/model").json()
+    test = card["recorded_test_metrics"]
+    assert {k: test[k] for k in ("n", "accuracy", "sensitivity", "specificity", "roc_auc", "threshold")} == {
+        k: record[k] for k in ("n", "accuracy", "sensitivity", "specificity", "roc_auc", "threshold")
+    }
+    assert test["ci"]["specificity"] == record["ci"]["specificity"] and test["n_patients"] == record["n_patients"]
+    assert test["confusion_matrix"] == record["confusion_matrix"] and test["threshold"] == card["threshold"]
+    assert "children" in test["trained_on"] and "one hospital" in test["trained_on"] and test["tested_on"]
+    copy = tmp_path / "renamed.safetensors"
+    shutil.copy(shipped_model_path(), copy)
+    with TestClient(create_app(Settings(model=str(copy)))) as c:
+        assert c.get("/api/v1/model").json()["recorded_test_metrics"] == test
 
 
 def test_predict_with_heatmap(client):

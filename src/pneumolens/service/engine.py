@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import json
 import logging
 import tempfile
 import threading
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pneumolens.checkpoint import load_model
+from pneumolens.checkpoint import load_model, shipped_model_path
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.scope import max_training_age, sample_flags
@@ -26,6 +28,37 @@ from pneumolens.lungs.segment import LungSegmenter
 from pneumolens.service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+SHIPPED_DATA = {  # what the shipped model learnt from and was reported on (its model card says more)
+    "trained_on": "frontal chest X-rays of children aged one to five from one hospital (Guangzhou Women "
+    "and Children's Medical Center; Kermany et al. 2018): the training split of the Kaggle set",
+    "tested_on": "that set's official test split, films of the same hospital's children, read once",
+}
+
+
+@functools.cache
+def _shipped_sha256() -> str:
+    return load_model(shipped_model_path()).sha256
+
+
+def shipped_test_record(sha256: str) -> dict[str, Any] | None:
+    """The shipped model's recorded test figures (``assets/default_test_metrics.json``: the rates at
+    its operating point, ROC-AUC and their 95% patient-bootstrap intervals) when ``sha256`` names its
+    weights, else None: a model card shows what was measured on the model it describes, and no other."""
+    if sha256 != _shipped_sha256():
+        return None
+    record = json.loads(shipped_model_path().with_name("default_test_metrics.json").read_text())
+    keys = ("accuracy", "sensitivity", "specificity", "roc_auc")
+    return {
+        **SHIPPED_DATA,
+        "n": record["n"],
+        "n_patients": record.get("n_patients"),
+        "threshold": record["threshold"],
+        **{k: record[k] for k in keys},
+        "ci": {k: record["ci"][k] for k in keys if k in record.get("ci", {})},
+        "confusion_matrix": record["confusion_matrix"],
+    }
 
 
 class Engine:
@@ -78,6 +111,9 @@ class Engine:
             card["holdout_twin_validation_metrics"] = metrics["holdout_val"]
         card["backend"] = self.backend
         card["sha256"] = self.loaded.sha256
+        recorded = shipped_test_record(self.loaded.sha256)
+        if recorded is not None:
+            card["recorded_test_metrics"] = recorded
         return card
 
     def _probability(self, x: torch.Tensor) -> float:
