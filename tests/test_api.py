@@ -51,7 +51,12 @@ def test_a_list_is_read_in_batches_as_each_film_alone(monkeypatch):
     alone = [shipped.predict(f) for f in films]
     for module in (pneumolens.api, pneumolens.lungs.orientation, pneumolens.lungs.segment):
         monkeypatch.setattr(module, "BATCH", 2)
+    events = []  # films are read a batch at a time, each batch segmented before the next is read
+    monkeypatch.setattr(pneumolens.api, "to_gray", lambda x: events.append("read") or x)
+    masks_of = shipped.segmenter.masks_of
+    monkeypatch.setattr(shipped.segmenter, "masks_of", lambda g, **k: events.append(len(g)) or masks_of(g, **k))
     together = shipped.predict(films)
+    assert events == ["read", "read", 2] * 5
     assert [r.flags for r in together] == [r.flags for r in alone]
     assert [r.probability for r in together] == pytest.approx([r.probability for r in alone], abs=1e-5)
     for a, b in zip(together, alone, strict=True):

@@ -24,7 +24,7 @@ from pneumolens.evaluation.selective import borderline_flags
 from pneumolens.lungs.flags import describe, flags_and_measures_of
 from pneumolens.lungs.segment import LungSegmenter
 
-BATCH = 64  # films per forward pass of predict
+BATCH = 64  # films read, checked and scored together by predict
 ImageLike = str | os.PathLike | np.ndarray | Any  # path, array, PIL image or pydicom Dataset
 
 
@@ -108,15 +108,20 @@ class Model:
         many = isinstance(images, list | tuple)
         items = list(images) if many else [images]
         ages = _ages(age, len(items))
+        results = []
+        for i in range(0, len(items), BATCH):  # a long list of films is never held in memory at once
+            results += self._predict(items[i : i + BATCH], ages[i : i + BATCH], explain)
+        return results if many else results[0]
+
+    def _predict(self, items: list[ImageLike], ages: list[float | None], explain: str | None) -> list[Result]:
+        """``predict`` for one batch of images."""
         grays = [to_gray(x) for x in items]
         # one segmentation per image serves flags, lung-aware preprocessing and the explanation
         masks = self.segmenter.masks_of(grays, full_size=bool(explain))
         lows = [low for low, _ in masks]
         inputs = [preprocess(g, self.loaded.preprocess, m) for g, m in zip(grays, lows, strict=True)]
-        x = torch.from_numpy(np.stack(inputs))  # (B, C, S, S)
-        with torch.inference_mode():  # in batches: a long list's activations are not held all at once
-            z = torch.cat([self.loaded.model(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
-            probs = torch.sigmoid(z).numpy().astype(float)
+        with torch.inference_mode():
+            probs = torch.sigmoid(self.loaded.model(torch.from_numpy(np.stack(inputs)))).numpy().astype(float)
         t = self.loaded.threshold
         results = []
         checked = flags_and_measures_of(lows, grays)
@@ -147,7 +152,7 @@ class Model:
                 )
                 r.heatmap, r.method, r.lung_fraction, r.regions = e.heatmap, explain, e.lung_fraction, e.regions()
             results.append(r)
-        return results if many else results[0]
+        return results
 
 
 def _ages(age: Any, n: int) -> list[float | None]:
