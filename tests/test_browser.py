@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import threading
@@ -223,3 +224,5 @@ def test_recent_page_shows_drift(trained_run, tmp_path):
         assert page.inner_text("#status") == "80 most recent rows (predictions, refusals and reviews)"
         assert page.inner_text("#agreement") == "No reads recorded yet."
         assert "ACME DX-1" in page.inner_text("#rows tbody tr:first-child")  # the newest row, from a DICOM device
+        shown = page.inner_text("#rows tbody tr:last-child td:first-child")  # to the second, as a reader reads it
+        assert shown == old[:19].replace("T", " ") and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", shown)
