@@ -131,3 +131,82 @@ def test_optimizer_choice_builds_that_optimizer(name, kind):
     assert type(opt).__name__ == kind and opt.defaults["lr"] == 0.05 and opt.defaults["weight_decay"] == 5e-4
     if name == "sgd":
         assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"]
+
+
+# ------------------------------------------------------------------------------- train --config FILE
+
+
+def _config_of(*argv: str) -> TrainConfig:
+    from pneumolens.cli import build_parser, train_config
+
+    return train_config(build_parser().parse_args(["train", "--data", "DATA", *argv]))
+
+
+def test_a_runs_own_config_trains_it_again(trained_run, tmp_path):
+    """A run's config.json given back is that run's recipe, field for field, and so is the shipped
+    model's (written before some fields existed, with a start and a teacher); a flag goes on top."""
+    from pneumolens.checkpoint import load_model
+
+    recorded = json.loads((trained_run / "config.json").read_text())
+    assert recorded["preset"] == "seed" and _config_of("--config", str(trained_run / "config.json")) == (
+        TrainConfig.from_dict(recorded)
+    )
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps(load_model().meta["config"]))
+    cfg = _config_of("--config", str(shipped))
+    assert cfg.is_recorded_in(load_model().meta["config"]) and cfg.init and cfg.teacher
+    assert _config_of("--config", str(shipped), "--epochs", "3") == dataclasses.replace(cfg, epochs=3)
+
+
+def test_a_yaml_file_sets_some_fields_over_its_preset_and_flags_go_on_top(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text(
+        "preset: lung_gamma\nepochs: 5\nlr: 0.0005\nsplit_seed: null\n"
+        "preprocess: {image_size: 96, interpolation: bicubic}\naugment: {rotation: 3}\n"
+    )
+    cfg = _config_of("--config", str(f), "--epochs", "7")
+    base = PRESETS["lung_gamma"]
+    assert cfg == dataclasses.replace(
+        base,
+        epochs=7,  # the flag wins over the file
+        lr=0.0005,
+        split_seed=None,
+        preprocess=dataclasses.replace(base.preprocess, image_size=96, interpolation="bicubic"),
+        augment=dataclasses.replace(base.augment, rotation=3.0),
+    )
+    assert isinstance(cfg.augment.rotation, float)
+    assert _config_of("--config", str(f), "--preset", "crop_clahe").preset == "crop_clahe"  # --preset too
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("epoch: 5\n", r"exp\.yaml: unknown config field 'epoch'"),
+        ("augment: {rotate: 5}\n", r"exp\.yaml: unknown config field 'augment\.rotate'"),
+        ("lr: 1e-3\n", r"exp\.yaml: lr must be a number, got '1e-3' \(YAML reads 1e-3 as text: write 1\.0e-3\)"),
+        ("epochs: 2.5\n", r"exp\.yaml: epochs must be an integer, got 2\.5"),
+        ("preprocess: {lungs: both}\n", r"exp\.yaml: preprocess\.lungs must be one of 'none', 'crop'"),
+        ("calibrate: yes please\n", r"exp\.yaml: calibrate must be true or false"),
+        ("preprocess: {lung_margin: 0.7}\n", r"exp\.yaml: lung_margin must be in \[0, 0\.5\)"),
+        ("preset: fancy\n", r"exp\.yaml: unknown preset 'fancy'"),
+        ("- epochs: 5\n", r"exp\.yaml: a config is a mapping of fields, got list"),
+        ("epochs: [5\n", r"exp\.yaml: not a readable JSON or YAML config"),
+        ("augment: 5\n", r"exp\.yaml: augment is a mapping of fields, got 5"),
+    ],
+)
+def test_a_bad_config_file_is_refused_naming_the_file_and_field(tmp_path, capsys, text, match):
+    from pneumolens.cli import main
+
+    f = tmp_path / "exp.yaml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        _config_of("--config", str(f))
+    assert main(["train", "--data", str(tmp_path), "--config", str(f), "--out", str(tmp_path / "run")]) == 2
+    assert "exp.yaml" in capsys.readouterr().err and not (tmp_path / "run").exists()  # nothing trained
+
+
+def test_resume_takes_no_config_file(tmp_path, capsys):
+    from pneumolens.cli import main
+
+    assert main(["train", "--resume", str(tmp_path), "--config", str(tmp_path / "c.json")]) == 2
+    assert "--resume continues the run's own recipe; drop --config" in capsys.readouterr().err

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 ClassWeighting = Literal["seed", "balanced", "none"]
@@ -241,12 +245,15 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
 
     ``image_size``, ``lungs``, ``lung_margin``, ``lung_gamma`` and ``clahe_clip`` are shortcuts into
     ``preprocess``; ``rotation``, ``shift``, ``zoom``, ``gamma``, ``contrast``, ``mixup``, ``hflip``,
-    ``erase``, ``blur`` and ``bias_field`` into ``augment``.
+    ``erase``, ``blur`` and ``bias_field`` into ``augment``; ``preprocess`` (a dict) sets its other
+    fields (``channels``, ``interpolation``, ``soft_floor``: ``read_config_file``).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "preprocess" in overrides:
+        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, **overrides.pop("preprocess")))
     if "image_size" in overrides:
         size = int(overrides.pop("image_size"))
         if size < 16:
@@ -358,3 +365,89 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     if overrides.get("series_adversary", cfg.series_adversary) > 0 and cfg.augment.mixup > 0:
         raise ValueError("series_adversary needs each film's series and mixup blends two films: pick one")
     return dataclasses.replace(cfg, **overrides)
+
+
+PREPROCESS_SHORTCUTS = ("image_size", "lungs", "lung_margin", "lung_gamma", "clahe_clip", "equalize")
+
+
+def read_config_file(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]:
+    """A run's config from a JSON or YAML file (a run's ``config.json``, or a few fields of one) as
+    ``resolve_config``'s arguments: its ``preset`` (None when it names none) and its other fields, those
+    of ``preprocess`` and ``augment`` given as the shortcuts (``preprocess``'s others as a dict). Fields
+    it leaves out keep the preset's values; the command line's flags go on top (``train --config``).
+
+    Raises:
+        ValueError: the file unreadable, not a mapping, or a field unknown or of the wrong type, named.
+    """
+    import yaml
+
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        yaml_file = Path(path).suffix.lower() in (".yaml", ".yml")
+        data = yaml.safe_load(text) if yaml_file else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{where}: not a readable JSON or YAML config ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a config is a mapping of fields, got {type(data).__name__}")
+    data = dict(data)
+    out: dict[str, Any] = {}
+    for section, cls in (("preprocess", PreprocessConfig), ("augment", AugmentConfig)):
+        part = data.pop(section, None) or {}
+        if not isinstance(part, dict):
+            raise ValueError(f"{where}: {section} is a mapping of fields, got {part!r}")
+        hints = typing.get_type_hints(cls)
+        for name, value in part.items():
+            _check_field(where, f"{section}.{name}", hints.get(name), value)
+            value = float(value) if hints[name] is float else value
+            if section == "augment" or name in PREPROCESS_SHORTCUTS:
+                out[name] = value
+            else:
+                out.setdefault("preprocess", {})[name] = value
+    hints = typing.get_type_hints(TrainConfig)
+    for name, value in data.items():
+        _check_field(where, name, hints.get(name), value)
+        out[name] = float(value) if hints[name] is float and value is not None else value
+    if out.get("borderline_risk") is not None:  # a risk sets the band: the share beside it is the unused default
+        out.pop("borderline_share", None)
+    return out.pop("preset", None), out
+
+
+def _check_field(where: str, name: str, hint: Any, value: Any) -> None:
+    if hint is None:
+        raise ValueError(f"{where}: unknown config field {name!r}")
+    if not _fits(hint, value):
+        literal = typing.get_origin(hint) is Literal
+        said = f"one of {', '.join(map(repr, typing.get_args(hint)))}" if literal else _type_name(hint)
+        tip = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) and "e" in value.lower() else ""
+        raise ValueError(f"{where}: {name} must be {said}, got {value!r}{tip}")
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether a value read from a config file has the field's type (``Literal``, unions, plain types)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_args(hint):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text", dict: "a mapping"}.get(
+        hint, "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+    )

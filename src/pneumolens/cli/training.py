@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="RUN_DIR",
         help="continue an interrupted run from its last complete epoch, with its own config and data",
     )
-    t.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    t.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a JSON or YAML config: a run's config.json to train it again, or some fields of one; "
+        "the fields it leaves out come from its preset (or --preset), and flags given here go on top",
+    )
+    t.add_argument("--preset", choices=sorted(PRESETS), help="the recipe to start from (default: default)")
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     t.add_argument("--model", choices=["resnet_small", "seed_cnn"], help="architecture (default: the preset's)")
     t.add_argument("--model-kwargs", type=json_object, help="architecture arguments as JSON, e.g. '{\"dropout\": 0.5}'")
@@ -323,20 +330,25 @@ RECIPE_FLAGS = (
 ).split()
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The config that ``pneumolens train`` with these parsed arguments trains."""
-    from pneumolens.config import resolve_config
+RUNTIME_FLAGS = ("num_workers", "accelerator", "devices", "num_nodes", "strategy", "cache")
 
-    return resolve_config(
-        args.preset,
-        **{k: getattr(args, k) for k in RECIPE_FLAGS},
-        num_workers=args.num_workers,
-        accelerator=args.accelerator,
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        strategy=args.strategy,
-        cache=args.cache,
-    )
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The config that ``pneumolens train`` with these parsed arguments trains: the preset's, then
+    ``--config``'s fields, then the flags given."""
+    from pneumolens.config import read_config_file, resolve_config
+
+    preset, given = read_config_file(args.config) if getattr(args, "config", None) else (None, {})
+    preset = args.preset or preset or "default"
+    if getattr(args, "config", None):  # the file's own errors are said with its name, before any flag is applied
+        try:
+            resolve_config(preset, **given)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{args.config}: {e}") from None
+    flags = {k: getattr(args, k) for k in (*RECIPE_FLAGS, *RUNTIME_FLAGS) if getattr(args, k) is not None}
+    cfg = resolve_config(preset, **{**given, **flags})
+    cleared = {k: None for k, v in given.items() if v is None and k not in flags}  # null in the file: null
+    return dataclasses.replace(cfg, **cleared) if cleared else cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -345,9 +357,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pneumolens.training.state import TrainingDiverged, TrainingInterrupted
 
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in RECIPE_FLAGS if getattr(args, k) is not None]
-        if given or args.preset != "default" or args.out:
-            raise ValueError(f"--resume continues the run's own recipe; drop {', '.join(given) or '--preset/--out'}")
+        given = [
+            f"--{k.replace('_', '-')}" for k in ("config", "preset", *RECIPE_FLAGS) if getattr(args, k) is not None
+        ]
+        if given or args.out:
+            raise ValueError(f"--resume continues the run's own recipe; drop {', '.join(given) or '--out'}")
         run = Path(args.resume)
         try:
             cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
