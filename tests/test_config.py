@@ -205,6 +205,22 @@ def test_a_bad_config_file_is_refused_naming_the_file_and_field(tmp_path, capsys
     assert "exp.yaml" in capsys.readouterr().err and not (tmp_path / "run").exists()  # nothing trained
 
 
+def test_print_config_shows_what_would_train_and_reads_back(tmp_path, capsys, monkeypatch):
+    """--print-config needs no data and trains nothing; what it prints, given back, is the same config."""
+    from pneumolens.cli import main
+
+    monkeypatch.chdir(tmp_path)  # where a run would go by default (runs/<preset>)
+    monkeypatch.delenv("PNEUMOLENS_DATA", raising=False)
+    f = tmp_path / "exp.yaml"
+    f.write_text("preset: lung_gamma\naugment: {hflip: 0.5}\n")
+    assert main(["train", "--config", str(f), "--epochs", "3", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "printed.json").write_text(printed)
+    cfg = _config_of("--config", str(f), "--epochs", "3")
+    assert TrainConfig.from_dict(json.loads(printed)) == cfg == _config_of("--config", str(tmp_path / "printed.json"))
+    assert (cfg.preset, cfg.epochs, cfg.augment.hflip) == ("lung_gamma", 3, 0.5) and not (tmp_path / "runs").exists()
+
+
 def test_resume_takes_no_config_file(tmp_path, capsys):
     from pneumolens.cli import main
 

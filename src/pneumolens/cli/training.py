@@ -32,6 +32,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "the fields it leaves out come from its preset (or --preset), and flags given here go on top",
     )
     t.add_argument("--preset", choices=sorted(PRESETS), help="the recipe to start from (default: default)")
+    t.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the config these arguments resolve to (JSON, as --config reads it) and exit without training",
+    )
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     t.add_argument("--model", choices=["resnet_small", "seed_cnn"], help="architecture (default: the preset's)")
     t.add_argument("--model-kwargs", type=json_object, help="architecture arguments as JSON, e.g. '{\"dropout\": 0.5}'")
@@ -370,9 +375,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{run}: not a resumable run directory ({e})") from None
         out, resume = str(run), True
     else:
+        cfg = train_config(args)
+        if args.print_config:  # what would train, as a file --config takes: nothing read or written
+            print(cfg.to_json())
+            return 0
         if not args.data:
             raise ValueError(f"--data is required (or set ${DEFAULT_DATA_ENV})")
-        cfg = train_config(args)
         data, out, resume = args.data, args.out or f"runs/{cfg.preset}", False
     try:
         path = fit(data, cfg, out, cache_dir=args.cache_dir, resume=resume)
