@@ -185,6 +185,7 @@ def test_a_yaml_file_sets_some_fields_over_its_preset_and_flags_go_on_top(tmp_pa
         ("augment: {rotate: 5}\n", r"exp\.yaml: unknown config field 'augment\.rotate'"),
         ("lr: 1e-3\n", r"exp\.yaml: lr must be a number, got '1e-3' \(YAML reads 1e-3 as text: write 1\.0e-3\)"),
         ("epochs: 2.5\n", r"exp\.yaml: epochs must be an integer, got 2\.5"),
+        ("lr: none\n", r"exp\.yaml: lr must be a number, got 'none'$"),  # no word on exponents here
         ("preprocess: {lungs: both}\n", r"exp\.yaml: preprocess\.lungs must be one of 'none', 'crop'"),
         ("calibrate: yes please\n", r"exp\.yaml: calibrate must be true or false"),
         ("preprocess: {lung_margin: 0.7}\n", r"exp\.yaml: lung_margin must be in \[0, 0\.5\)"),

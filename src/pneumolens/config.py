@@ -419,8 +419,19 @@ def _check_field(where: str, name: str, hint: Any, value: Any) -> None:
     if not _fits(hint, value):
         literal = typing.get_origin(hint) is Literal
         said = f"one of {', '.join(map(repr, typing.get_args(hint)))}" if literal else _type_name(hint)
-        tip = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) and "e" in value.lower() else ""
+        tip = " (YAML reads 1e-3 as text: write 1.0e-3)" if _number_as_text(value) else ""
         raise ValueError(f"{where}: {name} must be {said}, got {value!r}{tip}")
+
+
+def _number_as_text(value: Any) -> bool:
+    """Whether YAML gave a number in exponent form without a dot (``1e-3``) as text."""
+    if not isinstance(value, str) or "e" not in value.lower():
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _fits(hint: Any, value: Any) -> bool:
