@@ -36,6 +36,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "whether the median inside the lung mask is above 0.5 (grey lungs)",
     )
     e.add_argument(
+        "--prevalence",
+        type=fraction,
+        nargs="+",
+        metavar="P",
+        help="shares of films with pneumonia (e.g. 0.1 0.3) at which to give the calls' predictive values "
+        "(how often a pneumonia call and a normal call are right there), from the films' sensitivity and "
+        "specificity, with patient-bootstrap intervals",
+    )
+    e.add_argument(
         "--explain",
         default="occlusion",
         choices=["gradcam", "occlusion", "lime", "none"],
@@ -295,7 +304,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumolens.evaluation.evaluate import evaluate, format_table
 
     loaded = load_model(args.model)
-    ev = evaluate(loaded, args.data, args.threshold, group_by=args.group_by, split=args.split)
+    ev = evaluate(
+        loaded, args.data, args.threshold, group_by=args.group_by, split=args.split, prevalences=args.prevalence or ()
+    )
     print(format_table(ev.metrics))
     for path, reason in ev.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

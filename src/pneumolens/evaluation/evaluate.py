@@ -17,6 +17,7 @@ from pneumolens.data.sources import Sample, check_headers, find_split
 from pneumolens.data.subgroups import grouped_by, subgroup
 from pneumolens.evaluation.calibration import bootstrap_ci, expected_calibration_error
 from pneumolens.evaluation.metrics import binary_metrics
+from pneumolens.evaluation.prevalence import at_prevalences
 from pneumolens.evaluation.selective import borderline_flags, borderline_metrics, risk_coverage
 from pneumolens.inference import default_workers, predict_samples
 from pneumolens.lungs.flags import GREY_LUNGS_FLAG, check_flags
@@ -194,12 +195,14 @@ def evaluate(
     n_boot: int = 1000,
     group_by: str | None = None,
     split: str = "test",
+    prevalences: Sequence[float] = (),
 ) -> Evaluation:
     """Score ``loaded`` on ``data``'s test split (or its class folders / CSV manifest). ``group_by``:
     a DICOM device or acquisition attribute to report subgroups by (``subgroups.DEVICE_ATTRIBUTES``),
     or ``lung-exposure`` (``subgroups.lung_exposure``). ``split="validation"``: the validation films
     the model's recorded training config draws from ``data``'s training films, by patient, where
-    choices belong (not for a model that trained on them)."""
+    choices belong (not for a model that trained on them). ``prevalences``: shares of pneumonia films
+    to give the calls' predictive values at (``evaluation.prevalence``)."""
     listed = validation_films(loaded, data) if split == "validation" else find_split(data, "test")
     if group_by:
         listed = grouped_by(listed, group_by)
@@ -228,6 +231,8 @@ def evaluate(
     metrics["subgroups"] = subgroup_metrics(
         y, p, t, patients, [subgroup(s.path, s.label, s.group) for s in scored], n_boot
     )
+    if prevalences:
+        metrics["at_prevalence"] = at_prevalences(y, p, t, prevalences, patients, n_boot=n_boot)
     metrics["caution"] = caution_metrics([CAUTION in flags[s.path] for s in scored], y, p, t, patients, n_boot=n_boot)
     metrics["checks"] = check_metrics([flags[s.path] for s in scored], y, p, t, patients, n_boot=n_boot)
     # films whose name, manifest or DICOM header gives no patient each count as their own patient
@@ -261,6 +266,14 @@ def format_table(m: dict[str, Any]) -> str:
         ("ROC-AUC", "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}" + _ci3(ci.get("roc_auc"))),
         ("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]"),
     ]
+    for r in m.get("at_prevalence", []):
+        rows.append(
+            (
+                f"  where {100 * r['prevalence']:g}% have pneumonia",
+                f"a pneumonia call right {pct(r['ppv'], lo_hi=r['ci']['ppv'])}, "
+                f"a normal call right {pct(r['npv'], lo_hi=r['ci']['npv'])}",
+            )
+        )
     for name, g in m.get("subgroups", {}).items():
         auc = g["roc_auc_vs_other_class"]
         rows.append(
