@@ -161,6 +161,11 @@ def test_about_the_shipped_model_shows_its_test_figures_and_limits():
         assert f"{100 * record['specificity']:.1f}% [{100 * low:.1f}%, {100 * high:.1f}%]" in test
         assert "children aged one to five from one hospital" in page.inner_text("#about-text")
         assert "not validated on children of other hospitals" in page.inner_text("#about-limits")
+        se, sp, q = record["sensitivity"], record["specificity"], 0.05
+        ppv = se * q / (se * q + (1 - sp) * (1 - q))
+        said = page.inner_text("#about-prevalence")
+        assert f"Where 5% of films show pneumonia, {100 * ppv:.1f}% of its pneumonia calls would be right" in said
+        assert "(62.5% of its films)" in said and "; at 30%, " in said
 
 
 @pytest.mark.parametrize("kind", ["dicom", "tiff"])

@@ -76,6 +76,12 @@ def test_the_shipped_models_card_carries_its_recorded_test_figures(tmp_path):
     assert test["ci"]["specificity"] == record["ci"]["specificity"] and test["n_patients"] == record["n_patients"]
     assert test["confusion_matrix"] == record["confusion_matrix"] and test["threshold"] == card["threshold"]
     assert "children" in test["trained_on"] and "one hospital" in test["trained_on"] and test["tested_on"]
+    se, sp = record["sensitivity"], record["specificity"]  # where pneumonia is rarer: Bayes by hand
+    for r in test["at_prevalence"]:
+        q = r["prevalence"]
+        assert r["ppv"] == pytest.approx(se * q / (se * q + (1 - sp) * (1 - q)))
+        assert r["npv"] == pytest.approx(sp * (1 - q) / (sp * (1 - q) + (1 - se) * q))
+    assert [r["prevalence"] for r in test["at_prevalence"]] == [0.05, 0.15, 0.3] and test["n_positive_share"] == 0.625
     copy = tmp_path / "renamed.safetensors"
     shutil.copy(shipped_model_path(), copy)
     with TestClient(create_app(Settings(model=str(copy)))) as c:

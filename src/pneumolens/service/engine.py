@@ -20,6 +20,7 @@ from pneumolens.checkpoint import load_model, shipped_model_path
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.scope import max_training_age, sample_flags
+from pneumolens.evaluation.prevalence import predictive_values
 from pneumolens.evaluation.selective import borderline_flags
 from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
@@ -35,6 +36,9 @@ SHIPPED_DATA = {  # what the shipped model learnt from and was reported on (its 
     "and Children's Medical Center; Kermany et al. 2018): the training split of the Kaggle set",
     "tested_on": "that set's official test split, films of the same hospital's children, read once",
 }
+
+
+CLINIC_PREVALENCES = (0.05, 0.15, 0.3)  # shares of films with pneumonia the card gives predictive values at
 
 
 @functools.cache
@@ -54,11 +58,19 @@ def shipped_test_record(sha256: str) -> dict[str, Any] | None:
         **SHIPPED_DATA,
         "n": record["n"],
         "n_patients": record.get("n_patients"),
+        "n_positive_share": record["n_positive"] / record["n"],
         "threshold": record["threshold"],
         **{k: record[k] for k in keys},
         "ci": {k: record["ci"][k] for k in keys if k in record.get("ci", {})},
         "confusion_matrix": record["confusion_matrix"],
+        # how often its calls would be right where pneumonia is rarer than on the test split (62.5%)
+        "at_prevalence": [_predictive(record, q) for q in CLINIC_PREVALENCES],
     }
+
+
+def _predictive(record: dict[str, Any], prevalence: float) -> dict[str, float | None]:
+    ppv, npv = predictive_values(record["sensitivity"], record["specificity"], prevalence)
+    return {"prevalence": prevalence, "ppv": ppv, "npv": npv}
 
 
 class Engine:
