@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from conftest import real_images
@@ -197,6 +199,40 @@ def test_explain_refuses_what_predict_refuses(trained_run, tmp_path, capsys):
     assert main(["explain", path, "--model", str(trained_run), "--method", "gradcam", "--layer", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown layer 'nope'; valid: features" in err and "features.11" in err and "head" not in err
+
+
+def test_explain_a_folder_writes_a_picture_per_film_and_passes_over_a_broken_one(trained_run, tmp_path, capsys):
+    films = real_images("test", "NORMAL", 1) + real_images("test", "PNEUMONIA", 1)
+    for folder, src in zip(("a", "b"), films, strict=True):  # two films of one name
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "film.jpeg").symlink_to(src)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    out = tmp_path / "maps"
+    rc = main(
+        ["explain", str(tmp_path / "in"), "--model", str(trained_run), "--method", "gradcam"]
+        + ["--out-dir", str(out), "--json"]
+    )
+    assert rc == 1  # one file could not be read; the others were explained
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).relative_to(tmp_path / "in").as_posix() for r in rows] == [
+        "a/film.jpeg",
+        "b/film.jpeg",
+        "broken.png",
+    ]
+    assert "error" in rows[2] and [Path(r["out"]).name for r in rows[:2]] == ["film_gradcam.png", "film-2_gradcam.png"]
+    loaded = load_model(trained_run)
+    for row, src in zip(rows[:2], films, strict=True):  # each picture and call is its own film's
+        alone = explain_image(loaded, src, "gradcam")
+        assert row["probability"] == pytest.approx(alone.probability, abs=1e-6) and row["label"] == alone.label
+        assert Image.open(row["out"]).size == alone.picture.size
+    for argv, said in (
+        (["--out", str(tmp_path / "x.png")], "--out is for one image; for several, or a folder, the pictures go to"),
+        (["--dicom-out", str(tmp_path / "d")], "--dicom-out is for one image"),
+    ):
+        assert main(["explain", str(tmp_path / "in"), "--model", str(trained_run), *argv]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["explain", str(films[0]), "--model", str(trained_run), "--out-dir", str(out)]) == 2
+    assert "--out-dir is for several images or a folder" in capsys.readouterr().err
 
 
 def test_explain_evaluate_table(trained_run, tiny_data, capsys):

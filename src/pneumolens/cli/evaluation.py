@@ -119,12 +119,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_predict)
 
     x = sub.add_parser("explain", help="explain a prediction (Grad-CAM, LIME or occlusion), or rate the methods")
-    x.add_argument("image", nargs="?", help="JPEG, PNG, TIFF or DICOM file (omit with --evaluate)")
+    x.add_argument(
+        "image",
+        nargs="*",
+        help="JPEG, PNG, TIFF or DICOM file; or several, or folders (walked recursively), each explained into "
+        "--out-dir (omit with --evaluate)",
+    )
     x.add_argument(
         "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
     )
     x.add_argument("--method", default="occlusion", help="occlusion (default: the faithful one), gradcam or lime")
-    x.add_argument("--out", help="write the picture here (PNG)")
+    x.add_argument("--out", help="write the picture here (PNG; one image)")
+    x.add_argument(
+        "--out-dir",
+        help="for several images or a folder: write <stem>_<method>.png here (default: explanations; "
+        "<stem>-2_... for a second file of the same name)",
+    )
     x.add_argument("--json", action="store_true", help="print a JSON object")
     x.add_argument(
         "--dicom-out",
@@ -169,6 +179,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     if not args.image:
         raise ValueError("give an IMAGE to explain, or --evaluate with --data")
+    many = len(args.image) > 1 or Path(args.image[0]).is_dir()
+    if many:
+        for flag, value in (("--out", args.out), ("--dicom-out", args.dicom_out)):
+            if value:
+                raise ValueError(f"{flag} is for one image; for several, or a folder, the pictures go to --out-dir")
+    elif args.out_dir:
+        raise ValueError("--out-dir is for several images or a folder; for one image, --out names its picture")
     own = (
         ("--layer", args.layer, "gradcam"),
         ("--window", args.window, "occlusion"),
@@ -177,6 +194,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for flag, value, method in own:
         if value is not None and args.method != method:  # said, rather than ignored
             raise ValueError(f"{flag} applies to --method {method} only, not {args.method}")
+    if many:
+        return _explain_many(args, options)
+    args.image = args.image[0]
     if args.dicom_out:  # the node's engine loads the model itself
         return _dicom_objects(args)
     e = explain_image(load_model(args.model), args.image, args.method, seed=args.seed, **options)
@@ -194,6 +214,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{e.path}\t{e.method}\t{e.label}\tP(pneumonia)={e.probability:.4f}\t{e.seconds:.2f}s")
         print(NOTICE, file=sys.stderr)
     return 0
+
+
+def _explain_many(args: argparse.Namespace, options: dict) -> int:
+    """``explain`` of several images or folders: a picture each in ``--out-dir``, one line (or JSON
+    object) each, a file that cannot be read said and passed over (exit 1 at the end)."""
+    from pneumolens.checkpoint import load_model
+    from pneumolens.data.images import ImageReadError
+    from pneumolens.explain import explain_image
+    from pneumolens.explain.render import explanation_image
+
+    loaded = load_model(args.model)
+    films, out = _films_and_outputs(args.image, args.out_dir or "explanations")
+    failed = 0
+    for path, stem in films:
+        try:
+            e = explain_image(loaded, path, args.method, seed=args.seed, **options)
+        except ImageReadError as err:
+            failed += 1
+            _said_unreadable(path, err, args.json)
+            continue
+        picture = out / f"{stem}_{e.method}.png"
+        explanation_image(e).save(picture)
+        if args.json:
+            print(json.dumps({**e.to_dict(), "out": str(picture)}))
+        else:
+            print(f"{e.path}\t{e.method}\t{e.label}\tP(pneumonia)={e.probability:.4f}\t{picture}")
+    print(NOTICE, file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _dicom_objects(args: argparse.Namespace) -> int:
@@ -246,21 +294,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pneumolens.lungs.segment import LungSegmenter
 
     seg = LungSegmenter.from_file(args.segmenter) if args.segmenter else LungSegmenter.shipped()
-    paths = _expand(args.images)
-    if not paths:
-        raise ValueError(f"no JPEG, PNG, TIFF or DICOM files in {', '.join(args.images)}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(paths)
+    films, out = _films_and_outputs(args.images, args.out_dir)
     failed = 0
-    for path, stem in zip(paths, stems, strict=True):
+    for path, stem in films:
         try:
             gray = read_image(path)
         except ImageReadError as e:
             failed += 1
-            print(f"error: {e}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"path": path, "error": e.reason}))
+            _said_unreadable(path, e, args.json)
             continue
         low, full = seg.masks(gray)
         mask_png, overlay_png = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
@@ -280,6 +321,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
             note = describe(flags) or "ok"
             print(f"{path}\tlung_fraction={record['lung_fraction']:.3f}\t{note}")
     return 1 if failed else 0
+
+
+def _films_and_outputs(images: list[str], out_dir: str) -> tuple[list[tuple[str, str]], Path]:
+    """(path, output stem) of every film the arguments name (folders walked), and the output folder,
+    made: what ``segment`` and ``explain`` of several films write into."""
+    paths = _expand(images)
+    if not paths:
+        raise ValueError(f"no JPEG, PNG, TIFF or DICOM files in {', '.join(images)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return list(zip(paths, _unique_stems(paths), strict=True)), out
+
+
+def _said_unreadable(path: str, error: Exception, as_json: bool) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"path": path, "error": getattr(error, "reason", str(error))}))
 
 
 def _unique_stems(paths: list[str]) -> list[str]:
