@@ -1,4 +1,4 @@
-"""Command line: ``pneumolens train | evaluate | calibrate | compare | predict | explain | segment | serve |
+"""Command line: ``pneumolens train | evaluate | calibrate | compare | card | predict | explain | segment | serve |
 export | ensemble | listen | pull | watch | audit | review | outbox | orders | fhir-key | train-lungs |
 train-orientation | train-age-check``.
 

@@ -1,4 +1,4 @@
-"""``pneumolens evaluate | calibrate | compare | predict | explain | segment``: reading films with a model."""
+"""``pneumolens evaluate | calibrate | compare | card | predict | explain | segment``: reading films with a model."""
 
 from __future__ import annotations
 
@@ -152,6 +152,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--n", type=positive_int, default=20, help="images for --evaluate (stratified)")
     x.set_defaults(run=cmd_explain)
 
+    k = sub.add_parser("card", help="a model card (Markdown) from what a model file records, and evaluations of it")
+    k.add_argument(
+        "--model", default=None, help="model file or run directory (default: the model shipped with pneumolens)"
+    )
+    k.add_argument(
+        "--metrics",
+        nargs="+",
+        default=[],
+        metavar="EVAL.json",
+        help="evaluate --json files of this model, each a row of measured figures",
+    )
+    k.add_argument("--out", help="write the card here (default: print it)")
+    k.set_defaults(run=cmd_card)
+
     s = sub.add_parser("segment", help="lung masks, overlays and plausibility flags for each image")
     s.add_argument("images", nargs="+", help="JPEG, PNG, TIFF or DICOM files, or folders (walked recursively)")
     s.add_argument(
@@ -284,6 +298,20 @@ def _dicom_objects(args: argparse.Namespace) -> int:
         atomic_write(target, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
         print(f"{target}\t{ds.Modality}")
     print(NOTICE, file=sys.stderr)
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from pneumolens.checkpoint import atomic_write, load_model
+    from pneumolens.evaluation.model_card import model_card, read_evaluations
+
+    loaded = load_model(args.model)
+    card = model_card(loaded, read_evaluations(args.metrics, loaded))
+    if args.out:
+        atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
+        print(args.out)
+    else:
+        print(card)
     return 0
 
 

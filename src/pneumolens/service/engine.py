@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import functools
 import io
-import json
 import logging
 import tempfile
 import threading
@@ -16,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pneumolens.checkpoint import load_model, shipped_model_path
+from pneumolens.checkpoint import load_model
 from pneumolens.config import CLASS_NAMES
 from pneumolens.data.images import preprocess, read_image
 from pneumolens.data.scope import max_training_age, sample_flags
-from pneumolens.evaluation.prevalence import predictive_values
+from pneumolens.evaluation.model_card import shipped_test_record
 from pneumolens.evaluation.selective import borderline_flags
 from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
@@ -29,48 +27,6 @@ from pneumolens.lungs.segment import LungSegmenter
 from pneumolens.service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-SHIPPED_DATA = {  # what the shipped model learnt from and was reported on (its model card says more)
-    "trained_on": "frontal chest X-rays of children aged one to five from one hospital (Guangzhou Women "
-    "and Children's Medical Center; Kermany et al. 2018): the training split of the Kaggle set",
-    "tested_on": "that set's official test split, films of the same hospital's children, read once",
-}
-
-
-CLINIC_PREVALENCES = (0.05, 0.15, 0.3)  # shares of films with pneumonia the card gives predictive values at
-
-
-@functools.cache
-def _shipped_sha256() -> str:
-    return load_model(shipped_model_path()).sha256
-
-
-def shipped_test_record(sha256: str) -> dict[str, Any] | None:
-    """The shipped model's recorded test figures (``assets/default_test_metrics.json``: the rates at
-    its operating point, ROC-AUC and their 95% patient-bootstrap intervals) when ``sha256`` names its
-    weights, else None: a model card shows what was measured on the model it describes, and no other."""
-    if sha256 != _shipped_sha256():
-        return None
-    record = json.loads(shipped_model_path().with_name("default_test_metrics.json").read_text())
-    keys = ("accuracy", "sensitivity", "specificity", "roc_auc")
-    return {
-        **SHIPPED_DATA,
-        "n": record["n"],
-        "n_patients": record.get("n_patients"),
-        "n_positive_share": record["n_positive"] / record["n"],
-        "threshold": record["threshold"],
-        **{k: record[k] for k in keys},
-        "ci": {k: record["ci"][k] for k in keys if k in record.get("ci", {})},
-        "confusion_matrix": record["confusion_matrix"],
-        # how often its calls would be right where pneumonia is rarer than on the test split (62.5%)
-        "at_prevalence": [_predictive(record, q) for q in CLINIC_PREVALENCES],
-    }
-
-
-def _predictive(record: dict[str, Any], prevalence: float) -> dict[str, float | None]:
-    ppv, npv = predictive_values(record["sensitivity"], record["specificity"], prevalence)
-    return {"prevalence": prevalence, "ppv": ppv, "npv": npv}
 
 
 class Engine:
