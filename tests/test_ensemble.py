@@ -113,6 +113,11 @@ def test_ensemble_command_fits_its_operating_point_on_the_members_validation_spl
     assert ens.borderline["share"] == 0.1  # the first member's; the second was trained with 0.25
     second = load_model(second_run)
     assert second.borderline["share"] == 0.25 and second.meta["config"]["borderline_share"] == 0.25
+    from pneumolens.evaluation.model_card import model_card  # its card names its members, not their layers
+
+    card = model_card(ens)
+    assert "An ensemble of 2 networks (mean logit): pneumolens-seed, pneumolens-seed" in card
+    assert "- Network: `ensemble`, " in card and "Recipe (the first member's): preset `seed`" in card
     first_second = build_ensemble([second_run, trained_run], tiny_data, tmp_path / "ens21")
     assert load_model(first_second).borderline["share"] == 0.25
     wide = tmp_path / "wide"

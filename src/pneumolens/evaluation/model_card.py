@@ -123,7 +123,9 @@ def model_card(loaded: LoadedModel, evaluations: list[tuple[str, dict[str, Any]]
         "## What it is",
         "",
         f"- File: `{loaded.path}` ({loaded.path.stat().st_size / 1e6:.1f} MB), weights SHA-256 `{loaded.sha256}`",
-        f"- Network: `{arch.get('name')}` {json.dumps(arch.get('kwargs', {}))}, {_parameters(loaded):,} parameters",
+        f"- Network: `{arch.get('name')}`"
+        + ("" if arch.get("name") == "ensemble" else f" {json.dumps(arch.get('kwargs', {}))}")
+        + f", {_parameters(loaded):,} parameters",
     ]
     if members := meta.get("members"):
         lines.append(f"- An ensemble of {len(members)} networks (mean logit): " + ", ".join(m["name"] for m in members))
@@ -162,6 +164,7 @@ def model_card(loaded: LoadedModel, evaluations: list[tuple[str, dict[str, Any]]
             "- The validation films are held out by patient; the operating point and the epoch are chosen on them"
         )
     first = " (the first averaged fine-tune's)" if meta.get("averaged_weights_of") else ""
+    first = " (the first member's)" if meta.get("members") else first
     lines.append(
         f"- Recipe{first}: preset `{cfg.get('preset')}`, {cfg.get('epochs')} epochs, seed {cfg.get('seed')}"
         + (
