@@ -49,6 +49,11 @@ def test_refit_trains_on_every_film_and_carries_the_twins_operating_point(tiny_d
     card = Engine(Settings(model=str(out))).card()
     assert card["validation_metrics"] is None
     assert card["holdout_twin_validation_metrics"] == twin.meta["metrics"]["val"]
+    from pneumolens.evaluation.model_card import model_card  # and so does its Markdown card
+
+    written = model_card(refit)
+    assert "| validation of its held-out twin (a refit: it trained on these films too) |" in written
+    assert "| validation (chosen on) |" not in written
     # another model: other weights, but the same network
     a, b = twin.model.state_dict(), refit.model.state_dict()
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)

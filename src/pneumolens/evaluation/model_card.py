@@ -180,7 +180,8 @@ def model_card(loaded: LoadedModel, evaluations: list[tuple[str, dict[str, Any]]
         "## Operating point and calibration",
         "",
     ]
-    cal, val = meta.get("calibration", {}), meta.get("metrics", {}).get("val")
+    cal, metrics = meta.get("calibration", {}), meta.get("metrics", {})
+    val = metrics.get("val")
     lines.append(f"- Threshold {loaded.threshold:.3f} (`{cal.get('threshold_policy', 'fixed')}` on validation)")
     if cal:
         lines.append(
@@ -206,6 +207,8 @@ def model_card(loaded: LoadedModel, evaluations: list[tuple[str, dict[str, Any]]
     ]
     if val:
         lines.append(_row("validation (chosen on)", val, None))
+    if twin := metrics.get("holdout_val"):  # a refit trained on its validation films: its twin's figures
+        lines.append(_row("validation of its held-out twin (a refit: it trained on these films too)", twin, None))
     recorded = shipped_test_record(loaded.sha256)
     if recorded:
         lines.append(_row(f"test (recorded for these weights; {recorded['tested_on']})", recorded, recorded["ci"]))
