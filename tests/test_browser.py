@@ -142,6 +142,9 @@ def test_about_this_model_shows_what_the_card_records(server):
         assert rows.count() == 1 and f"validation ({card['validation_metrics']['n']} films" in rows.first.inner_text()
         assert f"{100 * card['validation_metrics']['specificity']:.1f}%" in rows.first.inner_text()
         assert "other than the shipped one" in page.inner_text("#about-text") and not page.is_visible("#about-limits")
+        page.click("#about-full")  # the full card, fetched with the tab's token like every API call
+        page.wait_for_selector("#about-card:not([hidden])", timeout=30_000)
+        assert page.inner_text("#about-card").startswith("# Model card: pneumolens-seed")
 
 
 def test_about_the_shipped_model_shows_its_test_figures_and_limits():

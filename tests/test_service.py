@@ -55,6 +55,9 @@ def test_health_model_docs_and_page(client):
     assert "does not replace" in page and "does not make a diagnosis" in page
     assert not re.search(r"""(src|href)=["']https?://""", page)  # nothing from a CDN
     assert "recorded_test_metrics" not in card  # a model of its own: no figures measured on another
+    markdown = client.get("/api/v1/model/card")  # the full card, as `pneumolens card` writes it
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert markdown.text.startswith("# Model card: pneumolens-seed") and card["sha256"] in markdown.text
 
 
 def test_the_shipped_models_card_carries_its_recorded_test_figures(tmp_path):
@@ -223,6 +226,7 @@ def test_api_token_guards_api_not_health(trained_run, monkeypatch):
         r = c.get("/api/v1/model")
         assert r.status_code == 401 and "API token" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
         assert c.get("/api/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/v1/model/card").status_code == 401  # the full card too
         assert post(c, jpeg_bytes(), explain="false").status_code == 401
         ok = c.post(
             "/api/v1/predict",

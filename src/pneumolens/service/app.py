@@ -121,6 +121,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def model_card(request: Request) -> dict:
         return request.app.state.engine.card()
 
+    @app.get("/api/v1/model/card", response_class=Response, responses={200: {"content": {"text/markdown": {}}}})
+    async def model_card_markdown(request: Request) -> Response:
+        """The model card in Markdown, as ``pneumolens card`` writes it."""
+        from pneumolens.evaluation.model_card import model_card as write_card
+
+        card = await run_in_threadpool(write_card, request.app.state.engine.loaded)
+        return Response(card, media_type="text/markdown; charset=utf-8")
+
     @app.post(
         "/api/v1/predict",
         response_model=Prediction,
