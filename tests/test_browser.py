@@ -147,6 +147,23 @@ def test_about_this_model_shows_what_the_card_records(server):
         assert page.inner_text("#about-card").startswith("# Model card: pneumolens-seed")
 
 
+def test_about_a_model_with_undefined_figures_says_n_a(trained_run, tmp_path):
+    """A validation split of one class has no ROC-AUC and no specificity: the page says n/a rather
+    than 0.0% or failing."""
+    from pneumolens.checkpoint import save_model
+
+    loaded = load_model(trained_run)
+    val = {**loaded.meta["metrics"]["val"], "roc_auc": None, "specificity": None}
+    save_model(tmp_path / "m.safetensors", loaded.model, {**loaded.meta, "metrics": {"val": val}})
+    with _serving(Settings(model=str(tmp_path / "m.safetensors"))) as url, _browser() as browser:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.click("#about summary")
+        page.wait_for_selector("#about-figures:not([hidden])", timeout=30_000)
+        cells = page.locator("#about-figures tbody tr").first.inner_text().split("\t")
+        assert cells[2:] == ["n/a", f"{100 * val['accuracy']:.1f}%", "n/a"] and cells[1].endswith("%")
+
+
 def test_about_the_shipped_model_shows_its_test_figures_and_limits():
     import json
 
