@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pneumolens.evaluation.calibration import draw_groups, patient_groups
+from pneumolens.evaluation.metrics import resample_metrics
 
 
 def predictive_values(sensitivity: float, specificity: float, prevalence: float) -> tuple[float | None, float | None]:
@@ -31,11 +32,10 @@ def predictive_values(sensitivity: float, specificity: float, prevalence: float)
     return ppv, npv
 
 
-def _rates(y: np.ndarray, called: np.ndarray) -> tuple[float | None, float | None]:
-    pos, neg = y == 1, y == 0
-    se = float(np.count_nonzero(called & pos)) / np.count_nonzero(pos) if pos.any() else None
-    sp = float(np.count_nonzero(~called & neg)) / np.count_nonzero(neg) if neg.any() else None
-    return se, sp
+def _rates(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+    """(sensitivity, specificity) as ``evaluate`` computes them (None for a class with no films)."""
+    m = resample_metrics(y, p, threshold)
+    return m["sensitivity"], m["specificity"]
 
 
 def at_prevalences(
@@ -58,25 +58,25 @@ def at_prevalences(
     for q in prevalences:
         if not 0 < q < 1:
             raise ValueError(f"prevalence {q}: a share of films with pneumonia lies between 0 and 1")
-    y_, called = np.asarray(y, int), np.asarray(p, float) >= threshold
-    se, sp = _rates(y_, called)
+    y_, p_ = np.asarray(y, int), np.asarray(p, float)
+    se, sp = _rates(y_, p_, threshold)
     if se is None or sp is None:
         raise ValueError("predictive values at another prevalence need films of both classes")
     members, rng = patient_groups(patients), np.random.default_rng(seed)
     draws = []  # (sensitivity, specificity) of each resample holding both classes
     for _ in range(n_boot):
         i = draw_groups(members, rng)
-        r_se, r_sp = _rates(y_[i], called[i])
+        r_se, r_sp = _rates(y_[i], p_[i], threshold)
         if r_se is not None and r_sp is not None:
             draws.append((r_se, r_sp))
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     out = []
     for q in prevalences:
         ppv, npv = predictive_values(se, sp, q)
-        resampled = np.array([predictive_values(a, b, q) for a, b in draws], dtype=float)  # None -> nan
+        resampled = np.array([predictive_values(a, b, q) for a, b in draws], dtype=float).reshape(-1, 2)  # None: nan
         ci = {}
         for k, col in (("ppv", 0), ("npv", 1)):
-            v = resampled[:, col][~np.isnan(resampled[:, col])] if len(draws) else np.array([])
+            v = resampled[:, col][~np.isnan(resampled[:, col])]
             ci[k] = [float(np.quantile(v, lo)), float(np.quantile(v, hi))] if v.size else None
         out.append({"prevalence": float(q), "ppv": ppv, "npv": npv, "ci": ci})
     return out
