@@ -235,6 +235,38 @@ def test_explain_a_folder_writes_a_picture_per_film_and_passes_over_a_broken_one
     assert "--out-dir is for several images or a folder" in capsys.readouterr().err
 
 
+def test_folders_say_the_files_they_leave_out_and_explain_says_the_flags(trained_run, tmp_path, capsys):
+    """A folder's files of other kinds are named on stderr, not passed over in silence (by predict,
+    explain and segment alike), and explain's lines end with the flags' warning as predict's do."""
+    from pneumolens.lungs.flags import MESSAGES
+
+    folder = tmp_path / "in"
+    (folder / "deep").mkdir(parents=True)
+    (folder / "film.jpeg").symlink_to(real_images("test", "NORMAL", 1)[0])
+    Image.new("L", (64, 64), 0).save(folder / "blank.png")  # no lungs: flagged
+    for name in ("a.bmp", "deep/b.webp", "notes.txt", "z.npy"):
+        Image.new("L", (64, 64), 0).save(folder / name, format="BMP")
+    (folder / ".hidden").write_text("skipped without a word")
+    said = (
+        f"note: {folder}: left out 4 file(s) that are not JPEG, PNG, TIFF or DICOM by their name or DICOM mark: "
+        "a.bmp, deep/b.webp, notes.txt and 1 more"
+    )
+    model = ["--model", str(trained_run)]
+    assert main(["predict", str(folder), *model]) == 0
+    out, err = capsys.readouterr()
+    assert said in err.splitlines() and len(out.splitlines()) == 2
+    assert main(["explain", str(folder), *model, "--method", "gradcam", "--out-dir", str(tmp_path / "maps")]) == 0
+    out, err = capsys.readouterr()
+    assert said in err.splitlines()
+    lines = dict(line.split("\t", 1) for line in out.splitlines())
+    assert f"\tWARNING: {MESSAGES['no_lungs_found']}" in lines[str(folder / "blank.png")]  # the first of its flags
+    assert "WARNING" not in lines[str(folder / "film.jpeg")]
+    assert main(["explain", str(folder / "blank.png"), *model, "--method", "gradcam"]) == 0
+    assert f"s\tWARNING: {MESSAGES['no_lungs_found']}" in capsys.readouterr().out
+    assert main(["segment", str(folder), "--out-dir", str(tmp_path / "masks")]) == 0
+    assert said in capsys.readouterr().err.splitlines()
+
+
 def test_explain_evaluate_table(trained_run, tiny_data, capsys):
     rc = main(
         [

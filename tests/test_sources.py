@@ -74,10 +74,10 @@ def test_class_folders_in_any_case(tmp_path):
         find_split(tmp_path, "test")
 
 
-def test_dicom_files_named_without_a_suffix_are_found(tmp_path):
+def test_dicom_files_named_without_a_suffix_are_found(tmp_path, caplog):
     """A PACS's or CD's export names DICOM films ``IM0001`` or by UID: they are listed, labelled and
     grouped by their Patient ID like ``.dcm`` files; a DICOMDIR, a README and a text file with a UID's
-    name are not images and are left out."""
+    name are not images and are left out, the last two said by name (a DICOMDIR is a CD's index)."""
     import numpy as np
 
     from conftest import make_dicom
@@ -92,7 +92,15 @@ def test_dicom_files_named_without_a_suffix_are_found(tmp_path):
     make_dicom(tmp_path / "NORMAL" / "DICOMDIR", pixels, with_pixels=False)
     (tmp_path / "NORMAL" / "README").write_text("exported by a PACS\n")
     (tmp_path / "PNEUMONIA" / "1.2.3.45").write_text("not an image\n")
-    samples = find_split(tmp_path, "test")
+    with caplog.at_level("WARNING", logger="pneumolens.data.sources"):
+        samples = find_split(tmp_path, "test")
+    said = sorted(r.getMessage() for r in caplog.records)
+    assert said == [
+        f"{tmp_path / 'NORMAL'}: left out 1 file(s) that are not JPEG, PNG, TIFF or DICOM by their name or DICOM "
+        "mark: README",
+        f"{tmp_path / 'PNEUMONIA'}: left out 1 file(s) that are not JPEG, PNG, TIFF or DICOM by their name or "
+        "DICOM mark: 1.2.3.45",
+    ]
     assert sorted((Path(s.path).parent.name, Path(s.path).name, s.label) for s in samples) == [
         ("NORMAL", "1.2.840.113619.2.55.3.17", 0),
         ("NORMAL", "IM0001", 0),

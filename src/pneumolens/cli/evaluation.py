@@ -225,9 +225,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record))
     else:
-        print(f"{e.path}\t{e.method}\t{e.label}\tP(pneumonia)={e.probability:.4f}\t{e.seconds:.2f}s")
+        print(f"{e.path}\t{e.method}\t{e.label}\tP(pneumonia)={e.probability:.4f}\t{e.seconds:.2f}s{_warned(e)}")
         print(NOTICE, file=sys.stderr)
     return 0
+
+
+def _warned(e) -> str:
+    """The flags' sentence as ``predict``'s lines end with it: a tab and ``WARNING: ...``, or nothing."""
+    from pneumolens.lungs.flags import describe
+
+    said = describe(e.flags)
+    return f"\tWARNING: {said}" if said else ""
 
 
 def _explain_many(args: argparse.Namespace, options: dict) -> int:
@@ -253,7 +261,7 @@ def _explain_many(args: argparse.Namespace, options: dict) -> int:
         if args.json:
             print(json.dumps({**e.to_dict(), "out": str(picture)}))
         else:
-            print(f"{e.path}\t{e.method}\t{e.label}\tP(pneumonia)={e.probability:.4f}\t{picture}")
+            print(f"{e.path}\t{e.method}\t{e.label}\tP(pneumonia)={e.probability:.4f}\t{picture}{_warned(e)}")
     print(NOTICE, file=sys.stderr)
     return 1 if failed else 0
 
@@ -474,13 +482,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _expand(paths: list[str]) -> list[str]:
-    """Files as given, folders walked recursively for JPEG / PNG / DICOM files (sorted)."""
-    from pneumolens.data.sources import image_files
+    """Files as given, folders walked recursively for JPEG / PNG / TIFF / DICOM files (sorted), the
+    other files of a folder said on stderr."""
+    from pneumolens.data.sources import image_files, said_left_out
 
     out: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(str(f) for f in image_files(p))  # broken or looping links included: each gets its error
+            left_out: list[Path] = []
+            out += sorted(str(f) for f in image_files(p, left_out=left_out))  # broken links too: each gets its error
+            if note := said_left_out(p, left_out):
+                print(f"note: {note}", file=sys.stderr)
         else:
             out.append(str(p))
     return out

@@ -110,19 +110,42 @@ def _label_index(label: str, where: str) -> int:
     return CLASS_NAMES.index(key)
 
 
-def image_files(folder: str | os.PathLike[str], exclude: Path | None = None) -> list[Path]:
+def image_files(
+    folder: str | os.PathLike[str], exclude: Path | None = None, left_out: list[Path] | None = None
+) -> list[Path]:
     """JPEG / PNG / TIFF / DICOM files under ``folder``, sorted: by their suffix, and DICOM files named
     without one (``sniffed_dicom``); hidden files and folders skipped, and ``exclude`` (an output
     folder inside it) too. Symlinked folders are not followed (no loops); symlinked files with an
-    image suffix are kept even when broken or looping, so that each gets its own error."""
-    found = []
+    image suffix are kept even when broken or looping, so that each gets its own error. ``left_out``,
+    when given, receives the other files (sorted; hidden ones and a CD's ``DICOMDIR`` index apart), so
+    that a caller can say what it did not read rather than pass over it in silence."""
+    found, other = [], []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".") and (exclude is None or Path(root, d).resolve() != exclude)]
         for name in files:
             path = Path(root, name)
-            if not name.startswith(".") and (path.suffix.lower() in IMAGE_SUFFIXES or sniffed_dicom(path)):
+            if name.startswith("."):
+                continue
+            if path.suffix.lower() in IMAGE_SUFFIXES or sniffed_dicom(path):
                 found.append(path)
+            elif name.upper() != "DICOMDIR":
+                other.append(path)
+    if left_out is not None:
+        left_out += sorted(other)
     return sorted(found)
+
+
+def said_left_out(folder: str | os.PathLike[str], left_out: list[Path], shown: int = 3) -> str | None:
+    """One line naming the files of ``folder`` that were not read for their kind (``image_files``'s
+    ``left_out``), the first ``shown`` by name; None when there are none."""
+    if not left_out:
+        return None
+    names = ", ".join(p.relative_to(folder).as_posix() for p in left_out[:shown])
+    more = f" and {len(left_out) - shown} more" if len(left_out) > shown else ""
+    return (
+        f"{folder}: left out {len(left_out)} file(s) that are not JPEG, PNG, TIFF or DICOM by their name "
+        f"or DICOM mark: {names}{more}"
+    )
 
 
 def sniffed_dicom(path: Path) -> bool:
@@ -144,9 +167,12 @@ def _head(path: str | os.PathLike[str]) -> bytes:
 
 
 def _list_class_folder(folder: Path, label: int) -> list[Sample]:
-    files = image_files(folder)
+    left_out: list[Path] = []
+    files = image_files(folder, left_out=left_out)
     if not files:
         raise DataLayoutError(f"{folder}: class folder has no {'/'.join(sorted(IMAGE_SUFFIXES))} or DICOM files")
+    if note := said_left_out(folder, left_out):
+        log.warning(note)
     return [Sample(str(p), label, patient_id(p)) for p in files]
 
 
