@@ -300,16 +300,24 @@ def test_watch_folder_survives_a_kill_mid_burst(trained_run, tmp_path, db):
     assert 0 <= result["probability"] <= 1 and "not a diagnosis" in result["notice"]
 
 
-def test_watch_once_refuses_bad_files_and_skips_done_ones(trained_run, tmp_path, db, capsys):
+def test_watch_once_refuses_bad_files_and_skips_done_ones(trained_run, tmp_path, db, capsys, caplog):
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copyfile(real_images("test", "PNEUMONIA", 1)[0], folder / "a.jpeg")
+    shutil.copyfile(real_images("test", "NORMAL", 1)[0], folder / "Doe^Jane.bmp")  # another kind: counted, not named
     (folder / "b.jpeg").write_bytes(b"truncated \xff\xd8")
     knee = pydicom.dcmread(make_dicom(folder / "c.dcm", np.round(read_image(folder / "a.jpeg") * 255).astype(np.uint8)))
     knee.BodyPartExamined = "KNEE"  # a film the model is not for: not read, and said why
     knee.save_as(folder / "c.dcm")
     args = ["watch", str(folder), "--once", "--db", db, "--model", str(trained_run)]
-    assert main(args) == 0 and "processed 3 new file(s)" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="pneumolens.integration.watch"):
+        assert main(args) == 0 and "processed 3 new file(s)" in capsys.readouterr().err
+    said = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert said == [
+        "watch: 1 file(s) in the folder are not JPEG, PNG, TIFF or DICOM by their name or DICOM mark and are not "
+        "read (their names are not logged)"
+    ]
+    assert not (folder / "pneumolens-results" / "Doe^Jane.bmp.json").exists() and "Doe" not in caplog.text
     assert main(args) == 0 and "processed 0 new file(s)" in capsys.readouterr().err
     refused = json.loads((folder / "pneumolens-results" / "b.jpeg.json").read_text())
     assert "not a JPEG, PNG, TIFF or DICOM" in refused["error"]

@@ -57,6 +57,7 @@ class Watcher:
     send_on: SendOn = field(default_factory=SendOn)  # a DICOM file's result also to the EHR and the RIS
     processed: int = 0
     _sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _left_out: int = 0  # the folder's files of other kinds at the last poll
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -64,8 +65,20 @@ class Watcher:
         metadata.create_all(self.audit.engine)
 
     def candidates(self) -> list[Path]:
-        """Image files under the folder (not hidden, not in the output folder), sorted."""
-        return image_files(self.folder, exclude=self.out)
+        """Image files under the folder (not hidden, not in the output folder), sorted. The count of the
+        folder's other files is logged whenever it changes, without their names (hospital file names
+        often hold patient names): a site that drops a ``.bmp`` there learns why it gets no result."""
+        left_out: list[Path] = []
+        found = image_files(self.folder, exclude=self.out, left_out=left_out)
+        if len(left_out) != self._left_out:
+            self._left_out = len(left_out)
+            if left_out:
+                log.warning(
+                    "watch: %d file(s) in the folder are not JPEG, PNG, TIFF or DICOM by their name or DICOM mark "
+                    "and are not read (their names are not logged)",
+                    len(left_out),
+                )
+        return found
 
     def ready(self, path: Path) -> bool:
         """Unchanged since the previous poll (size and mtime): not still being written."""
