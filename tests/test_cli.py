@@ -369,3 +369,23 @@ def test_evaluate_on_the_validation_split_scores_the_films_the_model_was_validat
     bare.meta = {k: v for k, v in loaded.meta.items() if k != "config"}
     with pytest.raises(ValueError, match="no training config recorded"):
         validation_films(bare, tiny_data)
+
+
+def test_serve_help_names_every_setting_the_environment_gives(capsys):
+    """``serve --help`` lists the environment's settings: each field of the service's Settings and each
+    variable the checks and the audit trail read, none that nothing reads."""
+    import pneumolens
+    from pneumolens.cli.clinical import SERVE_ENVIRONMENT
+    from pneumolens.service.settings import Settings
+
+    fields = {f"PNEUMOLENS_{name.upper()}" for name in Settings.model_fields}
+    assert fields <= set(SERVE_ENVIRONMENT)
+    sources = "".join(
+        p.read_text() for p in Path(pneumolens.__file__).parent.rglob("*.py") if p.name != "clinical.py"
+    )
+    read = {name for name in SERVE_ENVIRONMENT if name in sources or name in fields}
+    assert read == set(SERVE_ENVIRONMENT)
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert all(name in said for name in SERVE_ENVIRONMENT) and "default 8000" in said

@@ -20,12 +20,48 @@ from pneumolens.cli.sending import (
 )
 
 
+# serve's settings read from the environment (service.settings.Settings and the few read where they
+# are used; a test keeps the list and the sources alike)
+SERVE_ENVIRONMENT = (
+    "PNEUMOLENS_MODEL",
+    "PNEUMOLENS_BACKEND",
+    "PNEUMOLENS_ONNX_PATH",
+    "PNEUMOLENS_MAX_UPLOAD_MB",
+    "PNEUMOLENS_MAX_CONCURRENT",
+    "PNEUMOLENS_DEFAULT_METHOD",
+    "PNEUMOLENS_API_TOKEN",
+    "PNEUMOLENS_REQUEST_TIMEOUT_S",
+    "PNEUMOLENS_SHUTDOWN_GRACE_S",
+    "PNEUMOLENS_CORS_ORIGINS",
+    "PNEUMOLENS_AUDIT",
+    "PNEUMOLENS_AUDIT_URL",
+    "PNEUMOLENS_ORDERS",
+    "PNEUMOLENS_AUDIT_KEY",  # the audit trail's (monitoring.audit), the films' scope (data.scope)
+    "PNEUMOLENS_AUDIT_SALT",
+    "PNEUMOLENS_MAX_TRAINING_AGE",
+    "PNEUMOLENS_BODY_PARTS",
+    "PNEUMOLENS_VIEWS",
+)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    sv = sub.add_parser("serve", help="the decision-support web app and API (FastAPI)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv = sub.add_parser(
+        "serve",
+        help="the decision-support web app and API (FastAPI)",
+        epilog="Other settings come from the environment: " + ", ".join(SERVE_ENVIRONMENT) + " (README: Web app "
+        "and API). Behind a hospital network's address, set PNEUMOLENS_API_TOKEN.",
+    )
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)"
+    )
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     sv.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
-    sv.add_argument("--backend", choices=["torch", "onnx"], default=None)
+    sv.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default=None,
+        help="torch (default), or onnx: the model exported to ONNX at start-up and run by onnxruntime",
+    )
     sv.add_argument(
         "--orders",
         metavar="BOOK",
@@ -188,7 +224,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tls_flags(pl, "--tls", "TLS to the PACS: our PEM certificate (with --tls-key and --tls-ca)", "the PACS's")
     pl.set_defaults(run=cmd_pull)
 
-    w = sub.add_parser("watch", help="score each JPEG / PNG / DICOM file that appears in a folder, once")
+    w = sub.add_parser("watch", help="score each JPEG, PNG, TIFF or DICOM file that appears in a folder, once")
     w.add_argument("folder")
     w.add_argument("--out", help="where <file>.json results go (default: FOLDER/pneumolens-results)")
     w.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
