@@ -380,9 +380,7 @@ def test_serve_help_names_every_setting_the_environment_gives(capsys):
 
     fields = {f"PNEUMOLENS_{name.upper()}" for name in Settings.model_fields}
     assert fields <= set(SERVE_ENVIRONMENT)
-    sources = "".join(
-        p.read_text() for p in Path(pneumolens.__file__).parent.rglob("*.py") if p.name != "clinical.py"
-    )
+    sources = "".join(p.read_text() for p in Path(pneumolens.__file__).parent.rglob("*.py") if p.name != "clinical.py")
     read = {name for name in SERVE_ENVIRONMENT if name in sources or name in fields}
     assert read == set(SERVE_ENVIRONMENT)
     with pytest.raises(SystemExit):

@@ -19,7 +19,6 @@ from pneumolens.cli.sending import (
     stow_outbox_of,
 )
 
-
 # serve's settings read from the environment (service.settings.Settings and the few read where they
 # are used; a test keeps the list and the sources alike)
 SERVE_ENVIRONMENT = (
