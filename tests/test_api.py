@@ -99,3 +99,32 @@ def test_api_refusals(model, tmp_path):
         model.predict(np.full((64, 64), 7.0))
     with pytest.raises(TypeError, match="unsupported image type"):
         model.predict(3.14)
+
+
+def test_errors_return_keeps_a_list_going_past_what_cannot_be_read(model, tmp_path):
+    """``errors="return"``: each image that cannot be used gets a Result saying why, in its place, and
+    every other image the Result it gets alone; the default still stops at the first."""
+    good = [str(p) for p in real_images("test", "NORMAL", 1) + real_images("test", "PNEUMONIA", 1)]
+    bad = tmp_path / "bad.jpeg"
+    bad.write_text("no")
+    items = [str(bad), good[0], np.full((64, 64), 7.0), good[1], 3.14]
+    with pytest.raises(ImageReadError, match="bad.jpeg"):
+        model.predict(items)
+    got = model.predict(items, errors="return")
+    assert [r.error is None for r in got] == [False, True, False, True, False]
+    assert "bad.jpeg: not a JPEG, PNG, TIFF or DICOM" in got[0].error and "[0, 1]" in got[2].error
+    assert "unsupported image type float" in got[4].error
+    assert all(r.probability is None and r.label is None for r in (got[0], got[2], got[4]))
+    for r, path in zip((got[1], got[3]), good, strict=True):
+        assert r.probability == pytest.approx(model.predict(path).probability, abs=1e-6) and r.label
+    assert model.predict(str(bad), errors="return").error == got[0].error  # one image: one Result
+    with pytest.raises(ValueError, match="errors must be 'raise' or 'return', not 'skip'"):
+        model.predict(good, errors="skip")
+
+
+def test_a_model_says_what_it_is():
+    shipped = pneumolens.load()
+    assert repr(shipped) == (
+        f"Model(name='pneumolens-default-soup3', sha256={shipped.loaded.sha256[:16]!r}, threshold=0.384, "
+        "input=128px, lungs='crop')"
+    )

@@ -30,10 +30,12 @@ ImageLike = str | os.PathLike | np.ndarray | Any  # path, array, PIL image or py
 
 @dataclass
 class Result:
-    """One prediction. ``heatmap`` is at the input's resolution when an explanation was asked for."""
+    """One prediction. ``heatmap`` is at the input's resolution when an explanation was asked for.
+    With ``predict(..., errors="return")``, an image that could not be used has ``error`` set and no
+    ``probability`` or ``label``."""
 
-    probability: float  # of pneumonia (calibrated on validation)
-    label: str  # at the model's operating point
+    probability: float | None  # of pneumonia (calibrated on validation)
+    label: str | None  # at the model's operating point
     threshold: float
     flags: list[str] = field(default_factory=list)
     heatmap: np.ndarray | None = None
@@ -41,6 +43,7 @@ class Result:
     lung_fraction: float | None = None
     measures: dict[str, float | None] = field(default_factory=dict)  # behind the flags: lung_area, lung_median, ...
     regions: list[dict[str, Any]] = field(default_factory=list)  # the map's outlines ([column, row] points, share)
+    error: str | None = None  # why the image could not be used (errors="return"); None when it was
 
     @property
     def warning(self) -> str | None:
@@ -92,30 +95,69 @@ class Model:
     def name(self) -> str:
         return self.loaded.meta.get("name", "unknown")
 
+    def __repr__(self) -> str:
+        p = self.loaded.preprocess
+        return (
+            f"Model(name={self.name!r}, sha256={self.loaded.sha256[:16]!r}, threshold={self.loaded.threshold:.3f}, "
+            f"input={p.image_size}px, lungs={p.lungs!r})"
+        )
+
     def predict(
-        self, images: ImageLike | Sequence[ImageLike], explain: str | None = None, age: Any = None
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        explain: str | None = None,
+        age: Any = None,
+        errors: str = "raise",
     ) -> Result | list[Result]:
         """Predict one image or a list (batched). ``explain``: None, "gradcam", "lime" or "occlusion".
         ``age``: the patient's age where the file does not say it (a JPEG, PNG or TIFF), in years or
         as a DICOM age (``030M``), for the ``older_than_training`` caution; one for every image, or a
         list with one per image (None: not known). Given, it is used instead of a DICOM header's.
-        Never returned or stored.
+        Never returned or stored. ``errors``: "raise" (default) stops at the first image that cannot
+        be used; "return" gives it a ``Result`` with ``error`` set (the message) and goes on, as the
+        command line does for a folder.
 
         Raises:
-            ImageReadError: a file that cannot be used, named in the message.
-            ValueError: ``age`` malformed, or a list of another length than ``images``.
+            ImageReadError: a file that cannot be used, named in the message (``errors="raise"``).
+            ValueError: ``age`` or ``errors`` malformed, an array out of range (``errors="raise"``), or
+                a list of another length than ``images``.
+            TypeError: an input of no supported kind (``errors="raise"``).
         """
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
         many = isinstance(images, list | tuple)
         items = list(images) if many else [images]
         ages = _ages(age, len(items))
         results = []
         for i in range(0, len(items), BATCH):  # a long list of films is never held in memory at once
-            results += self._predict(items[i : i + BATCH], ages[i : i + BATCH], explain)
+            results += self._predict(items[i : i + BATCH], ages[i : i + BATCH], explain, errors == "return")
         return results if many else results[0]
 
-    def _predict(self, items: list[ImageLike], ages: list[float | None], explain: str | None) -> list[Result]:
-        """``predict`` for one batch of images."""
-        grays = [to_gray(x) for x in items]
+    def _predict(
+        self, items: list[ImageLike], ages: list[float | None], explain: str | None, returned: bool = False
+    ) -> list[Result]:
+        """``predict`` for one batch of images; with ``returned``, an image that cannot be read gets a
+        Result that says why, in its place, and the others are scored."""
+        results: list[Result | None] = [None] * len(items)
+        read = []  # (position, image, its pixels)
+        for i, x in enumerate(items):
+            try:
+                read.append((i, x, to_gray(x)))
+            except (ImageReadError, ValueError, TypeError) as e:
+                if not returned:
+                    raise
+                results[i] = Result(None, None, self.loaded.threshold, error=str(e))
+        if read:
+            positions, kept, grays = zip(*read, strict=True)
+            scored = self._score(list(kept), list(grays), [ages[i] for i in positions], explain)
+            for i, r in zip(positions, scored, strict=True):
+                results[i] = r
+        return [r for r in results if r is not None]
+
+    def _score(
+        self, items: list[ImageLike], grays: list[np.ndarray], ages: list[float | None], explain: str | None
+    ) -> list[Result]:
+        """Results of images read (``grays``), their flags from ``items`` (a path's or a dataset's header)."""
         # one segmentation per image serves flags, lung-aware preprocessing and the explanation
         masks = self.segmenter.masks_of(grays, full_size=bool(explain))
         lows = [low for low, _ in masks]
