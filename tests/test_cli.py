@@ -361,6 +361,10 @@ def test_evaluate_on_the_validation_split_scores_the_films_the_model_was_validat
     assert sorted(s.path for s in validation_films(loaded, tiny_data)) == sorted(split["val"])
     with pytest.raises(ValueError, match="give the data it was trained on"):
         validation_films(loaded, SHARED / "chest_xray")  # 746 validation films there, not the run's
+    few = tmp_path / "few.csv"  # too few patients to carve any split: said as the wrong data, not a bare count
+    few.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(split["val"][:4])))
+    with pytest.raises(ValueError, match=rf"validated on {recorded['n']} films, but .*few.csv cannot give them"):
+        validation_films(loaded, few)
     refit = copy.copy(loaded)
     refit.meta = {**loaded.meta, "config": {**loaded.meta["config"], "refit": True}}
     with pytest.raises(ValueError, match="a refit trained on its validation films"):

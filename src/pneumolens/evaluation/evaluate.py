@@ -178,8 +178,16 @@ def validation_films(loaded: LoadedModel, data: str | os.PathLike[str]) -> list[
     cfg = TrainConfig.from_dict(config)
     if cfg.refit:
         raise ValueError(f"{loaded.path}: a refit trained on its validation films; score it on test only")
-    val = training_split(data, cfg)[0].val
     recorded = loaded.meta.get("metrics", {}).get("val", {}).get("n")
+    try:
+        val = training_split(data, cfg)[0].val
+    except ValueError as e:  # too few films or patients to carve any split: not the data it was trained on
+        if recorded is None:
+            raise
+        raise ValueError(
+            f"{loaded.path}: validated on {recorded} films, but {data} cannot give them ({e}); "
+            "give the data it was trained on"
+        ) from None
     if recorded is not None and recorded != len(val):
         raise ValueError(
             f"{loaded.path}: validated on {recorded} films, but {data} gives {len(val)}; "
