@@ -391,3 +391,19 @@ def test_serve_help_names_every_setting_the_environment_gives(capsys):
         main(["serve", "--help"])
     said = " ".join(capsys.readouterr().out.split())
     assert all(name in said for name in SERVE_ENVIRONMENT) and "default 8000" in said
+
+
+def test_lightning_s_lines_are_logged_once():
+    """The ``lightning`` package gives its logger a handler when imported, after the command line has
+    configured the root's: without ``configure_logging``'s care every Trainer line came out twice."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pneumolens.cli import configure_logging\n"
+        "configure_logging()\n"
+        "from lightning.pytorch.utilities.rank_zero import rank_zero_info\n"
+        "rank_zero_info('said once')\n"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stderr
+    assert [line for line in err.splitlines() if "said once" in line] == ["INFO: said once"]

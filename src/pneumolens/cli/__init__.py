@@ -17,7 +17,7 @@ import sys
 from pneumolens.cli.common import DEFAULT_DATA_ENV, NOTICE
 from pneumolens.cli.training import RECIPE_FLAGS, train_config
 
-__all__ = ["DEFAULT_DATA_ENV", "NOTICE", "RECIPE_FLAGS", "build_parser", "main", "train_config"]
+__all__ = ["DEFAULT_DATA_ENV", "NOTICE", "RECIPE_FLAGS", "build_parser", "configure_logging", "main", "train_config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool = False) -> None:
+    """Log lines to stderr, each once. The ``lightning`` package gives its logger a handler of its own
+    when imported (later, by the commands that train), and Lightning's records would reach both that
+    handler and the root's: every Trainer line twice. They stay with Lightning's handler alone."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lightning").propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     from pneumolens.checkpoint import ModelFileError
     from pneumolens.data.images import ImageReadError
@@ -43,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)
     try:
         return args.run(args)
     except (DataLayoutError, ModelFileError, ImageReadError, ValueError, FileNotFoundError, ConnectionError) as e:
