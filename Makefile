@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed  ## create .venv and install pneumolens with its dev tools
 
 run: setup  ## main job: train PRESET on DATA/train, evaluate once on DATA/test, write the HTML report
-	$(VENV)/bin/pneumolens train --data $(DATA) --preset $(PRESET) --out $(RUN)
+	$(VENV)/bin/pneumolens train --data $(DATA) --preset $(PRESET) --out $(RUN) --overwrite
 	$(VENV)/bin/pneumolens evaluate --model $(RUN) --data $(DATA) --json $(RUN)/test_metrics.json --report $(RUN)/report
 
 recipe: setup  ## rebuild the shipped model's whole recipe from scratch, evaluate once, print its table (30-60 min on 2 cores)

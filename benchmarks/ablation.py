@@ -71,7 +71,8 @@ def main() -> None:
     for name in args.variants:
         run_dir = Path(args.out) / name.replace("=", "-").replace("+", "_")
         wall, _ = run(
-            [*exe, "train", "--data", args.data, "--preset", args.preset, "--out", str(run_dir), *VARIANTS[name]]
+            [*exe, "train", "--data", args.data, "--preset", args.preset, "--out", str(run_dir), "--overwrite"]
+            + VARIANTS[name]
         )
         test_json = run_dir / "test_metrics.json"
         run([*exe, "evaluate", "--model", str(run_dir), "--data", args.data, "--json", str(test_json)])

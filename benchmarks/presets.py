@@ -54,7 +54,9 @@ def main() -> None:
     rows = []
     for preset in args.presets:
         run_dir = Path(args.out) / preset
-        train_s, train_rss = run([*exe, "train", "--data", args.data, "--preset", preset, "--out", str(run_dir)])
+        train_s, train_rss = run(
+            [*exe, "train", "--data", args.data, "--preset", preset, "--out", str(run_dir), "--overwrite"]
+        )
         metrics_path = run_dir / "test_metrics.json"
         eval_s, _ = run([*exe, "evaluate", "--model", str(run_dir), "--data", args.data, "--json", str(metrics_path)])
         m = json.loads(metrics_path.read_text())

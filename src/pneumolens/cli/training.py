@@ -38,6 +38,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="print the config these arguments resolve to (JSON, as --config reads it) and exit without training",
     )
     t.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into an --out that holds an earlier run (a model, or an interrupted run's checkpoints), "
+        "removing what that training wrote there; without it such an --out is refused",
+    )
     t.add_argument("--model", choices=["resnet_small", "seed_cnn"], help="architecture (default: the preset's)")
     t.add_argument("--model-kwargs", type=json_object, help="architecture arguments as JSON, e.g. '{\"dropout\": 0.5}'")
     t.add_argument("--epochs", type=positive_int)
@@ -367,6 +373,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         ]
         if given or args.out:
             raise ValueError(f"--resume continues the run's own recipe; drop {', '.join(given) or '--out'}")
+        if args.overwrite:
+            raise ValueError("--resume continues a run and --overwrite starts one again: give one of them")
         run = Path(args.resume)
         try:
             cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
@@ -383,7 +391,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--data is required (or set ${DEFAULT_DATA_ENV})")
         data, out, resume = args.data, args.out or f"runs/{cfg.preset}", False
     try:
-        path = fit(data, cfg, out, cache_dir=args.cache_dir, resume=resume)
+        path = fit(data, cfg, out, cache_dir=args.cache_dir, resume=resume, overwrite=args.overwrite)
     except TrainingInterrupted as e:
         print(f"pneumolens: {e}", file=sys.stderr)
         return 143 if e.signal_name == "SIGTERM" else 130

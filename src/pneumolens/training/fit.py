@@ -49,11 +49,11 @@ from pneumolens.training.distill import load_teacher
 from pneumolens.training.exposure import exposure_weights, lung_medians
 from pneumolens.training.module import Classifier, architecture_of
 from pneumolens.training.pretrain import BACKBONE_FILENAME, load_backbone, pretrain
+from pneumolens.training.run_dir import HOLDOUT_DIR, make_room
 from pneumolens.training.state import AtomicCheckpointIO, TrainingDiverged, TrainingInterrupted
 from pneumolens.training.warm_start import is_model_file, load_init
 
 log = logging.getLogger(__name__)
-HOLDOUT_DIR = "holdout"  # a refit's held-out twin, inside the refit's run directory
 
 
 def read_history(logs: Path) -> list[dict[str, float]]:
@@ -244,6 +244,7 @@ def fit(
     cache_dir: str | os.PathLike[str] | None = None,
     callbacks: list[L.Callback] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train ``cfg`` on ``data``'s training images and write the run to ``out``.
 
@@ -255,10 +256,13 @@ def fit(
     With ``cfg.refit``, the run with validation held out is trained first into ``out/holdout`` (its
     twin), then the recipe again on every training film, validation films too; the refit takes the
     twin's temperature and threshold (a resumed refit resumes, or reuses, the twin first).
+    A new run into a folder holding an earlier one (a model, or an interrupted run's checkpoints) is
+    refused unless ``overwrite``, which removes what the earlier training wrote there first.
     Returns the path of the best model file (``out/model.safetensors``).
 
     Raises:
         TrainingInterrupted: SIGINT or SIGTERM stopped training; the last complete checkpoint is kept.
+        RunExists: ``out`` holds an earlier run, and neither ``resume`` nor ``overwrite`` was given.
     """
     t0 = time.time()
     out = Path(out)
@@ -283,6 +287,8 @@ def fit(
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
+    if not resume:
+        make_room(out, overwrite)  # after every check of the config: a refused run removes nothing
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         recorded = json.loads((out / "config.json").read_text())
