@@ -3,7 +3,8 @@ export | ensemble | listen | pull | watch | audit | review | outbox | orders | f
 train-orientation | train-age-check``.
 
 The subcommands live in modules by what they are for: ``training`` (making model files),
-``evaluation`` (reading films with one), ``clinical`` (the model at work in a department),
+``evaluation`` (measuring, recalibrating, comparing and describing one on labelled films),
+``reading`` (reading films with one), ``clinical`` (the model at work in a department),
 ``monitoring`` (its audit trail, drift and agreement with the readers) and ``sending`` (its results
 sent on to the EHR and the RIS, and the outboxes that hold them).
 """
@@ -22,14 +23,14 @@ __all__ = ["DEFAULT_DATA_ENV", "NOTICE", "RECIPE_FLAGS", "build_parser", "config
 
 def build_parser() -> argparse.ArgumentParser:
     from pneumolens import __version__
-    from pneumolens.cli import clinical, evaluation, monitoring, sending, training
+    from pneumolens.cli import clinical, evaluation, monitoring, reading, sending, training
 
     about = "Train, evaluate, explain and serve a model that reads chest X-rays for pneumonia."
     parser = argparse.ArgumentParser(prog="pneumolens", description=about, epilog=NOTICE)
     parser.add_argument("--version", action="version", version=f"pneumolens {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (training, evaluation, clinical, monitoring, sending):
+    for group in (training, evaluation, reading, clinical, monitoring, sending):
         group.add_parsers(sub)  # each subcommand's parser names its function: set_defaults(run=...)
     return parser
 
