@@ -193,6 +193,16 @@ def test_a_yaml_file_sets_some_fields_over_its_preset_and_flags_go_on_top(tmp_pa
         ("- epochs: 5\n", r"exp\.yaml: a config is a mapping of fields, got list"),
         ("epochs: [5\n", r"exp\.yaml: not a readable JSON or YAML config"),
         ("augment: 5\n", r"exp\.yaml: augment is a mapping of fields, got 5"),
+        # values a flag's type would have refused (--epochs 0 is argparse's error) or no check bounded
+        ("epochs: 0\n", r"exp\.yaml: epochs must be at least 1, got 0 \(--epochs\)"),
+        ("batch_size: 0\n", r"exp\.yaml: batch_size must be at least 1, got 0"),
+        ("lr: -1.0e-3\n", r"exp\.yaml: lr must be > 0, got -0\.001 \(--lr\)"),
+        ("weight_decay: -0.1\n", r"exp\.yaml: weight_decay must be >= 0"),
+        ("ema_decay: 1.5\n", r"exp\.yaml: ema_decay must be in \[0, 1\) \(0: off\), got 1\.5"),
+        ("val_fraction: 1\n", r"exp\.yaml: val_fraction must be in \(0, 1\), got 1"),
+        ("num_workers: -1\n", r"exp\.yaml: num_workers must be >= 0"),
+        ("warmup_epochs: -2\n", r"exp\.yaml: warmup_epochs must be >= 0"),
+        ("augment: {rotation: 400}\n", r"exp\.yaml: rotation is at most 180 degrees either way, got 400"),
     ],
 )
 def test_a_bad_config_file_is_refused_naming_the_file_and_field(tmp_path, capsys, text, match):

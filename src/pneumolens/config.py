@@ -240,6 +240,21 @@ def check_band_rule(
             raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
+# fields whose values a flag's type does not bound (a config file's never are): (test, what it must be)
+RANGES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "limit": (lambda v: v >= 1, "at least 1"),
+    "num_nodes": (lambda v: v >= 1, "at least 1"),
+    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
+    "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's config with every non-None override applied.
 
@@ -252,6 +267,9 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    for name, (fits, said) in RANGES.items():
+        if name in overrides and not fits(overrides[name]):
+            raise ValueError(f"{name} must be {said}, got {overrides[name]} (--{name.replace('_', '-')})")
     if "preprocess" in overrides:
         cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, **overrides.pop("preprocess")))
     if "image_size" in overrides:
@@ -295,6 +313,8 @@ def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
             raise ValueError(f"augmentation ranges must be >= 0 (shift, zoom and contrast < 1), got {aug}")
         if any(aug.get(k, 0.0) > 1 for k in ("hflip", "erase")):
             raise ValueError(f"hflip and erase are probabilities in [0, 1], got {aug}")
+        if aug.get("rotation", 0.0) > 180:
+            raise ValueError(f"rotation is at most 180 degrees either way, got {aug['rotation']} (--rotation)")
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **aug))
     epochs = overrides.get("epochs", cfg.epochs)
     start = overrides.get("start_from_epoch", cfg.start_from_epoch)
