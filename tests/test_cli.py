@@ -407,3 +407,29 @@ def test_lightning_s_lines_are_logged_once():
     )
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stderr
     assert [line for line in err.splitlines() if "said once" in line] == ["INFO: said once"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["serve", "--port", "99999"], "argument --port: must be a port, 1-65535, got 99999"),
+        (["listen", "--port", "0"], "argument --port: must be a port, 1-65535, got 0"),
+        (["listen", "--dicomweb-port", "70000"], "argument --dicomweb-port: must be a port, 1-65535"),
+        (["watch", "in", "--poll", "0"], "argument --poll: must be a number of seconds above 0, got 0"),
+        (["watch", "in", "--poll", "nan"], "argument --poll: must be a number of seconds above 0, got nan"),
+    ],
+)
+def test_ports_and_poll_intervals_out_of_range_are_refused_by_name(argv, said, capsys):
+    """Before, a port above 65535 reached the socket and ended in a traceback, and a poll of 0 or less
+    spun the watch folder's loop without a pause."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_destination_s_port_out_of_range_is_refused_by_name():
+    from pneumolens.integration.dicom_node import Destination
+
+    assert Destination.parse("PACS@pacs.local:104").port == 104
+    with pytest.raises(ValueError, match="--forward 'PACS@pacs.local:99999': expected AE_TITLE@host:port"):
+        Destination.parse("PACS@pacs.local:99999")

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from pneumolens.cli.common import NOTICE, db_arg, engine_for, positive_int, tls_flags
+from pneumolens.cli.common import NOTICE, db_arg, engine_for, port, positive_int, positive_seconds, tls_flags
 from pneumolens.cli.sending import (
     fhir_outbox_of,
     hl7_outbox_of,
@@ -53,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sv.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)"
     )
-    sv.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    sv.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
     sv.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     sv.add_argument(
         "--backend",
@@ -72,7 +72,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     ln = sub.add_parser("listen", help="DICOM node: give every incoming CR/DX image a first read (C-STORE SCP)")
     ln.add_argument("--ae-title", default="PNEUMOLENS")
-    ln.add_argument("--port", type=int, default=11112)
+    ln.add_argument("--port", type=port, default=11112, help="DIMSE port (default 11112)")
     ln.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     ln.add_argument("--out", default="dicom-results", help="where the results (DICOM files) are written")
     ln.add_argument("--forward", help="also send each result to AE_TITLE@host:port (C-STORE)")
@@ -89,7 +89,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     stow_flags(ln)
     ln.add_argument(
         "--dicomweb-port",
-        type=int,
+        type=port,
         metavar="PORT",
         help="also take images over DICOMweb (STOW-RS: POST /dicomweb/studies) on this port of --host, with the "
         "node's TLS when given; with --qr, also serve the results there (QIDO-RS, WADO-RS)",
@@ -228,7 +228,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--out", help="where <file>.json results go (default: FOLDER/pneumolens-results)")
     w.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     db_arg(w)
-    w.add_argument("--poll", type=float, default=1.0, help="seconds between scans of the folder")
+    w.add_argument("--poll", type=positive_seconds, default=1.0, help="seconds between scans of the folder")
     w.add_argument("--explain", action="store_true", help="add a Grad-CAM picture (base64 PNG) to each result")
     w.add_argument("--once", action="store_true", help="process what is there now and exit")
     send_on_flags(w)

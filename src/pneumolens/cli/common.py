@@ -17,6 +17,21 @@ def positive_int(s: str) -> int:
     return v
 
 
+def port(s: str) -> int:
+    """A TCP port to listen on (before, 99999 reached the socket and ended in an OverflowError's traceback)."""
+    v = int(s)
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port, 1-65535, got {s}")
+    return v
+
+
+def positive_seconds(s: str) -> float:
+    v = float(s)
+    if not v > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {s}")
+    return v
+
+
 def fraction(s: str) -> float:
     v = float(s)
     if not 0 < v < 1:

@@ -320,6 +320,8 @@ class Destination:
         try:
             aet, rest = text.split("@", 1)
             host, port = rest.rsplit(":", 1)
+            if not 1 <= int(port) <= 65535:
+                raise ValueError(port)
             return cls(host, int(port), aet)
         except ValueError:
             raise ValueError(f"{flag} {text!r}: expected AE_TITLE@host:port") from None
