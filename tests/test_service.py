@@ -341,3 +341,22 @@ def test_the_map_explains_the_call_made_without_scoring_the_film_again(trained_r
         loaded, grays[0], "gradcam", lung_masks=(low, full), model_input=x, probability=1.0, flags=[]
     )
     assert not np.allclose(below.heatmap, above.heatmap)  # the evidence for the other class
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("PNEUMOLENS_MAX_UPLOAD_MB", "-1", "max_upload_mb\n  Input should be greater than 0"),
+        ("PNEUMOLENS_MAX_CONCURRENT", "0", "max_concurrent\n  Input should be greater than or equal to 1"),
+        ("PNEUMOLENS_REQUEST_TIMEOUT_S", "0", "request_timeout_s\n  Input should be greater than 0"),
+        ("PNEUMOLENS_SHUTDOWN_GRACE_S", "-5", "shutdown_grace_s\n  Input should be greater than or equal to 0"),
+    ],
+)
+def test_settings_out_of_range_stop_serve_before_it_starts(monkeypatch, capsys, variable, value, said):
+    """A negative upload limit used to start a server that refused every film (413), without a word."""
+    import uvicorn
+
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("serve started with " + variable))
+    assert main(["serve", "--port", "8799"]) == 2
+    assert said in capsys.readouterr().err
