@@ -33,7 +33,7 @@ def main() -> None:
     exe = [sys.executable, "-m", "pneumolens.cli"]
     rows = []
     for step in shipped_recipe(args.data, args.out, args.extra):
-        wall, rss = run([*exe, *step.argv, *(["--overwrite"] if step.trains else [])])  # from scratch, each time
+        wall, rss = run([*exe, *step.argv, "--overwrite"])  # from scratch, each time
         val = json.loads((step.out / "val_metrics.json").read_text())
         rows.append((step, wall, rss, val))
     model = rows[-1][0].out

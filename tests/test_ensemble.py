@@ -206,6 +206,27 @@ def test_members_that_cannot_join_are_refused_by_name(tiny_data, trained_run, se
     assert not (tmp_path / "f").exists()
 
 
+def test_an_ensemble_is_not_written_over_a_member_or_another_model(tiny_data, trained_run, second_run, tmp_path):
+    """Before, ``--out`` naming a member's run directory wrote the ensemble over that member's model."""
+    import hashlib
+    import shutil
+
+    member = tmp_path / "member"
+    shutil.copytree(second_run, member)
+    before = hashlib.sha256((member / "model.safetensors").read_bytes()).hexdigest()
+    for given in (member, member / "model.safetensors"):  # the member named by its folder or its file
+        with pytest.raises(ValueError, match=rf"--out {member} is the run directory of the member {given}"):
+            build_ensemble([str(trained_run), str(given)], tiny_data, member, overwrite=True)
+    assert hashlib.sha256((member / "model.safetensors").read_bytes()).hexdigest() == before
+    made = build_ensemble([str(trained_run), str(member)], tiny_data, tmp_path / "ens")
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'ens'} holds a model \(model.safetensors\); write into"):
+        build_ensemble([str(trained_run), str(member)], tiny_data, tmp_path / "ens")
+    first = load_model(made).sha256
+    made.write_bytes(b"not the ensemble")  # replaced, not read
+    args = ["ensemble", str(trained_run), str(member), "--data", str(tiny_data), "--out", str(tmp_path / "ens")]
+    assert main([*args, "--overwrite"]) == 0 and load_model(made).sha256 == first  # the same ensemble, built again
+
+
 def test_an_ensemble_cannot_be_a_member(tiny_data, trained_run, tmp_path):
     model = two_members()
     arch = {"name": "ensemble", "kwargs": {"members": [ARCH, ARCH]}}

@@ -235,6 +235,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(train --init MODEL); it costs one network at inference",
     )
     en.add_argument("--out", required=True, help="run directory for model.safetensors and val_metrics.json")
+    en.add_argument(
+        "--overwrite", action="store_true", help="replace the model an --out already holds (never a member's own)"
+    )
     en_band = en.add_mutually_exclusive_group()
     en_band.add_argument(
         "--borderline-share",
@@ -414,6 +417,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
             borderline_share=args.borderline_share,
             borderline_risk=args.borderline_risk,
             borderline_confidence=args.borderline_confidence,
+            overwrite=args.overwrite,
         )
     )
     return 0

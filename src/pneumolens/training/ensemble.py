@@ -115,23 +115,31 @@ def build_ensemble(
     borderline_share: float | None = None,
     borderline_risk: float | None = None,
     borderline_confidence: float | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``out/model.safetensors`` (and ``out/val_metrics.json``): the members' mean logit, or
     with ``average_weights`` one network of their mean weights, with temperature and threshold
     fitted on their validation split of ``data``, and a ``borderline`` band holding
     ``borderline_share`` of those films, or the narrowest one outside which their calls are wrong
     at most ``borderline_risk`` of the time (with ``borderline_confidence``: by the Clopper-Pearson
-    upper bound of that rate; default: the first member's rule).
+    upper bound of that rate; default: the first member's rule). An ``out`` that holds a model is
+    refused unless ``overwrite``, and a member's own run directory always.
 
     Raises:
         ModelFileError: a member file is unusable or cannot join (the message names it).
-        ValueError: fewer than two members, members from different splits or inputs, or (averaging
-            weights) members that are not fine-tunes of one start.
+        ValueError: fewer than two members, members from different splits or inputs, (averaging
+            weights) members that are not fine-tunes of one start, or an ``out`` that holds a model.
     """
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 model files, got {len(members)}")
     check_band_rule(borderline_share, borderline_risk, confidence=borderline_confidence)
     loaded = [load_model(m) for m in members]
+    target = Path(out) / MODEL_FILENAME
+    for given, m in zip(members, loaded, strict=True):  # before, the ensemble was written over the member
+        if Path(m.path).resolve() == target.resolve():
+            raise ValueError(f"--out {out} is the run directory of the member {given}; write the ensemble elsewhere")
+    if target.exists() and not overwrite:
+        raise ValueError(f"{out} holds a model ({MODEL_FILENAME}); write into another --out, or give --overwrite")
     configs = [member_config(m) for m in loaded]
     check_compatible(loaded, configs)
     cfg = configs[0]
