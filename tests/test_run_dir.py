@@ -67,3 +67,17 @@ def test_a_distributed_run_s_other_processes_find_the_folder_begun(trained_run, 
         assert (out / "model.safetensors").is_file()
     with pytest.raises(RunExists):
         make_room(out, overwrite=False)
+
+
+def test_a_run_that_reads_a_model_inside_its_out_is_refused_even_with_overwrite(trained_run, tmp_path):
+    """``--overwrite`` into the folder of the run's own ``--init`` or ``--teacher`` would remove the
+    model it is about to read."""
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    for inputs in ((("--init", str(out)),), (("--teacher", str(out / "model.safetensors")),)):
+        flag, path = inputs[0]
+        with pytest.raises(RunExists, match=rf"{flag} {path} lies in --out {out}, which holds an earlier run"):
+            make_room(out, overwrite=True, inputs=inputs)
+        assert (out / "model.safetensors").is_file()
+    make_room(out, overwrite=True, inputs=(("--init", str(trained_run)),))  # a model elsewhere: room made
+    assert earlier_run(out) is None

@@ -288,7 +288,8 @@ def fit(
     if cfg.sam_rho > 0 and precision.startswith("16"):  # "auto" on a GPU without bf16, before any data
         raise ValueError(f"sam_rho does not work with precision {precision}; add --precision 32-true")
     if not resume:
-        make_room(out, overwrite)  # after every check of the config: a refused run removes nothing
+        # after every check of the config: a refused run removes nothing
+        make_room(out, overwrite, inputs=(("--init", cfg.init), ("--teacher", cfg.teacher)))
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         recorded = json.loads((out / "config.json").read_text())

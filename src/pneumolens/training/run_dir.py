@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from pneumolens.checkpoint import MODEL_FILENAME
@@ -58,17 +59,22 @@ def first_process() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def make_room(out: Path, overwrite: bool) -> None:
+def make_room(out: Path, overwrite: bool, inputs: Sequence[tuple[str, str | None]] = ()) -> None:
     """Before a new (not resumed) run in ``out``: refuse an earlier run there, naming what it holds
     and what to do, or with ``overwrite`` remove what training wrote there (``RUN_OUTPUTS``; other
-    files, such as an evaluation's, are left).
+    files, such as an evaluation's, are left). ``inputs`` (flag, path) are files the run reads, such
+    as its ``--init`` and ``--teacher``: one inside ``out`` is never removed; the run is refused.
 
     Raises:
-        RunExists: ``out`` holds a finished or an interrupted run and ``overwrite`` is false.
+        RunExists: ``out`` holds a finished or an interrupted run and ``overwrite`` is false, or an
+            input lies inside ``out``.
     """
     held = earlier_run(out)
     if held is None or not first_process():
         return
+    for flag, path in inputs:
+        if path and (Path(path).resolve() == out.resolve() or out.resolve() in Path(path).resolve().parents):
+            raise RunExists(f"{flag} {path} lies in --out {out}, which holds an earlier run; train into another --out")
     if not overwrite:
         if held == "finished":
             raise RunExists(
