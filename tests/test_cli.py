@@ -433,3 +433,30 @@ def test_a_destination_s_port_out_of_range_is_refused_by_name():
     assert Destination.parse("PACS@pacs.local:104").port == 104
     with pytest.raises(ValueError, match="--forward 'PACS@pacs.local:99999': expected AE_TITLE@host:port"):
         Destination.parse("PACS@pacs.local:99999")
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["predict", "IMAGE", "--csv", "OUT"], "--csv"),
+        (["evaluate", "--data", "DATA", "--json", "OUT"], "--json"),
+        (["evaluate", "--data", "DATA", "--csv", "OUT"], "--csv"),
+        (["evaluate", "--data", "DATA", "--report", "OUT"], "--report"),
+        (["compare", "MODEL", "--data", "DATA", "--json", "OUT"], "--json"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_said_before_the_work(trained_run, tiny_data, tmp_path, capsys, argv, flag):
+    """Before, the films were all scored and the run then ended on the unwritable file."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file, not a folder")
+    out = blocker / "out"
+    image = str(real_images("test", "NORMAL", 1)[0])
+    given = {"IMAGE": image, "DATA": str(tiny_data), "MODEL": str(trained_run), "OUT": str(out)}
+    assert main([given.get(a, a) for a in argv]) == 2
+    assert f"{flag} {out}: cannot be written (a folder on its path is a file)" in capsys.readouterr().err
+    assert main([given.get(a, a).replace("a-file/out", "a-file/x/y") for a in argv]) == 2  # deeper: the same
+    assert "cannot be written (a folder on its path is a file)" in capsys.readouterr().err
+    if argv[0] == "predict":  # a path that can be written: no empty file left by the check, the rows written
+        fine = tmp_path / "new" / "p.csv"
+        assert main(["predict", image, "--csv", str(fine), "--model", str(trained_run)]) == 0
+        assert len(fine.read_text().splitlines()) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 DEFAULT_DATA_ENV = "PNEUMOLENS_DATA"
 NOTICE = "Decision support only: pneumolens does not make a diagnosis; a clinician reads the X-ray."
@@ -68,6 +69,30 @@ def patient_age(s: str) -> float | None:
 
 def devices(s: str) -> int | str:
     return s if s == "auto" else positive_int(s)
+
+
+def writable(flag: str, path: str | None, folder: bool = False) -> None:
+    """Fail before the work, not after it: the output file (or ``folder``) ``path`` can be written.
+    Its parent folders are made, as the command would make them; a file is not left where none was."""
+    if not path:
+        return
+    p = Path(path)
+    try:
+        if folder:
+            p.mkdir(parents=True, exist_ok=True)
+            if not os.access(p, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+            return
+        existed = p.exists()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a"):
+            pass
+        if not existed:
+            p.unlink()
+    except (FileExistsError, NotADirectoryError):  # a file where a folder of the path should be
+        raise ValueError(f"{flag} {path}: cannot be written (a folder on its path is a file)") from None
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot be written ({e.strerror or e})") from None
 
 
 def data_arg(p: argparse.ArgumentParser, required: bool = True) -> None:

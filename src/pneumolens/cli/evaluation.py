@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from pneumolens.cli.common import data_arg, fraction, positive_int, probability
+from pneumolens.cli.common import data_arg, fraction, positive_int, probability, writable
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -137,6 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumolens.checkpoint import load_model
     from pneumolens.evaluation.evaluate import evaluate, format_table
 
+    for flag, path in (("--json", args.json_out), ("--csv", args.csv)):
+        writable(flag, path)  # before the films are scored, not after
+    writable("--report", args.report, folder=True)
     loaded = load_model(args.model)
     ev = evaluate(
         loaded, args.data, args.threshold, group_by=args.group_by, split=args.split, prevalences=args.prevalence or ()
@@ -174,6 +177,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if len(args.models) > 2:
         raise ValueError(f"compare takes one or two models, got {len(args.models)}: A B, or B against the shipped A")
+    writable("--json", args.json_out)
     for flag, t in (("--threshold-a", args.threshold_a), ("--threshold-b", args.threshold_b)):
         if t is not None and not 0 < t < 1:
             raise ValueError(f"{flag} {t}: an operating point lies between 0 and 1")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pneumolens.cli.common import NOTICE, data_arg, engine_for, patient_age, positive_int
+from pneumolens.cli.common import NOTICE, data_arg, engine_for, patient_age, positive_int, writable
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -296,6 +296,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pneumolens.inference import Predictor
     from pneumolens.lungs.flags import MEASURES
 
+    writable("--csv", args.csv)  # before the films are read, not after
     predictor = Predictor.from_checkpoint(args.model)
     paths = _expand(args.images)
     if not paths:
