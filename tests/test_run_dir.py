@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from conftest import train_cli
+from pneumolens.checkpoint import ModelFileError, load_model
 from pneumolens.cli import main
 from pneumolens.training.run_dir import RunExists, earlier_run, make_room
 
@@ -45,6 +46,8 @@ def test_an_interrupted_run_is_refused_with_the_way_to_go_on(trained_run, tmp_pa
     shutil.copytree(trained_run, out)
     (out / "model.safetensors").unlink()  # stopped before the end: checkpoints, no model
     assert earlier_run(out) == "interrupted"
+    with pytest.raises(ModelFileError, match=rf"{out}: a run that has not finished .*`pneumolens train --resume "):
+        load_model(out)  # what predict, evaluate and the rest say of it
     with pytest.raises(RunExists, match=rf"continue it with `pneumolens train --resume {out}`, or give --overwrite"):
         make_room(out, overwrite=False)
     for name in ("config.json", "split.json"):  # a run stopped before its first epoch left nothing of value

@@ -98,6 +98,11 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
         return p
     p = Path(path)
     if p.is_dir():
+        if not (p / MODEL_FILENAME).is_file() and (p / "checkpoints" / "last.ckpt").is_file():
+            raise ModelFileError(
+                f"{path}: a run that has not finished (checkpoints, no {MODEL_FILENAME}); finish it with "
+                f"`pneumolens train --resume {path}`"
+            )
         p = p / MODEL_FILENAME
     if not p.is_file():
         raise ModelFileError(f"{path}: no model file found (give a {MODEL_FILENAME} or the run directory)")
