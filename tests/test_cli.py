@@ -417,6 +417,7 @@ def test_lightning_s_lines_are_logged_once():
         (["listen", "--dicomweb-port", "70000"], "argument --dicomweb-port: must be a port, 1-65535"),
         (["watch", "in", "--poll", "0"], "argument --poll: must be a number of seconds above 0, got 0"),
         (["watch", "in", "--poll", "nan"], "argument --poll: must be a number of seconds above 0, got nan"),
+        (["watch", "in", "--poll", "inf"], "argument --poll: must be a number of seconds above 0, got inf"),
     ],
 )
 def test_ports_and_poll_intervals_out_of_range_are_refused_by_name(argv, said, capsys):

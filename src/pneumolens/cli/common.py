@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def port(s: str) -> int:
 
 def positive_seconds(s: str) -> float:
     v = float(s)
-    if not v > 0:  # NaN too
+    if not 0 < v < math.inf:  # NaN too; an infinite wait ends in an OverflowError
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {s}")
     return v
 
