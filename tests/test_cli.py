@@ -461,3 +461,33 @@ def test_an_output_that_cannot_be_written_is_said_before_the_work(trained_run, t
         fine = tmp_path / "new" / "p.csv"
         assert main(["predict", image, "--csv", str(fine), "--model", str(trained_run)]) == 0
         assert len(fine.read_text().splitlines()) == 2
+
+
+def test_predict_writes_each_row_as_it_comes_and_keeps_them_when_stopped(trained_run, tmp_path, capsys, monkeypatch):
+    """The CSV is ``FILE.partial`` until every file is in it; a stop (Ctrl-C) keeps the rows written so
+    far there, where before every result was held until the end and a stop lost them all."""
+    from pneumolens.inference import Predictor
+
+    films = [str(p) for p in real_images("test", "NORMAL", 2) + real_images("test", "PNEUMONIA", 1)]
+    target = tmp_path / "p.csv"
+    model = ["--model", str(trained_run)]
+    assert main(["predict", *films, "--csv", str(target), *model]) == 0
+    rows = list(csv.DictReader(target.open()))
+    assert [r["path"] for r in rows] == films and not (tmp_path / "p.csv.partial").exists()
+    alone = Predictor.from_checkpoint(str(trained_run)).predict_paths(films, batch_size=1)
+    assert [float(r["probability"]) for r in rows] == pytest.approx([p.probability for p in alone], abs=1e-6)
+
+    iter_paths = Predictor.iter_paths
+
+    def stopped_after_two(self, paths, *a, **k):
+        for i, pred in enumerate(iter_paths(self, paths, *a, **k)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield pred
+
+    monkeypatch.setattr(Predictor, "iter_paths", stopped_after_two)
+    stopped = tmp_path / "s.csv"
+    assert main(["predict", *films, "--csv", str(stopped), *model]) == 130
+    assert "the 2 row(s) written are kept in" in capsys.readouterr().err and not stopped.exists()
+    kept = list(csv.DictReader((tmp_path / "s.csv.partial").open()))
+    assert [r["path"] for r in kept] == films[:2]

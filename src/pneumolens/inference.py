@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,41 @@ def default_device() -> torch.device:
 
 
 @torch.inference_mode()
+def scored_batches(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    cfg: PreprocessConfig,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    with_flags: bool = False,
+    logits: bool = False,
+    progress: bool = False,
+) -> Iterator[tuple[dict[str, float], dict[str, str], dict[str, list[str]], dict[str, dict]]]:
+    """For each loader batch, in the samples' order (``batch_size`` samples a batch, the last
+    fewer): probabilities (or raw logits) by path of its readable samples, the reasons for its
+    unreadable ones, and with ``with_flags`` each readable film's flags and the measures behind them."""
+    model.eval()
+    device = next(model.parameters()).device
+    loader = inference_loader(samples, cfg, batch_size, num_workers, with_flags=with_flags)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="predict", unit="batch", file=sys.stderr)
+    for batch in loader:
+        probs: dict[str, float] = {}
+        flags: dict[str, list[str]] = {}
+        measures: dict[str, dict] = {}
+        if batch["image"].numel():
+            x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            z = model(x).float()
+            p = (z if logits else torch.sigmoid(z)).cpu().numpy()
+            probs.update(zip(batch["path"], p.astype(float).tolist(), strict=True))
+            if with_flags:
+                flags.update(zip(batch["path"], batch["flags"], strict=True))
+                measures.update(zip(batch["path"], batch["measures"], strict=True))
+        yield probs, dict(batch["skipped"]), flags, measures
+
+
 def predict_samples(
     model: nn.Module,
     samples: Sequence[Sample],
@@ -75,26 +110,16 @@ def predict_samples(
     unreadable ones. Pass a dict as ``flags`` to have it filled with each image's lung plausibility flags,
     and one as ``measures`` (with ``flags``) for the measures behind them.
     """
-    model.eval()
-    device = next(model.parameters()).device
     probs: dict[str, float] = {}
     errors: dict[str, str] = {}
-    loader = inference_loader(samples, cfg, batch_size, num_workers, with_flags=flags is not None)
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="predict", unit="batch", file=sys.stderr)
-    for batch in loader:
-        errors.update(dict(batch["skipped"]))
-        if batch["image"].numel():
-            x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            z = model(x).float()
-            p = (z if logits else torch.sigmoid(z)).cpu().numpy()
-            probs.update(zip(batch["path"], p.astype(float).tolist(), strict=True))
-            if flags is not None:
-                flags.update(zip(batch["path"], batch["flags"], strict=True))
-                if measures is not None:
-                    measures.update(zip(batch["path"], batch["measures"], strict=True))
+    batches = scored_batches(model, samples, cfg, batch_size, num_workers, flags is not None, logits, progress)
+    for batch_probs, batch_errors, batch_flags, batch_measures in batches:
+        probs.update(batch_probs)
+        errors.update(batch_errors)
+        if flags is not None:
+            flags.update(batch_flags)
+            if measures is not None:
+                measures.update(batch_measures)
     return probs, errors
 
 
@@ -138,29 +163,30 @@ class Predictor:
     ) -> list[Prediction]:
         """Predict files; ``age`` (years): the patients' age where the files do not say it, for the
         ``older_than_training`` caution (used instead of a DICOM header's)."""
+        return list(self.iter_paths(paths, batch_size, progress, age))
+
+    def iter_paths(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        batch_size: int = 64,
+        progress: bool = False,
+        age: float | None = None,
+    ) -> Iterator[Prediction]:
+        """``predict_paths`` one batch at a time, in the files' order: a long job's results can be
+        written as they come, so that a stop loses only the batch in hand."""
         samples = [Sample(str(p), 0, Path(p).name, age=age) for p in paths]
         workers = default_workers(len(samples), batch_size)
-        flags: dict[str, list[str]] = {}
-        measures: dict[str, dict] = {}
-        probs, errors = predict_samples(
-            self.loaded.model,
-            samples,
-            self.loaded.preprocess,
-            batch_size,
-            workers,
-            flags=flags,
-            progress=progress,
-            measures=measures,
+        batches = scored_batches(
+            self.loaded.model, samples, self.loaded.preprocess, batch_size, workers, with_flags=True, progress=progress
         )
-        out = []
-        for s in samples:
-            if s.path in probs:
-                p = probs[s.path]
-                said = flags[s.path] + borderline_flags(p, self.loaded.borderline)
-                out.append(Prediction(s.path, p, self.label_of(p), flags=said, measures=measures[s.path]))
-            else:
-                out.append(Prediction(s.path, None, None, errors.get(s.path, "not processed")))
-        return out
+        for start, (probs, errors, flags, measures) in zip(range(0, len(samples), batch_size), batches, strict=True):
+            for s in samples[start : start + batch_size]:
+                if s.path in probs:
+                    p = probs[s.path]
+                    said = flags[s.path] + borderline_flags(p, self.loaded.borderline)
+                    yield Prediction(s.path, p, self.label_of(p), flags=said, measures=measures[s.path])
+                else:
+                    yield Prediction(s.path, None, None, errors.get(s.path, "not processed"))
 
     def predict_array(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for preprocessed inputs (B, C, H, W) in [0, 1]."""

@@ -291,6 +291,9 @@ def _expand(paths: list[str]) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Each file's line (or JSON object, or CSV row) as its batch is scored. A CSV is written as
+    ``FILE.partial`` and renamed to ``FILE`` once every file is in it: a run stopped half-way keeps
+    the rows it wrote, under a name that says they are not all."""
     import csv
 
     from pneumolens.inference import Predictor
@@ -301,31 +304,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = _expand(args.images)
     if not paths:
         raise ValueError(f"no JPEG, PNG, TIFF or DICOM files in {', '.join(args.images)}")
-    preds = predictor.predict_paths(paths, progress=bool(args.csv), age=args.age)
+    preds = predictor.iter_paths(paths, progress=bool(args.csv), age=args.age)
+    if args.csv:
+        target = Path(args.csv)
+        partial = target.with_name(target.name + ".partial")
+        n = failed = 0
+        with open(partial, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "probability", "label", "flags", *MEASURES, "error"])
+            try:
+                for pred in preds:
+                    if pred.error:
+                        failed += 1
+                        print(f"error: {pred.path}: {pred.error}", file=sys.stderr)
+                    prob = "" if pred.probability is None else f"{pred.probability:.6f}"
+                    measured = ["" if v is None else f"{v:.6g}" for v in (pred.measures.get(m) for m in MEASURES)]
+                    w.writerow([pred.path, prob, pred.label or "", " ".join(pred.flags), *measured, pred.error or ""])
+                    f.flush()
+                    n += 1
+            except KeyboardInterrupt:
+                print(f"pneumolens: interrupted; the {n} row(s) written are kept in {partial}", file=sys.stderr)
+                return 130
+        partial.replace(target)
+        print(f"{n - failed} predicted, {failed} failed: {args.csv}")
+        return 0  # a bad file is a row, not a failed run
     failed = 0
     for pred in preds:
         if pred.error:
             failed += 1
             print(f"error: {pred.path}: {pred.error}", file=sys.stderr)
-        if args.csv:
-            continue
         if args.json:
-            print(json.dumps(pred.to_dict()))
+            print(json.dumps(pred.to_dict()), flush=True)
         elif not pred.error:
             note = f"\tWARNING: {pred.warning}" if pred.warning else ""
-            print(f"{pred.path}\t{pred.probability:.4f}\t{pred.label}{note}")
-    if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "probability", "label", "flags", *MEASURES, "error"])
-            for pred in preds:
-                prob = "" if pred.probability is None else f"{pred.probability:.6f}"
-                values = [pred.measures.get(m) for m in MEASURES]
-                measured = ["" if v is None else f"{v:.6g}" for v in values]
-                w.writerow([pred.path, prob, pred.label or "", " ".join(pred.flags), *measured, pred.error or ""])
-        print(f"{len(preds) - failed} predicted, {failed} failed: {args.csv}")
-        return 0  # a bad file is a row, not a failed run
+            print(f"{pred.path}\t{pred.probability:.4f}\t{pred.label}{note}", flush=True)
     if not args.json:
         print(NOTICE, file=sys.stderr)
     return 1 if failed else 0
