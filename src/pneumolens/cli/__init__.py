@@ -1,5 +1,5 @@
 """Command line: ``pneumolens train | evaluate | calibrate | compare | card | predict | explain | segment | serve |
-export | ensemble | listen | pull | watch | audit | review | outbox | orders | fhir-key | train-lungs |
+export | ensemble | listen | pull | watch | selftest | audit | review | outbox | orders | fhir-key | train-lungs |
 train-orientation | train-age-check``.
 
 The subcommands live in modules by what they are for: ``training`` (making model files),

@@ -1,8 +1,9 @@
-"""``pneumolens serve | listen | pull | watch``: the model at work in a department."""
+"""``pneumolens serve | listen | pull | watch | selftest``: the model at work in a department."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -223,6 +224,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tls_flags(pl, "--tls", "TLS to the PACS: our PEM certificate (with --tls-key and --tls-ca)", "the PACS's")
     pl.set_defaults(run=cmd_pull)
 
+    st = sub.add_parser(
+        "selftest",
+        help="check this installation: every part loads and the model gives its recorded answer for a synthetic "
+        "film (after an install, an upgrade or a move to other hardware); exit 1 if a check fails",
+    )
+    st.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
+    db_arg(st)
+    st.add_argument("--json", action="store_true", help="the checks as JSON")
+    st.add_argument("--answers", metavar="FILE", help="known answers to check against (default: those shipped)")
+    st.add_argument(
+        "--record",
+        metavar="FILE",
+        help="add this model's answer for the synthetic film to FILE (a model you ship or validate), and exit",
+    )
+    st.set_defaults(run=cmd_selftest)
+
     w = sub.add_parser("watch", help="score each JPEG, PNG, TIFF or DICOM file that appears in a folder, once")
     w.add_argument("folder")
     w.add_argument("--out", help="where <file>.json results go (default: FOLDER/pneumolens-results)")
@@ -233,6 +250,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--once", action="store_true", help="process what is there now and exit")
     send_on_flags(w)
     w.set_defaults(run=cmd_watch)
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from pneumolens.selftest import as_json, format_checks, record, run_checks
+
+    if args.record:
+        from pneumolens.service.engine import Engine
+        from pneumolens.service.settings import Settings
+
+        print(json.dumps(record(Engine(Settings(model=args.model, audit=False)), args.record), indent=2))
+        return 0
+    checks = run_checks(args.model, args.db, args.answers)
+    print(as_json(checks) if args.json else format_checks(checks))
+    return 1 if any(c.ok is False for c in checks) else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
