@@ -67,3 +67,29 @@ def test_a_model_that_does_not_load_fails_and_its_checks_are_skipped(db, tmp_pat
     assert checks["model"].ok is False and "no model file found" in checks["model"].detail
     assert all(checks[n].ok is None for n in ("recorded test figures", "known answer", "ONNX export"))
     assert checks["DICOM decoders"].ok and checks["audit trail"].ok  # the rest still checked
+
+
+def test_serve_listen_and_watch_do_not_start_on_an_installation_that_reads_otherwise(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    """The engine behind serve, listen and watch checks the known answer at its start (no map): as
+    recorded, or not recorded for a model of one's own; another answer stops the start, naming why."""
+    import skimage.exposure
+    from fastapi.testclient import TestClient
+
+    from pneumolens.service.app import create_app
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    assert Engine(Settings(audit=False)).known_answer == "as recorded"
+    assert Engine(Settings(audit=False, backend="onnx")).known_answer == "as recorded"
+    assert Engine(Settings(model=str(trained_run), audit=False)).known_answer == "not recorded"
+    with TestClient(create_app(Settings(audit=False))) as client:
+        assert client.get("/api/v1/model").json()["known_answer"] == "as recorded"
+    monkeypatch.setattr(skimage.exposure, "equalize_adapthist", lambda image, **kwargs: image)
+    with pytest.raises(ValueError, match="reads the self-test film otherwise than recorded .* not started"):
+        Engine(Settings(audit=False))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    assert main(["watch", str(folder), "--once", "--db", f"sqlite:///{tmp_path / 'a.sqlite'}"]) == 2
+    assert "run `pneumolens selftest`, and reinstall" in capsys.readouterr().err

@@ -63,24 +63,51 @@ def known_answers(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     return json.loads((resources.files("pneumolens") / "assets" / KNOWN_ANSWERS).read_text())
 
 
-def answer_of(engine: Any) -> dict[str, Any]:
-    """What ``engine`` (``service.engine.Engine``) answers for the phantom: its logit, call and flags."""
-    result = engine.analyse(phantom(), explain=True, heatmap_png=False)
+def answer_of(engine: Any, explain: bool = True) -> dict[str, Any]:
+    """What ``engine`` (``service.engine.Engine``) answers for the phantom: its logit, call and flags
+    (and with ``explain``, whether its map is finite and the map's share on the lungs)."""
+    result = engine.analyse(phantom(), explain=explain, heatmap_png=False)
     p = min(max(result["probability"], 1e-12), 1 - 1e-12)
-    explanation = result["explanation"]
-    return {
-        "logit": math.log(p / (1 - p)),
-        "label": result["label"],
-        "flags": result["flags"],
-        "map_finite": bool(np.isfinite(explanation.heatmap).all()),
-        "lung_fraction": result["lung_fraction"],
-    }
+    answer = {"logit": math.log(p / (1 - p)), "label": result["label"], "flags": result["flags"]}
+    if explain:
+        answer["map_finite"] = bool(np.isfinite(result["explanation"].heatmap).all())
+        answer["lung_fraction"] = result["lung_fraction"]
+    return answer
+
+
+def differs(got: dict[str, Any], want: dict[str, Any]) -> str | None:
+    """How an answer differs from the recorded one, or None when it holds (the logit within the tolerance,
+    the same call and flags)."""
+    off = abs(got["logit"] - want["logit"])
+    if off <= LOGIT_TOLERANCE and got["label"] == want["label"] and got["flags"] == want["flags"]:
+        return None
+    return (
+        f"recorded: logit {want['logit']:.4f}, {want['label']}, flags {want['flags'] or 'none'}; "
+        f"got logit {got['logit']:.4f}, {got['label']}, flags {got['flags'] or 'none'} "
+        f"(logit off by {off:.4f}, allowed {LOGIT_TOLERANCE})"
+    )
+
+
+def check_at_start(engine: Any) -> str:
+    """The known answer, at the start of ``serve``, ``listen`` and ``watch`` (no map: 0.1 s). An answer
+    unlike the one recorded for the weights stops the start: a service that would read films otherwise
+    than its model was measured to does not serve them. Returns "as recorded" or "not recorded"."""
+    want = known_answers().get(engine.loaded.sha256)
+    if want is None:
+        return "not recorded"
+    problem = differs(answer_of(engine, explain=False), want)
+    if problem:
+        raise ValueError(
+            f"{engine.loaded.path}: this installation reads the self-test film otherwise than recorded for these "
+            f"weights ({problem}); not started: run `pneumolens selftest`, and reinstall"
+        )
+    return "as recorded"
 
 
 def record(engine: Any, path: str | Path) -> dict[str, Any]:
     """Add (or replace) ``engine``'s model's answer in the answers file at ``path``."""
     answers = known_answers(path)
-    got = {k: v for k, v in answer_of(engine).items() if k != "map_finite"}
+    got = {k: v for k, v in answer_of(engine).items() if k != "map_finite"}  # the map's share: for a reader
     answers[engine.loaded.sha256] = {"name": engine.loaded.meta.get("name", "unknown"), **got}
     Path(path).write_text(json.dumps(answers, indent=2, sort_keys=True) + "\n")
     return answers[engine.loaded.sha256]
@@ -134,7 +161,7 @@ def _model(model: str | None, made: list[Any]) -> tuple[bool, str]:
     from pneumolens.service.engine import Engine
     from pneumolens.service.settings import Settings
 
-    engine = Engine(Settings(model=model, audit=False))
+    engine = Engine(Settings(model=model, audit=False), known_answer=False)  # checked below, with its reasons
     made.append(engine)
     loaded = engine.loaded
     return True, f"{loaded.meta.get('name', 'unknown')} ({loaded.path}), weights sha256 {loaded.sha256[:16]}"
@@ -157,13 +184,10 @@ def _known_answer(engine: Any, answers: str | Path | None) -> tuple[bool | None,
         return False, f"{said}; the map holds NaN or infinite values"
     if want is None:
         return None, f"{said}; no answer recorded for these weights (`pneumolens selftest --record FILE`)"
-    off = abs(got["logit"] - want["logit"])
-    if off > LOGIT_TOLERANCE or got["label"] != want["label"] or got["flags"] != want["flags"]:
-        return False, (
-            f"{said}; recorded: logit {want['logit']:.4f}, {want['label']}, flags {want['flags'] or 'none'} "
-            f"(logit off by {off:.4f}, allowed {LOGIT_TOLERANCE}): this installation reads films differently"
-        )
-    return True, f"{said}, as recorded (logit off by {off:.1e})"
+    problem = differs(got, want)
+    if problem:
+        return False, f"{problem}: this installation reads films differently"
+    return True, f"{said}, as recorded (logit off by {abs(got['logit'] - want['logit']):.1e})"
 
 
 def _onnx(engine: Any) -> tuple[bool, str]:

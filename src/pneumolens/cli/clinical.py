@@ -259,7 +259,8 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         from pneumolens.service.engine import Engine
         from pneumolens.service.settings import Settings
 
-        print(json.dumps(record(Engine(Settings(model=args.model, audit=False)), args.record), indent=2))
+        engine = Engine(Settings(model=args.model, audit=False), known_answer=False)
+        print(json.dumps(record(engine, args.record), indent=2))
         return 0
     checks = run_checks(args.model, args.db, args.answers)
     print(as_json(checks) if args.json else format_checks(checks))

@@ -24,13 +24,15 @@ from pneumolens.explain.explainer import DEFAULT_METHOD
 from pneumolens.lungs.flags import describe, flags_and_measures
 from pneumolens.lungs.preprocess import read_box
 from pneumolens.lungs.segment import LungSegmenter
+from pneumolens.selftest import check_at_start
 from pneumolens.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, known_answer: bool = True) -> None:
+        """``known_answer``: check the self-test film's answer at start (``selftest`` checks it itself)."""
         self.loaded = load_model(settings.model)
         self.segmenter = LungSegmenter.shipped()
         max_training_age()  # a malformed PNEUMOLENS_MAX_TRAINING_AGE stops the start, not a film later
@@ -47,7 +49,14 @@ class Engine:
         # One request at a time touches the model: Grad-CAM hooks and LIME batches must not interleave,
         # and two cores gain nothing from running two forward passes at once.
         self.lock = threading.Lock()
-        log.info("model %s loaded (%s backend)", self.loaded.meta.get("name"), self.backend)
+        # another answer than recorded: not started (ValueError)
+        self.known_answer = check_at_start(self) if known_answer else "not checked"
+        log.info(
+            "model %s loaded (%s backend; self-test film's answer %s)",
+            self.loaded.meta.get("name"),
+            self.backend,
+            self.known_answer,
+        )
 
     @property
     def info(self) -> dict[str, Any]:
@@ -79,6 +88,7 @@ class Engine:
             card["holdout_twin_validation_metrics"] = metrics["holdout_val"]
         card["backend"] = self.backend
         card["sha256"] = self.loaded.sha256
+        card["known_answer"] = self.known_answer  # the self-test film's, at start: "as recorded" or "not recorded"
         recorded = shipped_test_record(self.loaded.sha256)
         if recorded is not None:
             card["recorded_test_metrics"] = recorded
