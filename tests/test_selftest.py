@@ -41,7 +41,17 @@ def test_a_changed_preprocessing_step_fails_the_known_answer(db, monkeypatch, ca
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("known answer"))
     assert "FAILED" in line and "this installation reads films differently" in line
-    assert "8 of 9 checks passed or do not apply; 1 failed" in out
+    assert "9 of 10 checks passed or do not apply; 1 failed" in out
+
+
+def test_a_changed_dicom_reader_fails_the_round_trip(db, monkeypatch):
+    """A DICOM reader that no longer windows a film without a window by its range (here: by its bits)."""
+    import pneumolens.data.dicom
+
+    assert _by_name(run_checks(None, db))["DICOM reading"].ok
+    monkeypatch.setattr(pneumolens.data.dicom, "stretch", lambda ds, values: (0.0, 4095.0))
+    check = _by_name(run_checks(None, db))["DICOM reading"]
+    assert check.ok is False and "the DICOM reader changed" in check.detail
 
 
 def test_answers_recorded_for_another_model_are_checked(trained_run, db, tmp_path, capsys):

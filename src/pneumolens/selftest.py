@@ -139,6 +139,7 @@ def run_checks(model: str | None = None, db: str | None = None, answers: str | P
             checks.append(Check(name, None, "no model to check"))
     check("lung segmenter and orientation checks", _helpers)
     check("DICOM decoders", _decoders)
+    check("DICOM reading", _dicom_round_trip)
     check("settings from the environment", _settings)
     check("audit trail", lambda: _audit(db))
     return checks
@@ -233,6 +234,41 @@ def _decoders() -> tuple[bool, str]:
     if missing:
         return False, f"cannot decode {', '.join(missing)}: a film sent so would be refused"
     return True, f"all {len(TRANSFER_SYNTAXES)} transfer syntaxes the DICOM node accepts can be decoded"
+
+
+def _dicom_round_trip() -> tuple[bool, str]:
+    """The phantom as a 12-bit CR film, uncompressed and in RLE Lossless (pydicom's own encoder), read
+    back through the reader every input takes: the stored values, through a viewer's auto-window."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+    from pneumolens.data.images import read_image
+
+    stored = np.round(phantom() * 4095).astype(np.uint16)
+    want = (stored - stored.min()) / float(stored.max() - stored.min())  # no window in the header: its range
+    worst = 0.0
+    for syntax in (ExplicitVRLittleEndian, RLELossless):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = stored.tobytes()
+        if syntax != ExplicitVRLittleEndian:
+            ds.compress(syntax)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        worst = max(worst, float(np.abs(read_image("selftest.dcm", data=buf.getvalue()) - want).max()))
+    ok = worst < 1e-4
+    return ok, f"a 12-bit CR film, uncompressed and in RLE, read back off by at most {worst:.1e}" + (
+        "" if ok else ": the DICOM reader changed"
+    )
 
 
 def _settings() -> tuple[bool, str]:
