@@ -1,9 +1,10 @@
 """``pneumolens selftest``: does this installation read a film as the model was recorded to?
 
 A department's IT runs it after an install, an upgrade or a move to other hardware (an installation
-and operational check): every part loads, and a known answer comes out of the whole reading path
-(decoding aside: the lung segmenter, the exposure and lung crop, CLAHE, the network, the flags and the
-map) for a synthetic film made here, so that no patient's image ships with pneumolens. Each model's
+and operational check): every part loads, a known answer comes out of the whole reading path (the
+lung segmenter, the exposure and lung crop, CLAHE, the network, the flags and the map) for a
+synthetic film made here, so that no patient's image ships with pneumolens, and the DICOM reader
+gives that film back as it was stored. Each model's
 known answer is kept in ``assets/selftest.json`` by its weights hash (``--record`` adds one); a
 change to any preprocessing step moves the phantom's logit by 0.8 or more (measured on the shipped
 model: CLAHE off +5.4, the lung gamma off +0.93, clip 0.02 instead of 0.01 -0.83), the tolerance
@@ -89,7 +90,7 @@ def differs(got: dict[str, Any], want: dict[str, Any]) -> str | None:
 
 
 def check_at_start(engine: Any) -> str:
-    """The known answer, at the start of ``serve``, ``listen`` and ``watch`` (no map: 0.1 s). An answer
+    """The known answer, at the start of ``serve``, ``listen`` and ``watch`` (no map: 0.15 s). An answer
     unlike the one recorded for the weights stops the start: a service that would read films otherwise
     than its model was measured to does not serve them. Returns "as recorded" or "not recorded"."""
     want = known_answers().get(engine.loaded.sha256)
