@@ -54,7 +54,7 @@ def test_a_changed_dicom_reader_fails_the_round_trip(db, monkeypatch):
     assert check.ok is False and "the DICOM reader changed" in check.detail
 
 
-def test_answers_recorded_for_another_model_are_checked(trained_run, db, tmp_path, capsys):
+def test_answers_recorded_for_another_model_are_checked(trained_run, db, tmp_path, capsys, monkeypatch):
     model = ["--model", str(trained_run), "--db", db]
     checks = _by_name(run_checks(str(trained_run), db))
     assert checks["known answer"].ok is None and "no answer recorded" in checks["known answer"].detail
@@ -64,6 +64,14 @@ def test_answers_recorded_for_another_model_are_checked(trained_run, db, tmp_pat
     recorded = known_answers(answers)
     assert len(recorded) == 1 and next(iter(recorded.values()))["label"] in ("NORMAL", "PNEUMONIA")
     assert main(["selftest", *model, "--answers", str(answers)]) == 0
+    capsys.readouterr()
+    from pneumolens.service.engine import Engine
+    from pneumolens.service.settings import Settings
+
+    monkeypatch.setenv("PNEUMOLENS_SELFTEST_ANSWERS", str(answers))  # a site's own answers, at start too
+    assert Engine(Settings(model=str(trained_run), audit=False)).known_answer == "as recorded"
+    assert main(["selftest", *model]) == 0
+    monkeypatch.delenv("PNEUMOLENS_SELFTEST_ANSWERS")
     capsys.readouterr()
     ((sha, answer),) = recorded.items()
     answer["logit"] += 2 * LOGIT_TOLERANCE

@@ -41,6 +41,7 @@ SERVE_ENVIRONMENT = (
     "PNEUMOLENS_MAX_TRAINING_AGE",
     "PNEUMOLENS_BODY_PARTS",
     "PNEUMOLENS_VIEWS",
+    "PNEUMOLENS_SELFTEST_ANSWERS",  # the known answers checked at start (selftest)
 )
 
 
@@ -232,7 +233,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--model", default=None, help="model file or run directory (default: the shipped model)")
     db_arg(st)
     st.add_argument("--json", action="store_true", help="the checks as JSON")
-    st.add_argument("--answers", metavar="FILE", help="known answers to check against (default: those shipped)")
+    st.add_argument(
+        "--answers",
+        metavar="FILE",
+        help="known answers to check against (default: $PNEUMOLENS_SELFTEST_ANSWERS, else those shipped)",
+    )
     st.add_argument(
         "--record",
         metavar="FILE",
