@@ -42,13 +42,9 @@ def earlier_run(out: Path) -> str | None:
     (its own, its refit twin's) or a pretrained backbone but no model, None when nothing of value."""
     if (out / MODEL_FILENAME).is_file():
         return "finished"
-    started = (
-        *(out / "checkpoints").glob("*.ckpt"),
-        *(out / HOLDOUT_DIR / "checkpoints").glob("*.ckpt"),
-        *(out / HOLDOUT_DIR).glob(MODEL_FILENAME),
-        *(out / "pretrain").glob(BACKBONE_FILENAME),
-    )
-    return "interrupted" if started else None
+    checkpoints = any((out / "checkpoints").glob("*.ckpt")) or any((out / HOLDOUT_DIR / "checkpoints").glob("*.ckpt"))
+    made = (out / HOLDOUT_DIR / MODEL_FILENAME).is_file() or (out / "pretrain" / BACKBONE_FILENAME).is_file()
+    return "interrupted" if checkpoints or made else None
 
 
 def first_process() -> bool:
