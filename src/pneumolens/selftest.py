@@ -277,12 +277,12 @@ def _dicom_round_trip() -> tuple[bool, str]:
 
 
 def _settings() -> tuple[bool, str]:
-    from pneumolens.data.scope import BODY_PARTS_ENV, DEFAULT_BODY_PARTS, _terms, max_training_age
+    from pneumolens.data.scope import body_part_terms, max_training_age
     from pneumolens.service.settings import Settings
 
     Settings()  # PNEUMOLENS_* values out of range or malformed raise, naming the setting
     age = max_training_age()
-    parts = ", ".join(_terms(BODY_PARTS_ENV, DEFAULT_BODY_PARTS))
+    parts = ", ".join(body_part_terms())
     caution = f"above {age} years" if age is not None else "off"
     return True, f"serve's settings valid; the age caution {caution}; body parts {parts}"
 

@@ -57,6 +57,11 @@ def _terms(env: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t.strip().upper() for t in raw.split(",") if t.strip())
 
 
+def body_part_terms() -> tuple[str, ...]:
+    """The Body Part Examined terms read as a chest (``PNEUMOLENS_BODY_PARTS``, else the defaults)."""
+    return _terms(BODY_PARTS_ENV, DEFAULT_BODY_PARTS)
+
+
 def _coded(ds, keyword: str) -> str:
     """A CS value as upper-case text ('' when absent or unreadable), reduced to the characters CS allows."""
     try:
@@ -83,7 +88,7 @@ def outside_scope(ds) -> str | None:
     modality = _coded(ds, "Modality")
     if modality and modality not in RADIOGRAPH_MODALITIES:
         return f"not a radiograph (Modality {modality}); pneumolens reads frontal chest X-rays"
-    body_parts = _terms(BODY_PARTS_ENV, DEFAULT_BODY_PARTS)
+    body_parts = body_part_terms()
     body_part = _coded(ds, "BodyPartExamined")
     words = re.split(r"[^A-Z0-9]+", body_part)
     if body_part and "*" not in body_parts and not any(w.startswith(t) for w in words if w for t in body_parts):
