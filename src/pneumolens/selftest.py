@@ -94,7 +94,7 @@ def differs(got: dict[str, Any], want: dict[str, Any]) -> str | None:
 
 
 def check_at_start(engine: Any) -> str:
-    """The known answer, at the start of ``serve``, ``listen`` and ``watch`` (no map: 0.15 s). An answer
+    """The known answer, at the start of ``serve``, ``listen`` and ``watch`` (no map: under 0.1 s). An answer
     unlike the one recorded for the weights stops the start: a service that would read films otherwise
     than its model was measured to does not serve them. Returns "as recorded" or "not recorded"."""
     want = known_answers().get(engine.loaded.sha256)
